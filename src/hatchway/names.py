@@ -1,0 +1,101 @@
+"""Validation of the names and values people type.
+
+Names end up in ssh_config Host lines, Unix user names, file paths, log lines and URLs, so they
+are checked once, here, against the narrowest pattern that serves people, and every refusal says
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+
+WORKSPACE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+USERNAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+PROVIDER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}")
+
+ROLES = ("member", "site-manager")
+MAX_ENV_VALUE = 64 * 1024
+MAX_ENV_VARS = 256
+
+
+def _show(value: str) -> str:
+    """Quote a rejected value for an error message without letting it add lines."""
+    shown = value if len(value) <= 80 else value[:77] + "..."
+    return repr(shown)
+
+
+def check_workspace_name(name: str) -> str:
+    if not isinstance(name, str) or not WORKSPACE_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid workspace name {_show(str(name))}: use 1-63 lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_provider_name(name: str) -> str:
+    if not isinstance(name, str) or not PROVIDER_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid provider name {_show(str(name))}: use 1-63 lowercase letters, digits "
+            "and '-', starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_username(name: str) -> str:
+    if not isinstance(name, str) or not USERNAME.fullmatch(name):
+        raise ValueError(
+            f"invalid username {_show(str(name))}: use 1-32 characters, lowercase letters, "
+            "digits, '_' and '-', starting with a letter"
+        )
+    return name
+
+
+def check_email(email: str) -> str:
+    if not isinstance(email, str) or len(email) > 320 or not EMAIL.fullmatch(email):
+        raise ValueError(f"invalid email address {_show(str(email))}")
+    return email
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"invalid role {_show(str(role))}: use one of {', '.join(ROLES)}")
+    return role
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Image variables become lines of ~/.ssh/environment and process environments: refuse
+    anything that could add a line or is not a portable variable name."""
+    if len(env) > MAX_ENV_VARS:
+        raise ValueError(f"too many environment variables ({len(env)}): at most {MAX_ENV_VARS}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            raise ValueError(
+                f"invalid environment variable name {_show(str(key))}: use letters, digits "
+                "and '_', not starting with a digit"
+            )
+        if not isinstance(value, str):
+            raise ValueError(f"environment variable {key}: value must be a string")
+        if "\n" in value or "\r" in value or "\x00" in value:
+            raise ValueError(
+                f"environment variable {key}: value contains a newline or NUL, which "
+                "~/.ssh/environment cannot hold"
+            )
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_ENV_VALUE:
+            raise ValueError(f"environment variable {key}: value longer than {MAX_ENV_VALUE} bytes")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"environment variable {key}: value is not valid UTF-8") from None
+    return env
+
+
+def parse_env_assignment(item: str) -> tuple[str, str]:
+    """Split a ``K=V`` command-line assignment."""
+    if "=" not in item:
+        raise ValueError(f"invalid --env {_show(item)}: expected NAME=value")
+    key, value = item.split("=", 1)
+    check_env({key: value})
+    return key, value

@@ -1,0 +1,122 @@
+"""The agent's side of the server: manifest, control channel, dial-back data streams.
+
+An agent token grants exactly these routes for exactly one workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, WebSocket
+from sqlalchemy import select
+
+from hatchway.db.models import Workspace, utcnow
+from hatchway.server.auth import bearer_token, current_agent, workspace_for_agent_token
+from hatchway.server.context import ServerContext, get_ctx, get_ws_ctx
+from hatchway.server.errors import APIError
+from hatchway.server.hub import AgentConnection
+from hatchway.server.manifest import build_manifest
+
+log = logging.getLogger("hatchway.server.agent")
+
+router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
+
+# What an agent may report about itself, with the longest value kept for each.
+_REPORT_FIELDS = {"os_user": 32, "ssh_mode": 20, "ssh_server_version": 255, "version": 40}
+MAX_HOST_KEYS = 8
+MAX_DIAGNOSTICS = 20
+
+
+@router.get("/manifest")
+async def manifest(ws: Workspace = Depends(current_agent), ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
+    return build_manifest(ws, ctx.settings.url)
+
+
+def apply_report(ws: Workspace, report: dict[str, Any]) -> None:
+    """Copy the fields an agent reported onto its row, ignoring anything malformed."""
+    for key, limit in _REPORT_FIELDS.items():
+        value = report.get(key)
+        if isinstance(value, str) and len(value) <= limit and value.isprintable():
+            setattr(ws, "agent_version" if key == "version" else key, value)
+    keys = report.get("host_keys")
+    if isinstance(keys, list):
+        ws.host_keys = [k for k in keys if isinstance(k, str) and len(k) < 4096 and k.isprintable()][:MAX_HOST_KEYS]
+    diags = report.get("diagnostics")
+    if isinstance(diags, list):
+        ws.diagnostics = [d[:500] for d in diags if isinstance(d, str) and d.isprintable()][:MAX_DIAGNOSTICS]
+
+
+async def _refuse(websocket: WebSocket, exc: APIError) -> None:
+    await websocket.accept()
+    await websocket.send_text(json.dumps({"type": "error", "error": exc.error, "detail": exc.detail}))
+    await websocket.close(code=4401 if exc.status == 401 else 4403)
+
+
+async def _set_connected(ctx: ServerContext, ws_id: str, connected: bool, report: dict[str, Any] | None = None) -> None:
+    async with ctx.sessions() as db:
+        ws = (await db.execute(select(Workspace).where(Workspace.id == ws_id))).scalar_one_or_none()
+        if ws is None:
+            return
+        ws.agent_connected = connected
+        ws.agent_last_seen = utcnow()
+        if report:
+            apply_report(ws, report)
+        await db.commit()
+
+
+@router.websocket("/control")
+async def control(websocket: WebSocket) -> None:
+    ctx = get_ws_ctx(websocket)
+    async with ctx.sessions() as db:
+        try:
+            ws = await workspace_for_agent_token(db, bearer_token(websocket.headers))
+        except APIError as exc:
+            await _refuse(websocket, exc)
+            return
+        ws_id, ws_name = ws.id, ws.name
+        first_manifest = build_manifest(ws, ctx.settings.url)
+    await websocket.accept()
+    conn = AgentConnection(ws_id, websocket)
+    await ctx.hub.attach(conn)
+    await _set_connected(ctx, ws_id, True)
+    log.info("agent of workspace %s connected", ws_name)
+    await conn.send({"type": "manifest", "manifest": first_manifest})
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] != "websocket.receive":
+                break
+            try:
+                data = json.loads(message.get("text") or "")
+            except ValueError:
+                log.warning("agent of workspace %s sent a malformed control message; ignored", ws_name)
+                continue
+            if not isinstance(data, dict):
+                continue
+            kind = data.get("type")
+            if kind in ("hello", "report"):
+                await _set_connected(ctx, ws_id, True, data)
+            elif kind == "ping":
+                await conn.send({"type": "pong"})
+    finally:
+        if ctx.hub.detach(conn):
+            await _set_connected(ctx, ws_id, False)
+            log.info("agent of workspace %s disconnected", ws_name)
+
+
+@router.websocket("/streams/{stream_id}")
+async def data_stream(websocket: WebSocket, stream_id: str) -> None:
+    ctx = get_ws_ctx(websocket)
+    async with ctx.sessions() as db:
+        try:
+            ws = await workspace_for_agent_token(db, bearer_token(websocket.headers))
+        except APIError as exc:
+            await _refuse(websocket, exc)
+            return
+        ws_id = ws.id
+    await websocket.accept()
+    if not await ctx.relay.agent_arrived(stream_id, ws_id, websocket):
+        await websocket.send_text(json.dumps({"type": "error", "error": "no such stream", "detail": ""}))
+        await websocket.close(code=4404)

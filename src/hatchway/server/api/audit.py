@@ -1,0 +1,38 @@
+"""The record: admin actions and SSH connections."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchway.db.models import AuditEvent, SSHConnection, User
+from hatchway.server.api import schemas
+from hatchway.server.api.convert import audit_out, connection_out
+from hatchway.server.auth import current_user, site_manager
+from hatchway.server.context import get_db
+
+router = APIRouter(prefix="/api/v1", tags=["audit"])
+
+
+@router.get("/audit", response_model=list[schemas.AuditOut])
+async def list_audit(
+    limit: int = Query(200, ge=1, le=5000),
+    _sm: User = Depends(site_manager),
+    db: AsyncSession = Depends(get_db),
+) -> list[schemas.AuditOut]:
+    rows = (await db.execute(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))).scalars()
+    return [audit_out(e) for e in rows]
+
+
+@router.get("/connections", response_model=list[schemas.ConnectionOut])
+async def list_connections(
+    limit: int = Query(200, ge=1, le=5000),
+    user: User = Depends(current_user),
+    db: AsyncSession = Depends(get_db),
+) -> list[schemas.ConnectionOut]:
+    """Site managers see every connection; members see their own."""
+    q = select(SSHConnection).order_by(SSHConnection.started_at.desc()).limit(limit)
+    if user.role != "site-manager":
+        q = q.where(SSHConnection.user_id == user.id)
+    return [connection_out(c) for c in (await db.execute(q)).scalars()]

@@ -1,0 +1,89 @@
+"""Workspace providers and their Features (External Connect)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchway.db.models import Provider, User, Workspace
+from hatchway.server.api import schemas
+from hatchway.server.audit import record
+from hatchway.server.auth import current_user, site_manager
+from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
+from hatchway.server.errors import APIError
+from hatchway.server.policy import external_connect_off_message
+
+router = APIRouter(prefix="/api/v1/providers", tags=["providers"])
+
+
+async def provider_rows(db: AsyncSession) -> list[schemas.ProviderOut]:
+    counts = dict(
+        (await db.execute(select(Workspace.provider_id, func.count()).group_by(Workspace.provider_id))).all()
+    )
+    rows = (await db.execute(select(Provider).order_by(Provider.name))).scalars()
+    return [
+        schemas.ProviderOut(name=p.name, kind=p.kind, external_connect=p.external_connect, workspace_count=counts.get(p.id, 0))
+        for p in rows
+    ]
+
+
+async def get_provider(db: AsyncSession, name: str) -> Provider:
+    p = (await db.execute(select(Provider).where(Provider.name == name))).scalar_one_or_none()
+    if p is None:
+        raise APIError(404, f'no provider named "{name}"', "see hatchway providers list")
+    return p
+
+
+@router.get("", response_model=list[schemas.ProviderOut])
+async def list_providers(_u: User = Depends(current_user), db: AsyncSession = Depends(get_db)) -> list[schemas.ProviderOut]:
+    return await provider_rows(db)
+
+
+@router.post("", response_model=schemas.ProviderOut, status_code=201)
+async def create_provider(
+    body: schemas.ProviderCreateIn,
+    request: Request,
+    sm: User = Depends(site_manager),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.ProviderOut:
+    p = Provider(name=body.name, kind=body.kind, external_connect=body.external_connect, config={})
+    db.add(p)
+    record(db, sm, "provider.create", body.name, client_source(request), kind=body.kind, external_connect=body.external_connect)
+    try:
+        await db.commit()
+    except IntegrityError:
+        raise APIError(409, f'provider "{body.name}" already exists', "pick another name") from None
+    return schemas.ProviderOut(name=p.name, kind=p.kind, external_connect=p.external_connect, workspace_count=0)
+
+
+@router.patch("/{name}", response_model=schemas.ProviderOut)
+async def edit_provider(
+    name: str,
+    body: schemas.ProviderEditIn,
+    request: Request,
+    sm: User = Depends(site_manager),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.ProviderOut:
+    return await apply_provider_edit(ctx, db, sm, name, body, client_source(request))
+
+
+async def apply_provider_edit(
+    ctx: ServerContext, db: AsyncSession, sm: User, name: str, body: schemas.ProviderEditIn, source: str
+) -> schemas.ProviderOut:
+    """Shared by the API and the web UI so both take effect identically."""
+    p = await get_provider(db, name)
+    changes = {}
+    if body.external_connect is not None and body.external_connect != p.external_connect:
+        changes["external_connect"] = {"old": p.external_connect, "new": body.external_connect}
+        p.external_connect = body.external_connect
+    if changes:
+        record(db, sm, "provider.edit", p.name, source, **changes)
+    await db.commit()
+    if "external_connect" in changes:
+        if not p.external_connect:
+            await ctx.relay.end_sessions(provider_id=p.id, reason=external_connect_off_message(p.name))
+        await ctx.hub.push_manifests(provider_id=p.id)
+    return next(r for r in await provider_rows(db) if r.name == p.name)

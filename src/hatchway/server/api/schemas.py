@@ -1,0 +1,167 @@
+"""Request and response bodies of the REST API (they are also its OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hatchway import names
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class FirstUserIn(BaseModel):
+    model_config = _STRICT
+    username: str = Field(max_length=32)
+    email: str = Field(max_length=320)
+    password: str = Field(min_length=8, max_length=1024)
+
+    _u = field_validator("username")(lambda v: names.check_username(v))
+    _e = field_validator("email")(lambda v: names.check_email(v))
+
+
+class LoginIn(BaseModel):
+    model_config = _STRICT
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class TokenOut(BaseModel):
+    token: str
+    user: "UserOut"
+
+
+class UserOut(BaseModel):
+    username: str
+    email: str
+    role: str
+    suspended: bool
+    created_at: datetime
+    ssh_key_fingerprint: str
+
+
+class UserCreateIn(BaseModel):
+    model_config = _STRICT
+    username: str = Field(max_length=32)
+    email: str = Field(max_length=320)
+    role: Literal["member", "site-manager"] = "member"
+    password: str | None = Field(default=None, min_length=8, max_length=1024)
+
+    _u = field_validator("username")(lambda v: names.check_username(v))
+    _e = field_validator("email")(lambda v: names.check_email(v))
+
+
+class RoleIn(BaseModel):
+    model_config = _STRICT
+    role: Literal["member", "site-manager"]
+
+
+class KeyOut(BaseModel):
+    public_key: str
+    fingerprint: str
+    updated_at: datetime
+
+
+class PrivateKeyOut(BaseModel):
+    private_key: str
+    public_key: str
+    fingerprint: str
+
+
+class ProviderOut(BaseModel):
+    name: str
+    kind: str
+    external_connect: bool
+    workspace_count: int
+
+
+class ProviderCreateIn(BaseModel):
+    model_config = _STRICT
+    name: str = Field(max_length=63)
+    kind: Literal["local", "manual"]
+    external_connect: bool = True
+
+    _n = field_validator("name")(lambda v: names.check_provider_name(v))
+
+
+class ProviderEditIn(BaseModel):
+    model_config = _STRICT
+    external_connect: bool | None = None
+
+
+class WorkspaceCreateIn(BaseModel):
+    model_config = _STRICT
+    name: str = Field(max_length=63)
+    provider: str = Field(default="local", max_length=63)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    _n = field_validator("name")(lambda v: names.check_workspace_name(v))
+    _env = field_validator("env")(lambda v: names.check_env(v))
+
+
+class WorkspaceOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    provider: str
+    provider_kind: str
+    external_connect: bool
+    state: str
+    state_reason: str | None
+    env: dict[str, str]
+    agent_connected: bool
+    agent_last_seen: datetime | None
+    agent_version: str | None
+    os_user: str | None
+    ssh_mode: str | None
+    ssh_server_version: str | None
+    host_keys: list[str]
+    diagnostics: list[str]
+    created_at: datetime
+
+
+class WorkspaceCreatedOut(WorkspaceOut):
+    agent_token: str | None = None
+    agent_command: str | None = None
+
+
+class AgentTokenOut(BaseModel):
+    agent_token: str
+    agent_command: str
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    target: str
+    detail: dict
+    source: str | None
+
+
+class ConnectionOut(BaseModel):
+    id: str
+    username: str | None
+    workspace: str
+    provider: str | None
+    source: str | None
+    mode: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    bytes_to_workspace: int
+    bytes_from_workspace: int
+    result: str
+    reason: str | None
+
+
+class DeploymentOut(BaseModel):
+    version: str
+    access_url: str
+    needs_first_user: bool
+
+
+class OkOut(BaseModel):
+    ok: bool = True

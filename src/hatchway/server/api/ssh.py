@@ -1,0 +1,121 @@
+"""The client side of the relay: ``hatchway proxy`` connects here for each SSH connection."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+from fastapi import APIRouter, WebSocket
+from sqlalchemy import select
+
+from hatchway.db.models import SSHConnection, User, Workspace, utcnow
+from hatchway.server.auth import bearer_token, user_for_token
+from hatchway.server.context import client_source, get_ws_ctx
+from hatchway.server.errors import APIError
+from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
+from hatchway.server.relay import DialError, LiveStream, splice
+
+log = logging.getLogger("hatchway.server.ssh")
+
+router = APIRouter(prefix="/api/v1/workspaces", tags=["ssh"])
+
+
+async def _refuse(websocket: WebSocket, message: str, code: int = 4403) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.send_text(json.dumps({"type": "error", "error": message}))
+        await websocket.close(code=code)
+
+
+@router.websocket("/{name}/ssh")
+async def ssh_stream(websocket: WebSocket, name: str) -> None:
+    ctx = get_ws_ctx(websocket)
+    owner = websocket.query_params.get("owner")
+    source = client_source(websocket)
+    await websocket.accept()
+    log_row = SSHConnection(workspace_name=f"{owner}/{name}" if owner else name, source=source, result="refused")
+    async with ctx.sessions() as db:
+        try:
+            user: User = await user_for_token(db, bearer_token(websocket.headers))
+        except APIError as exc:
+            await _refuse(websocket, f"{exc.error}: {exc.detail}", 4401)
+            return
+        log_row.user_id, log_row.username = user.id, user.username
+        ws = (
+            await db.execute(
+                select(Workspace).join(Workspace.owner).where(Workspace.name == name, User.username == (owner or user.username))
+            )
+        ).scalar_one_or_none()
+        if ws is None:
+            refusal = unknown_workspace_message(f"{owner}/{name}" if owner else name)
+        else:
+            log_row.workspace_id, log_row.provider_name = ws.id, ws.provider.name
+            refusal = ssh_refusal(
+                SSHFacts(
+                    requester=user.username,
+                    requester_id=user.id,
+                    requester_suspended=user.suspended,
+                    workspace=ws.name,
+                    owner=ws.owner.username,
+                    owner_id=ws.owner_id,
+                    provider=ws.provider.name,
+                    external_connect=ws.provider.external_connect,
+                    state=ws.state,
+                    state_reason=ws.state_reason,
+                    agent_connected=True,  # the hub is the live truth; checked at dial time
+                )
+            )
+        if refusal is None:
+            stream = LiveStream("", user.id, ws.id, ws.provider_id)
+            try:
+                stream.id, agent_ws, released = await ctx.relay.dial(ws.id, ws.name, source)
+            except DialError as exc:
+                refusal = str(exc)
+        log_row.reason = refusal
+        if refusal is None:
+            log_row.result = "open"
+        db.add(log_row)
+        await db.commit()
+    if refusal is not None:
+        log.info("SSH to %s by %s refused: %s", name, log_row.username, refusal)
+        await _refuse(websocket, refusal)
+        return
+
+    ctx.relay.register(stream)
+    reason = None
+    try:
+        hello = await agent_ws.receive()
+        if hello.get("text"):
+            with contextlib.suppress(ValueError, AttributeError):
+                info = json.loads(hello["text"])
+                log_row.mode = str(info.get("mode", ""))[:40] or None
+        elif hello.get("bytes"):
+            stream.from_workspace += len(hello["bytes"])
+            await websocket.send_bytes(hello["bytes"])
+        if hello["type"] == "websocket.receive":
+            log.info("SSH to %s/%s by %s: relaying (%s)", ws.owner.username, ws.name, user.username, log_row.mode)
+            reason = await splice(websocket, agent_ws, stream)
+    finally:
+        ctx.relay.unregister(stream)
+        released.set()
+        if reason:
+            await _refuse(websocket, reason, 4410)
+        with contextlib.suppress(Exception):
+            await websocket.close()
+        with contextlib.suppress(Exception):
+            await agent_ws.close()
+        async with ctx.sessions() as db:
+            row = await db.get(SSHConnection, log_row.id)
+            if row is not None:
+                row.mode = log_row.mode
+                row.ended_at = utcnow()
+                row.bytes_to_workspace = stream.to_workspace
+                row.bytes_from_workspace = stream.from_workspace
+                row.result = "ended" if reason else "closed"
+                row.reason = reason
+                await db.commit()
+        log.info(
+            "SSH to %s/%s by %s ended: %d bytes in, %d bytes out%s",
+            ws.owner.username, ws.name, user.username, stream.to_workspace, stream.from_workspace,
+            f" ({reason})" if reason else "",
+        )

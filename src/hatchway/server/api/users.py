@@ -1,0 +1,208 @@
+"""Sign-in, the first user, and user administration."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchway import __version__
+from hatchway.db.models import ApiToken, User, new_id, utcnow
+from hatchway.server import crypto
+from hatchway.server.api import schemas
+from hatchway.server.api.convert import user_out
+from hatchway.server.audit import record
+from hatchway.server.auth import bearer_token, current_user, issue_session_token, site_manager
+from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
+from hatchway.server.errors import APIError
+
+router = APIRouter(prefix="/api/v1", tags=["users"])
+
+
+def new_user(ctx: ServerContext, username: str, email: str, role: str, password: str | None) -> User:
+    """A user row with a fresh platform key pair, its private half sealed at rest."""
+    user = User(username=username, email=email, role=role)
+    user.id = new_id()  # needed now: the sealed key is bound to it
+    set_user_key(ctx, user)
+    user.password_hash = crypto.hash_password(password) if password else None
+    return user
+
+
+def set_user_key(ctx: ServerContext, user: User) -> None:
+    pair = crypto.generate_ssh_keypair(f"hatchway-{user.username}")
+    user.ssh_public_key = pair.public_key
+    user.ssh_private_key_sealed = ctx.box.seal(pair.private_key_pem, context=f"user-key:{user.id}")
+    user.ssh_key_fingerprint = pair.fingerprint
+    user.ssh_key_updated_at = utcnow()
+
+
+async def _user_count(db: AsyncSession) -> int:
+    return (await db.execute(select(func.count()).select_from(User))).scalar_one()
+
+
+@router.get("/deployment", response_model=schemas.DeploymentOut)
+async def deployment(ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)) -> schemas.DeploymentOut:
+    return schemas.DeploymentOut(
+        version=__version__, access_url=ctx.settings.url, needs_first_user=await _user_count(db) == 0
+    )
+
+
+@router.post("/auth/first-user", response_model=schemas.TokenOut, status_code=201)
+async def first_user(
+    body: schemas.FirstUserIn,
+    request: Request,
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.TokenOut:
+    if await _user_count(db) > 0:
+        raise APIError(
+            409,
+            "this deployment already has users",
+            "--first-user only works on an empty deployment; log in with hatchway login URL --username NAME",
+        )
+    user = new_user(ctx, body.username, body.email, "site-manager", body.password)
+    db.add(user)
+    record(db, user, "user.create", user.username, client_source(request), role="site-manager", first_user=True)
+    token = await issue_session_token(db, user, ctx.settings.session_ttl_s)
+    try:
+        await db.commit()
+    except IntegrityError:
+        # Two first-user requests raced; the loser must not get in.
+        raise APIError(409, "this deployment already has users", "log in with hatchway login URL --username NAME") from None
+    return schemas.TokenOut(token=token, user=user_out(user))
+
+
+@router.post("/auth/login", response_model=schemas.TokenOut)
+async def login(
+    body: schemas.LoginIn,
+    request: Request,
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.TokenOut:
+    source = request.client.host if request.client else "unknown"
+    wait = ctx.throttle.retry_after(body.username, source)
+    if wait > 0:
+        raise APIError(
+            429,
+            "too many failed logins",
+            f"wait {int(wait) + 1} seconds before trying again",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
+    user = (await db.execute(select(User).where(User.username == body.username))).scalar_one_or_none()
+    ok = crypto.verify_password(
+        user.password_hash if user and user.password_hash else crypto.DUMMY_PASSWORD_HASH, body.password
+    )
+    if not user or not ok or not user.password_hash:
+        ctx.throttle.failed(body.username, source)
+        raise APIError(401, "wrong username or password", "check both and try again")
+    if user.suspended:
+        raise APIError(403, "account suspended", "your account is suspended; ask a site manager to reactivate it")
+    ctx.throttle.succeeded(body.username, source)
+    token = await issue_session_token(db, user, ctx.settings.session_ttl_s)
+    await db.commit()
+    return schemas.TokenOut(token=token, user=user_out(user))
+
+
+@router.post("/auth/logout", response_model=schemas.OkOut)
+async def logout(request: Request, _user: User = Depends(current_user), db: AsyncSession = Depends(get_db)) -> schemas.OkOut:
+    token = bearer_token(request.headers)
+    await db.execute(delete(ApiToken).where(ApiToken.token_hash == crypto.hash_token(token or "")))
+    await db.commit()
+    return schemas.OkOut()
+
+
+@router.get("/users/me", response_model=schemas.UserOut)
+async def me(user: User = Depends(current_user)) -> schemas.UserOut:
+    return user_out(user)
+
+
+@router.get("/users", response_model=list[schemas.UserOut])
+async def list_users(_sm: User = Depends(site_manager), db: AsyncSession = Depends(get_db)) -> list[schemas.UserOut]:
+    rows = (await db.execute(select(User).order_by(User.username))).scalars()
+    return [user_out(u) for u in rows]
+
+
+@router.post("/users", response_model=schemas.UserOut, status_code=201)
+async def create_user(
+    body: schemas.UserCreateIn,
+    request: Request,
+    sm: User = Depends(site_manager),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.UserOut:
+    user = new_user(ctx, body.username, body.email, body.role, body.password)
+    db.add(user)
+    record(db, sm, "user.create", user.username, client_source(request), role=body.role)
+    try:
+        await db.commit()
+    except IntegrityError:
+        raise APIError(409, f'user "{body.username}" already exists', "pick another username") from None
+    return user_out(user)
+
+
+async def _get_user(db: AsyncSession, username: str) -> User:
+    user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
+    if user is None:
+        raise APIError(404, f'no user named "{username}"', "see hatchway users list")
+    return user
+
+
+async def _set_suspended(
+    username: str, suspended: bool, request: Request, sm: User, ctx: ServerContext, db: AsyncSession
+) -> schemas.UserOut:
+    user = await _get_user(db, username)
+    if user.id == sm.id and suspended:
+        raise APIError(409, "you cannot suspend yourself", "ask another site manager")
+    user.suspended = suspended
+    record(db, sm, "user.suspend" if suspended else "user.activate", user.username, client_source(request))
+    await db.commit()
+    if suspended:
+        await ctx.relay.end_sessions(user_id=user.id, reason=f'user "{user.username}" was suspended by a site manager')
+    return user_out(user)
+
+
+@router.post("/users/{username}/suspend", response_model=schemas.UserOut)
+async def suspend_user(
+    username: str,
+    request: Request,
+    sm: User = Depends(site_manager),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.UserOut:
+    return await _set_suspended(username, True, request, sm, ctx, db)
+
+
+@router.post("/users/{username}/activate", response_model=schemas.UserOut)
+async def activate_user(
+    username: str,
+    request: Request,
+    sm: User = Depends(site_manager),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.UserOut:
+    return await _set_suspended(username, False, request, sm, ctx, db)
+
+
+@router.put("/users/{username}/role", response_model=schemas.UserOut)
+async def set_role(
+    username: str,
+    body: schemas.RoleIn,
+    request: Request,
+    sm: User = Depends(site_manager),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.UserOut:
+    user = await _get_user(db, username)
+    if user.id == sm.id and body.role != "site-manager":
+        managers = (
+            await db.execute(
+                select(func.count()).select_from(User).where(User.role == "site-manager", User.suspended.is_(False))
+            )
+        ).scalar_one()
+        if managers <= 1:
+            raise APIError(409, "you are the last site manager", "make someone else a site manager first")
+    old = user.role
+    user.role = body.role
+    record(db, sm, "user.set-role", user.username, client_source(request), old=old, new=body.role)
+    await db.commit()
+    return user_out(user)

@@ -1,0 +1,84 @@
+"""Who is calling: users by session token, agents by per-workspace agent token.
+
+Both kinds of token are bearer secrets stored only as hashes. Every lookup re-reads the user,
+so suspension and role changes take effect on the very next request.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchway.db.models import ApiToken, User, Workspace, utcnow
+from hatchway.server.context import get_db
+from hatchway.server.crypto import hash_token, new_token
+from hatchway.server.errors import APIError
+
+USER_TOKEN_PREFIX = "hws_"
+AGENT_TOKEN_PREFIX = "hwa_"
+
+SUSPENDED_DETAIL = "your account is suspended; ask a site manager to reactivate it"
+
+
+def bearer_token(headers: object) -> str | None:
+    value = headers.get("authorization") if hasattr(headers, "get") else None  # type: ignore[union-attr]
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def issue_session_token(db: AsyncSession, user: User, ttl_s: int) -> str:
+    token, digest = new_token(USER_TOKEN_PREFIX)
+    db.add(ApiToken(user_id=user.id, token_hash=digest, expires_at=utcnow() + timedelta(seconds=ttl_s)))
+    return token
+
+
+async def user_for_token(db: AsyncSession, token: str | None) -> User:
+    """The active user a session token belongs to, or an APIError saying why not."""
+    if not token or not token.startswith(USER_TOKEN_PREFIX):
+        raise APIError(401, "not authenticated", "log in first: hatchway login URL --username NAME")
+    row = (
+        await db.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    ).scalar_one_or_none()
+    if row is None or row.expires_at <= utcnow():
+        raise APIError(401, "session expired or revoked", "log in again: hatchway login URL --username NAME")
+    user = row.user
+    if user.suspended:
+        raise APIError(403, "account suspended", SUSPENDED_DETAIL)
+    return user
+
+
+async def workspace_for_agent_token(db: AsyncSession, token: str | None) -> Workspace:
+    if not token or not token.startswith(AGENT_TOKEN_PREFIX):
+        raise APIError(401, "not authenticated", "the agent needs its workspace's agent token (--token)")
+    ws = (
+        await db.execute(select(Workspace).where(Workspace.agent_token_hash == hash_token(token)))
+    ).scalar_one_or_none()
+    if ws is None:
+        raise APIError(
+            401,
+            "agent token not valid",
+            "the token was replaced or the workspace deleted; get a new one with "
+            "hatchway workspaces agent-token NAME",
+        )
+    return ws
+
+
+async def current_user(request: Request, db: AsyncSession = Depends(get_db)) -> User:
+    return await user_for_token(db, bearer_token(request.headers))
+
+
+async def site_manager(user: User = Depends(current_user)) -> User:
+    if user.role != "site-manager":
+        raise APIError(403, "forbidden", "only a site manager can do this; ask one of your site managers")
+    return user
+
+
+async def current_agent(request: Request, db: AsyncSession = Depends(get_db)) -> Workspace:
+    return await workspace_for_agent_token(db, bearer_token(request.headers))

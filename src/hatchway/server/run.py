@@ -1,0 +1,57 @@
+"""Run the control plane under uvicorn until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import uvicorn
+
+from hatchway.server.app import create_app
+from hatchway.server.settings import Settings
+
+log = logging.getLogger("hatchway.server")
+
+# SSH traffic is encrypted, so compression only burns CPU; big frames keep Python's per-byte
+# cost low on bulk transfers.
+WS_MAX_FRAME = 4 * 1024 * 1024
+
+
+def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_max_size=WS_MAX_FRAME,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+
+
+class _Server(uvicorn.Server):
+    """Announce readiness only once the socket is bound, so scripts can wait for the line."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+        super().__init__(config)
+        self._settings = settings
+
+    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        await super().startup(sockets)
+        if self.started:
+            from hatchway import __version__
+
+            log.info("Hatchway %s ready at %s", __version__, self._settings.url)
+
+
+def serve(settings: Settings) -> int:
+    os.umask(0o077)  # the database and everything else in the data dir is the server's alone
+    server = _Server(uvicorn_config(create_app(settings), settings), settings)
+    asyncio.run(server.serve())
+    return 0 if server.started else 1

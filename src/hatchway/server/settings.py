@@ -1,0 +1,46 @@
+"""Server settings resolved from flags and environment, in one immutable object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("HATCHWAY_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "hatchway"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    db_url: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 7080
+    access_url: str = ""
+    max_body_bytes: int = 1024 * 1024
+    login_failures_allowed: int = 5
+    login_failure_window_s: float = 300.0
+    session_ttl_s: int = 30 * 24 * 3600
+    dial_timeout_s: float = 10.0
+
+    @property
+    def url(self) -> str:
+        if self.access_url:
+            return self.access_url.rstrip("/")
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"http://{host}:{self.listen_port}"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:7080`` for IPv6) with a message people can act on."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"invalid --listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:7080")
+    p = int(port)
+    if not 0 <= p <= 65535:
+        raise ValueError(f"invalid --listen port {p}: must be 0-65535")
+    return host.strip("[]"), p
