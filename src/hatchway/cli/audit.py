@@ -1,0 +1,55 @@
+"""``hatchway audit``: the record of admin actions and SSH connections."""
+
+from __future__ import annotations
+
+import click
+
+from hatchway.cli.common import api, print_json, print_table
+
+
+def detail_text(detail: dict) -> str:
+    parts = []
+    for key, value in detail.items():
+        if isinstance(value, dict) and set(value) == {"old", "new"}:
+            value = f"{value['old']}->{value['new']}"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+@click.group()
+def audit() -> None:
+    """Admin actions and the SSH connection log."""
+
+
+@audit.command("list")
+@click.option("--limit", default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def list_events(limit: int, as_json: bool) -> None:
+    """Admin actions (site managers only)."""
+    rows = api().call("GET", "/audit", params={"limit": limit})
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        ["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"],
+        [[e["at"], e["actor"], e["action"], e["target"], detail_text(e["detail"])] for e in rows],
+    )
+
+
+@audit.command("connections")
+@click.option("--limit", default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def connections(limit: int, as_json: bool) -> None:
+    """SSH connections, accepted and refused (yours; everyone's for site managers)."""
+    rows = api().call("GET", "/connections", params={"limit": limit})
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        ["STARTED", "USER", "WORKSPACE", "SOURCE", "MODE", "RESULT", "IN", "OUT", "ENDED", "REASON"],
+        [
+            [c["started_at"], c["username"], c["workspace"], c["source"], c["mode"], c["result"],
+             c["bytes_to_workspace"], c["bytes_from_workspace"], c["ended_at"], c["reason"]]
+            for c in rows
+        ],
+    )

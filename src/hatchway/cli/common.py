@@ -1,0 +1,103 @@
+"""What every API-backed command shares: the client, error exits, JSON and table output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"hatchway: {message}", err=True)
+    raise SystemExit(code)
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"User-Agent": "hatchway-cli"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        """Perform one API call; any failure exits with the server's own explanation."""
+        try:
+            resp = self._http.request(method, "/api/v1" + path, json=body, params=params)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the Hatchway server at {self.url}: {exc}; is it running?")
+        if resp.status_code >= 400:
+            try:
+                data = resp.json()
+                error, detail = data.get("error") or resp.reason_phrase, data.get("detail") or ""
+            except ValueError:
+                error, detail = f"HTTP {resp.status_code}", resp.text[:200]
+            fail(f"{error}" + (f": {detail}" if detail else ""))
+        return resp.json() if resp.content else None
+
+
+def session_or_fail() -> StoredSession:
+    try:
+        return load_session()
+    except NotLoggedIn as exc:
+        fail(str(exc))
+
+
+def api() -> ApiClient:
+    s = session_or_fail()
+    return ApiClient(s.url, s.token)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and "T" in value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return value
+    return str(value)
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for c in columns:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=250)  # pipes and logs: never wrap rows
+    console.print(table)
+
+
+def read_password_stdin() -> str:
+    line = sys.stdin.readline()
+    password = line.rstrip("\r\n")
+    if not password:
+        fail("no password on standard input")
+    return password
+
+
+def split_owner(name: str) -> tuple[str, str | None]:
+    """``owner/name`` addresses another user's workspace (site managers)."""
+    if "/" in name:
+        owner, _, ws = name.partition("/")
+        return ws, owner
+    return name, None

@@ -1,0 +1,54 @@
+"""``hatchway login``, ``logout`` and ``whoami``."""
+
+from __future__ import annotations
+
+import click
+
+from hatchway.cli.common import ApiClient, api, fail, print_json, read_password_stdin, session_or_fail
+from hatchway.cli.session import StoredSession, clear_session, save_session
+
+
+@click.command()
+@click.argument("url")
+@click.option("--username", required=True)
+@click.option("--email", help="Email of the first user (with --first-user).")
+@click.option("--first-user", is_flag=True, help="Create the first user (a site manager) on an empty deployment.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def login(url: str, username: str, email: str | None, first_user: bool, password_stdin: bool) -> None:
+    """Log in to a Hatchway server and store the session token."""
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        fail(f"invalid URL {url!r}: expected http://HOST:PORT or https://HOST")
+    password = read_password_stdin() if password_stdin else click.prompt("Password", hide_input=True)
+    client = ApiClient(url)
+    if first_user:
+        if not email:
+            fail("--first-user needs --email")
+        out = client.call("POST", "/auth/first-user", {"username": username, "email": email, "password": password})
+    else:
+        out = client.call("POST", "/auth/login", {"username": username, "password": password})
+    path = save_session(StoredSession(url=url, token=out["token"], username=out["user"]["username"]))
+    role = out["user"]["role"]
+    click.echo(f"Logged in to {url} as {out['user']['username']} ({role}); session saved in {path}")
+
+
+@click.command()
+def logout() -> None:
+    """Revoke the stored session token and forget it."""
+    s = session_or_fail()
+    ApiClient(s.url, s.token).call("POST", "/auth/logout")
+    clear_session()
+    click.echo(f"Logged out of {s.url}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def whoami(as_json: bool) -> None:
+    """Show who you are logged in as."""
+    s = session_or_fail()
+    me = api().call("GET", "/users/me")
+    me["url"] = s.url
+    if as_json:
+        print_json(me)
+    else:
+        click.echo(f"{me['username']} <{me['email']}> ({me['role']}) on {s.url}")

@@ -1,0 +1,61 @@
+"""The CLI's stored login: one small JSON file under the config dir, mode 0600.
+
+Kept free of heavy imports: ``hatchway proxy`` reads it on every SSH connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hatchway.fileutil import atomic_write, ensure_private_dir
+
+SESSION_FILE = "session.json"
+
+
+def config_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("HATCHWAY_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".config" / "hatchway"
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    url: str
+    token: str
+    username: str
+
+
+class NotLoggedIn(Exception):
+    def __str__(self) -> str:
+        return "you are not logged in; run: hatchway login URL --username NAME --password-stdin"
+
+
+def load_session(directory: Path | None = None) -> StoredSession:
+    path = (directory or config_dir()) / SESSION_FILE
+    try:
+        data = json.loads(path.read_text())
+        return StoredSession(url=data["url"], token=data["token"], username=data["username"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        raise NotLoggedIn() from None
+
+
+def save_session(session: StoredSession, directory: Path | None = None) -> Path:
+    d = ensure_private_dir(directory or config_dir())
+    path = d / SESSION_FILE
+    body = json.dumps({"url": session.url, "token": session.token, "username": session.username}, indent=2)
+    atomic_write(path, (body + "\n").encode(), 0o600)
+    return path
+
+
+def clear_session(directory: Path | None = None) -> bool:
+    try:
+        ((directory or config_dir()) / SESSION_FILE).unlink()
+        return True
+    except FileNotFoundError:
+        return False

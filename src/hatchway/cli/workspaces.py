@@ -1,0 +1,120 @@
+"""``hatchway workspaces``: create, list, show, delete, and agent tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from hatchway.cli.common import api, fail, print_json, print_table, split_owner
+from hatchway.names import parse_env_assignment
+
+
+def ssh_mode_text(ws: dict[str, Any]) -> str:
+    if not ws["external_connect"]:
+        return "disabled by a site manager (External Connect is off)"
+    mode = ws.get("ssh_mode")
+    if mode == "openssh":
+        return f"openssh ({ws.get('ssh_server_version') or 'unknown version'})"
+    if mode:
+        return mode
+    return "unknown (agent has not reported yet)"
+
+
+def agent_text(ws: dict[str, Any]) -> str:
+    return "connected" if ws["agent_connected"] else "disconnected"
+
+
+def _owner_params(owner: str | None) -> dict[str, str] | None:
+    return {"owner": owner} if owner else None
+
+
+@click.group()
+def workspaces() -> None:
+    """Your development workspaces."""
+
+
+@workspaces.command("create")
+@click.argument("name")
+@click.option("--provider", default="local", show_default=True)
+@click.option("--env", "env_items", multiple=True, metavar="NAME=VALUE", help="Image environment variable (repeatable).")
+def create(name: str, provider: str, env_items: tuple[str, ...]) -> None:
+    env: dict[str, str] = {}
+    for item in env_items:
+        try:
+            key, value = parse_env_assignment(item)
+        except ValueError as exc:
+            fail(str(exc))
+        env[key] = value
+    ws = api().call("POST", "/workspaces", {"name": name, "provider": provider, "env": env})
+    click.echo(f"Created workspace {ws['name']} on provider {ws['provider']} ({ws['state']})")
+    if ws.get("agent_token"):
+        click.echo("Run the agent on the workspace machine, as the user SSH sessions should run as:")
+        click.echo(f"  {ws['agent_command']}")
+        click.echo("The token is shown only now; get a new one with: hatchway workspaces agent-token " + name)
+
+
+@workspaces.command("list")
+@click.option("--all", "all_users", is_flag=True, help="Every user's workspaces (site managers).")
+@click.option("--json", "as_json", is_flag=True)
+def list_workspaces(all_users: bool, as_json: bool) -> None:
+    rows = api().call("GET", "/workspaces", params={"all": "true"} if all_users else None)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        ["NAME", "OWNER", "PROVIDER", "STATE", "AGENT", "SSH"],
+        [[w["name"], w["owner"], w["provider"], w["state"], agent_text(w), ssh_mode_text(w)] for w in rows],
+    )
+
+
+@workspaces.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def show(name: str, as_json: bool) -> None:
+    """Show a workspace (OWNER/NAME for another user's, site managers)."""
+    ws_name, owner = split_owner(name)
+    w = api().call("GET", f"/workspaces/{ws_name}", params=_owner_params(owner))
+    if as_json:
+        print_json(w)
+        return
+    state = w["state"] + (f" ({w['state_reason']})" if w.get("state_reason") else "")
+    lines = [
+        ("name", w["name"]),
+        ("id", w["id"]),
+        ("owner", w["owner"]),
+        ("provider", f"{w['provider']} ({w['provider_kind']})"),
+        ("state", state),
+        ("agent", agent_text(w) + (f", last seen {w['agent_last_seen']}" if w.get("agent_last_seen") else "")),
+        ("os user", w.get("os_user") or "-"),
+        ("ssh", ssh_mode_text(w)),
+        ("connect", f"ssh hatchway.{w['name']}" if w["external_connect"] else "-"),
+    ]
+    for key, value in sorted(w["env"].items()):
+        lines.append(("env", f"{key}={value}"))
+    for d in w.get("diagnostics") or []:
+        lines.append(("warning", d))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key + ':':<{width + 1}} {value}")
+
+
+@workspaces.command("delete")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(name: str, yes: bool) -> None:
+    ws_name, owner = split_owner(name)
+    if not yes:
+        click.confirm(f"Delete workspace {name}? Live SSH sessions to it end", abort=True)
+    api().call("DELETE", f"/workspaces/{ws_name}", params=_owner_params(owner))
+    click.echo(f"Deleted workspace {name}")
+
+
+@workspaces.command("agent-token")
+@click.argument("name")
+def agent_token(name: str) -> None:
+    """Issue a new agent token (the old one stops working)."""
+    ws_name, owner = split_owner(name)
+    out = api().call("POST", f"/workspaces/{ws_name}/agent-token", params=_owner_params(owner))
+    click.echo(out["agent_token"])
+    click.echo(f"Run the agent with:\n  {out['agent_command']}", err=True)
