@@ -14,8 +14,8 @@ _STRICT = ConfigDict(extra="forbid")
 
 class FirstUserIn(BaseModel):
     model_config = _STRICT
-    username: str = Field(max_length=32)
-    email: str = Field(max_length=320)
+    username: str
+    email: str
     password: str = Field(min_length=8, max_length=1024)
 
     _u = field_validator("username")(lambda v: names.check_username(v))
@@ -44,8 +44,8 @@ class UserOut(BaseModel):
 
 class UserCreateIn(BaseModel):
     model_config = _STRICT
-    username: str = Field(max_length=32)
-    email: str = Field(max_length=320)
+    username: str
+    email: str
     role: Literal["member", "site-manager"] = "member"
     password: str | None = Field(default=None, min_length=8, max_length=1024)
 
@@ -79,7 +79,7 @@ class ProviderOut(BaseModel):
 
 class ProviderCreateIn(BaseModel):
     model_config = _STRICT
-    name: str = Field(max_length=63)
+    name: str
     kind: Literal["local", "manual"]
     external_connect: bool = True
 
@@ -93,7 +93,7 @@ class ProviderEditIn(BaseModel):
 
 class WorkspaceCreateIn(BaseModel):
     model_config = _STRICT
-    name: str = Field(max_length=63)
+    name: str
     provider: str = Field(default="local", max_length=63)
     env: dict[str, str] = Field(default_factory=dict)
 

@@ -1,0 +1,316 @@
+"""The control plane driven through the real CLI against a real server process,
+on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.cli import Cli
+from tests.helpers.server import RunningServer, api
+
+ALICE_PW = "alice-password-1"
+BOB_PW = "bob-password-1"
+
+
+@dataclass
+class Deployment:
+    server: RunningServer
+    alice: Cli  # site manager (first user)
+    bob: Cli  # member
+    tmp: Path
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp(f"cp-{request.param}")
+    db = None
+    if request.param == "postgres":
+        cluster = request.getfixturevalue("pg_cluster")
+        db = cluster if isinstance(cluster, str) else cluster.new_database()
+    srv = RunningServer(tmp / "data", db_url=db)
+    srv.start()
+    alice, bob = Cli(tmp / "alice"), Cli(tmp / "bob")
+    alice.login(srv.url, "alice", ALICE_PW, first=True)
+    alice.ok("users", "create", "bob", "--email", "bob@example.com", "--password-stdin", stdin=BOB_PW + "\n")
+    bob.login(srv.url, "bob", BOB_PW)
+    try:
+        yield Deployment(srv, alice, bob, tmp)
+    finally:
+        srv.stop()
+
+
+def test_first_user_is_site_manager_and_only_once(deployment: Deployment) -> None:
+    who = deployment.alice.ok("whoami", "--json").json()
+    assert (who["username"], who["role"], who["email"]) == ("alice", "site-manager", "alice@example.com")
+    again = Cli(deployment.tmp / "mallory").run(
+        "login", deployment.server.url, "--first-user", "--username", "mallory", "--email", "m@example.com",
+        "--password-stdin", stdin="mallory-password\n",
+    )
+    assert again.code != 0
+    assert "this deployment already has users" in again.err
+    names = [u["username"] for u in deployment.alice.ok("users", "list", "--json").json()]
+    assert "mallory" not in names
+
+
+def test_secrets_on_disk_are_private(deployment: Deployment) -> None:
+    session_file = deployment.alice.config_dir / "session.json"
+    assert stat.S_IMODE(session_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((deployment.server.data_dir / "deployment.secret").stat().st_mode) == 0o600
+    if deployment.server.db_url is None:
+        assert stat.S_IMODE((deployment.server.data_dir / "hatchway.db").stat().st_mode) == 0o600
+    token = json.loads(session_file.read_text())["token"]
+    assert token not in deployment.server.log()
+    assert ALICE_PW not in deployment.server.log()
+
+
+def test_member_is_refused_every_site_manager_command(deployment: Deployment) -> None:
+    commands = [
+        ("users", "list"),
+        ("users", "create", "carol", "--email", "carol@example.com"),
+        ("users", "suspend", "alice"),
+        ("users", "activate", "alice"),
+        ("users", "set-role", "bob", "site-manager"),
+        ("providers", "create", "gpu", "--kind", "manual"),
+        ("providers", "edit", "local", "--external-connect", "off"),
+        ("audit", "list"),
+    ]
+    for cmd in commands:
+        r = deployment.bob.run(*cmd)
+        assert r.code == 1, (cmd, r)
+        assert r.err.strip() == "hatchway: forbidden: only a site manager can do this; ask one of your site managers", cmd
+    assert deployment.bob.ok("whoami", "--json").json()["role"] == "member"
+    providers = deployment.alice.ok("providers", "list", "--json").json()
+    assert [p["name"] for p in providers] == ["local"] or "gpu" not in [p["name"] for p in providers]
+    assert all(p["external_connect"] for p in providers if p["name"] == "local")
+
+
+def test_key_download_is_a_valid_openssh_key(deployment: Deployment, tmp_path: Path) -> None:
+    shown = deployment.bob.ok("keys", "show", "--json").json()
+    out = tmp_path / "k"
+    deployment.bob.ok("keys", "download", "--output", str(out))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(out)], capture_output=True, text=True, check=True).stdout
+    assert derived.split()[:2] == shown["public_key"].split()[:2]
+    fp = subprocess.run(["ssh-keygen", "-l", "-f", str(out)], capture_output=True, text=True, check=True).stdout
+    assert fp.split()[1] == shown["fingerprint"]
+
+
+def test_default_key_path_and_regenerate(deployment: Deployment) -> None:
+    before = deployment.bob.ok("keys", "show", "--json").json()
+    deployment.bob.ok("keys", "download")
+    path = deployment.bob.home / ".ssh" / "hatchway_127.0.0.1"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    r = deployment.bob.ok("keys", "regenerate", "--yes")
+    after = deployment.bob.ok("keys", "show", "--json").json()
+    assert after["public_key"] != before["public_key"]
+    assert after["fingerprint"] in r.out
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], capture_output=True, text=True, check=True).stdout
+    assert derived.split()[1] == after["public_key"].split()[1], "the downloaded key file follows the regeneration"
+    actions = [(e["actor"], e["action"]) for e in deployment.alice.ok("audit", "list", "--json").json()]
+    assert ("bob", "key.regenerate") in actions
+
+
+def test_no_api_returns_someone_elses_private_key(deployment: Deployment) -> None:
+    alice_token = json.loads((deployment.alice.config_dir / "session.json").read_text())["token"]
+    bob_key = deployment.bob.ok("keys", "show", "--json").json()["public_key"]
+    with api(deployment.server.url, alice_token) as c:
+        own = c.get("/users/me/key/private")
+        assert own.status_code == 200 and own.headers["cache-control"] == "no-store"
+        assert bob_key.split()[1] not in own.text
+        for path in ("/users/bob/key/private", "/users/bob/key", "/users/bob"):
+            assert c.get(path).status_code in (404, 405), path
+        for user in c.get("/users").json():
+            assert "private" not in json.dumps(user)
+
+
+def test_suspension_stops_tokens_at_once(deployment: Deployment) -> None:
+    carol = Cli(deployment.tmp / "carol")
+    deployment.alice.ok("users", "create", "carol", "--email", "carol@example.com", "--password-stdin", stdin="carol-password\n")
+    carol.login(deployment.server.url, "carol", "carol-password")
+    carol.ok("whoami")
+    deployment.alice.ok("users", "suspend", "carol")
+    r = carol.run("whoami")
+    assert r.code == 1
+    assert r.err.strip() == "hatchway: account suspended: your account is suspended; ask a site manager to reactivate it"
+    again = carol.run("login", deployment.server.url, "--username", "carol", "--password-stdin", stdin="carol-password\n")
+    assert again.code == 1 and "account suspended" in again.err
+    deployment.alice.ok("users", "activate", "carol")
+    carol.ok("whoami")
+    listed = {u["username"]: u for u in deployment.alice.ok("users", "list", "--json").json()}
+    assert listed["carol"]["suspended"] is False
+    actions = [e["action"] for e in deployment.alice.ok("audit", "list", "--json").json() if e["target"] == "carol"]
+    assert actions[:3] == ["user.activate", "user.suspend", "user.create"]
+
+
+def test_set_role_and_last_site_manager(deployment: Deployment) -> None:
+    deployment.alice.ok("users", "create", "dave", "--email", "dave@example.com")
+    deployment.alice.ok("users", "set-role", "dave", "site-manager")
+    roles = {u["username"]: u["role"] for u in deployment.alice.ok("users", "list", "--json").json()}
+    assert roles["dave"] == "site-manager"
+    deployment.alice.ok("users", "set-role", "dave", "member")
+    r = deployment.alice.run("users", "set-role", "alice", "member")
+    assert r.code == 1 and "last site manager" in r.err
+    bad = deployment.alice.run("users", "set-role", "dave", "overlord")
+    assert bad.code == 2 and "overlord" in bad.err
+
+
+def test_logout_revokes_the_token(deployment: Deployment) -> None:
+    erin = Cli(deployment.tmp / "erin")
+    deployment.alice.ok("users", "create", "erin", "--email", "erin@example.com", "--password-stdin", stdin="erin-password\n")
+    erin.login(deployment.server.url, "erin", "erin-password")
+    token = json.loads((erin.config_dir / "session.json").read_text())["token"]
+    erin.ok("logout")
+    assert not (erin.config_dir / "session.json").exists()
+    with api(deployment.server.url, token) as c:
+        r = c.get("/users/me")
+    assert r.status_code == 401 and r.json()["error"] == "session expired or revoked"
+    r = erin.run("whoami")
+    assert r.code == 1 and "not logged in" in r.err
+
+
+def test_providers_and_external_connect(deployment: Deployment) -> None:
+    deployment.alice.ok("providers", "create", "byo", "--kind", "manual")
+    dup = deployment.alice.run("providers", "create", "byo", "--kind", "manual")
+    assert dup.code == 1 and 'provider "byo" already exists' in dup.err
+    bad = deployment.alice.run("providers", "create", "Bad Name", "--kind", "manual")
+    assert bad.code == 1 and "invalid provider name" in bad.err
+    deployment.alice.ok("providers", "edit", "byo", "--external-connect", "off")
+    rows = {p["name"]: p for p in deployment.bob.ok("providers", "list", "--json").json()}
+    assert rows["byo"] == {"name": "byo", "kind": "manual", "external_connect": False, "workspace_count": rows["byo"]["workspace_count"]}
+    assert rows["local"]["external_connect"] is True
+    deployment.alice.ok("providers", "edit", "byo", "--external-connect", "on")
+    events = [e for e in deployment.alice.ok("audit", "list", "--json").json() if e["action"] == "provider.edit"]
+    assert events[0]["detail"] == {"external_connect": {"old": False, "new": True}}
+    assert events[1]["detail"] == {"external_connect": {"old": True, "new": False}}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Dev", "dev_1", "-dev", "dev-", "a" * 64, "dev box", "dev\nHost *", "dév", "dev;rm", "", "x/y", "%h"],
+)
+def test_workspace_name_validation(deployment: Deployment, name: str) -> None:
+    r = deployment.bob.run("workspaces", "create", "--provider", "local", "--", name)
+    assert r.code != 0
+    assert r.err.startswith("hatchway: invalid request: name: invalid workspace name "), r.err
+    assert "use 1-63 lowercase letters, digits and '-'" in r.err
+    assert "\n" not in r.err.rstrip("\n"), "a hostile name must not add lines to the message"
+    assert deployment.bob.ok("workspaces", "list", "--json").json() == []
+
+
+def test_workspaces_lifecycle_and_agent_token(deployment: Deployment) -> None:
+    deployment.alice.run("providers", "create", "byo2", "--kind", "manual")
+    r = deployment.bob.ok("workspaces", "create", "web-1", "--provider", "byo2", "--env", "LANG=C.UTF-8", "--env", "EDITOR=vim -u NONE")
+    assert "HATCHWAY_AGENT_TOKEN=hwa_" in r.out and "hatchway agent --url " + deployment.server.url in r.out
+    dup = deployment.bob.run("workspaces", "create", "web-1", "--provider", "byo2")
+    assert dup.code == 1 and 'workspace "web-1" already exists' in dup.err
+    unknown = deployment.bob.run("workspaces", "create", "web-2", "--provider", "nope")
+    assert unknown.code == 1 and 'no provider named "nope"' in unknown.err
+    badenv = deployment.bob.run("workspaces", "create", "web-3", "--provider", "byo2", "--env", "1BAD=x")
+    assert badenv.code == 1 and "invalid environment variable name" in badenv.err
+    shown = deployment.bob.ok("workspaces", "show", "web-1", "--json").json()
+    assert shown["env"] == {"LANG": "C.UTF-8", "EDITOR": "vim -u NONE"}
+    assert (shown["owner"], shown["provider"], shown["state"], shown["agent_connected"]) == ("bob", "byo2", "running", False)
+    text = deployment.bob.ok("workspaces", "show", "web-1").out
+    assert "connect:  ssh hatchway.web-1" in text and "env:      EDITOR=vim -u NONE" in text
+    # Agent tokens: a new one invalidates the old one; only owner or site manager may rotate.
+    first = r.out.split("HATCHWAY_AGENT_TOKEN=")[1].split()[0]
+    with api(deployment.server.url, first) as c:
+        assert c.get("/agent/manifest").status_code == 200
+    new = deployment.bob.ok("workspaces", "agent-token", "web-1").out.strip()
+    assert new.startswith("hwa_") and new != first
+    with api(deployment.server.url, first) as c:
+        assert c.get("/agent/manifest").status_code == 401
+    with api(deployment.server.url, new) as c:
+        m = c.get("/agent/manifest").json()
+        assert m["workspace"]["name"] == "web-1" and m["image_env"] == {"LANG": "C.UTF-8", "EDITOR": "vim -u NONE"}
+        assert c.get("/users/me").status_code == 401, "an agent token grants nothing of the user API"
+    deployment.alice.ok("workspaces", "agent-token", "bob/web-1")
+    other = deployment.alice.run("workspaces", "show", "web-1")
+    assert other.code == 1 and 'no workspace named "web-1"' in other.err
+    assert deployment.alice.ok("workspaces", "show", "bob/web-1", "--json").json()["owner"] == "bob"
+    nosy = deployment.bob.run("workspaces", "show", "alice/anything")
+    assert nosy.code == 1 and "forbidden" in nosy.err
+    deployment.bob.ok("workspaces", "delete", "web-1", "--yes")
+    assert "web-1" not in [w["name"] for w in deployment.bob.ok("workspaces", "list", "--json").json()]
+
+
+def test_bad_requests_get_json_errors_and_change_nothing(deployment: Deployment) -> None:
+    alice_token = json.loads((deployment.alice.config_dir / "session.json").read_text())["token"]
+    with api(deployment.server.url, alice_token) as c:
+        users_before = c.get("/users").json()
+        r = c.post("/users", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"] == "invalid request"
+        r = c.post("/users", content=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"] == "request too large"
+        r = c.post("/users", json={"username": "eve\nx", "email": "e@example.com"})
+        assert r.status_code == 422 and "invalid username" in r.json()["detail"]
+        r = c.post("/users", json={"username": "eve", "email": "e@example.com", "role": "root"})
+        assert r.status_code == 422
+        r = c.post("/users", json={"username": "alice", "email": "e@example.com"})
+        assert r.status_code == 409 and r.json() == {"error": 'user "alice" already exists', "detail": "pick another username"}
+        r = c.post("/workspaces", json={"name": "ok", "provider": "local", "env": {"A": "x\ny"}})
+        assert r.status_code == 422 and "newline" in r.json()["detail"]
+        r = c.get("/nope")
+        assert r.status_code == 404 and set(r.json()) == {"error", "detail"}
+        assert c.get("/users").json() == users_before
+    with httpx.Client(base_url=deployment.server.url + "/api/v1") as anon:
+        r = anon.get("/users/me")
+        assert r.status_code == 401 and r.json()["error"] == "not authenticated"
+
+
+def test_wrong_passwords_are_throttled(deployment: Deployment) -> None:
+    deployment.alice.ok("users", "create", "frank", "--email", "frank@example.com", "--password-stdin", stdin="frank-password\n")
+    frank = Cli(deployment.tmp / "frank")
+    for _ in range(5):
+        r = frank.run("login", deployment.server.url, "--username", "frank", "--password-stdin", stdin="wrong-pass\n")
+        assert r.code == 1 and "wrong username or password" in r.err
+    r = frank.run("login", deployment.server.url, "--username", "frank", "--password-stdin", stdin="frank-password\n")
+    assert r.code == 1 and "too many failed logins" in r.err
+    # Another user is not affected.
+    deployment.bob.login(deployment.server.url, "bob", BOB_PW)
+
+
+def test_openapi_lists_every_endpoint_the_cli_uses(deployment: Deployment) -> None:
+    doc = httpx.get(deployment.server.url + "/api/v1/openapi.json").json()
+    paths = doc["paths"]
+    expected = {
+        "/api/v1/auth/first-user": "post",
+        "/api/v1/auth/login": "post",
+        "/api/v1/auth/logout": "post",
+        "/api/v1/users/me": "get",
+        "/api/v1/users": "post",
+        "/api/v1/users/{username}/suspend": "post",
+        "/api/v1/users/{username}/activate": "post",
+        "/api/v1/users/{username}/role": "put",
+        "/api/v1/users/me/key": "get",
+        "/api/v1/users/me/key/private": "get",
+        "/api/v1/users/me/key/regenerate": "post",
+        "/api/v1/providers": "post",
+        "/api/v1/providers/{name}": "patch",
+        "/api/v1/workspaces": "post",
+        "/api/v1/workspaces/{name}": "delete",
+        "/api/v1/workspaces/{name}/agent-token": "post",
+        "/api/v1/audit": "get",
+        "/api/v1/connections": "get",
+        "/api/v1/agent/manifest": "get",
+    }
+    for path, method in expected.items():
+        assert method in paths.get(path, {}), f"{method.upper()} {path} missing from OpenAPI"
+
+
+def test_data_survives_restart(deployment: Deployment) -> None:
+    deployment.alice.ok("users", "create", "gina", "--email", "gina@example.com")
+    key_before = deployment.bob.ok("keys", "show", "--json").json()
+    deployment.server.restart()
+    names = [u["username"] for u in deployment.alice.ok("users", "list", "--json").json()]
+    assert "gina" in names
+    assert deployment.bob.ok("keys", "show", "--json").json() == key_before
+    deployment.bob.ok("keys", "download", "--output", str(deployment.tmp / "after-restart"))
