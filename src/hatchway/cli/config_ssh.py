@@ -19,7 +19,8 @@ from hatchway.cli.common import ApiClient, fail, session_or_fail
 from hatchway.cli.keys import default_key_path, download_key
 from hatchway.cli.session import StoredSession, config_dir
 from hatchway.fileutil import atomic_write, ensure_private_dir
-from hatchway.sshconfig import HostEntry, apply_block, render_block, render_known_hosts, unified_diff
+from hatchway.agent.authorized_keys import validate_public_key
+from hatchway.sshconfig import HostEntry, apply_block, render_block, render_entry, render_known_hosts, unified_diff
 
 ALIAS_PREFIX = "hatchway."
 
@@ -63,17 +64,23 @@ def plan_entries(
                 'unknown; start the agent, then run "hatchway config-ssh" again'
             )
             continue
-        plan.entries.append(
-            HostEntry(
-                alias=alias,
-                user=ws["os_user"],
-                proxy_command=[*proxy_argv, ws["name"]],
-                identity_file=str(key_path),
-                known_hosts_file=str(known_hosts_path),
-                host_key_alias=alias,
-            )
+        entry = HostEntry(
+            alias=alias,
+            user=ws["os_user"],
+            proxy_command=[*proxy_argv, ws["name"]],
+            identity_file=str(key_path),
+            known_hosts_file=str(known_hosts_path),
+            host_key_alias=alias,
         )
-        plan.known_hosts.extend((alias, key) for key in ws["host_keys"])
+        try:
+            # One workspace with an unusable report must not break everyone else's entries.
+            render_entry(entry)
+            keys = [validate_public_key(k) for k in ws["host_keys"]]
+        except ValueError as exc:
+            plan.warnings.append(f"left out {alias}: {exc}")
+            continue
+        plan.entries.append(entry)
+        plan.known_hosts.extend((alias, key) for key in keys)
     return plan
 
 
@@ -128,21 +135,21 @@ def config_ssh(ssh_config: Path | None, dry_run: bool, remove: bool, yes: bool) 
     """Write Host entries for your workspaces into your ssh config."""
     path = (ssh_config or Path.home() / ".ssh" / "config").expanduser().absolute()
     try:
-        existing = path.read_text()
+        existing = path.read_bytes().decode("utf-8")  # bytes: keep the user's CRLFs as they are
     except FileNotFoundError:
         existing = ""
     except UnicodeDecodeError:
         fail(f"{path} is not valid UTF-8; fix or move it, then run config-ssh again")
-    if remove:
-        new = apply_block(existing, None)
-        plan = None
-    else:
-        session = session_or_fail()
-        plan, sdir = build_plan(session)
+    plan = None
+    if not remove:
+        plan, sdir = build_plan(session_or_fail())
         write_standalone(plan, sdir)
         for warning in plan.warnings:
             click.echo(f"hatchway: {warning}", err=True)
-        new = apply_block(existing, render_block(plan.entries))
+    try:
+        new = apply_block(existing, None if plan is None else render_block(plan.entries))
+    except ValueError as exc:
+        fail(f"cannot update {path}: {exc}; fix the Hatchway markers by hand, then run config-ssh again")
     if new == existing:
         click.echo(f"{path} is up to date")
     elif dry_run:

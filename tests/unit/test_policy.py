@@ -1,0 +1,58 @@
+"""Every branch of the SSH admission policy, with the exact words users see."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from hatchway.server.policy import SSHFacts, external_connect_off_message, ssh_refusal, unknown_workspace_message
+
+OK = SSHFacts(
+    requester="bob", requester_id="u1", requester_suspended=False, workspace="dev", owner="bob", owner_id="u1",
+    provider="gpu", external_connect=True, state="running", state_reason=None, agent_connected=True,
+)
+
+
+def test_owner_with_everything_on_is_allowed() -> None:
+    assert ssh_refusal(OK) is None
+
+
+def test_external_connect_off_message_is_the_documented_line() -> None:
+    assert ssh_refusal(replace(OK, external_connect=False)) == (
+        'SSH access to workspaces on provider "gpu" is disabled by a site manager (External Connect is off)'
+    )
+    assert external_connect_off_message("gpu") == ssh_refusal(replace(OK, external_connect=False))
+
+
+def test_someone_elses_workspace_is_refused_even_for_site_managers() -> None:
+    msg = ssh_refusal(replace(OK, requester="alice", requester_id="u2"))
+    assert msg == 'workspace "bob/dev" belongs to another user; you can only connect to your own workspaces'
+
+
+def test_suspended_comes_first() -> None:
+    msg = ssh_refusal(replace(OK, requester_suspended=True, external_connect=False, owner_id="other"))
+    assert msg == "your account is suspended; ask a site manager to reactivate it"
+
+
+@pytest.mark.parametrize("state,reason,expected", [
+    ("stopped", None, 'workspace "dev" is stopped; start it with: hatchway workspaces start dev'),
+    ("failed", "agent exited 3 times", 'workspace "dev" is failed (agent exited 3 times); start it with: hatchway workspaces start dev'),
+])
+def test_not_running(state: str, reason: str | None, expected: str) -> None:
+    assert ssh_refusal(replace(OK, state=state, state_reason=reason)) == expected
+
+
+def test_agent_not_connected() -> None:
+    assert ssh_refusal(replace(OK, agent_connected=False)) == (
+        'workspace "dev" is not reachable: its agent is not connected; '
+        'start the agent in the workspace (see "hatchway workspaces show dev")'
+    )
+
+
+def test_external_connect_is_checked_before_state() -> None:
+    assert "External Connect is off" in ssh_refusal(replace(OK, external_connect=False, state="stopped"))
+
+
+def test_unknown_workspace() -> None:
+    assert unknown_workspace_message("nope") == 'no workspace named "nope" is yours; see "hatchway workspaces list"'
