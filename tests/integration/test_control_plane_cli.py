@@ -4,6 +4,7 @@ on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import signal
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -309,7 +310,9 @@ def test_openapi_lists_every_endpoint_the_cli_uses(deployment: Deployment) -> No
 def test_data_survives_restart(deployment: Deployment) -> None:
     deployment.alice.ok("users", "create", "gina", "--email", "gina@example.com")
     key_before = deployment.bob.ok("keys", "show", "--json").json()
-    deployment.server.restart()
+    assert deployment.server.stop(signal.SIGINT) == 0, "SIGINT stops the server cleanly"
+    assert "Traceback" not in deployment.server.log()
+    deployment.server.start()
     names = [u["username"] for u in deployment.alice.ok("users", "list", "--json").json()]
     assert "gina" in names
     assert deployment.bob.ok("keys", "show", "--json").json() == key_before

@@ -50,6 +50,12 @@ class _Server(uvicorn.Server):
             log.info("Hatchway %s ready at %s", __version__, self._settings.url)
 
 
+    def handle_exit(self, sig: int, frame: object) -> None:  # type: ignore[override]
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        # uvicorn re-raises the signal after shutting down; a clean shutdown should exit 0.
+        self._captured_signals.clear()
+
+
 def serve(settings: Settings) -> int:
     os.umask(0o077)  # the database and everything else in the data dir is the server's alone
     server = _Server(uvicorn_config(create_app(settings), settings), settings)
