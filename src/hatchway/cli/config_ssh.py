@@ -51,6 +51,13 @@ def plan_entries(
     plan = Plan()
     for ws in workspaces:
         alias = ALIAS_PREFIX + ws["name"]
+        # Pinning is not access: keep every reported host key, so an entry written earlier (or
+        # by another run) still verifies the moment SSH is switched back on.
+        for key in ws.get("host_keys") or []:
+            try:
+                plan.known_hosts.append((alias, validate_public_key(key)))
+            except ValueError:
+                pass
         if not ws["external_connect"]:
             plan.disabled += 1
             plan.warnings.append(
@@ -75,12 +82,12 @@ def plan_entries(
         try:
             # One workspace with an unusable report must not break everyone else's entries.
             render_entry(entry)
-            keys = [validate_public_key(k) for k in ws["host_keys"]]
+            for key in ws["host_keys"]:
+                validate_public_key(key)
         except ValueError as exc:
             plan.warnings.append(f"left out {alias}: {exc}")
             continue
         plan.entries.append(entry)
-        plan.known_hosts.extend((alias, key) for key in keys)
     return plan
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -20,6 +21,7 @@ from hatchway.cli.session import NotLoggedIn, config_dir, load_session
 
 CHUNK = 256 * 1024
 MAX_FRAME = 4 * 1024 * 1024
+EOF_GRACE_S = 5.0
 
 
 class Refused(Exception):
@@ -48,20 +50,39 @@ def _message(text: str) -> str:
         return text
 
 
-async def _stdin_to_ws(ws: object, loop: asyncio.AbstractEventLoop) -> None:
-    reader = asyncio.StreamReader(limit=CHUNK * 2, loop=loop)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0, closefd=False))
+def _pollable(fd: int) -> bool:
+    """Pipes and sockets (what ssh gives a ProxyCommand) go through the event loop; files,
+    terminals and /dev/null cannot be polled reliably, so those are served from a thread."""
     try:
-        while True:
-            data = await reader.read(CHUNK)
-            if not data:
-                return
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def _stdin_to_ws(ws: object, loop: asyncio.AbstractEventLoop) -> None:
+    if not _pollable(0):
+        while data := await loop.run_in_executor(None, os.read, 0, CHUNK):
+            await ws.send(data)  # type: ignore[attr-defined]
+        return
+    reader = asyncio.StreamReader(limit=CHUNK * 2, loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0, closefd=False)
+    )
+    try:
+        while data := await reader.read(CHUNK):
             await ws.send(data)  # type: ignore[attr-defined]
     finally:
         transport.close()
 
 
 async def _ws_to_stdout(ws: object, loop: asyncio.AbstractEventLoop) -> None:
+    if not _pollable(1):
+        async for message in ws:  # type: ignore[attr-defined]
+            if isinstance(message, str):
+                raise Refused(_message(message))
+            await loop.run_in_executor(None, _write_all, 1, message)
+        return
     pipe = os.fdopen(1, "wb", buffering=0, closefd=False)
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, pipe)
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
@@ -73,6 +94,12 @@ async def _ws_to_stdout(ws: object, loop: asyncio.AbstractEventLoop) -> None:
             await writer.drain()
     finally:
         transport.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 async def run_proxy(url: str, token: str, workspace: str) -> None:
@@ -99,7 +126,11 @@ async def run_proxy(url: str, token: str, workspace: str) -> None:
         down = asyncio.create_task(_ws_to_stdout(ws, loop))
         # Either side ending ends the connection: ssh closing our stdin means it is finished,
         # the server closing the stream means the workspace side is gone.
-        await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if up in done and not down.done():
+            # Our input ended first: give the server a moment to finish what it is saying
+            # (a refusal, the tail of the stream). ssh itself ends us with SIGHUP when it exits.
+            await asyncio.wait({down}, timeout=EOF_GRACE_S)
         for t in (up, down):
             t.cancel()
         for result in await asyncio.gather(up, down, return_exceptions=True):

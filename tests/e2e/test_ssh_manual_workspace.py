@@ -1,0 +1,290 @@
+"""SSH end to end through the control plane with the real OpenSSH client: a `manual`
+workspace whose agent runs as its own process with its own HOME, served by the built-in server."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.agent import AgentProcess
+from tests.helpers.cli import Cli
+from tests.helpers.server import HATCHWAY, RunningServer, api, wait_for
+
+USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO5Rl4u0wzqfDtRlUOVnrz0bE8aNoTqUZ3dzCqNfH0KG my-laptop"
+ENV_START = "# --------- START HATCHWAY ENVIRONMENT VARIABLES ----------"
+ENV_END = "# ----------------- END HATCHWAY -----------------------"
+
+
+@dataclass
+class World:
+    server: RunningServer
+    alice: Cli  # site manager
+    bob: Cli  # member who owns workspace "dev"
+    agent: AgentProcess
+    ssh_config: Path
+    tmp: Path
+
+    def ssh(self, *args: str, timeout: float = 60, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", *args],
+            input=stdin, capture_output=True, timeout=timeout, env=self.bob.env(),
+        )
+
+    def workspace(self) -> dict:
+        return self.bob.ok("workspaces", "show", "dev", "--json").json()
+
+
+def _token(path: Path) -> str:
+    return json.loads((path / "session.json").read_text())["token"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    srv = RunningServer(tmp / "data")
+    srv.start()
+    alice, bob = Cli(tmp / "alice"), Cli(tmp / "bob")
+    alice.login(srv.url, "alice", "alice-password", first=True)
+    alice.ok("users", "create", "bob", "--email", "bob@example.com", "--password-stdin", stdin="bob-password\n")
+    alice.ok("providers", "create", "byo", "--kind", "manual")
+    bob.login(srv.url, "bob", "bob-password")
+    created = bob.ok(
+        "workspaces", "create", "dev", "--provider", "byo", "--env", "FOO=bar baz", "--env", "EDITOR=vim",
+        "--env", "HATCHWAY_URL=http://evil.invalid",
+    ).out
+    token = created.split("HATCHWAY_AGENT_TOKEN=")[1].split()[0]
+    home = tmp / "ws-home"
+    (home / ".ssh").mkdir(parents=True)
+    # The user's own content, which the agent must keep byte for byte.
+    (home / ".ssh" / "authorized_keys").write_bytes(f"# my own keys\n{USER_KEY}\n".encode())
+    (home / ".ssh" / "environment").write_bytes(b"MY_VAR=mine\n# trailing comment without newline")
+    agent = AgentProcess(srv.url, token, home)
+    agent.start()
+    w = World(srv, alice, bob, agent, tmp / "bob" / "ssh_config", tmp)
+    wait_for(lambda: w.workspace()["agent_connected"] and w.workspace()["host_keys"], 20, what="agent to connect")
+    bob.ok("config-ssh", "--ssh-config", str(w.ssh_config), "-y")
+    try:
+        yield w
+    finally:
+        agent.stop()
+        srv.stop()
+
+
+def test_echo_and_exit_codes(world: World) -> None:
+    r = world.ssh("hatchway.dev", "echo ok")
+    assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr
+    assert world.ssh("hatchway.dev", "exit 7").returncode == 7
+    r = world.ssh("hatchway.dev", "id -un; pwd; echo $FOO; echo $HATCHWAY_WORKSPACE_NAME; echo $MY_VAR")
+    user = world.workspace()["os_user"]
+    assert r.stdout.decode().splitlines() == [user, str(world.agent.home), "bar baz", "dev", "mine"]
+
+
+def test_stdin_round_trip(world: World) -> None:
+    payload = bytes(range(256)) * 40000  # 10 MB of every byte value
+    r = world.ssh("hatchway.dev", "cat", stdin=payload)
+    assert r.returncode == 0 and r.stdout == payload
+
+
+def test_authorized_keys_block_and_user_content(world: World) -> None:
+    path = world.agent.home / ".ssh" / "authorized_keys"
+    lines = path.read_text().splitlines()
+    key = world.bob.ok("keys", "show", "--json").json()["public_key"]
+    assert lines[0] == "# ------------START-HATCHWAY-KEYS------------"
+    assert lines[1] == "# Managed by the Hatchway agent; your own keys go outside this block."
+    assert lines[2] == key
+    assert lines[3] == "# ------------END-HATCHWAY-KEYS--------------"
+    assert path.read_bytes().endswith(f"# my own keys\n{USER_KEY}\n".encode())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_environment_section_exact_shape(world: World) -> None:
+    path = world.agent.home / ".ssh" / "environment"
+    ws = world.workspace()
+    text = path.read_text()
+    section, _, rest = text.partition(ENV_END + "\n")
+    assert rest == "MY_VAR=mine\n# trailing comment without newline"
+    assert section.splitlines() == [
+        ENV_START,
+        "# The following has been auto-generated at workspace startup",
+        "# You should not hand-edit this section unless you are deleting it.",
+        "",
+        "HATCHWAY_USER_NAME=bob",
+        "HATCHWAY_USER_EMAIL=bob@example.com",
+        "HATCHWAY_WORKSPACE_NAME=dev",
+        f"HATCHWAY_WORKSPACE_ID={ws['id']}",
+        "HATCHWAY_PROVIDER_NAME=byo",
+        f"HATCHWAY_URL={world.server.url}",
+        "FOO=bar baz",
+        "EDITOR=vim",
+        "",
+    ]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # The image variable that tried to override a Hatchway default was refused and reported.
+    assert any("HATCHWAY_URL" in d for d in ws["diagnostics"]), ws["diagnostics"]
+    assert "HATCHWAY_URL" in world.agent.log() and "evil.invalid" not in text
+
+
+def test_unsafe_env_value_is_refused_at_creation(world: World) -> None:
+    r = world.bob.run("workspaces", "create", "dev2", "--provider", "byo", "--env", "X=a\nb")
+    assert r.code == 1 and "newline" in r.err
+    r = world.bob.run("workspaces", "create", "dev2", "--provider", "byo", "--env", "BAD NAME=x")
+    assert r.code == 1 and "invalid environment variable name" in r.err
+    assert [w["name"] for w in world.bob.ok("workspaces", "list", "--json").json()] == ["dev"]
+
+
+def test_workspace_shows_mode_and_host_key_is_pinned(world: World) -> None:
+    ws = world.workspace()
+    assert ws["ssh_mode"] == "built-in"
+    assert "ssh:      built-in" in world.bob.ok("workspaces", "show", "dev").out
+    known = (world.bob.config_dir / "known_hosts").read_text()
+    for key in ws["host_keys"]:
+        assert f"hatchway.dev {' '.join(key.split()[:2])}" in known
+    config = world.ssh_config.read_text()
+    assert "StrictHostKeyChecking yes" in config and "HostKeyAlias hatchway.dev" in config
+    assert "StrictHostKeyChecking no" not in config
+    # A different pinned key must make ssh refuse: pinning is really in force.
+    saved = (world.bob.config_dir / "known_hosts").read_text()
+    try:
+        bogus = "hatchway.dev ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO5Rl4u0wzqfDtRlUOVnrz0bE8aNoTqUZ3dzCqNfH0KG\n"
+        (world.bob.config_dir / "known_hosts").write_text(bogus)
+        r = world.ssh("hatchway.dev", "true")
+        assert r.returncode == 255 and b"REMOTE HOST IDENTIFICATION HAS CHANGED" in r.stderr
+    finally:
+        (world.bob.config_dir / "known_hosts").write_text(saved)
+
+
+def test_host_key_survives_agent_restart(world: World) -> None:
+    before = world.workspace()["host_keys"]
+    world.agent.stop()
+    wait_for(lambda: not world.workspace()["agent_connected"], 10, what="agent to disconnect")
+    r = world.ssh("hatchway.dev", "true")
+    assert r.returncode == 255
+    assert b'hatchway: workspace "dev" is not reachable: its agent is not connected' in r.stderr
+    world.agent.start()
+    wait_for(lambda: world.workspace()["agent_connected"], 20, what="agent to reconnect")
+    assert world.workspace()["host_keys"] == before
+    r = world.ssh("hatchway.dev", "echo again")
+    assert r.stdout == b"again\n", r.stderr
+
+
+def test_key_regeneration_reaches_the_running_agent(world: World) -> None:
+    path = world.agent.home / ".ssh" / "authorized_keys"
+    old = world.bob.ok("keys", "show", "--json").json()["public_key"]
+    old_key_file = world.tmp / "old-key"
+    world.bob.ok("keys", "download", "--output", str(old_key_file))
+    world.bob.ok("keys", "regenerate", "--yes")
+    new = world.bob.ok("keys", "show", "--json").json()["public_key"]
+    started = time.monotonic()
+    wait_for(lambda: new in path.read_text(), 5, what="the new key in authorized_keys")
+    assert time.monotonic() - started < 5
+    assert old not in path.read_text()
+    # The old key no longer gets in; the new one (config-ssh refreshes the stale file) does.
+    key_line = next(l for l in world.ssh_config.read_text().splitlines() if l.strip().startswith("IdentityFile "))
+    old_config = world.tmp / "old_key_config"
+    old_config.write_text(world.ssh_config.read_text().replace(key_line, f"  IdentityFile {old_key_file}"))
+    r = subprocess.run(["ssh", "-F", str(old_config), "-o", "BatchMode=yes", "hatchway.dev", "true"],
+                       capture_output=True, env=world.bob.env(), timeout=30)
+    assert r.returncode == 255 and b"Permission denied (publickey)" in r.stderr, r.stderr
+    world.bob.ok("config-ssh", "--ssh-config", str(world.ssh_config), "-y")
+    assert world.ssh("hatchway.dev", "true").returncode == 0
+
+
+def test_external_connect_off_refuses_and_ends_live_sessions(world: World) -> None:
+    live = subprocess.Popen(
+        ["ssh", "-F", str(world.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; sleep 60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.bob.env(),
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline() == b"started\n"
+        t0 = time.monotonic()
+        world.alice.ok("providers", "edit", "byo", "--external-connect", "off")
+        live.wait(timeout=10)
+        assert time.monotonic() - t0 < 2.5, "the live session must end within 2 s"
+        err = live.stderr.read().decode() if live.stderr else ""
+        expected = 'hatchway: SSH access to workspaces on provider "byo" is disabled by a site manager (External Connect is off)'
+        assert expected in err.splitlines()
+        r = world.ssh("hatchway.dev", "true")
+        assert r.returncode == 255 and expected in r.stderr.decode().splitlines()
+        # config-ssh leaves the workspace out and says why.
+        cs = world.bob.run("config-ssh", "--ssh-config", str(world.tmp / "other_config"), "-y")
+        assert 'SSH is not enabled for workspace provider "byo"' in cs.err
+        assert "Host hatchway.dev" not in (world.tmp / "other_config").read_text()
+        assert world.workspace()["agent_connected"], "turning SSH off does not touch the workspace"
+    finally:
+        world.alice.ok("providers", "edit", "byo", "--external-connect", "on")
+        live.kill()
+        live.wait()
+    r = world.ssh("hatchway.dev", "echo back")
+    assert r.stdout == b"back\n", r.stderr
+
+
+def test_other_users_and_unknown_workspaces_are_refused(world: World) -> None:
+    def proxy(cli: Cli, target: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [HATCHWAY, "proxy", target], capture_output=True, text=True, env=cli.env(), timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+
+    r = proxy(world.alice, "bob/dev")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == 'hatchway: workspace "bob/dev" belongs to another user; you can only connect to your own workspaces'
+    r = proxy(world.bob, "nope")
+    assert r.stderr.strip() == 'hatchway: no workspace named "nope" is yours; see "hatchway workspaces list"'
+    r = proxy(world.alice, "dev")
+    assert r.stderr.strip() == 'hatchway: no workspace named "dev" is yours; see "hatchway workspaces list"'
+
+
+def test_suspended_user_is_refused_and_live_session_ends(world: World) -> None:
+    live = subprocess.Popen(
+        ["ssh", "-F", str(world.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; sleep 60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.bob.env(),
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline() == b"started\n"
+        world.alice.ok("users", "suspend", "bob")
+        live.wait(timeout=5)
+        r = world.ssh("hatchway.dev", "true")
+        assert r.returncode == 255
+        assert "hatchway: account suspended: your account is suspended; ask a site manager to reactivate it" in r.stderr.decode()
+    finally:
+        world.alice.ok("users", "activate", "bob")
+        live.kill()
+        live.wait()
+    assert world.ssh("hatchway.dev", "true").returncode == 0
+
+
+def test_agent_survives_server_restart(world: World) -> None:
+    world.server.restart()
+    started = time.monotonic()
+    wait_for(lambda: world.workspace()["agent_connected"], 10, what="agent to reconnect after a server restart")
+    assert time.monotonic() - started < 5
+    r = world.ssh("hatchway.dev", "echo after-restart")
+    assert r.stdout == b"after-restart\n", r.stderr
+    assert world.agent.proc is not None and world.agent.proc.poll() is None, "the agent was not restarted"
+
+
+def test_connection_log_records_accepted_and_refused(world: World) -> None:
+    world.ssh("hatchway.dev", "head -c 100000 /dev/zero")
+    rows = world.alice.ok("audit", "connections", "--json").json()
+    accepted = [c for c in rows if c["result"] == "closed" and c["workspace"] == "dev"]
+    assert accepted, rows
+    newest = accepted[0]
+    assert newest["username"] == "bob" and newest["mode"] == "built-in" and newest["provider"] == "byo"
+    assert newest["bytes_from_workspace"] > 100000 and newest["bytes_to_workspace"] > 0
+    assert newest["source"].startswith("127.0.0.1 ") and newest["ended_at"] is not None
+    refused = [c for c in rows if c["result"] == "refused"]
+    reasons = {c["reason"] for c in refused}
+    assert 'SSH access to workspaces on provider "byo" is disabled by a site manager (External Connect is off)' in reasons
+    assert any(c["result"] == "ended" for c in rows), "the session ended by External Connect off is recorded"
+    mine = world.bob.ok("audit", "connections", "--json").json()
+    assert {c["username"] for c in mine} == {"bob"}
+    with api(world.server.url, _token(world.bob.config_dir)) as c:
+        assert c.get("/audit").status_code == 403
