@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,19 @@ def free_port() -> int:
 class RunningServer:
     """Start/stop/restart a server subprocess; its log is kept for assertions."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, db_url: str | None = None, extra_env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, port: int | None = None, db_url: str | None = None,
+                 extra_env: dict[str, str] | None = None, host: str = "127.0.0.1"):
         self.data_dir = data_dir
+        self.host = host
         self.port = port or free_port()
         self.db_url = db_url
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        args = [HATCHWAY, "server", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir), "--verbose"]
+        args = [HATCHWAY, "server", "--listen", f"{self.host}:{self.port}", "--data-dir", str(self.data_dir), "--verbose"]
         if self.db_url:
             args += ["--db", self.db_url]
         log = open(self.log_path, "ab")
