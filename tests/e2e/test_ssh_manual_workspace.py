@@ -41,6 +41,10 @@ class World:
         return self.bob.ok("workspaces", "show", "dev", "--json").json()
 
 
+def _show_lines(cli: Cli) -> list[list[str]]:
+    return [line.split(None, 1) for line in cli.ok("workspaces", "show", "dev").out.splitlines()]
+
+
 def _token(path: Path) -> str:
     return json.loads((path / "session.json").read_text())["token"]
 
@@ -143,7 +147,7 @@ def test_unsafe_env_value_is_refused_at_creation(world: World) -> None:
 def test_workspace_shows_mode_and_host_key_is_pinned(world: World) -> None:
     ws = world.workspace()
     assert ws["ssh_mode"] == "built-in"
-    assert "ssh:      built-in" in world.bob.ok("workspaces", "show", "dev").out
+    assert ["ssh:", "built-in"] in _show_lines(world.bob)
     known = (world.bob.config_dir / "known_hosts").read_text()
     for key in ws["host_keys"]:
         assert f"hatchway.dev {' '.join(key.split()[:2])}" in known
@@ -288,3 +292,35 @@ def test_connection_log_records_accepted_and_refused(world: World) -> None:
     assert {c["username"] for c in mine} == {"bob"}
     with api(world.server.url, _token(world.bob.config_dir)) as c:
         assert c.get("/audit").status_code == 403
+
+
+def test_hatchway_ssh_shortcut(world: World) -> None:
+    r = subprocess.run(
+        [HATCHWAY, "ssh", "dev", "--", "echo", "via-shortcut", "&&", "exit", "5"],
+        capture_output=True, text=True, env=world.bob.env(), timeout=60,
+    )
+    assert (r.returncode, r.stdout) == (5, "via-shortcut\n"), r.stderr
+    r = subprocess.run([HATCHWAY, "ssh", "nope"], capture_output=True, text=True, env=world.bob.env(), timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip() == 'hatchway: no workspace named "nope" is yours; see "hatchway workspaces list"'
+
+
+def test_deleting_the_workspace_ends_live_sessions(world: World) -> None:
+    """Runs last in this module: it deletes the shared workspace."""
+    live = subprocess.Popen(
+        ["ssh", "-F", str(world.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; sleep 60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.bob.env(),
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline() == b"started\n"
+        t0 = time.monotonic()
+        world.bob.ok("workspaces", "delete", "dev", "--yes")
+        live.wait(timeout=10)
+        assert time.monotonic() - t0 < 2.5
+        assert b'hatchway: workspace "bob/dev" was deleted' in live.stderr.read()  # type: ignore[union-attr]
+    finally:
+        live.kill()
+        live.wait()
+    r = world.ssh("hatchway.dev", "true")
+    assert r.returncode == 255
+    assert 'hatchway: no workspace named "dev" is yours' in r.stderr.decode()

@@ -219,8 +219,8 @@ def test_workspaces_lifecycle_and_agent_token(deployment: Deployment) -> None:
     shown = deployment.bob.ok("workspaces", "show", "web-1", "--json").json()
     assert shown["env"] == {"LANG": "C.UTF-8", "EDITOR": "vim -u NONE"}
     assert (shown["owner"], shown["provider"], shown["state"], shown["agent_connected"]) == ("bob", "byo2", "running", False)
-    text = deployment.bob.ok("workspaces", "show", "web-1").out
-    assert "connect:  ssh hatchway.web-1" in text and "env:      EDITOR=vim -u NONE" in text
+    lines = [line.split(None, 1) for line in deployment.bob.ok("workspaces", "show", "web-1").out.splitlines()]
+    assert ["connect:", "ssh hatchway.web-1"] in lines and ["env:", "EDITOR=vim -u NONE"] in lines
     # Agent tokens: a new one invalidates the old one; only owner or site manager may rotate.
     first = r.out.split("HATCHWAY_AGENT_TOKEN=")[1].split()[0]
     with api(deployment.server.url, first) as c:
