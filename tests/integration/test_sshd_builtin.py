@@ -1,0 +1,659 @@
+"""The built-in SSH server driven by the real OpenSSH client (/usr/bin/ssh).
+
+The server runs on its own event loop in a thread; a loopback listener hands every accepted
+socket to ``BuiltinSSHServer.handle`` exactly like the agent hands it relayed streams. Host
+keys are pinned (StrictHostKeyChecking=yes) so a changing host key fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hatchway.sshd.server import BuiltinSSHServer, SessionIdentity
+
+SSH = "/usr/bin/ssh"
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(SSH) and shutil.which("ssh-keygen")),
+    reason="needs the OpenSSH client",
+)
+USER = pwd.getpwuid(os.getuid()).pw_name
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
+
+
+class ServerThread:
+    """A BuiltinSSHServer behind a 127.0.0.1:0 listener, on an event loop in a thread."""
+
+    def __init__(self, **server_kwargs: object) -> None:
+        self.kwargs = server_kwargs
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="sshd-test-loop", daemon=True
+        )
+        self.server: BuiltinSSHServer
+        self.port = 0
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    def call(self, coro, timeout: float = 20):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        self.server = BuiltinSSHServer(**self.kwargs)  # type: ignore[arg-type]
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.accept_task = asyncio.create_task(self._accept_loop())
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, addr = await loop.sock_accept(self.listener)
+            task = asyncio.create_task(
+                self.server.handle(sock, addr, sock.getsockname())
+            )
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    def close_server(self) -> None:
+        self.call(self.server.close())
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            self.accept_task.cancel()
+            await asyncio.gather(self.accept_task, return_exceptions=True)
+            self.listener.close()
+            await self.server.close()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+
+        try:
+            self.call(_stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+class Env:
+    """Paths and helpers shared by the tests of this module."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        (self.home / ".ssh").mkdir(parents=True, mode=0o700)
+        self.authorized_keys = self.home / ".ssh" / "authorized_keys"
+        self.host_key = root / "agent" / "ssh_host_ed25519_key"
+        self.known_hosts = root / "known_hosts"
+        self.key_a = self._keygen("a")
+        self.key_b = self._keygen("b")
+        self.authorized_keys.write_text(self.pub(self.key_a))
+        self.authorized_keys.chmod(0o600)
+        (self.home / ".ssh" / "environment").write_text(
+            "# user file\n\nFROM_SSH_ENVIRONMENT=from file = kept\n  INDENTED=yes\n"
+        )
+
+    def _keygen(self, name: str) -> Path:
+        path = self.root / f"id_{name}"
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"test-{name}",
+                "-f",
+                str(path),
+            ],
+            check=True,
+        )
+        return path
+
+    @staticmethod
+    def pub(key: Path) -> str:
+        return key.with_suffix(".pub").read_text()
+
+    def server_kwargs(self) -> dict[str, object]:
+        return {
+            "host_key_path": self.host_key,
+            "authorized_keys_path": self.authorized_keys,
+            "base_env": {"IMAGE_VAR": "from image", "HATCHWAY_WORKSPACE_NAME": "dev"},
+            "identity": SessionIdentity(user=USER, home=self.home, shell="/bin/bash"),
+        }
+
+    def pin(self, srv: ServerThread) -> None:
+        self.known_hosts.write_text(
+            "".join(
+                f"[127.0.0.1]:{srv.port} {line}\n"
+                for line in srv.server.host_public_keys()
+            )
+        )
+
+    def ssh_argv(
+        self, srv: ServerThread, *args: str, key: Path | None = None, user: str = USER
+    ) -> list[str]:
+        return [
+            SSH, "-F", "/dev/null",
+            "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-i", str(key or self.key_a),
+            "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes",
+            "-o", "LogLevel=ERROR",
+            "-p", str(srv.port),
+            *args[:-1], f"{user}@127.0.0.1", *args[-1:],
+        ]  # fmt: skip
+
+    def ssh(
+        self,
+        srv: ServerThread,
+        *args: str,
+        key: Path | None = None,
+        user: str = USER,
+        input: bytes | None = None,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ssh; the last element of ``args`` is the remote command ('' for none)."""
+        argv = self.ssh_argv(srv, *args, key=key, user=user)
+        if argv[-1] == "":
+            argv.pop()
+        return subprocess.run(
+            argv,
+            check=False,
+            input=input if input is not None else b"",
+            capture_output=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    return Env(tmp_path_factory.mktemp("sshd"))
+
+
+@pytest.fixture(scope="module")
+def srv(env: Env) -> Iterator[ServerThread]:
+    s = ServerThread(**env.server_kwargs()).start()
+    env.pin(s)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture()
+def restore_authorized_keys(env: Env) -> Iterator[None]:
+    before = env.authorized_keys.read_text()
+    yield
+    env.authorized_keys.write_text(before)
+
+
+def parse_env(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw in ANSI.sub(b"", data).replace(b"\r", b"").decode().split("\n"):
+        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", raw)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+# ---- exec ------------------------------------------------------------------------------------
+
+
+def test_exec_stdout_stderr_and_exit_status(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "echo hello; echo oops >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"hello\n", b"oops\n")
+
+
+def test_exec_success_is_zero(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "pwd")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{env.home}\n".encode(), b"")
+
+
+def test_killed_command_reports_signal(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "echo before; kill -9 $$")
+    # exit-signal KILL: OpenSSH's client exits 255 for a remote command killed by a signal
+    assert (r.returncode, r.stdout) == (255, b"before\n")
+
+
+def test_last_line_of_immediately_exiting_command(env: Env, srv: ServerThread) -> None:
+    for _ in range(5):  # races between exit and output show up as flakes; repeat
+        r = env.ssh(srv, "printf 'first\\nthe last line\\n'")
+        assert (r.returncode, r.stdout) == (0, b"first\nthe last line\n")
+        r = env.ssh(srv, "printf 'no newline at end'; exit 4")
+        assert (r.returncode, r.stdout) == (4, b"no newline at end")
+
+
+def test_stdin_round_trip_10mib(env: Env, srv: ServerThread) -> None:
+    payload = os.urandom(10 * 1024 * 1024)
+    r = env.ssh(srv, "cat", input=payload, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) == len(payload)
+    assert hashlib.sha256(r.stdout).hexdigest() == hashlib.sha256(payload).hexdigest()
+
+
+def test_stdin_eof_reaches_command(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "wc -c", input=b"12345")
+    assert (r.returncode, r.stdout.strip()) == (0, b"5")
+
+
+def test_large_output_50mib_delivered(env: Env, srv: ServerThread) -> None:
+    size = 50 * 1024 * 1024
+    r = env.ssh(srv, f"yes 0123456789abcdef | head -c {size}", timeout=60)
+    expected = (b"0123456789abcdef\n" * (size // 17 + 1))[:size]
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) == size
+    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256(expected).digest()
+
+
+def test_large_stderr_and_stdout_together(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(
+        srv,
+        "head -c 8000000 /dev/zero >&2 & head -c 9000000 /dev/zero; wait",
+        timeout=60,
+    )
+    assert (r.returncode, len(r.stdout), len(r.stderr)) == (0, 9_000_000, 8_000_000)
+
+
+# ---- environment -------------------------------------------------------------------------------
+
+
+def _assert_session_env(env: Env, srv: ServerThread, got: dict[str, str]) -> None:
+    m = re.fullmatch(
+        rf"127\.0\.0\.1 (\d+) 127\.0\.0\.1 {srv.port}", got.get("SSH_CONNECTION", "")
+    )
+    assert m, got.get("SSH_CONNECTION")
+    assert got["SSH_CLIENT"] == f"127.0.0.1 {m.group(1)} {srv.port}"
+    assert got["USER"] == USER
+    assert got["LOGNAME"] == USER
+    assert got["HOME"] == str(env.home)
+    assert got["SHELL"] == "/bin/bash"
+    assert got["MAIL"] == f"/var/mail/{USER}"
+    assert got["IMAGE_VAR"] == "from image"
+    assert got["HATCHWAY_WORKSPACE_NAME"] == "dev"
+    assert got["FROM_SSH_ENVIRONMENT"] == "from file = kept"
+    assert got["INDENTED"] == "yes"
+
+
+def test_exec_environment(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "-o", "SetEnv=LC_TESTING=c-env BAD_VAR=nope", "env")
+    assert r.returncode == 0, r.stderr
+    got = parse_env(r.stdout)
+    _assert_session_env(env, srv, got)
+    assert got["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert got["LC_TESTING"] == "c-env"
+    assert "BAD_VAR" not in got
+    assert "SSH_TTY" not in got
+    assert "TERM" not in got
+
+
+def test_login_shell_with_pty(env: Env, srv: ServerThread) -> None:
+    script = b"echo ARGV0=$0; echo CWD=$PWD; shopt -q login_shell && echo LOGIN=yes; env; exit\n"
+    r = env.ssh(srv, "-tt", "", input=script, env={"TERM": "vt220"})
+    assert r.returncode == 0, r.stderr
+    got = parse_env(r.stdout)
+    _assert_session_env(env, srv, got)
+    assert got["ARGV0"] == "-bash"
+    assert got["CWD"] == str(env.home)
+    assert got["LOGIN"] == "yes"
+    assert got["TERM"] == "vt220"
+    assert re.fullmatch(r"/dev/pts/\d+", got["SSH_TTY"]), got["SSH_TTY"]
+
+
+def test_exec_with_pty(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(
+        srv,
+        "-tt",
+        "tty; stty size; echo $TERM; echo $SSH_TTY",
+        env={"TERM": "xterm-256color"},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().split("\r\n")
+    assert re.fullmatch(r"/dev/pts/\d+", lines[0]), lines
+    assert lines[1:] == ["24 80", "xterm-256color", lines[0], ""]
+
+
+def test_exec_without_pty_has_no_tty(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "tty; echo rc=$?")
+    assert r.stdout == b"not a tty\nrc=1\n"
+
+
+# ---- authentication ------------------------------------------------------------------------
+
+
+def test_unknown_key_refused(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "echo should not run", key=env.key_b)
+    assert (r.returncode, r.stdout) == (255, b"")
+    assert b"Permission denied (publickey)" in r.stderr  # only publickey is offered
+
+
+def test_other_user_name_refused(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "echo should not run", user="nobody-else")
+    assert (r.returncode, r.stdout) == (255, b"")
+    assert b"Permission denied (publickey)" in r.stderr
+
+
+def test_removed_key_refused_on_next_connection(
+    env: Env, srv: ServerThread, restore_authorized_keys: None
+) -> None:
+    assert env.ssh(srv, "echo one").stdout == b"one\n"
+    env.authorized_keys.write_text("# rotated\nnot a key line\n" + env.pub(env.key_b))
+    r = env.ssh(srv, "echo two")
+    assert (r.returncode, r.stdout) == (255, b"")
+    r = env.ssh(srv, "echo three", key=env.key_b)
+    assert (r.returncode, r.stdout) == (0, b"three\n")
+
+
+def test_missing_authorized_keys_refuses_everything(
+    env: Env, srv: ServerThread, restore_authorized_keys: None
+) -> None:
+    env.authorized_keys.unlink()
+    r = env.ssh(srv, "echo no")
+    assert (r.returncode, r.stdout) == (255, b"")
+
+
+# ---- host key ------------------------------------------------------------------------------
+
+
+def test_host_key_stable_across_restart(env: Env, srv: ServerThread) -> None:
+    first = srv.server.host_public_keys()
+    assert len(first) == 1 and first[0].startswith("ssh-ed25519 ")
+    assert env.host_key.stat().st_mode & 0o777 == 0o600
+    assert env.host_key.parent.stat().st_mode & 0o777 == 0o700
+    again = ServerThread(**env.server_kwargs()).start()
+    try:
+        assert again.server.host_public_keys() == first
+        # known_hosts pinned for the first server, rewritten for the new port with the SAME key
+        env.known_hosts.write_text(f"[127.0.0.1]:{again.port} {first[0]}\n")
+        r = env.ssh(again, "echo restarted")
+        assert (r.returncode, r.stdout) == (0, b"restarted\n"), r.stderr
+    finally:
+        again.stop()
+        env.pin(srv)
+
+
+# ---- sessions end, nothing leaks -------------------------------------------------------------
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_client_disconnect_hangs_up_command(env: Env, srv: ServerThread) -> None:
+    with subprocess.Popen(
+        env.ssh_argv(srv, "echo $$; exec sleep 60"),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        proc.kill()
+    assert _wait_gone(pid), "remote command survived the client going away"
+
+
+def test_keepalives_answered(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(
+        srv,
+        "-o",
+        "ServerAliveInterval=1",
+        "-o",
+        "ServerAliveCountMax=1",
+        "sleep 2.5; echo alive",
+    )
+    assert (r.returncode, r.stdout) == (0, b"alive\n"), r.stderr
+
+
+def test_unsupported_features_refused_cleanly(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "-s", "sftp")
+    assert r.returncode == 255
+    assert b"subsystem request failed" in r.stderr
+    r = env.ssh(
+        srv,
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        "127.0.0.1:0:127.0.0.1:9",
+        "echo never",
+    )
+    assert r.returncode == 255
+    assert b"remote port forwarding failed" in r.stderr
+    r = env.ssh(srv, "-A", "-o", "ForwardX11=yes", "echo still-works")
+    assert (r.returncode, r.stdout) == (0, b"still-works\n")
+
+
+def test_close_ends_live_sessions(env: Env) -> None:
+    s = ServerThread(**env.server_kwargs()).start()
+    saved = env.known_hosts.read_text()
+    env.pin(s)
+    try:
+        with subprocess.Popen(
+            env.ssh_argv(s, "echo $$; exec sleep 60"),
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        ) as proc:
+            try:
+                assert proc.stdout is not None
+                pid = int(proc.stdout.readline())
+                started = time.monotonic()
+                s.close_server()
+                assert proc.wait(10) == 255
+                assert time.monotonic() - started < 8
+                assert _wait_gone(pid)
+            finally:
+                proc.kill()
+    finally:
+        s.stop()
+        env.known_hosts.write_text(saved)
+
+
+# ---- signals and window changes (OpenSSH's client cannot send these on demand) --------------
+
+
+def test_signal_and_window_change_via_asyncssh_client(
+    env: Env, srv: ServerThread
+) -> None:
+    import asyncssh
+
+    async def scenario() -> tuple[bytes, int | None, bytes, object]:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            srv.port,
+            username=USER,
+            client_keys=[str(env.key_a)],
+            known_hosts=str(env.known_hosts),
+            config=None,
+            agent_path=None,
+        ) as conn:
+            script = 'trap "echo got-INT; exit 7" INT; echo ready; while :; do sleep 0.05; done'
+            p = await conn.create_process(script, encoding=None)
+            assert await asyncio.wait_for(p.stdout.readline(), 10) == b"ready\n"
+            p.send_signal("INT")
+            out1 = await asyncio.wait_for(p.stdout.read(), 10)
+            st1 = (await p.wait()).exit_status
+
+            script = "trap 'stty size' WINCH; echo ready; while :; do sleep 0.05; done"
+            p = await conn.create_process(
+                script, term_type="xterm", term_size=(80, 24), encoding=None
+            )
+            assert await asyncio.wait_for(p.stdout.readline(), 10) == b"ready\r\n"
+            p.change_terminal_size(132, 43)
+            line = await asyncio.wait_for(p.stdout.readline(), 10)
+            p.send_signal("TERM")
+            await asyncio.wait_for(p.wait(), 10)
+
+            # exit-signal is reported by name, as RFC 4254 wants it
+            r = await conn.run("kill -TERM $$", check=False)
+            return out1, st1, line, (r.exit_status, r.exit_signal and r.exit_signal[:2])
+
+    out1, st1, line, killed = asyncio.run(scenario())
+    assert (out1, st1) == (b"got-INT\n", 7)
+    assert line == b"43 132\r\n"
+    assert killed == (-1, ("TERM", False))
+
+
+def test_password_auth_not_offered(env: Env, srv: ServerThread) -> None:
+    import asyncssh
+
+    async def attempt() -> None:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            srv.port,
+            username=USER,
+            password="anything",
+            client_keys=None,
+            known_hosts=str(env.known_hosts),
+            config=None,
+            agent_path=None,
+        ):
+            pass
+
+    with pytest.raises(asyncssh.PermissionDenied):
+        asyncio.run(attempt())
+
+
+# ---- no leaks ---------------------------------------------------------------------------------
+
+
+def _open_fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def _children_of_us() -> list[str]:
+    me = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat_line = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat_line.rsplit(")", 1)[1].split()
+        if fields[1] == me:  # ppid
+            found.append(f"{entry} {fields[0]}")
+    return found
+
+
+def test_no_fd_or_process_leaks(env: Env, srv: ServerThread) -> None:
+    env.ssh(srv, "true")  # warm up lazily created loop resources (thread pool, ...)
+    before = _open_fds()
+    env.ssh(srv, "echo x; echo y >&2")
+    env.ssh(srv, "-tt", "echo pty")
+    env.ssh(srv, "-tt", "", input=b"exit\n")
+    env.ssh(srv, "kill -9 $$")
+    env.ssh(srv, "cat", input=b"z" * 1_000_000)
+    env.ssh(srv, "echo no", key=env.key_b)
+    # a detached background job is reparented away from us; the session still ends at once
+    assert (
+        env.ssh(srv, "(sleep 1 </dev/null >/dev/null 2>&1 &); echo bg").stdout
+        == b"bg\n"
+    )
+    with subprocess.Popen(
+        env.ssh_argv(srv, "echo $$; exec sleep 60"),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        proc.kill()
+    assert _wait_gone(pid)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (_open_fds() - before or _children_of_us()):
+        time.sleep(0.05)
+    assert _open_fds() - before == set()
+    assert _children_of_us() == []
+
+
+# ---- the agent's way: a socketpair end and relayed addresses -----------------------------------
+
+
+def test_socketpair_with_relayed_addresses(env: Env, srv: ServerThread) -> None:
+    import asyncssh
+
+    async def scenario() -> tuple[str, str, int | None]:
+        ours, theirs = socket.socketpair()
+        handler = asyncio.create_task(
+            srv.server.handle(theirs, ("203.0.113.9", 40001), ("10.1.2.3", 22))
+        )
+        try:
+            async with asyncssh.connect(
+                sock=ours,
+                host="workspace",
+                username=USER,
+                client_keys=[str(env.key_a)],
+                known_hosts=None,
+                config=None,
+                agent_path=None,
+            ) as conn:
+                r = await conn.run(
+                    'echo "$SSH_CONNECTION"; echo "$SSH_CLIENT"', check=False
+                )
+                out = str(r.stdout).splitlines()
+                return out[0], out[1], r.exit_status
+        finally:
+            await asyncio.wait_for(
+                handler, 10
+            )  # handle() returns once the connection ends
+            assert theirs.fileno() == -1  # and has closed the socket it was given
+
+    # the server's loop runs in its thread; drive the client there too
+    conn_line, client_line, status = srv.call(scenario())
+    assert (conn_line, client_line, status) == (
+        "203.0.113.9 40001 10.1.2.3 22",
+        "203.0.113.9 40001 22",
+        0,
+    )
+
+
+def test_garbage_instead_of_ssh_is_dropped(env: Env, srv: ServerThread) -> None:
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        banner = s.recv(256)
+        assert banner.startswith(b"SSH-2.0-Hatchway_")
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert env.ssh(srv, "echo fine").stdout == b"fine\n"
+
+
+def test_handle_after_close_closes_socket(env: Env) -> None:
+    s = ServerThread(**env.server_kwargs()).start()
+    try:
+        s.close_server()
+        ours, theirs = socket.socketpair()
+        with ours:
+            s.call(s.server.handle(theirs, None))
+            assert theirs.fileno() == -1
+            assert ours.recv(10) == b""
+    finally:
+        s.stop()

@@ -1,0 +1,240 @@
+"""Host key persistence, authorized_keys parsing and PTY mode translation of the built-in server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import termios
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from hatchway.sshd.authkeys import load_authorized_keys, parse_authorized_keys
+from hatchway.sshd.hostkey import HostKeyError, load_or_create_host_key
+from hatchway.sshd.process import describe_status
+from hatchway.sshd.ttymodes import apply_tty_modes
+
+# ---- host key --------------------------------------------------------------------------------
+
+
+def test_host_key_created_once_private_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "agent" / "ssh_host_ed25519_key"
+    key = load_or_create_host_key(path)
+    assert key.get_algorithm() == "ssh-ed25519"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    again = load_or_create_host_key(path)
+    assert again.export_public_key() == key.export_public_key()
+    assert [p.name for p in path.parent.iterdir()] == [
+        path.name
+    ]  # no temp files left behind
+
+
+def test_host_key_mode_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    first = load_or_create_host_key(path)
+    path.chmod(0o644)
+    tmp_path.chmod(0o755)
+    assert (
+        load_or_create_host_key(path).export_public_key() == first.export_public_key()
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+
+
+def test_corrupt_host_key_is_an_error_not_a_silent_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    path.write_bytes(b"garbage")
+    with pytest.raises(HostKeyError):
+        load_or_create_host_key(path)
+    assert path.read_bytes() == b"garbage"
+
+
+# ---- authorized_keys -------------------------------------------------------------------------
+
+
+def _pub(comment: str = "") -> tuple[asyncssh.SSHKey, str]:
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment or None)
+    return key, key.export_public_key().decode().strip()
+
+
+def test_authorized_keys_bad_lines_skipped(tmp_path: Path) -> None:
+    k1, l1 = _pub("one")
+    k2, l2 = _pub("two")
+    k3, _ = _pub("three")
+    text = (
+        f'# comment\n\n{l1}\nssh-ed25519 AAAAnotbase64\nenvironment="BAD {l2}\n{l2}\n'
+    )
+    keys = parse_authorized_keys(text)
+    assert keys is not None
+    assert keys.validate(k1.convert_to_public(), "", "127.0.0.1") == {}
+    assert keys.validate(k2.convert_to_public(), "", "127.0.0.1") == {}
+    assert keys.validate(k3.convert_to_public(), "", "127.0.0.1") is None
+
+
+def test_authorized_keys_options_kept(tmp_path: Path) -> None:
+    k1, l1 = _pub()
+    keys = parse_authorized_keys(f'environment="FOO=bar",no-pty {l1}\n')
+    assert keys is not None
+    opts = keys.validate(k1.convert_to_public(), "", "127.0.0.1")
+    assert (
+        opts is not None
+        and opts["environment"] == {"FOO": "bar"}
+        and opts["no-pty"] is True
+    )
+
+
+def test_authorized_keys_empty_or_missing(tmp_path: Path) -> None:
+    assert parse_authorized_keys("# only comments\n\n") is None
+    assert parse_authorized_keys("garbage\n") is None
+    assert load_authorized_keys(tmp_path / "missing") is None
+
+
+def test_authorized_keys_reread_from_disk(tmp_path: Path) -> None:
+    k1, l1 = _pub()
+    k2, l2 = _pub()
+    path = tmp_path / "authorized_keys"
+    path.write_text(l1 + "\n")
+    keys = load_authorized_keys(path)
+    assert (
+        keys is not None and keys.validate(k1.convert_to_public(), "", "") is not None
+    )
+    path.write_text(l2 + "\n")
+    keys = load_authorized_keys(path)
+    assert keys is not None
+    assert keys.validate(k1.convert_to_public(), "", "") is None
+    assert keys.validate(k2.convert_to_public(), "", "") is not None
+
+
+# ---- tty modes -------------------------------------------------------------------------------
+
+
+def _attrs() -> list:
+    cc = [0] * termios.NCCS
+    cc[termios.VERASE] = 0x08
+    return [
+        termios.ICRNL,
+        termios.OPOST,
+        termios.CS7,
+        termios.ECHO,
+        termios.B9600,
+        termios.B9600,
+        cc,
+    ]
+
+
+def test_tty_modes_applied() -> None:
+    modes = {
+        3: 0x7F,
+        1: 3,
+        36: 0,
+        38: 1,
+        53: 0,
+        51: 1,
+        72: 1,
+        91: 1,
+        128: 38400,
+        129: 38400,
+        200: 1,
+    }
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = apply_tty_modes(_attrs(), modes)
+    assert cc[termios.VERASE] == 0x7F
+    assert cc[termios.VINTR] == 3
+    assert iflag & termios.ICRNL == 0 and iflag & termios.IXON
+    assert lflag & termios.ECHO == 0 and lflag & termios.ICANON
+    assert oflag & termios.ONLCR and oflag & termios.OPOST
+    assert cflag & termios.CSIZE == termios.CS8
+    assert (ispeed, ospeed) == (termios.B38400, termios.B38400)
+
+
+def test_tty_mode_255_disables_control_char_and_input_untouched() -> None:
+    attrs = _attrs()
+    new = apply_tty_modes(attrs, {3: 255})
+    assert new[6][termios.VERASE] == 0
+    assert attrs[6][termios.VERASE] == 0x08
+
+
+def test_tty_modes_on_a_real_pty() -> None:
+    master, slave = os.openpty()
+    try:
+        termios.tcsetattr(
+            slave,
+            termios.TCSANOW,
+            apply_tty_modes(termios.tcgetattr(slave), {3: 0x08, 53: 0}),
+        )
+        attrs = termios.tcgetattr(slave)
+        assert attrs[6][termios.VERASE] == b"\x08"
+        assert attrs[3] & termios.ECHO == 0
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+# ---- exit statuses ---------------------------------------------------------------------------
+
+
+def test_describe_status() -> None:
+    assert describe_status(3 << 8) == (3, None, False)
+    assert describe_status(9) == (None, "KILL", False)
+    assert describe_status(11 | 0x80) == (None, "SEGV", True)
+
+
+# ---- child exit notification -------------------------------------------------------------------
+
+
+async def _spawn_and_wait(script: str) -> tuple[int, bytes]:
+    from hatchway.sshd.process import close_quietly, spawn
+
+    s = spawn(
+        executable="/bin/sh",
+        argv=["sh", "-c", script],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    try:
+        status = await asyncio.wait_for(s.child.wait(), 10)
+        os.set_blocking(s.stdout_fd, True)
+        out = os.read(s.stdout_fd, 100)
+        assert not s.child.running and s.child.popen.returncode == 5
+        return status, out
+    finally:
+        for fd in (s.stdin_fd, s.stdout_fd, s.stderr_fd):
+            close_quietly(fd)
+
+
+async def test_child_exit_via_pidfd() -> None:
+    assert await _spawn_and_wait("echo out; exit 5") == (5 << 8, b"out\n")
+
+
+async def test_child_exit_via_polling_when_pidfd_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_pidfd(pid: int) -> int:
+        raise PermissionError(1, "blocked by seccomp")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    assert await _spawn_and_wait("sleep 0.2; echo out; exit 5") == (5 << 8, b"out\n")
+
+
+async def test_spawn_failure_closes_everything() -> None:
+    from hatchway.sshd.process import spawn
+
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(FileNotFoundError):
+        spawn(executable="/nonexistent/shell", argv=["x"], cwd="/", env={})
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(FileNotFoundError):
+            spawn(
+                executable="/nonexistent/shell",
+                argv=["x"],
+                cwd="/",
+                env={},
+                pty_master=master,
+                pty_slave=slave,
+            )
+    finally:
+        os.close(master)
+    assert set(os.listdir("/proc/self/fd")) == before  # slave closed by spawn
