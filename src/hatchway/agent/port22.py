@@ -303,14 +303,15 @@ class Port22Monitor:
             self._poke.set()
 
     async def run(self) -> None:
-        """Refresh forever: every ``interval`` seconds, or at once when poked."""
+        """Refresh forever, every ``interval`` seconds or at once when poked.
+
+        Waits first: the agent refreshes once before its first report, so that report is right.
+        """
         while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.interval)
             self._poke.clear()
             try:
                 await self.refresh()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("checking port 22 failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.interval)

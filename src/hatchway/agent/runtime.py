@@ -50,6 +50,8 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 CLOSE_UNAUTHORIZED = 4401
 #: Another agent holding the same token took over: wait longer so two agents do not flap.
 REPLACED_DELAY = 10.0
+#: How the server's goodbye says so (hatchway.server.hub.AgentHub.attach).
+REPLACED_REASON = "replaced by a newer connection"
 #: Repeat the "still cannot reach the server" warning at most this often.
 WARN_EVERY = 30.0
 #: How long the built-in server gets to finish a connection after its byte stream ended.
@@ -297,7 +299,11 @@ class Agent:
                 warn.failure("control channel to %s refused: %s; reconnecting", self.config.url, exc)
             except InvalidURI as exc:
                 raise FatalError(f"invalid server URL: {exc}") from None
-            except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNAUTHORIZED:
+                    raise FatalError("the server refused the agent token (the token was replaced or the workspace deleted)") from None
+                warn.failure("lost the control connection to %s (%s); reconnecting", self.config.url, exc)
+            except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
                 warn.failure("cannot reach the Hatchway server at %s (%s); reconnecting", self.config.url, exc or type(exc).__name__)
             finally:
                 self.connected.clear()
@@ -308,8 +314,12 @@ class Agent:
         error: dict[str, Any] | None = None
         goodbye: str | None = None
         sent = self.status()
-        await ws.send(protocol.hello(sent))
-        self.connected.set()
+        try:
+            await ws.send(protocol.hello(sent))
+        except ConnectionClosed:
+            pass  # e.g. refused: the loop below still drains what the server said before closing
+        else:
+            self.connected.set()
         reporter = asyncio.create_task(self._reporter(ws, sent), name="reporter")
         try:
             while True:
@@ -342,7 +352,7 @@ class Agent:
             if ws.close_code == CLOSE_UNAUTHORIZED:
                 raise FatalError(text)
             log.warning("the server reported an error on the control channel: %s", text)
-        if goodbye and "replaced" in goodbye:
+        if goodbye and goodbye.startswith(REPLACED_REASON):
             log.warning(
                 "another agent connected with this workspace's token and replaced this one; if two agents "
                 "run for the same workspace, stop one. Reconnecting in %.0f s",
