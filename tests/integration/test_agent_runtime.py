@@ -209,6 +209,19 @@ def test_invalid_token_exits_2_with_a_message(deployment: Deployment, tmp_path: 
     assert not (tmp_path / "home" / ".ssh").exists()  # nothing is injected for an unknown workspace
 
 
+def test_unusable_state_dir_exits_2_with_a_message(deployment: Deployment, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file where a directory should be")
+    not_a_dir = tmp_path / "file" / "state"
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "HATCHWAY_AGENT_TOKEN": deployment.agent_token}
+    p = subprocess.run(
+        [HATCHWAY, "agent", "--url", deployment.server.url, "--ssh-port", "0", "--state-dir", str(not_a_dir)],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert p.returncode == 2
+    assert f"cannot use the state directory {not_a_dir}: Not a directory" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 def test_replaced_token_stops_a_running_agent_with_status_2(deployment: Deployment, agents: list[Agent], tmp_path: Path) -> None:
     d = deployment
     agent = Agent(tmp_path / "home", d.server.url, d.agent_token, "--ssh-port", "0")

@@ -44,7 +44,8 @@ from hatchway.fileutil import ensure_private_dir
 log = logging.getLogger("hatchway.agent")
 
 #: SSH is encrypted: compressing it only burns CPU. Large frames keep Python's per-byte cost low.
-WS_OPTIONS: dict[str, Any] = {"compression": None, "max_size": 4 * 1024 * 1024, "open_timeout": 10}
+#: A short close timeout: a peer that vanished must not delay the reconnect or hold a stream.
+WS_OPTIONS: dict[str, Any] = {"compression": None, "max_size": 4 * 1024 * 1024, "open_timeout": 10, "close_timeout": 2}
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 #: Close code the server uses for an invalid agent token.
 CLOSE_UNAUTHORIZED = 4401
@@ -123,7 +124,6 @@ class Agent:
         self._manifest_ready = asyncio.Event()
         self._streams: set[asyncio.Task[None]] = set()
         self._external_connect: bool | None = None
-        self.connected = asyncio.Event()  # set while the control channel is up (for tests)
 
     # ---- status -----------------------------------------------------------------------------
 
@@ -221,21 +221,29 @@ class Agent:
 
     async def _start_builtin(self) -> None:
         from hatchway.sshd.env import SessionIdentity
+        from hatchway.sshd.hostkey import HostKeyError
         from hatchway.sshd.server import BuiltinSSHServer
 
         pw = pwd.getpwuid(os.getuid())
         # HOME, not the password database: the files we inject live under $HOME, and sessions must
         # read the very same ~/.ssh (they differ only when someone points HOME elsewhere).
         identity = SessionIdentity(user=pw.pw_name, home=self.config.home, shell=pw.pw_shell or "/bin/sh")
-        await asyncio.to_thread(ensure_private_dir, self.config.state_dir)
-        # The constructor loads or creates the host key: blocking file I/O, so off the loop.
-        self._builtin = await asyncio.to_thread(
-            BuiltinSSHServer,
-            host_key_path=self.config.state_dir / HOST_KEY_FILE,
-            authorized_keys_path=self.config.home / ".ssh" / "authorized_keys",
-            base_env=dict(self._injection.variables),
-            identity=identity,
-        )
+        try:
+            await asyncio.to_thread(ensure_private_dir, self.config.state_dir)
+            # The constructor loads or creates the host key: blocking file I/O, so off the loop.
+            self._builtin = await asyncio.to_thread(
+                BuiltinSSHServer,
+                host_key_path=self.config.state_dir / HOST_KEY_FILE,
+                authorized_keys_path=self.config.home / ".ssh" / "authorized_keys",
+                base_env=dict(self._injection.variables),
+                identity=identity,
+            )
+        except OSError as exc:
+            # Without its host key the built-in server cannot run, and a new key on every start
+            # is exactly what must not happen (pinned clients would refuse it): stop, loudly.
+            raise FatalError(f"cannot use the state directory {self.config.state_dir}: {exc.strerror or exc}") from None
+        except HostKeyError as exc:
+            raise FatalError(str(exc)) from None
 
     # ---- main loop --------------------------------------------------------------------------
 
@@ -305,8 +313,6 @@ class Agent:
                 warn.failure("lost the control connection to %s (%s); reconnecting", self.config.url, exc)
             except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
                 warn.failure("cannot reach the Hatchway server at %s (%s); reconnecting", self.config.url, exc or type(exc).__name__)
-            finally:
-                self.connected.clear()
             await asyncio.sleep(delay if delay is not None else backoff.next_delay())
 
     async def _control_session(self, ws: ClientConnection, backoff: Backoff) -> float | None:
@@ -314,12 +320,9 @@ class Agent:
         error: dict[str, Any] | None = None
         goodbye: str | None = None
         sent = self.status()
-        try:
+        with contextlib.suppress(ConnectionClosed):
+            # When refused, the server closes at once; the loop below still drains its error.
             await ws.send(protocol.hello(sent))
-        except ConnectionClosed:
-            pass  # e.g. refused: the loop below still drains what the server said before closing
-        else:
-            self.connected.set()
         reporter = asyncio.create_task(self._reporter(ws, sent), name="reporter")
         try:
             while True:
