@@ -18,7 +18,14 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from hatchway.sshd.server import SERVER_VERSION
-from tests.helpers.server import HATCHWAY, RunningServer, api, first_user, running_server, wait_for
+from tests.helpers.server import (
+    HATCHWAY,
+    RunningServer,
+    api,
+    first_user,
+    running_server,
+    wait_for,
+)
 
 AK_START = "# ------------START-HATCHWAY-KEYS------------\n"
 AK_COMMENT = "# Managed by the Hatchway agent; your own keys go outside this block.\n"
@@ -201,7 +208,7 @@ def test_agent_reconnects_within_5s_after_a_server_restart(deployment: Deploymen
 def test_invalid_token_exits_2_with_a_message(deployment: Deployment, tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path / "home"), "HATCHWAY_AGENT_TOKEN": "hwa_not-a-valid-token"}
     p = subprocess.run(
-        [HATCHWAY, "agent", "--url", deployment.server.url], capture_output=True, text=True, env=env, timeout=30
+        [HATCHWAY, "agent", "--url", deployment.server.url], capture_output=True, text=True, env=env, timeout=30, check=False
     )
     assert p.returncode == 2
     assert "agent token not valid" in p.stderr
@@ -215,7 +222,7 @@ def test_unusable_state_dir_exits_2_with_a_message(deployment: Deployment, tmp_p
     env = {**os.environ, "HOME": str(tmp_path / "home"), "HATCHWAY_AGENT_TOKEN": deployment.agent_token}
     p = subprocess.run(
         [HATCHWAY, "agent", "--url", deployment.server.url, "--ssh-port", "0", "--state-dir", str(not_a_dir)],
-        capture_output=True, text=True, env=env, timeout=30,
+        capture_output=True, text=True, env=env, timeout=30, check=False,
     )
     assert p.returncode == 2
     assert f"cannot use the state directory {not_a_dir}: Not a directory" in p.stderr
@@ -235,7 +242,7 @@ def test_replaced_token_stops_a_running_agent_with_status_2(deployment: Deployme
 
 def test_missing_token_is_a_usage_error(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("HATCHWAY_AGENT_TOKEN", "HATCHWAY_AGENT_URL")}
-    p = subprocess.run([HATCHWAY, "agent", "--url", "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=30)
+    p = subprocess.run([HATCHWAY, "agent", "--url", "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=30, check=False)
     assert p.returncode == 2
     assert "HATCHWAY_AGENT_TOKEN" in p.stderr
 

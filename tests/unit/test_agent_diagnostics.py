@@ -139,8 +139,8 @@ def test_unreadable_config_is_reported_and_facts_still_checked() -> None:
     facts = Facts(etc_environment_exists=True, xauth_available=False)
     out = diagnose(None, facts, config_error="/etc/ssh/sshd_config: Permission denied")
     assert out == [
-        "could not read the configuration of sshd on port 22 (/etc/ssh/sshd_config: Permission denied); "
-        "its PermitUserEnvironment and X11Forwarding settings were not checked",
+        ("could not read the configuration of sshd on port 22 (/etc/ssh/sshd_config: Permission denied); "
+        "its PermitUserEnvironment and X11Forwarding settings were not checked"),
         ETC_ENV,
     ]
 

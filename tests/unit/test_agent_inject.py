@@ -180,7 +180,7 @@ def test_group_writable_home_is_reported_for_strict_modes(tmp_path: Path) -> Non
     os.chmod(tmp_path, 0o775)
     result = inject(manifest(), tmp_path)
     assert result.diagnostics == [
-        f"the home directory {tmp_path} is writable by group or others: OpenSSH (StrictModes) will ignore "
-        f"~/.ssh/authorized_keys; run chmod go-w {tmp_path}"
+        (f"the home directory {tmp_path} is writable by group or others: OpenSSH (StrictModes) will ignore "
+        f"~/.ssh/authorized_keys; run chmod go-w {tmp_path}")
     ]
     assert (tmp_path / ".ssh" / "authorized_keys").exists()

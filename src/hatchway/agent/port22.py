@@ -143,7 +143,7 @@ async def probe(
     deadline = time.monotonic() + timeout
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=limit), timeout)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         return ProbeResult(PortState.CLOSED, detail=f"connect: {exc.__class__.__name__}: {exc}")
     result = ProbeResult(PortState.NOT_SSH, reader=reader, writer=writer)
     buf = b""
@@ -158,12 +158,12 @@ async def probe(
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                result.detail = "no SSH banner within %.1f s" % timeout
+                result.detail = f"no SSH banner within {timeout:.1f} s"
                 break
             try:
                 chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
-            except asyncio.TimeoutError:
-                result.detail = "no SSH banner within %.1f s" % timeout
+            except TimeoutError:
+                result.detail = f"no SSH banner within {timeout:.1f} s"
                 break
             except OSError as exc:
                 result.state, result.detail = PortState.CLOSED, f"read: {exc}"
@@ -191,7 +191,7 @@ async def _fetch_one(host: str, port: int, alg: str) -> str | None:
     except (OSError, asyncssh.Error) as exc:
         log.debug("port %d: no %s host key: %s", port, alg, exc)
         return None
-    except Exception as exc:  # asyncssh raises assorted errors on odd servers; keys are optional
+    except Exception as exc:  # noqa: BLE001 - asyncssh raises assorted errors on odd servers; keys are optional
         log.debug("port %d: fetching the %s host key failed: %r", port, alg, exc)
         return None
     if key is None:

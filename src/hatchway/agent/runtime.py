@@ -31,13 +31,24 @@ from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
 
 from hatchway import __version__
 from hatchway.agent import diagnostics, protocol
 from hatchway.agent.backoff import Backoff
 from hatchway.agent.inject import InjectionResult, inject
-from hatchway.agent.port22 import Port22Monitor, Port22Status, PortState, ProbeResult, probe
+from hatchway.agent.port22 import (
+    Port22Monitor,
+    Port22Status,
+    PortState,
+    ProbeResult,
+    probe,
+)
 from hatchway.agent.splice import close_writer, close_ws, splice
 from hatchway.fileutil import ensure_private_dir
 
@@ -311,7 +322,7 @@ class Agent:
                 if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNAUTHORIZED:
                     raise FatalError("the server refused the agent token (the token was replaced or the workspace deleted)") from None
                 warn.failure("lost the control connection to %s (%s); reconnecting", self.config.url, exc)
-            except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
+            except (TimeoutError, OSError, InvalidHandshake) as exc:
                 warn.failure("cannot reach the Hatchway server at %s (%s); reconnecting", self.config.url, exc or type(exc).__name__)
             await asyncio.sleep(delay if delay is not None else backoff.next_delay())
 
@@ -406,7 +417,7 @@ class Agent:
                     ssl=self._ssl,
                     **WS_OPTIONS,
                 )
-            except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
                 log.warning("stream %s: could not open the data connection: %s", stream_id[:8], exc)
                 return
             result = await probe_task
