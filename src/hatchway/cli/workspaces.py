@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -21,6 +22,13 @@ def ssh_mode_text(ws: dict[str, Any]) -> str:
     return "unknown (agent has not reported yet)"
 
 
+def state_text(ws: dict[str, Any]) -> str:
+    """The state, with the reason when it is one a person must read (failed, starting)."""
+    if ws["state"] in ("failed", "starting") and ws.get("state_reason"):
+        return f"{ws['state']}: {ws['state_reason']}"
+    return ws["state"]
+
+
 def agent_text(ws: dict[str, Any]) -> str:
     return "connected" if ws["agent_connected"] else "disconnected"
 
@@ -34,11 +42,39 @@ def workspaces() -> None:
     """Your development workspaces."""
 
 
+#: How long ``create``/``start``/``restart`` wait for the agent to connect.
+WAIT_TIMEOUT = 90.0
+
+
+def wait_until_running(client: Any, name: str, params: dict[str, str] | None, timeout: float = WAIT_TIMEOUT) -> dict[str, Any]:
+    """Poll until the workspace runs (agent connected); exit non-zero, saying why, if it fails."""
+    deadline = time.monotonic() + timeout
+    last_reason = None
+    while True:
+        w = client.call("GET", f"/workspaces/{name}", params=params)
+        if w["state"] == "running" and w["agent_connected"]:
+            return w
+        if w["state"] in ("failed", "stopped"):
+            fail(f'workspace "{name}" is {w["state"]}' + (f": {w['state_reason']}" if w.get("state_reason") else ""))
+        if w.get("state_reason") and w["state_reason"] != last_reason:
+            last_reason = w["state_reason"]
+            click.echo(f"  {w['state']}: {last_reason}", err=True)
+        if time.monotonic() > deadline:
+            fail(
+                f'workspace "{name}" is still {w["state"]} after {timeout:.0f} s'
+                + (f" ({w['state_reason']})" if w.get("state_reason") else "")
+                + f'; see "hatchway workspaces show {name}"'
+            )
+        time.sleep(0.25)
+
+
 @workspaces.command("create")
 @click.argument("name")
 @click.option("--provider", default="local", show_default=True)
 @click.option("--env", "env_items", multiple=True, metavar="NAME=VALUE", help="Image environment variable (repeatable).")
-def create(name: str, provider: str, env_items: tuple[str, ...]) -> None:
+@click.option("--openssh", is_flag=True, help="Local provider: also run OpenSSH's sshd on the workspace's own port 22.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until a local workspace is running.")
+def create(name: str, provider: str, env_items: tuple[str, ...], openssh: bool, wait: bool) -> None:
     env: dict[str, str] = {}
     for item in env_items:
         try:
@@ -46,8 +82,16 @@ def create(name: str, provider: str, env_items: tuple[str, ...]) -> None:
         except ValueError as exc:
             fail(str(exc))
         env[key] = value
-    ws = api().call("POST", "/workspaces", {"name": name, "provider": provider, "env": env})
+    body: dict[str, Any] = {"name": name, "provider": provider, "env": env}
+    if openssh:
+        body["openssh"] = True
+    client = api()
+    ws = client.call("POST", "/workspaces", body)
     click.echo(f"Created workspace {ws['name']} on provider {ws['provider']} ({ws['state']})")
+    if ws["state"] == "starting" and wait:
+        click.echo(f"Starting workspace {name}...", err=True)
+        ws = wait_until_running(client, name, None)
+        click.echo(f"Workspace {name} is running (agent connected); connect with: ssh hatchway.{name}")
     if ws.get("agent_token"):
         click.echo("Run the agent on the workspace machine, as the user SSH sessions should run as:")
         click.echo(f"  {ws['agent_command']}")
@@ -64,7 +108,7 @@ def list_workspaces(all_users: bool, as_json: bool) -> None:
         return
     print_table(
         ["NAME", "OWNER", "PROVIDER", "STATE", "AGENT", "SSH"],
-        [[w["name"], w["owner"], w["provider"], w["state"], agent_text(w), ssh_mode_text(w)] for w in rows],
+        [[w["name"], w["owner"], w["provider"], state_text(w), agent_text(w), ssh_mode_text(w)] for w in rows],
     )
 
 
@@ -87,6 +131,8 @@ def show(name: str, as_json: bool) -> None:
         ("state", state),
         ("agent", agent_text(w) + (f", last seen {w['agent_last_seen']}" if w.get("agent_last_seen") else "")),
         ("os user", w.get("os_user") or "-"),
+        ("isolation", w.get("isolation") or "-"),
+        ("openssh", "yes (sshd on the workspace's port 22)" if w.get("openssh") else "no"),
         ("ssh", ssh_mode_text(w)),
         ("connect", f"ssh hatchway.{w['name']}" if w["external_connect"] else "-"),
     ]
@@ -118,3 +164,42 @@ def agent_token(name: str) -> None:
     out = api().call("POST", f"/workspaces/{ws_name}/agent-token", params=_owner_params(owner))
     click.echo(out["agent_token"])
     click.echo(f"Run the agent with:\n  {out['agent_command']}", err=True)
+
+
+def _lifecycle(action: str, name: str, wait: bool) -> None:
+    ws_name, owner = split_owner(name)
+    params = _owner_params(owner)
+    client = api()
+    w = client.call("POST", f"/workspaces/{ws_name}/{action}", params=params)
+    if action == "stop":
+        click.echo(f"Stopped workspace {name}")
+        return
+    if not wait:
+        click.echo(f"Workspace {name} is {w['state']}")
+        return
+    click.echo(f"{'Starting' if action == 'start' else 'Restarting'} workspace {name}...", err=True)
+    wait_until_running(client, ws_name, params)
+    click.echo(f"Workspace {name} is running (agent connected)")
+
+
+@workspaces.command("start")
+@click.argument("name")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it is running.")
+def start(name: str, wait: bool) -> None:
+    """Start a stopped or failed workspace (local provider)."""
+    _lifecycle("start", name, wait)
+
+
+@workspaces.command("stop")
+@click.argument("name")
+def stop(name: str) -> None:
+    """Stop a workspace: its agent and every process in it end (live SSH sessions too)."""
+    _lifecycle("stop", name, False)
+
+
+@workspaces.command("restart")
+@click.argument("name")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it is running.")
+def restart(name: str, wait: bool) -> None:
+    """Restart a workspace's agent (local provider)."""
+    _lifecycle("restart", name, wait)

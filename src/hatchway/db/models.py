@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false as sa_false
 
 
 def utcnow() -> datetime:
@@ -117,6 +118,13 @@ class Workspace(Base):
     host_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
     diagnostics: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Server-managed providers (``local``): what should run, survives server restarts (0002).
+    desired_state: Mapped[str] = mapped_column(String(20), default="running", server_default="running")
+    # Start Debian's sshd on the workspace's own port 22 (``--openssh``, local provider).
+    openssh: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    # The Unix user the provider created for it, and how it is isolated (or why it is not).
+    unix_user: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    isolation: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     owner: Mapped[User] = relationship(lazy="joined")
     provider: Mapped[Provider] = relationship(lazy="joined")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
 from sqlalchemy import select, update
@@ -13,6 +13,8 @@ from hatchway import __version__
 from hatchway.db.engine import create_engine, migrate, sessionmaker
 from hatchway.db.models import Provider, Workspace
 from hatchway.fileutil import ensure_private_dir
+from hatchway.providers.local import LocalProvider, isolation_override
+from hatchway.providers.supervisor import Supervisor
 from hatchway.server.api import agent, audit, keys, providers, ssh, users, workspaces
 from hatchway.server.context import ServerContext
 from hatchway.server.crypto import SecretBox, load_or_create_deployment_secret
@@ -61,15 +63,25 @@ async def reset_agent_flags(ctx: ServerContext) -> None:
         await db.commit()
 
 
+def build_supervisor(ctx: ServerContext, add_listener: Any) -> Supervisor:
+    """The supervisor of server-managed workspaces (the embedded ``local`` provider)."""
+    s = ctx.settings
+    local = LocalProvider(s.data_dir, s.listen_port, s.agent_url, add_listener, isolate=isolation_override())
+    return Supervisor(ctx.sessions, ctx.hub, ctx.relay, {"local": local})
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = await build_context(settings)
         await reset_agent_flags(ctx)
         app.state.ctx = ctx
+        app.state.supervisor = build_supervisor(ctx, getattr(app.state, "add_listener", None))
+        await app.state.supervisor.startup()
         try:
             yield
         finally:
+            await app.state.supervisor.shutdown()
             await ctx.hub.close_all("server shutting down")
             await ctx.engine.dispose()
 

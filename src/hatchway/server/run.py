@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 
 import uvicorn
 
@@ -41,6 +42,32 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
         super().__init__(config)
         self._settings = settings
+        self._extra: set[asyncio.base_events.Server] = set()
+
+    async def add_listener(self, sock: socket.socket) -> "_ExtraListener":
+        """Serve the app on one more bound, listening socket, until the returned handle is closed.
+
+        The local provider opens such a socket inside each isolated workspace's network
+        namespace (its agent's only way out). Connections accepted here are ordinary uvicorn
+        connections: they take part in graceful shutdown like the main listener's.
+        """
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+            )
+
+        server = await asyncio.get_running_loop().create_server(
+            create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog
+        )
+        self._extra.add(server)
+        return _ExtraListener(server, self._extra)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in list(self._extra):
+            server.close()  # stop accepting; their connections are closed with everyone's
+        await super().shutdown(sockets)
 
     async def startup(self, sockets: list | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets)
@@ -56,8 +83,19 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
+class _ExtraListener:
+    def __init__(self, server: asyncio.base_events.Server, registry: set[asyncio.base_events.Server]) -> None:
+        self._server, self._registry = server, registry
+
+    def close(self) -> None:
+        self._registry.discard(self._server)
+        self._server.close()
+
+
 def serve(settings: Settings) -> int:
     os.umask(0o077)  # the database and everything else in the data dir is the server's alone
-    server = _Server(uvicorn_config(create_app(settings), settings), settings)
+    app = create_app(settings)
+    server = _Server(uvicorn_config(app, settings), settings)
+    app.state.add_listener = server.add_listener  # see hatchway.providers.local
     asyncio.run(server.serve())
     return 0 if server.started else 1

@@ -28,6 +28,18 @@ class Settings:
     dial_timeout_s: float = 10.0
 
     @property
+    def agent_url(self) -> str:
+        """How an agent on this machine reaches the server directly (not through access_url,
+        which may name a proxy or a host that only outside clients resolve)."""
+        host = self.listen_host
+        if host in ("0.0.0.0", "", "localhost"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.listen_port}"
+
+    @property
     def url(self) -> str:
         if self.access_url:
             return self.access_url.rstrip("/")

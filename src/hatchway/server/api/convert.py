@@ -37,6 +37,8 @@ def workspace_fields(w: Workspace) -> dict:
         host_keys=list(w.host_keys or []),
         diagnostics=list(w.diagnostics or []),
         created_at=w.created_at,
+        openssh=bool(w.openssh),
+        isolation=w.isolation,
     )
 
 

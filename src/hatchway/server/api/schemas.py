@@ -96,6 +96,7 @@ class WorkspaceCreateIn(BaseModel):
     name: str
     provider: str = Field(default="local", max_length=63)
     env: dict[str, str] = Field(default_factory=dict)
+    openssh: bool = False  # local provider: also run Debian's sshd on the workspace's port 22
 
     _n = field_validator("name")(lambda v: names.check_workspace_name(v))
     _env = field_validator("env")(lambda v: names.check_env(v))
@@ -120,6 +121,8 @@ class WorkspaceOut(BaseModel):
     host_keys: list[str]
     diagnostics: list[str]
     created_at: datetime
+    openssh: bool = False
+    isolation: str | None = None  # how the provider isolated it, or what it could not set up
 
 
 class WorkspaceCreatedOut(WorkspaceOut):

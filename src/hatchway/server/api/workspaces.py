@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
@@ -18,8 +19,14 @@ from hatchway.server.auth import AGENT_TOKEN_PREFIX, current_user
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.crypto import new_token
 from hatchway.server.errors import APIError
+from hatchway.providers.base import SetupError
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
+
+
+def _supervisor(request: Request) -> Any:
+    """The supervisor of server-managed workspaces (None when the app runs without one)."""
+    return getattr(request.app.state, "supervisor", None)
 
 
 def agent_command(url: str, token: str) -> str:
@@ -66,6 +73,13 @@ async def create_workspace(
     db: AsyncSession = Depends(get_db),
 ) -> schemas.WorkspaceCreatedOut:
     provider = await get_provider(db, body.provider)
+    supervisor = _supervisor(request)
+    managed = supervisor is not None and supervisor.manages(provider.kind)
+    if body.openssh and provider.kind != "local":
+        raise APIError(
+            422, "--openssh is only for local workspaces",
+            f'provider "{provider.name}" is {provider.kind}: run OpenSSH in that workspace yourself',
+        )
     token, digest = new_token(AGENT_TOKEN_PREFIX)
     ws = Workspace(
         name=body.name,
@@ -75,10 +89,13 @@ async def create_workspace(
         agent_token_hash=digest,
         host_keys=[],
         diagnostics=[],
+        openssh=body.openssh,
     )
     if provider.kind == "manual":
         # Nothing to start: the workspace is up whenever its owner runs the agent.
         ws.state = "running"
+    elif managed:
+        ws.state, ws.state_reason, ws.desired_state = "starting", "setting up and starting its agent", "running"
     else:
         ws.state = "pending"
         ws.state_reason = f'waiting for provider "{provider.name}" to start it'
@@ -89,6 +106,10 @@ async def create_workspace(
     except IntegrityError:
         raise APIError(409, f'workspace "{body.name}" already exists', "pick another name or delete the old one") from None
     ws = await find_workspace(db, user, body.name, None)
+    if managed:
+        assert supervisor is not None
+        await supervisor.start(ws.id)
+        await db.refresh(ws)
     out = schemas.WorkspaceCreatedOut(**workspace_fields(ws))
     if provider.kind == "manual":
         out.agent_token = token
@@ -117,6 +138,14 @@ async def delete_workspace(
 ) -> schemas.OkOut:
     ws = await find_workspace(db, user, name, owner)
     ws_id, label = ws.id, f"{ws.owner.username}/{ws.name}"
+    supervisor = _supervisor(request)
+    if supervisor is not None and supervisor.manages(ws.provider.kind):
+        # Remove its processes, user, namespace and files first: a failure keeps the row, so
+        # the workspace stays visible (failed, with the reason) instead of leaking silently.
+        try:
+            await supervisor.delete(ws_id)
+        except SetupError as exc:
+            raise APIError(500, f'could not delete workspace "{label}" completely', str(exc)) from None
     await db.delete(ws)
     record(db, user, "workspace.delete", label, client_source(request))
     await db.commit()
@@ -142,3 +171,71 @@ async def rotate_agent_token(
     # The agent holding the old token is no longer who it says it is.
     await ctx.hub.disconnect(ws.id, "agent token replaced")
     return schemas.AgentTokenOut(agent_token=token, agent_command=agent_command(ctx.settings.url, token))
+
+
+async def _lifecycle(
+    action: Literal["start", "stop", "restart"],
+    name: str,
+    owner: str | None,
+    request: Request,
+    user: User,
+    db: AsyncSession,
+) -> schemas.WorkspaceOut:
+    ws = await find_workspace(db, user, name, owner)
+    supervisor = _supervisor(request)
+    if supervisor is None or not supervisor.manages(ws.provider.kind):
+        raise APIError(
+            409,
+            f'workspace "{ws.name}" is not started by Hatchway',
+            f'it runs on provider "{ws.provider.name}" ({ws.provider.kind}): start or stop its agent where it runs',
+        )
+    ws_id = ws.id
+    record(db, user, f"workspace.{action}", f"{ws.owner.username}/{ws.name}", client_source(request))
+    await db.commit()
+    try:
+        if action == "start":
+            await supervisor.start(ws_id)
+        elif action == "stop":
+            await supervisor.stop(ws_id)
+        else:
+            await supervisor.restart(ws_id)
+    except SetupError as exc:
+        raise APIError(500, f'could not {action} workspace "{ws.name}" cleanly', str(exc)) from None
+    await db.refresh(ws)  # the supervisor changed the row through its own session
+    return workspace_out(ws)
+
+
+@router.post("/{name}/start", response_model=schemas.WorkspaceOut)
+async def start_workspace(
+    name: str,
+    request: Request,
+    owner: str | None = None,
+    user: User = Depends(current_user),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.WorkspaceOut:
+    """Start a stopped (or failed) workspace; returns at once with state "starting"."""
+    return await _lifecycle("start", name, owner, request, user, db)
+
+
+@router.post("/{name}/stop", response_model=schemas.WorkspaceOut)
+async def stop_workspace(
+    name: str,
+    request: Request,
+    owner: str | None = None,
+    user: User = Depends(current_user),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.WorkspaceOut:
+    """Stop a workspace; returns once nothing of it is running (live SSH sessions end)."""
+    return await _lifecycle("stop", name, owner, request, user, db)
+
+
+@router.post("/{name}/restart", response_model=schemas.WorkspaceOut)
+async def restart_workspace(
+    name: str,
+    request: Request,
+    owner: str | None = None,
+    user: User = Depends(current_user),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.WorkspaceOut:
+    """Stop the workspace's agent and start it again; returns with state "starting"."""
+    return await _lifecycle("restart", name, owner, request, user, db)

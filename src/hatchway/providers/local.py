@@ -1,0 +1,533 @@
+"""The embedded ``local`` provider: workspaces on the server's own machine.
+
+As root, each workspace is a set of kernel objects combined around one agent process::
+
+    ip netns exec hw-<id>                  own network namespace: own loopback, own port 22
+      unshare --pid --fork --mount-proc    own PID namespace (and mount namespace, fresh /proc)
+        tini -g                            PID 1: reaps orphans, forwards SIGTERM
+          python -m hatchway.providers.nslaunch    root, inside: pass-through mounts, [sshd -D],
+            -> exec hatchway agent (as hw-<owner>-<name>) --url http://127.0.0.1:<port> --ssh-port 22
+
+* The **Unix user** ``hw-<owner>-<name>`` (see :mod:`hatchway.providers.naming`) owns the home
+  ``<data dir>/workspaces/<id>/home`` (0700); the agent and every session run as that user.
+* The **network namespace** has only its own loopback. The server reaches into it with a
+  listening socket created inside it (:mod:`hatchway.providers.netns`), so the agent dials an
+  ordinary ``http://127.0.0.1:<server port>`` and nothing else of the machine is reachable:
+  not the host's services, not another workspace's port 22. No veth or address pool is needed.
+  Ports below 1024 are unprivileged there: the workspace's port 22 is the workspace's.
+* The **PID namespace** makes ``ps`` show the workspace's processes only; when its PID 1 (tini)
+  ends, the kernel kills everything left in it, so "stopped" means nothing of it is running.
+  ``--kill-child`` ties tini to ``unshare``, which the server holds: killing the group kills all.
+
+Without root none of that is possible: the agent runs as the server's own user with its own
+HOME, on the shared network with port-22 forwarding off (``--ssh-port 0``), and the workspace
+says so in ``hatchway workspaces show``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import hatchway
+from hatchway.providers import netns as nsutil
+from hatchway.providers import proc
+from hatchway.providers.base import Prepared, RunningAgent, SetupError, WorkspaceProvider, WorkspaceSpec
+from hatchway.providers.naming import netns_name, unix_user_candidates, user_marker
+from hatchway.providers.nslaunch import passthrough_plan
+from hatchway.providers.sshd_config import render_sshd_config
+
+log = logging.getLogger("hatchway.providers.local")
+
+#: How the server serves one more listening socket (see ``hatchway.server.run``).
+AddListener = Callable[[socket.socket], Awaitable["Closable"]]
+
+LOG_MAX_BYTES = 2 * 1024 * 1024
+SSHD = "/usr/sbin/sshd"
+#: Debian packages providing the tools an isolated workspace needs.
+ROOT_TOOLS = {
+    "ip": "iproute2",
+    "unshare": "util-linux",
+    "tini": "tini",
+    "useradd": "passwd",
+    "userdel": "passwd",
+}
+OPENSSH_TOOLS = {"ssh-keygen": "openssh-client"}
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class LocalAgent(RunningAgent):
+    """The process the server started for a workspace: ``ip``/``unshare`` as root (the session
+    and process-group leader of everything else), or the agent itself without root."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def stop(self, grace: float) -> int:
+        if self.process.returncode is None:
+            # unshare ignores SIGTERM; tini (same group) forwards it to the agent's group.
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.process.wait()), grace)
+            except asyncio.TimeoutError:
+                log.warning("agent (pid %d) did not stop within %.0f s; killing it", self.pid, grace)
+        # Also after a clean exit: anything left in the group goes now.
+        self._signal_group(signal.SIGKILL)
+        return await self.process.wait()
+
+
+class LocalProvider(WorkspaceProvider):
+    kind = "local"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        server_port: int,
+        server_url: str,
+        add_listener: AddListener | None,
+        *,
+        isolate: bool | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.server_port = server_port or 7080
+        self.server_url = server_url
+        self.add_listener = add_listener
+        self.isolate = _is_root() if isolate is None else isolate
+        self._tools: dict[str, str] = {}
+        self._missing: dict[str, str] = {}
+        self._listeners: dict[str, Closable] = {}
+        self._users_lock = asyncio.Lock()
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.data_dir / "workspaces"
+
+    def ws_dir(self, spec: WorkspaceSpec) -> Path:
+        return self.workspaces_dir / spec.id
+
+    def home(self, spec: WorkspaceSpec) -> Path:
+        return self.ws_dir(spec) / "home"
+
+    def log_path(self, spec: WorkspaceSpec) -> str:
+        return str(self.ws_dir(spec) / "agent.log")
+
+    def log_tail(self, spec: WorkspaceSpec) -> str:
+        return proc.tail_meaningful_line(Path(self.log_path(spec)))
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        names = {**ROOT_TOOLS, **OPENSSH_TOOLS} if self.isolate else {}
+        for tool, package in names.items():
+            found = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin")
+            if found:
+                self._tools[tool] = found
+            else:
+                self._missing[tool] = package
+        if self.isolate and self._missing:
+            log.warning(
+                "local workspaces cannot be isolated until these are installed: %s",
+                ", ".join(f"{t} (package {p})" for t, p in sorted(self._missing.items())),
+            )
+        if self.isolate and self.add_listener is None:
+            log.warning("local workspaces cannot be isolated: this server cannot listen inside their namespaces")
+
+    async def shutdown(self) -> None:
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()
+
+    def _tool(self, name: str) -> str:
+        path = self._tools.get(name)
+        if path is None:
+            package = self._missing.get(name) or ROOT_TOOLS.get(name) or OPENSSH_TOOLS.get(name, name)
+            raise SetupError(
+                f"cannot isolate the workspace: {name} is not installed on the server "
+                f"(install the Debian package {package}, e.g. with scripts/setup), then start the workspace again"
+            )
+        return path
+
+    # ---- prepare ----------------------------------------------------------------------------
+
+    async def prepare(self, spec: WorkspaceSpec) -> Prepared:
+        if not self.isolate:
+            return await self._prepare_unprivileged(spec)
+        for tool in ROOT_TOOLS:
+            self._tool(tool)
+        if spec.openssh:
+            self._tool("ssh-keygen")
+            if not os.access(SSHD, os.X_OK):
+                raise SetupError(
+                    f"--openssh needs Debian's OpenSSH server ({SSHD} is missing): install openssh-server, "
+                    "then start the workspace again"
+                )
+        if self.add_listener is None:
+            raise SetupError(
+                "cannot isolate the workspace: the server was not started with `hatchway server`, so it cannot "
+                "listen inside the workspace's network namespace"
+            )
+        user = await self._ensure_user(spec)
+        pw = pwd.getpwnam(user)
+        home = self.home(spec)
+        await asyncio.to_thread(self._make_dirs_root, spec, pw)
+        if spec.openssh:
+            await self._prepare_sshd(spec, user)
+        await self._ensure_netns(spec)
+        isolation = (
+            f"isolated: Unix user {user}, own network namespace {netns_name(spec.id)} (own loopback and port 22), "
+            "own PID namespace"
+        )
+        if spec.openssh:
+            isolation += "; OpenSSH sshd runs on the workspace's port 22"
+        return Prepared(
+            unix_user=user, home=str(home), isolation=isolation, agent_url=f"http://127.0.0.1:{self.server_port}"
+        )
+
+    async def _prepare_unprivileged(self, spec: WorkspaceSpec) -> Prepared:
+        me = pwd.getpwuid(os.getuid()).pw_name
+        await asyncio.to_thread(self._make_dirs_unprivileged, spec)
+        why = (
+            "the Hatchway server does not run as root"
+            if not _is_root()
+            else "isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off)"
+        )
+        isolation = (
+            f"not isolated: {why}, so this workspace could not get its own "
+            f"Unix user (it runs as {me}, with its own HOME), network namespace (it shares the server's network; "
+            "port-22 forwarding is off, the built-in SSH server answers) or PID namespace (its processes are "
+            "visible to the server's user); run the server as root for isolated workspaces"
+        )
+        if spec.openssh:
+            isolation += "; --openssh was not applied: starting sshd on the workspace's own port 22 needs a root server"
+        return Prepared(unix_user=me, home=str(self.home(spec)), isolation=isolation, agent_url=_local_url(self.server_url))
+
+    def _make_dirs_unprivileged(self, spec: WorkspaceSpec) -> None:
+        for d in (self.workspaces_dir, self.ws_dir(spec), self.home(spec), self.ws_dir(spec) / "agent"):
+            d.mkdir(mode=0o700, exist_ok=True, parents=True)
+            os.chmod(d, 0o700)
+
+    def _make_dirs_root(self, spec: WorkspaceSpec, pw: pwd.struct_passwd) -> None:
+        """Directories the workspace user must traverse are 0711 (no listing, no reading of
+        anything but what it owns); its home and agent state are its own, 0700."""
+        # The data dir and workspaces/ stay 0700: the workspace reaches its own directory only
+        # through the pass-through mounts of its private mount namespace (see nslaunch).
+        self.workspaces_dir.mkdir(mode=0o700, exist_ok=True, parents=True)
+        self.ws_dir(spec).mkdir(mode=0o711, exist_ok=True)
+        os.chmod(self.ws_dir(spec), 0o711)
+        home = self.home(spec)
+        if not home.exists():
+            home.mkdir(mode=0o700)
+            skel = Path("/etc/skel")
+            if skel.is_dir():
+                shutil.copytree(skel, home, dirs_exist_ok=True, symlinks=True)
+            _chown_tree(home, pw.pw_uid, pw.pw_gid)
+        else:
+            os.chown(home, pw.pw_uid, pw.pw_gid)
+        os.chmod(home, 0o700)
+        state = self.ws_dir(spec) / "agent"
+        state.mkdir(mode=0o700, exist_ok=True)
+        os.chown(state, pw.pw_uid, pw.pw_gid)
+        os.chmod(state, 0o700)
+
+    async def _ensure_user(self, spec: WorkspaceSpec) -> str:
+        marker = user_marker(spec.id)
+        async with self._users_lock:
+            candidates = ([spec.unix_user] if spec.unix_user else []) + unix_user_candidates(spec.owner, spec.name, spec.id)
+            for name in dict.fromkeys(candidates):
+                try:
+                    existing = pwd.getpwnam(name)
+                except KeyError:
+                    await self._useradd(name, marker, self.home(spec))
+                    log.info("created Unix user %s for workspace %s/%s", name, spec.owner, spec.name)
+                    return name
+                if existing.pw_gecos == marker:
+                    return name
+                log.info("Unix user %s exists and is not workspace %s's; trying another name", name, spec.id)
+        raise SetupError(
+            f"cannot create a Unix user for the workspace: the names {', '.join(candidates)} are all taken "
+            "by other accounts; remove one of them or rename the workspace"
+        )
+
+    async def _useradd(self, name: str, marker: str, home: Path) -> None:
+        shell = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
+        argv = (
+            self._tool("useradd"), "--comment", marker, "--home-dir", str(home), "--no-create-home",
+            "--shell", shell, "--user-group", "--password", "*", name,
+        )
+        for attempt in range(20):
+            done = await proc.run(*argv, timeout=30)
+            if done.returncode == 0:
+                return
+            if done.returncode == 10 and attempt < 19:  # /etc/passwd locked by another tool: wait
+                await asyncio.sleep(0.1)
+                continue
+            raise SetupError(f"cannot create Unix user {name}: {done.why()}")
+
+    async def _prepare_sshd(self, spec: WorkspaceSpec, user: str) -> None:
+        d = self.ws_dir(spec) / "sshd"
+        key = d / "ssh_host_ed25519_key"
+
+        def dirs() -> bool:
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+            return key.exists()
+
+        if not await asyncio.to_thread(dirs):
+            await proc.check(
+                self._tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", f"hatchway workspace {spec.name}",
+                "-f", str(key), what="cannot create the workspace's sshd host key",
+            )
+        config = render_sshd_config(host_key=str(key), allow_user=user)
+
+        def write() -> None:
+            from hatchway.fileutil import atomic_write
+
+            os.chmod(key, 0o600)
+            atomic_write(d / "sshd_config", config.encode(), 0o644)  # no secrets; the agent reads it
+
+        await asyncio.to_thread(write)
+        await proc.check(SSHD, "-t", "-f", str(d / "sshd_config"), what="the workspace's sshd_config is invalid")
+
+    async def _ensure_netns(self, spec: WorkspaceSpec) -> None:
+        """A fresh namespace unless this server already set it up (then it is kept across agent
+        restarts, with the listening socket in it)."""
+        name = netns_name(spec.id)
+        if spec.id in self._listeners and nsutil.netns_exists(name):
+            await self._kill_netns_pids(name)
+            return
+        await self._remove_netns(spec)
+        ip = self._tool("ip")
+        await proc.check(ip, "netns", "add", name, what="cannot create the workspace's network namespace")
+        try:
+            await proc.check(ip, "-n", name, "link", "set", "lo", "up", what="cannot bring up the workspace's loopback")
+            # The namespace's ports are the workspace's: its user may run its own sshd on port 22.
+            await nsutil.set_sysctl(name, "net.ipv4.ip_unprivileged_port_start", "0")
+            sock = await nsutil.listen_in_netns(name, "127.0.0.1", self.server_port)
+            assert self.add_listener is not None
+            self._listeners[spec.id] = await self.add_listener(sock)
+        except BaseException:
+            await self._remove_netns(spec)
+            raise
+
+    async def _kill_netns_pids(self, name: str) -> None:
+        done = await proc.run(self._tools.get("ip", "ip"), "netns", "pids", name, timeout=10)
+        pids = [int(p) for p in done.stdout.split() if p.isdigit()]
+        if pids:
+            log.info("killing %d leftover process(es) in network namespace %s", len(pids), name)
+            proc.kill_pids(pids)
+
+    async def _remove_netns(self, spec: WorkspaceSpec) -> None:
+        listener = self._listeners.pop(spec.id, None)
+        if listener is not None:
+            listener.close()
+        name = netns_name(spec.id)
+        if not nsutil.netns_exists(name):
+            return
+        await self._kill_netns_pids(name)
+        done = await proc.run(self._tools.get("ip", "ip"), "netns", "delete", name, timeout=10)
+        if done.returncode != 0 and nsutil.netns_exists(name):
+            raise SetupError(f"cannot remove network namespace {name}: {done.why()}")
+
+    # ---- launch -----------------------------------------------------------------------------
+
+    def _agent_env(self, spec: WorkspaceSpec, prepared: Prepared, token: str) -> dict[str, str]:
+        """A clean environment: nothing of the server's own leaks in except locale basics; the
+        image variables as Docker ENV would set them; identity and the token last (not
+        overridable by image variables)."""
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": os.environ.get("LANG", "C.UTF-8")}
+        env.update(spec.env)
+        shell = "/bin/sh"
+        try:
+            shell = pwd.getpwnam(prepared.unix_user).pw_shell or shell
+        except KeyError:
+            pass
+        env.update(
+            HOME=prepared.home,
+            USER=prepared.unix_user,
+            LOGNAME=prepared.unix_user,
+            SHELL=shell,
+            HATCHWAY_AGENT_TOKEN=token,
+        )
+        return env
+
+    def _agent_argv(self, spec: WorkspaceSpec, prepared: Prepared) -> list[str]:
+        return [
+            sys.executable, "-m", "hatchway", "agent",
+            "--url", prepared.agent_url,
+            "--state-dir", str(self.ws_dir(spec) / "agent"),
+            "--ssh-port", "22" if self.isolate else "0",
+        ]
+
+    def _open_log(self, spec: WorkspaceSpec) -> int:
+        path = Path(self.log_path(spec))
+        try:
+            if path.stat().st_size > LOG_MAX_BYTES:
+                os.replace(path, path.with_name(path.name + ".1"))
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.write(fd, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting the agent of {spec.owner}/{spec.name}\n".encode())
+        return fd
+
+    async def launch(self, spec: WorkspaceSpec, prepared: Prepared, agent_token: str) -> RunningAgent:
+        argv = self._agent_argv(spec, prepared)
+        if self.isolate:
+            pw = pwd.getpwnam(prepared.unix_user)
+            plan = {
+                "passthrough": passthrough_plan(_passthrough_targets(self.ws_dir(spec)), _mode_of),
+                "sshd_config": str(self.ws_dir(spec) / "sshd" / "sshd_config") if spec.openssh else None,
+                "sshd": SSHD,
+                "uid": pw.pw_uid,
+                "gid": pw.pw_gid,
+                "user": pw.pw_name,
+                "home": prepared.home,
+                "argv": argv,
+            }
+            argv = [
+                self._tool("ip"), "netns", "exec", netns_name(spec.id),
+                self._tool("unshare"), "--pid", "--fork", "--mount-proc", "--kill-child", "--",
+                self._tool("tini"), "-g", "--",
+                sys.executable, "-m", "hatchway.providers.nslaunch", json.dumps(plan),
+            ]
+        fd = await asyncio.to_thread(self._open_log, spec)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                env=self._agent_env(spec, prepared, agent_token),
+                cwd=prepared.home,
+                start_new_session=True,  # its own process group: stop() signals the whole group
+            )
+        finally:
+            os.close(fd)
+        log.info("started the agent of workspace %s/%s (pid %d)", spec.owner, spec.name, process.pid)
+        return LocalAgent(process)
+
+    # ---- stop and delete ----------------------------------------------------------------------
+
+    async def teardown(self, spec: WorkspaceSpec) -> None:
+        if not self.isolate:
+            # No PID namespace to end: find what the workspace's sessions left (they carry its
+            # id in their environment) among our own processes.
+            pids = await asyncio.to_thread(proc.pids_with_env, os.getuid(), f"HATCHWAY_WORKSPACE_ID={spec.id}")
+            proc.kill_pids([p for p in pids if p != os.getpid()])
+            return
+        await self._remove_netns(spec)
+        if spec.unix_user:
+            await self._kill_user_processes(spec.unix_user, spec.id)
+
+    async def _kill_user_processes(self, user: str, workspace_id: str) -> None:
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            return
+        if pw.pw_gecos != user_marker(workspace_id):
+            return  # not ours: never touch another account's processes
+        for _ in range(50):
+            pids = await asyncio.to_thread(proc.pids_of_uid, pw.pw_uid)
+            if not pids:
+                return
+            proc.kill_pids(pids)
+            await asyncio.sleep(0.05)
+        raise SetupError(f"processes of Unix user {user} survived SIGKILL; see ps -u {user}")
+
+    async def destroy(self, spec: WorkspaceSpec) -> None:
+        await self.teardown(spec)
+        if self.isolate:
+            async with self._users_lock:
+                for name in dict.fromkeys(
+                    ([spec.unix_user] if spec.unix_user else []) + unix_user_candidates(spec.owner, spec.name, spec.id)
+                ):
+                    try:
+                        pw = pwd.getpwnam(name)
+                    except KeyError:
+                        continue
+                    if pw.pw_gecos != user_marker(spec.id):
+                        continue
+                    await self._kill_user_processes(name, spec.id)
+                    done = await proc.run(self._tools.get("userdel", "userdel"), name, timeout=30)
+                    if done.returncode not in (0, 6):  # 6: no such user (removed meanwhile)
+                        raise SetupError(f"cannot remove Unix user {name}: {done.why()}")
+                    log.info("removed Unix user %s of workspace %s/%s", name, spec.owner, spec.name)
+        await asyncio.to_thread(shutil.rmtree, self.ws_dir(spec), True)
+
+
+def _local_url(server_url: str) -> str:
+    return server_url
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
+
+
+def isolation_override() -> bool | None:
+    """``HATCHWAY_LOCAL_ISOLATION=off`` runs local workspaces unisolated even as root (to debug
+    the provider, or where namespaces are unavailable, e.g. some containers); unset or ``auto``
+    isolates exactly when the server runs as root."""
+    value = os.environ.get("HATCHWAY_LOCAL_ISOLATION", "auto").strip().lower()
+    if value in ("off", "0", "no", "false"):
+        return False
+    return None
+
+
+def _mode_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
+def _passthrough_targets(ws_dir: Path) -> list[str]:
+    """What the workspace user must reach: its own directory, the interpreter, and every
+    directory Python imports from (the venv, the standard library, this package)."""
+    targets = {str(ws_dir), str(Path(sys.executable).resolve().parent), str(Path(hatchway.__file__).resolve().parent)}
+    for entry in sys.path:
+        if entry and os.path.isdir(entry):
+            targets.add(str(Path(entry).resolve()))
+    return sorted(targets)
+
+
+def spec_from_row(ws: Any) -> WorkspaceSpec:
+    """A :class:`WorkspaceSpec` from a ``Workspace`` row (with its owner loaded)."""
+    return WorkspaceSpec(
+        id=ws.id,
+        name=ws.name,
+        owner=ws.owner.username,
+        env=dict(ws.env or {}),
+        openssh=bool(getattr(ws, "openssh", False)),
+        unix_user=getattr(ws, "unix_user", None),
+    )

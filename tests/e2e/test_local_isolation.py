@@ -1,0 +1,335 @@
+"""Local workspaces as root: each its own Unix user, home, network namespace and PID namespace,
+supervised by the server, reached with the real OpenSSH client through the relay.
+
+Two workspaces run at once: ``a`` served by the agent's built-in SSH server, ``b`` started with
+``--openssh`` (Debian's sshd on its own port 22, reached through the agent's forwarding).
+Tests run in file order on one server; everything they create is removed at the end, also after
+a failure (the fixture sweeps namespaces, users and processes by workspace id).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import Cli
+from tests.helpers.server import RunningServer, wait_for
+
+MARKER = "hatchway workspace "
+
+
+def _root_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: local workspaces get Unix users and namespaces only when the server runs as root"
+    for tool in ("/usr/sbin/sshd", "/usr/sbin/useradd", "/usr/bin/unshare", "/usr/bin/tini", "/usr/sbin/ip"):
+        if not os.path.exists(tool):
+            return f"{tool} missing: scripts/setup installs it"
+    return None
+
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_root_reason() is not None, reason=str(_root_reason()))]
+
+
+def sh(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=check)
+
+
+def netns_list() -> set[str]:
+    return {line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line.strip()}
+
+
+def links() -> set[str]:
+    return {line.split(":")[1].strip().split("@")[0] for line in sh("ip", "-o", "link").stdout.splitlines()}
+
+
+def uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    out.append(int(entry))
+            except FileNotFoundError:
+                pass
+    return out
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except FileNotFoundError:
+        return []
+
+
+def agent_pid(user: str) -> int | None:
+    uid = uid_of(user)
+    if uid is None:
+        return None
+    for pid in pids_of_uid(uid):
+        argv = cmdline(pid)
+        if "hatchway" in argv and "agent" in argv:
+            return pid
+    return None
+
+
+def sweep(workspace_ids: list[str]) -> None:
+    """Remove whatever of these workspaces is left, whatever state the test ended in."""
+    for ws_id in workspace_ids:
+        ns = f"hw-{ws_id}"
+        pids = sh("ip", "netns", "pids", ns).stdout.split()
+        for p in pids:
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        if ns in netns_list():
+            sh("ip", "netns", "delete", ns)
+        for entry in pwd.getpwall():
+            if entry.pw_gecos == MARKER + ws_id:
+                for p in pids_of_uid(entry.pw_uid):
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                sh("userdel", entry.pw_name)
+
+
+@dataclass
+class World:
+    server: RunningServer
+    alice: Cli
+    ssh_config: Path
+    ids: dict[str, str]
+    links_before: set[str]
+
+    def ssh(self, alias: str, command: str, *opts: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *opts,
+             f"hatchway.{alias}", command],
+            capture_output=True, text=True, timeout=timeout, env=self.alice.env(),
+        )
+
+    def show(self, name: str) -> dict:
+        return self.alice.ok("workspaces", "show", name, "--json").json()
+
+    def ssh_works(self, alias: str) -> bool:
+        r = self.ssh(alias, "echo alive", timeout=15)
+        return r.returncode == 0 and r.stdout.strip() == "alive"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("local")
+    links_before = links()
+    server = RunningServer(tmp / "data")
+    server.start()
+    alice = Cli(tmp / "alice")
+    ids: dict[str, str] = {}
+    try:
+        alice.login(server.url, "alice", "alice-password", first=True)
+        out = alice.ok("workspaces", "create", "a", "--env", "FOO=bar baz").out
+        assert "Workspace a is running (agent connected)" in out
+        alice.ok("workspaces", "create", "b", "--openssh", "--env", "BAR=from-image")
+        for name in ("a", "b"):
+            ids[name] = alice.ok("workspaces", "show", name, "--json").json()["id"]
+        w = World(server, alice, tmp / "ssh_config", ids, links_before)
+        wait_for(lambda: w.show("b")["ssh_mode"] == "openssh", 20, what="b's agent to report its sshd")
+        alice.ok("config-ssh", "--ssh-config", str(w.ssh_config), "-y")
+        yield w
+    finally:
+        try:
+            if server.proc is not None and server.proc.poll() is None:
+                for name in list(ids):
+                    alice.run("workspaces", "delete", name, "-y")
+        finally:
+            if server.proc is not None:
+                server.stop()
+            sweep(list(ids.values()))
+
+
+def test_each_workspace_has_its_own_user_and_home(world: World) -> None:
+    for name in ("a", "b"):
+        r = world.ssh(name, "id -un; pwd; stat -c '%a %U' .")
+        assert r.returncode == 0, r.stderr
+        home = world.server.data_dir / "workspaces" / world.ids[name] / "home"
+        assert r.stdout.splitlines() == [f"hw-alice-{name}", str(home), f"700 hw-alice-{name}"]
+        assert world.show(name)["os_user"] == f"hw-alice-{name}"
+        st = home.stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o700, pwd.getpwnam(f"hw-alice-{name}").pw_uid)
+
+
+def test_isolation_is_shown(world: World) -> None:
+    out = world.alice.ok("workspaces", "show", "b").out
+    assert "isolation: isolated: Unix user hw-alice-b, own network namespace hw-" in out
+    assert "own PID namespace" in out
+    assert "openssh:   yes" in out
+    listing = world.alice.ok("workspaces", "list").out.splitlines()
+    row_a = next(line for line in listing if line.startswith("a "))
+    assert row_a.split()[3:5] == ["running", "connected"]
+
+
+def test_each_sees_only_its_own_processes(world: World) -> None:
+    seen = {}
+    for name in ("a", "b"):
+        r = world.ssh(name, "ps -e -o pid=,user:32=,comm=")
+        assert r.returncode == 0, r.stderr
+        rows = [line.split() for line in r.stdout.splitlines()]
+        seen[name] = rows
+        assert rows[0][0] == "1" and rows[0][2] == "tini", rows
+        users = {row[1] for row in rows}
+        assert users <= {"root", f"hw-alice-{name}"}, rows
+    # a runs no sshd and sees none of b's; b's own sshd is visible to b only.
+    assert not any(row[2] == "sshd" for row in seen["a"])
+    assert any(row[2] == "sshd" for row in seen["b"])
+    assert len(seen["a"]) <= 6, seen["a"]
+    # /proc inside is the namespace's own: the host's PID of a's agent does not exist there.
+    host_pid = agent_pid("hw-alice-a")
+    assert host_pid is not None and host_pid > 10
+    r = world.ssh("a", f"test -e /proc/{host_pid}/cmdline && echo visible || echo hidden")
+    assert r.stdout.strip() == "hidden"
+
+
+def test_network_is_the_workspaces_own(world: World) -> None:
+    r = world.ssh("a", "cat /proc/net/dev")
+    interfaces = [line.split(":")[0].strip() for line in r.stdout.splitlines()[2:]]
+    assert interfaces == ["lo"]
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", f"hw-{world.ids['a']}", "python3", "-c",
+         "import socket\n"
+         "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+         "s.bind(('127.0.0.1', 22)); s.listen(); print('listening', flush=True)\n"
+         "while True:\n"
+         "    c, _ = s.accept(); c.sendall(b'not-ssh from a\\r\\n'); c.close()\n"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "listening"
+        probe = (
+            "python3 -c \"import socket; s = socket.create_connection(('127.0.0.1', 22), 3); "
+            "print(s.recv(64).decode().strip())\""
+        )
+        from_a = world.ssh("a", probe)
+        from_b = world.ssh("b", probe)
+        assert from_a.stdout.strip() == "not-ssh from a", from_a.stderr
+        assert from_b.stdout.strip().startswith("SSH-2.0-OpenSSH"), from_b.stderr
+        # a's port 22 now answers, but not with SSH: a's connections still get the built-in server.
+        assert world.ssh_works("a")
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+def test_image_env_reaches_the_agent_but_the_token_stays_out_of_argv_and_logs(world: World) -> None:
+    pid = agent_pid("hw-alice-a")
+    assert pid is not None
+    environ = dict(
+        item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in item
+    )
+    assert environ["FOO"] == "bar baz"
+    assert environ["HOME"].endswith(f"/workspaces/{world.ids['a']}/home")
+    token = environ["HATCHWAY_AGENT_TOKEN"]
+    assert token.startswith("hwa_")
+    assert not any(token in arg for arg in cmdline(pid))
+    assert "hwa_" not in " ".join(cmdline(pid))
+    assert token not in world.server.log()
+    agent_log = world.server.data_dir / "workspaces" / world.ids["a"] / "agent.log"
+    assert token not in agent_log.read_text()
+    r = world.ssh("a", 'echo "$FOO"')
+    assert r.stdout == "bar baz\n"
+
+
+def test_openssh_workspace_is_served_by_real_sshd_with_the_environment(world: World) -> None:
+    r = world.ssh("b", 'echo "BAR=$BAR HW=$HATCHWAY_WORKSPACE_NAME"', "-v")
+    assert r.returncode == 0, r.stderr
+    assert "remote software version OpenSSH" in r.stderr
+    assert r.stdout.strip() == "BAR=from-image HW=b"
+    # A value the user adds below the managed section is applied by sshd (PermitUserEnvironment).
+    assert world.ssh("b", "echo MY_OWN=set-by-me >> ~/.ssh/environment").returncode == 0
+    r = world.ssh("b", 'echo "$MY_OWN"')
+    assert r.stdout.strip() == "set-by-me"
+    shown = world.show("b")
+    assert shown["openssh"] is True and shown["ssh_mode"] == "openssh"
+    assert shown["ssh_server_version"].startswith("SSH-2.0-OpenSSH") or "OpenSSH" in shown["ssh_server_version"]
+    key = world.server.data_dir / "workspaces" / world.ids["b"] / "sshd" / "ssh_host_ed25519_key"
+    assert key.stat().st_mode & 0o777 == 0o600
+
+
+def test_killed_agent_is_back_within_10_seconds(world: World) -> None:
+    pid = agent_pid("hw-alice-a")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    wait_for(lambda: agent_pid("hw-alice-a") not in (None, pid), 10, what="a new agent process")
+    wait_for(lambda: world.ssh_works("a"), 10 - (time.monotonic() - start), interval=0.2, what="SSH to a after kill -9")
+    assert time.monotonic() - start < 10
+    assert world.show("a")["state"] == "running"
+    assert "killed by signal 9" in world.server.log()
+
+
+def test_stop_leaves_nothing_running_and_start_brings_it_back(world: World) -> None:
+    out = world.alice.ok("workspaces", "stop", "a").out
+    assert out.strip() == "Stopped workspace a"
+    uid = uid_of("hw-alice-a")
+    assert uid is not None
+    assert pids_of_uid(uid) == []
+    assert f"hw-{world.ids['a']}" not in netns_list()
+    assert world.show("a")["state"] == "stopped"
+    r = world.ssh("a", "true")
+    assert r.returncode == 255
+    assert 'workspace "a" is stopped' in r.stderr
+    assert world.ssh_works("b")  # the other one is untouched
+    world.alice.ok("workspaces", "start", "a")
+    assert world.show("a")["state"] == "running"
+    # Same host key as before the stop: the pinned known_hosts entry still matches.
+    assert world.ssh_works("a")
+    world.alice.ok("workspaces", "restart", "b")
+    assert world.ssh_works("b")
+
+
+def test_server_restart_brings_running_workspaces_back(world: World) -> None:
+    world.alice.ok("workspaces", "stop", "a")
+    world.server.stop()
+    # Down: nothing of any workspace is left running, no namespace is left behind.
+    for name in ("a", "b"):
+        uid = uid_of(f"hw-alice-{name}")
+        assert uid is not None and pids_of_uid(uid) == []
+        assert f"hw-{world.ids[name]}" not in netns_list()
+    world.server.start()
+    wait_for(lambda: world.ssh_works("b"), 30, interval=0.2, what="b back after the server restart")
+    assert world.show("b")["state"] == "running"
+    # a was stopped before the restart and stays stopped.
+    assert world.show("a")["state"] == "stopped"
+    assert agent_pid("hw-alice-a") is None
+    world.alice.ok("workspaces", "start", "a")
+    assert world.ssh_works("a")
+
+
+def test_delete_removes_user_namespace_home_and_processes(world: World) -> None:
+    for name in ("a", "b"):
+        user = f"hw-alice-{name}"
+        uid = uid_of(user)
+        assert uid is not None
+        world.alice.ok("workspaces", "delete", name, "-y")
+        assert sh("getent", "passwd", user).returncode == 2
+        assert pids_of_uid(uid) == []
+        assert f"hw-{world.ids[name]}" not in netns_list()
+        assert not (world.server.data_dir / "workspaces" / world.ids[name]).exists()
+        del world.ids[name]
+    assert links() == world.links_before
+    ps = sh("ps", "-eo", "user:32=,args=").stdout
+    assert "hw-alice-" not in ps
