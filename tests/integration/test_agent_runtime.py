@@ -336,6 +336,15 @@ def test_agent_forwards_to_an_ssh_server_on_the_port_replaying_its_banner(
                 echoed += c.recv(timeout=10)
             assert echoed == big
 
+            # A live stream does not depend on the control channel: a second agent with the same
+            # token takes the control channel over, and this stream carries on regardless.
+            other = Agent(tmp_path / "home2", d.server.url, d.agent_token, "--ssh-port", str(sshd.port))
+            agents.append(other)
+            wait_for(lambda: "replaced by a newer connection" in agent.log(), 15, what="first agent replaced")
+            c.send(b"ping-2")
+            assert c.recv(timeout=10) == b"ping-2"
+            assert other.stop() == 0
+
         # The connection log records the mode the agent announced.
         with api(d.server.url, d.user_token) as a:
             conns = wait_for(lambda: [x for x in a.get("/connections").json() if x["ended_at"]], 5, what="ended connection")

@@ -129,7 +129,7 @@ class Agent:
         self._builtin: Any = None  # hatchway.sshd.server.BuiltinSSHServer, imported lazily
         self._monitor: Port22Monitor | None = None
         self._injection = InjectionResult()
-        self._os_user = os_user()
+        self._os_user = ""  # filled in by run(): a passwd lookup may hit the network (NSS/LDAP)
         self._status_changed = asyncio.Event()
         self._pending_manifest: dict[str, Any] | None = None
         self._manifest_ready = asyncio.Event()
@@ -235,7 +235,7 @@ class Agent:
         from hatchway.sshd.hostkey import HostKeyError
         from hatchway.sshd.server import BuiltinSSHServer
 
-        pw = pwd.getpwuid(os.getuid())
+        pw = await asyncio.to_thread(pwd.getpwuid, os.getuid())
         # HOME, not the password database: the files we inject live under $HOME, and sessions must
         # read the very same ~/.ssh (they differ only when someone points HOME elsewhere).
         identity = SessionIdentity(user=pw.pw_name, home=self.config.home, shell=pw.pw_shell or "/bin/sh")
@@ -262,6 +262,7 @@ class Agent:
         """Run until cancelled (clean shutdown) or a :class:`FatalError`."""
         tasks: list[asyncio.Task[None]] = []
         try:
+            self._os_user = await asyncio.to_thread(os_user)
             if self.config.url.startswith("https://"):
                 self._ssl = await asyncio.to_thread(_make_ssl_context)
             manifest = await self.fetch_manifest()
