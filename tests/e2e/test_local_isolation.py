@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import signal
 import subprocess
 import time
@@ -113,6 +114,7 @@ def sweep(workspace_ids: list[str]) -> None:
 class World:
     server: RunningServer
     alice: Cli
+    owner: str  # unique per run, so concurrent runs on one machine never share Unix user names
     ssh_config: Path
     ids: dict[str, str]
     links_before: set[str]
@@ -123,6 +125,9 @@ class World:
              f"hatchway.{alias}", command],
             capture_output=True, text=True, timeout=timeout, env=self.alice.env(),
         )
+
+    def user(self, name: str) -> str:
+        return f"hw-{self.owner}-{name}"
 
     def show(self, name: str) -> dict:
         return self.alice.ok("workspaces", "show", name, "--json").json()
@@ -139,15 +144,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = RunningServer(tmp / "data")
     server.start()
     alice = Cli(tmp / "alice")
+    owner = "alice" + secrets.token_hex(3)
     ids: dict[str, str] = {}
     try:
-        alice.login(server.url, "alice", "alice-password", first=True)
+        alice.login(server.url, owner, "alice-password", first=True)
         out = alice.ok("workspaces", "create", "a", "--env", "FOO=bar baz").out
         assert "Workspace a is running (agent connected)" in out
         alice.ok("workspaces", "create", "b", "--openssh", "--env", "BAR=from-image")
         for name in ("a", "b"):
             ids[name] = alice.ok("workspaces", "show", name, "--json").json()["id"]
-        w = World(server, alice, tmp / "ssh_config", ids, links_before)
+        w = World(server, alice, owner, tmp / "ssh_config", ids, links_before)
         wait_for(lambda: w.show("b")["ssh_mode"] == "openssh", 20, what="b's agent to report its sshd")
         alice.ok("config-ssh", "--ssh-config", str(w.ssh_config), "-y")
         yield w
@@ -167,15 +173,15 @@ def test_each_workspace_has_its_own_user_and_home(world: World) -> None:
         r = world.ssh(name, "id -un; pwd; stat -c '%a %U' .")
         assert r.returncode == 0, r.stderr
         home = world.server.data_dir / "workspaces" / world.ids[name] / "home"
-        assert r.stdout.splitlines() == [f"hw-alice-{name}", str(home), f"700 hw-alice-{name}"]
-        assert world.show(name)["os_user"] == f"hw-alice-{name}"
+        assert r.stdout.splitlines() == [world.user(name), str(home), f"700 {world.user(name)}"]
+        assert world.show(name)["os_user"] == world.user(name)
         st = home.stat()
-        assert (st.st_mode & 0o777, st.st_uid) == (0o700, pwd.getpwnam(f"hw-alice-{name}").pw_uid)
+        assert (st.st_mode & 0o777, st.st_uid) == (0o700, pwd.getpwnam(world.user(name)).pw_uid)
 
 
 def test_isolation_is_shown(world: World) -> None:
     out = world.alice.ok("workspaces", "show", "b").out
-    assert "isolation: isolated: Unix user hw-alice-b, own network namespace hw-" in out
+    assert f"isolation: isolated: Unix user {world.user('b')}, own network namespace hw-" in out
     assert "own PID namespace" in out
     assert "openssh:   yes" in out
     listing = world.alice.ok("workspaces", "list").out.splitlines()
@@ -192,13 +198,13 @@ def test_each_sees_only_its_own_processes(world: World) -> None:
         seen[name] = rows
         assert rows[0][0] == "1" and rows[0][2] == "tini", rows
         users = {row[1] for row in rows}
-        assert users <= {"root", f"hw-alice-{name}"}, rows
+        assert users <= {"root", world.user(name)}, rows
     # a runs no sshd and sees none of b's; b's own sshd is visible to b only.
     assert not any(row[2] == "sshd" for row in seen["a"])
     assert any(row[2] == "sshd" for row in seen["b"])
     assert len(seen["a"]) <= 6, seen["a"]
     # /proc inside is the namespace's own: the host's PID of a's agent does not exist there.
-    host_pid = agent_pid("hw-alice-a")
+    host_pid = agent_pid(world.user("a"))
     assert host_pid is not None and host_pid > 10
     r = world.ssh("a", f"test -e /proc/{host_pid}/cmdline && echo visible || echo hidden")
     assert r.stdout.strip() == "hidden"
@@ -235,7 +241,7 @@ def test_network_is_the_workspaces_own(world: World) -> None:
 
 
 def test_image_env_reaches_the_agent_but_the_token_stays_out_of_argv_and_logs(world: World) -> None:
-    pid = agent_pid("hw-alice-a")
+    pid = agent_pid(world.user("a"))
     assert pid is not None
     environ = dict(
         item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in item
@@ -270,11 +276,11 @@ def test_openssh_workspace_is_served_by_real_sshd_with_the_environment(world: Wo
 
 
 def test_killed_agent_is_back_within_10_seconds(world: World) -> None:
-    pid = agent_pid("hw-alice-a")
+    pid = agent_pid(world.user("a"))
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     start = time.monotonic()
-    wait_for(lambda: agent_pid("hw-alice-a") not in (None, pid), 10, what="a new agent process")
+    wait_for(lambda: agent_pid(world.user("a")) not in (None, pid), 10, what="a new agent process")
     wait_for(lambda: world.ssh_works("a"), 10 - (time.monotonic() - start), interval=0.2, what="SSH to a after kill -9")
     assert time.monotonic() - start < 10
     assert world.show("a")["state"] == "running"
@@ -284,7 +290,7 @@ def test_killed_agent_is_back_within_10_seconds(world: World) -> None:
 def test_stop_leaves_nothing_running_and_start_brings_it_back(world: World) -> None:
     out = world.alice.ok("workspaces", "stop", "a").out
     assert out.strip() == "Stopped workspace a"
-    uid = uid_of("hw-alice-a")
+    uid = uid_of(world.user("a"))
     assert uid is not None
     assert pids_of_uid(uid) == []
     assert f"hw-{world.ids['a']}" not in netns_list()
@@ -306,7 +312,7 @@ def test_server_restart_brings_running_workspaces_back(world: World) -> None:
     world.server.stop()
     # Down: nothing of any workspace is left running, no namespace is left behind.
     for name in ("a", "b"):
-        uid = uid_of(f"hw-alice-{name}")
+        uid = uid_of(world.user(name))
         assert uid is not None and pids_of_uid(uid) == []
         assert f"hw-{world.ids[name]}" not in netns_list()
     world.server.start()
@@ -314,14 +320,14 @@ def test_server_restart_brings_running_workspaces_back(world: World) -> None:
     assert world.show("b")["state"] == "running"
     # a was stopped before the restart and stays stopped.
     assert world.show("a")["state"] == "stopped"
-    assert agent_pid("hw-alice-a") is None
+    assert agent_pid(world.user("a")) is None
     world.alice.ok("workspaces", "start", "a")
     assert world.ssh_works("a")
 
 
 def test_delete_removes_user_namespace_home_and_processes(world: World) -> None:
     for name in ("a", "b"):
-        user = f"hw-alice-{name}"
+        user = world.user(name)
         uid = uid_of(user)
         assert uid is not None
         world.alice.ok("workspaces", "delete", name, "-y")
@@ -332,4 +338,4 @@ def test_delete_removes_user_namespace_home_and_processes(world: World) -> None:
         del world.ids[name]
     assert links() == world.links_before
     ps = sh("ps", "-eo", "user:32=,args=").stdout
-    assert "hw-alice-" not in ps
+    assert f"hw-{world.owner}-" not in ps

@@ -45,7 +45,7 @@ from hatchway.providers import netns as nsutil
 from hatchway.providers import proc
 from hatchway.providers.base import Prepared, RunningAgent, SetupError, WorkspaceProvider, WorkspaceSpec
 from hatchway.providers.naming import netns_name, unix_user_candidates, user_marker
-from hatchway.providers.nslaunch import passthrough_plan
+from hatchway.providers.nslaunch import PLAN_ENV, passthrough_plan
 from hatchway.providers.sshd_config import render_sshd_config
 
 log = logging.getLogger("hatchway.providers.local")
@@ -416,8 +416,11 @@ class LocalProvider(WorkspaceProvider):
                 self._tool("ip"), "netns", "exec", netns_name(spec.id),
                 self._tool("unshare"), "--pid", "--fork", "--mount-proc", "--kill-child", "--",
                 self._tool("tini"), "-g", "--",
-                sys.executable, "-m", "hatchway.providers.nslaunch", json.dumps(plan),
+                sys.executable, "-m", "hatchway.providers.nslaunch",
             ]
+        env = self._agent_env(spec, prepared, agent_token)
+        if self.isolate:
+            env[PLAN_ENV] = json.dumps(plan)  # not argv: keeps ps readable; removed before the agent runs
         fd = await asyncio.to_thread(self._open_log, spec)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -425,7 +428,7 @@ class LocalProvider(WorkspaceProvider):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,
-                env=self._agent_env(spec, prepared, agent_token),
+                env=env,
                 cwd=prepared.home,
                 start_new_session=True,  # its own process group: stop() signals the whole group
             )

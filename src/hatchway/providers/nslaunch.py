@@ -1,7 +1,7 @@
 """The first process of an isolated workspace after its init: finish, as root and inside the
 workspace's namespaces, the set-up that can only be done there, then become the agent.
 
-Run by the local provider as ``python -m hatchway.providers.nslaunch PLAN_JSON`` under ``tini``
+Run by the local provider as ``python -m hatchway.providers.nslaunch`` under ``tini``
 (PID 1 of the workspace's PID namespace). It imports only the standard library, and it ends by
 ``exec``-ing the agent as the workspace user, so it costs no process while the workspace runs.
 
@@ -39,6 +39,8 @@ MS_NODEV = 0x4
 MS_BIND = 0x1000
 MS_REC = 0x4000
 SSHD_CONFIG = "/etc/ssh/sshd_config"
+#: The plan (JSON) arrives in this environment variable, which is removed before anything runs.
+PLAN_ENV = "HATCHWAY_NSLAUNCH_PLAN"
 
 
 class LaunchError(Exception):
@@ -140,7 +142,7 @@ def run(plan: dict) -> None:
 
 def main() -> None:
     try:
-        plan = json.loads(sys.argv[1])
+        plan = json.loads(os.environ.pop(PLAN_ENV))
         run(plan)
     except (LaunchError, OSError, KeyError, ValueError, IndexError) as exc:
         print(f"hatchway: cannot set up the workspace inside its namespaces: {exc}", file=sys.stderr, flush=True)

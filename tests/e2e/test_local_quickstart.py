@@ -1,0 +1,150 @@
+"""The README's first command, ``scripts/quickstart``, on this machine as root with a scratch
+data dir, HOME and config: it must end with a running server, a site manager whose password is
+shown once, a running workspace ``dev`` and the one ssh line that works; a second run must reuse
+all of it."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.server import HATCHWAY, free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+MARKER = "hatchway workspace "
+
+
+def _root_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: the quick start creates an isolated local workspace"
+    for tool in ("/usr/sbin/sshd", "/usr/sbin/useradd", "/usr/bin/unshare", "/usr/bin/tini", "/usr/sbin/ip"):
+        if not os.path.exists(tool):
+            return f"{tool} missing: scripts/setup installs it"
+    return None
+
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_root_reason() is not None, reason=str(_root_reason()))]
+
+
+class Scratch:
+    def __init__(self, tmp: Path) -> None:
+        self.home = tmp / "home"
+        self.data = tmp / "data"
+        self.home.mkdir()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HATCHWAY_")}
+        env.update(HOME=str(self.home), HATCHWAY_DATA_DIR=str(self.data), HATCHWAY_LISTEN=f"127.0.0.1:{self.port}")
+        self.env = env
+
+    def quickstart(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(REPO / "scripts" / "quickstart")], capture_output=True, text=True, env=self.env, timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def hatchway(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([HATCHWAY, *args], capture_output=True, text=True, env=self.env, timeout=60)
+
+    def server_pid(self) -> int | None:
+        try:
+            return int((self.data / "server.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not a running server.
+    return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower() if Path(f"/proc/{pid}").exists() else False
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Scratch]:
+    s = Scratch(tmp_path)
+    try:
+        yield s
+    finally:
+        pid = s.server_pid()
+        ids = []
+        if _alive(pid):
+            shown = s.hatchway("workspaces", "show", "dev", "--json")
+            if shown.returncode == 0:
+                import json
+
+                ids.append(json.loads(shown.stdout)["id"])
+                s.hatchway("workspaces", "delete", "dev", "-y")
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        # Whatever is left of the workspace (a failed run): its user and namespace.
+        for entry in pwd.getpwall():
+            if entry.pw_gecos.startswith(MARKER) and str(s.data) in entry.pw_dir:
+                subprocess.run(["pkill", "-KILL", "-u", entry.pw_name], check=False)
+                subprocess.run(["userdel", entry.pw_name], check=False)
+        for ws_id in ids:
+            subprocess.run(["ip", "netns", "delete", f"hw-{ws_id}"], capture_output=True, check=False)
+
+
+def test_quickstart_then_ssh_into_dev_and_run_again(scratch: Scratch) -> None:
+    first = scratch.quickstart()
+    assert first.returncode == 0, first.stdout + first.stderr
+    config = scratch.home / ".config" / "hatchway" / "ssh_config"
+    # $HOME is not root's home in the password database, so plain `ssh` would not read our
+    # ~/.ssh/config: the script prints the exact -F form.
+    line = first.stdout.strip().splitlines()[-1].strip()
+    assert line == f"ssh -F {config} hatchway.dev"
+    for progress in ("==> Installing Debian packages", "==> Starting the Hatchway server", "==> Creating the first site manager: admin",
+                     "==> Creating workspace dev", "==> Downloading your SSH key", "==> Ready."):
+        assert progress in first.stderr, first.stderr
+    password = first.stderr.split("password for admin (shown only now, stored nowhere): ")[1].split()[0]
+    assert len(password) >= 20
+    # Stored nowhere in plaintext: not in the data dir, the config dir or the logs.
+    for root in (scratch.data, scratch.home):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 5_000_000:
+                assert password.encode() not in path.read_bytes(), path
+    session = scratch.home / ".config" / "hatchway" / "session.json"
+    assert session.stat().st_mode & 0o777 == 0o600
+
+    # The server keeps running after the script ended.
+    pid = scratch.server_pid()
+    assert _alive(pid)
+
+    ssh = shlex.split(line)
+    r = subprocess.run([*ssh, "-o", "BatchMode=yes", "id -un; pwd"], capture_output=True, text=True,
+                       env=scratch.env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    user, home = r.stdout.splitlines()
+    assert user == "hw-admin-dev"
+    assert home.startswith(str(scratch.data / "workspaces")) and home.endswith("/home")
+
+    second = scratch.quickstart()
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.strip().splitlines()[-1].strip() == line
+    assert f"==> Reusing the Hatchway server already running at {scratch.url} (pid {pid})" in second.stderr
+    assert "==> Reusing your session as admin" in second.stderr
+    assert "==> Reusing workspace dev (running)" in second.stderr
+    assert "password for" not in second.stderr
+    assert scratch.server_pid() == pid
+    listed = scratch.hatchway("workspaces", "list", "--json")
+    assert [w["name"] for w in __import__("json").loads(listed.stdout)] == ["dev"]
+    wait_for(lambda: subprocess.run([*ssh, "-o", "BatchMode=yes", "true"], env=scratch.env, timeout=60).returncode == 0,
+             10, what="ssh after the second run")

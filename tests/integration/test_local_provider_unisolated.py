@@ -1,0 +1,102 @@
+"""A local workspace without isolation (what a server that is not root gets; forced here with
+HATCHWAY_LOCAL_ISOLATION=off so it runs the same way as root): it still works, with the agent
+as the server's own user in its own HOME, port-22 forwarding off, and says what it lacks."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import Cli
+from tests.helpers.server import RunningServer, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (scripts/setup installs it)")
+
+
+def processes_with(assignment: str) -> list[int]:
+    """Our processes whose environment holds ``assignment`` (NAME=value)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if assignment.encode() in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                out.append(int(entry))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            pass
+    return out
+
+
+@dataclass
+class Solo:
+    server: RunningServer
+    cli: Cli
+    ssh_config: Path
+    ws_id: str
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "hatchway.solo", command],
+            capture_output=True, text=True, timeout=30, env=self.cli.env(),
+        )
+
+
+@pytest.fixture
+def solo(tmp_path: Path) -> Iterator[Solo]:
+    server = RunningServer(tmp_path / "data", extra_env={"HATCHWAY_LOCAL_ISOLATION": "off"})
+    server.start()
+    cli = Cli(tmp_path / "me")
+    ws_id = ""
+    try:
+        cli.login(server.url, "solo", "solo-password", first=True)
+        cli.ok("workspaces", "create", "solo", "--env", "FOO=unisolated")
+        ws_id = cli.ok("workspaces", "show", "solo", "--json").json()["id"]
+        cli.ok("config-ssh", "--ssh-config", str(tmp_path / "ssh_config"), "-y")
+        yield Solo(server, cli, tmp_path / "ssh_config", ws_id)
+    finally:
+        if server.proc is not None:
+            server.stop()
+        for pid in processes_with(f"HATCHWAY_WORKSPACE_ID={ws_id}") if ws_id else []:
+            os.kill(pid, 9)
+
+
+def test_unisolated_workspace_works_and_says_what_it_lacks(solo: Solo) -> None:
+    me = pwd.getpwuid(os.getuid()).pw_name
+    w = solo.cli.ok("workspaces", "show", "solo", "--json").json()
+    assert w["state"] == "running" and w["agent_connected"]
+    assert w["os_user"] == me
+    assert w["ssh_mode"] == "built-in"
+    assert w["isolation"].startswith("not isolated: ")
+    for lacking in ("own Unix user", "network namespace", "port-22 forwarding is off", "PID namespace"):
+        assert lacking in w["isolation"]
+    shown = solo.cli.ok("workspaces", "show", "solo").out
+    assert "isolation: not isolated: " in shown
+
+    home = solo.server.data_dir / "workspaces" / solo.ws_id / "home"
+    r = solo.ssh('id -un; pwd; echo "$FOO"')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [me, str(home), "unisolated"]
+
+    cmdlines = []
+    for pid in processes_with(f"HOME={home}"):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"agent" in argv:
+            cmdlines.append(argv)
+    assert cmdlines and all(b"--ssh-port" in a and a[a.index(b"--ssh-port") + 1] == b"0" for a in cmdlines)
+
+    # A process left behind by a session is still ended by stop: nothing of it keeps running.
+    assert solo.ssh("setsid sleep 300 </dev/null >/dev/null 2>&1 &").returncode == 0
+    marker = f"HATCHWAY_WORKSPACE_ID={solo.ws_id}"
+    wait_for(lambda: processes_with(marker), 5, what="the session's background process")
+    solo.cli.ok("workspaces", "stop", "solo")
+    wait_for(lambda: not processes_with(marker) and not processes_with(f"HOME={home}"), 5,
+             what="every process of the stopped workspace to end")
+    solo.cli.ok("workspaces", "delete", "solo", "-y")
+    assert not (solo.server.data_dir / "workspaces" / solo.ws_id).exists()
