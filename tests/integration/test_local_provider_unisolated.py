@@ -100,3 +100,23 @@ def test_unisolated_workspace_works_and_says_what_it_lacks(solo: Solo) -> None:
              what="every process of the stopped workspace to end")
     solo.cli.ok("workspaces", "delete", "solo", "-y")
     assert not (solo.server.data_dir / "workspaces" / solo.ws_id).exists()
+
+
+def test_an_agent_that_keeps_dying_is_retried_then_failed_with_its_reason(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "data", extra_env={"HATCHWAY_LOCAL_ISOLATION": "off"})
+    server.start()
+    cli = Cli(tmp_path / "me")
+    try:
+        cli.login(server.url, "solo", "solo-password", first=True)
+        # An image environment that breaks Python: the agent dies at every start.
+        r = cli.run("workspaces", "create", "broken", "--env", "PYTHONHOME=/nonexistent")
+        assert r.code == 1
+        assert 'hatchway: workspace "broken" is failed: the agent exited with status 1' in r.err
+        w = cli.ok("workspaces", "show", "broken", "--json").json()
+        assert w["state"] == "failed" and not w["agent_connected"]
+        assert "restarting in" in w["state_reason"] and w["state_reason"].endswith("agent.log")
+        assert "failed: the agent exited with status 1" in cli.ok("workspaces", "list").out
+        cli.ok("workspaces", "delete", "broken", "-y")
+        assert not list((server.data_dir / "workspaces").iterdir())
+    finally:
+        server.stop()

@@ -130,7 +130,11 @@ class Supervisor:
 
     async def start(self, ws_id: str, reason: str = "setting up and starting its agent") -> None:
         async with self._lock(ws_id):
+            _, _, state = await self._load_state(ws_id)
             await self._set(ws_id, desired_state="running", state="starting", state_reason=reason)
+            if ws_id in self._units and state == "failed":
+                # Someone fixed what made it fail: try now rather than after the backoff.
+                await self._stop_unit(ws_id)
             if ws_id not in self._units:
                 self._spawn(ws_id)
 
@@ -274,6 +278,13 @@ class Supervisor:
             if ws is None or ws.provider.kind not in self._providers:
                 return None, None
             return spec_from_row(ws), ws.provider.kind
+
+    async def _load_state(self, ws_id: str) -> tuple[WorkspaceSpec | None, str | None, str | None]:
+        async with self._sessions() as db:
+            ws = (await db.execute(select(Workspace).where(Workspace.id == ws_id))).scalar_one_or_none()
+            if ws is None or ws.provider.kind not in self._providers:
+                return None, None, None
+            return spec_from_row(ws), ws.provider.kind, ws.state
 
     async def _set(self, ws_id: str, **fields: Any) -> None:
         async with self._sessions() as db:
