@@ -24,6 +24,7 @@ from hatchway.server.limits import BodyLimit
 from hatchway.server.relay import Relay
 from hatchway.server.settings import Settings
 from hatchway.server.throttle import LoginThrottle
+from hatchway.server.web import routes as web
 
 log = logging.getLogger("hatchway.server")
 
@@ -96,5 +97,6 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for module in (users, keys, providers, workspaces, audit, agent, ssh):
         app.include_router(module.router)
+    web.install(app)  # the web UI at / and its static assets at /static
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

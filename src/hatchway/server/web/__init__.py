@@ -1,0 +1,1 @@
+"""The web UI: server-rendered pages, a little JavaScript, no build step."""

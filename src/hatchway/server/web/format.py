@@ -1,0 +1,122 @@
+"""How values read on the page: sizes, durations, times, SSH modes. Pure functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+SSH_DISABLED = "SSH disabled by a site manager"
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return "<1s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h {m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d {h}h"
+
+
+def connection_duration(started: datetime, ended: datetime | None) -> float | None:
+    if ended is None:
+        return None
+    return max((ended - started).total_seconds(), 0.0)
+
+
+def source_text(source: str | None) -> str:
+    """``"HOST PORT"`` as the server records it, shown as ``HOST:PORT``."""
+    if not source:
+        return "—"
+    host, _, port = source.rpartition(" ")
+    if not host or not port.isdigit():
+        return source
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def utc_text(dt: datetime | None) -> str:
+    if dt is None:
+        return "—"
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso(dt: datetime | None) -> str:
+    return dt.astimezone(UTC).isoformat() if dt else ""
+
+
+def ago(dt: datetime | None, now: datetime | None = None) -> str:
+    if dt is None:
+        return "never"
+    now = now or datetime.now(UTC)
+    delta = now - dt
+    if delta < timedelta(seconds=0):
+        delta = timedelta(0)
+    s = int(delta.total_seconds())
+    if s < 10:
+        return "just now"
+    if s < 60:
+        return f"{s} s ago"
+    if s < 3600:
+        return f"{s // 60} min ago"
+    if s < 86400:
+        return f"{s // 3600} h ago"
+    if s < 86400 * 30:
+        d = s // 86400
+        return f"{d} day{'s' if d != 1 else ''} ago"
+    return dt.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def ssh_mode_text(ws: Any) -> str:
+    """What serves SSH in a workspace, as the UI shows it (the CLI says the same)."""
+    if not ws.external_connect:
+        return SSH_DISABLED
+    if ws.ssh_mode == "openssh":
+        return f"openssh ({ws.ssh_server_version or 'unknown version'})"
+    if ws.ssh_mode:
+        return ws.ssh_mode
+    return "not reported yet"
+
+
+def detail_text(detail: dict[str, Any] | None) -> str:
+    """An audit event's detail as ``key: old → new`` pairs people can read."""
+    if not detail:
+        return ""
+    if set(detail) == {"old", "new"}:
+        return f"{_val(detail['old'])} → {_val(detail['new'])}"
+    parts = []
+    for k, v in detail.items():
+        label = k.replace("_", " ")
+        if isinstance(v, dict) and set(v) == {"old", "new"}:
+            parts.append(f"{label}: {_val(v['old'])} → {_val(v['new'])}")
+        else:
+            parts.append(f"{label}: {_val(v)}")
+    return "; ".join(parts)
+
+
+def _val(v: Any) -> str:
+    if v is True:
+        return "on"
+    if v is False:
+        return "off"
+    if v is None:
+        return "—"
+    return str(v)

@@ -1,0 +1,150 @@
+"""Cookies, CSRF tokens and flash messages for the web UI.
+
+The browser holds the same kind of session token the CLI holds (a row in ``api_tokens``),
+in an HttpOnly, SameSite=Lax cookie that is Secure when the access URL is https.
+
+CSRF: every state-changing form carries a token that is an HMAC, under a key derived from the
+deployment secret, of the session token (or, before sign-in, of a random pre-session cookie).
+A page from another site can neither read the cookies nor compute the HMAC, so it cannot
+produce a form the server accepts. Nothing is kept in memory, so any replica can check it.
+
+Flash messages ride in a short-lived cookie that is HMAC-signed with the same key, so nobody
+can plant a message that looks like it came from Hatchway (it is HTML-escaped either way).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hatchway.server.context import ServerContext
+from hatchway.server.crypto import load_or_create_deployment_secret
+
+SESSION_COOKIE = "hatchway_session"
+PRESESSION_COOKIE = "hatchway_pre"
+FLASH_COOKIE = "hatchway_flash"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+
+_KEY_ATTR = "_hatchway_web_key"
+
+
+def web_key(request: Request) -> bytes:
+    """The UI's HMAC key, derived once per process from the deployment secret."""
+    key = getattr(request.app.state, _KEY_ATTR, None)
+    if key is None:
+        ctx: ServerContext = request.app.state.ctx
+        secret = load_or_create_deployment_secret(ctx.settings.data_dir)
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"hatchway/web/v1").derive(secret)
+        setattr(request.app.state, _KEY_ATTR, key)
+    return key
+
+
+def _mac(request: Request, purpose: str, value: str) -> str:
+    return hmac.new(web_key(request), f"{purpose}\0{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def secure_cookies(request: Request) -> bool:
+    ctx: ServerContext = request.app.state.ctx
+    return ctx.settings.url.lower().startswith("https://")
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=secure_cookies(request),
+    )
+
+
+def clear_cookie(request: Request, response: Response, name: str) -> None:
+    response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=secure_cookies(request))
+
+
+# --- CSRF ---------------------------------------------------------------------------------
+
+
+def presession(request: Request) -> str:
+    """The anonymous browser's random binding value, created on first sight."""
+    value = request.cookies.get(PRESESSION_COOKIE) or getattr(request.state, "new_presession", None)
+    if not value:
+        value = secrets.token_urlsafe(24)
+        request.state.new_presession = value  # set on the response by the page renderer
+    return value
+
+
+def csrf_token(request: Request) -> str:
+    """The token to embed in this page's forms."""
+    session = getattr(request.state, "session_token", None)
+    if session:
+        return _mac(request, "csrf", session)
+    return _mac(request, "csrf-pre", presession(request))
+
+
+def csrf_valid(request: Request, submitted: str | None) -> bool:
+    if not submitted:
+        return False
+    expected = []
+    session = request.cookies.get(SESSION_COOKIE)
+    if session:
+        expected.append(_mac(request, "csrf", session))
+    pre = request.cookies.get(PRESESSION_COOKIE)
+    if pre:
+        expected.append(_mac(request, "csrf-pre", pre))
+    return any(hmac.compare_digest(submitted.encode(), e.encode()) for e in expected)
+
+
+# --- flash --------------------------------------------------------------------------------
+
+
+def set_flash(request: Request, response: Response, kind: str, message: str) -> None:
+    payload = base64.urlsafe_b64encode(json.dumps({"k": kind, "m": message}).encode()).decode()
+    set_cookie(request, response, FLASH_COOKIE, f"{payload}.{_mac(request, 'flash', payload)}", max_age=60)
+
+
+def pop_flash(request: Request, response: Response) -> dict[str, Any] | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return None
+    clear_cookie(request, response, FLASH_COOKIE)
+    payload, _, mac = raw.rpartition(".")
+    if not payload or not hmac.compare_digest(mac.encode(), _mac(request, "flash", payload).encode()):
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(payload.encode()))
+        return {"kind": str(data["k"]), "message": str(data["m"])}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# --- response headers ---------------------------------------------------------------------
+
+SECURITY_HEADERS = {
+    # Everything the UI loads comes from this server: no CDN, no inline script or style.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'; object-src 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def add_security_headers(response: Response) -> None:
+    for k, v in SECURITY_HEADERS.items():
+        response.headers.setdefault(k, v)

@@ -1,0 +1,77 @@
+"""The UI's pure helpers: how values read, and which redirects are allowed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from hatchway.server.web import format as fmt
+from hatchway.server.web.routes import safe_next
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(None, "—"), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KB"), (180_000, "175.8 KB"), (5 * 1024**3, "5.0 GB")],
+)
+def test_human_bytes(n: int | None, text: str) -> None:
+    assert fmt.human_bytes(n) == text
+
+
+@pytest.mark.parametrize(
+    ("s", "text"),
+    [(None, "—"), (0.2, "<1s"), (59.4, "59s"), (61, "1m 01s"), (3600 * 2 + 60 * 5, "2h 05m"), (86400 * 3 + 3600, "3d 1h")],
+)
+def test_human_duration(s: float | None, text: str) -> None:
+    assert fmt.human_duration(s) == text
+
+
+def test_source_text() -> None:
+    assert fmt.source_text("127.0.0.1 40222") == "127.0.0.1:40222"
+    assert fmt.source_text("::1 40222") == "[::1]:40222"
+    assert fmt.source_text("unknown") == "unknown"
+    assert fmt.source_text(None) == "—"
+
+
+def test_detail_text() -> None:
+    assert fmt.detail_text({"external_connect": {"old": True, "new": False}}) == "external connect: on → off"
+    assert fmt.detail_text({"old": "member", "new": "site-manager"}) == "member → site-manager"
+    assert fmt.detail_text({"role": "member", "first_user": True}) == "role: member; first user: on"
+    assert fmt.detail_text({}) == ""
+
+
+def test_ssh_mode_text() -> None:
+    ws = SimpleNamespace(external_connect=True, ssh_mode="openssh", ssh_server_version="OpenSSH_9.2p1")
+    assert fmt.ssh_mode_text(ws) == "openssh (OpenSSH_9.2p1)"
+    ws.ssh_mode = "built-in"
+    assert fmt.ssh_mode_text(ws) == "built-in"
+    ws.ssh_mode = None
+    assert fmt.ssh_mode_text(ws) == "not reported yet"
+    ws.external_connect = False
+    assert fmt.ssh_mode_text(ws) == "SSH disabled by a site manager"
+
+
+def test_ago() -> None:
+    now = datetime(2025, 1, 2, 12, 0, tzinfo=UTC)
+    assert fmt.ago(None) == "never"
+    assert fmt.ago(now - timedelta(seconds=3), now) == "just now"
+    assert fmt.ago(now - timedelta(minutes=5), now) == "5 min ago"
+    assert fmt.ago(now - timedelta(days=1), now) == "1 day ago"
+    assert fmt.ago(now - timedelta(days=90), now) == "2024-10-04"
+
+
+@pytest.mark.parametrize(
+    ("value", "target"),
+    [
+        ("/account/key", "/account/key"),
+        ("/manage/audit?user=bob", "/manage/audit?user=bob"),
+        ("//evil.example.com/", "/workspaces"),
+        ("https://evil.example.com/", "/workspaces"),
+        ("/\\evil.example.com", "/workspaces"),
+        ("", "/workspaces"),
+        (None, "/workspaces"),
+    ],
+)
+def test_sign_in_redirects_only_to_this_site(value: str | None, target: str) -> None:
+    assert safe_next(value) == target

@@ -1,0 +1,560 @@
+"""The web UI in a real browser against a real server: sign-in, the documented External Connect
+path, roles, keys, CSRF, users, audit, keyboard and narrow screens."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hatchway.server.policy import external_connect_off_message
+from tests.helpers.server import api, first_user, running_server
+from tests.ui import flows
+from tests.ui.conftest import LAB, SignedIn, UIServer
+from tests.ui.fake_agent import ssh_stream
+
+
+def _provider(srv: UIServer, name: str) -> dict[str, Any]:
+    with srv.api() as c:
+        return next(p for p in c.get("/providers").json() if p["name"] == name)
+
+
+def _csrf(page: Any) -> str:
+    return page.locator('input[name="csrf_token"]').first.get_attribute("value")
+
+
+def _cookie_client(s: SignedIn) -> httpx.Client:
+    return httpx.Client(base_url=s.url, cookies={"hatchway_session": s.session_cookie()}, follow_redirects=False, timeout=30)
+
+
+# --- sign-in ------------------------------------------------------------------------------
+
+
+def test_wrong_password_shows_an_error_and_the_right_one_signs_in(anon_page: Any, ui_server: UIServer) -> None:
+    page = anon_page
+    page.goto(ui_server.url + "/")
+    assert page.title() == "Sign in · Hatchway"
+    page.get_by_label("Username").fill(ui_server.member)
+    page.get_by_label("Password").fill("not-the-password")
+    with page.expect_response(lambda r: r.url.endswith("/sign-in")) as resp:
+        page.get_by_role("button", name="Sign in").click()
+    assert resp.value.status == 401
+    assert page.get_by_role("alert").inner_text() == "Wrong username or password. Check both and try again."
+    assert page.get_by_label("Username").input_value() == ui_server.member  # kept, password not
+    assert page.get_by_label("Password").input_value() == ""
+
+    page.get_by_label("Password").fill(ui_server.member_password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r".*/workspaces$"))
+    assert page.get_by_role("heading", name="Workspaces", level=1).is_visible()
+
+    cookie = next(c for c in page.context.cookies() if c["name"] == "hatchway_session")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax" and cookie["secure"] is False
+
+
+def test_a_new_deployment_offers_to_create_the_first_site_manager(browser: Any, tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        context = browser.new_context(viewport=flows.DESKTOP)
+        try:
+            page = context.new_page()
+            page.goto(srv.url + "/")
+            assert page.get_by_role("heading", name="Welcome to Hatchway").is_visible()
+            flows.screenshot(page, "setup")
+            page.get_by_label("Username").fill("root")
+            page.get_by_label("Email").fill("root@example.com")
+            page.get_by_label("Password", exact=True).fill("root-password-1")
+            page.get_by_label("Repeat password").fill("root-password-2")
+            page.get_by_role("button", name="Create site manager account").click()
+            assert page.get_by_role("alert").inner_text() == "The two passwords do not match."
+            page.get_by_label("Password", exact=True).fill("root-password-1")
+            page.get_by_label("Repeat password").fill("root-password-1")
+            page.get_by_role("button", name="Create site manager account").click()
+            page.wait_for_url(re.compile(r".*/workspaces$"))
+            assert "first site manager" in page.locator(".flash").inner_text()
+            assert page.get_by_role("button", name="Manage").is_visible()
+            # Only once: afterwards / is the sign-in page.
+            other = browser.new_context()
+            try:
+                anon = other.new_page()
+                anon.goto(srv.url + "/")
+                assert anon.get_by_role("heading", name="Sign in to Hatchway").is_visible()
+            finally:
+                other.close()
+        finally:
+            context.close()
+        with api(srv.url) as c:
+            assert c.get("/deployment").json()["needs_first_user"] is False
+            token = c.post("/auth/login", json={"username": "root", "password": "root-password-1"}).json()["token"]
+        with api(srv.url, token) as c:
+            assert c.get("/users/me").json()["role"] == "site-manager"
+
+
+def test_anonymous_pages_redirect_to_sign_in_and_back(anon_page: Any, ui_server: UIServer) -> None:
+    page = anon_page
+    page.goto(ui_server.url + "/account/key")
+    assert re.search(r"/\?next=%2Faccount%2Fkey$", page.url)
+    page.get_by_label("Username").fill(ui_server.member)
+    page.get_by_label("Password").fill(ui_server.member_password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r".*/account/key$"))
+
+
+def test_failed_sign_ins_are_throttled_and_the_throttle_is_shared_with_the_api(anon_page: Any, ui_server: UIServer) -> None:
+    with ui_server.api() as c:
+        c.post("/users", json={"username": "carol", "email": "carol@example.com", "password": "carol-password-1"}).raise_for_status()
+    page = anon_page
+    page.goto(ui_server.url + "/")
+    for _ in range(5):  # the server allows 5 failures per user and source
+        page.get_by_label("Username").fill("carol")
+        page.get_by_label("Password").fill("wrong-guess")
+        page.get_by_role("button", name="Sign in").click()
+        assert "Wrong username or password" in page.get_by_role("alert").inner_text()
+    page.get_by_label("Password").fill("carol-password-1")  # even the right password now waits
+    with page.expect_response(lambda r: r.url.endswith("/sign-in")) as resp:
+        page.get_by_role("button", name="Sign in").click()
+    assert resp.value.status == 429
+    assert int(resp.value.headers["retry-after"]) > 0
+    assert re.fullmatch(r"Too many failed sign-in attempts\. Please wait \d+ seconds before trying again\.", page.get_by_role("alert").inner_text())
+    with api(ui_server.url) as c:  # same throttle behind the API
+        assert c.post("/auth/login", json={"username": "carol", "password": "carol-password-1"}).status_code == 429
+        # ... and other users are not affected
+        assert c.post("/auth/login", json={"username": ui_server.member, "password": ui_server.member_password}).status_code == 200
+
+
+def test_sign_out_deletes_the_session(browser: Any, ui_server: UIServer) -> None:
+    with flows.signed_in_page(browser, ui_server.url, ui_server.member, ui_server.member_password) as page:
+        token = next(c["value"] for c in page.context.cookies() if c["name"] == "hatchway_session")
+        with api(ui_server.url, token) as c:
+            assert c.get("/users/me").status_code == 200  # the cookie holds an ordinary session token
+        page.get_by_role("button", name="Account").click()
+        page.get_by_role("menuitem", name="Sign out").click()
+        page.wait_for_url(re.compile(r".*/$"))
+        assert page.locator(".flash").inner_text() == "You are signed out."
+        assert not [c for c in page.context.cookies() if c["name"] == "hatchway_session"]
+        with api(ui_server.url, token) as c:
+            assert c.get("/users/me").status_code == 401
+        page.goto(ui_server.url + "/workspaces")
+        assert page.get_by_role("button", name="Sign in").is_visible()
+
+
+# --- the documented way to disable SSH ------------------------------------------------------
+
+
+def test_site_manager_turns_external_connect_off_and_on_through_the_ui(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    with srv.api() as c:
+        c.post("/workspaces", json={"name": "toggle-ws", "provider": LAB}).raise_for_status()
+    try:
+        # Manage > Providers > ⋮ > Edit > Features > External Connect off > Save
+        flows.open_manage(page, "Providers")
+        assert flows.external_connect_badge(page, LAB) == "On"
+        row = page.locator(f'tr[data-provider="{LAB}"]')
+        row.get_by_role("button", name=f"Actions for provider {LAB}").click()
+        assert row.get_by_role("menuitem", name="Edit").is_visible()
+        row.get_by_role("menuitem", name="Edit").click()
+        page.wait_for_url(re.compile(rf".*/manage/providers/{LAB}/edit$"))
+        features = page.locator("#features")
+        assert features.get_by_role("heading", name="Features").is_visible()
+        assert "Allow users to connect to this provider's workspaces over SSH" in features.inner_text()
+        toggle = features.get_by_role("switch", name="External Connect")
+        assert toggle.is_checked()
+        toggle.uncheck()
+        page.get_by_role("button", name="Save").click()
+        page.wait_for_url(re.compile(r".*/manage/providers$"))
+        assert page.locator(".flash").inner_text() == (
+            f'Saved. External Connect is off for provider "{LAB}": new SSH connections to its '
+            "workspaces are refused and live sessions were ended."
+        )
+        assert flows.external_connect_badge(page, LAB) == "Off"
+
+        # Exactly like the API: state, audit event, refusal in the relay's words.
+        assert _provider(srv, LAB)["external_connect"] is False
+        with srv.api() as c:
+            events = c.get("/audit", params={"limit": 20}).json()
+        edit = next(e for e in events if e["action"] == "provider.edit" and e["target"] == LAB)
+        assert edit["actor"] == srv.manager
+        assert edit["detail"] == {"external_connect": {"old": True, "new": False}}
+        _echo, refusal = ssh_stream(srv.url, srv.manager_token, "toggle-ws", b"SSH-2.0-OpenSSH_9.2p1\r\n")
+        assert refusal == external_connect_off_message(LAB)
+
+        page.goto(srv.url + "/workspaces")
+        ws_row = page.locator('tr[data-workspace="alice/toggle-ws"]')
+        assert ws_row.locator('td[data-label="SSH"]').inner_text().strip() == "SSH disabled by a site manager"
+        assert "ssh hatchway.toggle-ws" not in ws_row.inner_text()
+
+        # And back on, through the same documented path.
+        flash = flows.set_external_connect(page, LAB, True)
+        assert flash.startswith(f'Saved. External Connect is on for provider "{LAB}"')
+        assert flows.external_connect_badge(page, LAB) == "On"
+        assert _provider(srv, LAB)["external_connect"] is True
+        _echo, refusal = ssh_stream(srv.url, srv.manager_token, "toggle-ws", b"SSH-2.0-OpenSSH_9.2p1\r\n")
+        assert refusal is not None and "agent is not connected" in refusal  # no longer "disabled"
+        page.goto(srv.url + "/workspaces")
+        assert "ssh hatchway.toggle-ws" in page.locator('tr[data-workspace="alice/toggle-ws"]').inner_text()
+
+        # Saving without a change says so and records nothing.
+        flows.open_provider_edit(page, LAB)
+        page.get_by_role("button", name="Save").click()
+        assert page.locator(".flash").inner_text() == f'No changes to provider "{LAB}".'
+        with srv.api() as c:
+            edits = [e for e in c.get("/audit").json() if e["action"] == "provider.edit" and e["target"] == LAB]
+        assert len(edits) == 2
+    finally:
+        with srv.api() as c:
+            c.patch(f"/providers/{LAB}", json={"external_connect": True})
+            c.delete("/workspaces/toggle-ws")
+
+
+def test_member_sees_no_manage_menu_and_gets_403(member_page: SignedIn) -> None:
+    page, srv = member_page.page, member_page.srv
+    assert page.get_by_role("button", name="Account").is_visible()
+    assert page.get_by_role("button", name="Manage").count() == 0
+    assert "/manage/" not in page.content()
+    for path in ("/manage/providers", "/manage/providers/local/edit", "/manage/users", "/manage/audit"):
+        resp = page.goto(srv.url + path)
+        assert resp is not None and resp.status == 403, path
+        assert page.get_by_role("heading", name="Only site managers can open this page").is_visible()
+    # Nor can a member post the toggle, even with a valid CSRF token of their own.
+    page.goto(srv.url + "/workspaces")
+    with _cookie_client(member_page) as c:
+        r = c.post("/manage/providers/local/edit", data={"csrf_token": _csrf(page)})
+    assert r.status_code == 403
+    assert _provider(srv, "local")["external_connect"] is True
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def test_private_key_download_is_the_owners_working_key(manager_page: SignedIn, tmp_path: Path) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    page.get_by_role("button", name="Account").click()
+    page.get_by_role("menuitem", name="SSH key").click()
+    page.wait_for_url(re.compile(r".*/account/key$"))
+    with srv.api() as c:
+        key = c.get("/users/me/key").json()
+    assert page.locator("#key-fingerprint").inner_text() == key["fingerprint"]
+    assert page.get_by_label("OpenSSH public key").input_value() == key["public_key"]
+
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download private key").click()
+    download = dl.value
+    assert download.suggested_filename == "hatchway-alice_ed25519"
+    path = tmp_path / download.suggested_filename
+    download.save_as(str(path))
+    path.chmod(0o600)
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(path)], check=False, capture_output=True, text=True, timeout=10)
+    assert derived.returncode == 0, derived.stderr
+    assert derived.stdout.split()[:2] == key["public_key"].split()[:2]
+
+    with _cookie_client(manager_page) as c:
+        r = c.post("/account/key/download", data={"csrf_token": _csrf(page)})
+    assert r.status_code == 200
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["content-disposition"] == 'attachment; filename="hatchway-alice_ed25519"'
+    assert r.text.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+
+
+def test_regenerating_the_key_needs_confirmation(member_page: SignedIn) -> None:
+    page, srv = member_page.page, member_page.srv
+    with srv.api(srv.member_token) as c:
+        before = c.get("/users/me/key").json()["fingerprint"]
+    page.goto(srv.url + "/account/key")
+    page.get_by_role("link", name="Regenerate key…").click()
+    page.wait_for_url(re.compile(r".*/account/key/regenerate$"))
+    assert page.get_by_role("heading", name="Regenerate your SSH key?").is_visible()
+    with srv.api(srv.member_token) as c:
+        assert c.get("/users/me/key").json()["fingerprint"] == before  # nothing yet
+    page.get_by_role("button", name="Regenerate key").click()
+    page.wait_for_url(re.compile(r".*/account/key$"))
+    with srv.api(srv.member_token) as c:
+        after = c.get("/users/me/key").json()["fingerprint"]
+    assert after != before
+    assert page.locator("#key-fingerprint").inner_text() == after
+    assert after in page.locator(".flash").inner_text()
+    with srv.api() as c:
+        assert any(e["action"] == "key.regenerate" and e["actor"] == srv.member for e in c.get("/audit").json())
+
+
+# --- CSRF -----------------------------------------------------------------------------------
+
+
+def test_posts_without_the_csrf_token_are_refused_and_change_nothing(manager_page: SignedIn) -> None:
+    srv = manager_page.srv
+    manager_page.page.goto(srv.url + "/manage/providers")
+    with _cookie_client(manager_page) as c:
+        # A form post that would turn External Connect off (the box is unchecked)...
+        for data in ({}, {"csrf_token": ""}, {"csrf_token": "0" * 64}):
+            r = c.post("/manage/providers/local/edit", data=data)
+            assert r.status_code == 403, data
+            assert "This form could not be verified" in r.text
+        assert _provider(srv, "local")["external_connect"] is True
+        # ... nor any other form.
+        assert c.post("/manage/users", data={"username": "mallory", "email": "m@example.com", "password": "12345678"}).status_code == 403
+        assert c.post("/account/key/regenerate").status_code == 403
+        assert c.post("/sign-out").status_code == 403
+        # Another user's token does not fit this session either.
+        with api(srv.url) as anon:
+            other = anon.post("/auth/login", json={"username": srv.member, "password": srv.member_password}).json()["token"]
+        with httpx.Client(base_url=srv.url, cookies={"hatchway_session": other}) as bob:
+            bob_token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', bob.get("/workspaces").text).group(1)
+        assert c.post("/manage/providers/local/edit", data={"csrf_token": bob_token}).status_code == 403
+        # With the page's own token the very same post works.
+        r = c.post("/manage/providers/local/edit", data={"csrf_token": _csrf(manager_page.page), "external_connect": "on"})
+        assert r.status_code == 303
+    with srv.api() as c:
+        assert [u["username"] for u in c.get("/users").json()].count("mallory") == 0
+        assert c.get("/users/me").status_code == 200
+    # Sign-in is a form too (login CSRF).
+    with httpx.Client(base_url=srv.url) as anon:
+        r = anon.post("/sign-in", data={"username": srv.manager, "password": srv.manager_password})
+        assert r.status_code == 403 and "hatchway_session" not in r.cookies
+
+
+def test_session_cookie_is_secure_when_the_access_url_is_https(tmp_path: Path) -> None:
+    with running_server(tmp_path, extra_env={"HATCHWAY_ACCESS_URL": "https://hatchway.example.com"}) as srv:
+        first_user(srv.url, "root", "root-password-1")
+        with httpx.Client(base_url=srv.url) as c:
+            first = c.get("/")
+            token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', first.text).group(1)
+            pre_cookie = first.headers["set-cookie"]
+            assert pre_cookie.startswith("hatchway_pre=") and "; secure" in pre_cookie.lower()
+            # (a client only sends Secure cookies over https; this test talks plain http to 127.0.0.1)
+            pre = pre_cookie.split(";")[0]
+            r = c.post("/sign-in", data={"csrf_token": token, "username": "root", "password": "root-password-1"}, headers={"Cookie": pre})
+        assert r.status_code == 303
+        cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("hatchway_session="))
+        attrs = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
+        assert {"httponly", "secure", "samesite"} <= attrs
+        assert "samesite=lax" in cookie.lower()
+
+
+# --- workspaces, users, audit ---------------------------------------------------------------
+
+
+def test_member_creates_inspects_and_deletes_a_workspace(member_page: SignedIn) -> None:
+    page, srv = member_page.page, member_page.srv
+    page.goto(srv.url + "/workspaces")
+    if page.locator("#new-workspace").get_attribute("open") is None:
+        page.locator("#new-workspace > summary").click()
+    page.get_by_label("Name").fill("Bad Name")
+    page.get_by_role("button", name="Create workspace").click()
+    assert page.get_by_role("alert").inner_text().startswith("Invalid workspace name 'Bad Name': use 1-63 lowercase")
+    assert page.get_by_label("Name").input_value() == "Bad Name"  # kept for fixing
+
+    page.get_by_label("Name").fill("bobdev")
+    page.get_by_label("Provider", exact=True).select_option(LAB)
+    page.get_by_label("Image environment").fill("EDITOR=vim\nLANG=C.UTF-8")
+    page.get_by_role("button", name="Create workspace").click()
+    page.wait_for_url(re.compile(r".*/workspaces$"))
+    assert page.get_by_role("heading", name='Workspace “bobdev” created').is_visible()
+    # A manual provider's agent token is shown once, with the command to run the agent.
+    command = page.locator("#agent-cmd").inner_text()
+    assert command.startswith("HATCHWAY_AGENT_TOKEN=hwa_") and command.endswith(f"hatchway agent --url {srv.url}")
+    page.get_by_role("link", name="Go to the workspace").click()
+    page.wait_for_url(re.compile(r".*/workspaces/bob/bobdev$"))
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Workspaces").click()
+    row = page.locator('tr[data-workspace="bob/bobdev"]')
+    assert row.locator('td[data-label="State"]').inner_text().startswith("running")
+    assert row.locator('td[data-label="Provider"]').inner_text().strip() == LAB
+    assert "Not reachable: agent not connected" in row.inner_text()
+    assert "disconnected" in row.locator('td[data-label="Agent"]').inner_text()
+    assert row.locator(".copy-text").inner_text() == "ssh hatchway.bobdev"
+    with srv.api(srv.member_token) as c:
+        ws = c.get("/workspaces/bobdev").json()
+    assert ws["env"] == {"EDITOR": "vim", "LANG": "C.UTF-8"}
+
+    row.get_by_role("button", name="Actions for workspace bobdev").click()
+    row.get_by_role("menuitem", name="Details").click()
+    page.wait_for_url(re.compile(r".*/workspaces/bob/bobdev$"))
+    assert page.get_by_role("heading", name="bobdev").first.is_visible()
+    assert "EDITOR" in page.locator("#env-title + table").inner_text()
+
+    page.get_by_role("link", name="Delete…").click()
+    assert page.get_by_role("heading", name='Delete workspace "bobdev"?').is_visible()
+    page.get_by_role("button", name="Delete workspace").click()
+    page.wait_for_url(re.compile(r".*/workspaces$"))
+    assert page.locator(".flash").inner_text() == 'Workspace "bob/bobdev" deleted.'
+    with srv.api(srv.member_token) as c:
+        assert c.get("/workspaces/bobdev").status_code == 404
+    assert page.get_by_role("heading", name="You have no workspaces yet").is_visible()
+
+
+def test_start_on_a_workspace_hatchway_does_not_run_explains_why(manager_page: SignedIn) -> None:
+    from hatchway.server.api import workspaces as ws_api
+
+    if not callable(getattr(ws_api, "start_workspace", None)):
+        pytest.skip("this API has no workspace start/stop yet")
+    page, srv = manager_page.page, manager_page.srv
+    with srv.api() as c:
+        c.post("/workspaces", json={"name": "manual-ws", "provider": LAB}).raise_for_status()
+    try:
+        page.goto(srv.url + "/workspaces/alice/manual-ws")
+        # Its agent runs wherever its owner started it: no Start/Stop buttons are offered...
+        assert page.get_by_role("button", name="Stop").count() == 0
+        assert page.get_by_role("button", name="Start").count() == 0
+        # ... and a hand-made post gets the API's explanation as an error message.
+        with _cookie_client(manager_page) as c:
+            r = c.post("/workspaces/alice/manual-ws/stop", data={"csrf_token": _csrf(page)})
+        assert r.status_code == 303 and r.headers["location"] == "/workspaces/alice/manual-ws"
+        page.context.add_cookies([{"name": k, "value": v, "url": srv.url} for k, v in r.cookies.items()])
+        page.goto(srv.url + r.headers["location"])
+        assert page.locator(".flash-error").inner_text().startswith('Workspace "manual-ws" is not started by Hatchway')
+    finally:
+        with srv.api() as c:
+            c.delete("/workspaces/manual-ws")
+
+
+def test_site_manager_creates_promotes_suspends_and_activates_users(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    flows.open_manage(page, "Users")
+    page.locator("#new-user > summary").click()
+    form = page.locator("#new-user form")
+    form.get_by_label("Username").fill("dave")
+    form.get_by_label("Email").fill("dave@example.com")
+    form.get_by_label("Initial password").fill("dave-password-1")
+    form.get_by_role("button", name="Create user").click()
+    assert page.locator(".flash").inner_text() == 'User "dave" created as member.'
+
+    page.locator("#new-user > summary").click()
+    form.get_by_label("Username").fill("dave")
+    form.get_by_label("Email").fill("dave2@example.com")
+    form.get_by_label("Initial password").fill("dave-password-1")
+    form.get_by_role("button", name="Create user").click()
+    assert page.get_by_role("alert").inner_text() == 'User "dave" already exists: pick another username'
+
+    def act(item: str) -> str:
+        row = page.locator('tr[data-user="dave"]')
+        row.get_by_role("button", name="Actions for user dave").click()
+        row.get_by_role("menuitem", name=item).click()
+        return page.locator(".flash").inner_text()
+
+    def dave() -> dict[str, Any]:
+        with srv.api() as c:
+            return next(u for u in c.get("/users").json() if u["username"] == "dave")
+
+    assert act("Make site manager") == 'User "dave" is now a site-manager.'
+    assert dave()["role"] == "site-manager"
+    assert act("Make member") == 'User "dave" is now a member.'
+
+    other = page.context.browser.new_context()
+    try:
+        dave_page = other.new_page()
+        flows.sign_in(dave_page, srv.url, "dave", "dave-password-1")
+        assert act("Suspend").startswith('User "dave" suspended')
+        assert dave()["suspended"] is True
+        assert "Suspended" in page.locator('tr[data-user="dave"] td[data-label="Status"]').inner_text()
+        # Dave's open session stops working at once, and he cannot sign in again.
+        resp = dave_page.reload()
+        assert resp is not None and resp.status == 403
+        assert dave_page.get_by_role("heading", name="Your account is suspended").is_visible()
+        dave_page.goto(srv.url + "/")
+        dave_page.get_by_label("Username").fill("dave")
+        dave_page.get_by_label("Password").fill("dave-password-1")
+        dave_page.get_by_role("button", name="Sign in").click()
+        assert dave_page.get_by_role("alert").inner_text() == "Your account is suspended. Ask a site manager to reactivate it."
+    finally:
+        other.close()
+    with api(srv.url) as c:
+        assert c.post("/auth/login", json={"username": "dave", "password": "dave-password-1"}).status_code == 403
+    assert act("Activate") == 'User "dave" activated.'
+    assert dave()["suspended"] is False
+    # One cannot suspend oneself: the item is not offered.
+    me = page.locator(f'tr[data-user="{srv.manager}"]')
+    me.get_by_role("button", name=f"Actions for user {srv.manager}").click()
+    assert me.get_by_role("menuitem", name="Suspend").count() == 0
+
+
+def test_audit_lists_connections_and_admin_actions_newest_first_filtered_and_paginated(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    with srv.api() as c:
+        c.post("/providers", json={"name": "edge", "kind": "manual"}).raise_for_status()
+        for i in range(30):
+            c.patch("/providers/edge", json={"external_connect": i % 2 == 1}).raise_for_status()
+    # Two refused connection attempts, recorded by the relay.
+    ssh_stream(srv.url, srv.member_token, "nope", b"x")
+    ssh_stream(srv.url, srv.manager_token, "nada", b"x")
+
+    flows.open_manage(page, "Audit")
+    table = page.get_by_role("table", name="SSH connections")
+    first = table.locator("tbody tr").first
+    assert "nada" in first.inner_text() and "refused" in first.inner_text()  # newest first
+    assert 'no workspace named "nada" is yours' in first.inner_text()
+
+    page.get_by_label("User").select_option(srv.member)
+    page.get_by_role("button", name="Filter").click()
+    rows = table.locator("tbody tr")
+    assert rows.count() >= 1
+    assert all(srv.member in rows.nth(i).locator('td[data-label="User"]').inner_text() for i in range(rows.count()))
+    page.get_by_role("link", name="Clear").click()
+    page.get_by_label("Workspace").fill("nope")
+    page.get_by_role("button", name="Filter").click()
+    assert table.locator("tbody tr").count() == 1
+
+    page.goto(srv.url + "/manage/audit")
+    page.get_by_role("link", name="Admin actions").click()
+    admin = page.get_by_role("table", name="Admin actions")
+    assert admin.locator("tbody tr").count() == 25
+    top = admin.locator("tbody tr").first.inner_text()
+    assert "provider.edit" in top and "edge" in top and "external connect: off → on" in top
+    total = int(re.search(r"of (\d+)", page.locator(".pager").inner_text()).group(1))
+    assert total >= 31
+    page.get_by_role("link", name="Older →").click()
+    assert "page=2" in page.url and "view=admin" in page.url
+    assert "26–" in page.locator(".pager").inner_text()
+    page.get_by_label("User").select_option(srv.member)
+    page.get_by_role("button", name="Filter").click()
+    assert "page=" not in page.url and "view=admin" in page.url
+    rows = admin.locator("tbody tr")
+    assert rows.count() >= 1
+    for i in range(rows.count()):
+        text = rows.nth(i).inner_text()
+        assert srv.member in text, text
+
+
+# --- keyboard and narrow screens ------------------------------------------------------------
+
+
+def test_row_menu_opens_with_enter_and_space_and_closes_with_escape(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    page.goto(srv.url + "/manage/providers")
+    button = page.get_by_role("button", name="Actions for provider local")
+    menu = page.locator("#" + button.get_attribute("aria-controls"))
+    for key in ("Enter", " "):
+        button.focus()
+        page.keyboard.press(key)
+        assert menu.is_visible() and button.get_attribute("aria-expanded") == "true"
+        assert page.evaluate("document.activeElement.textContent.trim()") == "Edit"  # first item focused
+        page.keyboard.press("Escape")
+        assert menu.is_hidden() and button.get_attribute("aria-expanded") == "false"
+        assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Actions for provider local"
+    # Enter on the focused item follows it.
+    button.focus()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*/manage/providers/local/edit$"))
+    # The header menus behave the same way.
+    page.get_by_role("button", name="Manage").focus()
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Providers"
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Users"
+    page.keyboard.press("Escape")
+    assert page.get_by_role("menuitem", name="Users").is_hidden()
+
+
+def test_narrow_screen_navigation(browser: Any, ui_server: UIServer) -> None:
+    with flows.signed_in_page(browser, ui_server.url, ui_server.manager, ui_server.manager_password, viewport=flows.PHONE) as page:
+        assert page.get_by_role("button", name="Manage").is_hidden()  # behind the menu toggle
+        page.get_by_role("button", name="Menu").click()
+        flows.open_manage(page, "Providers")
+        page.wait_for_url(re.compile(r".*/manage/providers$"))
+        assert page.evaluate("document.documentElement.scrollWidth") <= flows.PHONE["width"]
+        row = page.locator('tr[data-provider="local"]')
+        assert row.get_by_role("button", name="Actions for provider local").is_visible()
+        for path in ("/workspaces", "/account/key", "/manage/users", "/manage/audit"):
+            page.goto(ui_server.url + path)
+            assert page.evaluate("document.documentElement.scrollWidth") <= flows.PHONE["width"], path
