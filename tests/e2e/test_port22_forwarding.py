@@ -138,7 +138,7 @@ def test_forwards_to_real_openssh_then_falls_back(box: Box) -> None:
         assert "remote software version Hatchway_" in r.stderr, "fell back to the built-in server"
         assert "not an SSH server" in agent.log()
         wait_for(lambda: any("not an SSH server" in d for d in ws()["diagnostics"]), 40, what="the warning reported")
-        assert ws()["ssh_mode"] == "built-in"
+        assert ws()["ssh_mode"] == "built-in" and ws()["ssh_server_version"] is None
         rows = alice.ok("audit", "connections", "--json").json()
         assert [c["mode"] for c in rows[:2]] == ["built-in", "openssh"]
     finally:

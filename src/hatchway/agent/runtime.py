@@ -62,8 +62,8 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 CLOSE_UNAUTHORIZED = 4401
 #: Another agent holding the same token took over: wait longer so two agents do not flap.
 REPLACED_DELAY = 10.0
-#: How the server's goodbye says so (hatchway.server.hub.AgentHub.attach).
-REPLACED_REASON = "replaced by a newer connection"
+#: The goodbye code saying so (hatchway.server.hub.GOODBYE_REPLACED).
+REPLACED_CODE = "replaced"
 #: Repeat the "still cannot reach the server" warning at most this often.
 WARN_EVERY = 30.0
 #: How long the built-in server gets to finish a connection after its byte stream ended.
@@ -331,6 +331,7 @@ class Agent:
         """Serve one control connection until it closes; returns a special delay or None."""
         error: dict[str, Any] | None = None
         goodbye: str | None = None
+        replaced = False
         sent = self.status()
         with contextlib.suppress(ConnectionClosed):
             # When refused, the server closes at once; the loop below still drains its error.
@@ -354,6 +355,7 @@ class Agent:
                     self._dial(message)
                 elif kind == "goodbye":
                     goodbye = str(message.get("reason", ""))
+                    replaced = message.get("code") == REPLACED_CODE
                     log.info("the server closed the control channel: %s", goodbye or "no reason given")
                 elif kind == "error":
                     error = message
@@ -367,7 +369,7 @@ class Agent:
             if ws.close_code == CLOSE_UNAUTHORIZED:
                 raise FatalError(text)
             log.warning("the server reported an error on the control channel: %s", text)
-        if goodbye and goodbye.startswith(REPLACED_REASON):
+        if replaced:
             log.warning(
                 "another agent connected with this workspace's token and replaced this one; if two agents "
                 "run for the same workspace, stop one. Reconnecting in %.0f s",

@@ -20,6 +20,9 @@ from hatchway.server.manifest import build_manifest
 
 log = logging.getLogger("hatchway.server.hub")
 
+#: The goodbye code telling an agent another agent with its token took over.
+GOODBYE_REPLACED = "replaced"
+
 
 class AgentConnection:
     """One agent's control WebSocket; sends are serialised so JSON messages never interleave."""
@@ -41,16 +44,14 @@ class AgentConnection:
             log.debug("send to agent of %s failed: %s", self.workspace_id, exc)
             return False
 
-    async def close(self, reason: str) -> None:
+    async def close(self, reason: str, code: str = "closed") -> None:
+        """Say goodbye and close; ``code`` is for the agent's logic, ``reason`` for people."""
         if self.closed.is_set():
             return
         self.closed.set()
-        await self.send_close(reason)
-
-    async def send_close(self, reason: str) -> None:
         try:
             async with self._lock:
-                await self.websocket.send_text(json.dumps({"type": "goodbye", "reason": reason}))
+                await self.websocket.send_text(json.dumps({"type": "goodbye", "code": code, "reason": reason}))
                 await self.websocket.close(code=4000, reason=reason[:120])
         except Exception:
             pass
@@ -72,7 +73,7 @@ class AgentHub:
         old = self._conns.get(conn.workspace_id)
         self._conns[conn.workspace_id] = conn
         if old is not None and old is not conn:
-            await old.close("replaced by a newer connection of the same agent")
+            await old.close("replaced by a newer connection of the same agent", code=GOODBYE_REPLACED)
 
     def detach(self, conn: AgentConnection) -> bool:
         """Forget ``conn``; True when it was the current connection of its workspace."""

@@ -37,9 +37,14 @@ async def manifest(ws: Workspace = Depends(current_agent), ctx: ServerContext = 
 def apply_report(ws: Workspace, report: dict[str, Any]) -> None:
     """Copy the fields an agent reported onto its row, ignoring anything malformed."""
     for key, limit in _REPORT_FIELDS.items():
-        value = report.get(key)
-        if isinstance(value, str) and len(value) <= limit and value.isprintable():
-            setattr(ws, "agent_version" if key == "version" else key, value)
+        if key not in report:
+            continue
+        value = report[key]
+        column = "agent_version" if key == "version" else key
+        if value is None:
+            setattr(ws, column, None)  # e.g. port 22 no longer SSH: no server version any more
+        elif isinstance(value, str) and len(value) <= limit and value.isprintable():
+            setattr(ws, column, value)
     keys = report.get("host_keys")
     if isinstance(keys, list):
         ws.host_keys = [k for k in keys if isinstance(k, str) and len(k) < 4096 and k.isprintable()][:MAX_HOST_KEYS]
