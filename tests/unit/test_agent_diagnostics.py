@@ -126,8 +126,14 @@ def test_pattern_list_is_not_yes() -> None:
 
 def test_etc_environment_and_x11_without_xauth() -> None:
     facts = Facts(etc_environment_exists=True, xauth_available=False)
-    out = diagnose({"permituserenvironment": "YES", "x11forwarding": "yes"}, facts)
+    out = diagnose({"permituserenvironment": "YES", "x11forwarding": "yes", "usepam": "yes"}, facts)
     assert out == [ETC_ENV, X11]
+
+
+def test_etc_environment_is_inert_without_pam() -> None:
+    facts = Facts(etc_environment_exists=True, xauth_available=True)
+    assert diagnose({"permituserenvironment": "yes"}, facts) == []
+    assert diagnose({"permituserenvironment": "yes", "usepam": "no"}, facts) == []
 
 
 def test_x11_without_xauth_is_fine_when_x11_forwarding_is_off() -> None:
@@ -153,12 +159,14 @@ def test_collect_reads_relative_includes_in_sorted_order(tmp_path: Path) -> None
     (tmp_path / "sshd_config.d" / "b.conf").write_text("X11Forwarding yes\n")
     (tmp_path / "sshd_config.d" / "a.conf").write_text("PermitUserEnvironment yes\n")
     (tmp_path / "sshd_config").write_text(
-        "Include sshd_config.d/*.conf\nInclude missing/*.conf\nPermitUserEnvironment no\n"
+        "Include sshd_config.d/*.conf\nInclude missing/*.conf\nPermitUserEnvironment no\nUsePAM yes\n"
         f"XAuthLocation {tmp_path / 'no-xauth'}\n"
     )
     out = d.collect(str(tmp_path / "sshd_config"), str(tmp_path / "environment"))
     assert out == [X11]
-    (tmp_path / "environment").write_text("")
+    (tmp_path / "environment").write_text("# Debian ships it like this: nothing set\n\n")
+    assert d.collect(str(tmp_path / "sshd_config"), str(tmp_path / "environment")) == [X11]
+    (tmp_path / "environment").write_text("PATH=/usr/bin\n")
     assert d.collect(str(tmp_path / "sshd_config"), str(tmp_path / "environment")) == [ETC_ENV, X11]
 
 

@@ -117,7 +117,7 @@ def _parse(text: str, path: str, load_include: IncludeLoader, settings: dict[str
 class Facts:
     """What the agent found on the filesystem, beside the config."""
 
-    etc_environment_exists: bool
+    etc_environment_exists: bool  # and sets at least one variable (Debian ships it empty)
     xauth_available: bool
 
 
@@ -134,7 +134,9 @@ def diagnose(settings: dict[str, str] | None, facts: Facts, *, config_error: str
         pue = settings.get("permituserenvironment", "no")
         if pue.lower() != "yes":
             out.append(PERMIT_USER_ENVIRONMENT.format(value=pue))
-    if facts.etc_environment_exists:
+    # pam_env is what reads /etc/environment: with UsePAM no (sshd's compiled default) it is inert.
+    uses_pam = settings is None or settings.get("usepam", "no").lower() == "yes"
+    if facts.etc_environment_exists and uses_pam:
         out.append(ETC_ENVIRONMENT_PRESENT)
     if settings is not None and settings.get("x11forwarding", "no").lower() == "yes" and not facts.xauth_available:
         out.append(X11_WITHOUT_XAUTH)
@@ -166,6 +168,17 @@ def _xauth_available(settings: dict[str, str] | None) -> bool:
     return os.access(DEFAULT_XAUTH, os.X_OK) or shutil.which("xauth") is not None
 
 
+def _sets_variables(path: str) -> bool:
+    """Whether the file assigns anything (blank lines and comments do nothing)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # present but unreadable to us: sshd (as root) still reads it
+    return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
+
+
 def collect(config_path: str = SSHD_CONFIG, etc_environment: str = ETC_ENVIRONMENT) -> list[str]:
     """Read sshd's config and the facts, and diagnose. Blocking; never raises for I/O errors."""
     settings: dict[str, str] | None
@@ -177,5 +190,5 @@ def collect(config_path: str = SSHD_CONFIG, etc_environment: str = ETC_ENVIRONME
         settings, error = None, f"{config_path}: {exc.strerror or exc}"
     except ConfigError as exc:
         settings, error = None, str(exc)
-    facts = Facts(etc_environment_exists=os.path.lexists(etc_environment), xauth_available=_xauth_available(settings))
+    facts = Facts(etc_environment_exists=_sets_variables(etc_environment), xauth_available=_xauth_available(settings))
     return diagnose(settings, facts, config_error=error)
