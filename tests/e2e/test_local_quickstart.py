@@ -131,7 +131,7 @@ def test_quickstart_then_ssh_into_dev_and_run_again(scratch: Scratch) -> None:
     ssh = shlex.split(line)
     r = subprocess.run([*ssh, "-o", "BatchMode=yes", "id -un; pwd"], capture_output=True, text=True,
                        env=scratch.env, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, f"ssh failed: {r.stderr}\n{_logs(scratch.data)}"
     user, home = r.stdout.splitlines()
     assert user == "hw-admin-dev"
     assert home.startswith(str(scratch.data / "workspaces")) and home.endswith("/home")
@@ -148,3 +148,14 @@ def test_quickstart_then_ssh_into_dev_and_run_again(scratch: Scratch) -> None:
     assert [w["name"] for w in __import__("json").loads(listed.stdout)] == ["dev"]
     wait_for(lambda: subprocess.run([*ssh, "-o", "BatchMode=yes", "true"], env=scratch.env, timeout=60).returncode == 0,
              10, what="ssh after the second run")
+
+
+def _logs(data: Path) -> str:
+    """The server's and agents' logs, for a failure message worth reading."""
+    parts = []
+    for log in [data / "server.log", *sorted(data.glob("workspaces/*/*.log"))]:
+        try:
+            parts.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        except OSError:
+            pass
+    return "\n".join(parts)
