@@ -1,0 +1,1 @@
+"""Benchmarks: Hatchway against direct OpenSSH on one machine (run with ``bench/run``)."""

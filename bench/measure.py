@@ -1,0 +1,120 @@
+"""Small measuring tools: timed child processes in their own process group, statistics, and
+per-process CPU and memory read from /proc."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Timed:
+    code: int
+    seconds: float
+    stdout: bytes
+    stderr: bytes
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """End a child started with ``start_new_session=True`` and everything it started."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # The leader may be gone while its children (a ProxyCommand, a shell) are not.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait()
+
+
+def run_timed(argv: list[str], *, env: dict[str, str], timeout: float, stdin: int | None = subprocess.DEVNULL,
+              stdout: int | None = subprocess.DEVNULL, capture_stdout: bool = False) -> Timed:
+    """Run ``argv`` in a new process group and time it from spawn to exit.
+
+    On timeout the whole group is killed (so an ssh's ProxyCommand does not linger) and the
+    result has code -9. stderr is always captured (it is small: error messages only)."""
+    out = subprocess.PIPE if capture_stdout else stdout
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        o, e = proc.communicate(timeout=timeout)
+        return Timed(proc.returncode, time.perf_counter() - t0, o or b"", e or b"")
+    except subprocess.TimeoutExpired:
+        kill_group(proc, grace=1.0)
+        o, e = proc.communicate()
+        return Timed(-9, time.perf_counter() - t0, o or b"", (e or b"") + b"\n(bench: timed out)")
+    finally:
+        kill_group(proc, grace=1.0)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def p95(values: list[float]) -> float | None:
+    """Nearest-rank 95th percentile (with 20 samples: the 19th smallest)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (all its threads), from /proc/PID/stat."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2:].split()
+    # After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(raw[raw.rindex(")") + 2:].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def parse_size(text: str) -> int:
+    """``1G``, ``256M``, ``8MiB``, ``4096``: binary multiples, as ``head -c`` reads them."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if t and t[-1] in mult:
+        return int(float(t[:-1]) * mult[t[-1]])
+    return int(t)
+
+
+def human_size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
