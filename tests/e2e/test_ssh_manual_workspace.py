@@ -290,6 +290,19 @@ def test_connection_log_records_accepted_and_refused(world: World) -> None:
     assert any(c["result"] == "ended" for c in rows), "the session ended by External Connect off is recorded"
     mine = world.bob.ok("audit", "connections", "--json").json()
     assert {c["username"] for c in mine} == {"bob"}
+    only = world.alice.ok("audit", "connections", "--user", "bob", "--workspace", "dev", "--limit", "2", "--json").json()
+    assert len(only) == 2 and {(c["username"], c["workspace"]) for c in only} == {("bob", "dev")}
+    # A stream opened with a bad token is refused and recorded too.
+    r = subprocess.run([HATCHWAY, "proxy", "dev"], capture_output=True, text=True, timeout=30,
+                       stdin=subprocess.DEVNULL, env={**world.bob.env(), "HATCHWAY_CONFIG_DIR": str(world.tmp / "forged")})
+    assert r.returncode == 1 and "not logged in" in r.stderr
+    import websockets.sync.client as wsc
+    with wsc.connect(world.server.url.replace("http", "ws") + "/api/v1/workspaces/dev/ssh",
+                     additional_headers={"Authorization": "Bearer hws_forged"}) as ws:
+        assert "session expired or revoked" in ws.recv(timeout=10)
+    anon = world.alice.ok("audit", "connections", "--limit", "1", "--json").json()[0]
+    assert (anon["username"], anon["result"], anon["workspace"]) == (None, "refused", "dev")
+    assert anon["reason"].startswith("session expired or revoked")
     with api(world.server.url, _token(world.bob.config_dir)) as c:
         assert c.get("/audit").status_code == 403
 

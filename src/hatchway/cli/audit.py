@@ -23,10 +23,14 @@ def audit() -> None:
 
 @audit.command("list")
 @click.option("--limit", default=200, show_default=True)
+@click.option("--actor", help="Only actions by this user.")
 @click.option("--json", "as_json", is_flag=True)
-def list_events(limit: int, as_json: bool) -> None:
-    """Admin actions (site managers only)."""
-    rows = api().call("GET", "/audit", params={"limit": limit})
+def list_events(limit: int, actor: str | None, as_json: bool) -> None:
+    """Admin actions, newest first (site managers only)."""
+    params: dict[str, object] = {"limit": limit}
+    if actor:
+        params["actor"] = actor
+    rows = api().call("GET", "/audit", params=params)
     if as_json:
         print_json(rows)
         return
@@ -38,10 +42,17 @@ def list_events(limit: int, as_json: bool) -> None:
 
 @audit.command("connections")
 @click.option("--limit", default=200, show_default=True)
+@click.option("--user", "username", help="Only this user's connections.")
+@click.option("--workspace", help="Only connections to this workspace.")
 @click.option("--json", "as_json", is_flag=True)
-def connections(limit: int, as_json: bool) -> None:
-    """SSH connections, accepted and refused (yours; everyone's for site managers)."""
-    rows = api().call("GET", "/connections", params={"limit": limit})
+def connections(limit: int, username: str | None, workspace: str | None, as_json: bool) -> None:
+    """SSH connections, accepted and refused, newest first (yours; everyone's for site managers)."""
+    params: dict[str, object] = {"limit": limit}
+    if username:
+        params["user"] = username
+    if workspace:
+        params["workspace"] = workspace
+    rows = api().call("GET", "/connections", params=params)
     if as_json:
         print_json(rows)
         return

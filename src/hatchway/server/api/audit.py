@@ -18,21 +18,33 @@ router = APIRouter(prefix="/api/v1", tags=["audit"])
 @router.get("/audit", response_model=list[schemas.AuditOut])
 async def list_audit(
     limit: int = Query(200, ge=1, le=5000),
+    offset: int = Query(0, ge=0),
+    actor: str | None = Query(None, max_length=64, description="only actions by this user"),
     _sm: User = Depends(site_manager),
     db: AsyncSession = Depends(get_db),
 ) -> list[schemas.AuditOut]:
-    rows = (await db.execute(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))).scalars()
-    return [audit_out(e) for e in rows]
+    """Newest first."""
+    q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
+    if actor:
+        q = q.where(AuditEvent.actor == actor)
+    return [audit_out(e) for e in (await db.execute(q)).scalars()]
 
 
 @router.get("/connections", response_model=list[schemas.ConnectionOut])
 async def list_connections(
     limit: int = Query(200, ge=1, le=5000),
+    offset: int = Query(0, ge=0),
+    username: str | None = Query(None, alias="user", max_length=64, description="only this user's connections"),
+    workspace: str | None = Query(None, max_length=200, description="only connections to this workspace"),
     user: User = Depends(current_user),
     db: AsyncSession = Depends(get_db),
 ) -> list[schemas.ConnectionOut]:
-    """Site managers see every connection; members see their own."""
-    q = select(SSHConnection).order_by(SSHConnection.started_at.desc()).limit(limit)
+    """Newest first. Site managers see every connection; members see their own."""
+    q = select(SSHConnection).order_by(SSHConnection.started_at.desc()).limit(limit).offset(offset)
     if user.role != "site-manager":
         q = q.where(SSHConnection.user_id == user.id)
+    if username:
+        q = q.where(SSHConnection.username == username)
+    if workspace:
+        q = q.where(SSHConnection.workspace_name == workspace)
     return [connection_out(c) for c in (await db.execute(q)).scalars()]

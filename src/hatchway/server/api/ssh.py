@@ -38,7 +38,11 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         try:
             user: User = await user_for_token(db, bearer_token(websocket.headers))
         except APIError as exc:
-            await _refuse(websocket, f"{exc.error}: {exc.detail}", 4401)
+            refusal = f"{exc.error}: {exc.detail}"
+            log_row.reason = refusal  # recorded too: failed attempts are what an audit is for
+            db.add(log_row)
+            await db.commit()
+            await _refuse(websocket, refusal, 4401)
             return
         log_row.user_id, log_row.username = user.id, user.username
         ws = (
