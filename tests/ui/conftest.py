@@ -56,8 +56,10 @@ class SignedIn:
         return next(c["value"] for c in self.page.context.cookies() if c["name"] == "hatchway_session")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Per module: Playwright's sync API keeps an asyncio loop running in the main thread while
+    it is open, which would break every asyncio test collected after the UI tests."""
     flows.require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -95,7 +97,7 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
         s.server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def _signed_in_states(browser: Any, ui_server: UIServer) -> dict[str, Any]:
     """Sign in through the UI once per user; later pages start from the saved cookies."""
     states = {}
