@@ -39,6 +39,8 @@ import binascii
 import struct
 import unicodedata
 
+from hatchway.agent.blocks import bare, scan, split_lines
+
 START_MARKER = "# ------------START-HATCHWAY-KEYS------------"
 END_MARKER = "# ------------END-HATCHWAY-KEYS--------------"
 COMMENT_LINE = "# Managed by the Hatchway agent; your own keys go outside this block."
@@ -168,23 +170,6 @@ def validate_public_key(line: str) -> str:
     return f"{key_type} {canonical} {comment}" if comment else f"{key_type} {canonical}"
 
 
-def _split_lines(content: bytes) -> list[bytes]:
-    """Split on LF only, keeping the terminators, so joining the pieces gives ``content`` back.
-
-    Why not ``bytes.splitlines``: it also splits on a lone CR, which sshd does not, and it would
-    make a user's odd line endings look like something they are not.
-    """
-    lines = content.split(b"\n")
-    out = [piece + b"\n" for piece in lines[:-1]]
-    if lines[-1]:
-        out.append(lines[-1])
-    return out
-
-
-def _bare(line: bytes) -> bytes:
-    return line.strip(b" \t\r\n")
-
-
 def _is_key_line(line: bytes) -> bool:
     try:
         validate_public_key(line.decode("utf-8").rstrip("\r\n"))
@@ -196,32 +181,14 @@ def _is_key_line(line: bytes) -> bool:
 def _orphan_end(lines: list[bytes], start: int) -> int:
     """Index just past an orphan block starting at ``start`` (see module docstring)."""
     i = start + 1
-    while i < len(lines) and (_bare(lines[i]) == _COMMENT_B or _is_key_line(lines[i])):
+    while i < len(lines) and (bare(lines[i]) == _COMMENT_B or _is_key_line(lines[i])):
         i += 1
     return i
 
 
 def _blocks(lines: list[bytes]) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Separate the user's lines from our blocks.
-
-    Returns the user's lines (in order, untouched) and the ``(start, stop)`` index ranges of the
-    blocks found (START line included, ``stop`` exclusive). Stray END lines belong to neither.
-    """
-    user: list[bytes] = []
-    spans: list[tuple[int, int]] = []
-    i = 0
-    while i < len(lines):
-        bare = _bare(lines[i])
-        if bare == _START_B:
-            end = next((j for j in range(i + 1, len(lines)) if _bare(lines[j]) == _END_B), None)
-            stop = end + 1 if end is not None else _orphan_end(lines, i)
-            spans.append((i, stop))
-            i = stop
-            continue
-        if bare != _END_B:
-            user.append(lines[i])
-        i += 1
-    return user, spans
+    """The user's lines and our blocks' index ranges (see :func:`hatchway.agent.blocks.scan`)."""
+    return scan(lines, _START_B, _END_B, _orphan_end)
 
 
 def _normalise_keys(keys: list[str]) -> list[str]:
@@ -253,13 +220,13 @@ def render(existing: bytes, keys: list[str]) -> bytes:
     Hatchway's keys go. ``render(render(x, k), k) == render(x, k)``.
     """
     block = render_block(keys)
-    user, _ = _blocks(_split_lines(existing))
+    user, _ = _blocks(split_lines(existing))
     return block + b"".join(user)
 
 
 def user_content(existing: bytes) -> bytes:
     """Everything in ``existing`` that is not ours, byte for byte (what :func:`render` keeps)."""
-    user, _ = _blocks(_split_lines(existing))
+    user, _ = _blocks(split_lines(existing))
     return b"".join(user)
 
 
@@ -269,15 +236,15 @@ def managed_keys(content: bytes) -> list[str]:
     Lines in the block that are not valid keys (our comment, anything hand-edited in) are
     skipped. No block gives an empty list.
     """
-    lines = _split_lines(content)
+    lines = split_lines(content)
     _, spans = _blocks(lines)
     if not spans:
         return []
     start, stop = spans[0]
     keys: list[str] = []
     for line in lines[start + 1 : stop]:
-        bare = _bare(line)
-        if bare in (_END_B, _COMMENT_B) or not bare:
+        text = bare(line)
+        if text in (_END_B, _COMMENT_B) or not text:
             continue
         try:
             keys.append(validate_public_key(line.decode("utf-8").rstrip("\r\n")))

@@ -37,6 +37,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hatchway.agent.blocks import bare, scan, split_lines
+
 START_MARKER = "# --------- START HATCHWAY ENVIRONMENT VARIABLES ----------"
 HEADER_LINES = (
     "# The following has been auto-generated at workspace startup",
@@ -161,19 +163,6 @@ def render_section(variables: list[tuple[str, str]]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def _split_lines(content: bytes) -> list[bytes]:
-    """Split on LF only, keeping terminators, so ``b"".join`` restores ``content`` exactly."""
-    pieces = content.split(b"\n")
-    out = [piece + b"\n" for piece in pieces[:-1]]
-    if pieces[-1]:
-        out.append(pieces[-1])
-    return out
-
-
-def _bare(line: bytes) -> bytes:
-    return line.strip(b" \t\r\n")
-
-
 def _is_our_variable_line(line: bytes) -> bool:
     body = line.rstrip(b"\r\n")
     name, sep, _ = body.partition(b"=")
@@ -183,39 +172,25 @@ def _is_our_variable_line(line: bytes) -> bool:
 def _orphan_end(lines: list[bytes], start: int) -> int:
     """Index just past an orphan section that starts at ``start`` (see module docstring)."""
     i = start + 1
-    while i < len(lines) and _bare(lines[i]) in _HEADER_B:
+    while i < len(lines) and bare(lines[i]) in _HEADER_B:
         i += 1
-    if i < len(lines) and not _bare(lines[i]):
+    if i < len(lines) and not bare(lines[i]):
         i += 1
     while i < len(lines) and _is_our_variable_line(lines[i]):
         i += 1
-    if i < len(lines) and not _bare(lines[i]):
+    if i < len(lines) and not bare(lines[i]):
         i += 1
     return i
 
 
 def _scan(lines: list[bytes]) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Split lines into the user's (untouched, in order) and our sections' index ranges."""
-    user: list[bytes] = []
-    spans: list[tuple[int, int]] = []
-    i = 0
-    while i < len(lines):
-        bare = _bare(lines[i])
-        if bare == _START_B:
-            end = next((j for j in range(i + 1, len(lines)) if _bare(lines[j]) == _END_B), None)
-            stop = end + 1 if end is not None else _orphan_end(lines, i)
-            spans.append((i, stop))
-            i = stop
-            continue
-        if bare != _END_B:
-            user.append(lines[i])
-        i += 1
-    return user, spans
+    """The user's lines and our blocks' index ranges (see :func:`hatchway.agent.blocks.scan`)."""
+    return scan(lines, _START_B, _END_B, _orphan_end)
 
 
 def user_content(existing: bytes) -> bytes:
     """Everything in ``existing`` outside our sections, byte for byte (kept by :func:`render`)."""
-    user, _ = _scan(_split_lines(existing))
+    user, _ = _scan(split_lines(existing))
     return b"".join(user)
 
 
@@ -235,7 +210,7 @@ def parse_section(content: bytes) -> list[tuple[str, str]]:
     line; a trailing CR from a CRLF editor is dropped since we never write one). Comment, blank and
     malformed lines inside the section are skipped. No section gives an empty list.
     """
-    lines = _split_lines(content)
+    lines = split_lines(content)
     _, spans = _scan(lines)
     if not spans:
         return []
