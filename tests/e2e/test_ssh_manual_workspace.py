@@ -40,6 +40,15 @@ class World:
     def workspace(self) -> dict:
         return self.bob.ok("workspaces", "show", "dev", "--json").json()
 
+    def live_session(self) -> subprocess.Popen[bytes]:
+        """An interactive-like session that is surely established when this returns."""
+        live = subprocess.Popen(
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; sleep 60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.bob.env(),
+        )
+        assert live.stdout is not None and live.stdout.readline() == b"started\n"
+        return live
+
 
 def _show_lines(cli: Cli) -> list[list[str]]:
     return [line.split(None, 1) for line in cli.ok("workspaces", "show", "dev").out.splitlines()]
@@ -202,12 +211,8 @@ def test_key_regeneration_reaches_the_running_agent(world: World) -> None:
 
 
 def test_external_connect_off_refuses_and_ends_live_sessions(world: World) -> None:
-    live = subprocess.Popen(
-        ["ssh", "-F", str(world.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; sleep 60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.bob.env(),
-    )
+    live = world.live_session()
     try:
-        assert live.stdout is not None and live.stdout.readline() == b"started\n"
         t0 = time.monotonic()
         world.alice.ok("providers", "edit", "byo", "--external-connect", "off")
         live.wait(timeout=10)
@@ -247,12 +252,8 @@ def test_other_users_and_unknown_workspaces_are_refused(world: World) -> None:
 
 
 def test_suspended_user_is_refused_and_live_session_ends(world: World) -> None:
-    live = subprocess.Popen(
-        ["ssh", "-F", str(world.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; sleep 60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.bob.env(),
-    )
+    live = world.live_session()
     try:
-        assert live.stdout is not None and live.stdout.readline() == b"started\n"
         world.alice.ok("users", "suspend", "bob")
         live.wait(timeout=5)
         r = world.ssh("hatchway.dev", "true")
@@ -320,12 +321,8 @@ def test_hatchway_ssh_shortcut(world: World) -> None:
 
 def test_deleting_the_workspace_ends_live_sessions(world: World) -> None:
     """Runs last in this module: it deletes the shared workspace."""
-    live = subprocess.Popen(
-        ["ssh", "-F", str(world.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; sleep 60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.bob.env(),
-    )
+    live = world.live_session()
     try:
-        assert live.stdout is not None and live.stdout.readline() == b"started\n"
         t0 = time.monotonic()
         world.bob.ok("workspaces", "delete", "dev", "--yes")
         live.wait(timeout=10)
