@@ -71,17 +71,25 @@ async def _set_connected(ctx: ServerContext, ws_id: str, connected: bool, report
         await db.commit()
 
 
-@router.websocket("/control")
-async def control(websocket: WebSocket) -> None:
-    ctx = get_ws_ctx(websocket)
+async def _agent_workspace(websocket: WebSocket, ctx: ServerContext) -> tuple[str, str, dict[str, Any]] | None:
+    """(id, name, manifest) of the workspace whose agent token the socket presents, or None
+    after refusing the socket with the reason."""
     async with ctx.sessions() as db:
         try:
             ws = await workspace_for_agent_token(db, bearer_token(websocket.headers))
         except APIError as exc:
             await _refuse(websocket, exc)
-            return
-        ws_id, ws_name = ws.id, ws.name
-        first_manifest = build_manifest(ws, ctx.settings.url)
+            return None
+        return ws.id, ws.name, build_manifest(ws, ctx.settings.url)
+
+
+@router.websocket("/control")
+async def control(websocket: WebSocket) -> None:
+    ctx = get_ws_ctx(websocket)
+    found = await _agent_workspace(websocket, ctx)
+    if found is None:
+        return
+    ws_id, ws_name, first_manifest = found
     await websocket.accept()
     conn = AgentConnection(ws_id, websocket)
     await ctx.hub.attach(conn)
@@ -114,13 +122,10 @@ async def control(websocket: WebSocket) -> None:
 @router.websocket("/streams/{stream_id}")
 async def data_stream(websocket: WebSocket, stream_id: str) -> None:
     ctx = get_ws_ctx(websocket)
-    async with ctx.sessions() as db:
-        try:
-            ws = await workspace_for_agent_token(db, bearer_token(websocket.headers))
-        except APIError as exc:
-            await _refuse(websocket, exc)
-            return
-        ws_id = ws.id
+    found = await _agent_workspace(websocket, ctx)
+    if found is None:
+        return
+    ws_id = found[0]
     await websocket.accept()
     if not await ctx.relay.agent_arrived(stream_id, ws_id, websocket):
         await websocket.send_text(json.dumps({"type": "error", "error": "no such stream", "detail": ""}))
