@@ -14,8 +14,17 @@ from hatchway.logs import setup_logging
 @click.option("--data-dir", type=click.Path(path_type=Path), help="State directory [env HATCHWAY_DATA_DIR, default ~/.local/share/hatchway].")
 @click.option("--db", "db_url", envvar="HATCHWAY_DB", help="Database URL (sqlite:///… or postgresql://…) [default: SQLite in the data dir].")
 @click.option("--access-url", envvar="HATCHWAY_ACCESS_URL", default="", help="The URL clients and agents use to reach this server.")
+@click.option("--handshake-timeout", envvar="HATCHWAY_HANDSHAKE_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds a client gets to send its request headers (and a WebSocket to be accepted).")
+@click.option("--max-handshaking-per-ip", envvar="HATCHWAY_MAX_HANDSHAKING_PER_IP", type=click.IntRange(1), default=64, show_default=True,
+              help="Connections one client address may have still sending headers; more are dropped.")
+@click.option("--max-pending-streams", envvar="HATCHWAY_MAX_PENDING_STREAMS", type=click.IntRange(1), default=32, show_default=True,
+              help="SSH connections being set up (waiting for the agent) at once, per user and per workspace.")
+@click.option("--dial-timeout", envvar="HATCHWAY_DIAL_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds an SSH connection waits for the workspace's agent to answer.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
-def server(listen: str, data_dir: Path | None, db_url: str | None, access_url: str, verbose: bool) -> None:
+def server(listen: str, data_dir: Path | None, db_url: str | None, access_url: str, handshake_timeout: float,
+           max_handshaking_per_ip: int, max_pending_streams: int, dial_timeout: float, verbose: bool) -> None:
     """Run the Hatchway control plane (API, web UI, relay)."""
     from hatchway.db.engine import sqlite_url_for
     from hatchway.server.run import serve
@@ -33,5 +42,10 @@ def server(listen: str, data_dir: Path | None, db_url: str | None, access_url: s
         listen_host=host,
         listen_port=port,
         access_url=access_url,
+        dial_timeout_s=dial_timeout,
+        handshake_timeout_s=handshake_timeout,
+        max_handshaking_per_ip=max_handshaking_per_ip,
+        max_pending_streams_per_user=max_pending_streams,
+        max_pending_streams_per_workspace=max_pending_streams,
     )
     raise SystemExit(serve(settings))

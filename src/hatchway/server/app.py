@@ -51,7 +51,9 @@ async def build_context(settings: Settings) -> ServerContext:
         box=SecretBox(secret),
         throttle=LoginThrottle(settings.login_failures_allowed, settings.login_failure_window_s),
         hub=hub,
-        relay=Relay(hub, settings.dial_timeout_s),
+        relay=Relay(
+            hub, settings.dial_timeout_s, settings.max_pending_streams_per_user, settings.max_pending_streams_per_workspace
+        ),
     )
     await ensure_default_provider(ctx)
     return ctx

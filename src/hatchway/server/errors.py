@@ -11,9 +11,15 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("hatchway.server")
+
+DB_UNAVAILABLE = "database unavailable"
+DB_UNAVAILABLE_DETAIL = "the server cannot reach its database right now; try again in a few seconds"
+#: Modules whose frames in a traceback say an OSError came from talking to the database.
+_DB_MODULES = ("sqlalchemy.", "asyncpg.", "aiosqlite.")
 
 _DEFAULT_ERRORS = {
     400: "bad request",
@@ -40,6 +46,41 @@ class APIError(Exception):
 
 def error_response(status: int, error: str, detail: str = "", headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def db_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database cannot be reached (down, restarting, pool exhausted),
+    as opposed to a bug: such a request deserves 503 and a retry, not 500.
+
+    SQLAlchemy wraps errors on open connections (OperationalError, InterfaceError, or any DBAPI
+    error that invalidated its connection), but a refused *connect* reaches us raw: an OSError,
+    or one of asyncpg's own errors ("the database system is starting up"). Those count only when
+    raised from database code, so an unrelated OSError still shows as the bug it is.
+    """
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return bool(exc.connection_invalidated)
+    from_db_driver = type(exc).__module__.startswith("asyncpg")
+    if not (from_db_driver or isinstance(exc, OSError)):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(_DB_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _db_exception_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [sa_exc.DBAPIError, sa_exc.TimeoutError, OSError]
+    try:
+        import asyncpg
+
+        types += [asyncpg.PostgresError, asyncpg.InterfaceError]
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        pass
+    return tuple(types)
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -70,7 +111,20 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = ""
         return error_response(exc.status_code, error, detail, getattr(exc, "headers", None))
 
+    async def _maybe_db(req: Request, exc: Exception) -> JSONResponse:
+        # Registered per type (not only under Exception) so a database outage is answered here,
+        # without Starlette re-raising it into a traceback for every request of the outage.
+        if db_unavailable(exc):
+            log.warning("%s %s: %s (%s)", req.method, req.url.path, DB_UNAVAILABLE, type(exc).__name__)
+            return error_response(503, DB_UNAVAILABLE, DB_UNAVAILABLE_DETAIL, {"Retry-After": "2"})
+        return await _unexpected(req, exc)
+
+    for exc_type in _db_exception_types():
+        app.add_exception_handler(exc_type, _maybe_db)
+
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
+        if db_unavailable(exc):
+            return error_response(503, DB_UNAVAILABLE, DB_UNAVAILABLE_DETAIL, {"Retry-After": "2"})
         log.exception("unhandled error on %s %s", req.method, req.url.path)
         return error_response(500, "internal error", "the server hit an unexpected error; it has been logged")

@@ -44,18 +44,52 @@ class _Pending:
     workspace_id: str
     arrived: asyncio.Future[WebSocket]
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    user_id: str = ""
 
 
 class Relay:
-    def __init__(self, hub: AgentHub, dial_timeout_s: float) -> None:
+    def __init__(
+        self, hub: AgentHub, dial_timeout_s: float, max_pending_per_user: int = 32, max_pending_per_workspace: int = 32
+    ) -> None:
         self._hub = hub
         self._dial_timeout = dial_timeout_s
         self._pending: dict[str, _Pending] = {}
         self._live: dict[str, LiveStream] = {}
+        # Streams waiting for their agent cost a socket and a task each until the dial timeout:
+        # capped per user and per workspace, so one client cannot pile them up for everyone.
+        self._max_per_user = max_pending_per_user
+        self._max_per_workspace = max_pending_per_workspace
+        self._pending_by_user: dict[str, int] = {}
+        self._pending_by_workspace: dict[str, int] = {}
+
+    def _check_pending_caps(self, workspace_id: str, workspace_name: str, user_id: str) -> None:
+        if user_id and self._pending_by_user.get(user_id, 0) >= self._max_per_user:
+            raise DialError(
+                f"too many SSH connections of yours are being set up at once (at most {self._max_per_user}); "
+                "wait for them to finish and try again"
+            )
+        if self._pending_by_workspace.get(workspace_id, 0) >= self._max_per_workspace:
+            raise DialError(
+                f'too many SSH connections to workspace "{workspace_name}" are being set up at once '
+                f"(at most {self._max_per_workspace}); wait for them to finish and try again"
+            )
+
+    @staticmethod
+    def _count(counts: dict[str, int], key: str, delta: int) -> None:
+        n = counts.get(key, 0) + delta
+        if n > 0:
+            counts[key] = n
+        else:
+            counts.pop(key, None)
+
+    def pending_count(self) -> int:
+        return len(self._pending)
 
     # ---- rendezvous -------------------------------------------------------------------------
 
-    async def dial(self, workspace_id: str, workspace_name: str, client: str) -> tuple[str, WebSocket, asyncio.Event]:
+    async def dial(
+        self, workspace_id: str, workspace_name: str, client: str, user_id: str = ""
+    ) -> tuple[str, WebSocket, asyncio.Event]:
         """Ask the workspace's agent to dial back; returns (stream id, agent socket, release).
 
         The caller must set ``release`` when done with the agent socket, which lets the agent's
@@ -66,9 +100,12 @@ class Relay:
                 f'workspace "{workspace_name}" is not reachable: its agent is not connected; '
                 f'start the agent in the workspace (see "hatchway workspaces show {workspace_name}")'
             )
+        self._check_pending_caps(workspace_id, workspace_name, user_id)
         stream_id = secrets.token_hex(16)
-        pending = _Pending(workspace_id, asyncio.get_running_loop().create_future())
+        pending = _Pending(workspace_id, asyncio.get_running_loop().create_future(), user_id=user_id)
         self._pending[stream_id] = pending
+        self._count(self._pending_by_user, user_id, 1)
+        self._count(self._pending_by_workspace, workspace_id, 1)
         try:
             if not await conn.send({"type": "dial", "stream": stream_id, "client": client}):
                 raise DialError(f'workspace "{workspace_name}": lost the connection to its agent; try again')
@@ -81,6 +118,8 @@ class Relay:
                 ) from None
         finally:
             self._pending.pop(stream_id, None)
+            self._count(self._pending_by_user, user_id, -1)
+            self._count(self._pending_by_workspace, workspace_id, -1)
             if not pending.arrived.done():
                 pending.arrived.cancel()
         return stream_id, agent_ws, pending.released

@@ -10,6 +10,7 @@ import socket
 import uvicorn
 
 from hatchway.server.app import create_app
+from hatchway.server.guards import AcceptDeadline, ConnectionGuard, guard_protocol
 from hatchway.server.settings import Settings
 
 log = logging.getLogger("hatchway.server")
@@ -19,11 +20,39 @@ log = logging.getLogger("hatchway.server")
 WS_MAX_FRAME = 4 * 1024 * 1024
 
 
+class _ClientFaultFilter(logging.Filter):
+    """uvicorn logs some client mistakes (a text frame that is not UTF-8) as errors with a
+    traceback; any client could fill the log with those. One warning line each is enough."""
+
+    _PREFIXES = ("Invalid UTF-8 sequence received from client",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage().startswith(self._PREFIXES):
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+class _Config(uvicorn.Config):
+    """uvicorn's config whose HTTP protocol (on every listener) enforces the handshake guard."""
+
+    def __init__(self, app: object, guard: ConnectionGuard, **kwargs: object) -> None:
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        self.guard = guard
+
+    def load(self) -> None:
+        super().load()
+        self.http_protocol_class = guard_protocol(self.http_protocol_class, self.guard)
+
+
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
+    guard = ConnectionGuard(settings.handshake_timeout_s, settings.max_handshaking_per_ip)
+    return _Config(
+        AcceptDeadline(app, settings.handshake_timeout_s),  # type: ignore[arg-type]
+        guard,
         host=settings.listen_host,
         port=settings.listen_port,
+        http="httptools",  # the guard hooks its parser callbacks
         ws="websockets-sansio",
         ws_per_message_deflate=False,
         ws_max_size=WS_MAX_FRAME,
@@ -31,6 +60,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         ws_ping_timeout=20.0,
         log_config=None,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
@@ -93,6 +123,7 @@ class _ExtraListener:
 
 
 def serve(settings: Settings) -> int:
+    logging.getLogger("uvicorn.error").addFilter(_ClientFaultFilter())
     os.umask(0o077)  # the database and everything else in the data dir is the server's alone
     app = create_app(settings)
     server = _Server(uvicorn_config(app, settings), settings)

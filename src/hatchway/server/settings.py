@@ -26,6 +26,12 @@ class Settings:
     login_failure_window_s: float = 300.0
     session_ttl_s: int = 30 * 24 * 3600
     dial_timeout_s: float = 10.0
+    # Slow and abusive clients (see hatchway.server.guards and Relay.dial).
+    handshake_timeout_s: float = 10.0  # request headers / WebSocket accept must complete within
+    keep_alive_timeout_s: int = 5  # idle keep-alive HTTP connections are closed after
+    max_handshaking_per_ip: int = 64  # connections of one address still sending headers
+    max_pending_streams_per_user: int = 32  # SSH streams waiting for their agent, per user
+    max_pending_streams_per_workspace: int = 32  # ... and per workspace
 
     @property
     def agent_url(self) -> str:

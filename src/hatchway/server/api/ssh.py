@@ -72,7 +72,7 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         if refusal is None:
             stream = LiveStream("", user.id, ws.id, ws.provider_id)
             try:
-                stream.id, agent_ws, released = await ctx.relay.dial(ws.id, ws.name, source)
+                stream.id, agent_ws, released = await ctx.relay.dial(ws.id, ws.name, source, user.id)
             except DialError as exc:
                 refusal = str(exc)
         log_row.reason = refusal

@@ -1,0 +1,190 @@
+"""Bounds on slow and abusive clients, for every listener of the server.
+
+uvicorn bounds the idle time *between* requests on a keep-alive connection (``timeout_keep_alive``)
+and WebSocket liveness (pings), but nothing bounds how long a client may take to send a request's
+headers: a "slowloris" client that opens connections and dribbles a byte now and then would hold
+them forever. Two guards close that gap:
+
+* :func:`guard_protocol` wraps uvicorn's HTTP protocol: every request's headers must be complete
+  within ``handshake_timeout`` seconds of the connection opening (or of the request's first
+  byte), else the connection is dropped; and one client address may have at most
+  ``max_handshaking_per_ip`` connections still sending headers, further ones are dropped at once.
+  A legitimate client sends its headers in one packet, so it is never counted for long, and a
+  slow client from one address cannot crowd out anyone else: its share is that cap.
+* :class:`AcceptDeadline` bounds the WebSocket opening handshake on the application side: an
+  endpoint must accept or refuse within ``timeout`` seconds (e.g. while the database is down),
+  else the upgrade is refused with 1013 "try again later" instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger("hatchway.server.guards")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+#: Warn about dropped connections at most this often (a flood must not flood the log too).
+WARN_EVERY = 30.0
+
+
+class ConnectionGuard:
+    """Shared state of one server: connections still sending headers, per client address."""
+
+    def __init__(self, handshake_timeout: float, max_handshaking_per_ip: int) -> None:
+        self.handshake_timeout = handshake_timeout
+        self.max_per_ip = max_handshaking_per_ip
+        self.handshaking: dict[str, int] = {}
+        self.timed_out = 0
+        self.refused = 0
+        self._warned_at = 0.0
+
+    def begin(self, ip: str) -> bool:
+        n = self.handshaking.get(ip, 0)
+        if n >= self.max_per_ip:
+            self.refused += 1
+            self._warn("%s has %d connections still sending request headers; dropping more (%d so far)", ip, n, self.refused)
+            return False
+        self.handshaking[ip] = n + 1
+        return True
+
+    def end(self, ip: str) -> None:
+        n = self.handshaking.get(ip, 0) - 1
+        if n > 0:
+            self.handshaking[ip] = n
+        else:
+            self.handshaking.pop(ip, None)
+
+    def expired(self, ip: str) -> None:
+        self.timed_out += 1
+        self._warn(
+            "dropped a connection from %s: request headers not complete within %.0f s (%d so far)",
+            ip, self.handshake_timeout, self.timed_out,
+        )
+
+    def _warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
+
+
+def guard_protocol(base: type, guard: ConnectionGuard) -> type:
+    """A subclass of uvicorn's httptools protocol enforcing ``guard``'s bounds.
+
+    It hooks the parser callbacks (``on_message_begin``, ``on_headers_complete``); a protocol
+    class without them (h11) is returned unchanged.
+    """
+    if not (hasattr(base, "on_message_begin") and hasattr(base, "on_headers_complete")):
+        return base
+
+    class Guarded(base):  # type: ignore[misc, valid-type]
+        _hw_ip: str | None = None  # set while counted as sending headers
+        _hw_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if not self._hw_begin():
+                transport.abort()
+
+        def _hw_begin(self) -> bool:
+            if self._hw_ip is None:
+                ip = self.client[0] if self.client else "unknown"
+                if not guard.begin(ip):
+                    return False
+                self._hw_ip = ip
+            if self._hw_timer is None:
+                self._hw_timer = self.loop.call_later(guard.handshake_timeout, self._hw_expire)
+            return True
+
+        def _hw_end(self) -> None:
+            if self._hw_timer is not None:
+                self._hw_timer.cancel()
+                self._hw_timer = None
+            if self._hw_ip is not None:
+                guard.end(self._hw_ip)
+                self._hw_ip = None
+
+        def _hw_expire(self) -> None:
+            self._hw_timer = None
+            if self._hw_ip is not None:
+                guard.expired(self._hw_ip)
+            self._hw_end()
+            if not self.transport.is_closing():
+                self.transport.abort()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if not self._hw_begin():  # a keep-alive connection starting its next request
+                self.transport.abort()
+
+        def on_headers_complete(self) -> None:
+            self._hw_end()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._hw_end()
+            super().connection_lost(exc)
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
+    return Guarded
+
+
+class AcceptDeadline:
+    """ASGI middleware for WebSockets: an endpoint must accept or refuse within ``timeout``
+    seconds, and a database outage ends the socket with a message instead of a traceback.
+
+    After the decision nothing is bounded here (SSH sessions may rightly idle for hours; dead
+    peers are found by WebSocket pings), and the per-message cost is one flag test.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        from hatchway.server.errors import DB_UNAVAILABLE_DETAIL, db_unavailable
+
+        decided = False
+        closed = False
+        deadline = asyncio.timeout(self.timeout)
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal decided, closed
+            if not decided and message["type"] in ("websocket.accept", "websocket.close", "websocket.http.response.start"):
+                decided = True
+                deadline.reschedule(None)
+            if message["type"] == "websocket.close":
+                closed = True
+            await send(message)
+
+        try:
+            async with deadline:
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            if decided or not deadline.expired():
+                raise
+            log.warning("a WebSocket to %s was not accepted within %.0f s; refused", scope.get("path", "?"), self.timeout)
+            await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
+        except Exception as exc:
+            if not db_unavailable(exc) or closed:
+                raise
+            log.warning("WebSocket %s: database unavailable (%s)", scope.get("path", "?"), type(exc).__name__)
+            try:
+                if decided:  # accepted: say why in the stream's own error format, then close
+                    text = json.dumps({"type": "error", "error": f"database unavailable: {DB_UNAVAILABLE_DETAIL}"})
+                    await send({"type": "websocket.send", "text": text})
+                await send({"type": "websocket.close", "code": 1013, "reason": "database unavailable"})
+            except Exception:  # the peer is gone already
+                pass

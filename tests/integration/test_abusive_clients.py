@@ -1,0 +1,349 @@
+"""Slow, greedy and broken clients: each is bounded, and none of them disturbs other users.
+
+One deployment (server limits turned down so the bounds are quick to reach) with bob and carol,
+each with a workspace "dev" served by a real agent, plus bob's workspaces "stuck" (a fake agent
+that never answers dials) and "junk" (a fake agent that answers with garbage). Carol's SSH
+session is open through all of it and must keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.helpers import rawws
+from tests.helpers.server import wait_for
+from tests.helpers.sshclient import Refused, Tunnel, open_stream
+from tests.helpers.world import World, build_world, fd_count
+
+HANDSHAKE_TIMEOUT = 2.0
+MAX_HANDSHAKING = 16
+MAX_PENDING = 4
+DIAL_TIMEOUT = 3.0
+OVERSIZED = 4 * 1024 * 1024 + 1024  # over the server's 4 MiB frame limit
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    env = {
+        "HATCHWAY_HANDSHAKE_TIMEOUT": str(HANDSHAKE_TIMEOUT),
+        "HATCHWAY_MAX_HANDSHAKING_PER_IP": str(MAX_HANDSHAKING),
+        "HATCHWAY_MAX_PENDING_STREAMS": str(MAX_PENDING),
+        "HATCHWAY_DIAL_TIMEOUT": str(DIAL_TIMEOUT),
+    }
+    w = build_world(tmp_path_factory.mktemp("abuse"), server_env=env)
+    with w.api("bob") as c:
+        for name in ("stuck", "junk"):
+            r = c.post("/workspaces", json={"name": name, "provider": "byo"})
+            r.raise_for_status()
+            w.agent_tokens[f"bob/{name}"] = r.json()["agent_token"]
+    try:
+        yield w
+    finally:
+        w.close()
+        assert "Traceback" not in w.server.log(), w.server.log()[-5000:]
+
+
+@pytest.fixture
+async def carol(world: World) -> AsyncIterator[Tunnel]:
+    """Carol's live session, checked before and after each abuse."""
+    t = await world.ssh("carol")
+    await assert_works(t)
+    yield t
+    await assert_works(t)
+    await t.close()
+
+
+async def assert_works(t: Tunnel) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB both ways
+    r = await t.run("cat", stdin=payload)
+    assert r.exit_status == 0 and r.stdout == payload
+
+
+async def assert_new_ssh_works(world: World, who: str = "carol") -> None:
+    t = await world.ssh(who)
+    try:
+        r = await t.run("echo fresh")
+        assert r.stdout == b"fresh\n"
+    finally:
+        await t.close()
+
+
+def agent_ws_url(world: World, path: str) -> str:
+    return world.url.replace("http://", "ws://") + path
+
+
+@contextlib.asynccontextmanager
+async def fake_agent(world: World, workspace: str) -> AsyncIterator[ClientConnection]:
+    token = world.agent_tokens[f"bob/{workspace}"]
+    async with connect(agent_ws_url(world, "/api/v1/agent/control"), additional_headers={"Authorization": f"Bearer {token}"},
+                       compression=None, max_size=None) as ws:
+        wait_for(lambda: world.workspace("bob", workspace)["agent_connected"], 10, what="the fake agent to attach")
+        yield ws
+
+
+async def next_dial(ws: ClientConnection, timeout: float = 10) -> str:
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if message["type"] == "dial":
+            return message["stream"]
+
+
+async def refusal(ws: ClientConnection, timeout: float = 10) -> str:
+    message = await asyncio.wait_for(ws.recv(), timeout)
+    assert isinstance(message, str), f"expected a refusal, got {len(message)} bytes"
+    return json.loads(message)["error"]
+
+
+def server_pid(world: World) -> int:
+    assert world.server.proc is not None
+    return world.server.proc.pid
+
+
+# ---- pending streams -------------------------------------------------------------------------
+
+
+async def test_pending_streams_are_capped_per_user_and_other_users_are_unaffected(world: World, carol: Tunnel) -> None:
+    bob = world.people["bob"]
+    async with fake_agent(world, "stuck") as agent:
+        waiting = []
+        for _ in range(MAX_PENDING):
+            waiting.append(await open_stream(world.url, bob.token, "stuck"))
+            await next_dial(agent)  # the server is now holding that stream for the agent
+        t0 = time.monotonic()
+        extra = await open_stream(world.url, bob.token, "stuck")
+        message = await refusal(extra)
+        assert time.monotonic() - t0 < 2, "the refusal is immediate, not after the dial timeout"
+        assert message == (
+            f"too many SSH connections of yours are being set up at once (at most {MAX_PENDING}); "
+            "wait for them to finish and try again"
+        )
+        # The cap is the user's: his other workspace is refused too, carol is not affected.
+        with pytest.raises(Refused, match="too many SSH connections of yours"):
+            await world.ssh("bob", "dev")
+        await assert_works(carol)
+        await assert_new_ssh_works(world, "carol")
+        # The held streams end at the dial timeout, saying why, and free their slots.
+        for ws in waiting:
+            assert "did not answer within 3 s" in await refusal(ws, DIAL_TIMEOUT + 5)
+            await ws.close()
+        await extra.close()
+    await assert_new_ssh_works(world, "bob")
+    with world.api("alice") as c:
+        rows = c.get("/connections", params={"user": "bob", "workspace": "stuck"}).json()
+    assert sum("too many SSH connections of yours" in (r["reason"] or "") for r in rows) >= 1
+    assert all(r["result"] == "refused" for r in rows)
+
+
+# ---- slowloris -------------------------------------------------------------------------------
+
+
+def _slow_socket(world: World) -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))  # the attacker has an address of its own; everyone else is on .1
+    s.settimeout(5)
+    s.connect((world.server.host, world.server.port))
+    s.sendall(b"GET /api/v1/deployment HTTP/1.1\r\nHost: x\r\n")
+    return s
+
+
+def _open(s: socket.socket) -> bool:
+    """Still open from the server's side (whatever it had sent is read and dropped)."""
+    s.setblocking(False)
+    try:
+        while s.recv(65536):
+            pass
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+async def test_slowloris_holds_at_most_its_share_and_only_for_the_handshake_timeout(world: World, carol: Tunnel) -> None:
+    pid = server_pid(world)
+    before = fd_count(pid)
+    # An idle keep-alive connection is closed by uvicorn's keep-alive timeout (5 s) meanwhile.
+    idle = socket.create_connection((world.server.host, world.server.port))
+    idle.sendall(b"GET /api/v1/deployment HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"200 OK" in idle.recv(4096)
+    idle_since = time.monotonic()
+
+    attackers = [_slow_socket(world) for _ in range(100)]
+    await asyncio.sleep(0.5)
+    alive = [s for s in attackers if _open(s)]
+    assert len(alive) <= MAX_HANDSHAKING, f"{len(alive)} half-open connections kept from one address"
+    # Everyone else is served normally while the attack goes on.
+    t0 = time.monotonic()
+    with world.api("bob") as c:
+        assert c.get("/users/me").status_code == 200
+    assert time.monotonic() - t0 < 1
+    await assert_works(carol)
+    await assert_new_ssh_works(world, "carol")
+    # Dribbling a header line now and then does not extend the deadline.
+    for _ in range(int(HANDSHAKE_TIMEOUT / 0.5) + 2):
+        for s in alive:
+            with contextlib.suppress(OSError):
+                s.setblocking(True)
+                s.sendall(b"X-Slow: 1\r\n")
+        await asyncio.sleep(0.5)
+    assert not any(_open(s) for s in attackers), "a slow client outlived the handshake timeout"
+    for s in attackers:
+        s.close()
+    # A fresh attacker gets its share again: the counts were given back.
+    again = [_slow_socket(world) for _ in range(MAX_HANDSHAKING)]
+    await asyncio.sleep(0.3)
+    assert all(_open(s) for s in again)
+    for s in again:
+        s.close()
+    await asyncio.sleep(max(0.0, 5.5 - (time.monotonic() - idle_since)))
+    assert not _open(idle), "an idle keep-alive connection outlived the keep-alive timeout"
+    idle.close()
+    wait_for(lambda: fd_count(pid) <= before + 2, 10, what=f"server fds back to {before} (now {fd_count(pid)})")
+    assert "request headers not complete within 2 s" in world.server.log()
+
+
+# ---- garbage on the WebSockets ---------------------------------------------------------------
+
+
+async def test_garbage_on_the_agent_control_channel_closes_only_that_channel(world: World, carol: Tunnel) -> None:
+    token = world.agent_tokens["bob/junk"]
+    url = agent_ws_url(world, "/api/v1/agent/control")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with connect(url, additional_headers=headers, compression=None, max_size=None) as ws:
+        for junk in (b"\x00\xff" * 1000, "not json", "[1, 2, 3]", '{"type": 7}', '{"type": "report", "host_keys": "x"}',
+                     json.dumps({"type": "report", "os_user": "a\nb", "diagnostics": ["x" * 100000] * 30}),
+                     json.dumps({"type": "hello", "host_keys": ["ssh-ed25519 " + "A" * 5000] * 50})):
+            await ws.send(junk)
+        await ws.send(json.dumps({"type": "ping"}))
+        while json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] != "pong":
+            pass  # malformed messages were ignored, the channel still answers
+        ws_row = world.workspace("bob", "junk")
+        assert ws_row["os_user"] is None and ws_row["host_keys"] == []
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.send(b"x" * OVERSIZED)
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+    host, port = world.server.host, world.server.port
+    path = "/api/v1/agent/control"
+    for garbage, truncated in (
+        (rawws.frame(0x1, b'{"type": "ping"}', mask=False), False),  # clients must mask
+        (rawws.frame(0x3, b"reserved opcode"), False),
+        (rawws.frame(0x1, b"\xff\xfe not utf-8"), False),
+        (rawws.frame(0x2, b"", length=2**62), False),  # a length no server should try to buffer
+        (rawws.frame(0x2, b"short", length=1000), True),  # says 1000, sends 5, then goes away
+    ):
+        s = rawws.handshake(host, port, path, token)
+        s.sendall(garbage)
+        if truncated:
+            s.close()
+            continue
+        assert rawws.closed_by_peer(s, 10), f"the server kept a connection after {garbage[:12]!r}"
+        s.close()
+    await assert_works(carol)
+    # The real agents never noticed, and a well-behaved agent can attach again.
+    assert world.workspace("bob")["agent_connected"] and world.workspace("carol")["agent_connected"]
+    async with fake_agent(world, "junk"):
+        pass
+
+
+async def test_garbage_on_an_agent_data_stream_ends_only_that_ssh_connection(world: World, carol: Tunnel) -> None:
+    bob = world.people["bob"]
+    token = world.agent_tokens["bob/junk"]
+    headers = {"Authorization": f"Bearer {token}"}
+    # A stream id nobody asked for: refused.
+    async with connect(agent_ws_url(world, "/api/v1/agent/streams/" + "0" * 32), additional_headers=headers) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+    async with fake_agent(world, "junk") as agent:
+        for garbage in ("text", "oversized", "truncated"):
+            client = await open_stream(world.url, bob.token, "junk")
+            stream_id = await next_dial(agent)
+            url = agent_ws_url(world, f"/api/v1/agent/streams/{stream_id}")
+            if garbage == "truncated":
+                host, port = world.server.host, world.server.port
+                s = rawws.handshake(host, port, f"/api/v1/agent/streams/{stream_id}", token)
+                s.sendall(rawws.frame(0x2, b"SSH-2.0-x\r\n"))
+                s.sendall(rawws.frame(0x2, b"cut", length=50000))
+                s.close()
+            else:
+                data = await connect(url, additional_headers=headers, compression=None, max_size=None)
+                await data.send(json.dumps({"mode": "x" * 10000}))  # the header: overlong mode is cut
+                await data.send("more text frames carry no bytes")
+                await data.send(b"SSH-2.0-junk\r\n")
+                with contextlib.suppress(ConnectionClosed):  # the server may close it mid-send
+                    if garbage == "oversized":
+                        await data.send(b"\x00" * OVERSIZED)
+                    else:
+                        await data.send(b"\xff" * 1000)
+                        await data.close()
+            # The client sees its stream end; nothing else does.
+            got = b""
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                while True:
+                    message = await asyncio.wait_for(client.recv(), 10)
+                    assert not isinstance(message, str) or garbage != "text", message
+                    if isinstance(message, bytes):
+                        got += message
+            assert client.close_code is not None, f"{garbage}: the client's stream was not ended"
+            assert got.startswith(b"SSH-2.0-junk") or garbage == "truncated" or got == b""
+            if garbage != "truncated":
+                await data.close()
+    await assert_works(carol)
+    with world.api("bob") as c:
+        rows = c.get("/connections", params={"workspace": "junk"}).json()
+    assert rows and all(r["ended_at"] is not None for r in rows if r["result"] != "refused")
+    assert all(len(r["mode"] or "") <= 40 for r in rows)
+
+
+async def test_garbage_on_the_client_stream_ends_only_that_stream_and_frees_everything(world: World, carol: Tunnel) -> None:
+    bob = world.people["bob"]
+    spid, apid = server_pid(world), world.agents["bob"].proc.pid  # type: ignore[union-attr]
+    before = fd_count(spid), fd_count(apid)
+    host, port = world.server.host, world.server.port
+    for garbage in ("not ssh", "oversized", "truncated", "unmasked", "text"):
+        if garbage in ("truncated", "unmasked"):
+            s = rawws.handshake(host, port, "/api/v1/workspaces/dev/ssh", bob.token)
+            if garbage == "truncated":
+                s.sendall(rawws.frame(0x2, b"SSH-2.0-", length=70000))
+                s.close()
+            else:
+                s.sendall(rawws.frame(0x2, b"SSH-2.0-x\r\n", mask=False))
+                assert rawws.closed_by_peer(s, 10)
+                s.close()
+            continue
+        ws = await open_stream(world.url, bob.token, "dev")
+        greeting = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(greeting, bytes) and greeting.startswith(b"SSH-2.0-")
+        with contextlib.suppress(ConnectionClosed):  # the server may close it mid-send
+            if garbage == "not ssh":
+                await ws.send(b"GET / HTTP/1.0\r\n\r\n" + bytes(range(256)) * 100)
+            elif garbage == "text":
+                await ws.send("a text frame: ignored, carries no SSH bytes")
+                await ws.send(b"\x00" * 100000)  # then garbage where the SSH version line belongs
+            else:
+                await ws.send(b"SSH-2.0-x\r\n")
+                await ws.send(b"\x00" * OVERSIZED)
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            while True:
+                await asyncio.wait_for(ws.recv(), 15)
+        assert ws.close_code is not None, f"{garbage}: the stream was not ended"
+    await assert_works(carol)
+    await assert_new_ssh_works(world, "bob")
+    with world.api("bob") as c:
+        wait_for(lambda: all(r["ended_at"] for r in c.get("/connections", params={"workspace": "dev"}).json()
+                             if r["result"] != "refused"), 15, what="every connection row ended")
+    wait_for(lambda: fd_count(spid) <= before[0] + 2 and fd_count(apid) <= before[1] + 2, 15,
+             what=f"fds back to {before} (now {fd_count(spid)}, {fd_count(apid)})")

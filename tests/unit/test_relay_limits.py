@@ -1,0 +1,82 @@
+"""The relay's caps on streams waiting for their agent, and the server's guards, in process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hatchway.server.guards import AcceptDeadline, ConnectionGuard
+from hatchway.server.relay import DialError, Relay
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        self.sent.append(message)
+        return True
+
+
+class _Hub:
+    def __init__(self) -> None:
+        self.conn = _Conn()
+
+    def get(self, _workspace_id: str) -> _Conn:
+        return self.conn
+
+
+async def test_pending_streams_are_capped_per_user_and_per_workspace_and_slots_come_back() -> None:
+    relay = Relay(_Hub(), dial_timeout_s=30, max_pending_per_user=3, max_pending_per_workspace=2)  # type: ignore[arg-type]
+    held = [asyncio.create_task(relay.dial("ws-a", "a", "c", user_id=u)) for u in ("u1", "u2")]
+    held.append(asyncio.create_task(relay.dial("ws-b", "b", "c", user_id="u1")))
+    await asyncio.sleep(0)
+    assert relay.pending_count() == 3
+    with pytest.raises(DialError, match='to workspace "a" are being set up at once \\(at most 2\\)'):
+        await relay.dial("ws-a", "a", "c", user_id="u3")
+    held.append(asyncio.create_task(relay.dial("ws-c", "c", "c", user_id="u1")))
+    await asyncio.sleep(0)
+    with pytest.raises(DialError, match="too many SSH connections of yours .* \\(at most 3\\)"):
+        await relay.dial("ws-d", "d", "c", user_id="u1")
+    for t in held:  # the clients go away: every slot is given back
+        t.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    assert relay.pending_count() == 0
+    assert relay._pending_by_user == {} and relay._pending_by_workspace == {}
+    again = asyncio.create_task(relay.dial("ws-a", "a", "c", user_id="u1"))
+    await asyncio.sleep(0)
+    assert relay.pending_count() == 1
+    again.cancel()
+    await asyncio.gather(again, return_exceptions=True)
+
+
+def test_connection_guard_counts_per_address() -> None:
+    g = ConnectionGuard(handshake_timeout=1, max_handshaking_per_ip=2)
+    assert g.begin("a") and g.begin("a") and not g.begin("a") and g.begin("b")
+    g.end("a")
+    assert g.begin("a")
+    for ip in ("a", "a", "b"):
+        g.end(ip)
+    assert g.handshaking == {} and g.refused == 1
+
+
+async def test_a_websocket_not_accepted_in_time_is_refused_with_1013() -> None:
+    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(10)
+
+    async def quick_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(0.2)  # longer than the deadline: after accepting, nothing is bounded
+        await send({"type": "websocket.close", "code": 1000})
+
+    for app, expected in ((slow_app, [{"type": "websocket.close", "code": 1013, "reason": "try again later"}]),
+                          (quick_app, [{"type": "websocket.accept"}, {"type": "websocket.close", "code": 1000}])):
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(AcceptDeadline(app, 0.1)({"type": "websocket", "path": "/x"}, None, send), 5)  # type: ignore[arg-type]
+        assert sent == expected
