@@ -35,8 +35,17 @@ class TempPostgres:
         shutil.chown(self.dir, "postgres", "postgres")
         data = str(self.dir / "data")
         self._as_postgres(str(self.bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the (initialised) cluster; with :meth:`pause`, a database outage on demand."""
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+        data = str(self.dir / "data")
         self._as_postgres(str(self.bindir / "pg_ctl"), "-D", data, "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (every open connection is cut)."""
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:

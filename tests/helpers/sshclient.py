@@ -126,7 +126,7 @@ async def ssh_connect(
     )
     try:
         done, _ = await asyncio.wait({connecting, refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if refused in done and not connecting.done():
+        if refused.done():  # the server's reason, even if the SSH handshake also failed meanwhile
             raise Refused(refused.result())
         if connecting not in done:
             raise TimeoutError(f"SSH to {workspace} not established within {timeout} s")

@@ -14,7 +14,6 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect

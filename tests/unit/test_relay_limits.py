@@ -75,8 +75,8 @@ async def test_a_websocket_not_accepted_in_time_is_refused_with_1013() -> None:
                           (quick_app, [{"type": "websocket.accept"}, {"type": "websocket.close", "code": 1000}])):
         sent: list[dict[str, Any]] = []
 
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
+        async def send(message: dict[str, Any], into: list[dict[str, Any]] = sent) -> None:
+            into.append(message)
 
         await asyncio.wait_for(AcceptDeadline(app, 0.1)({"type": "websocket", "path": "/x"}, None, send), 5)  # type: ignore[arg-type]
         assert sent == expected

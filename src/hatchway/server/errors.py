@@ -88,8 +88,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
     for err in exc.errors()[:5]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
         msg = err.get("msg", "invalid")
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+        msg = msg.removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
@@ -114,6 +113,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _maybe_db(req: Request, exc: Exception) -> JSONResponse:
         # Registered per type (not only under Exception) so a database outage is answered here,
         # without Starlette re-raising it into a traceback for every request of the outage.
+        if req.scope["type"] != "http":
+            raise exc  # WebSockets: hatchway.server.guards.AcceptDeadline answers those
         if db_unavailable(exc):
             log.warning("%s %s: %s (%s)", req.method, req.url.path, DB_UNAVAILABLE, type(exc).__name__)
             return error_response(503, DB_UNAVAILABLE, DB_UNAVAILABLE_DETAIL, {"Retry-After": "2"})

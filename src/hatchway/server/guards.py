@@ -19,10 +19,12 @@ them forever. Two guards close that gap:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("hatchway.server.guards")
 
@@ -181,10 +183,8 @@ class AcceptDeadline:
             if not db_unavailable(exc) or closed:
                 raise
             log.warning("WebSocket %s: database unavailable (%s)", scope.get("path", "?"), type(exc).__name__)
-            try:
+            with contextlib.suppress(Exception):  # the peer may be gone already
                 if decided:  # accepted: say why in the stream's own error format, then close
                     text = json.dumps({"type": "error", "error": f"database unavailable: {DB_UNAVAILABLE_DETAIL}"})
                     await send({"type": "websocket.send", "text": text})
                 await send({"type": "websocket.close", "code": 1013, "reason": "database unavailable"})
-            except Exception:  # the peer is gone already
-                pass
