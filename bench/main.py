@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import loadgen
-from bench.measure import (Timed, cpu_seconds, human_size, kill_group, median, p95, parse_size, rss_bytes,
+from bench.measure import (ProxyWatch, Timed, children_cpu_seconds, cpu_seconds, human_size, kill_group, median, p95, parse_size, rss_bytes,
                            run_timed)
 from bench.report import NOT_SUPPORTED, Row, machine_info, rich_table, write_results
 from bench.world import BUILTIN, DIRECT, OSSH, PATH_LABELS, Target, World, settle, why_cannot_run
@@ -139,13 +139,28 @@ class Bench:
                 row.ratio = row.median / base.median  # type: ignore[operator]
                 row.extra["direct_median"] = base.median
 
+    def cpu_now(self) -> dict[str, float]:
+        """CPU seconds so far of every process on the byte path, by role. "client" is ssh plus
+        its ProxyCommand (and, for uploads, the bash and head feeding it); "sshd" is the sshd
+        listener's reaped per-connection processes, with the commands they ran; the agents
+        include their reaped children (the built-in server's commands)."""
+        out = {"client": children_cpu_seconds()}
+        for name, pid in self.w.pids().items():
+            out[name] = cpu_seconds(pid, reaped_children=name.startswith("agent"))
+        if self.w.sshd is not None:
+            out["sshd"] = cpu_seconds(self.w.sshd.pid, reaped_children=True)
+        return out
+
     def with_cpu(self, fn: Callable[[], Timed]) -> tuple[Timed, dict[str, float]]:
-        pids = self.w.pids()
-        before = {n: cpu_seconds(p) for n, p in pids.items()}
-        t = fn()
-        settle(0.2)
-        after = {n: cpu_seconds(p) for n, p in pids.items()}
-        return t, {n: after[n] - before[n] for n in pids}
+        before = self.cpu_now()
+        with ProxyWatch() as proxies:
+            t = fn()
+        settle(0.3)  # sshd reaps its session process just after the client has gone
+        after = self.cpu_now()
+        used = {n: after[n] - before[n] for n in before}
+        used["client"] += proxies.cpu  # ssh does not reap its ProxyCommand: read from /proc
+        used["proxy"] = proxies.cpu
+        return t, used
 
     # ---- 1. throughput ----------------------------------------------------------------------
 
@@ -197,11 +212,18 @@ class Bench:
                     else:
                         row.samples = samples[k]
                         row.median = median(samples[k])
+                        for c in cpu[k]:
+                            c["ssh"] = c["client"] - c["proxy"]
+                        roles = {"ssh": "ssh", "proxy": "proxy", "server": "server", "agent": AGENT_OF.get(k),
+                                 "sshd": "sshd"}
+                        per = {role: median([c[name] for c in cpu[k]]) for role, name in roles.items()
+                               if name and (k != DIRECT or role in ("ssh", "sshd")) and
+                               (k != BUILTIN or role != "sshd")}
+                        row.extra.update({f"{role}_cpu_s_per_gib": v for role, v in per.items()})
+                        row.extra["total_cpu_s_per_gib"] = sum(per.values())
+                        row.notes = "CPU s/GiB: " + ", ".join(f"{r} {v:.2f}" for r, v in per.items()) + \
+                            f" = {sum(per.values()):.2f}"
                         if k in AGENT_OF:
-                            srv = median([c["server"] for c in cpu[k]])
-                            agent = median([c[AGENT_OF[k]] for c in cpu[k]])
-                            row.extra.update(server_cpu_s_per_gib=srv, agent_cpu_s_per_gib=agent)
-                            row.notes = f"CPU s/GiB: server {srv:.2f}, agent {agent:.2f}"
                             self.cpu.setdefault((k, short_cipher(cipher)), []).extend(cpu[k])
                         if cipher is None:
                             row.notes = (f"{negotiated[k].split('@')[0]}; " + row.notes).rstrip("; ")

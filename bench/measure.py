@@ -75,12 +75,84 @@ def p95(values: list[float]) -> float | None:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (all its threads), from /proc/PID/stat."""
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """User + system CPU time of ``pid`` so far (all its threads), from /proc/PID/stat; with
+    ``reaped_children`` also that of its children it has already waited for (cutime, cstime):
+    for sshd's listener, the per-connection processes and the commands they ran."""
     raw = Path(f"/proc/{pid}/stat").read_text()
     fields = raw[raw.rindex(")") + 2:].split()
-    # After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    # After "pid (comm) ": state is field 3; utime, stime, cutime, cstime are fields 14-17.
+    used = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        used += int(fields[13]) + int(fields[14])
+    return used / CLK_TCK
+
+
+class ProxyWatch:
+    """Samples the CPU time of ``hatchway proxy`` processes descended from this process while a
+    transfer runs: ssh does not wait for its ProxyCommand, so the proxy's CPU time never reaches
+    our RUSAGE_CHILDREN and has to be read from /proc before it exits (to within one interval)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import threading
+        self.interval = interval
+        self.seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ProxyWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def is_proxy(argv: list[bytes]) -> bool:
+        return b"proxy" in argv and any(a.endswith(b"hatchway") for a in argv)
+
+    @property
+    def cpu(self) -> float:
+        return sum(self.seen.values())
+
+    def _ours(self, pid: int) -> bool:
+        me = os.getpid()
+        for _ in range(4):
+            raw = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(raw[raw.rindex(")") + 2:].split()[1])
+            if pid == me:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    def _run(self) -> None:
+        ignored: set[int] = set()
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                pid = int(entry.name)
+                if pid in ignored:
+                    continue
+                try:
+                    if pid not in self.seen:
+                        argv = (entry / "cmdline").read_bytes().split(b"\0")
+                        if not (self.is_proxy(argv) and "python" in os.readlink(entry / "exe") and self._ours(pid)):
+                            ignored.add(pid)
+                            continue
+                    self.seen[pid] = cpu_seconds(pid)
+                except (OSError, ValueError):
+                    ignored.add(pid)
+            self._stop.wait(self.interval)
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have been waited for (ssh and its ProxyCommand)."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def rss_bytes(pid: int) -> int:
