@@ -27,10 +27,29 @@ def list_providers(as_json: bool) -> None:
 
 @providers.command("create")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(["local", "manual"]), required=True)
-def create(name: str, kind: str) -> None:
-    p = api().call("POST", "/providers", {"name": name, "kind": kind})
-    click.echo(f"Created provider {p['name']} ({p['kind']}), External Connect on")
+@click.option("--kind", type=click.Choice(["local", "manual", "docker"]), required=True)
+@click.option(
+    "--docker-host", metavar="unix:///PATH",
+    help="docker: the engine's socket on the server's machine [default: the server's DOCKER_HOST, "
+    "else unix:///var/run/docker.sock].",
+)
+@click.option(
+    "--docker-network", metavar="NAME",
+    help="docker: the network containers join [default: none, only their own loopback].",
+)
+def create(name: str, kind: str, docker_host: str | None, docker_network: str | None) -> None:
+    if kind != "docker" and (docker_host or docker_network):
+        raise click.UsageError("--docker-host and --docker-network are for --kind docker")
+    body: dict[str, object] = {"name": name, "kind": kind}
+    if docker_host:
+        body["docker_host"] = docker_host
+    if docker_network:
+        body["docker_network"] = docker_network
+    p = api().call("POST", "/providers", body)
+    where = ""
+    if p["kind"] == "docker":
+        where = f", engine {p.get('docker_host') or 'the server DOCKER_HOST (default unix:///var/run/docker.sock)'}"
+    click.echo(f"Created provider {p['name']} ({p['kind']}{where}), External Connect on")
 
 
 @providers.command("edit")

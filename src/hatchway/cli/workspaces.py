@@ -73,8 +73,12 @@ def wait_until_running(client: Any, name: str, params: dict[str, str] | None, ti
 @click.option("--provider", default="local", show_default=True)
 @click.option("--env", "env_items", multiple=True, metavar="NAME=VALUE", help="Image environment variable (repeatable).")
 @click.option("--openssh", is_flag=True, help="Local provider: also run OpenSSH's sshd on the workspace's own port 22.")
+@click.option("--image", metavar="IMAGE", help="Docker provider: the image (its ENV becomes the image environment).")
+@click.option("--cvm", is_flag=True, help="Docker provider: run systemd as PID 1 (e.g. OpenSSH enabled in the image).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until a local workspace is running.")
-def create(name: str, provider: str, env_items: tuple[str, ...], openssh: bool, wait: bool) -> None:
+def create(
+    name: str, provider: str, env_items: tuple[str, ...], openssh: bool, image: str | None, cvm: bool, wait: bool
+) -> None:
     env: dict[str, str] = {}
     for item in env_items:
         try:
@@ -85,6 +89,12 @@ def create(name: str, provider: str, env_items: tuple[str, ...], openssh: bool, 
     body: dict[str, Any] = {"name": name, "provider": provider, "env": env}
     if openssh:
         body["openssh"] = True
+    if image:
+        body["image"] = image
+    if cvm:
+        if not image:
+            raise click.UsageError("--cvm needs --image")
+        body["cvm"] = True
     client = api()
     ws = client.call("POST", "/workspaces", body)
     click.echo(f"Created workspace {ws['name']} on provider {ws['provider']} ({ws['state']})")
@@ -133,6 +143,7 @@ def show(name: str, as_json: bool) -> None:
         ("os user", w.get("os_user") or "-"),
         ("isolation", w.get("isolation") or "-"),
         ("openssh", "yes (sshd on the workspace's port 22)" if w.get("openssh") else "no"),
+        *([("image", w["image"] + (" (CVM: systemd as PID 1)" if w.get("cvm") else ""))] if w.get("image") else []),
         ("ssh", ssh_mode_text(w)),
         ("connect", f"ssh hatchway.{w['name']}" if w["external_connect"] else "-"),
     ]

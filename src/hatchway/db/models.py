@@ -94,6 +94,10 @@ class Provider(Base):
     external_connect: Mapped[bool] = mapped_column(Boolean, default=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # ``docker`` providers (0003): the engine's socket (NULL: the server's DOCKER_HOST) and the
+    # network containers join (NULL: none, only their own loopback).
+    docker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    docker_network: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class Workspace(Base):
@@ -125,6 +129,9 @@ class Workspace(Base):
     # The Unix user the provider created for it, and how it is isolated (or why it is not).
     unix_user: Mapped[str | None] = mapped_column(String(32), nullable=True)
     isolation: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Container providers (0003): the image it was created from, and systemd as PID 1 (--cvm).
+    image: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    cvm: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
     owner: Mapped[User] = relationship(lazy="joined")
     provider: Mapped[Provider] = relationship(lazy="joined")

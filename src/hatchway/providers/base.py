@@ -32,6 +32,11 @@ class WorkspaceSpec:
     env: dict[str, str] = field(default_factory=dict)
     openssh: bool = False
     unix_user: str | None = None  # chosen on the first start and kept on the row
+    # Container providers (``docker``): the image, systemd as PID 1, and the provider's engine.
+    image: str | None = None
+    cvm: bool = False
+    docker_host: str | None = None
+    docker_network: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,11 @@ class WorkspaceProvider(abc.ABC):
     @abc.abstractmethod
     async def destroy(self, spec: WorkspaceSpec) -> None:
         """Delete: teardown, then remove the user, the home and every file of the workspace."""
+
+    async def image_environment(self, spec: WorkspaceSpec) -> dict[str, str]:
+        """The variables the workspace's image defines (Docker ENV), read once when the workspace
+        is created; raises :class:`SetupError` when the image cannot be read."""
+        return {}
 
     def log_tail(self, spec: WorkspaceSpec) -> str:
         """The last meaningful line the agent (or what wraps it) logged, for failure reasons."""

@@ -533,4 +533,8 @@ def spec_from_row(ws: Any) -> WorkspaceSpec:
         env=dict(ws.env or {}),
         openssh=bool(getattr(ws, "openssh", False)),
         unix_user=getattr(ws, "unix_user", None),
+        image=getattr(ws, "image", None),
+        cvm=bool(getattr(ws, "cvm", False)),
+        docker_host=getattr(ws.provider, "docker_host", None),
+        docker_network=getattr(ws.provider, "docker_network", None),
     )

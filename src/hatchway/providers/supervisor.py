@@ -79,6 +79,9 @@ class Supervisor:
     def manages(self, provider_kind: str) -> bool:
         return provider_kind in self._providers
 
+    def provider(self, provider_kind: str) -> WorkspaceProvider | None:
+        return self._providers.get(provider_kind)
+
     def _lock(self, ws_id: str) -> asyncio.Lock:
         return self._locks.setdefault(ws_id, asyncio.Lock())
 

@@ -13,6 +13,7 @@ from hatchway import __version__
 from hatchway.db.engine import create_engine, migrate, sessionmaker
 from hatchway.db.models import Provider, Workspace
 from hatchway.fileutil import ensure_private_dir
+from hatchway.providers.docker import DockerProvider
 from hatchway.providers.local import LocalProvider, isolation_override
 from hatchway.providers.supervisor import Supervisor
 from hatchway.server.api import agent, audit, keys, providers, ssh, users, workspaces
@@ -70,7 +71,8 @@ def build_supervisor(ctx: ServerContext, add_listener: Any) -> Supervisor:
     """The supervisor of server-managed workspaces (the embedded ``local`` provider)."""
     s = ctx.settings
     local = LocalProvider(s.data_dir, s.listen_port, s.agent_url, add_listener, isolate=isolation_override())
-    return Supervisor(ctx.sessions, ctx.hub, ctx.relay, {"local": local})
+    docker = DockerProvider(s.data_dir, s.listen_port, add_listener)
+    return Supervisor(ctx.sessions, ctx.hub, ctx.relay, {"local": local, "docker": docker})
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -39,6 +39,8 @@ def workspace_fields(w: Workspace) -> dict:
         created_at=w.created_at,
         openssh=bool(w.openssh),
         isolation=w.isolation,
+        image=w.image,
+        cvm=bool(w.cvm),
     )
 
 

@@ -24,7 +24,10 @@ async def provider_rows(db: AsyncSession) -> list[schemas.ProviderOut]:
     )
     rows = (await db.execute(select(Provider).order_by(Provider.name))).scalars()
     return [
-        schemas.ProviderOut(name=p.name, kind=p.kind, external_connect=p.external_connect, workspace_count=counts.get(p.id, 0))
+        schemas.ProviderOut(
+            name=p.name, kind=p.kind, external_connect=p.external_connect, workspace_count=counts.get(p.id, 0),
+            docker_host=p.docker_host, docker_network=p.docker_network,
+        )
         for p in rows
     ]
 
@@ -36,29 +39,38 @@ async def get_provider(db: AsyncSession, name: str) -> Provider:
     return p
 
 
-@router.get("", response_model=list[schemas.ProviderOut])
+@router.get("", response_model=list[schemas.ProviderOut], response_model_exclude_none=True)
 async def list_providers(_u: User = Depends(current_user), db: AsyncSession = Depends(get_db)) -> list[schemas.ProviderOut]:
     return await provider_rows(db)
 
 
-@router.post("", response_model=schemas.ProviderOut, status_code=201)
+@router.post("", response_model=schemas.ProviderOut, status_code=201, response_model_exclude_none=True)
 async def create_provider(
     body: schemas.ProviderCreateIn,
     request: Request,
     sm: User = Depends(site_manager),
     db: AsyncSession = Depends(get_db),
 ) -> schemas.ProviderOut:
-    p = Provider(name=body.name, kind=body.kind, external_connect=body.external_connect, config={})
+    if body.kind != "docker" and (body.docker_host or body.docker_network):
+        raise APIError(422, "--docker-host and --docker-network are for docker providers", f"provider kind is {body.kind}")
+    p = Provider(
+        name=body.name, kind=body.kind, external_connect=body.external_connect, config={},
+        docker_host=body.docker_host, docker_network=body.docker_network,
+    )
     db.add(p)
-    record(db, sm, "provider.create", body.name, client_source(request), kind=body.kind, external_connect=body.external_connect)
+    extra = {"docker_host": body.docker_host, "docker_network": body.docker_network} if body.kind == "docker" else {}
+    record(db, sm, "provider.create", body.name, client_source(request), kind=body.kind, external_connect=body.external_connect, **extra)
     try:
         await db.commit()
     except IntegrityError:
         raise APIError(409, f'provider "{body.name}" already exists', "pick another name") from None
-    return schemas.ProviderOut(name=p.name, kind=p.kind, external_connect=p.external_connect, workspace_count=0)
+    return schemas.ProviderOut(
+        name=p.name, kind=p.kind, external_connect=p.external_connect, workspace_count=0,
+        docker_host=p.docker_host, docker_network=p.docker_network,
+    )
 
 
-@router.patch("/{name}", response_model=schemas.ProviderOut)
+@router.patch("/{name}", response_model=schemas.ProviderOut, response_model_exclude_none=True)
 async def edit_provider(
     name: str,
     body: schemas.ProviderEditIn,

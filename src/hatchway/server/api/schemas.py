@@ -75,15 +75,47 @@ class ProviderOut(BaseModel):
     kind: str
     external_connect: bool
     workspace_count: int
+    docker_host: str | None = None  # docker providers: the engine (None: the server's DOCKER_HOST)
+    docker_network: str | None = None
+
+
+def _check_docker_host(v: str | None) -> str | None:
+    if v is None:
+        return v
+    from hatchway.providers.docker_api import parse_docker_host
+
+    parse_docker_host(v)
+    return v.strip()
+
+
+def _check_docker_network(v: str | None) -> str | None:
+    import re
+
+    if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+        raise ValueError(f"invalid Docker network name {v[:100]!r}")
+    return v
+
+
+def _check_image(v: str | None) -> str | None:
+    """A Docker image reference (name[:tag][@digest]); it goes into engine URL paths."""
+    import re
+
+    if v is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*", v) or ".." in v or "//" in v):
+        raise ValueError(f"invalid image reference {v[:100]!r}: use NAME[:TAG] or NAME@DIGEST")
+    return v
 
 
 class ProviderCreateIn(BaseModel):
     model_config = _STRICT
     name: str
-    kind: Literal["local", "manual"]
+    kind: Literal["local", "manual", "docker"]
     external_connect: bool = True
+    docker_host: str | None = Field(default=None, max_length=255)
+    docker_network: str | None = Field(default=None, max_length=100)
 
     _n = field_validator("name")(lambda v: names.check_provider_name(v))
+    _dh = field_validator("docker_host")(lambda v: _check_docker_host(v))
+    _dn = field_validator("docker_network")(lambda v: _check_docker_network(v))
 
 
 class ProviderEditIn(BaseModel):
@@ -97,8 +129,11 @@ class WorkspaceCreateIn(BaseModel):
     provider: str = Field(default="local", max_length=63)
     env: dict[str, str] = Field(default_factory=dict)
     openssh: bool = False  # local provider: also run Debian's sshd on the workspace's port 22
+    image: str | None = Field(default=None, min_length=1, max_length=500)  # docker provider
+    cvm: bool = False  # docker provider: systemd as PID 1
 
     _n = field_validator("name")(lambda v: names.check_workspace_name(v))
+    _i = field_validator("image")(lambda v: _check_image(v))
     _env = field_validator("env")(lambda v: names.check_env(v))
 
 
@@ -123,6 +158,8 @@ class WorkspaceOut(BaseModel):
     created_at: datetime
     openssh: bool = False
     isolation: str | None = None  # how the provider isolated it, or what it could not set up
+    image: str | None = None
+    cvm: bool = False
 
 
 class WorkspaceCreatedOut(WorkspaceOut):

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchway.db.models import User, Workspace
+from hatchway.db.models import Provider, User, Workspace
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import workspace_fields, workspace_out
 from hatchway.server.api.providers import get_provider
@@ -19,7 +19,7 @@ from hatchway.server.auth import AGENT_TOKEN_PREFIX, current_user
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.crypto import new_token
 from hatchway.server.errors import APIError
-from hatchway.providers.base import SetupError
+from hatchway.providers.base import SetupError, WorkspaceSpec
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
@@ -80,16 +80,19 @@ async def create_workspace(
             422, "--openssh is only for local workspaces",
             f'provider "{provider.name}" is {provider.kind}: run OpenSSH in that workspace yourself',
         )
+    env = await _image_environment(body, provider, user, supervisor)
     token, digest = new_token(AGENT_TOKEN_PREFIX)
     ws = Workspace(
         name=body.name,
         owner_id=user.id,
         provider_id=provider.id,
-        env=body.env,
+        env=env,
         agent_token_hash=digest,
         host_keys=[],
         diagnostics=[],
         openssh=body.openssh,
+        image=body.image,
+        cvm=body.cvm,
     )
     if provider.kind == "manual":
         # Nothing to start: the workspace is up whenever its owner runs the agent.
@@ -115,6 +118,28 @@ async def create_workspace(
         out.agent_token = token
         out.agent_command = agent_command(ctx.settings.url, token)
     return out
+
+
+async def _image_environment(body: schemas.WorkspaceCreateIn, provider: Provider, user: User, supervisor: Any) -> dict[str, str]:
+    """The workspace's variables: its image's ENV (container providers) overlaid with ``--env``."""
+    if provider.kind != "docker":
+        if body.image or body.cvm:
+            raise APIError(422, "--image and --cvm are for docker workspaces", f'provider "{provider.name}" is {provider.kind}')
+        return dict(body.env)
+    if not body.image:
+        raise APIError(422, "a docker workspace needs an image", "give --image IMAGE (an image on the provider's Docker engine)")
+    docker = supervisor.provider(provider.kind) if supervisor is not None else None
+    if docker is None:
+        raise APIError(409, "this server does not run docker workspaces", "start it with `hatchway server`")
+    spec = WorkspaceSpec(
+        id="", name=body.name, owner=user.username, image=body.image, cvm=body.cvm,
+        docker_host=provider.docker_host, docker_network=provider.docker_network,
+    )
+    try:
+        image_env = await docker.image_environment(spec)
+    except SetupError as exc:
+        raise APIError(422, f'cannot use image "{body.image}"', str(exc)) from None
+    return {**image_env, **body.env}
 
 
 @router.get("/{name}", response_model=schemas.WorkspaceOut)
