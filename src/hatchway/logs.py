@@ -10,10 +10,30 @@ from __future__ import annotations
 import logging
 import sys
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+class SafeFormatter(logging.Formatter):
+    """Escapes control characters (newlines above all) in the values logged, so nothing a
+    client sends (a name, a header) can forge a log line. Format strings and tracebacks keep
+    their own newlines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, (str, BaseException)) for a in args):
+            record.args = tuple(
+                str(a).translate(_CONTROL) if isinstance(a, (str, BaseException)) else a for a in args
+            )
+            try:
+                return super().format(record)
+            finally:
+                record.args = args
+        return super().format(record)
+
 
 def setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -51,11 +51,11 @@ class World:
         assert p.key is not None
         return await ssh_connect(self.url, p.token, workspace, self.os_user, p.key, timeout=timeout)
 
-    def start_agent(self, owner: str, ssh_port: int = 0) -> AgentProcess:
+    def start_agent(self, owner: str, ssh_port: int = 0, workspace: str = "dev") -> AgentProcess:
         agent = AgentProcess(self.url, self.agent_tokens[owner], self.tmp / f"{owner}-ws-home", ssh_port=ssh_port)
         agent.start()
         self.agents[owner] = agent
-        wait_for(lambda: self.workspace(owner)["agent_connected"], 20, what=f"{owner}'s agent to connect")
+        wait_for(lambda: self.workspace(owner, workspace)["agent_connected"], 20, what=f"{owner}'s agent to connect")
         return agent
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, WebSocket
 from sqlalchemy import select
 
 from hatchway.db.models import SSHConnection, User, Workspace, utcnow
+from hatchway.names import check_username, check_workspace_name
 from hatchway.server.auth import bearer_token, user_for_token
 from hatchway.server.context import client_source, get_ws_ctx
 from hatchway.server.errors import APIError
@@ -33,6 +34,14 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
     owner = websocket.query_params.get("owner")
     source = client_source(websocket)
     await websocket.accept()
+    try:  # names reach the log, the record and messages: only well-formed ones go further
+        check_workspace_name(name)
+        if owner is not None:
+            check_username(owner)
+    except ValueError as exc:
+        log.info("SSH refused: %s", exc)
+        await _refuse(websocket, str(exc))
+        return
     log_row = SSHConnection(workspace_name=f"{owner}/{name}" if owner else name, source=source, result="refused")
     async with ctx.sessions() as db:
         try:
@@ -69,17 +78,24 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
                     agent_connected=True,  # the hub is the live truth; checked at dial time
                 )
             )
-        if refusal is None:
-            stream = LiveStream("", user.id, ws.id, ws.provider_id)
-            try:
-                stream.id, agent_ws, released = await ctx.relay.dial(ws.id, ws.name, source, user.id)
-            except DialError as exc:
-                refusal = str(exc)
-        log_row.reason = refusal
-        if refusal is None:
+    # No database session is held while the agent dials back: its own request needs one, and a
+    # burst of connections would otherwise drain the pool and starve every dial-back.
+    if refusal is None:
+        stream = LiveStream("", user.id, ws.id, ws.provider_id)
+        try:
+            stream.id, agent_ws, released = await ctx.relay.dial(ws.id, ws.name, source, user.id)
             log_row.result = "open"
-        db.add(log_row)
-        await db.commit()
+        except DialError as exc:
+            refusal = str(exc)
+    log_row.reason = refusal
+    try:
+        async with ctx.sessions() as db:
+            db.add(log_row)
+            await db.commit()
+    except BaseException:
+        if refusal is None:
+            released.set()  # let the agent's side go; nothing will be spliced
+        raise
     if refusal is not None:
         log.info("SSH to %s by %s refused: %s", name, log_row.username, refusal)
         await _refuse(websocket, refusal)
