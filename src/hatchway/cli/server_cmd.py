@@ -9,7 +9,7 @@ import click
 from hatchway.logs import setup_logging
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--listen", default="127.0.0.1:7080", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="State directory [env HATCHWAY_DATA_DIR, default ~/.local/share/hatchway].")
 @click.option("--db", "db_url", envvar="HATCHWAY_DB", help="Database URL (sqlite:///… or postgresql://…) [default: SQLite in the data dir].")
@@ -23,9 +23,12 @@ from hatchway.logs import setup_logging
 @click.option("--dial-timeout", envvar="HATCHWAY_DIAL_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds an SSH connection waits for the workspace's agent to answer.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
-def server(listen: str, data_dir: Path | None, db_url: str | None, access_url: str, handshake_timeout: float,
+@click.pass_context
+def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str | None, access_url: str, handshake_timeout: float,
            max_handshaking_per_ip: int, max_pending_streams: int, dial_timeout: float, verbose: bool) -> None:
     """Run the Hatchway control plane (API, web UI, relay)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from hatchway.db.engine import sqlite_url_for
     from hatchway.server.run import serve
     from hatchway.server.settings import Settings, default_data_dir, parse_listen
@@ -49,3 +52,29 @@ def server(listen: str, data_dir: Path | None, db_url: str | None, access_url: s
         max_pending_streams_per_workspace=max_pending_streams,
     )
     raise SystemExit(serve(settings))
+
+
+@server.command("rotate-secret")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="State directory [env HATCHWAY_DATA_DIR, default ~/.local/share/hatchway].")
+@click.option("--db", "db_url", envvar="HATCHWAY_DB", help="Database URL [default: SQLite in the data dir].")
+def rotate_secret_cmd(data_dir: Path | None, db_url: str | None) -> None:
+    """Replace the deployment secret, re-sealing every user's private key (server stopped).
+
+    The old secret stays in deployment.secret.old until the new one is in place; if this is
+    interrupted, run it again to finish.
+    """
+    import asyncio
+
+    from hatchway.db.engine import sqlite_url_for
+    from hatchway.server.rotate import RotationError, rotate_secret
+    from hatchway.server.settings import default_data_dir
+
+    data = (data_dir or default_data_dir()).expanduser().resolve()
+    try:
+        result = asyncio.run(rotate_secret(data, db_url or sqlite_url_for(data)))
+    except RotationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if result.finished_earlier_run:
+        click.echo("Finished the interrupted rotation: the new deployment secret is in place.")
+    else:
+        click.echo(f"Rotated the deployment secret; re-sealed {result.keys_resealed} private key(s). Start the server again.")

@@ -34,6 +34,11 @@ _hasher = PasswordHasher()  # Argon2id with the library's current recommended pa
 def load_or_create_deployment_secret(data_dir: Path) -> bytes:
     """Read the deployment secret, creating it (0600) on first start."""
     path = data_dir / SECRET_FILE
+    if (data_dir / (SECRET_FILE + ".new")).exists():
+        raise ValueError(
+            f"{path}.new exists: a secret rotation was interrupted; run "
+            f"'hatchway server rotate-secret --data-dir {data_dir}' again to finish it"
+        )
     try:
         raw = path.read_text().strip()
     except FileNotFoundError:
