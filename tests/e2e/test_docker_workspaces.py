@@ -111,6 +111,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "RUN dpkg --purge xauth && echo EDITOR=ed > /etc/environment"
             " && sed -i 's/^PermitUserEnvironment yes/PermitUserEnvironment no/' /etc/ssh/sshd_config.d/hatchway.conf\n"
         ))
+        images["noinit"] = f"hatchway-test/noinit:{run}"
+        engine.build(images["noinit"], f"FROM {images['slim']}\nRUN rm -f /sbin/init /lib/systemd/systemd /usr/lib/systemd/systemd\n")
+        images["noshell"] = f"hatchway-test/noshell:{run}"
+        engine.build(images["noshell"], f"FROM {images['slim']}\n" + 'RUN ["/bin/rm", "-f", "/bin/sh", "/bin/bash", '
+                     '"/bin/dash", "/usr/bin/sh", "/usr/bin/bash", "/usr/bin/dash"]\n')
         server = RunningServer(tmp / "data")
         server.start()
         alice = Cli(tmp / "alice")
@@ -292,11 +297,44 @@ def test_home_volume_survives_stop_and_start(world: World) -> None:
     assert r.stdout.splitlines() == ["kept", "systemd"]
 
 
+def test_server_restart_stops_containers_and_brings_running_workspaces_back(world: World) -> None:
+    world.server.stop()
+    for name in ("slim", "cvm", "broken"):
+        assert world.container(name)["State"]["Running"] is False, name
+    started = time.monotonic()
+    world.server.start()
+    for name in ("slim", "cvm"):
+        wait_for(lambda: world.ssh_works(name), 60, interval=0.5, what=f"{name} back after the server restart")
+    world.timings["slim and cvm back after a server restart"] = time.monotonic() - started
+    assert world.ssh("cvm", "cat ~/survivor").stdout.strip() == "kept"
+
+
+def test_what_an_image_lacks_is_said_clearly(world: World) -> None:
+    r = world.alice.run("workspaces", "create", "nope", "--provider", "dock", "--image", "hatchway-test/missing:1")
+    assert r.code == 1
+    assert 'image "hatchway-test/missing:1" is not on the Docker engine' in r.err
+    r = world.alice.run("workspaces", "create", "x", "--image", world.images["slim"])
+    assert r.code == 1 and "--image and --cvm are for docker workspaces" in r.err
+    r = world.alice.run("workspaces", "create", "x", "--provider", "dock")
+    assert r.code == 1 and "a docker workspace needs an image" in r.err
+
+    r = world.alice.run("workspaces", "create", "noinit", "--provider", "dock", "--image", world.images["noinit"], "--cvm")
+    world.ids["noinit"] = world.show("noinit")["id"]
+    assert r.code == 1
+    assert 'workspace "noinit" is failed' in r.err
+    assert "the image has no /sbin/init: --cvm needs an image with systemd" in r.err
+
+    r = world.alice.run("workspaces", "create", "noshell", "--provider", "dock", "--image", world.images["noshell"])
+    world.ids["noshell"] = world.show("noshell")["id"]
+    assert r.code == 1
+    assert "the image has no shell (/bin/sh)" in r.err
+
+
 def test_delete_removes_containers_and_volumes(world: World) -> None:
     for name in list(world.ids):
         ws_id = world.ids[name]
         label = f"hatchway.workspace.id={ws_id}"
-        assert world.engine.ids("container", label) and world.engine.ids("volume", label)
+        assert world.engine.ids("volume", label)
         world.alice.ok("workspaces", "delete", name, "-y")
         assert world.engine.ids("container", label) == []
         assert world.engine.ids("volume", label) == []

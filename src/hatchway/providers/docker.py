@@ -256,7 +256,11 @@ class DockerProvider(WorkspaceProvider):
         pid = api.container_pid(inspect)
         if spec.cvm:
             await self._wait_for_systemd(client, inspect["Id"], spec)
-        await self._ensure_listener(spec, pid)
+        try:
+            await self._ensure_listener(spec, pid)
+        except SetupError:
+            await self._raise_if_stopped(client, inspect["Id"], "the workspace's container stopped")
+            raise
         account = await self._setup_user(client, inspect["Id"], plan)
         self._accounts[spec.id] = {**account, "container": inspect["Id"]}
         name = inspect.get("Name", "").lstrip("/")
@@ -297,11 +301,7 @@ class DockerProvider(WorkspaceProvider):
             inspect = await client.container_inspect(inspect["Id"])
             assert inspect is not None
         if not api.running(inspect):
-            logs = await self._container_logs(client, inspect["Id"])
-            raise SetupError(
-                f"the workspace's container stopped at once (exit status {inspect.get('State', {}).get('ExitCode')})"
-                + (f": {logs}" if logs else "")
-            )
+            await self._raise_if_stopped(client, inspect["Id"], "the workspace's container stopped at once")
         return inspect
 
     async def _container_logs(self, client: DockerClient, ref: str) -> str:
@@ -319,10 +319,7 @@ class DockerProvider(WorkspaceProvider):
         deadline = time.monotonic() + SYSTEMD_BOOT_TIMEOUT
         last = ""
         while time.monotonic() < deadline:
-            inspect = await client.container_inspect(ref)
-            if inspect is None or not api.running(inspect):
-                logs = await self._container_logs(client, ref)
-                raise SetupError("the CVM container stopped while systemd was booting" + (f": {logs}" if logs else ""))
+            await self._raise_if_stopped(client, ref, "the CVM container stopped while systemd was booting")
             try:
                 done = await client.exec_run(ref, ["systemctl", "is-system-running"], timeout=15)
             except EngineError as exc:
@@ -336,11 +333,20 @@ class DockerProvider(WorkspaceProvider):
             if ready:
                 return
             if ready is None:
+                await asyncio.sleep(0.5)  # "offline": systemd is not PID 1, the container is probably ending
+                await self._raise_if_stopped(client, ref, "the CVM container stopped while systemd was booting")
                 log.warning("workspace %s/%s: systemd says %r; starting the agent anyway", spec.owner, spec.name, last)
                 return
             await asyncio.sleep(0.25)
         log.warning("workspace %s/%s: systemd still booting after %.0f s (%s); starting the agent anyway",
                     spec.owner, spec.name, SYSTEMD_BOOT_TIMEOUT, last)
+
+    async def _raise_if_stopped(self, client: DockerClient, ref: str, what: str) -> None:
+        inspect = await client.container_inspect(ref)
+        if inspect is None or not api.running(inspect):
+            logs = await self._container_logs(client, ref)
+            code = (inspect or {}).get("State", {}).get("ExitCode")
+            raise SetupError(f"{what} (exit status {code})" + (f": {logs}" if logs else ""))
 
     async def _ensure_listener(self, spec: WorkspaceSpec, pid: int) -> None:
         current = self._listeners.get(spec.id)
