@@ -197,7 +197,7 @@ def _lifecycle(action: str, name: str, wait: bool) -> None:
 @click.argument("name")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it is running.")
 def start(name: str, wait: bool) -> None:
-    """Start a stopped or failed workspace (local provider)."""
+    """Start a stopped or failed workspace (local and docker providers)."""
     _lifecycle("start", name, wait)
 
 
@@ -212,5 +212,5 @@ def stop(name: str) -> None:
 @click.argument("name")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it is running.")
 def restart(name: str, wait: bool) -> None:
-    """Restart a workspace's agent (local provider)."""
+    """Restart a workspace's agent (local and docker providers)."""
     _lifecycle("restart", name, wait)
