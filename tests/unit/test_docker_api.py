@@ -241,7 +241,7 @@ def test_start_error_hints() -> None:
 @pytest.mark.parametrize(
     ("out", "ready"),
     [("running\n", True), ("degraded\n", True), ("starting\n", False), ("initializing", False), ("", False),
-     ("maintenance\n", None), ("stopping", None), ("offline", None)],
+     ("offline\n", False), ("maintenance\n", None), ("stopping", None)],
 )
 def test_systemd_states(out: str, ready: bool | None) -> None:
     assert api.systemd_state_ready(out) is ready
@@ -252,3 +252,24 @@ def test_inspect_helpers() -> None:
     assert api.container_pid({"State": {"Running": True, "Pid": 42}}) == 42
     assert not api.running({})
     assert api.container_pid({}) == 0
+
+
+# ---- API bodies -----------------------------------------------------------------------------------------
+
+
+def test_provider_and_workspace_bodies_validate_docker_fields() -> None:
+    from pydantic import ValidationError
+
+    from hatchway.server.api import schemas
+
+    p = schemas.ProviderCreateIn(name="dock", kind="docker", docker_host="unix:///run/d.sock", docker_network="none")
+    assert (p.docker_host, p.docker_network) == ("unix:///run/d.sock", "none")
+    for bad in ({"docker_host": "tcp://10.1.2.3:2375"}, {"docker_network": "a b"}, {"kind": "podman"}):
+        with pytest.raises(ValidationError):
+            schemas.ProviderCreateIn(**{"name": "dock", "kind": "docker", **bad})
+    w = schemas.WorkspaceCreateIn(name="dev", provider="dock", image="hatchway-local/debian:bookworm-abc", cvm=True)
+    assert w.image == "hatchway-local/debian:bookworm-abc" and w.cvm
+    assert schemas.WorkspaceCreateIn(name="dev", image="localhost:5000/a/b@sha256:" + "0" * 64).image
+    for bad_image in ("../etc", "a b", "x?y=1", "a//b", ""):
+        with pytest.raises(ValidationError):
+            schemas.WorkspaceCreateIn(name="dev", image=bad_image)

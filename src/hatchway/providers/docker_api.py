@@ -350,12 +350,13 @@ def container_pid(inspect: dict[str, Any]) -> int:
 
 
 def systemd_state_ready(output: str) -> bool | None:
-    """``systemctl is-system-running``: True when booted (running/degraded), False while booting,
-    None when it will not come up by itself (maintenance, stopping, offline)."""
+    """``systemctl is-system-running``: True when booted (running/degraded), False while booting
+    ("offline" too: right after the exec of /sbin/init systemd does not answer yet), None when it
+    will not come up by itself (maintenance, stopping)."""
     state = output.strip().splitlines()[-1].strip() if output.strip() else ""
     if state in ("running", "degraded"):
         return True
-    if state in ("initializing", "starting", ""):
+    if state in ("initializing", "starting", "offline", ""):
         return False
     return None
 

@@ -96,9 +96,9 @@ class AttachedExec:
 
 
 class DockerClient:
-    def __init__(self, socket_path: str, timeout: float = 60.0) -> None:
+    def __init__(self, socket_path: str, timeout: float = 60.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.socket_path = socket_path
-        self._transport = httpx.AsyncHTTPTransport(uds=socket_path)
+        self._transport = transport or httpx.AsyncHTTPTransport(uds=socket_path)
         self._http = httpx.AsyncClient(transport=self._transport, base_url="http://docker", timeout=timeout)
         self._version: str | None = None
         self._lock = asyncio.Lock()
