@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -433,22 +435,159 @@ def test_keepalives_answered(env: Env, srv: ServerThread) -> None:
     assert (r.returncode, r.stdout) == (0, b"alive\n"), r.stderr
 
 
-def test_unsupported_features_refused_cleanly(env: Env, srv: ServerThread) -> None:
-    r = env.ssh(srv, "-s", "sftp")
+def test_unknown_subsystem_refused_and_sftp_exits_zero(env: Env, srv: ServerThread) -> None:
+    r = env.ssh(srv, "-s", "no-such-subsystem")
     assert r.returncode == 255
     assert b"subsystem request failed" in r.stderr
-    r = env.ssh(
-        srv,
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-R",
-        "127.0.0.1:0:127.0.0.1:9",
-        "echo never",
-    )
-    assert r.returncode == 255
-    assert b"remote port forwarding failed" in r.stderr
-    r = env.ssh(srv, "-A", "-o", "ForwardX11=yes", "echo still-works")
-    assert (r.returncode, r.stdout) == (0, b"still-works\n")
+    # the sftp subsystem with a client that sends nothing and leaves: a clean end, status 0
+    r = env.ssh(srv, "-s", "sftp")
+    assert (r.returncode, r.stdout) == (0, b"")
+
+
+def test_disabled_features_refused_cleanly(env: Env, srv: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    from hatchway.sshd.config import BuiltinSSHConfig
+
+    caplog.set_level(logging.INFO, logger="hatchway.sshd")
+
+    config = BuiltinSSHConfig(allow_forwarding=False, allow_agent_forwarding=False, allow_x11_forwarding=False)
+    s = ServerThread(**env.server_kwargs(), config=config).start()
+    saved = env.known_hosts.read_text()
+    env.pin(s)
+    try:
+        r = env.ssh(s, "-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:9", "echo never")
+        assert r.returncode == 255
+        assert b"remote port forwarding failed" in r.stderr
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            lport = probe.getsockname()[1]
+        with subprocess.Popen(env.ssh_argv(s, "-L", f"127.0.0.1:{lport}:127.0.0.1:9", "echo ready; sleep 30"),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+            with socket.create_connection(("127.0.0.1", lport), timeout=10) as c:
+                assert c.recv(10) == b""  # ssh closes it: the server refused the channel
+            proc.kill()
+            proc.communicate(timeout=10)
+        assert "direct-tcpip refused: forwarding is disabled" in caplog.text
+        r = env.ssh(s, "-A", "-Y", "echo [$SSH_AUTH_SOCK] [$DISPLAY]", env={"DISPLAY": ":99", "LOGLEVEL": "x"})
+        assert (r.returncode, r.stdout) == (0, b"[] []\n")
+    finally:
+        s.stop()
+        env.known_hosts.write_text(saved)
+
+
+def test_login_grace_session_limit_and_dead_client(env: Env, srv: ServerThread) -> None:
+    import asyncssh
+
+    from hatchway.sshd.config import BuiltinSSHConfig
+
+    config = BuiltinSSHConfig(login_grace=1.0, keepalive_interval=0.3, keepalive_count_max=2, max_sessions=2)
+    s = ServerThread(**env.server_kwargs(), config=config).start()
+    saved = env.known_hosts.read_text()
+    env.pin(s)
+    try:
+        # login grace: a client that never authenticates is cut off
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
+            raw.sendall(b"SSH-2.0-OpenSSH_9.2 silent\r\n")
+            data = b""
+            while chunk := raw.recv(4096):
+                data += chunk
+        assert data.startswith(b"SSH-2.0-Hatchway_")
+        assert 0.8 < time.monotonic() - started < 5
+
+        # sessions per connection
+        async def sessions() -> tuple[int, str]:
+            async with asyncssh.connect("127.0.0.1", s.port, username=USER, client_keys=[str(env.key_a)],
+                                        known_hosts=str(env.known_hosts), config=None, agent_path=None) as conn:
+                first = await conn.create_process("sleep 5")
+                second = await conn.create_process("sleep 5")
+                with pytest.raises(asyncssh.ChannelOpenError) as refused:
+                    await conn.create_process("true")
+                first.terminate()
+                await first.wait()
+                for _ in range(50):  # a slot is free again once the server has seen the close
+                    try:
+                        third = await conn.run("echo third", check=True)
+                        break
+                    except asyncssh.ChannelOpenError:
+                        await asyncio.sleep(0.05)
+                second.terminate()
+                return refused.value.code, str(third.stdout)
+
+        code, third = asyncio.run(sessions())
+        assert (code, third) == (asyncssh.OPEN_RESOURCE_SHORTAGE, "third\n")
+
+        # a client that stops answering is dropped by the server's keepalive
+        with subprocess.Popen(env.ssh_argv(s, "-o", "ServerAliveInterval=0", "echo $$; exec sleep 60"),
+                              stdout=subprocess.PIPE, stdin=subprocess.PIPE) as proc:
+            assert proc.stdout is not None
+            pid = int(proc.stdout.readline())
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                assert _wait_gone(pid, 5), "a silent client's session survived the keepalive"
+            finally:
+                proc.kill()
+    finally:
+        s.stop()
+        env.known_hosts.write_text(saved)
+
+
+def test_no_blocking_file_io_on_the_event_loop(env: Env, srv: ServerThread, tmp_path: Path) -> None:
+    """SFTP, agent forwarding and Unix-socket forwarding touch the file system only from threads.
+
+    A Python audit hook sees every open/listdir/rename/... and which thread does it.
+    """
+    import sys
+
+    watched = {"open", "os.listdir", "os.scandir", "os.remove", "os.rename", "os.mkdir", "os.rmdir",
+               "os.symlink", "os.link", "os.chmod", "os.chown", "os.utime", "os.truncate", "shutil.rmtree"}
+    seen: list[tuple[str, object]] = []
+    active = threading.Event()
+    loop_thread = srv.thread.ident
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if not active.is_set() or threading.get_ident() != loop_thread:
+            return
+        if event in watched or (event == "socket.bind" and len(args) > 1 and isinstance(args[1], (str, bytes))):
+            seen.append((event, args[:2]))
+
+    sys.addaudithook(hook)  # cannot be removed; inactive outside this test
+    local = tmp_path / "up.bin"
+    local.write_bytes(os.urandom(300_000))
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {local} up.bin\nget up.bin {tmp_path}/down.bin\nls -l\nrename up.bin moved.bin\n"
+                     "chmod 600 moved.bin\nsymlink moved.bin ln.bin\nmkdir d\nrmdir d\ndf\nrm ln.bin\n"
+                     "rm moved.bin\n")
+    sftp = ["sftp", *env.ssh_argv(srv, "x")[1:-2]]
+    sftp[sftp.index("-p")] = "-P"
+    active.set()
+    try:
+        r = subprocess.run([*sftp, "-b", str(batch), f"{USER}@127.0.0.1"], capture_output=True, timeout=60,
+                           check=False)
+        assert r.returncode == 0, r.stderr
+        agent_sock = tmp_path / "agent.sock"
+        agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_sock)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not agent_sock.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            remote_sock = env.home / "fwd.sock"
+            r = env.ssh(srv, "-A", "-R", f"{remote_sock}:127.0.0.1:9",
+                        "test -S \"$SSH_AUTH_SOCK\" && test -S fwd.sock && echo both",
+                        env={"SSH_AUTH_SOCK": str(agent_sock)})
+            assert r.stdout == b"both\n", r.stderr
+        finally:
+            agent.terminate()
+            agent.wait(10)
+        deadline = time.monotonic() + 5
+        while remote_sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not remote_sock.exists()
+    finally:
+        active.clear()
+    assert (tmp_path / "down.bin").read_bytes() == local.read_bytes()
+    assert seen == []
 
 
 def test_close_ends_live_sessions(env: Env) -> None:

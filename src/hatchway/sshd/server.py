@@ -8,38 +8,63 @@ of the workspace's network namespace; a socket handed over in-process is not.
 Per connection: asyncssh runs the protocol on the given socket (``asyncssh.run_server``),
 ``_ConnectionHandler`` authenticates (public key only, against authorized_keys re-read for
 this connection, only the workspace user's name), and each session channel becomes a
-``HatchwaySession`` running the user's shell. Forwarding, agent forwarding, X11 and SFTP are
-refused cleanly in this first cut.
+``HatchwaySession`` running the user's shell or the sftp subsystem. ``_Connection`` owns what the
+connection opened besides sessions (forwarded streams, ``-R`` listeners, their tasks), enforces
+the per-connection limits, and closes all of it when the connection ends, whatever way it ends.
+
+Forwarding follows OpenSSH's defaults: ``-L``/``-D`` connect from the workspace, ``-R`` listens
+on loopback only (``GatewayPorts no``), Unix sockets both ways (``-R`` sockets are 0600 and are
+removed again), agent and X11 forwarding per session. Settings: :mod:`hatchway.sshd.config`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import os
 import signal
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
 from hatchway import __version__
 from hatchway.sshd.authkeys import load_authorized_keys
+from hatchway.sshd.config import BuiltinSSHConfig
 from hatchway.sshd.env import SessionIdentity, build_session_env
+from hatchway.sshd.forward import (
+    Bridge,
+    Listener,
+    bind_addresses,
+    connect_tcp,
+    connect_unix,
+    listen_tcp,
+    listen_unix,
+    open_back,
+    peer_of,
+)
 from hatchway.sshd.hostkey import load_or_create_host_key
 from hatchway.sshd.process import Child
-from hatchway.sshd.session import HatchwaySession, SessionContext
+from hatchway.sshd.session import (
+    ConnectionServices,
+    HatchwaySession,
+    SessionChannel,
+    SessionContext,
+)
 
-__all__ = ["BuiltinSSHServer", "SessionIdentity", "build_session_env"]
+__all__ = ["BuiltinSSHConfig", "BuiltinSSHServer", "SessionIdentity", "build_session_env"]
 
 log = logging.getLogger("hatchway.sshd")
 
 SERVER_VERSION = f"Hatchway_{__version__}"
-LOGIN_TIMEOUT = (
-    60.0  # seconds to finish authenticating (OpenSSH's LoginGraceTime is 120)
-)
+LOGIN_TIMEOUT = BuiltinSSHConfig().login_grace  # kept for callers of the first cut
 CLOSE_GRACE = 2.0  # close(): how long live connections and hung-up children get
+TEARDOWN_GRACE = 5.0  # end of a connection: how long its own cleanup tasks get
+SFTP_IO_THREADS = 4  # the bounded pool for SFTP file I/O, shared by all connections
 
 
 def _fmt_addr(addr: tuple[str, int] | None) -> str:
@@ -49,12 +74,16 @@ def _fmt_addr(addr: tuple[str, int] | None) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-class _Connection:
-    """Bookkeeping for one served connection (for logs and for close())."""
+class _Connection(ConnectionServices):
+    """One served connection: bookkeeping, limits and everything it owns besides sessions."""
 
     def __init__(
-        self, client_addr: tuple[str, int] | None, server_addr: tuple[str, int] | None
+        self,
+        server: BuiltinSSHServer,
+        client_addr: tuple[str, int] | None,
+        server_addr: tuple[str, int] | None,
     ):
+        self.server = server
         self.client_addr = client_addr
         self.server_addr = server_addr
         self.label = _fmt_addr(client_addr)
@@ -64,6 +93,160 @@ class _Connection:
         self.refusal: str | None = None  # why auth failed, for the connection log line
         self.started = time.monotonic()
         self.done = asyncio.Event()
+        self.closing = False
+        # limits: open session channels, and open channels of every kind (sessions included)
+        self.sessions = 0
+        self.channels = 0
+        self.bridges: set[Bridge] = set()
+        self.listeners: set[Listener] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- limits ------------------------------------------------------------------------------
+
+    def take_session(self) -> Callable[[], None]:
+        """Account for a new session channel or raise the open failure; returns its release."""
+        config = self.server.config
+        if self.sessions >= config.max_sessions:
+            log.info("%s: session refused: %d sessions open (the limit)", self.label, self.sessions)
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, f"too many sessions (at most {config.max_sessions})"
+            )
+        self._take_channel("session")
+        self.sessions += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.sessions -= 1
+                self.channels -= 1
+
+        return release
+
+    def _take_channel(self, what: str) -> None:
+        limit = self.server.config.max_channels
+        if self.channels >= limit:
+            log.info("%s: %s refused: %d channels open (the limit)", self.label, what, self.channels)
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE, f"too many channels (at most {limit})"
+            )
+        self.channels += 1
+
+    def _bridge_closed(self, bridge: Bridge) -> None:
+        if bridge in self.bridges:
+            self.bridges.discard(bridge)
+            self.channels -= 1
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Own ``task``: awaited (cancelled if slow) when the connection ends, and by close()."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        self.server._track_task(task)
+
+    # ---- forwarded streams -------------------------------------------------------------------
+
+    def outbound(self, what: str) -> Bridge:
+        """A bridge for a channel the client opens (-L, -D); raises the open failure if full."""
+        if self.closing:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closing")
+        self._take_channel(what)
+        bridge = Bridge(f"{self.label} {what}", on_close=self._bridge_closed)
+        self.bridges.add(bridge)
+        return bridge
+
+    def inbound(self, label: str, open_channel: Callable[[Bridge], Awaitable[object]]) -> Bridge | None:
+        """A local program connected to one of our listeners: open a channel back for it."""
+        if self.closing or self.conn is None:
+            return None
+        try:
+            self._take_channel(label)
+        except asyncssh.ChannelOpenError:
+            return None
+        bridge = Bridge(f"{self.label} {label}", on_close=self._bridge_closed)
+        self.bridges.add(bridge)
+        task = asyncio.get_running_loop().create_task(
+            open_back(bridge, lambda: open_channel(bridge), bridge.label)
+        )
+        bridge.opener = task
+        self.track(task)
+        return bridge
+
+    def open_agent_channel(self, bridge: Bridge) -> Awaitable[object]:
+        assert self.conn is not None
+        chan = self.conn.create_agent_channel()
+        return chan.open(lambda: bridge.channel_end)
+
+    def open_x11_channel(self, bridge: Bridge, orig_host: str, orig_port: int) -> Awaitable[object]:
+        assert self.conn is not None
+        return self.conn.create_x11_connection(lambda: bridge.channel_end, orig_host, orig_port)
+
+    async def listen_tcp(self, host: str, port: int) -> Listener | bool:
+        """tcpip-forward (-R): listen in the workspace, loopback only unless GatewayPorts."""
+        conn = self.conn
+        assert conn is not None
+        bound = {"port": port}
+
+        def accept(peer: object) -> Bridge | None:
+            orig_host, orig_port = peer_of(peer)
+            return self.inbound(
+                f"forwarded-tcpip {host or '*'}:{bound['port']} from {orig_host}:{orig_port}",
+                lambda b: conn.create_connection(lambda: b.channel_end, host, bound["port"], orig_host, orig_port),
+            )
+
+        try:
+            listener = await listen_tcp(
+                bind_addresses(host, self.server.config.gateway_ports), port, accept,
+                on_closed=self.listeners.discard,
+            )
+        except OSError as exc:
+            log.info("%s: remote forward %s:%d refused: %s", self.label, host, port, exc.strerror or exc)
+            return False
+        bound["port"] = listener.get_port()
+        if self.closing:
+            listener.close()
+            return False
+        self.listeners.add(listener)
+        log.debug("%s: listening on %s:%d for the client", self.label, host or "*", bound["port"])
+        return listener
+
+    async def listen_unix(self, path: str) -> Listener | bool:
+        """streamlocal-forward@openssh.com (-R /path:...): a 0600 socket, removed at the end."""
+        conn = self.conn
+        assert conn is not None
+
+        def accept(peer: object) -> Bridge | None:
+            return self.inbound(
+                f"forwarded-streamlocal {path}",
+                lambda b: conn.create_unix_connection(lambda: b.channel_end, path),
+            )
+
+        try:
+            listener = await listen_unix(path, accept, on_closed=self.listeners.discard, track_task=self.track)
+        except OSError as exc:
+            log.info("%s: remote forward of %s refused: %s", self.label, path, exc.strerror or exc)
+            return False
+        if self.closing:
+            listener.close()
+            return False
+        self.listeners.add(listener)
+        return listener
+
+    # ---- the end -----------------------------------------------------------------------------
+
+    async def teardown(self) -> None:
+        """Close every listener and forwarded stream of this connection; await its tasks."""
+        self.closing = True
+        for listener in list(self.listeners):
+            listener.close()
+        for bridge in list(self.bridges):
+            bridge.close()
+        pending = [t for t in self.tasks if not t.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=TEARDOWN_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 class _ConnectionHandler(asyncssh.SSHServer):
@@ -141,13 +324,14 @@ class _ConnectionHandler(asyncssh.SSHServer):
             _printable(self._state.username or ""),
         )
 
-    def session_requested(self) -> HatchwaySession | bool:
+    def session_requested(self) -> tuple[SessionChannel, HatchwaySession] | bool:
         state = self._state
         server = self._server
-        if server._closing:
+        if server._closing or state.closing:
             return False
         conn = state.conn
         assert conn is not None
+        release = state.take_session()  # raises the open failure when over the limit
 
         def key_env() -> Mapping[str, str]:
             env = conn.get_key_option("environment", {}) or {}
@@ -156,53 +340,85 @@ class _ConnectionHandler(asyncssh.SSHServer):
         ctx = SessionContext(
             identity=server.identity,
             base_env=server.base_env,
-            accepted_client_env=server.accepted_client_env,
+            accepted_client_env=server.config.accept_env,
             client_addr=state.client_addr,
             server_addr=state.server_addr,
             label=state.label,
             key_env=key_env,
             child_started=server._child_started,
             child_exited=server._child_exited,
-            track_task=server._track_task,
+            track_task=state.track,
+            config=server.config,
+            services=state,
+            io_executor=server._io_executor,
+            on_closed=release,
         )
-        return HatchwaySession(ctx)
+        try:
+            chan = conn.create_server_channel()
+            # Same object, with our handlers for the per-session agent and X11 requests (the
+            # subclass adds methods only, no state, so switching the class is safe).
+            chan.__class__ = SessionChannel
+            return chan, HatchwaySession(ctx)  # type: ignore[return-value]
+        except BaseException:
+            release()
+            raise
 
-    # ---- not in this cut: refuse without crashing ------------------------------------------
+    # ---- forwarding --------------------------------------------------------------------------
+
+    def _forwarding_allowed(self, what: str) -> bool:
+        if not self._server.config.allow_forwarding:
+            log.info("%s: %s refused: forwarding is disabled", self._state.label, what)
+            return False
+        return True
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        log.debug(
-            "%s: direct-tcpip to %s:%s refused", self._state.label, dest_host, dest_port
-        )
-        raise asyncssh.ChannelOpenError(
-            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-            "port forwarding is not available on this server",
-        )
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        """direct-tcpip (ssh -L, ssh -D, VS Code): connect from the workspace, then bridge."""
+        if not self._forwarding_allowed("direct-tcpip"):
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding is disabled on this server"
+            )
+        bridge = self._state.outbound(f"direct-tcpip to {dest_host}:{dest_port}")
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        log.debug(
-            "%s: tcpip-forward on %s:%s refused",
-            self._state.label,
-            listen_host,
-            listen_port,
-        )
-        return False
+        async def connect() -> asyncssh.SSHTCPSession[bytes]:
+            await connect_tcp(bridge, dest_host, dest_port)
+            log.debug("%s: direct-tcpip to %s:%d", self._state.label, dest_host, dest_port)
+            return bridge.channel_end
 
-    def unix_connection_requested(self, dest_path: str) -> bool:
-        log.debug("%s: direct-streamlocal refused", self._state.label)
-        raise asyncssh.ChannelOpenError(
-            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-            "forwarding is not available on this server",
-        )
+        return connect()
 
-    def unix_server_requested(self, listen_path: str) -> bool:
-        log.debug("%s: streamlocal-forward refused", self._state.label)
-        return False
+    def unix_connection_requested(self, dest_path: str) -> Awaitable[asyncssh.SSHUNIXSession[bytes]]:
+        """direct-streamlocal@openssh.com (ssh -L port:/path): connect to a Unix socket."""
+        if not self._forwarding_allowed("direct-streamlocal"):
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding is disabled on this server"
+            )
+        bridge = self._state.outbound(f"direct-streamlocal to {dest_path}")
+
+        async def connect() -> asyncssh.SSHUNIXSession[bytes]:
+            await connect_unix(bridge, dest_path)
+            return bridge.channel_end  # type: ignore[return-value]
+
+        return connect()
+
+    def server_requested(self, listen_host: str, listen_port: int) -> Awaitable[Listener | bool] | bool:
+        if not self._forwarding_allowed("tcpip-forward"):
+            return False
+        return self._state.listen_tcp(listen_host, listen_port)
+
+    def unix_server_requested(self, listen_path: str) -> Awaitable[Listener | bool] | bool:
+        if not self._forwarding_allowed("streamlocal-forward"):
+            return False
+        return self._state.listen_unix(listen_path)
 
 
 class BuiltinSSHServer:
-    """Serves SSH connections handed over as connected sockets, for one workspace user."""
+    """Serves SSH connections handed over as connected sockets, for one workspace user.
+
+    ``config`` defaults to :meth:`BuiltinSSHConfig.from_environ` on the agent's environment;
+    ``accepted_client_env`` adds to its accepted client variables (``AcceptEnv``).
+    """
 
     def __init__(
         self,
@@ -212,17 +428,29 @@ class BuiltinSSHServer:
         base_env: Mapping[str, str],
         identity: SessionIdentity | None = None,
         accepted_client_env: Iterable[str] = (),
+        config: BuiltinSSHConfig | None = None,
     ) -> None:
+        if config is None:
+            config = BuiltinSSHConfig.from_environ(os.environ)
+        for problem in config.problems:
+            log.warning("built-in SSH server: %s", problem)
+        self.config = config.with_accept_env(accepted_client_env)
         self.host_key = load_or_create_host_key(Path(host_key_path))
         self.authorized_keys_path = Path(authorized_keys_path)
         self.base_env: dict[str, str] = dict(base_env)
         self.identity = identity or SessionIdentity.current()
-        self.accepted_client_env = tuple(accepted_client_env)
         self._connections: set[_Connection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._children: set[Child] = set()
         self._closing = False
+        self._io_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=SFTP_IO_THREADS, thread_name_prefix="hatchway-sftp"
+        )
         _quiet_asyncssh_logging()
+
+    @property
+    def accepted_client_env(self) -> tuple[str, ...]:
+        return self.config.accept_env
 
     def host_public_keys(self) -> list[str]:
         """The host key as OpenSSH public key lines (for known_hosts pinning / reporting)."""
@@ -236,18 +464,20 @@ class BuiltinSSHServer:
         client_addr: tuple[str, int] | None,
         server_addr: tuple[str, int] | None = None,
     ) -> None:
-        """Serve one SSH connection on ``sock`` until it ends; ``sock`` is closed on every path.
+        """Serve one SSH connection on ``sock`` until it ends; ``sock`` is closed on every path,
+        and so is everything the connection opened (forwarded streams, listeners, sessions).
 
         ``client_addr``/``server_addr`` are the real endpoints as the relay knows them (the
         socket itself may be a socketpair); they feed logs and SSH_CONNECTION/SSH_CLIENT.
         """
-        state = _Connection(client_addr, server_addr)
+        state = _Connection(self, client_addr, server_addr)
         if self._closing:
             sock.close()
             log.info("%s: refused: server is shutting down", state.label)
             return
         self._connections.add(state)
         outcome = "closed"
+        config = self.config
         try:
             sock.setblocking(False)
             conn = await asyncssh.run_server(
@@ -267,12 +497,15 @@ class BuiltinSSHServer:
                 allow_pty=True,
                 line_editor=False,  # we run a real PTY; asyncssh's editor would eat keystrokes
                 encoding=None,
+                # Agent and X11 forwarding are ours, per session (see SessionChannel).
                 agent_forwarding=False,
                 x11_forwarding=False,
-                sftp_factory=None,
-                allow_scp=False,
+                sftp_factory=None,  # a factory here would turn every session into asyncssh's
+                allow_scp=False,  # scp -O runs the real scp through the shell, like OpenSSH
                 rdns_lookup=False,
-                login_timeout=LOGIN_TIMEOUT,
+                login_timeout=config.login_grace,
+                keepalive_interval=config.keepalive_interval,
+                keepalive_count_max=config.keepalive_count_max,
             )
             await conn.wait_closed()
         except asyncio.CancelledError:
@@ -290,6 +523,10 @@ class BuiltinSSHServer:
             if state.conn is not None:
                 state.conn.abort()  # no-op when already closed; frees channels on error paths
             sock.close()
+            try:
+                await asyncio.shield(state.teardown())
+            except asyncio.CancelledError:
+                pass  # the shielded teardown still finishes; close() awaits its tasks
             self._connections.discard(state)
             state.done.set()
             log.info(
@@ -325,6 +562,7 @@ class BuiltinSSHServer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._reap_children()
+        self._io_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _reap_children(self) -> None:
         """Kill what a hangup did not end, and wait (bounded) until it is reaped."""
@@ -342,7 +580,7 @@ class BuiltinSSHServer:
 
     # ---- callbacks from sessions -----------------------------------------------------------
 
-    def _track_task(self, task: asyncio.Task[None]) -> None:
+    def _track_task(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -14,11 +14,18 @@ buffers without bound:
 The child's exit status is sent only after all its output has been read and the send buffer
 has drained, which is what makes "a command that exits at once still delivers its last line"
 and "50 MiB of output arrives complete" hold.
+
+Besides shells and commands a session can be the ``sftp`` subsystem (run in-process by
+:mod:`hatchway.sshd.sftp`, no shell involved), and can ask for agent forwarding (``ssh -A``) and
+X11 forwarding (``ssh -X``): both are per session, so ``SSH_AUTH_SOCK`` and ``DISPLAY`` exist only
+in the session that asked. Interactive login sessions (shell + PTY) show ``/etc/motd`` unless
+``~/.hushlogin`` exists; nothing is ever added to the output of a command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
@@ -26,13 +33,17 @@ import os
 import signal
 import struct
 import termios
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
+from hatchway.sshd.agentfwd import AgentForward
+from hatchway.sshd.config import BuiltinSSHConfig
 from hatchway.sshd.env import SessionIdentity, build_session_env
+from hatchway.sshd.forward import Bridge
 from hatchway.sshd.process import (
     Child,
     SpawnedSession,
@@ -41,7 +52,9 @@ from hatchway.sshd.process import (
     is_eio,
     spawn,
 )
+from hatchway.sshd.sftp import SFTP_VERSION, HatchwaySFTPServer
 from hatchway.sshd.ttymodes import apply_tty_modes
+from hatchway.sshd.x11 import X11Forward, find_xauth, valid_auth
 
 log = logging.getLogger("hatchway.sshd")
 
@@ -51,6 +64,22 @@ STDIN_LOW_WATER = 64 * 1024
 # After a PTY session's process exits, its output may still be in flight; stop waiting once no
 # output came for this long (background jobs that keep the terminal open would hang us forever).
 PTY_LINGER = 0.5
+MOTD_MAX = 64 * 1024  # a runaway /etc/motd is cut, not streamed into every login
+
+
+class ConnectionServices:
+    """What a session may ask of its connection (the server's per-connection state implements
+    it; these defaults refuse everything, which keeps a bare session testable)."""
+
+    def inbound(self, label: str, open_channel: Callable[[Bridge], Awaitable[object]]) -> Bridge | None:
+        """A local program connected to one of our listeners: the bridge to serve it, or None."""
+        return None
+
+    def open_agent_channel(self, bridge: Bridge) -> Awaitable[object]:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not available")
+
+    def open_x11_channel(self, bridge: Bridge, orig_host: str, orig_port: int) -> Awaitable[object]:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not available")
 
 
 @dataclass
@@ -67,10 +96,28 @@ class SessionContext:
     child_started: Callable[[Child], None] = lambda child: None
     child_exited: Callable[[Child], None] = lambda child: None
     track_task: Callable[[asyncio.Task[None]], None] = lambda task: None
+    config: BuiltinSSHConfig = field(default_factory=BuiltinSSHConfig)
+    services: ConnectionServices = field(default_factory=ConnectionServices)
+    # The pool SFTP file I/O runs on; None: no sftp subsystem.
+    io_executor: concurrent.futures.Executor | None = None
+    # Called once when the session channel is gone (frees its slot in the connection's limits).
+    on_closed: Callable[[], None] = lambda: None
 
 
-def _read_session_files(home: Path) -> tuple[str | None, bool]:
-    """Blocking part of session setup (run in a thread): ~/.ssh/environment and the home dir."""
+@dataclass
+class SessionFiles:
+    """What session setup reads from disk (in a thread, never on the event loop)."""
+
+    environment: str | None  # text of ~/.ssh/environment, None when absent
+    home_ok: bool
+    motd: bytes | None = None  # None: show nothing
+
+
+def _read_session_files(home: Path, motd_path: Path | None = None) -> SessionFiles:
+    """Blocking part of session setup (run in a thread).
+
+    ``motd_path`` is given only for interactive login sessions; ``~/.hushlogin`` silences it.
+    """
     text: str | None
     try:
         text = (
@@ -83,7 +130,61 @@ def _read_session_files(home: Path) -> tuple[str | None, bool]:
     except OSError as exc:
         log.debug("cannot read %s/.ssh/environment: %s", home, exc.strerror or exc)
         text = None
-    return text, home.is_dir()
+    motd: bytes | None = None
+    if motd_path is not None and not (home / ".hushlogin").exists():
+        try:
+            with open(motd_path, "rb") as fh:
+                motd = fh.read(MOTD_MAX) or None
+        except OSError:
+            motd = None
+    return SessionFiles(text, home.is_dir(), motd)
+
+
+def terminal_text(data: bytes) -> bytes:
+    """Text written straight to a terminal (not through the PTY's ONLCR): LF becomes CRLF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class _ExitingWriter(asyncssh.SSHWriter):  # type: ignore[type-arg]
+    """The SFTP handler's output; its close() at the end of the session reports exit status 0
+    first, as sshd does when sftp-server exits, so ``ssh -s host sftp`` exits 0 too."""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.channel.exit(0)
+
+
+class SessionChannel(asyncssh.SSHServerChannel):  # type: ignore[type-arg]
+    """asyncssh's session channel with agent and X11 forwarding requests routed to our session.
+
+    asyncssh handles ``auth-agent-req@openssh.com`` and ``x11-req`` per connection (one agent
+    socket for all sessions, its own X11 display and xauth file writer); we want them per
+    session, bound off the event loop and written with the real ``xauth``. Request handlers are
+    looked up by name (``_process_<request>_request``); returning None defers the reply, which
+    ``_report_response`` sends once our coroutine has finished. Requests are answered in order,
+    so the shell or command that follows starts only after the forwarding is set up.
+    """
+
+    owner: HatchwaySession | None = None
+
+    def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: Any) -> bool | None:
+        packet.check_end()
+        return self._defer(lambda session: session.agent_requested())
+
+    def _process_x11_req_request(self, packet: Any) -> bool | None:
+        single = packet.get_boolean()
+        proto = packet.get_string()
+        cookie = packet.get_string()
+        screen = packet.get_uint32()
+        packet.check_end()
+        return self._defer(lambda session: session.x11_requested(single, proto, cookie, screen))
+
+    def _defer(self, start: Callable[[HatchwaySession], Coroutine[Any, Any, bool]]) -> bool | None:
+        session = self.owner
+        if session is None:
+            return False
+        session.answer_later(self, start(session))
+        return None
 
 
 def _set_winsize(
@@ -129,11 +230,22 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._outputs_closed = asyncio.Event()
         self._output_bytes = 0
         self._drain_waiter: asyncio.Future[None] | None = None
+        # subsystem / forwarding
+        self._subsystem: str | None = None
+        self._sftp_stream: Any = None  # asyncssh stream session feeding the SFTP handler
+        self._sftp_server: HatchwaySFTPServer | None = None
+        self._agent: AgentForward | None = None
+        self._x11: X11Forward | None = None
+        self._xauth: str | None = None
+        self._requests: set[asyncio.Task[None]] = set()
+        self._released = False
 
     # ---- asyncssh callbacks: session setup -------------------------------------------------
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:  # type: ignore[type-arg]
         self._chan = chan
+        if isinstance(chan, SessionChannel):
+            chan.owner = self
 
     def pty_requested(
         self,
@@ -155,33 +267,129 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        log.debug(
-            "%s: subsystem %r refused (not available in this server yet)",
-            self._ctx.label,
-            subsystem,
-        )
+        if subsystem == "sftp" and self._ctx.io_executor is not None:
+            self._subsystem = subsystem
+            return True
+        log.debug("%s: subsystem %r refused (only sftp exists)", self._ctx.label, subsystem)
         return False
 
     def break_received(self, msec: int) -> bool:
         return False  # not supported; the client reports it
 
     def session_started(self) -> None:
-        self._task = self._loop.create_task(
-            self._run(), name=f"hatchway-sshd-session {self._ctx.label}"
-        )
+        if self._subsystem == "sftp":
+            # Set up synchronously: asyncssh delivers queued data right after this returns.
+            from asyncssh.stream import SSHServerStreamSession
+
+            assert self._chan is not None and self._ctx.io_executor is not None
+            self._sftp_stream = SSHServerStreamSession(None)
+            self._sftp_stream.connection_made(self._chan)
+            self._sftp_server = HatchwaySFTPServer(
+                self._chan, home=self._ctx.identity.home, executor=self._ctx.io_executor
+            )
+            self._task = self._loop.create_task(
+                self._run_sftp(), name=f"hatchway-sshd-sftp {self._ctx.label}"
+            )
+        else:
+            self._task = self._loop.create_task(
+                self._run(), name=f"hatchway-sshd-session {self._ctx.label}"
+            )
         self._ctx.track_task(self._task)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel is gone (client closed it or the connection dropped): stop the session."""
         self._closed = True
+        if self._sftp_stream is not None:
+            self._sftp_stream.connection_lost(exc)
+        for task in list(self._requests):
+            task.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         elif self._task is None:
             self._cleanup()
+        self._release()
+
+    # ---- forwarding requests (deferred replies, see SessionChannel) ------------------------
+
+    def answer_later(self, chan: SessionChannel, coro: Coroutine[Any, Any, bool]) -> None:
+        async def answer() -> None:
+            try:
+                ok = await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: forwarding request failed", self._ctx.label)
+                ok = False
+            if not self._closed:
+                chan._report_response(ok)
+
+        task = self._loop.create_task(answer(), name=f"hatchway-sshd-request {self._ctx.label}")
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+        self._ctx.track_task(task)
+
+    async def agent_requested(self) -> bool:
+        ctx = self._ctx
+        if not ctx.config.allow_agent_forwarding:
+            log.info("%s: agent forwarding refused (disabled)", ctx.label)
+            return False
+        if self._agent is not None:
+            return True
+        agent = AgentForward(
+            label=ctx.label,
+            inbound=ctx.services.inbound,
+            open_channel=ctx.services.open_agent_channel,
+            track_task=ctx.track_task,
+        )
+        if not await agent.start():
+            return False
+        if self._closed:  # the session ended while the socket was being made
+            agent.close()
+            return False
+        self._agent = agent
+        return True
+
+    async def x11_requested(self, single: bool, proto_raw: bytes, cookie_raw: bytes, screen: int) -> bool:
+        ctx = self._ctx
+        if not ctx.config.allow_x11_forwarding:
+            log.info("%s: X11 forwarding refused (disabled)", ctx.label)
+            return False
+        if self._x11 is not None:
+            return False  # OpenSSH: "X11 forwarding already active"
+        try:
+            proto, cookie = proto_raw.decode("ascii"), cookie_raw.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+        if not valid_auth(proto, cookie) or screen > 0xFFFF:
+            log.info("%s: X11 forwarding refused: invalid authentication data", ctx.label)
+            return False
+        xauth = await asyncio.to_thread(find_xauth, ctx.base_env.get("PATH"))
+        if xauth is None:
+            log.info("%s: X11 forwarding refused: no xauth program", ctx.label)
+            return False
+        x11 = X11Forward(
+            label=ctx.label,
+            inbound=ctx.services.inbound,
+            open_channel=ctx.services.open_x11_channel,
+            single_connection=single,
+            proto=proto,
+            cookie=cookie,
+            screen=screen,
+        )
+        if not await x11.start(ctx.config.x11_display_offset, ctx.config.x11_max_displays):
+            return False
+        if self._closed:
+            x11.close()
+            return False
+        self._x11, self._xauth = x11, xauth
+        return True
 
     # ---- asyncssh callbacks: running session -----------------------------------------------
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self._sftp_stream is not None:
+            self._sftp_stream.data_received(data, datatype)
+            return
         if self._stdin_done:
             return  # the child no longer reads stdin: discard, keep the window flowing
         self._stdin_buf += data
@@ -197,17 +405,25 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan.pause_reading()
 
     def eof_received(self) -> bool:
+        if self._sftp_stream is not None:
+            return bool(self._sftp_stream.eof_received())
         self._stdin_eof = True
         if self._stdin_fd is not None and not self._stdin_buf:
             self._finish_stdin()
         return True  # stay half-open: output and exit status still have to go out
 
     def pause_writing(self) -> None:
+        if self._sftp_stream is not None:
+            self._sftp_stream.pause_writing()
+            return
         self._write_paused = True
         for fd in self._outputs:
             self._loop.remove_reader(fd)
 
     def resume_writing(self) -> None:
+        if self._sftp_stream is not None:
+            self._sftp_stream.resume_writing()
+            return
         self._write_paused = False
         for fd, datatype in self._outputs.items():
             self._loop.add_reader(fd, self._on_output, fd, datatype)
@@ -251,7 +467,16 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         ident = ctx.identity
         slave: int | None = None
         try:
-            user_env, home_ok = await asyncio.to_thread(_read_session_files, ident.home)
+            interactive_login = self._command is None and self._term is not None
+            files = await asyncio.to_thread(
+                _read_session_files, ident.home, ctx.config.motd_path if interactive_login else None
+            )
+            home_ok = files.home_ok
+            forwarded: dict[str, str] = {}
+            if self._agent is not None and self._agent.path is not None:
+                forwarded["SSH_AUTH_SOCK"] = self._agent.path
+            if self._x11 is not None:
+                forwarded["DISPLAY"] = self._x11.display
             tty_path: str | None = None
             if self._term is not None:
                 self._master, slave = os.openpty()
@@ -266,7 +491,8 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 term=self._term,
                 tty_path=tty_path,
                 key_env=ctx.key_env(),
-                user_environment=user_env,
+                user_environment=files.environment,
+                forwarded_env=forwarded,
             )
             shell_name = os.path.basename(ident.shell) or "sh"
             argv = (
@@ -278,6 +504,17 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 self._write_stderr(
                     f"Could not chdir to home directory {ident.home}: No such file or directory\r\n"
                 )
+            if self._x11 is not None and self._xauth is not None:
+                problem = await self._x11.write_xauth(
+                    self._xauth, env, str(ident.home) if home_ok else "/"
+                )
+                if problem is not None:
+                    self._write_stderr(problem + ("\r\n" if self._term else "\n"))
+            if files.motd is not None and self._chan is not None and not self._chan.is_closing():
+                # Before the shell runs, so it comes first; straight to the channel (a PTY
+                # buffer could fill up before anyone reads it).
+                with contextlib.suppress(OSError):
+                    self._chan.write(terminal_text(files.motd))
             log.debug(
                 "%s: starting %s (%s)",
                 ctx.label,
@@ -537,3 +774,49 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             )  # a stopped job must see the HUP
         master, self._master = self._master, None
         close_quietly(master)
+        # Forwarding belongs to the session: its agent socket and X11 display go with it
+        # (connections already made through them live on as their own channels).
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            agent.close()
+        x11, self._x11 = self._x11, None
+        if x11 is not None:
+            x11.close()
+        sftp, self._sftp_server = self._sftp_server, None
+        if sftp is not None:
+            sftp.release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            try:
+                self._ctx.on_closed()
+            except Exception:
+                log.exception("%s: session bookkeeping failed", self._ctx.label)
+
+    # ---- sftp subsystem --------------------------------------------------------------------
+
+    async def _run_sftp(self) -> None:
+        """Serve SFTP on this channel until the client closes it (asyncssh speaks the protocol)."""
+        from asyncssh.sftp import run_sftp_server
+
+        ctx = self._ctx
+        chan, stream, server = self._chan, self._sftp_stream, self._sftp_server
+        assert chan is not None and stream is not None and server is not None
+        try:
+            log.debug("%s: sftp session", ctx.label)
+            await run_sftp_server(
+                server, asyncssh.SSHReader(stream, chan), _ExitingWriter(stream, chan), SFTP_VERSION
+            )
+        except asyncio.CancelledError:
+            raise
+        except (asyncio.IncompleteReadError, EOFError):
+            log.debug("%s: sftp client went away before starting", ctx.label)
+            with contextlib.suppress(OSError):
+                chan.exit(0)
+        except Exception:
+            log.exception("%s: sftp session failed", ctx.label)
+        finally:
+            self._cleanup()
+            if not self._closed:
+                chan.close()
