@@ -210,6 +210,10 @@ class _Connection(ConnectionServices):
         log.debug("%s: listening on %s:%d for the client", self.label, host or "*", bound["port"])
         return listener
 
+    def local_path(self, path: str) -> str:
+        """A socket path from the client: relative ones are relative to the home directory."""
+        return path if os.path.isabs(path) else os.path.join(self.server.identity.home, path)
+
     async def listen_unix(self, path: str) -> Listener | bool:
         """streamlocal-forward@openssh.com (-R /path:...): a 0600 socket, removed at the end."""
         conn = self.conn
@@ -218,11 +222,13 @@ class _Connection(ConnectionServices):
         def accept(peer: object) -> Bridge | None:
             return self.inbound(
                 f"forwarded-streamlocal {path}",
+                # the path as the client asked for it: that is how it finds its forward
                 lambda b: conn.create_unix_connection(lambda: b.channel_end, path),
             )
 
         try:
-            listener = await listen_unix(path, accept, on_closed=self.listeners.discard, track_task=self.track)
+            listener = await listen_unix(self.local_path(path), accept, on_closed=self.listeners.discard,
+                                         track_task=self.track)
         except OSError as exc:
             log.info("%s: remote forward of %s refused: %s", self.label, path, exc.strerror or exc)
             return False
@@ -397,7 +403,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
         bridge = self._state.outbound(f"direct-streamlocal to {dest_path}")
 
         async def connect() -> asyncssh.SSHUNIXSession[bytes]:
-            await connect_unix(bridge, dest_path)
+            await connect_unix(bridge, self._state.local_path(dest_path))
             return bridge.channel_end  # type: ignore[return-value]
 
         return connect()
@@ -523,10 +529,14 @@ class BuiltinSSHServer:
             if state.conn is not None:
                 state.conn.abort()  # no-op when already closed; frees channels on error paths
             sock.close()
+            # Owned by the server, so close() waits for it even if this handler is cancelled.
+            teardown = asyncio.get_running_loop().create_task(state.teardown())
+            self._track_task(teardown)
+            interrupted = False
             try:
-                await asyncio.shield(state.teardown())
+                await asyncio.shield(teardown)
             except asyncio.CancelledError:
-                pass  # the shielded teardown still finishes; close() awaits its tasks
+                interrupted = True  # the teardown still finishes (bounded by TEARDOWN_GRACE)
             self._connections.discard(state)
             state.done.set()
             log.info(
@@ -536,6 +546,8 @@ class BuiltinSSHServer:
                 _printable(state.username or "-"),
                 time.monotonic() - state.started,
             )
+            if interrupted:
+                raise asyncio.CancelledError
 
     async def close(self) -> None:
         """End every live connection and session (agent shutdown); idempotent.
