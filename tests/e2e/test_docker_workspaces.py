@@ -297,6 +297,27 @@ def test_home_volume_survives_stop_and_start(world: World) -> None:
     assert r.stdout.splitlines() == ["kept", "systemd"]
 
 
+def test_killed_server_takes_its_agents_along_and_its_containers_back(world: World) -> None:
+    assert _agent_host_pid(world, "slim") is not None
+    world.server.stop(signal.SIGKILL)
+    # The agent's stdin was the server's connection to the engine: it ends with the server.
+    wait_for(lambda: _agent_host_pid(world, "slim") is None, 15, what="the agent to end with its server")
+    assert world.container("slim")["State"]["Running"] is True
+    # Pretend the server's Python changed meanwhile: the running containers mount a runtime
+    # that is not the current one any more, and must be restarted to get it.
+    key = world.server.data_dir / "docker" / "agent-runtime" / "runtime" / "KEY"
+    real = key.read_text()
+    key.write_text("stale\n")
+    try:
+        world.server.start()
+        for name in ("slim", "cvm"):
+            wait_for(lambda: world.ssh_works(name), 60, interval=0.5, what=f"{name} back after kill -9 of the server")
+    finally:
+        key.write_text(real)
+    assert world.server.log().count("it runs an older agent runtime") >= 2
+    assert world.ssh("cvm", "cat ~/survivor").stdout.strip() == "kept"
+
+
 def test_server_restart_stops_containers_and_brings_running_workspaces_back(world: World) -> None:
     world.server.stop()
     for name in ("slim", "cvm", "broken"):

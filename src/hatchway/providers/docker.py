@@ -295,6 +295,13 @@ class DockerProvider(WorkspaceProvider):
             log.info("created container %s for workspace %s/%s", cname, spec.owner, spec.name)
             inspect = await client.container_inspect(cname)
             assert inspect is not None
+        if api.running(inspect) and not await self._runtime_current(client, inspect["Id"], plan):
+            # Started by an earlier server (one that was killed, so it did not stop its containers)
+            # with another agent runtime, which is gone now: a restart mounts the current one.
+            log.info("restarting container %s: it runs an older agent runtime", cname)
+            await client.container_stop(inspect["Id"], api.CVM_STOP_TIMEOUT if spec.cvm else api.PLAIN_STOP_TIMEOUT)
+            inspect = await client.container_inspect(inspect["Id"])
+            assert inspect is not None
         if not api.running(inspect):
             try:
                 await client.container_start(inspect["Id"])
@@ -305,6 +312,13 @@ class DockerProvider(WorkspaceProvider):
         if not api.running(inspect):
             await self._raise_if_stopped(client, inspect["Id"], "the workspace's container stopped at once")
         return inspect
+
+    async def _runtime_current(self, client: DockerClient, ref: str, plan: api.ContainerPlan) -> bool:
+        try:
+            done = await client.exec_run(ref, api.runtime_command("key"), timeout=30)
+        except SetupError:
+            return False
+        return done.exit_code == 0 and done.stdout.strip() == plan.runtime.key
 
     async def _container_logs(self, client: DockerClient, ref: str) -> str:
         try:

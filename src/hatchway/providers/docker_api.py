@@ -182,6 +182,8 @@ class RuntimeMounts:
     stdlib: str
     dynload: str
     paths: tuple[str, ...] = field(default_factory=tuple)  # exactly PATH_SLOTS entries
+    #: Which build ``runtime`` points at (a container started earlier may still mount another).
+    key: str = ""
 
 
 @dataclass(frozen=True)

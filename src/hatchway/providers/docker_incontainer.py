@@ -448,12 +448,15 @@ def _signal_group(pid: int, signo: int) -> None:
 def main(argv: list[str]) -> None:
     try:
         if not argv:
-            raise InContainerError("usage: docker_incontainer init|cvm-init|setup|agent ...")
+            raise InContainerError("usage: docker_incontainer init|cvm-init|setup|agent|key ...")
         command, rest = argv[0], argv[1:]
         if command == "init":
             init()
         elif command == "cvm-init":
             cvm_init()
+        elif command == "key":
+            with open(os.path.join(os.path.dirname(_runtime_argv()[-1]), "KEY")) as fh:
+                print(fh.read().strip(), flush=True)
         elif command == "setup":
             opts = dict(zip(rest[::2], rest[1::2]))
             print(json.dumps(setup(opts["--name"], opts["--home"])), flush=True)

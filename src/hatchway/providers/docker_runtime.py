@@ -207,6 +207,7 @@ def ensure_runtime(base: Path, interp: Interpreter | None = None) -> RuntimeMoun
     return RuntimeMounts(
         runtime=str(base / "runtime"), stdlib=str(base / "stdlib"), dynload=str(base / "dynload"),
         paths=tuple(str(base / f"path{i}") for i in range(PATH_SLOTS)),
+        key=key,
     )
 
 
