@@ -92,6 +92,9 @@ class Engine:
         self.docker("image", "prune", "-f", check=False)  # dangling layers of our builds
 
     def stop(self) -> None:
+        """Stop the dockerd these tests started, unless another run's workspaces still use it."""
+        if self.proc is not None and self.proc.poll() is None and self.ids("container", "hatchway.managed=true"):
+            return
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -128,6 +131,8 @@ def start_engine() -> Engine:
         "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
         "--userland-proxy=false",
     ]
+    if LOG.exists() and LOG.stat().st_size > 8 * 1024 * 1024:
+        LOG.replace(LOG.with_name(LOG.name + ".1"))
     log = open(LOG, "ab")
     offset = log.tell()
     proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
