@@ -192,6 +192,13 @@ def test_cvm_workspace_is_served_by_openssh_under_systemd(world: World) -> None:
     # A value the user adds below the managed section is applied by sshd (PermitUserEnvironment yes).
     assert world.ssh("cvm", "echo MY_OWN=set-by-me >> ~/.ssh/environment").returncode == 0
     assert world.ssh("cvm", 'echo "$MY_OWN"').stdout.strip() == "set-by-me"
+    # systemd got writable cgroups of its own, but neither it nor anything it starts holds
+    # CAP_SYS_ADMIN (dropped from the bounding set before /sbin/init was exec'd).
+    r = world.ssh("cvm", "grep CapBnd /proc/1/status /proc/self/status | cut -f2")
+    assert r.returncode == 0, r.stderr
+    for line in r.stdout.split():
+        assert not int(line, 16) >> 21 & 1, r.stdout
+    assert world.container("cvm")["HostConfig"]["CgroupnsMode"] == "private"
     shown = world.show("cvm")
     assert "OpenSSH" in shown["ssh_server_version"]
     assert shown["diagnostics"] == []
