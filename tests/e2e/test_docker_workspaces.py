@@ -203,7 +203,7 @@ def test_cvm_workspace_is_served_by_openssh_under_systemd(world: World) -> None:
     assert "OpenSSH" in shown["ssh_server_version"]
     assert shown["diagnostics"] == []
     out = world.alice.ok("workspaces", "show", "cvm").out
-    assert f"image:" in out and "(CVM: systemd as PID 1)" in out
+    assert "image:" in out and "(CVM: systemd as PID 1)" in out
     assert "openssh (" in out and "OpenSSH" in out, out
 
 
@@ -318,7 +318,7 @@ def test_killed_server_takes_its_agents_along_and_its_containers_back(world: Wor
     try:
         world.server.start()
         for name in ("slim", "cvm"):
-            wait_for(lambda: world.ssh_works(name), 60, interval=0.5, what=f"{name} back after kill -9 of the server")
+            wait_for(lambda n=name: world.ssh_works(n), 60, interval=0.5, what=f"{name} back after kill -9 of the server")
     finally:
         key.write_text(real)
     assert world.server.log().count("it runs an older agent runtime") >= 2
@@ -332,7 +332,7 @@ def test_server_restart_stops_containers_and_brings_running_workspaces_back(worl
     started = time.monotonic()
     world.server.start()
     for name in ("slim", "cvm"):
-        wait_for(lambda: world.ssh_works(name), 60, interval=0.5, what=f"{name} back after the server restart")
+        wait_for(lambda n=name: world.ssh_works(n), 60, interval=0.5, what=f"{name} back after the server restart")
     world.timings["slim and cvm back after a server restart"] = time.monotonic() - started
     assert world.ssh("cvm", "cat ~/survivor").stdout.strip() == "kept"
 

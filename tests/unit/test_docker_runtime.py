@@ -74,8 +74,9 @@ def test_boot_script_is_valid_python_for_the_bundled_interpreter() -> None:
 def test_current_interpreter_is_found() -> None:
     interp = rt.current_interpreter()
     assert interp.version == f"{sys.version_info[0]}.{sys.version_info[1]}"
-    import hatchway
     from pathlib import Path
+
+    import hatchway
 
     assert str(Path(hatchway.__file__).resolve().parent.parent) == interp.imports[0]
 

@@ -47,7 +47,13 @@ from typing import Any, Protocol
 from hatchway.providers import docker_api as api
 from hatchway.providers import netns as nsutil
 from hatchway.providers import proc
-from hatchway.providers.base import Prepared, RunningAgent, SetupError, WorkspaceProvider, WorkspaceSpec
+from hatchway.providers.base import (
+    Prepared,
+    RunningAgent,
+    SetupError,
+    WorkspaceProvider,
+    WorkspaceSpec,
+)
 from hatchway.providers.docker_client import AttachedExec, DockerClient, EngineError
 from hatchway.providers.docker_runtime import ensure_runtime
 
@@ -104,7 +110,7 @@ class DockerAgent(RunningAgent):
             self.attached.close_stdin()  # the in-container wrapper sends SIGTERM, then SIGKILL
             try:
                 await asyncio.wait_for(asyncio.shield(self._pump), grace + 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("the agent (exec pid %d) did not stop within %.0f s", self.pid, grace + 2)
                 self._pump.cancel()
                 await asyncio.gather(self._pump, return_exceptions=True)

@@ -47,7 +47,7 @@ class ExecResult:
 class AttachedExec:
     """A running exec with its stdin and output attached through an upgraded connection."""
 
-    def __init__(self, client: "DockerClient", exec_id: str, response: httpx.Response, stream: Any) -> None:
+    def __init__(self, client: DockerClient, exec_id: str, response: httpx.Response, stream: Any) -> None:
         self.client = client
         self.exec_id = exec_id
         self._response = response

@@ -458,7 +458,7 @@ def main(argv: list[str]) -> None:
             with open(os.path.join(os.path.dirname(_runtime_argv()[-1]), "KEY")) as fh:
                 print(fh.read().strip(), flush=True)
         elif command == "setup":
-            opts = dict(zip(rest[::2], rest[1::2]))
+            opts = dict(zip(rest[::2], rest[1::2], strict=False))
             print(json.dumps(setup(opts["--name"], opts["--home"])), flush=True)
         elif command == "agent":
             agent(rest)

@@ -40,7 +40,12 @@ from pathlib import Path
 
 import hatchway
 from hatchway.providers.base import SetupError
-from hatchway.providers.docker_api import PATH_SLOTS, RUNTIME_ROOT, STDLIB_DIR, RuntimeMounts
+from hatchway.providers.docker_api import (
+    PATH_SLOTS,
+    RUNTIME_ROOT,
+    STDLIB_DIR,
+    RuntimeMounts,
+)
 
 BOOT_PY = f'''\
 """Started by Hatchway inside a workspace container with the bundled interpreter: puts the
@@ -229,7 +234,7 @@ def _build(build: Path, key: str, interp: Interpreter, sos: list[str]) -> None:
     os.symlink(STDLIB_DIR, tmp / "lib" / f"python{interp.version}")
     (tmp / "boot.py").write_text(BOOT_PY)
     (tmp / "KEY").write_text(key + "\n")
-    for root, dirs, files in os.walk(tmp):
+    for root, _dirs, files in os.walk(tmp):
         os.chmod(root, 0o755)
         for f in files:
             p = os.path.join(root, f)
