@@ -60,6 +60,6 @@ def closed_by_peer(s: socket.socket, within: float) -> bool:
                 return True
         except (ConnectionResetError, BrokenPipeError):
             return True
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
     return False

@@ -74,7 +74,7 @@ class _Server(uvicorn.Server):
         self._settings = settings
         self._extra: set[asyncio.base_events.Server] = set()
 
-    async def add_listener(self, sock: socket.socket) -> "_ExtraListener":
+    async def add_listener(self, sock: socket.socket) -> _ExtraListener:
         """Serve the app on one more bound, listening socket, until the returned handle is closed.
 
         The local provider opens such a socket inside each isolated workspace's network
