@@ -47,13 +47,7 @@ from typing import Any, Protocol
 from hatchway.providers import docker_api as api
 from hatchway.providers import netns as nsutil
 from hatchway.providers import proc
-from hatchway.providers.base import (
-    Prepared,
-    RunningAgent,
-    SetupError,
-    WorkspaceProvider,
-    WorkspaceSpec,
-)
+from hatchway.providers.base import Prepared, RunningAgent, SetupError, WorkspaceProvider, WorkspaceSpec
 from hatchway.providers.docker_client import AttachedExec, DockerClient, EngineError
 from hatchway.providers.docker_runtime import ensure_runtime
 

@@ -40,12 +40,7 @@ from pathlib import Path
 
 import hatchway
 from hatchway.providers.base import SetupError
-from hatchway.providers.docker_api import (
-    PATH_SLOTS,
-    RUNTIME_ROOT,
-    STDLIB_DIR,
-    RuntimeMounts,
-)
+from hatchway.providers.docker_api import PATH_SLOTS, RUNTIME_ROOT, STDLIB_DIR, RuntimeMounts
 
 BOOT_PY = f'''\
 """Started by Hatchway inside a workspace container with the bundled interpreter: puts the
