@@ -18,9 +18,6 @@ REASON = why_cannot_run()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 
 #: Rows that may say "not supported" instead of a number (SFTP on the built-in server, until it has it).
-MAY_BE_UNSUPPORTED = {"sftp.get.hatchway-builtin", "sftp.put.hatchway-builtin"}
-
-
 def expected_keys() -> set[str]:
     paths = ("hatchway-openssh", "hatchway-builtin", "direct")
     keys = set()
@@ -49,8 +46,6 @@ def test_quick_benchmark_produces_every_row(tmp_path: Path) -> None:
     rows = {r["key"]: r for r in data["rows"]}
     assert set(rows) == expected_keys()
     for key, row in rows.items():
-        if key in MAY_BE_UNSUPPORTED and row["status"] == "not supported":
-            continue
         assert row["status"] == "ok", (key, row["status"])
         assert isinstance(row["median"], (int, float)) and math.isfinite(row["median"]), (key, row)
     # Ratios exist wherever a direct baseline does.
