@@ -319,6 +319,25 @@ def test_hatchway_ssh_shortcut(world: World) -> None:
     assert r.stderr.strip() == 'hatchway: no workspace named "nope" is yours; see "hatchway workspaces list"'
 
 
+def test_config_ssh_dry_run_remove_and_user_content(world: World) -> None:
+    user_config = "# mine\r\nHost *\r\n  User someone-else\r\n\r\nHost build\r\n  HostName 127.0.0.1\r\n"
+    path = world.tmp / "user_ssh_config"
+    path.write_bytes(user_config.encode())
+    dry = world.bob.ok("config-ssh", "--ssh-config", str(path), "--dry-run").out
+    assert dry.startswith(f"--- {path}") and "+Host hatchway.dev" in dry
+    assert path.read_bytes() == user_config.encode(), "--dry-run writes nothing"
+    world.bob.ok("config-ssh", "--ssh-config", str(path), "-y")
+    written = path.read_bytes().decode()
+    assert written.index("Host hatchway.dev") < written.index("Host *"), "our block precedes the user's Host *"
+    assert written.endswith(user_config.split("Host *")[1]), "the user's content is kept byte for byte"
+    # The user's `Host * / User someone-else` does not override ours: ssh still gets in.
+    r = subprocess.run(["ssh", "-F", str(path), "-o", "BatchMode=yes", "hatchway.dev", "id -un"],
+                       capture_output=True, text=True, env=world.bob.env(), timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, world.workspace()["os_user"]), r.stderr
+    world.bob.ok("config-ssh", "--ssh-config", str(path), "--remove")
+    assert path.read_bytes() == user_config.encode(), "--remove restores the user's file exactly"
+
+
 def test_deleting_the_workspace_ends_live_sessions(world: World) -> None:
     """Runs last in this module: it deletes the shared workspace."""
     live = world.live_session()
