@@ -26,31 +26,27 @@ def _show(value: str) -> str:
     return repr(shown)
 
 
-def check_workspace_name(name: str) -> str:
-    if not isinstance(name, str) or not WORKSPACE_NAME.fullmatch(name):
-        raise ValueError(
-            f"invalid workspace name {_show(str(name))}: use 1-63 lowercase letters, digits "
-            "and '-', starting and ending with a letter or digit"
-        )
+def _check(name: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
+    if not isinstance(name, str) or not pattern.fullmatch(name):
+        raise ValueError(f"invalid {what} {_show(str(name))}: {rule}")
     return name
+
+
+_DNS_LABEL_RULE = "use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+
+
+def check_workspace_name(name: str) -> str:
+    return _check(name, WORKSPACE_NAME, "workspace name", _DNS_LABEL_RULE)
 
 
 def check_provider_name(name: str) -> str:
-    if not isinstance(name, str) or not PROVIDER_NAME.fullmatch(name):
-        raise ValueError(
-            f"invalid provider name {_show(str(name))}: use 1-63 lowercase letters, digits "
-            "and '-', starting and ending with a letter or digit"
-        )
-    return name
+    return _check(name, PROVIDER_NAME, "provider name", _DNS_LABEL_RULE)
 
 
 def check_username(name: str) -> str:
-    if not isinstance(name, str) or not USERNAME.fullmatch(name):
-        raise ValueError(
-            f"invalid username {_show(str(name))}: use 1-32 characters, lowercase letters, "
-            "digits, '_' and '-', starting with a letter"
-        )
-    return name
+    return _check(
+        name, USERNAME, "username", "use 1-32 characters, lowercase letters, digits, '_' and '-', starting with a letter"
+    )
 
 
 def check_email(email: str) -> str:
