@@ -10,7 +10,10 @@ supervisor does not change.
 from __future__ import annotations
 
 import abc
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class SetupError(Exception):
@@ -105,3 +108,21 @@ class WorkspaceProvider(abc.ABC):
 
     def log_path(self, spec: WorkspaceSpec) -> str | None:
         return None
+
+
+#: An agent log bigger than this is moved to ``<log>.1`` before the next start.
+LOG_MAX_BYTES = 2 * 1024 * 1024
+
+
+def open_agent_log(path: str, label: str) -> int:
+    """Open (rotating once when large) a workspace agent's log for appending, 0600, with a line
+    marking this start; returns the fd. Blocking: call it in a thread."""
+    log = Path(path)
+    try:
+        if log.stat().st_size > LOG_MAX_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+    except FileNotFoundError:
+        pass
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.write(fd, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting the agent of {label}\n".encode())
+    return fd

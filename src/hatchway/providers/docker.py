@@ -47,13 +47,19 @@ from typing import Any, Protocol
 from hatchway.providers import docker_api as api
 from hatchway.providers import netns as nsutil
 from hatchway.providers import proc
-from hatchway.providers.base import Prepared, RunningAgent, SetupError, WorkspaceProvider, WorkspaceSpec
+from hatchway.providers.base import (
+    Prepared,
+    RunningAgent,
+    SetupError,
+    WorkspaceProvider,
+    WorkspaceSpec,
+    open_agent_log,
+)
 from hatchway.providers.docker_client import AttachedExec, DockerClient, EngineError
 from hatchway.providers.docker_runtime import ensure_runtime
 
 log = logging.getLogger("hatchway.providers.docker")
 
-LOG_MAX_BYTES = 2 * 1024 * 1024
 SYSTEMD_BOOT_TIMEOUT = 90.0
 #: "offline" (systemd does not answer) for this long means it is not coming: go on without it.
 SYSTEMD_OFFLINE_TIMEOUT = 15.0
@@ -400,17 +406,7 @@ class DockerProvider(WorkspaceProvider):
     # ---- launch -----------------------------------------------------------------------------------
 
     def _open_log(self, spec: WorkspaceSpec) -> None:
-        path = Path(self.log_path(spec))
-        try:
-            if path.stat().st_size > LOG_MAX_BYTES:
-                os.replace(path, path.with_name(path.name + ".1"))
-        except FileNotFoundError:
-            pass
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting the agent of {spec.owner}/{spec.name}\n".encode())
-        finally:
-            os.close(fd)
+        os.close(open_agent_log(self.log_path(spec), f"{spec.owner}/{spec.name}"))
 
     async def launch(self, spec: WorkspaceSpec, prepared: Prepared, agent_token: str) -> RunningAgent:
         account = self._accounts.get(spec.id)

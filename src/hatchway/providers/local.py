@@ -35,7 +35,6 @@ import shutil
 import signal
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,7 +42,14 @@ from typing import Any, Protocol
 import hatchway
 from hatchway.providers import netns as nsutil
 from hatchway.providers import proc
-from hatchway.providers.base import Prepared, RunningAgent, SetupError, WorkspaceProvider, WorkspaceSpec
+from hatchway.providers.base import (
+    Prepared,
+    RunningAgent,
+    SetupError,
+    WorkspaceProvider,
+    WorkspaceSpec,
+    open_agent_log,
+)
 from hatchway.providers.naming import netns_name, unix_user_candidates, user_marker
 from hatchway.providers.nslaunch import PLAN_ENV, passthrough_plan
 from hatchway.providers.sshd_config import render_sshd_config
@@ -53,7 +59,6 @@ log = logging.getLogger("hatchway.providers.local")
 #: How the server serves one more listening socket (see ``hatchway.server.run``).
 AddListener = Callable[[socket.socket], Awaitable["Closable"]]
 
-LOG_MAX_BYTES = 2 * 1024 * 1024
 SSHD = "/usr/sbin/sshd"
 #: Debian packages providing the tools an isolated workspace needs.
 ROOT_TOOLS = {
@@ -388,15 +393,7 @@ class LocalProvider(WorkspaceProvider):
         ]
 
     def _open_log(self, spec: WorkspaceSpec) -> int:
-        path = Path(self.log_path(spec))
-        try:
-            if path.stat().st_size > LOG_MAX_BYTES:
-                os.replace(path, path.with_name(path.name + ".1"))
-        except FileNotFoundError:
-            pass
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.write(fd, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting the agent of {spec.owner}/{spec.name}\n".encode())
-        return fd
+        return open_agent_log(self.log_path(spec), f"{spec.owner}/{spec.name}")
 
     async def launch(self, spec: WorkspaceSpec, prepared: Prepared, agent_token: str) -> RunningAgent:
         argv = self._agent_argv(spec, prepared)
