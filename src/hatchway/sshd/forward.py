@@ -402,8 +402,14 @@ def bind_tcp(addresses: list[tuple[int, str]], port: int, *, strict: bool = Fals
 async def listen_tcp(addresses: list[tuple[int, str]], port: int, on_accept: AcceptHandler,
                      on_closed: Callable[[Listener], None] | None = None) -> Listener:
     """A TCP listener on ``addresses``; sockets are bound directly (no file system involved)."""
-    loop = asyncio.get_running_loop()
     socks, port = bind_tcp(addresses, port)
+    return await serve_bound(socks, port, on_accept, on_closed)
+
+
+async def serve_bound(socks: list[socket.socket], port: int, on_accept: AcceptHandler,
+                      on_closed: Callable[[Listener], None] | None = None) -> Listener:
+    """Serve already-bound sockets as one Listener; on failure nothing stays open."""
+    loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     try:
         for sock in socks:

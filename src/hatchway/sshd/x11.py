@@ -21,7 +21,7 @@ import shutil
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 
-from hatchway.sshd.forward import Acceptor, Bridge, Listener, bind_tcp, peer_of
+from hatchway.sshd.forward import Bridge, Listener, bind_tcp, peer_of, serve_bound
 
 log = logging.getLogger("hatchway.sshd")
 
@@ -75,7 +75,6 @@ class X11Forward:
 
     async def start(self, offset: int, count: int) -> bool:
         """Listen on the first display number whose port is free on every loopback address."""
-        loop = asyncio.get_running_loop()
         for number in range(offset, offset + count):
             port = X11_BASE_PORT + number
             try:
@@ -86,18 +85,8 @@ class X11Forward:
                     continue
                 log.warning("%s: X11 forwarding: cannot listen on port %d: %s", self.label, port, exc)
                 return False
-            servers: list[asyncio.Server] = []
-            try:
-                for sock in socks:
-                    servers.append(await loop.create_server(lambda: Acceptor(self._accepted), sock=sock))
-            except BaseException:
-                for server in servers:
-                    server.close()
-                for sock in socks[len(servers):]:
-                    sock.close()
-                raise
+            self.listener = await serve_bound(socks, port, self._accepted)
             self.display_number = number
-            self.listener = Listener(servers, port=port)
             log.debug("%s: X11 display %s", self.label, self.display)
             return True
         log.warning("%s: X11 forwarding: no free display in %d..%d", self.label, offset, offset + count - 1)
