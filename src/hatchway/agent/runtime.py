@@ -136,6 +136,11 @@ class Agent:
         self._streams: set[asyncio.Task[None]] = set()
         self._external_connect: bool | None = None
 
+    def _headers_for(self, kind: str) -> dict[str, str]:
+        """Headers of one WebSocket; the User-Agent names the channel (control or stream) so a
+        load balancer's access log, or its routing rules, can tell them apart."""
+        return {**self._headers, "User-Agent": f"hatchway-agent/{__version__} ({kind})"}
+
     # ---- status -----------------------------------------------------------------------------
 
     def status(self) -> protocol.Status:
@@ -305,7 +310,9 @@ class Agent:
         while True:
             delay: float | None = None
             try:
-                async with connect(url, additional_headers=self._headers, ssl=self._ssl, **WS_OPTIONS) as ws:
+                async with connect(
+                    url, additional_headers=self._headers_for("control"), ssl=self._ssl, **WS_OPTIONS
+                ) as ws:
                     if warn.success():
                         log.info("connected to the Hatchway server at %s again", self.config.url)
                     else:
@@ -416,7 +423,7 @@ class Agent:
             try:
                 ws = await connect(
                     protocol.stream_url(self.config.url, stream_id),
-                    additional_headers=self._headers,
+                    additional_headers=self._headers_for("stream"),
                     ssl=self._ssl,
                     **WS_OPTIONS,
                 )
