@@ -28,8 +28,57 @@ class _Hub:
         return self.conn
 
 
+class _Peers:
+    """Other replicas: none holds any agent unless told to."""
+
+    id = "0123456789abcdef"
+
+    def __init__(self, holder: str | None = None, accepts: bool = True) -> None:
+        self.holder, self.accepts = holder, accepts
+        self.dials: list[tuple[str, str, str, str]] = []
+
+    async def agent_replica(self, _workspace_id: str) -> str | None:
+        return self.holder
+
+    async def request_dial(self, relay_url: str, workspace_id: str, stream_id: str, client: str) -> bool:
+        self.dials.append((relay_url, workspace_id, stream_id, client))
+        return self.accepts
+
+
+class _NoAgentHub:
+    def get(self, _workspace_id: str) -> None:
+        return None
+
+
+async def test_a_dial_for_an_agent_held_by_another_replica_goes_there_with_this_replicas_stream_id() -> None:
+    peers = _Peers(holder="http://127.0.0.1:7091")
+    relay = Relay(_NoAgentHub(), peers, dial_timeout_s=30)  # type: ignore[arg-type]
+    task = asyncio.create_task(relay.dial("ws-a", "a", "10.0.0.1 5000", user_id="u1"))
+    while not peers.dials:
+        await asyncio.sleep(0)
+    url, ws_id, stream_id, client = peers.dials[0]
+    assert (url, ws_id, client) == ("http://127.0.0.1:7091", "ws-a", "10.0.0.1 5000")
+    assert stream_id.startswith(peers.id) and len(stream_id) == 48 and int(stream_id, 16) >= 0
+    agent_socket = object()
+    arrived = asyncio.create_task(relay.agent_arrived(stream_id, "ws-a", agent_socket))  # type: ignore[arg-type]
+    got_id, got_socket, release = await task
+    assert (got_id, got_socket) == (stream_id, agent_socket)
+    release.set()
+    assert await arrived is True
+
+
+async def test_a_dial_no_replica_takes_or_no_agent_anywhere_is_refused_with_the_reason() -> None:
+    relay = Relay(_NoAgentHub(), _Peers(holder=None), dial_timeout_s=30)  # type: ignore[arg-type]
+    with pytest.raises(DialError, match='workspace "a" is not reachable: its agent is not connected'):
+        await relay.dial("ws-a", "a", "c")
+    relay = Relay(_NoAgentHub(), _Peers(holder="http://127.0.0.1:7091", accepts=False), dial_timeout_s=30)  # type: ignore[arg-type]
+    with pytest.raises(DialError, match='workspace "a": lost the connection to its agent; try again'):
+        await relay.dial("ws-a", "a", "c")
+    assert relay.pending_count() == 0
+
+
 async def test_pending_streams_are_capped_per_user_and_per_workspace_and_slots_come_back() -> None:
-    relay = Relay(_Hub(), dial_timeout_s=30, max_pending_per_user=3, max_pending_per_workspace=2)  # type: ignore[arg-type]
+    relay = Relay(_Hub(), _Peers(), dial_timeout_s=30, max_pending_per_user=3, max_pending_per_workspace=2)  # type: ignore[arg-type]
     held = [asyncio.create_task(relay.dial("ws-a", "a", "c", user_id=u)) for u in ("u1", "u2")]
     held.append(asyncio.create_task(relay.dial("ws-b", "b", "c", user_id="u1")))
     await asyncio.sleep(0)

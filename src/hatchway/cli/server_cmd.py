@@ -14,6 +14,8 @@ from hatchway.logs import setup_logging
 @click.option("--data-dir", type=click.Path(path_type=Path), help="State directory [env HATCHWAY_DATA_DIR, default ~/.local/share/hatchway].")
 @click.option("--db", "db_url", envvar="HATCHWAY_DB", help="Database URL (sqlite:///… or postgresql://…) [default: SQLite in the data dir].")
 @click.option("--access-url", envvar="HATCHWAY_ACCESS_URL", default="", help="The URL clients and agents use to reach this server.")
+@click.option("--internal-url", envvar="HATCHWAY_INTERNAL_URL", default="",
+              help="The URL other replicas use to reach this one (stream hand-over) [default: the --listen address].")
 @click.option("--handshake-timeout", envvar="HATCHWAY_HANDSHAKE_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds a client gets to send its request headers (and a WebSocket to be accepted).")
 @click.option("--max-handshaking-per-ip", envvar="HATCHWAY_MAX_HANDSHAKING_PER_IP", type=click.IntRange(1), default=64, show_default=True,
@@ -24,7 +26,7 @@ from hatchway.logs import setup_logging
               help="Seconds an SSH connection waits for the workspace's agent to answer.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
 @click.pass_context
-def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str | None, access_url: str, handshake_timeout: float,
+def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str | None, access_url: str, internal_url: str, handshake_timeout: float,
            max_handshaking_per_ip: int, max_pending_streams: int, dial_timeout: float, verbose: bool) -> None:
     """Run the Hatchway control plane (API, web UI, relay)."""
     if ctx.invoked_subcommand is not None:
@@ -45,6 +47,7 @@ def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str |
         listen_host=host,
         listen_port=port,
         access_url=access_url,
+        internal_url=internal_url,
         dial_timeout_s=dial_timeout,
         handshake_timeout_s=handshake_timeout,
         max_handshaking_per_ip=max_handshaking_per_ip,

@@ -11,11 +11,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: PostgreSQL advisory lock key serialising migrations across replicas ("hatchway" in ASCII).
+MIGRATION_LOCK_KEY = 0x6861746368776179
 
 
 def normalize_url(url: str) -> str:
@@ -71,4 +73,8 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together must not run the same migration twice: the first one
+            # takes this lock for its transaction, the others wait and then find nothing to do.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         await conn.run_sync(_upgrade)

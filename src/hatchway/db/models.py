@@ -132,6 +132,8 @@ class Workspace(Base):
     # Container providers (0003): the image it was created from, and systemd as PID 1 (--cvm).
     image: Mapped[str | None] = mapped_column(String(500), nullable=True)
     cvm: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    # The server replica holding the agent's control channel (0004); None when not connected.
+    agent_replica_id: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
 
     owner: Mapped[User] = relationship(lazy="joined")
     provider: Mapped[Provider] = relationship(lazy="joined")
@@ -168,3 +170,20 @@ class SSHConnection(Base):
     bytes_from_workspace: Mapped[int] = mapped_column(BigInteger, default=0)
     result: Mapped[str] = mapped_column(String(20))  # open | closed | refused | failed
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The replica carrying the client's stream (0004): if it dies, others close the row.
+    replica_id: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+
+
+class Replica(Base):
+    """A running ``hatchway server`` process; forgotten by the others when its heartbeat stops.
+
+    ``relay_url`` is how other replicas reach it for stream hand-over; ``secret_check`` lets a
+    new replica notice it was started with a different deployment secret than the others."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    relay_url: Mapped[str] = mapped_column(String(255))
+    secret_check: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -65,12 +65,12 @@ class Supervisor:
         self,
         sessions: async_sessionmaker[AsyncSession],
         hub: Any,
-        relay: Any,
+        broadcast: Any,
         providers: dict[str, WorkspaceProvider],
     ) -> None:
         self._sessions = sessions
-        self._hub = hub
-        self._relay = relay
+        self._hub = hub  # this replica's agents (hatchway.server.hub.AgentHub)
+        self._broadcast = broadcast  # changes for every replica (hatchway.server.broadcast)
         self._providers = providers
         self._units: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -146,8 +146,8 @@ class Supervisor:
             await self._set(ws_id, desired_state="stopped")
             await self._stop_unit(ws_id)
             spec, kind = await self._load(ws_id)
-            await self._relay.end_sessions(workspace_id=ws_id, reason="the workspace was stopped")
-            await self._hub.disconnect(ws_id, "workspace stopped")
+            await self._broadcast.end_sessions(workspace_id=ws_id, reason="the workspace was stopped")
+            await self._broadcast.disconnect_agent(ws_id, "workspace stopped")
             if spec is not None and kind is not None:
                 try:
                     await self._providers[kind].teardown(spec)
@@ -160,7 +160,7 @@ class Supervisor:
         async with self._lock(ws_id):
             await self._set(ws_id, desired_state="running", state="starting", state_reason="restarting")
             await self._stop_unit(ws_id)
-            await self._relay.end_sessions(workspace_id=ws_id, reason="the workspace is restarting")
+            await self._broadcast.end_sessions(workspace_id=ws_id, reason="the workspace is restarting")
             self._spawn(ws_id)
 
     async def delete(self, ws_id: str) -> None:
@@ -213,7 +213,7 @@ class Supervisor:
                     )
                     # The previous agent's connection (if the server has not noticed its death
                     # yet) must not pass for the new one's.
-                    await self._hub.disconnect(ws_id, "agent restarted")
+                    await self._broadcast.disconnect_agent(ws_id, "agent restarted")
                     agent = await provider.launch(spec, prepared, token)
                     del token
                 except SetupError as exc:

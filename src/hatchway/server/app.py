@@ -7,16 +7,20 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from hatchway import __version__
 from hatchway.db.engine import create_engine, migrate, sessionmaker
-from hatchway.db.models import Provider, Workspace
+from hatchway.db.models import Provider
 from hatchway.fileutil import ensure_private_dir
 from hatchway.providers.docker import DockerProvider
 from hatchway.providers.local import LocalProvider, isolation_override
 from hatchway.providers.supervisor import Supervisor
-from hatchway.server.api import agent, audit, keys, providers, ssh, users, workspaces
+from hatchway.server.api import agent, audit, internal, keys, providers, ssh, users, workspaces
+from hatchway.server.broadcast import Broadcast
+from hatchway.server.bus import LocalBus, PostgresBus
+from hatchway.server.cluster import Cluster
 from hatchway.server.context import ServerContext
 from hatchway.server.crypto import SecretBox, load_or_create_deployment_secret
 from hatchway.server.errors import install_error_handlers
@@ -35,7 +39,10 @@ async def ensure_default_provider(ctx: ServerContext) -> None:
     async with ctx.sessions() as db:
         if (await db.execute(select(Provider).where(Provider.name == "local"))).scalar_one_or_none() is None:
             db.add(Provider(name="local", kind="local", external_connect=True, config={}))
-            await db.commit()
+            try:
+                await db.commit()
+            except IntegrityError:  # another replica starting at the same moment made it
+                await db.rollback()
 
 
 async def build_context(settings: Settings) -> ServerContext:
@@ -45,6 +52,11 @@ async def build_context(settings: Settings) -> ServerContext:
     await migrate(engine)
     sessions = sessionmaker(engine)
     hub = AgentHub(sessions, settings.url)
+    cluster = Cluster(sessions, secret, settings.relay_url)
+    bus = PostgresBus(cluster.id, engine) if engine.dialect.name == "postgresql" else LocalBus(cluster.id)
+    relay = Relay(
+        hub, cluster, settings.dial_timeout_s, settings.max_pending_streams_per_user, settings.max_pending_streams_per_workspace
+    )
     ctx = ServerContext(
         settings=settings,
         engine=engine,
@@ -52,19 +64,13 @@ async def build_context(settings: Settings) -> ServerContext:
         box=SecretBox(secret),
         throttle=LoginThrottle(settings.login_failures_allowed, settings.login_failure_window_s),
         hub=hub,
-        relay=Relay(
-            hub, settings.dial_timeout_s, settings.max_pending_streams_per_user, settings.max_pending_streams_per_workspace
-        ),
+        relay=relay,
+        cluster=cluster,
+        bus=bus,
+        broadcast=Broadcast(bus, hub, relay),
     )
     await ensure_default_provider(ctx)
     return ctx
-
-
-async def reset_agent_flags(ctx: ServerContext) -> None:
-    """After a restart no agent is connected to this process yet, whatever the rows say."""
-    async with ctx.sessions() as db:
-        await db.execute(update(Workspace).values(agent_connected=False))
-        await db.commit()
 
 
 def build_supervisor(ctx: ServerContext, add_listener: Any) -> Supervisor:
@@ -72,14 +78,16 @@ def build_supervisor(ctx: ServerContext, add_listener: Any) -> Supervisor:
     s = ctx.settings
     local = LocalProvider(s.data_dir, s.listen_port, s.agent_url, add_listener, isolate=isolation_override())
     docker = DockerProvider(s.data_dir, s.listen_port, add_listener)
-    return Supervisor(ctx.sessions, ctx.hub, ctx.relay, {"local": local, "docker": docker})
+    return Supervisor(ctx.sessions, ctx.hub, ctx.broadcast, {"local": local, "docker": docker})
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = await build_context(settings)
-        await reset_agent_flags(ctx)
+        # SQLite is one process by construction: whatever an earlier run claimed is stale now.
+        await ctx.cluster.join(alone=ctx.engine.dialect.name == "sqlite")
+        await ctx.bus.start()
         app.state.ctx = ctx
         app.state.supervisor = build_supervisor(ctx, getattr(app.state, "add_listener", None))
         await app.state.supervisor.startup()
@@ -88,6 +96,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await app.state.supervisor.shutdown()
             await ctx.hub.close_all("server shutting down")
+            await ctx.bus.close()
+            await ctx.cluster.leave()
             await ctx.engine.dispose()
 
     app = FastAPI(
@@ -99,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for module in (users, keys, providers, workspaces, audit, agent, ssh):
+    for module in (users, keys, providers, workspaces, audit, agent, ssh, internal):
         app.include_router(module.router)
     web.install(app)  # the web UI at / and its static assets at /static
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

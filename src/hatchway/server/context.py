@@ -14,6 +14,9 @@ from hatchway.server.settings import Settings
 from hatchway.server.throttle import LoginThrottle
 
 if TYPE_CHECKING:
+    from hatchway.server.broadcast import Broadcast
+    from hatchway.server.bus import LocalBus
+    from hatchway.server.cluster import Cluster
     from hatchway.server.hub import AgentHub
     from hatchway.server.relay import Relay
 
@@ -27,6 +30,9 @@ class ServerContext:
     throttle: LoginThrottle
     hub: "AgentHub"
     relay: "Relay"
+    cluster: "Cluster"
+    bus: "LocalBus"
+    broadcast: "Broadcast"
 
 
 def get_ctx(request: Request) -> ServerContext:

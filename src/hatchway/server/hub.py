@@ -83,10 +83,10 @@ class AgentHub:
             return True
         return False
 
-    async def disconnect(self, workspace_id: str, reason: str) -> None:
+    async def disconnect(self, workspace_id: str, reason: str, code: str = "closed") -> None:
         conn = self._conns.get(workspace_id)
         if conn is not None:
-            await conn.close(reason)
+            await conn.close(reason, code=code)
 
     async def push_manifests(
         self, *, owner_id: str | None = None, provider_id: str | None = None, workspace_id: str | None = None

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import WebSocket
 
@@ -47,11 +47,27 @@ class _Pending:
     user_id: str = ""
 
 
+class Peers(Protocol):
+    """The other replicas, as the relay needs them (see hatchway.server.cluster.Cluster)."""
+
+    id: str
+
+    async def agent_replica(self, workspace_id: str) -> str | None: ...
+
+    async def request_dial(self, relay_url: str, workspace_id: str, stream_id: str, client: str) -> bool: ...
+
+
 class Relay:
     def __init__(
-        self, hub: AgentHub, dial_timeout_s: float, max_pending_per_user: int = 32, max_pending_per_workspace: int = 32
+        self,
+        hub: AgentHub,
+        peers: Peers,
+        dial_timeout_s: float,
+        max_pending_per_user: int = 32,
+        max_pending_per_workspace: int = 32,
     ) -> None:
         self._hub = hub
+        self._peers = peers
         self._dial_timeout = dial_timeout_s
         self._pending: dict[str, _Pending] = {}
         self._live: dict[str, LiveStream] = {}
@@ -93,21 +109,29 @@ class Relay:
         """Ask the workspace's agent to dial back; returns (stream id, agent socket, release).
 
         The caller must set ``release`` when done with the agent socket, which lets the agent's
-        request handler finish."""
+        request handler finish. The agent's control channel may be held by another replica
+        (asked over HTTP to pass the dial on), and its dial-back may land on any replica (which
+        hands it over here: the stream id starts with this replica's id)."""
         conn = self._hub.get(workspace_id)
-        if conn is None:
+        holder = None if conn is not None else await self._peers.agent_replica(workspace_id)
+        if conn is None and holder is None:
             raise DialError(
                 f'workspace "{workspace_name}" is not reachable: its agent is not connected; '
                 f'start the agent in the workspace (see "hatchway workspaces show {workspace_name}")'
             )
         self._check_pending_caps(workspace_id, workspace_name, user_id)
-        stream_id = secrets.token_hex(16)
+        stream_id = self._peers.id + secrets.token_hex(16)
         pending = _Pending(workspace_id, asyncio.get_running_loop().create_future(), user_id=user_id)
         self._pending[stream_id] = pending
         self._count(self._pending_by_user, user_id, 1)
         self._count(self._pending_by_workspace, workspace_id, 1)
         try:
-            if not await conn.send({"type": "dial", "stream": stream_id, "client": client}):
+            if conn is not None:
+                sent = await conn.send({"type": "dial", "stream": stream_id, "client": client})
+            else:
+                assert holder is not None
+                sent = await self._peers.request_dial(holder, workspace_id, stream_id, client)
+            if not sent:
                 raise DialError(f'workspace "{workspace_name}": lost the connection to its agent; try again')
             try:
                 agent_ws = await asyncio.wait_for(asyncio.shield(pending.arrived), self._dial_timeout)
@@ -124,14 +148,19 @@ class Relay:
                 pending.arrived.cancel()
         return stream_id, agent_ws, pending.released
 
+    def is_waiting(self, stream_id: str, workspace_id: str) -> bool:
+        """Whether a client stream waits for this workspace's agent under ``stream_id``."""
+        pending = self._pending.get(stream_id)
+        return pending is not None and pending.workspace_id == workspace_id and not pending.arrived.done()
+
     async def agent_arrived(self, stream_id: str, workspace_id: str, websocket: WebSocket) -> bool:
         """Hand the agent's data socket to the waiting client stream and hold it until released.
 
         Returns False (and holds nothing) when no such stream waits for this workspace: an agent
         can only answer dials addressed to its own workspace."""
-        pending = self._pending.get(stream_id)
-        if pending is None or pending.workspace_id != workspace_id or pending.arrived.done():
+        if not self.is_waiting(stream_id, workspace_id):
             return False
+        pending = self._pending[stream_id]
         pending.arrived.set_result(websocket)
         await pending.released.wait()
         return True

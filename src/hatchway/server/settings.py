@@ -21,6 +21,7 @@ class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 7080
     access_url: str = ""
+    internal_url: str = ""  # how other replicas reach this one; default: the listen address
     max_body_bytes: int = 1024 * 1024
     login_failures_allowed: int = 5
     login_failure_window_s: float = 300.0
@@ -44,6 +45,11 @@ class Settings:
             host = "::1"
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.listen_port}"
+
+    @property
+    def relay_url(self) -> str:
+        """Where other replicas hand streams over to this one."""
+        return self.internal_url.rstrip("/") if self.internal_url else self.agent_url
 
     @property
     def url(self) -> str:

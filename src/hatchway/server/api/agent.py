@@ -14,6 +14,8 @@ from sqlalchemy import select
 
 from hatchway.db.models import Workspace, utcnow
 from hatchway.server.auth import bearer_token, current_agent, workspace_for_agent_token
+from hatchway.server.cluster import origin_of
+from hatchway.server.handover import hand_over
 from hatchway.server.context import ServerContext, get_ctx, get_ws_ctx
 from hatchway.server.errors import APIError
 from hatchway.server.hub import AgentConnection
@@ -60,11 +62,16 @@ async def _refuse(websocket: WebSocket, exc: APIError) -> None:
 
 
 async def _set_connected(ctx: ServerContext, ws_id: str, connected: bool, report: dict[str, Any] | None = None) -> None:
+    """Record the agent as connected through this replica, or as gone — unless by now it is
+    connected through another replica, whose claim a late disconnect here must not undo."""
     async with ctx.sessions() as db:
         ws = (await db.execute(select(Workspace).where(Workspace.id == ws_id))).scalar_one_or_none()
         if ws is None:
             return
+        if not connected and ws.agent_replica_id not in (None, ctx.cluster.id):
+            return
         ws.agent_connected = connected
+        ws.agent_replica_id = ctx.cluster.id if connected else None
         ws.agent_last_seen = utcnow()
         if report:
             apply_report(ws, report)
@@ -94,6 +101,7 @@ async def control(websocket: WebSocket) -> None:
     conn = AgentConnection(ws_id, websocket)
     await ctx.hub.attach(conn)
     await _set_connected(ctx, ws_id, True)
+    await ctx.broadcast.agent_attached(ws_id)
     log.info("agent of workspace %s connected", ws_name)
     await conn.send({"type": "manifest", "manifest": first_manifest})
     try:
@@ -127,6 +135,15 @@ async def data_stream(websocket: WebSocket, stream_id: str) -> None:
         return
     ws_id = found[0]
     await websocket.accept()
-    if not await ctx.relay.agent_arrived(stream_id, ws_id, websocket):
-        await websocket.send_text(json.dumps({"type": "error", "error": "no such stream", "detail": ""}))
-        await websocket.close(code=4404)
+    origin = origin_of(stream_id)
+    if origin != ctx.cluster.id:  # the client waits on another replica: hand the stream over
+        relay_url = await ctx.cluster.replica_url(origin)
+        if relay_url is not None:
+            url, headers = ctx.cluster.stream_request(relay_url, stream_id, ws_id)
+            log.info("stream %s: dial-back of workspace %s handed over to replica %s", stream_id[16:24], found[1], origin)
+            if await hand_over(websocket, url, headers):
+                return
+    elif await ctx.relay.agent_arrived(stream_id, ws_id, websocket):
+        return
+    await websocket.send_text(json.dumps({"type": "error", "error": "no such stream", "detail": ""}))
+    await websocket.close(code=4404)

@@ -29,6 +29,7 @@ def workspace_fields(w: Workspace) -> dict:
         state_reason=w.state_reason,
         env=dict(w.env or {}),
         agent_connected=w.agent_connected,
+        agent_replica=w.agent_replica_id,
         agent_last_seen=w.agent_last_seen,
         agent_version=w.agent_version,
         os_user=w.os_user,
@@ -68,4 +69,5 @@ def connection_out(c: SSHConnection) -> schemas.ConnectionOut:
         bytes_from_workspace=c.bytes_from_workspace,
         result=c.result,
         reason=c.reason,
+        replica=c.replica_id,
     )

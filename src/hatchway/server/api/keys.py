@@ -49,5 +49,5 @@ async def regenerate(
     record(db, user, "key.regenerate", user.username, client_source(request), old=old, new=user.ssh_key_fingerprint)
     await db.commit()
     # Running agents rewrite authorized_keys now, so the old key stops working everywhere.
-    await ctx.hub.push_manifests(owner_id=user.id)
+    await ctx.broadcast.push_manifests(owner_id=user.id)
     return _key_out(user)

@@ -96,6 +96,6 @@ async def apply_provider_edit(
     await db.commit()
     if "external_connect" in changes:
         if not p.external_connect:
-            await ctx.relay.end_sessions(provider_id=p.id, reason=external_connect_off_message(p.name))
-        await ctx.hub.push_manifests(provider_id=p.id)
+            await ctx.broadcast.end_sessions(provider_id=p.id, reason=external_connect_off_message(p.name))
+        await ctx.broadcast.push_manifests(provider_id=p.id)
     return next(r for r in await provider_rows(db) if r.name == p.name)

@@ -148,6 +148,7 @@ class WorkspaceOut(BaseModel):
     state_reason: str | None
     env: dict[str, str]
     agent_connected: bool
+    agent_replica: str | None = Field(None, description="The server replica holding the agent's control channel.")
     agent_last_seen: datetime | None
     agent_version: str | None
     os_user: str | None
@@ -195,12 +196,14 @@ class ConnectionOut(BaseModel):
     bytes_from_workspace: int
     result: str
     reason: str | None
+    replica: str | None = Field(None, description="The server replica that relayed the client's stream.")
 
 
 class DeploymentOut(BaseModel):
     version: str
     access_url: str
     needs_first_user: bool
+    replica: str = Field(description="The server replica that answered (several may share one database).")
 
 
 class OkOut(BaseModel):

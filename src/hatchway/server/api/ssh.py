@@ -42,7 +42,9 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         log.info("SSH refused: %s", exc)
         await _refuse(websocket, str(exc))
         return
-    log_row = SSHConnection(workspace_name=f"{owner}/{name}" if owner else name, source=source, result="refused")
+    log_row = SSHConnection(
+        workspace_name=f"{owner}/{name}" if owner else name, source=source, result="refused", replica_id=ctx.cluster.id
+    )
     async with ctx.sessions() as db:
         try:
             user: User = await user_for_token(db, bearer_token(websocket.headers))

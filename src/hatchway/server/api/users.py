@@ -44,7 +44,10 @@ async def _user_count(db: AsyncSession) -> int:
 @router.get("/deployment", response_model=schemas.DeploymentOut)
 async def deployment(ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)) -> schemas.DeploymentOut:
     return schemas.DeploymentOut(
-        version=__version__, access_url=ctx.settings.url, needs_first_user=await _user_count(db) == 0
+        version=__version__,
+        access_url=ctx.settings.url,
+        needs_first_user=await _user_count(db) == 0,
+        replica=ctx.cluster.id,
     )
 
 
@@ -158,7 +161,7 @@ async def _set_suspended(
     record(db, sm, "user.suspend" if suspended else "user.activate", user.username, client_source(request))
     await db.commit()
     if suspended:
-        await ctx.relay.end_sessions(user_id=user.id, reason=f'user "{user.username}" was suspended by a site manager')
+        await ctx.broadcast.end_sessions(user_id=user.id, reason=f'user "{user.username}" was suspended by a site manager')
     return user_out(user)
 
 

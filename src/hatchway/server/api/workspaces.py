@@ -174,8 +174,8 @@ async def delete_workspace(
     await db.delete(ws)
     record(db, user, "workspace.delete", label, client_source(request))
     await db.commit()
-    await ctx.relay.end_sessions(workspace_id=ws_id, reason=f'workspace "{label}" was deleted')
-    await ctx.hub.disconnect(ws_id, "workspace deleted")
+    await ctx.broadcast.end_sessions(workspace_id=ws_id, reason=f'workspace "{label}" was deleted')
+    await ctx.broadcast.disconnect_agent(ws_id, "workspace deleted")
     return schemas.OkOut()
 
 
@@ -194,7 +194,7 @@ async def rotate_agent_token(
     record(db, user, "workspace.agent-token", f"{ws.owner.username}/{ws.name}", client_source(request))
     await db.commit()
     # The agent holding the old token is no longer who it says it is.
-    await ctx.hub.disconnect(ws.id, "agent token replaced")
+    await ctx.broadcast.disconnect_agent(ws.id, "agent token replaced")
     return schemas.AgentTokenOut(agent_token=token, agent_command=agent_command(ctx.settings.url, token))
 
 

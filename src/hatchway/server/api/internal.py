@@ -1,0 +1,68 @@
+"""Replica-to-replica endpoints: passing a dial on to an agent, taking a handed-over stream.
+
+Only other replicas may call these: every request is signed with a key derived from the
+deployment secret (hatchway.server.cluster). They are left out of the OpenAPI document, and a
+load balancer in front of the replicas should not route ``/internal/`` from outside at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, WebSocket
+
+from hatchway.server.cluster import AUTH_HEADER, origin_of
+from hatchway.server.context import get_ctx, get_ws_ctx
+from hatchway.server.errors import APIError
+
+log = logging.getLogger("hatchway.server.internal")
+
+router = APIRouter(prefix="/internal/v1", include_in_schema=False)
+
+DIAL_PATH = "/internal/v1/dial"
+
+
+def _field(body: Any, name: str, limit: int) -> str:
+    value = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
+        raise APIError(400, "bad request", f'"{name}" must be a non-empty string of at most {limit} characters')
+    return value
+
+
+@router.post(DIAL_PATH.removeprefix("/internal/v1"), status_code=204)
+async def dial(request: Request) -> Response:
+    """Send a dial to the agent connected here, for a stream waiting on the calling replica."""
+    ctx = get_ctx(request)
+    sender = ctx.cluster.check(request.headers.get(AUTH_HEADER), DIAL_PATH)
+    if sender is None:
+        raise APIError(401, "unauthorized", "replica-to-replica requests must be signed with the deployment secret")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise APIError(400, "bad request", "the body must be JSON") from None
+    workspace_id, stream, client = _field(body, "workspace_id", 32), _field(body, "stream", 128), _field(body, "client", 100)
+    if origin_of(stream) != sender:
+        raise APIError(400, "bad request", "a replica may only dial for its own streams")
+    conn = ctx.hub.get(workspace_id)
+    if conn is None:
+        raise APIError(404, "not found", "the workspace's agent is not connected to this replica")
+    if not await conn.send({"type": "dial", "stream": stream, "client": client}):
+        raise APIError(502, "agent gone", "lost the connection to the workspace's agent")
+    return Response(status_code=204)
+
+
+@router.websocket("/streams/{stream_id}")
+async def handed_over_stream(websocket: WebSocket, stream_id: str) -> None:
+    """The agent's side of a stream whose dial-back reached another replica."""
+    ctx = get_ws_ctx(websocket)
+    workspace_id = websocket.query_params.get("workspace", "")
+    if ctx.cluster.check(websocket.headers.get(AUTH_HEADER), f"/internal/v1/streams/{stream_id}") is None:
+        await websocket.close(code=4401)  # before accept: the peer sees HTTP 403
+        return
+    if not ctx.relay.is_waiting(stream_id, workspace_id):
+        await websocket.close(code=4404)
+        return
+    await websocket.accept()
+    if not await ctx.relay.agent_arrived(stream_id, workspace_id, websocket):
+        await websocket.close(code=4404)

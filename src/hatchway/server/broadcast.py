@@ -1,0 +1,70 @@
+"""Changes that must take effect on every replica, whichever one a site manager talked to.
+
+Each method applies the change on this replica at once and tells the others over the bus; the
+handlers here apply the others' changes. Callers never touch the relay or the hub directly for
+these, so a single-process deployment and a fleet of replicas run the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hatchway.server.bus import LocalBus
+from hatchway.server.hub import GOODBYE_REPLACED, AgentHub
+from hatchway.server.relay import Relay
+
+
+class Broadcast:
+    def __init__(self, bus: LocalBus, hub: AgentHub, relay: Relay) -> None:
+        self._bus, self._hub, self._relay = bus, hub, relay
+        bus.subscribe("end_sessions", self._on_end_sessions)
+        bus.subscribe("push_manifests", self._on_push_manifests)
+        bus.subscribe("disconnect_agent", self._on_disconnect_agent)
+        bus.subscribe("agent_attached", self._on_agent_attached)
+
+    async def end_sessions(
+        self, *, reason: str, user_id: str | None = None, provider_id: str | None = None, workspace_id: str | None = None
+    ) -> None:
+        """End every live SSH stream matching all the given criteria, on every replica."""
+        await self._bus.publish(
+            "end_sessions", reason=reason, user_id=user_id, provider_id=provider_id, workspace_id=workspace_id
+        )
+
+    async def push_manifests(
+        self, *, owner_id: str | None = None, provider_id: str | None = None, workspace_id: str | None = None
+    ) -> None:
+        """Send fresh manifests to the agents concerned, wherever they are connected."""
+        await self._bus.publish("push_manifests", owner_id=owner_id, provider_id=provider_id, workspace_id=workspace_id)
+
+    async def disconnect_agent(self, workspace_id: str, reason: str) -> None:
+        await self._bus.publish("disconnect_agent", workspace_id=workspace_id, reason=reason)
+
+    async def agent_attached(self, workspace_id: str) -> None:
+        """An agent connected here: any other replica still holding an older control channel
+        of the same workspace (a peer that has not noticed it died) lets it go."""
+        await self._bus.publish("agent_attached", workspace_id=workspace_id)
+
+    # ---- applying them ----------------------------------------------------------------------
+
+    async def _on_end_sessions(self, e: dict[str, Any]) -> None:
+        await self._relay.end_sessions(
+            reason=str(e.get("reason") or "ended by a site manager"),
+            user_id=e.get("user_id"),
+            provider_id=e.get("provider_id"),
+            workspace_id=e.get("workspace_id"),
+        )
+
+    async def _on_push_manifests(self, e: dict[str, Any]) -> None:
+        await self._hub.push_manifests(
+            owner_id=e.get("owner_id"), provider_id=e.get("provider_id"), workspace_id=e.get("workspace_id")
+        )
+
+    async def _on_disconnect_agent(self, e: dict[str, Any]) -> None:
+        if isinstance(e.get("workspace_id"), str):
+            await self._hub.disconnect(e["workspace_id"], str(e.get("reason") or "disconnected"))
+
+    async def _on_agent_attached(self, e: dict[str, Any]) -> None:
+        if e["origin"] != self._bus.origin and isinstance(e.get("workspace_id"), str):
+            await self._hub.disconnect(
+                e["workspace_id"], "replaced by a newer connection of the same agent", code=GOODBYE_REPLACED
+            )

@@ -1,0 +1,221 @@
+"""This replica among the others: its registration, heartbeat, and how replicas reach each other.
+
+Every server process registers a row in ``replicas`` (id, the URL other replicas use to hand
+streams over, heartbeat) and refreshes it every second. Each replica also forgets the ones whose
+heartbeat stopped: their row goes, and so does everything claiming them (agents marked as
+connected through them, SSH connections shown as open on them). With SQLite there is just one
+replica, and the same bookkeeping closes what a crashed previous run left open.
+
+Replica-to-replica requests carry a signature made with a key derived from the deployment
+secret (which every replica must share), over the sender, a timestamp and the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hatchway.db.models import Replica, SSHConnection, Workspace, utcnow
+
+log = logging.getLogger("hatchway.server.cluster")
+
+HEARTBEAT_S = 1.0
+#: A replica whose heartbeat is older than this is gone (a few missed beats, not one slow one).
+FORGET_AFTER_S = 4.0
+#: How far a signed request's timestamp may be from ours (clocks must be NTP-synchronised).
+SIGNATURE_WINDOW_S = 30
+AUTH_HEADER = "X-Hatchway-Replica"
+REPLICA_ID_LEN = 16
+LOST_REPLICA_REASON = "the Hatchway server process relaying it stopped"
+
+
+class ClusterError(Exception):
+    """This replica cannot join the others; the message says what to fix."""
+
+
+def derive_key(deployment_secret: bytes, purpose: bytes) -> bytes:
+    return hmac.new(deployment_secret, b"hatchway/" + purpose, hashlib.sha256).digest()
+
+
+def sign(key: bytes, replica_id: str, path: str, now: float | None = None) -> str:
+    """The value of :data:`AUTH_HEADER` for a request from ``replica_id`` to ``path``."""
+    ts = str(int(time.time() if now is None else now))
+    mac = hmac.new(key, f"{replica_id}\n{ts}\n{path}".encode(), hashlib.sha256).hexdigest()
+    return f"{replica_id}.{ts}.{mac}"
+
+
+def verify(key: bytes, header: str | None, path: str, now: float | None = None) -> str | None:
+    """The sending replica's id when ``header`` is a fresh, valid signature for ``path``."""
+    if not header:
+        return None
+    parts = header.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    replica_id, ts, mac = parts
+    if abs((time.time() if now is None else now) - int(ts)) > SIGNATURE_WINDOW_S:
+        return None
+    want = hmac.new(key, f"{replica_id}\n{ts}\n{path}".encode(), hashlib.sha256).hexdigest()
+    return replica_id if hmac.compare_digest(want, mac) else None
+
+
+def origin_of(stream_id: str) -> str:
+    """Stream ids start with the id of the replica where the client waits."""
+    return stream_id[:REPLICA_ID_LEN]
+
+
+class Cluster:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], deployment_secret: bytes, relay_url: str) -> None:
+        self.id = secrets.token_hex(REPLICA_ID_LEN // 2)
+        self.relay_url = relay_url.rstrip("/")
+        self._sessions = sessions
+        self._key = derive_key(deployment_secret, b"replica-relay/v1")
+        self._secret_check = derive_key(deployment_secret, b"replica-check/v1").hex()
+        self._http: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- membership -------------------------------------------------------------------------
+
+    async def join(self, alone: bool = False) -> None:
+        """Forget replicas that are gone, check the secret matches the live ones, register.
+
+        ``alone`` (SQLite: one process by construction) forgets every earlier registration at
+        once, so what a crashed predecessor claimed is cleared before the first request."""
+        await self.forget_dead()
+        async with self._sessions() as db:
+            rows = (await db.execute(select(Replica))).scalars().all()
+        # A row with our own address is a predecessor that died without deregistering.
+        stale = [r.id for r in rows if alone or r.relay_url == self.relay_url]
+        await self._forget(stale, unclaimed=True)
+        others = [r for r in rows if r.id not in stale]
+        async with self._sessions() as db:
+            mismatched = [r for r in others if not hmac.compare_digest(r.secret_check, self._secret_check)]
+            if mismatched:
+                raise ClusterError(
+                    f"this server's deployment secret differs from the one replica {mismatched[0].id} "
+                    f"({mismatched[0].relay_url}) uses; every replica needs the same secret: copy "
+                    "deployment.secret from a running replica's data dir into this one's"
+                )
+            db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
+            await db.commit()
+        self._http = httpx.AsyncClient(timeout=5.0)
+        self._task = asyncio.create_task(self._heartbeat_forever(), name="replica-heartbeat")
+        log.info("replica %s registered (hand-over address %s; %d other replica(s))", self.id, self.relay_url, len(others))
+
+    async def leave(self) -> None:
+        """Stop beating and remove this replica and its claims at once, not after a timeout."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
+        try:
+            await self._forget([self.id])
+        except Exception as exc:  # the database may be what is going away
+            log.warning("could not deregister replica %s: %s", self.id, exc)
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                async with self._sessions() as db:
+                    n = (await db.execute(
+                        update(Replica).where(Replica.id == self.id).values(heartbeat_at=utcnow())
+                    )).rowcount
+                    if not n:  # forgotten while the database was unreachable: come back
+                        db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
+                    await db.commit()
+                await self.forget_dead()
+            except Exception as exc:
+                log.warning("replica heartbeat failed: %s", exc)
+
+    async def forget_dead(self) -> list[str]:
+        cutoff = utcnow() - timedelta(seconds=FORGET_AFTER_S)
+        async with self._sessions() as db:
+            dead = list((await db.execute(select(Replica.id).where(Replica.heartbeat_at < cutoff))).scalars())
+        if dead:
+            await self._forget(dead)
+            log.warning("forgot stopped replica(s) %s and what they held", ", ".join(dead))
+        return dead
+
+    async def _forget(self, ids: list[str], unclaimed: bool = False) -> None:
+        """Remove replicas ``ids`` and what they claimed; ``unclaimed`` also clears claims that
+        name no replica (written before replicas were tracked; never by a live replica)."""
+        agent_held = Workspace.agent_replica_id.in_(ids)
+        stream_held = SSHConnection.replica_id.in_(ids)
+        if unclaimed:
+            agent_held = or_(agent_held, Workspace.agent_replica_id.is_(None))
+            stream_held = or_(stream_held, SSHConnection.replica_id.is_(None))
+        async with self._sessions() as db:
+            await db.execute(
+                update(Workspace)
+                .where(agent_held, Workspace.agent_connected.is_(True))
+                .values(agent_connected=False, agent_replica_id=None)
+            )
+            await db.execute(
+                update(SSHConnection)
+                .where(stream_held, SSHConnection.result == "open", SSHConnection.ended_at.is_(None))
+                .values(ended_at=utcnow(), result="failed", reason=LOST_REPLICA_REASON)
+            )
+            await db.execute(delete(Replica).where(Replica.id.in_(ids)))
+            await db.commit()
+
+    # ---- finding each other -----------------------------------------------------------------
+
+    async def replica_url(self, replica_id: str) -> str | None:
+        """Hand-over URL of a live replica other than this one."""
+        if replica_id == self.id:
+            return None
+        cutoff = utcnow() - timedelta(seconds=FORGET_AFTER_S)
+        async with self._sessions() as db:
+            return (await db.execute(
+                select(Replica.relay_url).where(Replica.id == replica_id, Replica.heartbeat_at >= cutoff)
+            )).scalar_one_or_none()
+
+    async def agent_replica(self, workspace_id: str) -> str | None:
+        """Hand-over URL of the other live replica holding this workspace's agent, if any."""
+        async with self._sessions() as db:
+            rid = (await db.execute(
+                select(Workspace.agent_replica_id).where(Workspace.id == workspace_id, Workspace.agent_connected.is_(True))
+            )).scalar_one_or_none()
+        return await self.replica_url(rid) if rid else None
+
+    # ---- signed replica-to-replica requests -------------------------------------------------
+
+    def auth_header(self, path: str) -> dict[str, str]:
+        return {AUTH_HEADER: sign(self._key, self.id, path)}
+
+    def check(self, header: str | None, path: str) -> str | None:
+        return verify(self._key, header, path)
+
+    async def request_dial(self, relay_url: str, workspace_id: str, stream_id: str, client: str) -> bool:
+        """Ask the replica holding the agent to send it a dial; True when it did."""
+        assert self._http is not None, "join() first"
+        path = "/internal/v1/dial"
+        try:
+            r = await self._http.post(
+                relay_url + path,
+                json={"workspace_id": workspace_id, "stream": stream_id, "client": client},
+                headers=self.auth_header(path),
+            )
+        except httpx.HTTPError as exc:
+            log.warning("replica at %s did not take the dial for stream %s: %s", relay_url, stream_id[:24], exc)
+            return False
+        if r.status_code != 204:
+            log.info("replica at %s refused the dial for stream %s: HTTP %d", relay_url, stream_id[:24], r.status_code)
+        return r.status_code == 204
+
+    def stream_request(self, relay_url: str, stream_id: str, workspace_id: str) -> tuple[str, dict[str, Any]]:
+        """URL and headers of the WebSocket that hands an agent's data stream to its origin."""
+        path = f"/internal/v1/streams/{stream_id}"
+        base = relay_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        return f"{base}{path}?workspace={workspace_id}", self.auth_header(path)
