@@ -251,6 +251,17 @@ def test_other_users_and_unknown_workspaces_are_refused(world: World) -> None:
     assert r.stderr.strip() == 'hatchway: no workspace named "dev" is yours; see "hatchway workspaces list"'
 
 
+def test_proxy_through_the_websockets_library_when_a_proxy_is_configured(world: World) -> None:
+    """``hatchway proxy`` relays plain ws:// itself; with a proxy in the environment it hands the
+    stream to the websockets library, which honours it (no_proxy sends it direct here)."""
+    env = {**world.bob.env(), "https_proxy": "http://127.0.0.1:9", "no_proxy": "127.0.0.1,localhost"}
+    argv = ["ssh", "-F", str(world.ssh_config), "-o", "BatchMode=yes", "hatchway.dev"]
+    down = subprocess.run([*argv, "head -c 300000 /dev/zero"], capture_output=True, timeout=60, env=env)
+    assert down.returncode == 0 and len(down.stdout) == 300000, down.stderr
+    up = subprocess.run([*argv, "wc -c"], input=b"x" * 300000, capture_output=True, timeout=60, env=env)
+    assert up.stdout.strip() == b"300000", up.stderr
+
+
 def test_suspended_user_is_refused_and_live_session_ends(world: World) -> None:
     live = world.live_session()
     try:

@@ -1,36 +1,60 @@
 """``hatchway proxy WORKSPACE``: the ProxyCommand ssh runs for every connection.
 
 It copies bytes between ssh (stdin/stdout) and one WebSocket to the server, and nothing else
-may ever reach stdout. It imports only what it needs (no HTTP client, no Rich), because its
-start-up time is part of every ``ssh`` a developer types.
+may ever reach stdout. Its start-up time is part of every ``ssh`` a developer types, so it is
+dispatched by :func:`fast_main` before click is imported (``hatchway.cli.main``; the click
+command for ``--help`` lives in ``hatchway.cli.proxy_cmd``), and a plain ``ws://`` server is
+reached without asyncio or the websockets package (together about 60 % of the start-up): a
+minimal RFC 6455 client on a blocking socket, one thread per direction. ``wss://`` and HTTP
+proxies from the environment go through the websockets library (``hatchway.cli.proxy_ws``).
+
+The client side of RFC 6455 needed here is small: the upgrade request and the check of
+``Sec-WebSocket-Accept``; masked binary frames up (one per read of stdin, at most
+:data:`CHUNK`); binary frames down, streamed to stdout as they arrive, without being assembled;
+text frames (the server's refusals, assembled); ping answered with pong; close answered and
+ending the relay. No extension is offered, so none may be used.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import contextlib
 import fcntl
-import json
+import hashlib
 import os
+import socket
 import stat
 import sys
-from pathlib import Path
-from typing import Any
+import threading
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import click
-
+from hatchway import __version__
 from hatchway.cli.session import NotLoggedIn, config_dir, load_session
 
 CHUNK = 256 * 1024
 MAX_FRAME = 4 * 1024 * 1024
 EOF_GRACE_S = 5.0
+OPEN_TIMEOUT_S = 30.0
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1024 * 1024
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_RESPONSE_HEAD = 64 * 1024
+PROXY_ENV = ("ws_proxy", "wss_proxy", "http_proxy", "https_proxy", "all_proxy", "socks_proxy")
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class Refused(Exception):
     """The server refused or ended the stream; the message is for the user."""
+
+
+class ProtocolError(Exception):
+    """The server broke RFC 6455; the relay ends (close code in ``code``)."""
+
+    def __init__(self, message: str, code: int = 1002) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def stream_url(base: str, workspace: str) -> str:
@@ -47,7 +71,10 @@ def stream_url(base: str, workspace: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, query, ""))
 
 
-def _message(text: str) -> str:
+def message_text(text: str) -> str:
+    """The user-facing part of a refusal the server sent as a text frame."""
+    import json
+
     try:
         data = json.loads(text)
         return str(data.get("error") or text)
@@ -55,132 +82,349 @@ def _message(text: str) -> str:
         return text
 
 
-def _pollable(fd: int) -> bool:
-    """Pipes and sockets (what ssh gives a ProxyCommand) go through the event loop; files,
-    terminals and /dev/null cannot be polled reliably, so those are served from a thread."""
+def uses_library(url: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """True when the websockets library must carry the stream: TLS, or a proxy configured in
+    the environment (websockets honours those; the minimal client does not)."""
+    if not url.startswith("ws://"):
+        return True
+    return any(environ.get(name) or environ.get(name.upper()) for name in PROXY_ENV)
+
+
+# ---- frames ------------------------------------------------------------------------------------
+
+
+def _load_apply_mask() -> Callable[[bytes, bytes], bytes]:
+    """websockets' C ``apply_mask`` (about 35 times faster than any pure-Python XOR), loaded by
+    itself: importing it the usual way runs the websockets package's ``__init__`` and its
+    ``importlib.metadata``, which costs more than the whole rest of the proxy's start."""
+    with contextlib.suppress(Exception):
+        from importlib.machinery import PathFinder
+        from importlib.util import module_from_spec
+
+        package = PathFinder.find_spec("websockets")
+        if package is not None and package.submodule_search_locations:
+            spec = PathFinder.find_spec("websockets.speedups", list(package.submodule_search_locations))
+            if spec is not None and spec.loader is not None:
+                module = module_from_spec(spec)
+                spec.loader.exec_module(module)
+                return module.apply_mask  # type: ignore[no-any-return]
     try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+        from websockets.speedups import apply_mask
+    except ImportError:  # no C speedups in this build: websockets' pure-Python version
+        from websockets.utils import apply_mask
+    return apply_mask
 
 
-class _Fd:
-    """Non-blocking reads and writes straight on a pipe or socket fd.
-
-    asyncio's pipe transports copy and trim a buffer on every partial write; a bulk transfer
-    through ssh's 64 KiB pipes is mostly that. Writing memoryview slices with os.write and
-    waiting for readiness only when the kernel says so costs one syscall per chunk instead.
-    """
-
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.fd, self.loop = fd, loop
-        os.set_blocking(fd, False)
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            with contextlib.suppress(OSError):  # bigger pipes: fewer wake-ups (capped by the kernel)
-                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-
-    async def _ready(self, add: Any, remove: Any) -> None:
-        fut = self.loop.create_future()
-        add(self.fd, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
-        finally:
-            remove(self.fd)
-
-    async def read(self) -> bytes:
-        while True:
-            try:
-                return os.read(self.fd, CHUNK)
-            except BlockingIOError:
-                await self._ready(self.loop.add_reader, self.loop.remove_reader)
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.fd, view):]
-            except BlockingIOError:
-                await self._ready(self.loop.add_writer, self.loop.remove_writer)
+def frame_header(opcode: int, length: int, mask: bytes) -> bytes:
+    """The header of one final, masked client frame with a payload of ``length`` bytes."""
+    first = 0x80 | opcode
+    if length < 126:
+        head = bytes((first, 0x80 | length))
+    elif length < 1 << 16:
+        head = bytes((first, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((first, 0x80 | 127)) + length.to_bytes(8, "big")
+    return head + mask
 
 
-async def _stdin_to_ws(ws: object, loop: asyncio.AbstractEventLoop) -> None:
-    if _pollable(0):
-        stdin = _Fd(0, loop)
-        while data := await stdin.read():
-            await ws.send(data)  # type: ignore[attr-defined]
-        return
-    while data := await loop.run_in_executor(None, os.read, 0, CHUNK):
-        await ws.send(data)  # type: ignore[attr-defined]
+class _Sender:
+    """Frames sent to the server; a lock keeps the pong and close of the reading side from
+    interleaving with a data frame being written."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.apply_mask: Callable[[bytes, bytes], bytes] | None = None
+        self.closed = False  # a close frame went out: nothing may follow it
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        if self.apply_mask is None:
+            self.apply_mask = _load_apply_mask()
+        mask = os.urandom(4)
+        frame = frame_header(opcode, len(payload), mask) + self.apply_mask(payload, mask)
+        with self.lock:
+            if self.closed:
+                return
+            if opcode == OP_CLOSE:
+                self.closed = True
+            self.sock.sendall(frame)
+
+    def close(self, code: int = 1000) -> None:
+        with contextlib.suppress(OSError):
+            self.send(OP_CLOSE, code.to_bytes(2, "big"))
 
 
-async def _ws_to_stdout(ws: object, loop: asyncio.AbstractEventLoop) -> None:
-    stdout = _Fd(1, loop) if _pollable(1) else None
-    async for message in ws:  # type: ignore[attr-defined]
-        if isinstance(message, str):
-            raise Refused(_message(message))
-        if stdout is not None:
-            await stdout.write(message)
-        else:
-            await loop.run_in_executor(None, _write_all, 1, message)
+class _Receiver:
+    """Bytes from the server through one reused buffer; payloads are handed out as views."""
+
+    def __init__(self, sock: socket.socket, initial: bytes) -> None:
+        self.sock = sock
+        self.buf = bytearray(max(CHUNK, len(initial)))
+        self.view = memoryview(self.buf)
+        self.buf[: len(initial)] = initial
+        self.start, self.end = 0, len(initial)
+
+    def _fill(self) -> None:
+        if self.start < self.end:
+            return
+        n = self.sock.recv_into(self.view)
+        if not n:
+            raise EOFError
+        self.start, self.end = 0, n
+
+    def chunks(self, n: int):  # type: ignore[no-untyped-def]
+        """Yield the next ``n`` bytes as views (valid until the next call)."""
+        while n:
+            self._fill()
+            k = min(n, self.end - self.start)
+            yield self.view[self.start : self.start + k]
+            self.start += k
+            n -= k
+
+    def exactly(self, n: int) -> bytes:
+        return b"".join(bytes(c) for c in self.chunks(n))
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: memoryview | bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
-async def run_proxy(url: str, token: str, workspace: str) -> None:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidStatus
+def relay_down(rx: _Receiver, tx: _Sender, out_fd: int) -> None:
+    """Server → stdout until the server closes the stream; :class:`Refused` for a text
+    message (what the server says when it refuses or ends a connection)."""
+    text: bytearray | None = None  # a text message being assembled
+    continuing = 0  # opcode of the fragmented message in progress
+    while True:
+        b0, b1 = rx.exactly(2)
+        fin, opcode, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
+        if b0 & 0x70:
+            raise ProtocolError("reserved bits set (no extension was negotiated)")
+        if b1 & 0x80:
+            raise ProtocolError("the server masked a frame")
+        if length == 126:
+            length = int.from_bytes(rx.exactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(rx.exactly(8), "big")
+        if opcode >= OP_CLOSE:
+            if length > 125 or not fin:
+                raise ProtocolError("invalid control frame")
+            payload = rx.exactly(length)
+            if opcode == OP_PING:
+                tx.send(OP_PONG, payload)
+            elif opcode == OP_CLOSE:
+                tx.close(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000)
+                if text is not None and continuing == OP_TEXT:
+                    raise Refused(message_text(text.decode(errors="replace")))
+                return
+            elif opcode != OP_PONG:
+                raise ProtocolError(f"unknown opcode {opcode}")
+            continue
+        if length > MAX_FRAME:
+            raise ProtocolError(f"a frame of {length} bytes (at most {MAX_FRAME})", 1009)
+        if opcode == OP_CONT:
+            if not continuing:
+                raise ProtocolError("continuation without a message")
+            opcode = continuing
+        elif continuing:
+            raise ProtocolError("a new message inside a fragmented one")
+        elif opcode not in (OP_TEXT, OP_BINARY):
+            raise ProtocolError(f"unknown opcode {opcode}")
+        continuing = 0 if fin else opcode
+        if opcode == OP_BINARY:
+            for chunk in rx.chunks(length):
+                _write_all(out_fd, chunk)
+            continue
+        if text is None:
+            text = bytearray()
+        text += rx.exactly(length)
+        if len(text) > MAX_FRAME:
+            raise ProtocolError("text message too long", 1009)
+        if fin:  # text frames carry no SSH bytes: only refusals
+            raise Refused(message_text(text.decode(errors="replace")))
 
-    loop = asyncio.get_running_loop()
+
+def relay_up(in_fd: int, tx: _Sender) -> None:
+    """stdin → server, one masked binary frame per read, until EOF."""
+    while data := os.read(in_fd, CHUNK):
+        tx.send(OP_BINARY, data)
+
+
+# ---- the connection ----------------------------------------------------------------------------
+
+
+def _open(url: str, token: str, shown: str, timeout: float = OPEN_TIMEOUT_S) -> tuple[socket.socket, bytes]:
+    """Connect to the ``ws://`` URL and upgrade; returns the socket (blocking, no timeout) and
+    any frame bytes that arrived with the response. ``shown`` is the server's URL in messages."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = parts.netloc.rpartition("@")[2]
     try:
-        ws = await connect(
-            stream_url(url, workspace),
-            additional_headers={"Authorization": f"Bearer {token}"},
-            compression=None,
-            max_size=MAX_FRAME,
-            ping_interval=None,  # ssh's own keepalives cover liveness
-            open_timeout=30,
-            write_limit=CHUNK,
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise Refused(f"cannot reach the Hatchway server at {shown}: {exc}") from None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16))
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token}\r\nUser-Agent: hatchway-proxy/{__version__}\r\n\r\n"
         )
-    except InvalidStatus as exc:
-        raise Refused(f"the server at {url} refused the connection (HTTP {exc.response.status_code})") from None
-    except (OSError, asyncio.TimeoutError) as exc:
-        raise Refused(f"cannot reach the Hatchway server at {url}: {exc}") from None
-    async with ws:
-        up = asyncio.create_task(_stdin_to_ws(ws, loop))
-        down = asyncio.create_task(_ws_to_stdout(ws, loop))
-        # Either side ending ends the connection: ssh closing our stdin means it is finished,
-        # the server closing the stream means the workspace side is gone.
-        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-        if up in done and not down.done():
-            # Our input ended first: give the server a moment to finish what it is saying
-            # (a refusal, the tail of the stream). ssh itself ends us with SIGHUP when it exits.
-            await asyncio.wait({down}, timeout=EOF_GRACE_S)
-        for t in (up, down):
-            t.cancel()
-        for result in await asyncio.gather(up, down, return_exceptions=True):
-            if isinstance(result, Refused):
-                raise result
+        sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            if len(head) > MAX_RESPONSE_HEAD:
+                raise Refused(f"the server at {shown} sent an oversized response")
+            data = sock.recv(65536)
+            if not data:
+                raise Refused(f"the server at {shown} closed the connection during the WebSocket handshake")
+            head += data
+        head, _, rest = head.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        fields = status_line.split(" ", 2)
+        status = int(fields[1]) if len(fields) >= 2 and fields[1].isdigit() else 0
+        if status != 101:
+            raise Refused(f"the server at {shown} refused the connection (HTTP {status})")
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        expected = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
+        if (
+            headers.get("upgrade", "").lower() != "websocket"
+            or "upgrade" not in headers.get("connection", "").lower()
+            or headers.get("sec-websocket-accept") != expected
+            or headers.get("sec-websocket-extensions")
+        ):
+            raise Refused(f"the server at {shown} answered with an invalid WebSocket handshake")
+        sock.settimeout(None)
+        return sock, rest
+    except TimeoutError:
+        sock.close()
+        raise Refused(f"cannot reach the Hatchway server at {shown}: timed out during the WebSocket handshake") from None
+    except OSError as exc:
+        sock.close()
+        raise Refused(f"cannot reach the Hatchway server at {shown}: {exc}") from None
+    except BaseException:
+        sock.close()
+        raise
 
 
-@click.command()
-@click.argument("workspace")
-@click.option("--config-dir", "config_path", type=click.Path(path_type=Path), help="Where the login is stored [env HATCHWAY_CONFIG_DIR].")
-def proxy(workspace: str, config_path: Path | None) -> None:
-    """Relay one SSH connection to WORKSPACE (used as ssh's ProxyCommand)."""
+def _bigger_pipe(fd: int) -> None:
+    """Bigger pipes: fewer wake-ups per MiB (capped by the kernel's pipe-max-size)."""
+    with contextlib.suppress(OSError):
+        os.set_blocking(fd, True)  # each direction has a thread of its own that may block
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+
+
+def run_threads(url: str, token: str, workspace: str, in_fd: int = 0, out_fd: int = 1) -> None:
+    """Relay ssh's stdin/stdout over the plain ``ws://`` stream of ``workspace``.
+
+    The calling thread copies server → stdout; a daemon thread copies stdin → server. Either
+    side ending ends the relay: ssh closing our stdin means it is finished (the server gets
+    :data:`EOF_GRACE_S` to finish what it is saying: a refusal, the tail of the stream; ssh
+    itself ends us with SIGHUP when it exits), and
+    the server closing the stream means the workspace side is gone. The socket is closed on
+    every path; the daemon thread, if still blocked reading stdin, ends with the process.
+    """
+    for fd in (in_fd, out_fd):
+        _bigger_pipe(fd)
+    sock, initial = _open(stream_url(url, workspace), token, url)
+    tx = _Sender(sock)
+    up_done = threading.Event()
+    down_done = threading.Event()
+
+    def up() -> None:
+        try:
+            relay_up(in_fd, tx)
+        except OSError:
+            pass  # the server side is gone, or stdin broke: the reading side ends too
+        finally:
+            up_done.set()
+        # Not closing at once: a server still deciding (a refusal on its way) would drop it.
+        if not down_done.wait(EOF_GRACE_S):
+            tx.close()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the reading side
+
+    sender = threading.Thread(target=up, name="stdin-to-server", daemon=True)
+    sender.start()
+    try:
+        relay_down(_Receiver(sock, initial), tx, out_fd)
+    except ProtocolError as exc:
+        tx.close(exc.code)
+        raise Refused(f"the server broke the WebSocket protocol: {exc}") from None
+    except (EOFError, OSError):
+        pass  # the stream ended without a close frame, or stdout is gone: ssh sees the end
+    finally:
+        down_done.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        if up_done.is_set():
+            sender.join()
+        sock.close()
+
+
+def relay(workspace: str, config_path: str | os.PathLike[str] | None) -> int:
+    """Run the proxy for WORKSPACE; returns the exit status (messages go to stderr)."""
     try:
         session = load_session(config_dir(config_path))
     except NotLoggedIn as exc:
-        click.echo(f"hatchway: {exc}", err=True)
-        sys.exit(1)
+        print(f"hatchway: {exc}", file=sys.stderr)
+        return 1
     try:
-        asyncio.run(run_proxy(session.url, session.token, workspace))
+        if uses_library(stream_url(session.url, workspace)):
+            import asyncio
+
+            from hatchway.cli.proxy_ws import run_proxy
+
+            asyncio.run(run_proxy(session.url, session.token, workspace))
+        else:
+            run_threads(session.url, session.token, workspace)
     except Refused as exc:
-        click.echo(f"hatchway: {exc}", err=True)
-        sys.exit(1)
+        print(f"hatchway: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
+    return 0
+
+
+def parse_argv(argv: list[str]) -> tuple[str, str | None] | None:
+    """(workspace, config dir) from the arguments after ``proxy``, for the forms ssh config
+    uses: ``WORKSPACE``, ``--config-dir DIR``/``--config-dir=DIR`` before or after it, and
+    ``--`` before the workspace. Anything else (``--help``, typos, missing or extra arguments)
+    is None: click parses it then, with its usual messages."""
+    workspace: str | None = None
+    config_path: str | None = None
+    args = iter(argv)
+    options = True
+    for arg in args:
+        if options and arg == "--":
+            options = False
+        elif options and arg == "--config-dir" and config_path is None:
+            config_path = next(args, None)
+            if not config_path:
+                return None
+        elif options and arg.startswith("--config-dir=") and config_path is None:
+            config_path = arg.split("=", 1)[1]
+            if not config_path:
+                return None
+        elif options and arg.startswith("-") and arg != "-":
+            return None
+        elif workspace is None:
+            workspace = arg
+        else:
+            return None
+    return (workspace, config_path) if workspace is not None else None
+
+
+def fast_main(argv: list[str]) -> int | None:
+    """``hatchway proxy ARGS`` without click; None when click must parse ARGS instead."""
+    parsed = parse_argv(argv)
+    if parsed is None:
+        return None
+    return relay(*parsed)

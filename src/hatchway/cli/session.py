@@ -10,8 +10,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hatchway.fileutil import atomic_write, ensure_private_dir
-
 SESSION_FILE = "session.json"
 
 
@@ -46,6 +44,11 @@ def load_session(directory: Path | None = None) -> StoredSession:
 
 
 def save_session(session: StoredSession, directory: Path | None = None) -> Path:
+    from hatchway.fileutil import (  # not on the proxy's path
+        atomic_write,
+        ensure_private_dir,
+    )
+
     d = ensure_private_dir(directory or config_dir())
     path = d / SESSION_FILE
     body = json.dumps({"url": session.url, "token": session.token, "username": session.username}, indent=2)

@@ -1,0 +1,265 @@
+"""The minimal WebSocket client of ``hatchway proxy`` (hatchway.cli.proxy), against a server
+played by the test over a socketpair or a loopback listener, checked with websockets' own
+sans-I/O frame parser."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import re
+import socket
+import threading
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from hatchway.cli import proxy
+
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """An unmasked frame as a server sends it."""
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes((first, n))
+    elif n < 1 << 16:
+        head = bytes((first, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def client_frames(data: bytes) -> list[Frame]:
+    """Parse what the client sent (every frame must be masked)."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    frames = []
+    while True:
+        parser = Frame.parse(reader.read_exact, mask=True)
+        try:
+            next(parser)
+        except StopIteration as stop:
+            frames.append(stop.value)
+        except EOFError:
+            return frames
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(65536):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["dev"], ("dev", None)),
+        (["alice/dev"], ("alice/dev", None)),
+        (["--config-dir", "/c", "dev"], ("dev", "/c")),
+        (["dev", "--config-dir=/c"], ("dev", "/c")),
+        (["--", "-odd"], ("-odd", None)),
+        ([], None),
+        (["--help"], None),
+        (["-h"], None),
+        (["dev", "extra"], None),
+        (["--config-dir"], None),
+        (["--config-dir="], None),
+        (["--unknown", "dev"], None),
+    ],
+)
+def test_argv_fast_path_and_fallback_to_click(argv: list[str], expected: tuple[str, str | None] | None) -> None:
+    assert proxy.parse_argv(argv) == expected
+
+
+def test_library_only_for_tls_and_proxies() -> None:
+    assert not proxy.uses_library("ws://127.0.0.1:7080/x", {})
+    assert proxy.uses_library("wss://h/x", {})
+    assert proxy.uses_library("ws://h/x", {"HTTPS_PROXY": "http://p:3128"})
+    assert proxy.uses_library("ws://h/x", {"all_proxy": "socks5://p"})
+    assert not proxy.uses_library("ws://h/x", {"https_proxy": ""})
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 65535, 65536, proxy.CHUNK])
+def test_client_frames_are_masked_and_parse(n: int) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        tx = proxy._Sender(a)
+        payload = os.urandom(n)
+        t = threading.Thread(target=lambda: (tx.send(proxy.OP_BINARY, payload), tx.close(), a.shutdown(socket.SHUT_WR)))
+        t.start()
+        data = recv_all(b)
+        t.join()
+    frames = client_frames(data)
+    assert [(f.opcode, f.data, f.fin) for f in frames] == [
+        (Opcode.BINARY, payload, True),
+        (Opcode.CLOSE, (1000).to_bytes(2, "big"), True),
+    ]
+
+
+def run_down(server_bytes: bytes) -> tuple[bytes, list[Frame], BaseException | None]:
+    """Feed ``server_bytes`` to relay_down; returns (stdout, frames the client sent, error)."""
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(b"".join(iter(lambda: os.read(r, 65536), b""))))
+    reader.start()
+    error: BaseException | None = None
+    with a, b:
+        def feed() -> None:
+            with contextlib.suppress(OSError):  # the client stops reading at an error
+                b.sendall(server_bytes)
+                b.shutdown(socket.SHUT_WR)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        try:
+            proxy.relay_down(proxy._Receiver(a, b""), proxy._Sender(a), w)
+        except (proxy.Refused, proxy.ProtocolError, EOFError) as exc:
+            error = exc
+        finally:
+            os.close(w)
+            a.shutdown(socket.SHUT_RDWR)  # the feeder may still be writing after an error
+        sent = recv_all(b)
+        feeder.join()
+    reader.join()
+    os.close(r)
+    return out[0], client_frames(sent), error
+
+
+def test_binary_frames_stream_to_stdout_ping_is_answered_close_is_echoed() -> None:
+    big = os.urandom(3 * proxy.CHUNK + 17)
+    stream = (
+        server_frame(proxy.OP_BINARY, b"SSH-2.0-x\r\n")
+        + server_frame(proxy.OP_PING, b"hi")
+        + server_frame(proxy.OP_BINARY, big[:1000], fin=False)
+        + server_frame(proxy.OP_CONT, big[1000:])
+        + server_frame(proxy.OP_PONG, b"")
+        + server_frame(proxy.OP_CLOSE, (1001).to_bytes(2, "big") + b"bye")
+        + server_frame(proxy.OP_BINARY, b"after close: never written")
+    )
+    stdout, frames, error = run_down(stream)
+    assert error is None
+    assert stdout == b"SSH-2.0-x\r\n" + big
+    assert [(f.opcode, f.data) for f in frames] == [(Opcode.PONG, b"hi"), (Opcode.CLOSE, (1001).to_bytes(2, "big"))]
+
+
+def test_text_frame_is_the_refusal_message() -> None:
+    refusal = b'{"type": "error", "error": "SSH access is disabled"}'
+    stdout, _, error = run_down(server_frame(proxy.OP_TEXT, refusal[:10], fin=False) + server_frame(proxy.OP_CONT, refusal[10:]))
+    assert stdout == b""
+    assert isinstance(error, proxy.Refused) and str(error) == "SSH access is disabled"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (bytes((0x82, 0x80 | 1)) + b"mask" + b"x", 1002),  # a masked server frame
+        (bytes((0xC2, 1)) + b"x", 1002),  # RSV1 without an extension
+        (bytes((0x83, 0)), 1002),  # reserved opcode
+        (bytes((0x09, 0)), 1002),  # fragmented ping
+        (server_frame(proxy.OP_CONT, b"x"), 1002),  # continuation of nothing
+        (bytes((0x82, 127)) + (proxy.MAX_FRAME + 1).to_bytes(8, "big"), 1009),
+    ],
+)
+def test_protocol_errors(frame: bytes, code: int) -> None:
+    stdout, _, error = run_down(frame)
+    assert stdout == b""
+    assert isinstance(error, proxy.ProtocolError) and error.code == code
+
+
+def test_abrupt_end_is_eof() -> None:
+    _, _, error = run_down(server_frame(proxy.OP_BINARY, b"abc")[:3])
+    assert isinstance(error, EOFError)
+
+
+class FakeServer:
+    """One loopback connection answered with a canned handshake response."""
+
+    def __init__(self, respond: callable) -> None:  # type: ignore[valid-type]
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.request = b""
+        self.respond = respond
+        self.thread = threading.Thread(target=self._serve)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            while b"\r\n\r\n" not in self.request:
+                self.request += conn.recv(4096)
+            self.respond(self, conn)
+
+    def key(self) -> bytes:
+        line = next(x for x in self.request.split(b"\r\n") if x.lower().startswith(b"sec-websocket-key:"))
+        return line.split(b":", 1)[1].strip()
+
+    def accept(self, conn: socket.socket, accept_key: bytes | None = None) -> None:
+        key = accept_key or base64.b64encode(hashlib.sha1(self.key() + proxy.GUID).digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + key + b"\r\n\r\n")
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+
+
+def test_handshake_and_a_whole_relay_over_threads() -> None:
+    def respond(srv: FakeServer, conn: socket.socket) -> None:
+        srv.accept(conn)
+        conn.sendall(server_frame(proxy.OP_BINARY, b"banner"))  # may arrive with the 101
+        srv.received = recv_all(conn)  # type: ignore[attr-defined]
+
+    srv = FakeServer(respond)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(in_w, b"hello")
+    os.close(in_w)
+    try:
+        proxy.run_threads(f"http://127.0.0.1:{srv.port}", "hwt_secret", "alice/dev", in_r, out_w)
+    finally:
+        srv.close()
+        os.close(out_w)
+        os.close(in_r)
+    assert os.read(out_r, 100) == b"banner"
+    os.close(out_r)
+    head = srv.request.decode()
+    assert head.startswith("GET /api/v1/workspaces/dev/ssh?owner=alice HTTP/1.1\r\n")
+    assert "Authorization: Bearer hwt_secret\r\n" in head and "Upgrade: websocket\r\n" in head
+    frames = client_frames(srv.received)  # type: ignore[attr-defined]
+    assert [(f.opcode, f.data) for f in frames] == [(Opcode.BINARY, b"hello"), (Opcode.CLOSE, (1000).to_bytes(2, "big"))]
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", "refused the connection (HTTP 403)"),
+        (None, "invalid WebSocket handshake"),
+        (b"", "closed the connection during the WebSocket handshake"),
+    ],
+)
+def test_handshake_refusals(response: bytes | None, message: str) -> None:
+    def respond(srv: FakeServer, conn: socket.socket) -> None:
+        if response is None:
+            srv.accept(conn, accept_key=base64.b64encode(b"wrong" * 4))
+        else:
+            conn.sendall(response)
+
+    srv = FakeServer(respond)
+    try:
+        with pytest.raises(proxy.Refused, match=re.escape(message)):
+            proxy._open(f"ws://127.0.0.1:{srv.port}/x", "t", "http://server")
+    finally:
+        srv.close()
+
+
+def test_unreachable_server() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    with pytest.raises(proxy.Refused, match=re.escape(f"cannot reach the Hatchway server at http://127.0.0.1:{port}")):
+        proxy._open(f"ws://127.0.0.1:{port}/x", "t", f"http://127.0.0.1:{port}")
