@@ -1,16 +1,19 @@
-"""The local provider's pure parts: names, sshd_config, pass-through plan, failure reasons."""
+"""The local provider's pure parts: names, sshd_config, pass-through and cover plans, failure reasons,
+whether user namespaces may be used."""
 
 from __future__ import annotations
 
 import re
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from hatchway.providers import userns
 from hatchway.providers.naming import MAX_UNIX_USER, netns_name, unix_user_candidates
-from hatchway.providers.nslaunch import passthrough_plan
+from hatchway.providers.nslaunch import cover_plan, passthrough_plan
 from hatchway.providers.proc import tail_meaningful_line
 from hatchway.providers.sshd_config import render_sshd_config
 from hatchway.providers.supervisor import describe_exit, restart_delay
@@ -152,3 +155,57 @@ def test_restart_backoff_and_exit_descriptions() -> None:
     assert describe_exit(-9) == "was killed by signal 9"
     assert describe_exit(137) == "was killed by signal 9"
     assert describe_exit(2) == "exited with status 2"
+
+
+# ---- without root: the user-namespace plan and reasons ----------------------------------------
+
+
+def test_cover_keeps_only_the_way_to_the_workspace_and_the_code() -> None:
+    targets = [
+        "/home/u/.local/share/hw/workspaces/abc",
+        "/home/u/app",  # the code: kept whole, its insides not covered
+        "/home/u/app/src/hatchway",
+        "/usr/lib/python3",
+    ]
+    hide = ["/home/u/.local/share/hw", "/home/u/.local/share/hw/workspaces", "/home/u", "/run/user/5"]
+    assert cover_plan(targets, hide, ["/tmp"]) == [
+        ("/tmp", [], 0o1777),
+        ("/home/u", [".local", "app"], 0o711),
+        ("/home/u/.local", ["share"], 0o711),
+        ("/run/user/5", [], 0o711),
+        ("/home/u/.local/share", ["hw"], 0o711),
+        ("/home/u/.local/share/hw", ["workspaces"], 0o711),
+        ("/home/u/.local/share/hw/workspaces", ["abc"], 0o711),
+    ]
+
+
+def test_cover_never_hides_a_target_but_hides_a_data_dir_inside_one() -> None:
+    assert cover_plan(["/srv/code"], ["/srv/code", "/"]) == []
+    assert cover_plan(["/srv/code", "/srv/code/data/workspaces/abc"], ["/srv/code/data"]) == [
+        ("/srv/code/data", ["workspaces"], 0o711),
+        ("/srv/code/data/workspaces", ["abc"], 0o711),
+    ]
+
+
+def _reader(values: dict[str, str]) -> Callable[[str], str | None]:
+    return lambda path: values.get(path)
+
+
+def test_user_namespaces_allowed_unless_a_kernel_switch_says_no() -> None:
+    assert userns.kernel_switches(_reader({})).ok
+    assert userns.kernel_switches(_reader({userns.UNPRIVILEGED_USERNS_CLONE: "1", userns.MAX_USER_NAMESPACES: "15000"})).ok
+    debian = userns.kernel_switches(_reader({userns.UNPRIVILEGED_USERNS_CLONE: "0"}))
+    assert not debian.ok and "kernel.unprivileged_userns_clone = 0" in debian.reason
+    assert "sysctl -w kernel.unprivileged_userns_clone=1" in debian.reason
+    zero = userns.kernel_switches(_reader({userns.MAX_USER_NAMESPACES: "0"}))
+    assert not zero.ok and "user.max_user_namespaces = 0" in zero.reason
+
+
+def test_a_failed_attempt_names_apparmor_when_it_restricts_user_namespaces() -> None:
+    plain = userns.probe_failure("unshare failed: unshare failed: Operation not permitted", _reader({}))
+    assert not plain.ok
+    assert plain.reason == (
+        "creating the workspace's namespaces without root failed (unshare failed: unshare failed: Operation not permitted)"
+    )
+    ubuntu = userns.probe_failure("x", _reader({userns.APPARMOR_RESTRICT: "1"}))
+    assert "kernel.apparmor_restrict_unprivileged_userns = 1" in ubuntu.reason
