@@ -19,9 +19,31 @@ As root, each workspace is a set of kernel objects combined around one agent pro
   ends, the kernel kills everything left in it, so "stopped" means nothing of it is running.
   ``--kill-child`` ties tini to ``unshare``, which the server holds: killing the group kills all.
 
-Without root none of that is possible: the agent runs as the server's own user with its own
-HOME, on the shared network with port-22 forwarding off (``--ssh-port 0``), and the workspace
-says so in ``hatchway workspaces show``.
+Without root there are no Unix users to create and no named namespaces, but where the kernel
+allows unprivileged user namespaces (checked and tried at server start, see
+:mod:`hatchway.providers.userns`) each workspace still gets its own namespaces::
+
+    unshare --user --map-root-user --net --mount --ipc   user namespace owned by the server's user
+      python -m hatchway.providers.nslaunch          its root: loopback up, listener handed over,
+        [own PID namespace]                          data dir / home / /tmp hidden; stays outside
+          tini -g                                    PID 1, in a nested user namespace mapping
+            -> hatchway agent (as the server's user) --url http://127.0.0.1:<port> --ssh-port 22
+
+* The **network namespace** is reached exactly as the root path's: through a listening socket on
+  its own ``127.0.0.1:<server port>``. An unprivileged server cannot ``setns`` into it, so the
+  launcher opens that socket inside and hands it over on a Unix socket pair (``SCM_RIGHTS``); the
+  server serves it like the root path's. Port 22 is the workspace's own, and forwarding to it is on.
+* The **PID namespace** hides every other process; the **mount namespace** covers the server's
+  data dir, its user's home and runtime dir with a tmpfs showing only the way to this
+  workspace's directory and the code, and gives it fresh ``/tmp``, ``/var/tmp``, ``/dev/shm``.
+* What is not possible: a separate Unix user. The agent runs as the server's user (mapped to
+  itself), so that user's files elsewhere on the machine stay reachable; ``workspaces show``
+  says so. ``--openssh`` is refused: sshd takes the home and ``authorized_keys`` of the account
+  from ``/etc/passwd`` (the server user's real home, not the workspace's) and cannot switch users.
+
+Where user namespaces are not allowed (or ``HATCHWAY_LOCAL_ISOLATION=off``), the agent runs as the
+server's own user with its own HOME, on the shared network with port-22 forwarding off
+(``--ssh-port 0``), and the workspace says so, and why, in ``hatchway workspaces show``.
 """
 
 from __future__ import annotations
@@ -41,7 +63,7 @@ from typing import Any, Protocol
 
 import hatchway
 from hatchway.providers import netns as nsutil
-from hatchway.providers import proc
+from hatchway.providers import proc, userns
 from hatchway.providers.base import (
     Prepared,
     RunningAgent,
@@ -51,7 +73,12 @@ from hatchway.providers.base import (
     open_agent_log,
 )
 from hatchway.providers.naming import netns_name, unix_user_candidates, user_marker
-from hatchway.providers.nslaunch import PLAN_ENV, passthrough_plan
+from hatchway.providers.nslaunch import (
+    PLAN_ENV,
+    PRIVATE_TMP,
+    cover_plan,
+    passthrough_plan,
+)
 from hatchway.providers.sshd_config import render_sshd_config
 
 log = logging.getLogger("hatchway.providers.local")
@@ -69,6 +96,12 @@ ROOT_TOOLS = {
     "userdel": "passwd",
 }
 OPENSSH_TOOLS = {"ssh-keygen": "openssh-client"}
+#: ... and what a server that is not root needs for user-namespace isolation.
+USERNS_TOOLS = {"unshare": "util-linux", "tini": "tini"}
+#: How long the launcher may take to hand over the listener it opened inside the namespace.
+HANDOVER_TIMEOUT = 30.0
+
+
 class Closable(Protocol):
     def close(self) -> None: ...
 
@@ -100,7 +133,7 @@ class LocalAgent(RunningAgent):
             self._signal_group(signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(self.process.wait()), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("agent (pid %d) did not stop within %.0f s; killing it", self.pid, grace)
         # Also after a clean exit: anything left in the group goes now.
         self._signal_group(signal.SIGKILL)
@@ -123,7 +156,13 @@ class LocalProvider(WorkspaceProvider):
         self.server_port = server_port or 7080
         self.server_url = server_url
         self.add_listener = add_listener
+        #: Root isolation (Unix user, named network namespace): root, unless turned off.
         self.isolate = _is_root() if isolate is None else isolate
+        self._turned_off = isolate is False
+        #: User-namespace isolation: not root, not turned off, and the kernel allows it
+        #: (decided by :meth:`startup`); else ``_no_userns`` says why not.
+        self.userns = False
+        self._no_userns = "user namespaces were not tried"
         self._tools: dict[str, str] = {}
         self._missing: dict[str, str] = {}
         self._listeners: dict[str, Closable] = {}
@@ -164,6 +203,34 @@ class LocalProvider(WorkspaceProvider):
             )
         if self.isolate and self.add_listener is None:
             log.warning("local workspaces cannot be isolated: this server cannot listen inside their namespaces")
+        if not self.isolate and not self._turned_off:
+            await self._check_userns()
+
+    async def _check_userns(self) -> None:
+        for tool, package in USERNS_TOOLS.items():
+            found = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin")
+            if found is None:
+                self._no_userns = f"{tool} is not installed (Debian package {package})"
+                break
+            self._tools[tool] = found
+        else:
+            if self.add_listener is None:
+                self._no_userns = "the server was not started with `hatchway server`, so it cannot serve a listener inside a namespace"
+            else:
+                support = await userns.check(self._tools["unshare"])
+                self.userns = support.ok
+                self._no_userns = support.reason
+        if self.userns:
+            log.info(
+                "the server does not run as root: local workspaces get their own user, network, PID and mount "
+                "namespaces, but run as this server's user"
+            )
+        else:
+            log.warning(
+                "the server does not run as root and cannot use user namespaces (%s): local workspaces share the "
+                "server's network, processes and user",
+                self._no_userns,
+            )
 
     async def shutdown(self) -> None:
         for listener in self._listeners.values():
@@ -183,6 +250,8 @@ class LocalProvider(WorkspaceProvider):
     # ---- prepare ----------------------------------------------------------------------------
 
     async def prepare(self, spec: WorkspaceSpec) -> Prepared:
+        if self.userns:
+            return await self._prepare_userns(spec)
         if not self.isolate:
             return await self._prepare_unprivileged(spec)
         for tool in ROOT_TOOLS:
@@ -216,19 +285,44 @@ class LocalProvider(WorkspaceProvider):
             unix_user=user, home=str(home), isolation=isolation, agent_url=f"http://127.0.0.1:{self.server_port}"
         )
 
+    async def _prepare_userns(self, spec: WorkspaceSpec) -> Prepared:
+        me = pwd.getpwuid(os.getuid()).pw_name
+        if spec.openssh:
+            raise SetupError(
+                "--openssh needs a Hatchway server running as root: without root the workspace runs in a user "
+                f"namespace as the server's user {me}, and sshd would take that account's real home and "
+                "authorized_keys from /etc/passwd, not the workspace's. Delete it and create it again without "
+                "--openssh (the agent's built-in SSH server serves it), or run the server as root"
+            )
+        await asyncio.to_thread(self._make_dirs_unprivileged, spec)
+        isolation = (
+            "isolated in a user namespace (the Hatchway server does not run as root): own network namespace "
+            "(own loopback and port 22), own PID namespace, own mount namespace (the data dir, "
+            f"{me}'s home and /tmp show only this workspace's own directory); it runs as {me}, the server's "
+            f"user, mapped to itself. Not possible without root: a separate Unix user ({me}'s files elsewhere "
+            "on the machine stay reachable from the workspace)"
+        )
+        return Prepared(
+            unix_user=me, home=str(self.home(spec)), isolation=isolation, agent_url=f"http://127.0.0.1:{self.server_port}"
+        )
+
     async def _prepare_unprivileged(self, spec: WorkspaceSpec) -> Prepared:
         me = pwd.getpwuid(os.getuid()).pw_name
         await asyncio.to_thread(self._make_dirs_unprivileged, spec)
-        why = (
-            "the Hatchway server does not run as root"
-            if not _is_root()
-            else "isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off)"
+        if self._turned_off:
+            why = "isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off)"
+        else:
+            why = f"the Hatchway server does not run as root and cannot use user namespaces here ({self._no_userns})"
+        hint = (
+            "run the server as root for isolated workspaces"
+            if self._turned_off
+            else "run the server as root, or allow user namespaces, for isolated workspaces"
         )
         isolation = (
             f"not isolated: {why}, so this workspace could not get its own "
             f"Unix user (it runs as {me}, with its own HOME), network namespace (it shares the server's network; "
             "port-22 forwarding is off, the built-in SSH server answers) or PID namespace (its processes are "
-            "visible to the server's user); run the server as root for isolated workspaces"
+            f"visible to the server's user); {hint}"
         )
         if spec.openssh:
             isolation += "; --openssh was not applied: starting sshd on the workspace's own port 22 needs a root server"
@@ -389,14 +483,38 @@ class LocalProvider(WorkspaceProvider):
             sys.executable, "-m", "hatchway", "agent",
             "--url", prepared.agent_url,
             "--state-dir", str(self.ws_dir(spec) / "agent"),
-            "--ssh-port", "22" if self.isolate else "0",
+            "--ssh-port", "22" if self.isolate or self.userns else "0",
         ]
 
     def _open_log(self, spec: WorkspaceSpec) -> int:
         return open_agent_log(self.log_path(spec), f"{spec.owner}/{spec.name}")
 
+    def _userns_plan(self, spec: WorkspaceSpec, prepared: Prepared, argv: list[str], channel_fd: int) -> dict[str, Any]:
+        ws_dir = self.ws_dir(spec).resolve()
+        targets = set(_passthrough_targets(ws_dir))
+        targets |= {str(Path(sys.executable).parent.resolve()), str(Path(sys.prefix).resolve())}
+        hide = [str(self.data_dir.resolve()), str(self.workspaces_dir.resolve()), f"/run/user/{os.getuid()}"]
+        home = pwd.getpwuid(os.getuid()).pw_dir
+        if home and os.path.isdir(home):
+            hide.append(str(Path(home).resolve()))
+        return {
+            "mode": "userns",
+            "listen_fd": channel_fd,
+            "listen_port": self.server_port,
+            "cover": cover_plan(sorted(targets), hide, PRIVATE_TMP),
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "home": prepared.home,
+            "tini": self._tool("tini"),
+            "argv": argv,
+        }
+
     async def launch(self, spec: WorkspaceSpec, prepared: Prepared, agent_token: str) -> RunningAgent:
         argv = self._agent_argv(spec, prepared)
+        env = self._agent_env(spec, prepared, agent_token)
+        pass_fds: tuple[int, ...] = ()
+        channel: socket.socket | None = None
+        theirs: socket.socket | None = None
         if self.isolate:
             pw = pwd.getpwnam(prepared.unix_user)
             plan = {
@@ -415,9 +533,13 @@ class LocalProvider(WorkspaceProvider):
                 self._tool("tini"), "-g", "--",
                 sys.executable, "-m", "hatchway.providers.nslaunch",
             ]
-        env = self._agent_env(spec, prepared, agent_token)
-        if self.isolate:
             env[PLAN_ENV] = json.dumps(plan)  # not argv: keeps ps readable; removed before the agent runs
+        elif self.userns:
+            self._close_listener(spec)
+            channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            pass_fds = (theirs.fileno(),)
+            env[PLAN_ENV] = json.dumps(self._userns_plan(spec, prepared, argv, theirs.fileno()))
+            argv = [self._tool("unshare"), *userns.UNSHARE_FLAGS, "--", sys.executable, "-m", "hatchway.providers.nslaunch"]
         fd = await asyncio.to_thread(self._open_log, spec)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -428,21 +550,72 @@ class LocalProvider(WorkspaceProvider):
                 env=env,
                 cwd=prepared.home,
                 start_new_session=True,  # its own process group: stop() signals the whole group
+                pass_fds=pass_fds,
             )
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            raise
         finally:
             os.close(fd)
+            if theirs is not None:
+                theirs.close()  # (the socket object, not its number: that may be reused by then)
         log.info("started the agent of workspace %s/%s (pid %d)", spec.owner, spec.name, process.pid)
-        return LocalAgent(process)
+        agent = LocalAgent(process)
+        if channel is not None:
+            try:
+                await self._take_listener(spec, channel)
+            except BaseException:
+                await agent.stop(0)
+                raise
+        return agent
+
+    async def _take_listener(self, spec: WorkspaceSpec, channel: socket.socket) -> None:
+        """Serve the listener the launcher opened inside the workspace's network namespace.
+        Nothing handed over means the launcher failed: its exit and its log line say why."""
+        try:
+            listener = await asyncio.to_thread(_receive_listener, channel, HANDOVER_TIMEOUT)
+        except TimeoutError:
+            raise SetupError(
+                f"the workspace's launcher did not open its network within {HANDOVER_TIMEOUT:.0f} s; "
+                f"see {self.log_path(spec)}"
+            ) from None
+        finally:
+            channel.close()
+        if listener is None:
+            log.warning("the launcher of workspace %s/%s handed over no listener", spec.owner, spec.name)
+            return
+        log.debug("serving the listener of workspace %s/%s: %s", spec.owner, spec.name, listener)
+        assert self.add_listener is not None
+        try:
+            self._listeners[spec.id] = await self.add_listener(listener)
+        except BaseException:
+            listener.close()
+            raise
+
+    def _close_listener(self, spec: WorkspaceSpec) -> None:
+        listener = self._listeners.pop(spec.id, None)
+        if listener is not None:
+            listener.close()
 
     # ---- stop and delete ----------------------------------------------------------------------
 
     async def teardown(self, spec: WorkspaceSpec) -> None:
         if not self.isolate:
-            # No PID namespace to end: find what the workspace's sessions left (they carry its
-            # id in their environment) among our own processes.
-            pids = await asyncio.to_thread(proc.pids_with_env, os.getuid(), f"HATCHWAY_WORKSPACE_ID={spec.id}")
-            proc.kill_pids([p for p in pids if p != os.getpid()])
-            return
+            # Without root there is no Unix user to sweep: find what is left of the workspace
+            # among our own processes. Sessions carry its id in their environment; the launcher,
+            # its init and the agent its HOME. In a user namespace, ending those ends its PID
+            # namespace, and the listener is the last thing holding its network namespace.
+            self._close_listener(spec)
+            markers = (f"HATCHWAY_WORKSPACE_ID={spec.id}", f"HOME={self.home(spec)}")
+            for _ in range(50):
+                pids = await asyncio.to_thread(proc.pids_with_env, os.getuid(), *markers)
+                pids = [p for p in pids if p != os.getpid()]
+                if not pids:
+                    return
+                proc.kill_pids(pids)
+                await asyncio.sleep(0.05)
+            raise SetupError(f"processes of the workspace survived SIGKILL: {', '.join(map(str, pids))}")
         await self._remove_netns(spec)
         if spec.unix_user:
             await self._kill_user_processes(spec.unix_user, spec.id)
@@ -485,6 +658,23 @@ class LocalProvider(WorkspaceProvider):
 
 def _local_url(server_url: str) -> str:
     return server_url
+
+
+def _receive_listener(channel: socket.socket, timeout: float) -> socket.socket | None:
+    """The listening socket the launcher sends (blocking: run it in a thread); ``None`` when it
+    ended without sending one."""
+    channel.settimeout(timeout)
+    try:
+        _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+    except TimeoutError:
+        raise TimeoutError from None
+    if not fds:
+        return None
+    for extra in fds[1:]:
+        os.close(extra)
+    listener = socket.socket(fileno=fds[0])
+    listener.setblocking(False)
+    return listener
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

@@ -53,7 +53,7 @@ async def check(*argv: str, timeout: float = 30.0, what: str = "") -> Completed:
         done = await run(*argv, timeout=timeout)
     except FileNotFoundError:
         raise SetupError(f"{what or argv[0]}: {argv[0]} is not installed") from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise SetupError(f"{what or argv[0]}: {Path(argv[0]).name} did not finish within {timeout:.0f} s") from None
     if done.returncode != 0:
         raise SetupError(f"{what}: {done.why()}" if what else done.why())
@@ -78,14 +78,14 @@ def pids_of_uid(uid: int) -> list[int]:
     return out
 
 
-def pids_with_env(uid: int, assignment: str) -> list[int]:
-    """Processes of ``uid`` whose environment contains exactly ``NAME=value`` (blocking)."""
-    needle = assignment.encode()
+def pids_with_env(uid: int, *assignments: str) -> list[int]:
+    """Processes of ``uid`` whose environment contains exactly one of ``NAME=value`` (blocking)."""
+    needles = {a.encode() for a in assignments}
     out = []
     for pid in pids_of_uid(uid):
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:
-                if needle in fh.read().split(b"\0"):
+                if needles.intersection(fh.read().split(b"\0")):
                     out.append(pid)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
