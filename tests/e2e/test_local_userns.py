@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -223,6 +224,25 @@ def test_killed_agent_comes_back(world: World) -> None:
     os.kill(pid, 9)
     wait_for(lambda: world.agent_pid("b") not in (None, pid), 15, interval=0.1, what="a new agent for b")
     wait_for(lambda: world.ssh_works("b"), 20, interval=0.2, what="SSH to b after kill -9")
+
+
+def test_server_restart_brings_workspaces_back_and_a_killed_servers_leftovers_are_ended(world: World) -> None:
+    world.server.stop()
+    for name in ("a", "b"):
+        assert world.processes_of(name) == []
+    world.server.start()
+    for name in ("a", "b"):
+        wait_for(lambda n=name: world.ssh_works(n), 30, interval=0.2, what=f"{name} back after a server restart")
+    # A server killed outright cannot stop its agents: they stay, unable to reach anyone...
+    orphan = world.agent_pid("a")
+    world.server.stop(signal.SIGKILL)
+    assert orphan is not None and world.agent_pid("a") == orphan
+    # ...until the next server starts the workspace again and ends them first.
+    world.server.start()
+    wait_for(lambda: world.ssh_works("a"), 30, interval=0.2, what="a back after the server was killed")
+    wait_for(lambda: world.ssh_works("b"), 30, interval=0.2, what="b back after the server was killed")
+    agents = [p for p in world.processes_of("a") if "agent" in cmdline(p) and cmdline(p)[:1] != ["/usr/bin/tini"]]
+    assert len(agents) == 1 and agents[0] != orphan
 
 
 def test_stop_and_delete_leave_no_process_behind(world: World) -> None:

@@ -209,3 +209,31 @@ def test_a_failed_attempt_names_apparmor_when_it_restricts_user_namespaces() -> 
     )
     ubuntu = userns.probe_failure("x", _reader({userns.APPARMOR_RESTRICT: "1"}))
     assert "kernel.apparmor_restrict_unprivileged_userns = 1" in ubuntu.reason
+
+
+def _fallback_isolation(tmp_path: Path, *, turned_off: bool, why: str = "") -> str:
+    import asyncio
+
+    from hatchway.providers.base import WorkspaceSpec
+    from hatchway.providers.local import LocalProvider
+
+    provider = LocalProvider(tmp_path, 7080, "http://127.0.0.1:7080", None, isolate=False if turned_off else None)
+    provider.isolate = False  # as a server that is not root
+    provider._no_userns = why
+    spec = WorkspaceSpec(id=WS_ID, name="dev", owner="alice", openssh=True)
+    return asyncio.run(provider.prepare(spec)).isolation
+
+
+def test_the_fallback_says_why_user_namespaces_could_not_be_used(tmp_path: Path) -> None:
+    why = userns.kernel_switches(_reader({userns.UNPRIVILEGED_USERNS_CLONE: "0"})).reason
+    text = _fallback_isolation(tmp_path, turned_off=False, why=why)
+    assert text.startswith(
+        "not isolated: the Hatchway server does not run as root and cannot use user namespaces here "
+        "(the kernel does not allow unprivileged user namespaces (kernel.unprivileged_userns_clone = 0; "
+    )
+    for lacking in ("own Unix user", "network namespace", "port-22 forwarding is off", "PID namespace"):
+        assert lacking in text
+    assert "run the server as root, or allow user namespaces, for isolated workspaces" in text
+    assert text.endswith("--openssh was not applied: starting sshd on the workspace's own port 22 needs a root server")
+    off = _fallback_isolation(tmp_path, turned_off=True)
+    assert off.startswith("not isolated: isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off), so ")

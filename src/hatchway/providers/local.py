@@ -294,6 +294,8 @@ class LocalProvider(WorkspaceProvider):
                 "authorized_keys from /etc/passwd, not the workspace's. Delete it and create it again without "
                 "--openssh (the agent's built-in SSH server serves it), or run the server as root"
             )
+        # What a killed server left running of it (an agent with no way to reach us) goes first.
+        await self._sweep(spec)
         await asyncio.to_thread(self._make_dirs_unprivileged, spec)
         isolation = (
             "isolated in a user namespace (the Hatchway server does not run as root): own network namespace "
@@ -602,23 +604,27 @@ class LocalProvider(WorkspaceProvider):
 
     async def teardown(self, spec: WorkspaceSpec) -> None:
         if not self.isolate:
-            # Without root there is no Unix user to sweep: find what is left of the workspace
-            # among our own processes. Sessions carry its id in their environment; the launcher,
-            # its init and the agent its HOME. In a user namespace, ending those ends its PID
-            # namespace, and the listener is the last thing holding its network namespace.
             self._close_listener(spec)
-            markers = (f"HATCHWAY_WORKSPACE_ID={spec.id}", f"HOME={self.home(spec)}")
-            for _ in range(50):
-                pids = await asyncio.to_thread(proc.pids_with_env, os.getuid(), *markers)
-                pids = [p for p in pids if p != os.getpid()]
-                if not pids:
-                    return
-                proc.kill_pids(pids)
-                await asyncio.sleep(0.05)
-            raise SetupError(f"processes of the workspace survived SIGKILL: {', '.join(map(str, pids))}")
+            await self._sweep(spec)
+            return
         await self._remove_netns(spec)
         if spec.unix_user:
             await self._kill_user_processes(spec.unix_user, spec.id)
+
+    async def _sweep(self, spec: WorkspaceSpec) -> None:
+        """Without root there is no Unix user to sweep: find what is left of the workspace among
+        our own processes. Sessions carry its id in their environment; the launcher, its init and
+        the agent its HOME. In a user namespace, ending those ends its PID namespace (and once
+        its listener is closed, nothing holds its network namespace)."""
+        markers = (f"HATCHWAY_WORKSPACE_ID={spec.id}", f"HOME={self.home(spec)}")
+        for _ in range(50):
+            pids = await asyncio.to_thread(proc.pids_with_env, os.getuid(), *markers)
+            pids = [p for p in pids if p != os.getpid()]
+            if not pids:
+                return
+            proc.kill_pids(pids)
+            await asyncio.sleep(0.05)
+        raise SetupError(f"processes of the workspace survived SIGKILL: {', '.join(map(str, pids))}")
 
     async def _kill_user_processes(self, user: str, workspace_id: str) -> None:
         try:
