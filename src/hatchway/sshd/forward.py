@@ -57,6 +57,10 @@ class Bridge:
         self._socket_eof = False
         self._channel_eof = False
         self._channel_full = False  # channel send buffer above its high-water mark
+        # Bytes read before the channel exists. pause_reading() in connection_made keeps them in
+        # the kernel on asyncio's loop, but uvloop starts reading right after connection_made
+        # whatever it was told, so at most one read can arrive early: kept here, not dropped.
+        self._early: list[bytes] = []
 
     # ---- the socket side -----------------------------------------------------------------
 
@@ -73,14 +77,21 @@ class Bridge:
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     def _from_socket(self, data: bytes) -> None:
-        if self.chan is not None and not self.closed:
-            try:
-                self.chan.write(data)
-            except (OSError, asyncssh.Error):  # channel closing: the close will follow
-                self.close()
+        if self.closed:
+            return
+        if self.chan is None:
+            self._early.append(data)
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        try:
+            self.chan.write(data)
+        except (OSError, asyncssh.Error):  # channel closing: the close will follow
+            self.close()
 
     def _socket_eof_received(self) -> bool:
         self._socket_eof = True
+        if self.chan is None and not self.closed:
+            return True  # passed on when the channel exists (_channel_made)
         if self.chan is not None and not self.closed:
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.chan.write_eof()
@@ -104,7 +115,16 @@ class Bridge:
         if self.closed:
             chan.close()
             return
-        if self.transport is not None and not self._channel_full:
+        early, self._early = self._early, []
+        try:
+            for data in early:
+                chan.write(data)
+            if self._socket_eof:
+                chan.write_eof()
+        except (OSError, asyncssh.Error):
+            self.close()
+            return
+        if self.transport is not None and not self._channel_full and not self._socket_eof:
             self.transport.resume_reading()
 
     def _from_channel(self, data: bytes) -> None:
