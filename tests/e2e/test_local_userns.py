@@ -103,7 +103,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ids: dict[str, str] = {}
     try:
         server.start()
-        assert "local workspaces get their own user, network, PID and mount namespaces" in server.log()
+        assert "local workspaces get their own user namespace and their own network, PID and mount" in server.log()
         cli.login(server.url, "alice", "alice-password", first=True)
         cli.ok("workspaces", "create", "a", "--env", "FOO=from a")
         cli.ok("workspaces", "create", "b", "--env", "FOO=from b")
@@ -194,6 +194,42 @@ def test_a_listener_on_one_workspaces_port_22_is_invisible_from_the_other(world:
     # a's port 22 now answers, but not with SSH: a's connections still get the built-in server.
     assert world.ssh_works("a")
     assert world.ssh("a", "pkill -f 'not-ss[h] from'; true").returncode == 0
+
+
+def test_an_sshd_the_user_starts_on_port_22_is_forwarded_to(world: World) -> None:
+    """Port-22 detection is on: an OpenSSH server the workspace's user runs on its own port 22
+    (unprivileged, in the namespace) serves the next connections; b is not affected."""
+    home = world.home("a")
+    config = "\\n".join([
+        "Port 22", "ListenAddress 127.0.0.1", f"HostKey {home}/hk", "PidFile none", "UsePAM no",
+        "StrictModes no", f"AuthorizedKeysFile {home}/.ssh/authorized_keys", "PasswordAuthentication no",
+        "PermitUserEnvironment yes",
+    ])
+    start = (
+        f"ssh-keygen -q -t ed25519 -N '' -f ~/hk && printf '{config}\\n' > ~/sshd_config && "
+        "(setsid /usr/sbin/sshd -D -e -f ~/sshd_config </dev/null >~/sshd.log 2>&1 &)"
+    )
+    r = world.ssh("a", start)
+    assert r.returncode == 0, r.stderr
+    # The agent notices at the next connection (which already goes to sshd, whose host key is not
+    # pinned yet, so ssh refuses it) and reports it; config-ssh then pins the sshd's key.
+    wait_for(lambda: world.ssh("a", "true") and world.show("a")["ssh_mode"] == "openssh", 20,
+             interval=0.2, what="a's agent to report the sshd")
+    assert world.show("b")["ssh_mode"] == "built-in"
+    world.cli.ok("config-ssh", "--ssh-config", str(world.ssh_config), "-y")  # pins the sshd's host key
+    r = subprocess.run(
+        ["ssh", "-v", "-F", str(world.ssh_config), "-o", "BatchMode=yes", "hatchway.a", "echo via $SSH_CONNECTION"],
+        capture_output=True, text=True, timeout=30, env=world.cli.env(), check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "remote software version OpenSSH" in r.stderr
+    assert r.stdout.startswith("via 127.0.0.1 ")
+    assert world.ssh_works("b")
+    assert world.ssh("a", "pkill -x sshd; true").returncode in (0, 255)  # (may end this very session)
+    wait_for(lambda: world.ssh("a", "true") and world.show("a")["ssh_mode"] == "built-in", 20,
+             interval=0.2, what="a back on the built-in server")
+    world.cli.ok("config-ssh", "--ssh-config", str(world.ssh_config), "-y")
+    assert world.ssh_works("a")
 
 
 def test_the_data_dir_and_other_workspaces_are_hidden(world: World) -> None:

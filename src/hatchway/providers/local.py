@@ -220,10 +220,13 @@ class LocalProvider(WorkspaceProvider):
                 support = await userns.check(self._tools["unshare"])
                 self.userns = support.ok
                 self._no_userns = support.reason
+                # Symlinks on the way to the data dir could lead through a directory the
+                # workspace's mount namespace covers: every path it is given is a real one.
+                self.data_dir = self.data_dir.resolve()
         if self.userns:
             log.info(
-                "the server does not run as root: local workspaces get their own user, network, PID and mount "
-                "namespaces, but run as this server's user"
+                "the server does not run as root: local workspaces get their own user namespace and their own "
+                "network, PID and mount namespaces, but run as this server's user"
             )
         else:
             log.warning(
@@ -691,9 +694,11 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 
 
 def isolation_override() -> bool | None:
-    """``HATCHWAY_LOCAL_ISOLATION=off`` runs local workspaces unisolated even as root (to debug
-    the provider, or where namespaces are unavailable, e.g. some containers); unset or ``auto``
-    isolates exactly when the server runs as root."""
+    """``HATCHWAY_LOCAL_ISOLATION=off`` runs local workspaces unisolated (shared network, no
+    namespaces, no Unix users) whether the server is root or not: to debug the provider, or
+    where namespaces misbehave (some containers). Unset or ``auto``: a root server isolates with
+    Unix users and named namespaces; a server that is not root uses user namespaces where the
+    kernel allows them, else the same unisolated fallback."""
     value = os.environ.get("HATCHWAY_LOCAL_ISOLATION", "auto").strip().lower()
     if value in ("off", "0", "no", "false"):
         return False
