@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import pwd
-import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -66,8 +65,6 @@ REPLACED_DELAY = 10.0
 REPLACED_CODE = "replaced"
 #: Repeat the "still cannot reach the server" warning at most this often.
 WARN_EVERY = 30.0
-#: How long the built-in server gets to finish a connection after its byte stream ended.
-HANDLE_GRACE = 5.0
 
 
 class FatalError(Exception):
@@ -467,30 +464,16 @@ class Agent:
         await splice(ws, reader, writer)
 
     async def _serve_builtin(self, ws: ClientConnection, client: tuple[str, int] | None) -> None:
-        """Serve the connection with the built-in server over a socketpair: no TCP listener."""
-        ours, theirs = socket.socketpair()
-        handle: asyncio.Task[None] | None = None
-        stream_made = False
+        """Serve the connection with the built-in server, its SSH straight over the data
+        WebSocket (no TCP listener, no socket in between: see hatchway.agent.wstransport)."""
+        from hatchway.agent.wstransport import WebSocketTunnel
+
+        await ws.send(protocol.stream_header("built-in"))
+        tunnel = WebSocketTunnel(ws)
         try:
-            handle = asyncio.create_task(self._builtin.handle(theirs, client))
-            reader, writer = await asyncio.open_connection(sock=ours, limit=256 * 1024)
-            stream_made = True  # the stream owns ``ours`` from here; splice() closes it
-            try:
-                await ws.send(protocol.stream_header("built-in"))
-            except BaseException:
-                await close_writer(writer)
-                raise
-            await splice(ws, reader, writer)
+            await self._builtin.handle(None, client, tunnel=tunnel)
         finally:
-            if not stream_made:
-                ours.close()
-            if handle is not None:
-                # Our end is closed: the server sees EOF and finishes; give it a moment to log.
-                done, _ = await asyncio.wait({handle}, timeout=HANDLE_GRACE)
-                if not done:
-                    handle.cancel()
-                await asyncio.gather(handle, return_exceptions=True)
-            theirs.close()  # handle() closes it; this covers a task cancelled before it started
+            await tunnel.wait_closed()
 
 
 def _error_message(payload: dict[str, Any] | None) -> str:

@@ -1,9 +1,11 @@
 """The workspace agent's built-in SSH server (used when nothing speaks SSH on port 22).
 
 There is deliberately no listener: the agent receives each SSH connection as a byte stream
-relayed from the control plane and hands us one connected socket per connection (one end of a
-``socketpair()``, or a TCP socket in tests). A TCP port would be reachable by every other user
-of the workspace's network namespace; a socket handed over in-process is not.
+relayed from the control plane and hands us each connection in-process: as an asyncssh
+``tunnel`` carrying SSH straight over the data WebSocket (the agent's, see
+``hatchway.agent.wstransport``), or as one connected socket (a TCP socket or a socketpair in
+tests). A TCP port would be reachable by every other user of the workspace's network
+namespace; a connection handed over in-process is not.
 
 Per connection: asyncssh runs the protocol on the given socket (``asyncssh.run_server``),
 ``_ConnectionHandler`` authenticates (public key only, against authorized_keys re-read for
@@ -466,28 +468,34 @@ class BuiltinSSHServer:
 
     async def handle(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None,
         client_addr: tuple[str, int] | None,
         server_addr: tuple[str, int] | None = None,
+        *,
+        tunnel: Any = None,
     ) -> None:
-        """Serve one SSH connection on ``sock`` until it ends; ``sock`` is closed on every path,
-        and so is everything the connection opened (forwarded streams, listeners, sessions).
+        """Serve one SSH connection on ``sock`` (or over ``tunnel``: an object with asyncssh's
+        ``create_connection(factory, host, port)`` and a ``close()``) until it ends; ``sock`` or
+        ``tunnel`` is closed on every path, and so is everything the connection opened
+        (forwarded streams, listeners, sessions).
 
         ``client_addr``/``server_addr`` are the real endpoints as the relay knows them (the
         socket itself may be a socketpair); they feed logs and SSH_CONNECTION/SSH_CLIENT.
         """
         state = _Connection(self, client_addr, server_addr)
         if self._closing:
-            sock.close()
+            _close_stream(sock, tunnel)
             log.info("%s: refused: server is shutting down", state.label)
             return
         self._connections.add(state)
         outcome = "closed"
         config = self.config
         try:
-            sock.setblocking(False)
+            if sock is not None:
+                sock.setblocking(False)
             conn = await asyncssh.run_server(
-                sock,
+                sock,  # type: ignore[arg-type]  # None with a tunnel: asyncssh then connects through it
+                tunnel=tunnel if sock is None else (),
                 config=None,
                 server_factory=lambda: _ConnectionHandler(self, state),
                 server_host_keys=[self.host_key],
@@ -528,7 +536,7 @@ class BuiltinSSHServer:
         finally:
             if state.conn is not None:
                 state.conn.abort()  # no-op when already closed; frees channels on error paths
-            sock.close()
+            _close_stream(sock, tunnel)
             # Owned by the server, so close() waits for it even if this handler is cancelled.
             teardown = asyncio.get_running_loop().create_task(state.teardown())
             self._track_task(teardown)
@@ -628,3 +636,10 @@ def _quiet_asyncssh_logging() -> None:
     logger = logging.getLogger("asyncssh")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.WARNING)
+
+
+def _close_stream(sock: socket.socket | None, tunnel: Any) -> None:
+    if sock is not None:
+        sock.close()
+    if tunnel is not None:
+        tunnel.close()
