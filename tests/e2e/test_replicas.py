@@ -49,6 +49,7 @@ class Fleet:
     alice: Cli
     bob: list[Cli]  # bob logged in through client port c
     bob_token: str
+    alice_token: str
     ssh_configs: list[Path]
     agents: dict[str, AgentProcess] = field(default_factory=dict)
     agent_tokens: dict[str, str] = field(default_factory=dict)
@@ -74,6 +75,10 @@ class Fleet:
         """bob's API client, through the balancer or straight to one replica."""
         return api(self.lb_url if replica is None else self.servers[replica].url, self.bob_token)
 
+    def admin(self, replica: int):  # type: ignore[no-untyped-def]
+        """alice (site manager) talking straight to one replica."""
+        return api(self.servers[replica].url, self.alice_token)
+
     def create_workspace(self, name: str) -> None:
         with self.api() as c:
             r = c.post("/workspaces", json={"name": name, "provider": "byo"})
@@ -91,9 +96,11 @@ class Fleet:
         return agent
 
     def psql(self, query: str) -> str:
-        return subprocess.run(
-            ["psql", self.db_url, "-tAc", query], capture_output=True, text=True, check=True, timeout=30
-        ).stdout.strip()
+        return psql(self.db_url, query)
+
+
+def psql(db_url: str, query: str) -> str:
+    return subprocess.run(["psql", db_url, "-tAc", query], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
 
 
 def _new_database(pg_cluster: object) -> str:
@@ -144,10 +151,11 @@ def fleet(pg_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Itera
             cli.login(f"http://127.0.0.1:{client_ports[c]}", "bob", "bob-password-1")
         with api(lb_url) as c:
             bob_token = c.post("/auth/login", json={"username": "bob", "password": "bob-password-1"}).json()["token"]
+            alice_token = c.post("/auth/login", json={"username": "alice", "password": "alice-password-1"}).json()["token"]
         f = Fleet(
             tmp, db_url, servers, ids, nginx, lb_url,
             {pair: f"http://127.0.0.1:{p}" for pair, p in agent_ports.items()},
-            [f"http://127.0.0.1:{p}" for p in client_ports], alice, bob, bob_token,
+            [f"http://127.0.0.1:{p}" for p in client_ports], alice, bob, bob_token, alice_token,
             [tmp / f"ssh_config{c}" for c in range(REPLICAS)],
         )
         for a, d in PAIRS:
@@ -185,3 +193,203 @@ def test_every_placement_of_client_agent_and_dial_back_carries_ssh(fleet: Fleet)
 
         wait_for(lambda: newest()["result"] == "closed", 10, what="the connection row to close")
         assert newest()["replica"] == fleet.ids[c], (c, a, d, newest())
+
+
+def _ended_within(live: subprocess.Popen[bytes], seconds: float, started: float) -> str:
+    live.wait(timeout=15)
+    took = time.monotonic() - started
+    assert took < seconds, f"the session took {took:.2f} s to end"
+    return live.stderr.read().decode() if live.stderr else ""
+
+
+def test_external_connect_off_on_one_replica_ends_a_session_held_by_another(fleet: Fleet) -> None:
+    live = fleet.live_session(0, "w12")  # client on replica 0, agent on 1, dial-back on 2
+    expected = 'hatchway: SSH access to workspaces on provider "byo" is disabled by a site manager (External Connect is off)'
+    try:
+        with fleet.admin(1) as c:
+            t0 = time.monotonic()
+            c.patch("/providers/byo", json={"external_connect": False}).raise_for_status()
+        assert expected in _ended_within(live, 2.5, t0).splitlines()
+        for client in range(REPLICAS):  # refused everywhere
+            r = fleet.ssh(client, "w00", "true")
+            assert r.returncode == 255 and expected in r.stderr.decode().splitlines(), r.stderr
+    finally:
+        with fleet.admin(2) as c:
+            c.patch("/providers/byo", json={"external_connect": True}).raise_for_status()
+        live.kill()
+        live.wait()
+    assert fleet.ssh(1, "w21", "echo back").stdout == b"back\n"
+
+
+def test_suspension_on_one_replica_ends_sessions_on_the_others(fleet: Fleet) -> None:
+    sessions = [fleet.live_session(c, f"w{c}{(c + 1) % REPLICAS}") for c in range(REPLICAS)]
+    try:
+        with fleet.admin(2) as c:
+            t0 = time.monotonic()
+            c.post("/users/bob/suspend").raise_for_status()
+        for live in sessions:
+            _ended_within(live, 2.5, t0)
+        r = fleet.ssh(0, "w00", "true")
+        assert r.returncode == 255
+        assert "hatchway: account suspended: your account is suspended; ask a site manager to reactivate it" in r.stderr.decode()
+    finally:
+        with fleet.admin(0) as c:
+            c.post("/users/bob/activate").raise_for_status()
+        for live in sessions:
+            live.kill()
+            live.wait()
+    assert fleet.ssh(2, "w11", "true").returncode == 0
+
+
+def test_key_regeneration_on_one_replica_reaches_agents_on_every_replica(fleet: Fleet) -> None:
+    with fleet.api(0) as c:
+        old = c.get("/users/me/key").json()["public_key"]
+        t0 = time.monotonic()
+        new = c.post("/users/me/key/regenerate").json()["public_key"]
+    assert new != old
+    for a in range(REPLICAS):  # agents held by replicas 0, 1 and 2
+        keys = fleet.tmp / f"w{a}{a}-home" / ".ssh" / "authorized_keys"
+        wait_for(lambda: new in keys.read_text() and old not in keys.read_text(), 5, what=f"the new key on w{a}{a}")
+    assert time.monotonic() - t0 < 5
+    for c in range(REPLICAS):  # the CLI fetches the new private key
+        fleet.bob[c].ok("config-ssh", "--ssh-config", str(fleet.ssh_configs[c]), "-y")
+    assert fleet.ssh(1, "w20", "echo new-key").stdout == b"new-key\n"
+
+
+def test_deleting_a_workspace_on_one_replica_ends_its_sessions_and_agent_elsewhere(fleet: Fleet) -> None:
+    fleet.create_workspace("doomed")
+    agent = fleet.start_agent("doomed", fleet.agent_urls[(2, 1)])  # agent on replica 2, dial-back on 1
+    wait_for(lambda: fleet.workspace("doomed")["agent_replica"] == fleet.ids[2], 20, what="the agent on replica 2")
+    fleet.bob[0].ok("config-ssh", "--ssh-config", str(fleet.ssh_configs[0]), "-y")
+    live = fleet.live_session(0, "doomed")
+    try:
+        with fleet.api(1) as c:
+            t0 = time.monotonic()
+            c.delete("/workspaces/doomed").raise_for_status()
+        assert 'hatchway: workspace "bob/doomed" was deleted' in _ended_within(live, 2.5, t0).splitlines()
+        assert agent.proc is not None
+        assert agent.proc.wait(timeout=15) != 0  # its token is gone: the agent stops, saying so
+        assert "agent token not valid: the token was replaced or the workspace deleted" in agent.log()
+    finally:
+        live.kill()
+        live.wait()
+    r = fleet.ssh(0, "doomed", "true")
+    assert r.returncode == 255 and 'no workspace named "doomed" is yours' in r.stderr.decode()
+
+
+def test_concurrent_connections_across_replicas_succeed_like_through_one(fleet: Fleet) -> None:
+    key = fleet.tmp / "bob-key"
+    with fleet.api() as c:
+        key.write_text(c.get("/users/me/key/private").json()["private_key"])
+    key.chmod(0o600)
+    ws = fleet.workspace("w01")  # agent on replica 0, dial-backs on replica 1
+    common = dict(token=fleet.bob_token, workspace="w01", user=ws["os_user"], key_path=str(key),
+                  host_key=ws["host_keys"][0], n=100, timeout=120, in_flight=16)
+    one = run_load_sync(base_url=fleet.servers[2].url, **common)  # every client on replica 2
+    spread = run_load_sync(base_url=fleet.lb_url, **common)  # round robin over all three
+    assert (one.succeeded, one.errors()) == (100, {})
+    assert (spread.succeeded, spread.errors()) == (one.succeeded, {})
+    rows = fleet.connections("w01")
+    assert {r["replica"] for r in rows[:100]} == set(fleet.ids), "the balancer spread the clients"
+
+
+def _agents_of(user: str) -> int:
+    ps = subprocess.run(["ps", "-eo", "user:32=,args="], capture_output=True, text=True, check=True).stdout
+    return sum(1 for line in ps.splitlines() if line.split(None, 1)[0] == user and " agent" in line)
+
+
+def test_one_replica_supervises_local_workspaces_and_the_others_pass_commands_to_it(fleet: Fleet) -> None:
+    leaders = fleet.psql("SELECT id FROM replicas WHERE supervises").split()
+    assert len(leaders) == 1, leaders
+    lead = fleet.ids.index(leaders[0])
+    other = (lead + 1) % REPLICAS
+    with fleet.api(other) as c:  # every command goes to a replica that does not supervise
+        c.post("/workspaces", json={"name": "loc", "provider": "local"}).raise_for_status()
+        wait_for(lambda: c.get("/workspaces/loc").json()["state"] == "running", 60, what="loc running")
+        ws = c.get("/workspaces/loc").json()
+        assert ws["agent_replica"] == fleet.ids[lead]  # the supervisor's agents connect to it
+        user = ws["os_user"]
+        assert _agents_of(user) == 1, "exactly one agent, however many replicas"
+        fleet.bob[other].ok("config-ssh", "--ssh-config", str(fleet.ssh_configs[other]), "-y")
+        r = fleet.ssh(other, "loc", "id -un")
+        assert r.stdout.decode().strip() == user, r.stderr
+        assert c.post("/workspaces/loc/stop").json()["state"] == "stopped"
+        assert _agents_of(user) == 0
+        c.post("/workspaces/loc/start").raise_for_status()
+        wait_for(lambda: c.get("/workspaces/loc").json()["agent_connected"], 60, what="loc back")
+        assert _agents_of(user) == 1
+        c.delete("/workspaces/loc").raise_for_status()
+    assert subprocess.run(["getent", "passwd", user], capture_output=True).returncode == 2
+    assert _agents_of(user) == 0
+
+
+def test_a_replica_killed_mid_session_is_survived(fleet: Fleet) -> None:
+    fleet.create_workspace("survivor")
+    agent = fleet.start_agent("survivor", fleet.lb_url)  # through the documented configuration
+    wait_for(lambda: fleet.workspace("survivor")["agent_connected"], 20, what="the agent to connect")
+    x = fleet.ids.index(fleet.workspace("survivor")["agent_replica"])
+    y = (x + 1) % REPLICAS
+    for c in range(REPLICAS):
+        fleet.bob[c].ok("config-ssh", "--ssh-config", str(fleet.ssh_configs[c]), "-y")
+    carried = fleet.live_session(x, "survivor")  # the client's stream is relayed by replica x
+    dead = fleet.ids[x]
+    try:
+        fleet.servers[x].stop(signal.SIGKILL)
+        t0 = time.monotonic()
+        carried.wait(timeout=15)  # the connection it carried ends
+        # Its agents reconnect through the balancer to the others, within 5 s.
+        wait_for(lambda: fleet.workspace("survivor")["agent_replica"] not in (None, dead), 10, what="the agent back")
+        assert time.monotonic() - t0 < 5, f"the agent took {time.monotonic() - t0:.1f} s to reconnect"
+        assert fleet.workspace("survivor")["agent_connected"]
+        # New connections work, through another replica and through the balancer.
+        assert fleet.ssh(y, "survivor", "echo after").stdout == b"after\n"
+        lb_cli = Cli(fleet.tmp / "bob-lb")
+        lb_cli.login(fleet.lb_url, "bob", "bob-password-1")
+        lb_cli.ok("config-ssh", "--ssh-config", str(fleet.tmp / "ssh_config_lb"), "-y")
+        for _ in range(REPLICAS):  # round robin: at least one would have picked the dead replica
+            r = subprocess.run(["ssh", "-F", str(fleet.tmp / "ssh_config_lb"), "-o", "BatchMode=yes",
+                                "hatchway.survivor", "echo via-lb"], capture_output=True, env=lb_cli.env(), timeout=60)
+            assert r.stdout == b"via-lb\n", r.stderr
+        # Nothing in the database still claims the dead replica.
+        wait_for(lambda: fleet.psql(
+            f"SELECT (SELECT count(*) FROM replicas WHERE id = '{dead}')"
+            f" + (SELECT count(*) FROM workspaces WHERE agent_replica_id = '{dead}')"
+            f" + (SELECT count(*) FROM ssh_connections WHERE replica_id = '{dead}' AND result = 'open')"
+        ) == "0", 15, what="the dead replica to be forgotten")
+        ended = [r for r in fleet.connections("survivor") if r["replica"] == dead]
+        assert ended and all(r["result"] in ("failed", "closed") and r["ended_at"] for r in ended), ended
+        assert any(r["reason"] == "the Hatchway server process relaying it stopped" for r in ended), ended
+        assert int(fleet.psql("SELECT count(*) FROM replicas")) == REPLICAS - 1
+    finally:
+        carried.kill()
+        carried.wait()
+        agent.stop()
+        fleet.servers[x].start()  # for whatever runs after; a new replica id
+
+
+def test_replicas_starting_together_on_a_fresh_database_all_come_up_and_a_wrong_secret_is_refused(
+    pg_cluster: object, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    db_url = _new_database(pg_cluster)
+    secret = os.urandom(32).hex() + "\n"
+    servers = [RunningServer(tmp_path / f"r{i}", db_url=db_url) for i in range(REPLICAS + 1)]
+    for i, s in enumerate(servers):
+        s.data_dir.mkdir(mode=0o700)
+        (s.data_dir / "deployment.secret").write_text(secret if i < REPLICAS else os.urandom(32).hex() + "\n")
+        (s.data_dir / "deployment.secret").chmod(0o600)
+    try:
+        with ThreadPoolExecutor(REPLICAS) as pool:  # one migration, one "local" provider, three replicas
+            list(pool.map(lambda s: s.start(timeout=60), servers[:REPLICAS]))
+        assert psql(db_url, "SELECT count(*) FROM replicas") == str(REPLICAS)
+        assert psql(db_url, "SELECT count(*) FROM providers WHERE name = 'local'") == "1"
+        assert psql(db_url, "SELECT count(*) FROM replicas WHERE supervises") == "1"
+        with pytest.raises(RuntimeError) as err:
+            servers[REPLICAS].start()
+        assert "this server's deployment secret differs from the one replica" in str(err.value)
+        assert "copy deployment.secret from a running replica's data dir into this one's" in str(err.value)
+    finally:
+        for s in servers:
+            if s.proc is not None:
+                s.stop()

@@ -240,3 +240,49 @@ def test_late_http_matrix(world: World) -> None:
     for row in LATE_ROWS:
         for who in IDS:
             check(world, row, who)
+
+
+def test_replica_endpoints_refuse_everyone_without_a_fresh_signature_of_the_deployment_secret(world: World) -> None:
+    """/internal/ is for other replicas only: no user, agent or forged signature gets through."""
+    from websockets.exceptions import InvalidStatus
+
+    from hatchway.server.cluster import AUTH_HEADER, derive_key, sign
+
+    refused = {"error": "unauthorized", "detail": "replica-to-replica requests must be signed with the deployment secret"}
+    sender = "ab" * 8
+    dial = {"workspace_id": "nope", "stream": sender + "00" * 16, "client": "127.0.0.1 1"}
+    calls = [("/internal/v1/dial", dial), ("/internal/v1/supervise", {"action": "stop", "workspace_id": "nope"})]
+
+    def post(path: str, body: object, headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(world.srv.url + path, json=body, headers=headers, timeout=30)
+
+    for who in IDS:
+        token = world.tokens[who]
+        for path, body in calls:
+            r = post(path, body, {"Authorization": f"Bearer {token}"} if token else {})
+            assert (r.status_code, r.json()) == (401, refused), (who, path)
+    secret = bytes.fromhex((world.srv.data_dir / "deployment.secret").read_text().strip())
+    key = derive_key(secret, b"replica-relay/v1")
+    forged = {
+        "another secret": sign(derive_key(b"\x01" * 32, b"replica-relay/v1"), sender, "/internal/v1/dial"),
+        "another path": sign(key, sender, "/internal/v1/supervise"),
+        "stale": sign(key, sender, "/internal/v1/dial", now=__import__("time").time() - 120),
+        "garbage": "x.y.z",
+    }
+    for what, header in forged.items():
+        r = post("/internal/v1/dial", dial, {AUTH_HEADER: header})
+        assert (r.status_code, r.json()) == (401, refused), what
+    # The real signature passes; the request itself then says what is wrong with it.
+    r = post("/internal/v1/dial", dial, {AUTH_HEADER: sign(key, sender, "/internal/v1/dial")})
+    assert r.status_code == 404 and r.json()["detail"] == "the workspace's agent is not connected to this replica"
+    r = post("/internal/v1/dial", {**dial, "stream": "cd" * 8 + "00" * 16}, {AUTH_HEADER: sign(key, sender, "/internal/v1/dial")})
+    assert r.status_code == 400 and r.json()["detail"] == "a replica may only dial for its own streams"
+    # The hand-over WebSocket: refused at the handshake without the signature.
+    ws_url = world.srv.url.replace("http://", "ws://") + "/internal/v1/streams/" + sender + "00" * 16 + "?workspace=x"
+    for headers in ({}, {"Authorization": f"Bearer {world.tokens['agent_a']}"}, {AUTH_HEADER: forged["stale"]}):
+        with pytest.raises(InvalidStatus) as err:
+            connect(ws_url, additional_headers=headers, open_timeout=10).close()
+        assert err.value.response.status_code == 403
+    # None of it is in the public API document.
+    doc = httpx.get(world.srv.url + "/api/v1/openapi.json").json()
+    assert not [p for p in doc["paths"] if p.startswith("/internal")]

@@ -185,5 +185,7 @@ class Replica(Base):
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     relay_url: Mapped[str] = mapped_column(String(255))
     secret_check: Mapped[str] = mapped_column(String(64))
+    # Holds the supervision lock: starts and keeps server-managed workspaces running.
+    supervises: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

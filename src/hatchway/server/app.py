@@ -28,6 +28,7 @@ from hatchway.server.hub import AgentHub
 from hatchway.server.limits import BodyLimit
 from hatchway.server.relay import Relay
 from hatchway.server.settings import Settings
+from hatchway.server.supervision import SupervisionGate
 from hatchway.server.throttle import LoginThrottle
 from hatchway.server.web import routes as web
 
@@ -89,7 +90,10 @@ def create_app(settings: Settings) -> FastAPI:
         await ctx.cluster.join(alone=ctx.engine.dialect.name == "sqlite")
         await ctx.bus.start()
         app.state.ctx = ctx
-        app.state.supervisor = build_supervisor(ctx, getattr(app.state, "add_listener", None))
+        add_listener = getattr(app.state, "add_listener", None)
+        app.state.supervisor = SupervisionGate(
+            lambda: build_supervisor(ctx, add_listener), ctx.cluster, ctx.sessions, ctx.engine
+        )
         await app.state.supervisor.startup()
         try:
             yield

@@ -12,15 +12,28 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
 
+from hatchway.providers.base import SetupError
 from hatchway.server.cluster import AUTH_HEADER, origin_of
 from hatchway.server.context import get_ctx, get_ws_ctx
 from hatchway.server.errors import APIError
+from hatchway.server.supervision import SUPERVISE_PATH, command_args
 
 log = logging.getLogger("hatchway.server.internal")
 
 router = APIRouter(prefix="/internal/v1", include_in_schema=False)
 
 DIAL_PATH = "/internal/v1/dial"
+
+
+async def _signed_json(request: Request, path: str) -> tuple[str, Any]:
+    """(sending replica, body) of a request another replica signed for ``path``; else 401/400."""
+    sender = get_ctx(request).cluster.check(request.headers.get(AUTH_HEADER), path)
+    if sender is None:
+        raise APIError(401, "unauthorized", "replica-to-replica requests must be signed with the deployment secret")
+    try:
+        return sender, await request.json()
+    except ValueError:
+        raise APIError(400, "bad request", "the body must be JSON") from None
 
 
 def _field(body: Any, name: str, limit: int) -> str:
@@ -34,13 +47,7 @@ def _field(body: Any, name: str, limit: int) -> str:
 async def dial(request: Request) -> Response:
     """Send a dial to the agent connected here, for a stream waiting on the calling replica."""
     ctx = get_ctx(request)
-    sender = ctx.cluster.check(request.headers.get(AUTH_HEADER), DIAL_PATH)
-    if sender is None:
-        raise APIError(401, "unauthorized", "replica-to-replica requests must be signed with the deployment secret")
-    try:
-        body = await request.json()
-    except ValueError:
-        raise APIError(400, "bad request", "the body must be JSON") from None
+    sender, body = await _signed_json(request, DIAL_PATH)
     workspace_id, stream, client = _field(body, "workspace_id", 32), _field(body, "stream", 128), _field(body, "client", 100)
     if origin_of(stream) != sender:
         raise APIError(400, "bad request", "a replica may only dial for its own streams")
@@ -49,6 +56,20 @@ async def dial(request: Request) -> Response:
         raise APIError(404, "not found", "the workspace's agent is not connected to this replica")
     if not await conn.send({"type": "dial", "stream": stream, "client": client}):
         raise APIError(502, "agent gone", "lost the connection to the workspace's agent")
+    return Response(status_code=204)
+
+
+@router.post(SUPERVISE_PATH.removeprefix("/internal/v1"), status_code=204)
+async def supervise(request: Request) -> Response:
+    """Start, stop, restart or delete a workspace for a replica that does not supervise."""
+    action, ws_id = command_args((await _signed_json(request, SUPERVISE_PATH))[1])
+    gate = request.app.state.supervisor
+    if not gate.is_leading():  # never pass it on again: two replicas could bounce it forever
+        raise APIError(503, "this replica does not supervise workspaces", "it lost the lock; try again")
+    try:
+        await gate.command(action, ws_id)
+    except SetupError as exc:
+        raise APIError(422, "setup failed", str(exc)) from None
     return Response(status_code=204)
 
 

@@ -19,6 +19,7 @@ def upgrade() -> None:
         sa.Column('id', sa.String(length=16), nullable=False),
         sa.Column('relay_url', sa.String(length=255), nullable=False),
         sa.Column('secret_check', sa.String(length=64), nullable=False),
+        sa.Column('supervises', sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('id'),
