@@ -293,6 +293,22 @@ def test_concurrent_connections_across_replicas_succeed_like_through_one(fleet: 
     assert {r["replica"] for r in rows[:100]} == set(fleet.ids), "the balancer spread the clients"
 
 
+def test_failed_logins_spread_over_replicas_are_throttled_as_on_one(fleet: Fleet) -> None:
+    attempt = {"username": "target-user", "password": "wrong-password"}
+    for i in range(5):  # the limit (5 per user and source), spread over replicas 0 and 1 only
+        with api(fleet.servers[i % 2].url) as c:
+            assert c.post("/auth/login", json=attempt).status_code == 401
+    # Replica 2 saw none of them itself. Counting alone it would allow five more wrong guesses;
+    # sharing, it refuses at once (allowing one attempt for the notification still in flight,
+    # while the password hash of that attempt takes tens of milliseconds).
+    for replica in (2, 0, 1):
+        with api(fleet.servers[replica].url) as c:
+            codes = [c.post("/auth/login", json=attempt).status_code for _ in range(2)]
+            assert codes[-1] == 429 and codes.count(401) <= 1, (replica, codes)
+            r = c.post("/auth/login", json=attempt)
+            assert r.json()["error"] == "too many failed logins" and int(r.headers["Retry-After"]) > 0
+
+
 def _agents_of(user: str) -> int:
     ps = subprocess.run(["ps", "-eo", "user:32=,args="], capture_output=True, text=True, check=True).stdout
     return sum(1 for line in ps.splitlines() if line.split(None, 1)[0] == user and " agent" in line)

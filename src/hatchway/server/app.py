@@ -58,17 +58,18 @@ async def build_context(settings: Settings) -> ServerContext:
     relay = Relay(
         hub, cluster, settings.dial_timeout_s, settings.max_pending_streams_per_user, settings.max_pending_streams_per_workspace
     )
+    throttle = LoginThrottle(settings.login_failures_allowed, settings.login_failure_window_s)
     ctx = ServerContext(
         settings=settings,
         engine=engine,
         sessions=sessions,
         box=SecretBox(secret),
-        throttle=LoginThrottle(settings.login_failures_allowed, settings.login_failure_window_s),
+        throttle=throttle,
         hub=hub,
         relay=relay,
         cluster=cluster,
         bus=bus,
-        broadcast=Broadcast(bus, hub, relay),
+        broadcast=Broadcast(bus, hub, relay, throttle),
     )
     await ensure_default_provider(ctx)
     return ctx

@@ -12,15 +12,18 @@ from typing import Any
 from hatchway.server.bus import LocalBus
 from hatchway.server.hub import GOODBYE_REPLACED, AgentHub
 from hatchway.server.relay import Relay
+from hatchway.server.throttle import LoginThrottle
 
 
 class Broadcast:
-    def __init__(self, bus: LocalBus, hub: AgentHub, relay: Relay) -> None:
-        self._bus, self._hub, self._relay = bus, hub, relay
+    def __init__(self, bus: LocalBus, hub: AgentHub, relay: Relay, throttle: LoginThrottle) -> None:
+        self._bus, self._hub, self._relay, self._throttle = bus, hub, relay, throttle
         bus.subscribe("end_sessions", self._on_end_sessions)
         bus.subscribe("push_manifests", self._on_push_manifests)
         bus.subscribe("disconnect_agent", self._on_disconnect_agent)
         bus.subscribe("agent_attached", self._on_agent_attached)
+        bus.subscribe("login_failed", self._on_login)
+        bus.subscribe("login_succeeded", self._on_login)
 
     async def end_sessions(
         self, *, reason: str, user_id: str | None = None, provider_id: str | None = None, workspace_id: str | None = None
@@ -43,6 +46,14 @@ class Broadcast:
         """An agent connected here: any other replica still holding an older control channel
         of the same workspace (a peer that has not noticed it died) lets it go."""
         await self._bus.publish("agent_attached", workspace_id=workspace_id)
+
+    async def login_failed(self, username: str, source: str) -> None:
+        """Count a failed password login on every replica: a guesser spreading attempts over
+        the replicas behind a balancer is throttled as if there were one."""
+        await self._bus.publish("login_failed", username=username[:64], source=source[:100])
+
+    async def login_succeeded(self, username: str, source: str) -> None:
+        await self._bus.publish("login_succeeded", username=username[:64], source=source[:100])
 
     # ---- applying them ----------------------------------------------------------------------
 
@@ -68,3 +79,12 @@ class Broadcast:
             await self._hub.disconnect(
                 e["workspace_id"], "replaced by a newer connection of the same agent", code=GOODBYE_REPLACED
             )
+
+    async def _on_login(self, e: dict[str, Any]) -> None:
+        username, source = e.get("username"), e.get("source")
+        if not isinstance(username, str) or not isinstance(source, str):
+            return
+        if e["kind"] == "login_failed":
+            self._throttle.failed(username, source)
+        else:
+            self._throttle.succeeded(username, source)

@@ -2,8 +2,9 @@
 
 Failures are counted per (username, source address) and per username alone, in a sliding
 window; once over the limit, further attempts are refused without checking the password, so
-a guesser learns nothing and pays for nothing. Kept in memory: one replica's view is enough to
-slow a guesser, and a restart forgetting it costs little.
+a guesser learns nothing and pays for nothing. Kept in memory (a restart forgetting it costs
+little); with several replicas every failure is broadcast (hatchway.server.broadcast), so each
+replica counts the attempts made on all of them.
 """
 
 from __future__ import annotations

@@ -97,11 +97,11 @@ async def login(
         user.password_hash if user and user.password_hash else crypto.DUMMY_PASSWORD_HASH, body.password
     )
     if not user or not ok or not user.password_hash:
-        ctx.throttle.failed(body.username, source)
+        await ctx.broadcast.login_failed(body.username, source)
         raise APIError(401, "wrong username or password", "check both and try again")
     if user.suspended:
         raise APIError(403, "account suspended", "your account is suspended; ask a site manager to reactivate it")
-    ctx.throttle.succeeded(body.username, source)
+    await ctx.broadcast.login_succeeded(body.username, source)
     token = await issue_session_token(db, user, ctx.settings.session_ttl_s)
     await db.commit()
     return schemas.TokenOut(token=token, user=user_out(user))

@@ -291,7 +291,7 @@ async def sign_in(
             out = await users_api.login(body=body, request=request, ctx=ctx, db=db)
         except ValidationError:
             error = "Wrong username or password. Check both and try again."
-            ctx.throttle.failed(username[:64], request.client.host if request.client else "unknown")
+            await ctx.broadcast.login_failed(username[:64], request.client.host if request.client else "unknown")
         except APIError as exc:
             status = exc.status
             if exc.status == 429:
