@@ -7,6 +7,9 @@ connection becomes one binary frame on the data WebSocket, and every binary fram
 handed to the connection. Before this, the agent copied between the WebSocket and a socketpair
 whose other end asyncssh served: two more kernel copies and a Python copy loop per byte.
 
+Frames. asyncssh writes every SSH packet separately; the writes of one event-loop iteration are
+sent as one frame (up to 256 KiB), as the socketpair used to gather them.
+
 Bounds. Writes are not paced by the WebSocket (asyncssh ignores pause_writing anyway): what the
 connection may send is bounded by the SSH channel windows the client grants, exactly as before,
 when the same bytes waited in the socketpair's buffers instead. Reads go frame by frame; the
@@ -24,6 +27,9 @@ from websockets.exceptions import ConnectionClosed, InvalidState
 
 log = logging.getLogger("hatchway.agent.wstransport")
 
+#: Writes are gathered into frames of up to this size (the relay's read size elsewhere).
+FRAME_MAX = 256 * 1024
+
 
 class WebSocketTransport(asyncio.Transport):
     def __init__(self, ws: ClientConnection, protocol: asyncio.Protocol) -> None:
@@ -35,6 +41,9 @@ class WebSocketTransport(asyncio.Transport):
         self._lost = False
         self._reading = asyncio.Event()
         self._reading.set()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._flush_scheduled = False
         self.reader: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -77,11 +86,29 @@ class WebSocketTransport(asyncio.Transport):
     # ---- asyncio.Transport ---------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; what one event-loop iteration writes leaves as one frame (asyncssh
+        writes each SSH packet on its own: a frame each would multiply the per-frame work of
+        every hop), and at most :data:`FRAME_MAX` waits."""
         if self._closing or not data:
             return
+        self._pending.append(bytes(data))
+        self._pending_size += len(data)
+        if self._pending_size >= FRAME_MAX:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        self._pending_size = 0
         ws = self._ws
         try:
-            ws.protocol.send_binary(bytes(data) if not isinstance(data, bytes) else data)
+            ws.protocol.send_binary(data)
         except InvalidState:  # the WebSocket is closing: so is this connection
             self.abort()
             return
@@ -102,7 +129,7 @@ class WebSocketTransport(asyncio.Transport):
         raise NotImplementedError("an SSH stream has no half-close")
 
     def get_write_buffer_size(self) -> int:
-        return self._ws.transport.get_write_buffer_size()
+        return self._pending_size + self._ws.transport.get_write_buffer_size()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._ws.transport.get_write_buffer_limits()
@@ -127,6 +154,7 @@ class WebSocketTransport(asyncio.Transport):
         agent's stream task, which closes it after what was written so far."""
         if self._closing:
             return
+        self._flush()  # what the connection wrote before closing (its disconnect message) goes out
         self._closing = True
         self._loop.call_soon(self._connection_lost, None)
 
