@@ -51,6 +51,7 @@ class Fleet:
     bob_token: str
     alice_token: str
     ssh_configs: list[Path]
+    pg: object = None  # tests.helpers.postgres.TempPostgres: pause() and resume() for outages
     agents: dict[str, AgentProcess] = field(default_factory=dict)
     agent_tokens: dict[str, str] = field(default_factory=dict)
 
@@ -156,7 +157,7 @@ def fleet(pg_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> Itera
             tmp, db_url, servers, ids, nginx, lb_url,
             {pair: f"http://127.0.0.1:{p}" for pair, p in agent_ports.items()},
             [f"http://127.0.0.1:{p}" for p in client_ports], alice, bob, bob_token, alice_token,
-            [tmp / f"ssh_config{c}" for c in range(REPLICAS)],
+            [tmp / f"ssh_config{c}" for c in range(REPLICAS)], pg_cluster,
         )
         for a, d in PAIRS:
             f.create_workspace(f"w{a}{d}")
@@ -337,6 +338,37 @@ def test_one_replica_supervises_local_workspaces_and_the_others_pass_commands_to
         c.delete("/workspaces/loc").raise_for_status()
     assert subprocess.run(["getent", "passwd", user], capture_output=True).returncode == 2
     assert _agents_of(user) == 0
+
+
+def test_a_database_outage_longer_than_the_heartbeat_timeout_is_ridden_out(fleet: Fleet) -> None:
+    """After the outage the first replica to beat forgets the others (their beats are old):
+    they register again and claim their agents again, and nobody's workspace was stopped."""
+    leader = fleet.psql("SELECT id FROM replicas WHERE supervises")
+    fleet.pg.pause()  # type: ignore[attr-defined]
+    try:
+        time.sleep(6)  # an outage of a chosen length: longer than the 4 s after which a replica is forgotten
+        assert all(s.proc is not None and s.proc.poll() is None for s in fleet.servers)
+    finally:
+        fleet.pg.resume()  # type: ignore[attr-defined]
+    back = fleet.psql("SELECT now() AT TIME ZONE 'UTC'")
+    # Judge once every replica has beaten for longer than the forget timeout since the outage:
+    # whatever forgetting and reclaiming the outage causes has happened by then.
+    wait_for(lambda: fleet.psql(
+        f"SELECT count(*) FROM replicas WHERE heartbeat_at > TIMESTAMP '{back}' AT TIME ZONE 'UTC' + interval '5 seconds'"
+    ) == str(REPLICAS), 30, interval=0.5, what="every replica beating for 5 s after the outage")
+
+    def claims_restored() -> bool:
+        with fleet.api() as c:
+            rows = {w["name"]: w for w in c.get("/workspaces").json()}
+        return all(rows[f"w{a}{d}"]["agent_connected"] and rows[f"w{a}{d}"]["agent_replica"] == fleet.ids[a] for a, d in PAIRS)
+
+    wait_for(claims_restored, 30, interval=0.5, what="every agent claimed by its replica again")
+    assert fleet.psql("SELECT count(*) FROM replicas") == str(REPLICAS)
+    # The same replica supervises: nothing was moved (or restarted) because the database restarted.
+    wait_for(lambda: fleet.psql("SELECT id FROM replicas WHERE supervises") == leader, 10, what="the same supervisor")
+    for a in range(REPLICAS):
+        r = fleet.ssh((a + 1) % REPLICAS, f"w{a}{(a + 2) % REPLICAS}", "echo after-outage")
+        assert r.stdout == b"after-outage\n", r.stderr
 
 
 def test_a_replica_killed_mid_session_is_survived(fleet: Fleet) -> None:

@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from hatchway import __version__
 from hatchway.db.engine import create_engine, migrate, sessionmaker
-from hatchway.db.models import Provider
+from hatchway.db.models import Provider, Workspace
 from hatchway.fileutil import ensure_private_dir
 from hatchway.providers.docker import DockerProvider
 from hatchway.providers.local import LocalProvider, isolation_override
@@ -44,6 +44,18 @@ async def ensure_default_provider(ctx: ServerContext) -> None:
                 await db.commit()
             except IntegrityError:  # another replica starting at the same moment made it
                 await db.rollback()
+
+
+async def reclaim_agents(ctx: ServerContext) -> None:
+    """Mark the agents connected here as ours again (after the others forgot this replica)."""
+    ids = ctx.hub.connected_ids()
+    if not ids:
+        return
+    async with ctx.sessions() as db:
+        await db.execute(
+            update(Workspace).where(Workspace.id.in_(ids)).values(agent_connected=True, agent_replica_id=ctx.cluster.id)
+        )
+        await db.commit()
 
 
 async def build_context(settings: Settings) -> ServerContext:
@@ -96,6 +108,12 @@ def create_app(settings: Settings) -> FastAPI:
             lambda: build_supervisor(ctx, add_listener), ctx.cluster, ctx.sessions, ctx.engine
         )
         await app.state.supervisor.startup()
+
+        async def rejoin() -> None:  # the others forgot this replica: claim again what it holds
+            await reclaim_agents(ctx)
+            await app.state.supervisor.reassert()
+
+        ctx.cluster.on_rejoin = rejoin
         try:
             yield
         finally:

@@ -18,6 +18,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -82,6 +83,9 @@ class Cluster:
         self._secret_check = derive_key(deployment_secret, b"replica-check/v1").hex()
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Called after this replica had been forgotten (a long database outage) and registered
+        #: again: the claims the others cleared must be made again.
+        self.on_rejoin: Callable[[], Awaitable[None]] | None = None
 
     # ---- membership -------------------------------------------------------------------------
 
@@ -124,6 +128,7 @@ class Cluster:
             log.warning("could not deregister replica %s: %s", self.id, exc)
 
     async def _heartbeat_forever(self) -> None:
+        healthy_since: float | None = time.monotonic()  # join() just saw the database
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
@@ -134,8 +139,17 @@ class Cluster:
                     if not n:  # forgotten while the database was unreachable: come back
                         db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
                     await db.commit()
-                await self.forget_dead()
+                if not n:
+                    log.warning("replica %s had been forgotten by the others (database outage?); registered again", self.id)
+                    if self.on_rejoin is not None:
+                        await self.on_rejoin()
+                healthy_since = healthy_since or time.monotonic()
+                # Right after an outage of our own, the others' beats are old because the
+                # database was down, not because they are: give them time to beat again.
+                if time.monotonic() - healthy_since >= FORGET_AFTER_S:
+                    await self.forget_dead()
             except Exception as exc:
+                healthy_since = None
                 log.warning("replica heartbeat failed: %s", exc)
 
     async def forget_dead(self) -> list[str]:

@@ -67,6 +67,9 @@ class AgentHub:
         conn = self._conns.get(workspace_id)
         return conn if conn and not conn.closed.is_set() else None
 
+    def connected_ids(self) -> list[str]:
+        return [ws_id for ws_id, conn in self._conns.items() if not conn.closed.is_set()]
+
     async def attach(self, conn: AgentConnection) -> None:
         """Register a freshly connected agent; an older connection of the same workspace (a
         restarted agent whose old socket has not timed out yet) is closed."""

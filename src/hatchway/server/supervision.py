@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -35,6 +36,8 @@ log = logging.getLogger("hatchway.server.supervision")
 #: PostgreSQL advisory lock key of the supervising replica ("hatchsup" in ASCII).
 LEADER_LOCK_KEY = 0x6861746368737570
 RETRY_S = 1.0
+#: How long a supervising replica cut off from the database keeps its workspaces running.
+STEP_DOWN_AFTER_S = 30.0
 SUPERVISE_PATH = "/internal/v1/supervise"
 ACTIONS = ("start", "stop", "restart", "delete")
 
@@ -149,10 +152,14 @@ class SupervisionGate:
 
     async def _take_over(self) -> None:
         self._active = self._make()
-        await self._mark(True)
-        self.leading.set()
-        log.info("this replica supervises server-managed workspaces")
-        await self._active.startup()
+        try:
+            await self._mark(True)
+            self.leading.set()
+            log.info("this replica supervises server-managed workspaces")
+            await self._active.startup()
+        except BaseException:
+            await self._step_down()
+            raise
 
     async def _step_down(self) -> None:
         active, self._active = self._active, None
@@ -162,34 +169,73 @@ class SupervisionGate:
             with contextlib.suppress(Exception):
                 await self._mark(False)
 
+    async def _other_supervisor(self) -> bool:
+        async with self._sessions() as db:
+            row = (await db.execute(
+                select(Replica.id).where(Replica.supervises.is_(True), Replica.id != self._cluster.id)
+            )).first()
+        return row is not None
+
+    async def reassert(self) -> None:
+        """Say again that this replica supervises (its row was made anew after being forgotten)."""
+        if self._active is not None:
+            await self._mark(True)
+
     async def _mark(self, supervises: bool) -> None:
         async with self._sessions() as db:
             await db.execute(update(Replica).where(Replica.id == self._cluster.id).values(supervises=supervises))
             await db.commit()
 
     async def _lead_forever(self) -> None:
+        """Hold the lock; ride out a database outage without stopping anyone's workspace.
+
+        While PostgreSQL is unreachable nobody else can take the lock either, so the agents keep
+        running. Once it is back the lock is taken again; only if another replica got it
+        meanwhile (or the outage outlasts STEP_DOWN_AFTER_S) does this one stop supervising."""
         import asyncpg
 
         dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        cut_off_at: float | None = None
         while True:
             conn = None
             try:
                 conn = await asyncpg.connect(dsn, timeout=10)
-                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
+                # A replica that supervised before a database outage takes the lock back first:
+                # the others wait until it has been forgotten (dead), so a PostgreSQL restart
+                # does not move, and restart, every workspace.
+                while self._active is None and await self._other_supervisor():
                     await asyncio.sleep(RETRY_S)
-                await self._take_over()
+                while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
+                    if self._active is not None:
+                        log.warning("another replica took over supervision while this one was cut off from "
+                                    "the database; stopping this replica's workspaces")
+                        await self._step_down()
+                    cut_off_at = None
+                    await asyncio.sleep(RETRY_S)
+                if self._active is None:
+                    await self._take_over()
+                elif cut_off_at is not None:
+                    log.info("supervision lock held again after the database outage")
+                cut_off_at = None
                 while True:  # the lock lives as long as this connection: prove it is alive
                     await asyncio.sleep(RETRY_S)
                     await conn.fetchval("SELECT 1", timeout=5)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._active is not None:
-                    log.error("lost the supervision lock (%s): stopping this replica's agents; "
-                              "another replica takes over", exc)
-                else:
+                if self._active is None:
                     log.warning("cannot reach PostgreSQL for the supervision lock: %s", exc)
-                await self._step_down()
+                else:
+                    now = time.monotonic()
+                    cut_off_at = cut_off_at or now
+                    if now - cut_off_at >= STEP_DOWN_AFTER_S:
+                        log.error("cut off from the database for %.0f s (%s): stopping this replica's workspaces; "
+                                  "another replica may supervise them now", now - cut_off_at, exc)
+                        await self._step_down()
+                        cut_off_at = None
+                    else:
+                        log.warning("lost the supervision lock's connection (%s); workspaces keep running "
+                                    "while it reconnects", exc)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
