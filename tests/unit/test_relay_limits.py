@@ -111,6 +111,13 @@ def test_connection_guard_counts_per_address() -> None:
     assert g.handshaking == {} and g.refused == 1
 
 
+def test_a_trusted_proxy_is_not_capped_but_everyone_else_still_is() -> None:
+    g = ConnectionGuard(handshake_timeout=1, max_handshaking_per_ip=2, uncapped=frozenset({"10.0.0.5"}))
+    assert all(g.begin("10.0.0.5") for _ in range(100))
+    assert g.begin("a") and g.begin("a") and not g.begin("a")
+    assert g.handshaking["10.0.0.5"] == 100 and g.refused == 1
+
+
 async def test_a_websocket_not_accepted_in_time_is_refused_with_1013() -> None:
     async def slow_app(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.sleep(10)

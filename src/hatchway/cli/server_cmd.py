@@ -16,6 +16,9 @@ from hatchway.logs import setup_logging
 @click.option("--access-url", envvar="HATCHWAY_ACCESS_URL", default="", help="The URL clients and agents use to reach this server.")
 @click.option("--internal-url", envvar="HATCHWAY_INTERNAL_URL", default="",
               help="The URL other replicas use to reach this one (stream hand-over) [default: the --listen address].")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, envvar="HATCHWAY_TRUSTED_PROXIES",
+              help="Address of a load balancer in front of this server (repeatable): its X-Forwarded-For is "
+                   "believed and its connections are not capped per address [env: space-separated].")
 @click.option("--handshake-timeout", envvar="HATCHWAY_HANDSHAKE_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds a client gets to send its request headers (and a WebSocket to be accepted).")
 @click.option("--max-handshaking-per-ip", envvar="HATCHWAY_MAX_HANDSHAKING_PER_IP", type=click.IntRange(1), default=64, show_default=True,
@@ -26,7 +29,7 @@ from hatchway.logs import setup_logging
               help="Seconds an SSH connection waits for the workspace's agent to answer.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
 @click.pass_context
-def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str | None, access_url: str, internal_url: str, handshake_timeout: float,
+def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str | None, access_url: str, internal_url: str, trusted_proxies: tuple[str, ...], handshake_timeout: float,
            max_handshaking_per_ip: int, max_pending_streams: int, dial_timeout: float, verbose: bool) -> None:
     """Run the Hatchway control plane (API, web UI, relay)."""
     if ctx.invoked_subcommand is not None:
@@ -48,6 +51,7 @@ def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str |
         listen_port=port,
         access_url=access_url,
         internal_url=internal_url,
+        trusted_proxies=tuple(trusted_proxies),
         dial_timeout_s=dial_timeout,
         handshake_timeout_s=handshake_timeout,
         max_handshaking_per_ip=max_handshaking_per_ip,

@@ -39,9 +39,15 @@ WARN_EVERY = 30.0
 class ConnectionGuard:
     """Shared state of one server: connections still sending headers, per client address."""
 
-    def __init__(self, handshake_timeout: float, max_handshaking_per_ip: int) -> None:
+    def __init__(
+        self, handshake_timeout: float, max_handshaking_per_ip: int, uncapped: frozenset[str] = frozenset()
+    ) -> None:
         self.handshake_timeout = handshake_timeout
         self.max_per_ip = max_handshaking_per_ip
+        # Trusted proxies (a load balancer in front of replicas) carry every client's
+        # connections from one address: the per-address cap would refuse a busy balancer.
+        # The header deadline still applies to them.
+        self.uncapped = uncapped
         self.handshaking: dict[str, int] = {}
         self.timed_out = 0
         self.refused = 0
@@ -49,7 +55,7 @@ class ConnectionGuard:
 
     def begin(self, ip: str) -> bool:
         n = self.handshaking.get(ip, 0)
-        if n >= self.max_per_ip:
+        if n >= self.max_per_ip and ip not in self.uncapped:
             self.refused += 1
             self._warn("%s has %d connections still sending request headers; dropping more (%d so far)", ip, n, self.refused)
             return False

@@ -46,7 +46,8 @@ class _Config(uvicorn.Config):
 
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
-    guard = ConnectionGuard(settings.handshake_timeout_s, settings.max_handshaking_per_ip)
+    guard = ConnectionGuard(settings.handshake_timeout_s, settings.max_handshaking_per_ip, frozenset(settings.trusted_proxies))
+    extra: dict[str, object] = {"forwarded_allow_ips": list(settings.trusted_proxies)} if settings.trusted_proxies else {}
     return _Config(
         AcceptDeadline(app, settings.handshake_timeout_s),  # type: ignore[arg-type]
         guard,
@@ -63,6 +64,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=5,
         lifespan="on",
+        **extra,
     )
 
 
