@@ -373,6 +373,17 @@ def test_a_database_outage_longer_than_the_heartbeat_timeout_is_ridden_out(fleet
         assert r.stdout == b"after-outage\n", r.stderr
 
 
+def test_a_wrong_agent_claim_in_the_database_is_repaired(fleet: Fleet) -> None:
+    """A claim a lost write left wrong (the agent of w00 is on replica 0; the row says 1):
+    the replica asked for the dial corrects it, the holder claims it again within seconds, and
+    SSH works again without anyone restarting anything."""
+    fleet.psql(f"UPDATE workspaces SET agent_replica_id = '{fleet.ids[1]}' WHERE name = 'w00'")
+    r = fleet.ssh(2, "w00", "true")
+    assert r.returncode == 255 and 'workspace "w00": lost the connection to its agent; try again' in r.stderr.decode()
+    wait_for(lambda: fleet.workspace("w00")["agent_replica"] == fleet.ids[0], 15, what="replica 0 to claim w00 again")
+    assert fleet.ssh(2, "w00", "echo repaired").stdout == b"repaired\n"
+
+
 def test_a_replica_killed_mid_session_is_survived(fleet: Fleet) -> None:
     fleet.create_workspace("survivor")
     agent = fleet.start_agent("survivor", fleet.lb_url)  # through the documented configuration

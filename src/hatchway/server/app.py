@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hatchway import __version__
@@ -47,13 +47,20 @@ async def ensure_default_provider(ctx: ServerContext) -> None:
 
 
 async def reclaim_agents(ctx: ServerContext) -> None:
-    """Mark the agents connected here as ours again (after the others forgot this replica)."""
+    """Record the agents connected here as connected through this replica, where the database
+    says otherwise (only those rows are written)."""
     ids = ctx.hub.connected_ids()
     if not ids:
         return
+    mine = ctx.cluster.id
     async with ctx.sessions() as db:
         await db.execute(
-            update(Workspace).where(Workspace.id.in_(ids)).values(agent_connected=True, agent_replica_id=ctx.cluster.id)
+            update(Workspace)
+            .where(
+                Workspace.id.in_(ids),
+                or_(Workspace.agent_connected.is_(False), Workspace.agent_replica_id.is_(None), Workspace.agent_replica_id != mine),
+            )
+            .values(agent_connected=True, agent_replica_id=mine)
         )
         await db.commit()
 
@@ -109,11 +116,11 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await app.state.supervisor.startup()
 
-        async def rejoin() -> None:  # the others forgot this replica: claim again what it holds
+        async def reclaim() -> None:  # see Cluster.on_reclaim
             await reclaim_agents(ctx)
             await app.state.supervisor.reassert()
 
-        ctx.cluster.on_rejoin = rejoin
+        ctx.cluster.on_reclaim = reclaim
         try:
             yield
         finally:

@@ -31,6 +31,7 @@ from hatchway.db.models import Replica, SSHConnection, Workspace, utcnow
 log = logging.getLogger("hatchway.server.cluster")
 
 HEARTBEAT_S = 1.0
+RECLAIM_EVERY = 10
 #: A replica whose heartbeat is older than this is gone (a few missed beats, not one slow one).
 FORGET_AFTER_S = 4.0
 #: How far a signed request's timestamp may be from ours (clocks must be NTP-synchronised).
@@ -83,9 +84,10 @@ class Cluster:
         self._secret_check = derive_key(deployment_secret, b"replica-check/v1").hex()
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
-        #: Called after this replica had been forgotten (a long database outage) and registered
-        #: again: the claims the others cleared must be made again.
-        self.on_rejoin: Callable[[], Awaitable[None]] | None = None
+        #: Makes this replica's claims (agents it holds, supervision) true in the database again:
+        #: called after it had been forgotten (a long database outage) and registered again, and
+        #: every RECLAIM_EVERY beats, which repairs a claim that a lost write left wrong.
+        self.on_reclaim: Callable[[], Awaitable[None]] | None = None
 
     # ---- membership -------------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class Cluster:
 
     async def _heartbeat_forever(self) -> None:
         healthy_since: float | None = time.monotonic()  # join() just saw the database
+        beats = 0
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
@@ -139,10 +142,11 @@ class Cluster:
                     if not n:  # forgotten while the database was unreachable: come back
                         db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
                     await db.commit()
+                beats += 1
                 if not n:
                     log.warning("replica %s had been forgotten by the others (database outage?); registered again", self.id)
-                    if self.on_rejoin is not None:
-                        await self.on_rejoin()
+                if (not n or beats % RECLAIM_EVERY == 0) and self.on_reclaim is not None:
+                    await self.on_reclaim()
                 healthy_since = healthy_since or time.monotonic()
                 # Right after an outage of our own, the others' beats are old because the
                 # database was down, not because they are: give them time to beat again.

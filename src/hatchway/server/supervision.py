@@ -177,7 +177,7 @@ class SupervisionGate:
         return row is not None
 
     async def reassert(self) -> None:
-        """Say again that this replica supervises (its row was made anew after being forgotten)."""
+        """Say again that this replica supervises (its row may have been made anew)."""
         if self._active is not None:
             await self._mark(True)
 

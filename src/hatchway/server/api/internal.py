@@ -11,6 +11,9 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
+from sqlalchemy import update
+
+from hatchway.db.models import Workspace
 
 from hatchway.providers.base import SetupError
 from hatchway.server.cluster import AUTH_HEADER, origin_of
@@ -53,6 +56,15 @@ async def dial(request: Request) -> Response:
         raise APIError(400, "bad request", "a replica may only dial for its own streams")
     conn = ctx.hub.get(workspace_id)
     if conn is None:
+        # The database says the agent is here but it is not (its disconnect could not be
+        # recorded, e.g. during a database outage): correct the record for the next dial.
+        async with ctx.sessions() as db:
+            await db.execute(
+                update(Workspace)
+                .where(Workspace.id == workspace_id, Workspace.agent_replica_id == ctx.cluster.id)
+                .values(agent_connected=False, agent_replica_id=None)
+            )
+            await db.commit()
         raise APIError(404, "not found", "the workspace's agent is not connected to this replica")
     if not await conn.send({"type": "dial", "stream": stream, "client": client}):
         raise APIError(502, "agent gone", "lost the connection to the workspace's agent")
