@@ -385,6 +385,31 @@ def test_member_creates_inspects_and_deletes_a_workspace(member_page: SignedIn) 
     assert page.get_by_role("heading", name="You have no workspaces yet").is_visible()
 
 
+def test_container_workspaces_take_an_image_and_cvm_from_the_form(member_page: SignedIn, tmp_path: Path) -> None:
+    page, srv = member_page.page, member_page.srv
+    engine = tmp_path / "no-engine.sock"  # a Docker provider whose engine is not running
+    with srv.api() as c:
+        c.post("/providers", json={"name": "boxes", "kind": "docker", "docker_host": f"unix://{engine}"}).raise_for_status()
+    page.goto(srv.url + "/workspaces")
+    if page.locator("#new-workspace").get_attribute("open") is None:
+        page.locator("#new-workspace > summary").click()
+    page.get_by_label("Name").fill("boxdev")
+    page.get_by_label("Provider", exact=True).select_option(LAB)
+    page.locator("#ws-image").fill("debian:12")
+    page.get_by_label("CVM: systemd as PID 1").check()
+    page.get_by_role("button", name="Create workspace").click()
+    assert page.get_by_role("alert").inner_text() == f'--image and --cvm are for docker workspaces: provider "{LAB}" is manual'
+    assert page.locator("#ws-image").input_value() == "debian:12"  # kept for fixing
+    assert page.get_by_label("CVM: systemd as PID 1").is_checked()
+    # On the Docker provider the image reaches the engine, whose absence is said plainly.
+    page.get_by_label("Provider", exact=True).select_option("boxes")
+    page.get_by_role("button", name="Create workspace").click()
+    alert = page.get_by_role("alert").inner_text()
+    assert str(engine) in alert and "Docker" in alert, alert
+    with srv.api(srv.member_token) as c:
+        assert c.get("/workspaces/boxdev").status_code == 404  # nothing half-made
+
+
 def test_start_on_a_workspace_hatchway_does_not_run_explains_why(manager_page: SignedIn) -> None:
     from hatchway.server.api import workspaces as ws_api
 

@@ -476,9 +476,13 @@ async def create_workspace(
     if _SUPPORTS_OPENSSH:
         extra["openssh"] = form.get("openssh") == "on"
         values["openssh"] = "on" if extra["openssh"] else ""
+    values["image"] = form_str(form, "image")
+    extra["cvm"] = form.get("cvm") == "on"
+    values["cvm"] = "on" if extra["cvm"] else ""
     try:
         body = schemas.WorkspaceCreateIn(
-            name=values["name"], provider=values["provider"] or "local", env=_parse_env(values["env"]), **extra
+            name=values["name"], provider=values["provider"] or "local", env=_parse_env(values["env"]),
+            image=values["image"] or None, **extra,
         )
         out = await ws_api.create_workspace(body=body, request=request, user=user, ctx=ctx, db=db)
     except ValueError as exc:  # ValidationError is a ValueError too
@@ -486,6 +490,7 @@ async def create_workspace(
         return await _workspaces_page(request, user, db, 400, values, msg)
     except APIError as exc:
         await db.rollback()
+        await db.refresh(user)  # the rollback expired it; the page below reads it again
         return await _workspaces_page(request, user, db, exc.status, values, f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
     if out.agent_command:
         # A manual provider's agent token is shown exactly once, so render it now.
