@@ -83,8 +83,8 @@ def main(argv: list[str]) -> int:
         with World() as w:
             pid = w.pids()["server"]
             ws = w.workspaces["builtin"]
-            kw = dict(base_url=w.server.url, token=w.token, workspace="builtin", user=ws.get("os_user") or "root",
-                      key_path=str(w.key_path), host_key=ws["host_keys"][0], timeout=60 + n, in_flight=10)
+            kw = {"base_url": w.server.url, "token": w.token, "workspace": "builtin", "user": ws.get("os_user") or "root",
+                  "key_path": str(w.key_path), "host_key": ws["host_keys"][0], "timeout": 60 + n, "in_flight": 10}
             loadgen.run_load_sync(n=5, **kw)  # warm-up: lazy imports and first-use caches
             time.sleep(2)
             shots.append(snapshot(pid, snaps, 1))
