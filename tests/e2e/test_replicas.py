@@ -70,7 +70,11 @@ class Fleet:
         return live
 
     def workspace(self, name: str) -> dict:
-        return self.bob[0].ok("workspaces", "show", name, "--json").json()
+        """Through the balancer, which skips a dead replica (bob's CLIs are pinned to one each)."""
+        with self.api() as c:
+            r = c.get(f"/workspaces/{name}")
+            r.raise_for_status()
+            return r.json()
 
     def api(self, replica: int | None = None):  # type: ignore[no-untyped-def]
         """bob's API client, through the balancer or straight to one replica."""
