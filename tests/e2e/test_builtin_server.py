@@ -803,7 +803,8 @@ def test_4_agent_forwarding(world: World, ssh_agent: tuple[str, str]) -> None:
     path = lines[0]
     assert re.fullmatch(r"/tmp/ssh-[^/]+/agent\.\d+", path), path
     assert lines[1:] == ["600 socket", "700 directory", pubkey]
-    assert not Path(path).exists() and not Path(path).parent.exists(), "removed when the session ended"
+    # The client has gone when ssh returns; the server removes the socket as it closes the session.
+    wait_for(lambda: not Path(path).exists() and not Path(path).parent.exists(), 10, what="the agent socket removed")
     # SSH_AUTH_SOCK only for the session that asked: on one connection (the master allows agent
     # forwarding, each multiplexed session asks for it or not), a session with it and one without
     with control_master(world, "agent", "-A", env=env) as ctl:
