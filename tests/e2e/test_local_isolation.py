@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Cli
+from tests.helpers.netns import pids_of_uid
 from tests.helpers.server import RunningServer, wait_for
 
 MARKER = "hatchway workspace "
@@ -56,18 +57,6 @@ def uid_of(user: str) -> int | None:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
         return None
-
-
-def pids_of_uid(uid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    out.append(int(entry))
-            except FileNotFoundError:
-                pass
-    return out
 
 
 def cmdline(pid: int) -> list[str]:

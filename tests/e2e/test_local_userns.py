@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from hatchway.providers import userns
-from tests.helpers.asuser import UserServer, pids_of_uid
+from tests.helpers.asuser import UserServer
 from tests.helpers.cli import Cli
-from tests.helpers.netns import TempUser
+from tests.helpers.netns import TempUser, pids_of_uid
 from tests.helpers.server import wait_for
 
 

@@ -14,8 +14,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from hatchway.providers.local import _mode_of, _passthrough_targets
 from hatchway.providers.nslaunch import PLAN_ENV, passthrough_plan
@@ -30,8 +30,8 @@ class UserServer(RunningServer):
         super().__init__(user.home / "data", extra_env=extra_env)
         self.user = user
 
-    def start(self, timeout: float = 30.0) -> None:
-        server_argv = [HATCHWAY, "server", "--listen", f"{self.host}:{self.port}", "--data-dir", str(self.data_dir), "--verbose"]
+    def spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        server_argv = self.argv()
         targets = _passthrough_targets(self.user.home) + [str(Path(HATCHWAY).parent), str(Path(sys.prefix).resolve())]
         plan = {
             "passthrough": passthrough_plan(targets, _mode_of),
@@ -52,30 +52,7 @@ class UserServer(RunningServer):
             **self.extra_env,
             PLAN_ENV: json.dumps(plan),
         }
-        log = open(self.log_path, "ab")
-        offset = log.tell()
-        self.proc = subprocess.Popen(
+        return subprocess.Popen(
             ["unshare", "--mount", "--", sys.executable, "-m", "hatchway.providers.nslaunch"],
             stdout=log, stderr=log, env=env, cwd="/",
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if "ready at" in self.log()[offset:]:
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not become ready:\n{self.log()}")
-
-
-def pids_of_uid(uid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    out.append(int(entry))
-            except FileNotFoundError:
-                pass
-    return out

@@ -69,3 +69,16 @@ class TempUser:
     def close(self) -> None:
         run("pkill", "-KILL", "-u", self.name, check=False)
         run("userdel", "--remove", self.name, check=False)
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Every process owned by ``uid`` (by /proc ownership), to prove nothing was left running."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    out.append(int(entry))
+            except FileNotFoundError:
+                pass
+    return out

@@ -36,13 +36,18 @@ class RunningServer:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> None:
+    def argv(self) -> list[str]:
         args = [HATCHWAY, "server", "--listen", f"{self.host}:{self.port}", "--data-dir", str(self.data_dir), "--verbose"]
-        if self.db_url:
-            args += ["--db", self.db_url]
+        return args + ["--db", self.db_url] if self.db_url else args
+
+    def spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        """Start the server process writing to ``log``; subclasses start it differently."""
+        return subprocess.Popen(self.argv(), stdout=log, stderr=log, env={**os.environ, **self.extra_env})
+
+    def start(self, timeout: float = 30.0) -> None:
         log = open(self.log_path, "ab")
         offset = log.tell()  # a restart appends: wait for a NEW ready line
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, **self.extra_env})
+        self.proc = self.spawn(log)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
