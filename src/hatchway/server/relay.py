@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import WebSocket
@@ -27,16 +28,22 @@ class DialError(Exception):
     """The agent could not be reached for this stream; the message is for the user."""
 
 
-@dataclass
+@dataclass(slots=True)
 class LiveStream:
     id: str
     user_id: str
     workspace_id: str
     provider_id: str
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: str | None = None
     to_workspace: int = 0
     from_workspace: int = 0
+    # Set by splice(): stops both copies at once when a policy ends the stream.
+    interrupt: Callable[[], None] | None = None
+
+    def end(self, reason: str) -> None:
+        self.end_reason = reason
+        if self.interrupt is not None:
+            self.interrupt()
 
 
 @dataclass
@@ -193,8 +200,7 @@ class Relay:
                 continue
             if workspace_id and s.workspace_id != workspace_id:
                 continue
-            s.end_reason = reason
-            s.ended.set()
+            s.end(reason)
             n += 1
         if n:
             log.info("ending %d live SSH stream(s): %s", n, reason)
@@ -219,16 +225,25 @@ async def _pump(src: WebSocket, dst: WebSocket, stream: LiveStream, to_workspace
 async def splice(client: WebSocket, agent: WebSocket, stream: LiveStream) -> str | None:
     """Copy both ways until either side ends or the stream is ended by policy.
 
-    Returns the policy reason when the stream was ended from outside, else None."""
+    Two tasks per stream and nothing else: a policy end cancels them through ``interrupt``
+    rather than a third task waiting on an event (memory per idle stream is what bounds how
+    many one server relays). Returns the policy reason when ended from outside, else None."""
     up = asyncio.create_task(_pump(client, agent, stream, True))
     down = asyncio.create_task(_pump(agent, client, stream, False))
-    ended = asyncio.create_task(stream.ended.wait())
+
+    def interrupt() -> None:
+        up.cancel()
+        down.cancel()
+
+    stream.interrupt = interrupt
     try:
-        await asyncio.wait({up, down, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if stream.end_reason is not None:  # ended before the copies started
+            interrupt()
+        await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in (up, down, ended):
-            t.cancel()
-        for t in (up, down, ended):
+        stream.interrupt = None
+        interrupt()
+        for t in (up, down):
             with contextlib.suppress(BaseException):
                 await t
     for t in (up, down):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -12,7 +13,7 @@ from sqlalchemy import select
 from hatchway.db.models import SSHConnection, User, Workspace, utcnow
 from hatchway.names import check_username, check_workspace_name
 from hatchway.server.auth import bearer_token, user_for_token
-from hatchway.server.context import client_source, get_ws_ctx
+from hatchway.server.context import ServerContext, client_source, get_ws_ctx
 from hatchway.server.errors import APIError
 from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
 from hatchway.server.relay import DialError, LiveStream, splice
@@ -102,20 +103,31 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         log.info("SSH to %s by %s refused: %s", name, log_row.username, refusal)
         await _refuse(websocket, refusal)
         return
+    # What the rest needs, as plain values: the rows stay out of the long-lived frame (an idle
+    # relayed connection should cost a few sockets and buffers, not a graph of ORM objects).
+    label, username, row_id = f"{ws.owner.username}/{ws.name}", user.username, log_row.id
+    del ws, user, log_row
+    await _relay(ctx, websocket, agent_ws, released, stream, label, username, row_id)
 
+
+async def _relay(
+    ctx: ServerContext, websocket: WebSocket, agent_ws: WebSocket, released: asyncio.Event,
+    stream: LiveStream, label: str, username: str, row_id: str,
+) -> None:
+    """Splice an accepted stream to its agent, then close both and complete the record."""
     ctx.relay.register(stream)
-    reason = None
+    reason = mode = None
     try:
         hello = await agent_ws.receive()
         if hello.get("text"):
             with contextlib.suppress(ValueError, AttributeError):
                 info = json.loads(hello["text"])
-                log_row.mode = str(info.get("mode", ""))[:40] or None
+                mode = str(info.get("mode", ""))[:40] or None
         elif hello.get("bytes"):
             stream.from_workspace += len(hello["bytes"])
             await websocket.send_bytes(hello["bytes"])
         if hello["type"] == "websocket.receive":
-            log.info("SSH to %s/%s by %s: relaying (%s)", ws.owner.username, ws.name, user.username, log_row.mode)
+            log.info("SSH to %s by %s: relaying (%s)", label, username, mode)
             reason = await splice(websocket, agent_ws, stream)
     finally:
         ctx.relay.unregister(stream)
@@ -127,9 +139,9 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         with contextlib.suppress(Exception):
             await agent_ws.close()
         async with ctx.sessions() as db:
-            row = await db.get(SSHConnection, log_row.id)
+            row = await db.get(SSHConnection, row_id)
             if row is not None:
-                row.mode = log_row.mode
+                row.mode = mode
                 row.ended_at = utcnow()
                 row.bytes_to_workspace = stream.to_workspace
                 row.bytes_from_workspace = stream.from_workspace
@@ -137,7 +149,6 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
                 row.reason = reason
                 await db.commit()
         log.info(
-            "SSH to %s/%s by %s ended: %d bytes in, %d bytes out%s",
-            ws.owner.username, ws.name, user.username, stream.to_workspace, stream.from_workspace,
-            f" ({reason})" if reason else "",
+            "SSH to %s by %s ended: %d bytes in, %d bytes out%s",
+            label, username, stream.to_workspace, stream.from_workspace, f" ({reason})" if reason else "",
         )
