@@ -13,6 +13,7 @@ import uvicorn
 from hatchway.server.app import create_app
 from hatchway.server.guards import AcceptDeadline, ConnectionGuard, guard_protocol
 from hatchway.server.settings import Settings
+from hatchway.server.streams import StreamDispatch
 
 log = logging.getLogger("hatchway.server")
 
@@ -50,7 +51,7 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
     guard = ConnectionGuard(settings.handshake_timeout_s, settings.max_handshaking_per_ip, frozenset(settings.trusted_proxies))
     extra: dict[str, object] = {"forwarded_allow_ips": list(settings.trusted_proxies)} if settings.trusted_proxies else {}
     return _Config(
-        AcceptDeadline(app, settings.handshake_timeout_s),  # type: ignore[arg-type]
+        AcceptDeadline(StreamDispatch(app), settings.handshake_timeout_s),  # type: ignore[arg-type]
         guard,
         host=settings.listen_host,
         port=settings.listen_port,
