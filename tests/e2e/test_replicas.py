@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from bench.loadgen import run_load_sync
-from tests.helpers import postgres
 from tests.helpers.agent import AgentProcess
 from tests.helpers.cli import Cli
 from tests.helpers.nginx import Nginx, example_config, placement_config, why_cannot_run

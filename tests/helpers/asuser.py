@@ -11,7 +11,6 @@ process is the one started (its pid is ``proc.pid``), so stopping it works as us
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
