@@ -326,21 +326,25 @@ def test_one_replica_supervises_local_workspaces_and_the_others_pass_commands_to
     lead = fleet.ids.index(leaders[0])
     other = (lead + 1) % REPLICAS
     with fleet.api(other) as c:  # every command goes to a replica that does not supervise
-        c.post("/workspaces", json={"name": "loc", "provider": "local"}).raise_for_status()
-        wait_for(lambda: c.get("/workspaces/loc").json()["state"] == "running", 60, what="loc running")
-        ws = c.get("/workspaces/loc").json()
-        assert ws["agent_replica"] == fleet.ids[lead]  # the supervisor's agents connect to it
-        user = ws["os_user"]
-        assert _agents_of(user) == 1, "exactly one agent, however many replicas"
-        fleet.bob[other].ok("config-ssh", "--ssh-config", str(fleet.ssh_configs[other]), "-y")
-        r = fleet.ssh(other, "loc", "id -un")
-        assert r.stdout.decode().strip() == user, r.stderr
-        assert c.post("/workspaces/loc/stop").json()["state"] == "stopped"
-        assert _agents_of(user) == 0
-        c.post("/workspaces/loc/start").raise_for_status()
-        wait_for(lambda: c.get("/workspaces/loc").json()["agent_connected"], 60, what="loc back")
-        assert _agents_of(user) == 1
-        c.delete("/workspaces/loc").raise_for_status()
+        try:
+            c.post("/workspaces", json={"name": "loc", "provider": "local"}).raise_for_status()
+            wait_for(lambda: c.get("/workspaces/loc").json()["state"] == "running", 60, what="loc running")
+            ws = c.get("/workspaces/loc").json()
+            assert ws["agent_replica"] == fleet.ids[lead]  # the supervisor's agents connect to it
+            user = ws["os_user"]
+            assert _agents_of(user) == 1, "exactly one agent, however many replicas"
+            fleet.bob[other].ok("config-ssh", "--ssh-config", str(fleet.ssh_configs[other]), "-y")
+            r = fleet.ssh(other, "loc", "id -un")
+            assert r.stdout.decode().strip() == user, r.stderr
+            assert c.post("/workspaces/loc/stop").json()["state"] == "stopped"
+            assert _agents_of(user) == 0
+            c.post("/workspaces/loc/start").raise_for_status()
+            wait_for(lambda: c.get("/workspaces/loc").json()["agent_connected"], 60, what="loc back")
+            assert _agents_of(user) == 1
+            c.delete("/workspaces/loc").raise_for_status()
+        finally:  # a failed step must not leave the workspace's Unix user and namespace behind
+            if c.get("/workspaces/loc").status_code == 200:
+                c.delete("/workspaces/loc")
     assert subprocess.run(["getent", "passwd", user], capture_output=True).returncode == 2
     assert _agents_of(user) == 0
 
