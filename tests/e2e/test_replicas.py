@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from bench.loadgen import run_load_sync
 from tests.helpers.agent import AgentProcess
 from tests.helpers.cli import Cli
+from tests.helpers.netns import pids_of_uid
 from tests.helpers.nginx import Nginx, example_config, placement_config, why_cannot_run
 from tests.helpers.server import RunningServer, api, free_port, wait_for
 
@@ -315,9 +317,34 @@ def test_failed_logins_spread_over_replicas_are_throttled_as_on_one(fleet: Fleet
             assert r.json()["error"] == "too many failed logins" and int(r.headers["Retry-After"]) > 0
 
 
-def _agents_of(user: str) -> int:
-    ps = subprocess.run(["ps", "-eo", "user:32=,args="], capture_output=True, text=True, check=True).stdout
-    return sum(1 for line in ps.splitlines() if line.split(None, 1)[0] == user and " agent" in line)
+def _agent_pids(uid: int) -> list[int]:
+    """The workspace agents running as ``uid``, read from /proc (no user name lookups)."""
+    out = []
+    for pid in pids_of_uid(uid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"hatchway" in argv and argv[argv.index(b"hatchway") + 1:][:1] == [b"agent"]:
+            out.append(pid)
+    return out
+
+
+def _expect_agents(fleet: Fleet, lead: int, user: str, uid: int, n: int) -> None:
+    """``n`` agents of ``user`` within a few seconds (an agent that has just connected may still be
+    exec-ing, one being stopped still exiting); otherwise fail showing what runs and what the
+    supervising replica said about the workspace."""
+    deadline = time.monotonic() + 10
+    while len(_agent_pids(uid)) != n:
+        if time.monotonic() > deadline:
+            ps = subprocess.run(["ps", "-eo", "pid,user:32,args"], capture_output=True, text=True).stdout
+            said = [line for line in fleet.servers[lead].log().splitlines() if "bob/loc" in line]
+            raise AssertionError(
+                f"expected {n} agent(s) of {user}, found {_agent_pids(uid)}\n"
+                + "\n".join(line for line in ps.splitlines() if user in line or " agent" in line)
+                + "\nsupervisor log:\n" + "\n".join(said[-20:])
+            )
+        time.sleep(0.05)
 
 
 def test_one_replica_supervises_local_workspaces_and_the_others_pass_commands_to_it(fleet: Fleet) -> None:
@@ -332,21 +359,22 @@ def test_one_replica_supervises_local_workspaces_and_the_others_pass_commands_to
             ws = c.get("/workspaces/loc").json()
             assert ws["agent_replica"] == fleet.ids[lead]  # the supervisor's agents connect to it
             user = ws["os_user"]
-            assert _agents_of(user) == 1, "exactly one agent, however many replicas"
+            uid = pwd.getpwnam(user).pw_uid
+            _expect_agents(fleet, lead, user, uid, 1)  # exactly one, however many replicas
             fleet.bob[other].ok("config-ssh", "--ssh-config", str(fleet.ssh_configs[other]), "-y")
             r = fleet.ssh(other, "loc", "id -un")
             assert r.stdout.decode().strip() == user, r.stderr
             assert c.post("/workspaces/loc/stop").json()["state"] == "stopped"
-            assert _agents_of(user) == 0
+            _expect_agents(fleet, lead, user, uid, 0)
             c.post("/workspaces/loc/start").raise_for_status()
             wait_for(lambda: c.get("/workspaces/loc").json()["agent_connected"], 60, what="loc back")
-            assert _agents_of(user) == 1
+            _expect_agents(fleet, lead, user, uid, 1)
             c.delete("/workspaces/loc").raise_for_status()
         finally:  # a failed step must not leave the workspace's Unix user and namespace behind
             if c.get("/workspaces/loc").status_code == 200:
                 c.delete("/workspaces/loc")
     assert subprocess.run(["getent", "passwd", user], capture_output=True).returncode == 2
-    assert _agents_of(user) == 0
+    assert pids_of_uid(uid) == []  # nothing of the workspace's user is left running
 
 
 def test_a_database_outage_longer_than_the_heartbeat_timeout_is_ridden_out(fleet: Fleet) -> None:
