@@ -70,7 +70,7 @@ def parse_args(argv: list[str]) -> Options:
                    help="concurrency modes: burst (all at once), ramped (10 opening at a time) [%(default)s]")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where latest.md/json go [bench/results]")
     p.add_argument("--profile", action="store_true",
-                   help="also record py-spy profiles of proxy, server and agent during one download per path")
+                   help="also record py-spy profiles of proxy, server and agent during one download and one upload per path")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")
     a = p.parse_args(argv)
     quick = a.quick

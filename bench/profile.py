@@ -1,6 +1,6 @@
 """``bench/run --profile``: where the Python processes of the byte path spend a bulk transfer.
 
-For each Hatchway path, one download runs while ``py-spy record`` samples the client's
+For each Hatchway path, one download and one upload run while ``py-spy record`` samples the client's
 ``hatchway proxy``, the server and the agent. Each profile is summarised as the functions with
 the most samples on top of the stack ("self"), those most often anywhere on it ("total"), and
 self samples by library; the raw collapsed stacks are kept too (load them into speedscope or
@@ -120,12 +120,19 @@ def profile_paths(world: World, size: int, results: Path) -> Path | None:
         print("bench: --profile needs py-spy (.venv/bin/pip install py-spy); skipped", file=sys.stderr)
         return None
     results.mkdir(parents=True, exist_ok=True)
-    report = [f"# Profiles of one {size >> 20} MiB download (aes128-gcm) per Hatchway path", ""]
-    for key, agent in ((OSSH, "agent-ossh"), (BUILTIN, "agent-builtin")):
+    report = [f"# Profiles of one {size >> 20} MiB download and upload (aes128-gcm) per Hatchway path", ""]
+    runs = [(key, agent, way) for key, agent in ((OSSH, "agent-ossh"), (BUILTIN, "agent-builtin"))
+            for way in ("download", "upload")]
+    for key, agent, way in runs:
         target = world.targets[key]
-        argv = world.ssh_argv(target, f"head -c {size} /dev/zero", cipher="aes128-gcm@openssh.com")
-        ssh = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env=world.env(), start_new_session=True)
+        command = f"head -c {size} /dev/zero" if way == "download" else "cat > /dev/null"
+        argv = world.ssh_argv(target, command, cipher="aes128-gcm@openssh.com")
+        # An upload reads its bytes from a pipe, as in the throughput rows.
+        feed = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE) if way == "upload" else None
+        ssh = subprocess.Popen(argv, stdin=feed.stdout if feed else subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env=world.env(), start_new_session=True)
+        if feed is not None and feed.stdout is not None:
+            feed.stdout.close()  # ssh holds the pipe now
         recorders: dict[str, tuple[subprocess.Popen, Path]] = {}
         try:
             pids = world.pids()
@@ -136,7 +143,7 @@ def profile_paths(world: World, size: int, results: Path) -> Path | None:
             t0 = time.monotonic()
             cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
             for name, pid in procs.items():
-                out = results / f"profile-{key}-{name}.raw"
+                out = results / f"profile-{key}-{way}-{name}.raw"
                 recorders[name] = (_record(tool, pid, out), out)
             cpu1: dict[str, float] = {}
             while ssh.poll() is None and time.monotonic() - t0 < 60 + size / 10e6:
@@ -158,11 +165,15 @@ def profile_paths(world: World, size: int, results: Path) -> Path | None:
                 except subprocess.TimeoutExpired:
                     kill_group(proc)
             kill_group(ssh)
-        report.append(f"# {PATH_LABELS[key]}: {size / seconds / 1e6:.0f} MB/s while profiled (ssh exit {ssh.returncode})\n")
+            if feed is not None:
+                feed.kill()
+                feed.wait()
+        report.append(f"# {PATH_LABELS[key]}, {way}: {size / seconds / 1e6:.0f} MB/s while profiled "
+                      f"(ssh exit {ssh.returncode})\n")
         for name, (proc, out) in recorders.items():
             if out.exists():
                 used = cpu1.get(name, cpu0[name]) - cpu0[name]
-                report.append(summarize(out, f"{PATH_LABELS[key]} — {name} (pid {procs[name]})", seconds, used))
+                report.append(summarize(out, f"{PATH_LABELS[key]}, {way} — {name} (pid {procs[name]})", seconds, used))
             else:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 report.append(f"## {name}: no profile ({err.strip()[:300]})\n")
