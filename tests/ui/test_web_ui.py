@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from hatchway.server.policy import external_connect_off_message
-from tests.helpers.server import api, first_user, running_server
+from tests.helpers.server import api, first_user, running_server, wait_for
 from tests.ui import flows
 from tests.ui.conftest import LAB, SignedIn, UIServer
 from tests.ui.fake_agent import ssh_stream
@@ -411,10 +411,6 @@ def test_container_workspaces_take_an_image_and_cvm_from_the_form(member_page: S
 
 
 def test_start_on_a_workspace_hatchway_does_not_run_explains_why(manager_page: SignedIn) -> None:
-    from hatchway.server.api import workspaces as ws_api
-
-    if not callable(getattr(ws_api, "start_workspace", None)):
-        pytest.skip("this API has no workspace start/stop yet")
     page, srv = manager_page.page, manager_page.srv
     with srv.api() as c:
         c.post("/workspaces", json={"name": "manual-ws", "provider": LAB}).raise_for_status()
@@ -433,6 +429,41 @@ def test_start_on_a_workspace_hatchway_does_not_run_explains_why(manager_page: S
     finally:
         with srv.api() as c:
             c.delete("/workspaces/manual-ws")
+
+
+def test_stop_start_and_restart_buttons_run_a_local_workspace(manager_page: SignedIn) -> None:
+    """The buttons a workspace Hatchway runs offers, clicked in the browser, really stop and start
+    its agent; each says what happened and the page offers what fits the new state."""
+    page, srv = manager_page.page, manager_page.srv
+
+    def state() -> dict:
+        with srv.api() as c:
+            return c.get("/workspaces/buttons").json()
+
+    def running() -> bool:
+        w = state()
+        return w["state"] == "running" and w["agent_connected"]
+
+    with srv.api() as c:
+        c.post("/workspaces", json={"name": "buttons", "provider": "local"}).raise_for_status()
+    try:
+        wait_for(running, 60, what="the local workspace to run")
+        page.goto(srv.url + "/workspaces/alice/buttons")
+        assert page.get_by_role("button", name="Start", exact=True).count() == 0
+        page.get_by_role("button", name="Stop", exact=True).click()
+        assert page.locator(".flash-success").inner_text() == 'Workspace "alice/buttons" stopped.'
+        assert (state()["state"], state()["agent_connected"]) == ("stopped", False)
+        assert page.get_by_role("button", name="Stop", exact=True).count() == 0  # the page shows the new state
+        page.get_by_role("button", name="Start", exact=True).click()
+        assert page.locator(".flash-success").inner_text() == 'Starting workspace "alice/buttons".'
+        wait_for(running, 60, what="the workspace to run again")
+        page.reload()
+        page.get_by_role("button", name="Restart", exact=True).click()
+        assert page.locator(".flash-success").inner_text() == 'Restarting workspace "alice/buttons".'
+        wait_for(running, 60, what="the workspace to run after the restart")
+    finally:
+        with srv.api() as c:
+            c.delete("/workspaces/buttons")
 
 
 def test_site_manager_creates_promotes_suspends_and_activates_users(manager_page: SignedIn) -> None:

@@ -198,14 +198,18 @@ async def rotate_agent_token(
     return schemas.AgentTokenOut(agent_token=token, agent_command=agent_command(ctx.settings.url, token))
 
 
-async def _lifecycle(
-    action: Literal["start", "stop", "restart"],
+Lifecycle = Literal["start", "stop", "restart"]
+
+
+async def change_state(
+    action: Lifecycle,
     name: str,
     owner: str | None,
     request: Request,
     user: User,
     db: AsyncSession,
 ) -> schemas.WorkspaceOut:
+    """Start, stop or restart a workspace Hatchway runs (the API's and the web UI's way)."""
     ws = await find_workspace(db, user, name, owner)
     supervisor = _supervisor(request)
     if supervisor is None or not supervisor.manages(ws.provider.kind):
@@ -218,49 +222,30 @@ async def _lifecycle(
     record(db, user, f"workspace.{action}", f"{ws.owner.username}/{ws.name}", client_source(request))
     await db.commit()
     try:
-        if action == "start":
-            await supervisor.start(ws_id)
-        elif action == "stop":
-            await supervisor.stop(ws_id)
-        else:
-            await supervisor.restart(ws_id)
+        await getattr(supervisor, action)(ws_id)
     except SetupError as exc:
         raise APIError(500, f'could not {action} workspace "{ws.name}" cleanly', str(exc)) from None
     await db.refresh(ws)  # the supervisor changed the row through its own session
     return workspace_out(ws)
 
 
-@router.post("/{name}/start", response_model=schemas.WorkspaceOut)
-async def start_workspace(
-    name: str,
-    request: Request,
-    owner: str | None = None,
-    user: User = Depends(current_user),
-    db: AsyncSession = Depends(get_db),
-) -> schemas.WorkspaceOut:
-    """Start a stopped (or failed) workspace; returns at once with state "starting"."""
-    return await _lifecycle("start", name, owner, request, user, db)
+def _lifecycle_route(action: Lifecycle, doc: str) -> None:
+    """POST /workspaces/{name}/<action>: one endpoint per action, all the same but for it."""
+
+    async def endpoint(
+        name: str,
+        request: Request,
+        owner: str | None = None,
+        user: User = Depends(current_user),
+        db: AsyncSession = Depends(get_db),
+    ) -> schemas.WorkspaceOut:
+        return await change_state(action, name, owner, request, user, db)
+
+    endpoint.__name__ = endpoint.__qualname__ = f"{action}_workspace"  # its OpenAPI operation id
+    endpoint.__doc__ = doc
+    router.add_api_route(f"/{{name}}/{action}", endpoint, methods=["POST"], response_model=schemas.WorkspaceOut)
 
 
-@router.post("/{name}/stop", response_model=schemas.WorkspaceOut)
-async def stop_workspace(
-    name: str,
-    request: Request,
-    owner: str | None = None,
-    user: User = Depends(current_user),
-    db: AsyncSession = Depends(get_db),
-) -> schemas.WorkspaceOut:
-    """Stop a workspace; returns once nothing of it is running (live SSH sessions end)."""
-    return await _lifecycle("stop", name, owner, request, user, db)
-
-
-@router.post("/{name}/restart", response_model=schemas.WorkspaceOut)
-async def restart_workspace(
-    name: str,
-    request: Request,
-    owner: str | None = None,
-    user: User = Depends(current_user),
-    db: AsyncSession = Depends(get_db),
-) -> schemas.WorkspaceOut:
-    """Stop the workspace's agent and start it again; returns with state "starting"."""
-    return await _lifecycle("restart", name, owner, request, user, db)
+_lifecycle_route("start", """Start a stopped (or failed) workspace; returns at once with state "starting".""")
+_lifecycle_route("stop", """Stop a workspace; returns once nothing of it is running (live SSH sessions end).""")
+_lifecycle_route("restart", """Stop the workspace's agent and start it again; returns with state "starting".""")

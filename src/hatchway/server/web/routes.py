@@ -8,7 +8,6 @@ Sign-in goes through the API's login function too, so brute-force throttling is 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable, Coroutine
@@ -401,22 +400,11 @@ async def _show_workspace(db: AsyncSession, user: User, owner: str, name: str) -
         raise
 
 
-def _lifecycle_actions() -> dict[str, bool]:
-    """Start/stop/restart appear once the workspace API offers them."""
-    return {a: callable(getattr(ws_api, f"{a}_workspace", None)) for a in ("start", "stop", "restart")}
-
-
 def _managed(request: Request, kind: str) -> bool:
     """Whether Hatchway itself starts and stops workspaces of this provider kind."""
     supervisor = getattr(request.app.state, "supervisor", None)
     manages = getattr(supervisor, "manages", None)
     return bool(manages(kind)) if callable(manages) else kind != "manual"
-
-
-async def _call_api(fn: Callable[..., Any], **available: Any) -> Any:
-    """Call an API route function with the arguments it takes (signatures differ by route)."""
-    params = inspect.signature(fn).parameters
-    return await fn(**{k: v for k, v in available.items() if k in params})
 
 
 async def _workspaces_page(
@@ -437,7 +425,6 @@ async def _workspaces_page(
         form=form or {"provider": "local" if any(p.name == "local" for p in providers) else ""},
         error=error,
         created=created,
-        lifecycle=_lifecycle_actions(),
         supports_openssh=_SUPPORTS_OPENSSH,
     )
 
@@ -504,7 +491,7 @@ async def workspace_page(
 ) -> Response:
     w = await _show_workspace(db, user, owner, name)
     view = _workspace_view(user, w, _managed(request, w.provider_kind))
-    return render(request, "workspace.html", section="workspaces", view=view, lifecycle=_lifecycle_actions())
+    return render(request, "workspace.html", section="workspaces", view=view)
 
 
 @router.get("/workspaces/{owner}/{name}/delete")
@@ -578,51 +565,34 @@ async def agent_token(
     return render(request, "agent_token.html", section="workspaces", ws=w, agent_command=out.agent_command, created=False)
 
 
-async def _lifecycle(action: str, owner: str, name: str, request: Request, user: User, ctx: ServerContext, db: AsyncSession) -> Response:
-    fn = getattr(ws_api, f"{action}_workspace", None)
-    if not callable(fn):
-        raise APIError(404, f"Workspaces cannot be {action}ed here yet", "This deployment's API has no such action.")
-    form = await request.form()
-    back = form_str(form, "next")
-    if not back.startswith("/workspaces") or back.startswith("//"):
-        back = f"/workspaces/{owner}/{name}"
-    try:
-        out = await _call_api(fn, name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
-    except APIError as exc:
-        return redirect(request, back, "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
-    label = f'"{owner}/{name}"'
-    message = {
-        "start": f"Starting workspace {label}.",
-        "stop": f"Workspace {label} stopped.",
-        "restart": f"Restarting workspace {label}.",
-    }[action]
-    if out.state == "failed":
-        return redirect(request, back, "error", f"Workspace {label} failed: {out.state_reason or 'see its details'}")
-    return redirect(request, back, "success", message)
+def _lifecycle_route(action: ws_api.Lifecycle) -> None:
+    """POST /workspaces/{owner}/{name}/<action> from the buttons: the API's change, then back
+    to the page the button was on with what happened."""
+
+    async def endpoint(
+        owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db),
+    ) -> Response:
+        form = await request.form()
+        back = form_str(form, "next")
+        if not back.startswith("/workspaces") or back.startswith("//"):
+            back = f"/workspaces/{owner}/{name}"
+        try:
+            out = await ws_api.change_state(action, name, owner, request, user, db)
+        except APIError as exc:
+            return redirect(request, back, "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+        label = f'"{owner}/{name}"'
+        if out.state == "failed":
+            return redirect(request, back, "error", f"Workspace {label} failed: {out.state_reason or 'see its details'}")
+        done = {"start": f"Starting workspace {label}.", "stop": f"Workspace {label} stopped.",
+                "restart": f"Restarting workspace {label}."}
+        return redirect(request, back, "success", done[action])
+
+    endpoint.__name__ = f"workspace_{action}"
+    router.add_api_route(f"/workspaces/{{owner}}/{{name}}/{action}", endpoint, methods=["POST"])
 
 
-@router.post("/workspaces/{owner}/{name}/start")
-async def workspace_start(
-    owner: str, name: str, request: Request, user: User = Depends(web_user),
-    ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db),
-) -> Response:
-    return await _lifecycle("start", owner, name, request, user, ctx, db)
-
-
-@router.post("/workspaces/{owner}/{name}/stop")
-async def workspace_stop(
-    owner: str, name: str, request: Request, user: User = Depends(web_user),
-    ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db),
-) -> Response:
-    return await _lifecycle("stop", owner, name, request, user, ctx, db)
-
-
-@router.post("/workspaces/{owner}/{name}/restart")
-async def workspace_restart(
-    owner: str, name: str, request: Request, user: User = Depends(web_user),
-    ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db),
-) -> Response:
-    return await _lifecycle("restart", owner, name, request, user, ctx, db)
+for _action in ("start", "stop", "restart"):
+    _lifecycle_route(_action)
 
 
 # --- account: SSH key ---------------------------------------------------------------------
