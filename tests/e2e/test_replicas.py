@@ -201,6 +201,11 @@ def test_every_placement_of_client_agent_and_dial_back_carries_ssh(fleet: Fleet)
 
         wait_for(lambda: newest()["result"] == "closed", 10, what="the connection row to close")
         assert newest()["replica"] == fleet.ids[c], (c, a, d, newest())
+        # Whichever replica the CLI asks, it names the one holding the agent.
+        shown = fleet.bob[c].ok("workspaces", "show", f"w{a}{d}").out.splitlines()
+        assert [line.replace(",", " ").split()[:5] for line in shown if line.startswith("agent:")] == [
+            ["agent:", "connected", "through", "replica", fleet.ids[a]]
+        ]
 
 
 def _ended_within(live: subprocess.Popen[bytes], seconds: float, started: float) -> str:

@@ -139,7 +139,10 @@ def show(name: str, as_json: bool) -> None:
         ("owner", w["owner"]),
         ("provider", f"{w['provider']} ({w['provider_kind']})"),
         ("state", state),
-        ("agent", agent_text(w) + (f", last seen {w['agent_last_seen']}" if w.get("agent_last_seen") else "")),
+        # The server replica holding its control channel: whose log to read when it misbehaves.
+        ("agent", agent_text(w)
+         + (f" through replica {w['agent_replica']}" if w.get("agent_connected") and w.get("agent_replica") else "")
+         + (f", last seen {w['agent_last_seen']}" if w.get("agent_last_seen") else "")),
         ("os user", w.get("os_user") or "-"),
         ("isolation", w.get("isolation") or "-"),
         ("openssh", "yes (sshd on the workspace's port 22)" if w.get("openssh") else "no"),
