@@ -331,7 +331,7 @@ class LocalProvider(WorkspaceProvider):
         )
         if spec.openssh:
             isolation += "; --openssh was not applied: starting sshd on the workspace's own port 22 needs a root server"
-        return Prepared(unix_user=me, home=str(self.home(spec)), isolation=isolation, agent_url=_local_url(self.server_url))
+        return Prepared(unix_user=me, home=str(self.home(spec)), isolation=isolation, agent_url=self.server_url)
 
     def _make_dirs_unprivileged(self, spec: WorkspaceSpec) -> None:
         for d in (self.workspaces_dir, self.ws_dir(spec), self.home(spec), self.ws_dir(spec) / "agent"):
@@ -663,10 +663,6 @@ class LocalProvider(WorkspaceProvider):
                         raise SetupError(f"cannot remove Unix user {name}: {done.why()}")
                     log.info("removed Unix user %s of workspace %s/%s", name, spec.owner, spec.name)
         await asyncio.to_thread(shutil.rmtree, self.ws_dir(spec), True)
-
-
-def _local_url(server_url: str) -> str:
-    return server_url
 
 
 def _receive_listener(channel: socket.socket, timeout: float) -> socket.socket | None:
