@@ -47,6 +47,15 @@ def example_config(listen_port: int, replica_ports: list[int]) -> str:
     return text
 
 
+def tls_config(listen_port: int, replica_ports: list[int], cert: Path, key: Path) -> str:
+    """The documented configuration with TLS on its listener, as its comment says to run it."""
+    text = example_config(listen_port, replica_ports)
+    listen = f"    listen 127.0.0.1:{listen_port};"
+    tls = f"    listen 127.0.0.1:{listen_port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};"
+    assert text.count(listen) == 1
+    return text.replace(listen, tls)
+
+
 def placement_config(replica_ports: list[int], routes: list[tuple[int, int, int, int]]) -> str:
     """Test-only routing: on the port of route ``(c, a, d, port)`` ordinary clients go to replica c, an
     agent's control channel to replica a and its dial-back streams to replica d (told apart by

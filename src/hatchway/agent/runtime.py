@@ -50,6 +50,7 @@ from hatchway.agent.port22 import (
 )
 from hatchway.agent.splice import close_writer, close_ws, splice
 from hatchway.fileutil import ensure_private_dir
+from hatchway.unreachable import why_unreachable
 
 log = logging.getLogger("hatchway.agent")
 
@@ -171,7 +172,7 @@ class Agent:
                 try:
                     response = await client.get(url)
                 except httpx.HTTPError as exc:
-                    warn.failure("cannot reach the Hatchway server at %s (%s); retrying", self.config.url, exc)
+                    warn.failure("%s; retrying", why_unreachable(self.config.url, exc))
                 else:
                     if response.status_code in (401, 403):
                         raise FatalError(_error_text(response))
@@ -328,7 +329,7 @@ class Agent:
                     raise FatalError("the server refused the agent token (the token was replaced or the workspace deleted)") from None
                 warn.failure("lost the control connection to %s (%s); reconnecting", self.config.url, exc)
             except (TimeoutError, OSError, InvalidHandshake) as exc:
-                warn.failure("cannot reach the Hatchway server at %s (%s); reconnecting", self.config.url, exc or type(exc).__name__)
+                warn.failure("%s; reconnecting", why_unreachable(self.config.url, exc))
             await asyncio.sleep(delay if delay is not None else backoff.next_delay())
 
     async def _control_session(self, ws: ClientConnection, backoff: Backoff) -> float | None:

@@ -12,6 +12,7 @@ import click
 import httpx
 
 from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
+from hatchway.unreachable import why_unreachable
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -32,7 +33,7 @@ class ApiClient:
         try:
             resp = self._http.request(method, "/api/v1" + path, json=body, params=params)
         except httpx.HTTPError as exc:
-            fail(f"cannot reach the Hatchway server at {self.url}: {exc}; is it running?")
+            fail(why_unreachable(self.url, exc))
         if resp.status_code >= 400:
             try:
                 data = resp.json()

@@ -14,6 +14,7 @@ import os
 import stat
 from typing import Any
 
+from hatchway import __version__
 from hatchway.cli.proxy import (
     CHUNK,
     EOF_GRACE_S,
@@ -24,6 +25,7 @@ from hatchway.cli.proxy import (
     message_text,
     stream_url,
 )
+from hatchway.unreachable import why_unreachable
 
 
 def _pollable(fd: int) -> bool:
@@ -116,11 +118,12 @@ async def run_proxy(url: str, token: str, workspace: str) -> None:
             ping_interval=None,  # ssh's own keepalives cover liveness
             open_timeout=30,
             write_limit=CHUNK,
+            user_agent_header=f"hatchway-proxy/{__version__}",  # as the plain ws:// client says
         )
     except InvalidStatus as exc:
         raise Refused(f"the server at {url} refused the connection (HTTP {exc.response.status_code})") from None
     except (TimeoutError, OSError) as exc:
-        raise Refused(f"cannot reach the Hatchway server at {url}: {exc}") from None
+        raise Refused(why_unreachable(url, exc)) from None
     async with ws:
         up = asyncio.create_task(_stdin_to_ws(ws, loop))
         down = asyncio.create_task(_ws_to_stdout(ws, loop))

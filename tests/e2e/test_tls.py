@@ -1,0 +1,186 @@
+"""Hatchway as it runs in production: behind a TLS-terminating reverse proxy (Debian's nginx with
+the documented configuration and ``listen ... ssl``), with an ``https://`` access URL.
+
+The CLI logs in over HTTPS, the agent dials its control channel and dial-backs over ``wss://``,
+and ``hatchway proxy`` (run by the real OpenSSH client) carries SSH over ``wss://``, each
+trusting the deployment's own CA through ``SSL_CERT_FILE``. Without that CA, each refuses the
+server and says what to do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.helpers.agent import AgentProcess
+from tests.helpers.cli import Cli
+from tests.helpers.nginx import Nginx, tls_config, why_cannot_run
+from tests.helpers.server import RunningServer, free_port, wait_for
+
+WORKSPACE = "tls-ws"
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def write_ca_and_certificate(d: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate it signed for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(_name("Hatchway test CA")).issuer_name(_name("Hatchway test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(_name("127.0.0.1")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = d / "ca.pem", d / "cert.pem", d / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
+class TrustingCli(Cli):
+    """A person whose machine trusts the deployment's CA (SSL_CERT_FILE, as OpenSSL reads it)."""
+
+    def __init__(self, home: Path, ca: Path | None) -> None:
+        super().__init__(home)
+        self.ca = ca
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in super().env().items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        return {**env, "SSL_CERT_FILE": str(self.ca)} if self.ca else env
+
+
+@dataclass
+class Deployment:
+    url: str
+    nginx: Nginx
+    bob: TrustingCli
+    ssh_config: Path
+    agent: AgentProcess
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    if os.geteuid() != 0:
+        pytest.skip("nginx needs root here (run scripts/test as root)")
+    if why := why_cannot_run():
+        pytest.fail(why)  # scripts/setup installs nginx as root: missing means the setup is broken
+    tmp = tmp_path_factory.mktemp("tls")
+    ca, cert, key = write_ca_and_certificate(tmp)
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    server = RunningServer(tmp / "data", extra_env={"HATCHWAY_ACCESS_URL": url, "HATCHWAY_TRUSTED_PROXIES": "127.0.0.1"})
+    nginx = Nginx(tmp / "nginx", tls_config(port, [server.port], cert, key))
+    agent: AgentProcess | None = None
+    try:
+        server.start()
+        nginx.start(port)
+        alice = TrustingCli(tmp / "alice", ca)
+        alice.login(url, "alice", "alice-password-1", first=True)
+        alice.ok("providers", "create", "byo", "--kind", "manual")
+        alice.ok("users", "create", "bob", "--email", "bob@example.com", "--password-stdin", stdin="bob-password-1\n")
+        bob = TrustingCli(tmp / "bob", ca)
+        assert bob.login(url, "bob", "bob-password-1").code == 0
+        out = bob.ok("workspaces", "create", WORKSPACE, "--provider", "byo").out
+        assert f"--url {url}" in out  # the agent command names the https access URL
+        token = out.split("HATCHWAY_AGENT_TOKEN=")[1].split()[0]
+        agent = AgentProcess(url, token, tmp / "ws-home", extra_env={"SSL_CERT_FILE": str(ca)})
+        agent.start()
+        wait_for(lambda: bob.ok("workspaces", "show", WORKSPACE, "--json").json()["host_keys"], 30,
+                 what=f"the agent to connect over wss:// (log: {agent.log_path})")
+        config = tmp / "ssh_config"
+        bob.ok("config-ssh", "--ssh-config", str(config), "-y")
+        yield Deployment(url, nginx, bob, config, agent)
+    finally:
+        if agent is not None and agent.proc is not None:
+            agent.stop()
+        nginx.stop()
+        if server.proc is not None:
+            server.stop()
+
+
+def _ssh(d: Deployment, cli: Cli, command: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["ssh", "-F", str(d.ssh_config), "-o", "BatchMode=yes", f"hatchway.{WORKSPACE}", command],
+        input=stdin, capture_output=True, env=cli.env(), timeout=60,
+    )
+
+
+def test_ssh_scp_and_bulk_data_travel_over_wss_through_the_tls_proxy(tls: Deployment) -> None:
+    r = _ssh(tls, tls.bob, "echo over-tls")
+    assert (r.returncode, r.stdout) == (0, b"over-tls\n"), r.stderr.decode()
+    payload = os.urandom(3_000_000)
+    r = _ssh(tls, tls.bob, "sha256sum | cut -d' ' -f1", stdin=payload)
+    assert r.stdout.decode().strip() == hashlib.sha256(payload).hexdigest(), r.stderr.decode()
+    r = _ssh(tls, tls.bob, "head -c 3000000 /dev/zero | wc -c")
+    assert r.stdout == b"3000000\n", r.stderr.decode()
+    # Every byte went through nginx's TLS listener (the only one on that port): its access log
+    # has the three streams' upgrades and the agent's dial-backs (each logged once it closed).
+    def logged() -> str:
+        return (tls.nginx.dir / "access.log").read_text()
+
+    def streams() -> tuple[int, int]:
+        text = logged()
+        return (len(re.findall(rf'"GET /api/v1/workspaces/{WORKSPACE}/ssh HTTP/1.1" 101 \d+ "-" "hatchway-proxy/', text)),
+                len(re.findall(r'"GET /api/v1/agent/streams/[0-9a-f]+ HTTP/1.1" 101 \d+ "-" "hatchway-agent/', text)))
+
+    wait_for(lambda: min(streams()) >= 3, 10, what=f"nginx to log the three streams at both ends (so far {streams()})")
+
+
+def test_a_client_that_does_not_trust_the_certificate_is_told_why(tls: Deployment) -> None:
+    stranger = TrustingCli(tls.bob.home, None)  # bob's own login and ssh config, without the CA
+    r = _ssh(tls, stranger, "echo should-not-run")
+    err = r.stderr.decode()
+    assert r.returncode == 255 and r.stdout == b""
+    assert "certificate" in err and "SSL_CERT_FILE" in err, err
+    # The CLI says the same for its API calls.
+    shown = stranger.run("workspaces", "list")
+    assert shown.code != 0 and "certificate" in shown.err and "SSL_CERT_FILE" in shown.err, shown.err
+
+
+def test_an_agent_that_does_not_trust_the_certificate_keeps_retrying_and_says_why(tls: Deployment) -> None:
+    untrusting = AgentProcess(tls.url, tls.agent.token, tls.agent.home.parent / "untrusting-home",
+                              extra_env={"SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt"})  # the system store only
+    untrusting.start()
+    try:
+        hint = f"the TLS certificate of the Hatchway server at {tls.url} is not trusted here"
+        wait_for(lambda: hint in untrusting.log(), 30, what="the agent to explain the refused certificate")
+        assert "SSL_CERT_FILE" in untrusting.log()
+        assert untrusting.proc is not None and untrusting.proc.poll() is None  # it keeps retrying
+    finally:
+        untrusting.stop()
+    r = _ssh(tls, tls.bob, "echo still-served")  # the trusted agent was never disturbed
+    assert r.stdout == b"still-served\n", r.stderr.decode()
