@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from fastapi import WebSocket
 
+from hatchway.server.fastsplice import FastSplice
 from hatchway.server.hub import AgentHub
 
 log = logging.getLogger("hatchway.server.relay")
@@ -222,12 +223,38 @@ async def _pump(src: WebSocket, dst: WebSocket, stream: LiveStream, to_workspace
         await dst.send({"type": "websocket.send", "bytes": data})
 
 
-async def splice(client: WebSocket, agent: WebSocket, stream: LiveStream) -> str | None:
-    """Copy both ways until either side ends or the stream is ended by policy.
+def _fast_splice(client: WebSocket, agent: WebSocket, stream: LiveStream) -> FastSplice | None:
+    a, b = FastSplice.protocol_of(client), FastSplice.protocol_of(agent)
+    if a is None or b is None:
+        return None
 
-    Two tasks per stream and nothing else: a policy end cancels them through ``interrupt``
-    rather than a third task waiting on an event (memory per idle stream is what bounds how
-    many one server relays). Returns the policy reason when ended from outside, else None."""
+    def up(n: int) -> None:
+        stream.to_workspace += n
+
+    def down(n: int) -> None:
+        stream.from_workspace += n
+
+    return FastSplice(a, b, up, down)
+
+
+async def splice(client: WebSocket, agent: WebSocket, stream: LiveStream) -> str | None:
+    """Copy both ways until either side ends or the stream is ended by policy; returns the
+    policy reason when ended from outside, else None.
+
+    Both ends are normally uvicorn WebSockets, spliced in the transports' callbacks
+    (hatchway.server.fastsplice). Otherwise (another ASGI server) two tasks copy through ASGI
+    and nothing else: a policy end cancels them through ``interrupt`` rather than a third task
+    waiting on an event (memory per idle stream is what bounds how many one server relays)."""
+    fast = _fast_splice(client, agent, stream)
+    if fast is not None:
+        stream.interrupt = fast.stop
+        try:
+            if stream.end_reason is not None:  # ended before the copy started
+                fast.stop()
+            await fast.run()
+        finally:
+            stream.interrupt = None
+        return stream.end_reason
     up = asyncio.create_task(_pump(client, agent, stream, True))
     down = asyncio.create_task(_pump(agent, client, stream, False))
 

@@ -1,0 +1,192 @@
+"""The relay's splice of two WebSockets on a real uvicorn server, on uvloop (as `hatchway server`
+runs) and on asyncio's own loop: data both ways in order, what was queued before the splice,
+text dropped, pings answered, backpressure from a reader that stops, a policy end handing both
+sockets back to the endpoint, and a close from either side."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvicorn
+import uvloop
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection, connect
+
+from hatchway.server.fastsplice import FastSplice
+from hatchway.server.relay import LiveStream, splice
+
+Runner = Callable[[Awaitable[None]], None]
+RUNNERS = {"uvloop": uvloop.run, "asyncio": asyncio.run}
+
+
+class Pair:
+    """An ASGI app that splices the WebSocket at /a with the one at /b once both are accepted."""
+
+    def __init__(self) -> None:
+        self.a: asyncio.Future[WebSocket] = asyncio.get_running_loop().create_future()
+        self.stream = LiveStream("s", "u", "w", "p")
+        self.result: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.after: Callable[[WebSocket, WebSocket], Awaitable[None]] | None = None
+        self.go = asyncio.Event()  # /b waits for it before splicing (to queue frames first)
+        self.go.set()
+        self.spliced: tuple[WebSocket, WebSocket] | None = None
+
+    def in_callbacks(self) -> bool:
+        """Whether the splice reads both sockets itself (not through ASGI)."""
+        assert self.spliced is not None
+        protos = [FastSplice.protocol_of(ws) for ws in self.spliced]
+        return all(p is not None and p.transport.get_protocol() is not p for p in protos)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        if scope["path"] == "/a":
+            self.a.set_result(ws)
+            with contextlib.suppress(Exception):
+                await self.result  # held open until the splice is over
+            return
+        a = await self.a
+        await self.go.wait()
+        self.spliced = (a, ws)
+        reason = await splice(a, ws, self.stream)
+        if self.after is not None:
+            await self.after(a, ws)
+        self.result.set_result(reason)
+
+
+async def _serve(app: Pair) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws="websockets-sansio", lifespan="off",
+                            log_level="warning", ws_per_message_deflate=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, task, port
+
+
+async def _world(body: Callable[[Pair, ClientConnection, ClientConnection], Awaitable[None]],
+                 before: Callable[[Pair], None] | None = None) -> None:
+    app = Pair()
+    if before is not None:
+        before(app)
+    server, task, port = await _serve(app)
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/a", max_size=None, compression=None) as a:
+            await app.a
+            async with connect(f"ws://127.0.0.1:{port}/b", max_size=None, compression=None) as b:
+                await body(app, a, b)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def _read(ws: ClientConnection, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        got += await ws.recv()
+    return bytes(got)
+
+
+@pytest.fixture(params=sorted(RUNNERS))
+def run(request: pytest.FixtureRequest) -> Runner:
+    return RUNNERS[request.param]
+
+
+def test_bytes_cross_both_ways_in_order_and_are_counted(run: Runner) -> None:
+    up, down = os.urandom(3_000_000), os.urandom(5_000_000)
+
+    async def body(app: Pair, a: ClientConnection, b: ClientConnection) -> None:
+        async def send(ws: ClientConnection, data: bytes, size: int) -> None:
+            for i in range(0, len(data), size):
+                await ws.send(data[i:i + size])
+
+        got = await asyncio.gather(send(a, up, 40_000), send(b, down, 256 * 1024), _read(b, len(up)), _read(a, len(down)))
+        assert (got[2], got[3]) == (up, down)
+        assert app.in_callbacks()
+        assert (app.stream.to_workspace, app.stream.from_workspace) == (len(up), len(down))
+        await a.close()
+        assert await asyncio.wait_for(app.result, 5) is None  # a client's close ends the splice
+
+    run(_world(body))
+
+
+def test_frames_queued_before_the_splice_go_first_and_text_is_dropped(run: Runner) -> None:
+    def hold(app: Pair) -> None:
+        app.go.clear()
+
+    async def body(app: Pair, a: ClientConnection, b: ClientConnection) -> None:
+        await a.send(b"SSH-2.0-early\r\n")  # queued by uvicorn: nobody reads yet
+        await a.send("a text frame carries no SSH bytes")
+        await asyncio.sleep(0.2)
+        app.go.set()
+        await a.send(b"after")
+        assert await _read(b, 20) == b"SSH-2.0-early\r\nafter"
+        await b.send("dropped too")
+        await b.send(b"back")
+        assert await a.recv() == b"back"
+        pong = await a.ping()
+        await asyncio.wait_for(pong, 5)  # answered while spliced
+        await b.close()
+        assert await asyncio.wait_for(app.result, 5) is None
+
+    run(_world(body, hold))
+
+
+def test_a_reader_that_stops_holds_the_writer_back(run: Runner) -> None:
+    async def body(app: Pair, a: ClientConnection, b: ClientConnection) -> None:
+        chunk = os.urandom(256 * 1024)
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            while True:
+                await a.send(chunk)
+                sent += len(chunk)
+
+        flooding = asyncio.create_task(flood())
+        await asyncio.sleep(1.5)  # b reads nothing meanwhile
+        stalled_at = sent
+        await asyncio.sleep(0.5)
+        # Only socket buffers' worth got through, and nothing more while b still does not read.
+        assert sent == stalled_at and sent < 48 * 1024 * 1024, sent
+        flooding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flooding
+        got = await _read(b, sent)
+        assert got == chunk * (sent // len(chunk))
+
+    run(_world(body))
+
+
+def test_a_policy_end_gives_both_sockets_back_to_the_endpoint(run: Runner) -> None:
+    async def close_both(a: WebSocket, b: WebSocket) -> None:
+        # What hatchway.server.api.ssh does after a policy end: say why, then close.
+        for ws in (a, b):
+            await ws.send_text("ended: external connect off")
+            await ws.close(4003, "ended by policy")
+
+    def after(app: Pair) -> None:
+        app.after = close_both
+
+    async def body(app: Pair, a: ClientConnection, b: ClientConnection) -> None:
+        await a.send(b"x" * 1000)
+        assert await b.recv() == b"x" * 1000
+        assert app.in_callbacks()
+        app.stream.end("external connect off")
+        assert await asyncio.wait_for(app.result, 5) == "external connect off"
+        assert not app.in_callbacks()
+        for ws in (a, b):
+            assert await ws.recv() == "ended: external connect off"
+            with pytest.raises(Exception):
+                await ws.recv()
+            assert ws.close_code == 4003 and ws.close_reason == "ended by policy"
+
+    run(_world(body, after))
