@@ -49,6 +49,7 @@ def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: 
 
     from hatchway.agent.protocol import URLError, normalize_url
     from hatchway.agent.runtime import AgentConfig, FatalError, run_until_signal
+    from hatchway.malloc import keep_large_buffers
 
     setup_logging(verbose)
     if not url:
@@ -66,6 +67,7 @@ def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: 
         ssh_port=ssh_port,
         home=Path.home(),
     )
+    keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
     try:
         asyncio.run(run_until_signal(config))
     except FatalError as exc:

@@ -340,6 +340,10 @@ def run_threads(url: str, token: str, workspace: str, in_fd: int = 0, out_fd: in
 
     def up() -> None:
         try:
+            # In this thread, while the other waits for the server's banner: off the start-up path.
+            from hatchway.malloc import keep_large_buffers
+
+            keep_large_buffers()
             relay_up(in_fd, tx)
         except OSError:
             pass  # the server side is gone, or stdin broke: the reading side ends too

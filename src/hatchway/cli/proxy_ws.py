@@ -25,6 +25,7 @@ from hatchway.cli.proxy import (
     message_text,
     stream_url,
 )
+from hatchway.malloc import keep_large_buffers
 from hatchway.unreachable import why_unreachable
 
 
@@ -108,6 +109,7 @@ async def run_proxy(url: str, token: str, workspace: str) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
+    keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
     loop = asyncio.get_running_loop()
     try:
         ws = await connect(
