@@ -59,17 +59,7 @@ class _Side(asyncio.Protocol):
         """Forward or hand over one frame; False once the splice has ended."""
         op = frame.opcode
         if op is Opcode.BINARY or (op is Opcode.CONT and not self.in_text):
-            if frame.data:
-                self.count(len(frame.data))
-            peer = self.peer.conn
-            try:
-                if op is Opcode.BINARY:
-                    peer.send_binary(frame.data, fin=frame.fin)
-                else:
-                    peer.send_continuation(frame.data, fin=frame.fin)
-            except InvalidState:  # the other side is closing (its keepalive failed): so does the stream
-                self.splice.stop()
-                return False
+            return self.forward(frame.data, frame.fin, continuation=op is Opcode.CONT)
         elif op is Opcode.TEXT or op is Opcode.CONT:
             self.in_text = not frame.fin  # text carries no SSH bytes, as in the ASGI pumps
         elif op is Opcode.PONG:
@@ -79,6 +69,22 @@ class _Side(asyncio.Protocol):
             self.splice.finish(self, lambda proto: proto.handle_close(frame))
             return False
         return True  # a PING was answered by the protocol object: flushed after the batch
+
+    def forward(self, data: bytes, fin: bool = True, continuation: bool = False) -> bool:
+        """Frame stream data on the other side (written at the next flush); False, ending the
+        splice, when that side is closing (its keepalive failed, say)."""
+        if data:
+            self.count(len(data))
+        peer = self.peer.conn
+        try:
+            if continuation:
+                peer.send_continuation(data, fin=fin)
+            else:
+                peer.send_binary(data, fin=fin)
+        except InvalidState:
+            self.splice.stop()
+            return False
+        return True
 
     def flush(self) -> None:
         out = self.conn.data_to_send()
@@ -159,11 +165,7 @@ class FastSplice:
                 return
             data = message.get("bytes")
             if data:
-                side.count(len(data))
-                try:
-                    side.peer.conn.send_binary(data)
-                except InvalidState:
-                    self.stop()
+                if not side.forward(data):
                     return
                 side.peer.flush()
 
