@@ -160,8 +160,9 @@ def test_a_reader_that_stops_holds_the_writer_back(run: Runner) -> None:
         flooding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flooding
-        got = await _read(b, sent)
-        assert got == chunk * (sent // len(chunk))
+        got = await _read(b, sent)  # frames are not kept: the last one read may run past `sent`
+        whole, part = divmod(len(got), len(chunk))
+        assert got == chunk * whole + chunk[:part]
 
     run(_world(body))
 
