@@ -48,7 +48,7 @@ from hatchway.agent.port22 import (
     ProbeResult,
     probe,
 )
-from hatchway.agent.splice import close_writer, close_ws, splice
+from hatchway.agent.splice import close_ws, forward
 from hatchway.fileutil import ensure_private_dir
 from hatchway.unreachable import why_unreachable
 
@@ -454,15 +454,8 @@ class Agent:
         """Hand the connection to port 22, replaying the bytes the probe already read."""
         assert result.reader is not None and result.writer is not None and result.banner is not None
         reader, writer = result.reader, result.writer
-        result.reader = result.writer = None  # the splice owns (and closes) them now
-        try:
-            await ws.send(protocol.stream_header("openssh", result.banner.line))
-            if result.initial:
-                await ws.send(result.initial)
-        except BaseException:
-            await close_writer(writer)
-            raise
-        await splice(ws, reader, writer)
+        result.reader = result.writer = None  # forward() owns (and closes) them now
+        await forward(ws, reader, writer, protocol.stream_header("openssh", result.banner.line), result.initial)
 
     async def _serve_builtin(self, ws: ClientConnection, client: tuple[str, int] | None) -> None:
         """Serve the connection with the built-in server, its SSH straight over the data
