@@ -317,7 +317,7 @@ class Bench:
             ("setup.import.proxy", "`python -X importtime -c 'import hatchway.cli.proxy'`", "hatchway.cli.proxy",
              "import hatchway.cli.proxy"),
             ("setup.import.proxy_all", "imports `hatchway proxy` needs before relaying (ws://)", "hatchway.cli.main",
-             "import hatchway.cli.main, hatchway.cli.proxy; hatchway.cli.proxy._load_apply_mask()"),
+             "import hatchway.cli.main, hatchway.cli.proxy; hatchway.bytepath.frames._load_apply_mask()"),
         ]
         for key, test, module, code in cases:
             totals, own = [], []

@@ -16,6 +16,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from hatchway.bytepath.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 from hatchway.cli import proxy
 
 
@@ -90,7 +91,7 @@ def test_client_frames_are_masked_and_parse(n: int) -> None:
     with a, b:
         tx = proxy._Sender(a)
         payload = os.urandom(n)
-        t = threading.Thread(target=lambda: (tx.send(proxy.OP_BINARY, payload), tx.close(), a.shutdown(socket.SHUT_WR)))
+        t = threading.Thread(target=lambda: (tx.send(OP_BINARY, payload), tx.close(), a.shutdown(socket.SHUT_WR)))
         t.start()
         data = recv_all(b)
         t.join()
@@ -118,7 +119,7 @@ def run_down(server_bytes: bytes) -> tuple[bytes, list[Frame], BaseException | N
         feeder = threading.Thread(target=feed)
         feeder.start()
         try:
-            proxy.relay_down(proxy._Receiver(a, b""), proxy._Sender(a), w)
+            proxy.relay_down(a, b"", proxy._Sender(a), w)
         except (proxy.Refused, proxy.ProtocolError, EOFError) as exc:
             error = exc
         finally:
@@ -134,13 +135,13 @@ def run_down(server_bytes: bytes) -> tuple[bytes, list[Frame], BaseException | N
 def test_binary_frames_stream_to_stdout_ping_is_answered_close_is_echoed() -> None:
     big = os.urandom(3 * proxy.CHUNK + 17)
     stream = (
-        server_frame(proxy.OP_BINARY, b"SSH-2.0-x\r\n")
-        + server_frame(proxy.OP_PING, b"hi")
-        + server_frame(proxy.OP_BINARY, big[:1000], fin=False)
-        + server_frame(proxy.OP_CONT, big[1000:])
-        + server_frame(proxy.OP_PONG, b"")
-        + server_frame(proxy.OP_CLOSE, (1001).to_bytes(2, "big") + b"bye")
-        + server_frame(proxy.OP_BINARY, b"after close: never written")
+        server_frame(OP_BINARY, b"SSH-2.0-x\r\n")
+        + server_frame(OP_PING, b"hi")
+        + server_frame(OP_BINARY, big[:1000], fin=False)
+        + server_frame(OP_CONT, big[1000:])
+        + server_frame(OP_PONG, b"")
+        + server_frame(OP_CLOSE, (1001).to_bytes(2, "big") + b"bye")
+        + server_frame(OP_BINARY, b"after close: never written")
     )
     stdout, frames, error = run_down(stream)
     assert error is None
@@ -150,7 +151,7 @@ def test_binary_frames_stream_to_stdout_ping_is_answered_close_is_echoed() -> No
 
 def test_text_frame_is_the_refusal_message() -> None:
     refusal = b'{"type": "error", "error": "SSH access is disabled"}'
-    stdout, _, error = run_down(server_frame(proxy.OP_TEXT, refusal[:10], fin=False) + server_frame(proxy.OP_CONT, refusal[10:]))
+    stdout, _, error = run_down(server_frame(OP_TEXT, refusal[:10], fin=False) + server_frame(OP_CONT, refusal[10:]))
     assert stdout == b""
     assert isinstance(error, proxy.Refused) and str(error) == "SSH access is disabled"
 
@@ -162,8 +163,9 @@ def test_text_frame_is_the_refusal_message() -> None:
         (bytes((0xC2, 1)) + b"x", 1002),  # RSV1 without an extension
         (bytes((0x83, 0)), 1002),  # reserved opcode
         (bytes((0x09, 0)), 1002),  # fragmented ping
-        (server_frame(proxy.OP_CONT, b"x"), 1002),  # continuation of nothing
+        (server_frame(OP_CONT, b"x"), 1002),  # continuation of nothing
         (bytes((0x82, 127)) + (proxy.MAX_FRAME + 1).to_bytes(8, "big"), 1009),
+        (server_frame(OP_TEXT, b"x" * 40_000, fin=False) + server_frame(OP_CONT, b"x" * 40_000), 1009),  # not a refusal
     ],
 )
 def test_protocol_errors(frame: bytes, code: int) -> None:
@@ -173,7 +175,7 @@ def test_protocol_errors(frame: bytes, code: int) -> None:
 
 
 def test_abrupt_end_is_eof() -> None:
-    _, _, error = run_down(server_frame(proxy.OP_BINARY, b"abc")[:3])
+    _, _, error = run_down(server_frame(OP_BINARY, b"abc")[:3])
     assert isinstance(error, EOFError)
 
 
@@ -212,7 +214,7 @@ class FakeServer:
 def test_handshake_and_a_whole_relay_over_threads() -> None:
     def respond(srv: FakeServer, conn: socket.socket) -> None:
         srv.accept(conn)
-        conn.sendall(server_frame(proxy.OP_BINARY, b"banner"))  # may arrive with the 101
+        conn.sendall(server_frame(OP_BINARY, b"banner"))  # may arrive with the 101
         srv.received = recv_all(conn)  # type: ignore[attr-defined]
 
     srv = FakeServer(respond)

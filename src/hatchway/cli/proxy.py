@@ -10,9 +10,10 @@ proxies from the environment go through the websockets library (``hatchway.cli.p
 
 The client side of RFC 6455 needed here is small: the upgrade request and the check of
 ``Sec-WebSocket-Accept``; masked binary frames up (one per read of stdin, at most
-:data:`CHUNK`); binary frames down, streamed to stdout as they arrive, without being assembled;
-text frames (the server's refusals, assembled); ping answered with pong; close answered and
-ending the relay. No extension is offered, so none may be used.
+:data:`CHUNK`); binary frames down, streamed to stdout as they arrive, without being assembled
+(:class:`hatchway.bytepath.frames.FrameReader`); text frames (the server's refusals, assembled);
+ping answered with pong; close answered and ending the relay. No extension is offered, so none
+may be used.
 """
 
 from __future__ import annotations
@@ -26,14 +27,26 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from hatchway import __version__
+from hatchway.bytepath.frames import (
+    DATA,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    TEXT,
+    VIOLATION,
+    FrameReader,
+    apply_mask,
+    frame_header,
+)
 from hatchway.cli.session import NotLoggedIn, config_dir, load_session
 
 CHUNK = 256 * 1024
 MAX_FRAME = 4 * 1024 * 1024
+MAX_TEXT = 64 * 1024  # a refusal is a sentence or two
 EOF_GRACE_S = 5.0
 OPEN_TIMEOUT_S = 30.0
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -42,7 +55,6 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE_HEAD = 64 * 1024
 PROXY_ENV = ("ws_proxy", "wss_proxy", "http_proxy", "https_proxy", "all_proxy", "socks_proxy")
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class Refused(Exception):
@@ -93,40 +105,6 @@ def uses_library(url: str, environ: dict[str, str] | os._Environ[str] = os.envir
 # ---- frames ------------------------------------------------------------------------------------
 
 
-def _load_apply_mask() -> Callable[[bytes, bytes], bytes]:
-    """websockets' C ``apply_mask`` (about 35 times faster than any pure-Python XOR), loaded by
-    itself: importing it the usual way runs the websockets package's ``__init__`` and its
-    ``importlib.metadata``, which costs more than the whole rest of the proxy's start."""
-    with contextlib.suppress(Exception):
-        from importlib.machinery import PathFinder
-        from importlib.util import module_from_spec
-
-        package = PathFinder.find_spec("websockets")
-        if package is not None and package.submodule_search_locations:
-            spec = PathFinder.find_spec("websockets.speedups", list(package.submodule_search_locations))
-            if spec is not None and spec.loader is not None:
-                module = module_from_spec(spec)
-                spec.loader.exec_module(module)
-                return module.apply_mask  # type: ignore[no-any-return]
-    try:
-        from websockets.speedups import apply_mask
-    except ImportError:  # no C speedups in this build: websockets' pure-Python version
-        from websockets.utils import apply_mask
-    return apply_mask
-
-
-def frame_header(opcode: int, length: int, mask: bytes) -> bytes:
-    """The header of one final, masked client frame with a payload of ``length`` bytes."""
-    first = 0x80 | opcode
-    if length < 126:
-        head = bytes((first, 0x80 | length))
-    elif length < 1 << 16:
-        head = bytes((first, 0x80 | 126)) + length.to_bytes(2, "big")
-    else:
-        head = bytes((first, 0x80 | 127)) + length.to_bytes(8, "big")
-    return head + mask
-
-
 class _Sender:
     """Frames sent to the server; a lock keeps the pong and close of the reading side from
     interleaving with a data frame being written."""
@@ -134,55 +112,32 @@ class _Sender:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.lock = threading.Lock()
-        self.apply_mask: Callable[[bytes, bytes], bytes] | None = None
         self.closed = False  # a close frame went out: nothing may follow it
 
     def send(self, opcode: int, payload: bytes) -> None:
-        if self.apply_mask is None:
-            self.apply_mask = _load_apply_mask()
         mask = os.urandom(4)
-        frame = frame_header(opcode, len(payload), mask) + self.apply_mask(payload, mask)
+        parts = [frame_header(opcode, len(payload), mask), apply_mask(payload, mask)]
         with self.lock:
             if self.closed:
                 return
             if opcode == OP_CLOSE:
                 self.closed = True
-            self.sock.sendall(frame)
+            _send_all(self.sock, parts)
 
     def close(self, code: int = 1000) -> None:
         with contextlib.suppress(OSError):
             self.send(OP_CLOSE, code.to_bytes(2, "big"))
 
 
-class _Receiver:
-    """Bytes from the server through one reused buffer; payloads are handed out as views."""
-
-    def __init__(self, sock: socket.socket, initial: bytes) -> None:
-        self.sock = sock
-        self.buf = bytearray(max(CHUNK, len(initial)))
-        self.view = memoryview(self.buf)
-        self.buf[: len(initial)] = initial
-        self.start, self.end = 0, len(initial)
-
-    def _fill(self) -> None:
-        if self.start < self.end:
-            return
-        n = self.sock.recv_into(self.view)
-        if not n:
-            raise EOFError
-        self.start, self.end = 0, n
-
-    def chunks(self, n: int):  # type: ignore[no-untyped-def]
-        """Yield the next ``n`` bytes as views (valid until the next call)."""
-        while n:
-            self._fill()
-            k = min(n, self.end - self.start)
-            yield self.view[self.start : self.start + k]
-            self.start += k
-            n -= k
-
-    def exactly(self, n: int) -> bytes:
-        return b"".join(bytes(c) for c in self.chunks(n))
+def _send_all(sock: socket.socket, parts: list[bytes]) -> None:
+    """Header and payload in one system call, without joining them into a third copy."""
+    views = [memoryview(p) for p in parts]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if views:
+            views[0] = views[0][sent:]
 
 
 def _write_all(fd: int, data: memoryview | bytes) -> None:
@@ -191,58 +146,39 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def relay_down(rx: _Receiver, tx: _Sender, out_fd: int) -> None:
+def relay_down(sock: socket.socket, initial: bytes, tx: _Sender, out_fd: int) -> None:
     """Server → stdout until the server closes the stream; :class:`Refused` for a text
-    message (what the server says when it refuses or ends a connection)."""
+    message (what the server says when it refuses or ends a connection). Binary payload goes to
+    stdout as it arrives, straight from the one receive buffer."""
+    reader = FrameReader(masked=False, max_size=MAX_FRAME)
+    buf = memoryview(bytearray(CHUNK))
     text: bytearray | None = None  # a text message being assembled
-    continuing = 0  # opcode of the fragmented message in progress
+    chunk: memoryview | bytes = initial
     while True:
-        b0, b1 = rx.exactly(2)
-        fin, opcode, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
-        if b0 & 0x70:
-            raise ProtocolError("reserved bits set (no extension was negotiated)")
-        if b1 & 0x80:
-            raise ProtocolError("the server masked a frame")
-        if length == 126:
-            length = int.from_bytes(rx.exactly(2), "big")
-        elif length == 127:
-            length = int.from_bytes(rx.exactly(8), "big")
-        if opcode >= OP_CLOSE:
-            if length > 125 or not fin:
-                raise ProtocolError("invalid control frame")
-            payload = rx.exactly(length)
-            if opcode == OP_PING:
-                tx.send(OP_PONG, payload)
-            elif opcode == OP_CLOSE:
+        for event in reader.feed(chunk):
+            kind = event[0]
+            if kind == DATA:
+                _write_all(out_fd, event[1])
+            elif kind == TEXT:  # text frames carry no SSH bytes: only refusals
+                text = (text or bytearray()) + event[1]
+                if len(text) > MAX_TEXT:
+                    raise ProtocolError("text message too long", 1009)
+                if event[2]:
+                    raise Refused(message_text(text.decode(errors="replace")))
+            elif kind == VIOLATION:
+                raise ProtocolError(event[1], event[3])
+            elif event[1] == OP_PING:
+                tx.send(OP_PONG, event[2])
+            elif event[1] == OP_CLOSE:
+                payload = event[2]
                 tx.close(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000)
-                if text is not None and continuing == OP_TEXT:
+                if text is not None:
                     raise Refused(message_text(text.decode(errors="replace")))
                 return
-            elif opcode != OP_PONG:
-                raise ProtocolError(f"unknown opcode {opcode}")
-            continue
-        if length > MAX_FRAME:
-            raise ProtocolError(f"a frame of {length} bytes (at most {MAX_FRAME})", 1009)
-        if opcode == OP_CONT:
-            if not continuing:
-                raise ProtocolError("continuation without a message")
-            opcode = continuing
-        elif continuing:
-            raise ProtocolError("a new message inside a fragmented one")
-        elif opcode not in (OP_TEXT, OP_BINARY):
-            raise ProtocolError(f"unknown opcode {opcode}")
-        continuing = 0 if fin else opcode
-        if opcode == OP_BINARY:
-            for chunk in rx.chunks(length):
-                _write_all(out_fd, chunk)
-            continue
-        if text is None:
-            text = bytearray()
-        text += rx.exactly(length)
-        if len(text) > MAX_FRAME:
-            raise ProtocolError("text message too long", 1009)
-        if fin:  # text frames carry no SSH bytes: only refusals
-            raise Refused(message_text(text.decode(errors="replace")))
+        n = sock.recv_into(buf)
+        if not n:
+            raise EOFError
+        chunk = buf[:n]
 
 
 def relay_up(in_fd: int, tx: _Sender) -> None:
@@ -358,7 +294,7 @@ def run_threads(url: str, token: str, workspace: str, in_fd: int = 0, out_fd: in
     sender = threading.Thread(target=up, name="stdin-to-server", daemon=True)
     sender.start()
     try:
-        relay_down(_Receiver(sock, initial), tx, out_fd)
+        relay_down(sock, initial, tx, out_fd)
     except ProtocolError as exc:
         tx.close(exc.code)
         raise Refused(f"the server broke the WebSocket protocol: {exc}") from None
