@@ -49,8 +49,9 @@ def parser_idle(conn: SansIOProtocol) -> bool:
     byte of a frame, so that the bytes that follow can be parsed elsewhere.
 
     websockets exposes no such state: its parser is a generator that, between frames, waits in
-    ``StreamReader.at_eof`` with an empty buffer, at the end of its chain of ``yield from`` (and inside ``Frame.parse`` anywhere else).
-    Anything unexpected answers False, which only costs the fast path."""
+    ``StreamReader.at_eof`` with an empty buffer, at the end of its chain of ``yield from`` (and
+    inside ``Frame.parse`` anywhere else). Anything unexpected answers False, which only costs
+    the fast path; tests/unit/test_bytepath_frames.py pins this to the installed websockets."""
     if conn.state is not OPEN or conn.reader.buffer:
         return False
     if getattr(conn, "current_size", 0) is not None or getattr(conn, "expect_continuation_frame", True):
@@ -130,7 +131,8 @@ class SocketEnd(_End):
     just to be told when the socket is closed."""
 
     def give_back(self) -> None:
-        super().give_back()
+        if self.transport.get_protocol() is self:
+            self.transport.set_protocol(self.owner)
         if not self.transport.is_closing():
             self.transport.pause_reading()
 
