@@ -1,7 +1,8 @@
 """The relay's splice of two WebSockets on a real uvicorn server, on uvloop (as `hatchway server`
 runs) and on asyncio's own loop: data both ways in order, what was queued before the splice,
 text dropped, pings answered, backpressure from a reader that stops, a policy end handing both
-sockets back to the endpoint, and a close from either side."""
+sockets back to the endpoint, a close from either side, and a dial-back handed over to another
+replica."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import uvloop
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 
+from hatchway.bytepath.splice import WebSocketEnd
 from hatchway.server.fastsplice import FastSplice
+from hatchway.server.handover import hand_over
 from hatchway.server.relay import LiveStream, splice
 
 Runner = Callable[[Awaitable[None]], None]
@@ -191,3 +194,60 @@ def test_a_policy_end_gives_both_sockets_back_to_the_endpoint(run: Runner) -> No
             assert ws.close_code == 4003 and ws.close_reason == "ended by policy"
 
     run(_world(body, after))
+
+
+class Replicas:
+    """An ASGI app playing two replicas: /agent takes an agent's dial-back and hands it over
+    (hatchway.server.handover) to /origin, which reads the header and echoes the stream."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.header: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.agent_ws: WebSocket | None = None
+        self.handed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        if scope["path"] == "/origin":
+            first = await ws.receive()
+            self.header.set_result(first.get("text"))
+            while True:
+                message = await ws.receive()
+                if message["type"] != "websocket.receive":
+                    return
+                await ws.send_bytes(message["bytes"])
+        self.agent_ws = ws
+        self.handed.set_result(await hand_over(ws, f"ws://127.0.0.1:{self.port}/origin", {}))
+
+
+def test_a_dial_back_handed_to_another_replica_is_spliced_in_callbacks(run: Runner) -> None:
+    data = os.urandom(3_000_000)
+
+    async def main() -> None:
+        app = Replicas()
+        server, task, app.port = await _serve(app)  # type: ignore[arg-type]
+        try:
+            async with connect(f"ws://127.0.0.1:{app.port}/agent", max_size=None, compression=None) as agent:
+                await agent.send('{"mode": "openssh"}')
+                await agent.send(b"SSH-2.0-sshd\r\n")  # right behind the header, as the agent sends it
+                assert await asyncio.wait_for(app.header, 5) == '{"mode": "openssh"}'
+                assert await _read(agent, 14) == b"SSH-2.0-sshd\r\n"
+                assert app.agent_ws is not None
+                proto = FastSplice.protocol_of(app.agent_ws)
+                assert proto is not None and isinstance(proto.transport.get_protocol(), WebSocketEnd)
+
+                async def send() -> None:
+                    for i in range(0, len(data), 50_000):
+                        await agent.send(data[i:i + 50_000])
+
+                got = await asyncio.gather(send(), _read(agent, len(data)))
+                assert got[1] == data
+            assert await asyncio.wait_for(app.handed, 5) is True  # the agent's close ended it
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 10)
+
+    run(main())

@@ -18,7 +18,7 @@ import logging
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from hatchway.bytepath.splice import SocketEnd, Splice, WebSocketEnd, parser_idle
+from hatchway.bytepath.splice import SocketEnd, Splice, WebSocketEnd, connection_idle
 
 log = logging.getLogger("hatchway.agent.splice")
 
@@ -49,7 +49,7 @@ async def forward(
     this mirrors what a direct TCP connection between ssh and sshd would do on close.
     """
     try:
-        if _can_take(ws) and not writer.transport.is_closing():
+        if connection_idle(ws) and not writer.transport.is_closing():
             await _splice_in_callbacks(ws, reader, writer, header, initial)
         else:
             log.debug("the data connection holds a partial frame: copying with tasks")
@@ -60,14 +60,6 @@ async def forward(
     finally:
         await close_writer(writer)
         await close_ws(ws)
-
-
-def _can_take(ws: ClientConnection) -> bool:
-    """Whether websockets holds nothing of what the server sent: no partial frame in its
-    parser, no message waiting to be received."""
-    queued = getattr(getattr(ws, "recv_messages", None), "frames", None)
-    transport = ws.transport
-    return queued is not None and not len(queued) and parser_idle(ws.protocol) and not transport.is_closing()
 
 
 async def _splice_in_callbacks(

@@ -63,6 +63,14 @@ def parser_idle(conn: SansIOProtocol) -> bool:
     return code is not None and code.co_name == "at_eof"
 
 
+def connection_idle(ws: Any) -> bool:
+    """Whether a websockets asyncio connection holds nothing the peer sent: no partial frame in
+    its parser and no message waiting for ``recv()`` (its transport can then be taken over)."""
+    queued = getattr(getattr(ws, "recv_messages", None), "frames", None)
+    transport = ws.transport
+    return queued is not None and not len(queued) and parser_idle(ws.protocol) and not transport.is_closing()
+
+
 class _End(asyncio.Protocol):
     """One end of a splice: the protocol of its transport while the splice runs."""
 

@@ -1,9 +1,8 @@
 """Handing an agent's dial-back to the replica where its client waits.
 
 Behind a load balancer the agent's data WebSocket may land on any replica. The one it lands on
-opens a signed WebSocket to the replica named in the stream id and copies frames both ways:
-binary frames are SSH bytes (never parsed, still encrypted end to end), the text frame is the
-agent's stream header. Either side closing ends both.
+opens a signed WebSocket to the replica named in the stream id, passes the agent's stream header
+on, and splices the two: SSH bytes are copied, never decrypted. Either side closing ends both.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ from typing import Any
 from fastapi import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from hatchway.server.fastsplice import splice_to_replica
 
 log = logging.getLogger("hatchway.server.handover")
 
@@ -63,6 +64,15 @@ async def _peer_to_agent(agent: WebSocket, peer: ClientConnection) -> None:
 
 
 async def _splice(agent: WebSocket, peer: ClientConnection) -> None:
+    """The agent's stream header first, as it came; then the stream, in the transports'
+    callbacks (hatchway.server.fastsplice) or, where a socket cannot be taken over, by tasks."""
+    message = await agent.receive()
+    if message["type"] != "websocket.receive":
+        return
+    header = message.get("text") if message.get("text") is not None else message.get("bytes") or b""
+    if await splice_to_replica(agent, peer, header):
+        return
+    await peer.send(header)
     tasks = [asyncio.create_task(_agent_to_peer(agent, peer)), asyncio.create_task(_peer_to_agent(agent, peer))]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
