@@ -19,6 +19,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from hatchway.agent.splice import forward
 from hatchway.bytepath.splice import WebSocketEnd
+from tests.helpers.flood import flood_until_stalled
 
 Runner = Callable[[Awaitable[None]], None]
 RUNNERS = {"uvloop": uvloop.run, "asyncio": asyncio.run}
@@ -144,23 +145,7 @@ def test_a_stalled_port_22_holds_the_server_back(run: Runner) -> None:
     async def body(world, ws, task, server_ws, sshd_reader, sshd_writer) -> None:  # type: ignore[no-untyped-def]
         assert await server_ws.recv() == HEADER
         await _read_ws(server_ws, 14)
-        chunk = os.urandom(256 * 1024)
-        sent = 0
-
-        async def flood() -> None:
-            nonlocal sent
-            while True:
-                await server_ws.send(chunk)
-                sent += len(chunk)
-
-        flooding = asyncio.create_task(flood())
-        await asyncio.sleep(1.5)  # port 22 reads nothing meanwhile
-        stalled_at = sent
-        await asyncio.sleep(0.5)
-        assert sent == stalled_at and sent < 48 * 1024 * 1024, sent
-        flooding.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flooding
+        chunk, sent = await flood_until_stalled(server_ws.send)  # port 22 reads nothing
         got = await asyncio.wait_for(sshd_reader.readexactly(sent), 10)
         assert got == chunk * (sent // len(chunk))
 

@@ -22,6 +22,7 @@ from hatchway.bytepath.splice import WebSocketEnd
 from hatchway.server.fastsplice import FastSplice
 from hatchway.server.handover import hand_over
 from hatchway.server.relay import LiveStream, splice
+from tests.helpers.flood import flood_until_stalled
 
 Runner = Callable[[Awaitable[None]], None]
 RUNNERS = {"uvloop": uvloop.run, "asyncio": asyncio.run}
@@ -145,24 +146,7 @@ def test_frames_queued_before_the_splice_go_first_and_text_is_dropped(run: Runne
 
 def test_a_reader_that_stops_holds_the_writer_back(run: Runner) -> None:
     async def body(app: Pair, a: ClientConnection, b: ClientConnection) -> None:
-        chunk = os.urandom(256 * 1024)
-        sent = 0
-
-        async def flood() -> None:
-            nonlocal sent
-            while True:
-                await a.send(chunk)
-                sent += len(chunk)
-
-        flooding = asyncio.create_task(flood())
-        await asyncio.sleep(1.5)  # b reads nothing meanwhile
-        stalled_at = sent
-        await asyncio.sleep(0.5)
-        # Only socket buffers' worth got through, and nothing more while b still does not read.
-        assert sent == stalled_at and sent < 48 * 1024 * 1024, sent
-        flooding.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flooding
+        chunk, sent = await flood_until_stalled(a.send)  # b reads nothing
         got = await _read(b, sent)  # frames are not kept: the last one read may run past `sent`
         whole, part = divmod(len(got), len(chunk))
         assert got == chunk * whole + chunk[:part]
