@@ -265,3 +265,20 @@ def test_unreachable_server() -> None:
         port = s.getsockname()[1]
     with pytest.raises(proxy.Refused, match=re.escape(f"cannot reach the Hatchway server at http://127.0.0.1:{port}")):
         proxy._open(f"ws://127.0.0.1:{port}/x", "t", f"http://127.0.0.1:{port}")
+
+
+def test_a_frame_larger_than_the_socket_buffer_goes_out_whole_and_in_order() -> None:
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.settimeout(10)  # sendmsg then sends what fits and returns: partial sends are the normal case
+    payloads = [os.urandom(3_000_000), b"", os.urandom(70_000)]
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(recv_all(b)))
+    reader.start()
+    with a, b:
+        tx = proxy._Sender(a)
+        for payload in payloads:
+            tx.send(OP_BINARY, payload)
+        a.shutdown(socket.SHUT_WR)
+        reader.join()
+    assert [(f.opcode, f.data) for f in client_frames(received[0])] == [(Opcode.BINARY, p) for p in payloads]
