@@ -2,8 +2,8 @@
 standing in for Hatchway's and a real TCP server standing in for port 22: the stream header and
 the bytes port 22 sent first come first, data crosses both ways in order in the transports'
 callbacks, pings and pongs still reach their owners, a stalled reader holds the writer back,
-either side's end closes the other, and a connection holding a partial frame is copied by tasks
-instead."""
+either side's end closes the other, a protocol violation is judged by websockets as without the
+splice, and a connection holding a partial frame is copied by tasks instead."""
 
 from __future__ import annotations
 
@@ -166,3 +166,20 @@ def test_a_frame_already_received_falls_back_to_copying_with_tasks(run: Runner) 
         await asyncio.wait_for(task, 5)
 
     run(_world(body, early=b"early"))
+
+
+def test_a_protocol_violation_from_the_server_closes_both_with_1002(run: Runner) -> None:
+    async def body(world, ws, task, server_ws, sshd_reader, sshd_writer) -> None:  # type: ignore[no-untyped-def]
+        assert await server_ws.recv() == HEADER
+        await _read_ws(server_ws, 14)
+        await server_ws.send(b"fine")
+        assert await sshd_reader.readexactly(4) == b"fine"
+        server_ws.transport.write(bytes((0xC2, 1)) + b"x")  # RSV1 set: no extension was negotiated
+        await asyncio.wait_for(task, 5)
+        assert await asyncio.wait_for(sshd_reader.read(), 5) == b""  # port 22's connection closed
+        # websockets itself judged the frame, as without the splice, and told the server why.
+        await asyncio.wait_for(server_ws.wait_closed(), 5)
+        assert ws.protocol.close_sent is not None and ws.protocol.close_sent.code == 1002
+        assert server_ws.close_code == 1002
+
+    run(_world(body))
