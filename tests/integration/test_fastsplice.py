@@ -17,7 +17,9 @@ import uvicorn
 import uvloop
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
+from hatchway.bytepath.frames import OP_BINARY, apply_mask, frame_header
 from hatchway.bytepath.splice import WebSocketEnd
 from hatchway.server.fastsplice import FastSplice
 from hatchway.server.handover import hand_over
@@ -235,3 +237,38 @@ def test_a_dial_back_handed_to_another_replica_is_spliced_in_callbacks(run: Runn
             await asyncio.wait_for(task, 10)
 
     run(main())
+
+
+def test_a_policy_end_in_the_middle_of_a_frame_still_tells_the_client_why(run: Runner) -> None:
+    """Ended while a frame is half-read: the rest of it is dropped, not parsed by uvicorn as a
+    new frame (which would close with a protocol error instead of the policy's message)."""
+    released = asyncio.Event()
+
+    async def close_both(a: WebSocket, b: WebSocket) -> None:
+        await released.wait()
+        for ws in (a, b):
+            await ws.send_text("ended: external connect off")
+            await ws.close(4003, "ended by policy")
+
+    def after(app: Pair) -> None:
+        app.after = close_both
+
+    async def body(app: Pair, a: ClientConnection, b: ClientConnection) -> None:
+        payload, mask = os.urandom(200_000), os.urandom(4)
+        frame = frame_header(OP_BINARY, len(payload), mask) + apply_mask(payload, mask)
+        a.transport.write(frame[:100_000])  # half a frame, straight onto a's socket
+        got = await _read(b, 1000)  # the splice forwards what it has of the frame
+        assert payload.startswith(got)
+        app.stream.end("external connect off")  # the endpoint now waits for `released`
+        a.transport.write(frame[100_000:])  # the rest arrives after the end ...
+        await asyncio.wait_for(await a.ping(), 5)  # ... and the next frame is read whole by uvicorn
+        released.set()
+        assert await asyncio.wait_for(app.result, 5) == "external connect off"
+        for ws in (a, b):
+            while (message := await asyncio.wait_for(ws.recv(), 5)) != "ended: external connect off":
+                assert isinstance(message, bytes)  # stream bytes still on their way
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 4003 and ws.close_reason == "ended by policy"
+
+    run(_world(body, after))

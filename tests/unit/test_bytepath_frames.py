@@ -212,3 +212,25 @@ def test_a_data_frame_over_the_owners_limit_is_a_violation_saying_1009(masked: b
     assert events[-1] == (VIOLATION, "a frame of 1001 bytes (at most 1000)", big, 1009)
     ping = wire(Frame(Opcode.PING, b"p" * 125), masked)  # control frames have their own limit
     assert FrameReader(masked, max_size=10).feed(ping)[0][0] == CONTROL
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_skipping_to_the_next_frame_hands_back_exactly_what_follows(masked: bool) -> None:
+    first, second = wire(Frame(Opcode.BINARY, os.urandom(5000)), masked), wire(Frame(Opcode.PING, b"x"), masked)
+    data = first + second
+    header = 4 + (4 if masked else 0)  # 5000 bytes: a 16-bit length
+    edges = {len(first) + d for d in (-1, 0, 1, 2)} | {len(data) - 1, len(data)}
+    for cut in sorted(set(range(20)) | set(range(0, len(data), 37)) | edges):  # in a header, a payload, between
+        for more in (1, 1000, len(data)):  # and what arrives after, in pieces of any size
+            reader = FrameReader(masked)
+            reader.feed(data[:cut])
+            handed = reader.skip_frame()
+            rest = data[cut:]
+            while handed is None:
+                handed, rest = reader.skip_frame(rest[:more]), rest[more:]
+            handed += rest
+            # The owner's parser gets whole frames: a started frame's payload is dropped, bytes
+            # held of a header not yet parsed are handed back with what follows them.
+            expected = data if cut < header else second if cut < len(data) else b""
+            assert handed == expected, (cut, more)
+            assert reader.skip_frame(b"later") == b""  # stopped: nothing more to skip

@@ -117,6 +117,22 @@ class FrameReader:
         """Whether everything fed so far was whole frames: nothing held, nothing owed."""
         return not self._left and not self._head and not self._message
 
+    def skip_frame(self, data: bytes | bytearray | memoryview = b"") -> bytes | None:
+        """Stop reading at the next frame boundary: drop what ``data`` holds of the current
+        frame's payload and return the bytes from the next frame on (with a header held from
+        earlier reads in front), or None while the frame goes on. This is how a connection goes
+        back to a parser that must start at a frame (a fragmented message in progress cannot be
+        handed back: the relay's peers never fragment)."""
+        if self.stopped:
+            return b""
+        left, n = self._left, len(data)
+        if n < left:
+            self._left = left - n
+            return None
+        rest = self._head + bytes(memoryview(data)[left:])
+        self._left, self._head, self.stopped = 0, b"", True
+        return rest
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         if self.stopped:
             raise RuntimeError("the reader stopped at a protocol violation")

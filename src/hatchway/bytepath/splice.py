@@ -87,14 +87,22 @@ class _End(asyncio.Protocol):
         raise NotImplementedError
 
     def forward(self, pieces: list[Any], size: int) -> None:
+        if self.splice is None or self.splice.done.done():
+            return  # over (a write that failed earlier in the same read)
         if self.count is not None:
             self.count(size)
         if not self.peer.write(pieces, size):
             self.end(None)
 
     def end(self, then: Callable[[], Any] | None) -> None:
-        if self.splice is not None:
+        """End the splice, then hand the event to the owner (at once if the splice is already
+        over and this end only finishes a frame before giving its transport back)."""
+        if self.splice is not None and not self.splice.done.done():
             self.splice.finish(then)
+        elif self.transport.get_protocol() is self:
+            self.transport.set_protocol(self.owner)
+            if then is not None:
+                then()
 
     def pause_reading(self) -> None:
         self.reading_paused = True
@@ -118,11 +126,13 @@ class _End(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.owner.pause_writing()
-        self.peer.pause_reading()
+        if self.splice is not None and not self.splice.done.done():
+            self.peer.pause_reading()
 
     def resume_writing(self) -> None:
         self.owner.resume_writing()
-        self.peer.resume_reading()
+        if self.splice is not None and not self.splice.done.done():
+            self.peer.resume_reading()
 
     def eof_received(self) -> bool | None:
         self.end(getattr(self.owner, "eof_received", None))
@@ -165,8 +175,31 @@ class WebSocketEnd(_End):
         self.conn = conn
         self.client = conn.side is CLIENT
         self.reader = FrameReader(masked=conn.side is SERVER, max_size=conn.max_message_size)
+        self.draining = False  # the splice is over; the rest of a frame is read and dropped
+
+    def give_back(self) -> None:
+        """The owner's parser must start at a frame: a splice that ends in the middle of one
+        (a policy end during a transfer, the other side closing) keeps reading this end until
+        the frame is over, then gives the transport back with what follows."""
+        rest = self.reader.skip_frame()
+        if rest is None:
+            self.draining = True
+            if self.reading_paused and not self.transport.is_closing():
+                self.resume_reading()
+            return
+        super().give_back()
+        if rest:
+            self.owner.data_received(rest)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        if self.draining:
+            rest = self.reader.skip_frame(data)
+            if rest is not None:
+                self.draining = False
+                super().give_back()
+                if rest:
+                    self.owner.data_received(rest)  # type: ignore[attr-defined]
+            return
         pieces: list[Any] = []
         size = 0
         for event in self.reader.feed(data):
