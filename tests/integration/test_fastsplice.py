@@ -156,16 +156,34 @@ def test_a_reader_that_stops_holds_the_writer_back(run: Runner) -> None:
     run(_world(body))
 
 
-def test_a_policy_end_gives_both_sockets_back_to_the_endpoint(run: Runner) -> None:
+def _after_policy_end(gate: asyncio.Event | None = None) -> Callable[[Pair], None]:
+    """Set up the endpoint to do what hatchway.server.api.ssh does after a policy end (say why,
+    then close), once ``gate`` is set."""
+
     async def close_both(a: WebSocket, b: WebSocket) -> None:
-        # What hatchway.server.api.ssh does after a policy end: say why, then close.
+        if gate is not None:
+            await gate.wait()
         for ws in (a, b):
             await ws.send_text("ended: external connect off")
             await ws.close(4003, "ended by policy")
 
-    def after(app: Pair) -> None:
+    def before(app: Pair) -> None:
         app.after = close_both
 
+    return before
+
+
+async def _told_why(ws: ClientConnection) -> None:
+    """The policy's message reaches ``ws`` (after any stream bytes still on their way), then
+    the close with its code and reason."""
+    while (message := await asyncio.wait_for(ws.recv(), 5)) != "ended: external connect off":
+        assert isinstance(message, bytes)
+    with pytest.raises(ConnectionClosed):
+        await ws.recv()
+    assert ws.close_code == 4003 and ws.close_reason == "ended by policy"
+
+
+def test_a_policy_end_gives_both_sockets_back_to_the_endpoint(run: Runner) -> None:
     async def body(app: Pair, a: ClientConnection, b: ClientConnection) -> None:
         await a.send(b"x" * 1000)
         assert await b.recv() == b"x" * 1000
@@ -174,12 +192,9 @@ def test_a_policy_end_gives_both_sockets_back_to_the_endpoint(run: Runner) -> No
         assert await asyncio.wait_for(app.result, 5) == "external connect off"
         assert not app.in_callbacks()
         for ws in (a, b):
-            assert await ws.recv() == "ended: external connect off"
-            with pytest.raises(Exception):
-                await ws.recv()
-            assert ws.close_code == 4003 and ws.close_reason == "ended by policy"
+            await _told_why(ws)
 
-    run(_world(body, after))
+    run(_world(body, _after_policy_end()))
 
 
 class Replicas:
@@ -244,15 +259,6 @@ def test_a_policy_end_in_the_middle_of_a_frame_still_tells_the_client_why(run: R
     new frame (which would close with a protocol error instead of the policy's message)."""
     released = asyncio.Event()
 
-    async def close_both(a: WebSocket, b: WebSocket) -> None:
-        await released.wait()
-        for ws in (a, b):
-            await ws.send_text("ended: external connect off")
-            await ws.close(4003, "ended by policy")
-
-    def after(app: Pair) -> None:
-        app.after = close_both
-
     async def body(app: Pair, a: ClientConnection, b: ClientConnection) -> None:
         payload, mask = os.urandom(200_000), os.urandom(4)
         frame = frame_header(OP_BINARY, len(payload), mask) + apply_mask(payload, mask)
@@ -265,10 +271,6 @@ def test_a_policy_end_in_the_middle_of_a_frame_still_tells_the_client_why(run: R
         released.set()
         assert await asyncio.wait_for(app.result, 5) == "external connect off"
         for ws in (a, b):
-            while (message := await asyncio.wait_for(ws.recv(), 5)) != "ended: external connect off":
-                assert isinstance(message, bytes)  # stream bytes still on their way
-            with pytest.raises(ConnectionClosed):
-                await ws.recv()
-            assert ws.close_code == 4003 and ws.close_reason == "ended by policy"
+            await _told_why(ws)
 
-    run(_world(body, after))
+    run(_world(body, _after_policy_end(released)))
