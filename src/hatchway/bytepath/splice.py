@@ -100,7 +100,7 @@ class _End(asyncio.Protocol):
         if self.splice is not None and not self.splice.done.done():
             self.splice.finish(then)
         elif self.transport.get_protocol() is self:
-            self.transport.set_protocol(self.owner)
+            self.return_transport()
             if then is not None:
                 then()
 
@@ -112,9 +112,12 @@ class _End(asyncio.Protocol):
         self.reading_paused = False
         self.transport.resume_reading()
 
-    def give_back(self) -> None:
+    def return_transport(self) -> None:
         if self.transport.get_protocol() is self:
             self.transport.set_protocol(self.owner)
+
+    def give_back(self) -> None:
+        self.return_transport()
         if self.reading_paused and not self.transport.is_closing():
             self.resume_reading()
 
@@ -149,8 +152,7 @@ class SocketEnd(_End):
     just to be told when the socket is closed."""
 
     def give_back(self) -> None:
-        if self.transport.get_protocol() is self:
-            self.transport.set_protocol(self.owner)
+        self.return_transport()
         if not self.transport.is_closing():
             self.transport.pause_reading()
 

@@ -56,7 +56,6 @@ MAX_RESPONSE_HEAD = 64 * 1024
 PROXY_ENV = ("ws_proxy", "wss_proxy", "http_proxy", "https_proxy", "all_proxy", "socks_proxy")
 
 
-
 class Refused(Exception):
     """The server refused or ended the stream; the message is for the user."""
 
