@@ -417,9 +417,15 @@ def test_a_wrong_agent_claim_in_the_database_is_repaired(fleet: Fleet) -> None:
     """A claim a lost write left wrong (the agent of w00 is on replica 0; the row says 1):
     the replica asked for the dial corrects it, the holder claims it again within seconds, and
     SSH works again without anyone restarting anything."""
-    fleet.psql(f"UPDATE workspaces SET agent_replica_id = '{fleet.ids[1]}' WHERE name = 'w00'")
-    r = fleet.ssh(2, "w00", "true")
-    assert r.returncode == 255 and 'workspace "w00": lost the connection to its agent; try again' in r.stderr.decode()
+    for _ in range(5):
+        fleet.psql(f"UPDATE workspaces SET agent_replica_id = '{fleet.ids[1]}' WHERE name = 'w00'")
+        r = fleet.ssh(2, "w00", "true")
+        if r.returncode == 255:
+            break
+        # Replica 0's periodic reclaim (every RECLAIM_EVERY beats) can land between the write
+        # and the dial; then the claim was already right again, and the ssh rightly worked.
+        assert r.returncode == 0 and fleet.workspace("w00")["agent_replica"] == fleet.ids[0], r.stderr
+    assert 'workspace "w00": lost the connection to its agent; try again' in r.stderr.decode()
     wait_for(lambda: fleet.workspace("w00")["agent_replica"] == fleet.ids[0], 15, what="replica 0 to claim w00 again")
     assert fleet.ssh(2, "w00", "echo repaired").stdout == b"repaired\n"
 
