@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
 import termios
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -216,6 +218,47 @@ async def test_child_exit_via_polling_when_pidfd_unavailable(
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfd)
     assert await _spawn_and_wait("sleep 0.2; echo out; exit 5") == (5 << 8, b"out\n")
+
+
+@pytest.fixture
+def agent_started_under_nohup_from_a_script() -> Iterator[None]:
+    """The signal state this process gives children: SIGHUP ignored (nohup), SIGINT and SIGQUIT
+    ignored (a script's ``&``), SIGUSR1 and SIGTERM blocked (a supervisor's mask)."""
+    ignored = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+    before = {sig: signal.getsignal(sig) for sig in ignored}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGUSR1, signal.SIGTERM))
+    for sig in ignored:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("pty", [False, True], ids=["exec", "pty"])
+async def test_session_programs_start_with_default_signals(pty: bool, agent_started_under_nohup_from_a_script: None) -> None:
+    """Otherwise a command outlives the client's hang-up and ^C does not interrupt it."""
+    from hatchway.sshd.process import close_quietly, spawn
+
+    master, slave = os.openpty() if pty else (None, None)
+    s = spawn(
+        executable="/bin/grep",
+        argv=["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        pty_master=master,
+        pty_slave=slave,
+    )
+    try:
+        assert await asyncio.wait_for(s.child.wait(), 10) == 0
+        os.set_blocking(s.stdout_fd, True)
+        out = os.read(s.stdout_fd, 1000).replace(b"\r\n", b"\n")
+    finally:
+        for fd in (s.stdin_fd, s.stdout_fd, s.stderr_fd, master):
+            close_quietly(fd)
+    assert out == b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
 
 
 async def test_spawn_failure_closes_everything() -> None:

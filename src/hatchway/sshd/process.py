@@ -31,13 +31,33 @@ PIPE_SIZE = (
 _POLL_START, _POLL_MAX = 0.005, 0.25
 
 
-def _acquire_controlling_tty() -> None:  # pragma: no cover - runs in the child
-    """Make stdin (the PTY slave) the controlling terminal of the new session.
+#: Every signal a process can ignore or block.
+_RESETTABLE = tuple(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+
+
+def _default_signals() -> None:  # pragma: no cover - runs in the child
+    """Give the session's program the signal state a login has: every signal at its default
+    action and none blocked.
+
+    exec keeps what the agent ignores and blocks. An agent started under ``nohup``, from a
+    script with ``&`` (SIGINT and SIGQUIT ignored) or by a supervisor that masks signals would
+    otherwise pass that on: commands would outlive the client's hang-up (SIGHUP) and ^C would not
+    interrupt them.
+    """
+    for sig in _RESETTABLE:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _setup_pty_child() -> None:  # pragma: no cover - runs in the child
+    """Default signals, and stdin (the PTY slave) as the controlling terminal of the new session.
 
     Runs in the child between fork and exec, after ``start_new_session`` made it a session
     leader. Without a controlling terminal, job control and ^C do not work and the shell
     complains "no job control in this shell".
     """
+    _default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -160,14 +180,14 @@ def spawn(
         if pty_slave is not None:
             assert pty_master is not None
             child_in = child_out = child_err = pty_slave
-            preexec: Callable[[], None] | None = _acquire_controlling_tty
+            preexec: Callable[[], None] = _setup_pty_child
             parent_in = os.dup(pty_master)
             created.append(parent_in)
             parent_out = os.dup(pty_master)
             created.append(parent_out)
             parent_err = None
         else:
-            preexec = None
+            preexec = _default_signals
             child_in, parent_in = os.pipe2(os.O_CLOEXEC)
             created += [child_in, parent_in]
             parent_out, child_out = os.pipe2(os.O_CLOEXEC)
@@ -188,7 +208,7 @@ def spawn(
             env=dict(env),
             close_fds=True,
             start_new_session=True,
-            preexec_fn=preexec,  # noqa: PLW1509 - only an ioctl; needed for TIOCSCTTY
+            preexec_fn=preexec,  # noqa: PLW1509 - sigaction, sigprocmask and an ioctl: nothing that locks
         )
     except BaseException:
         for fd in created:
