@@ -240,8 +240,9 @@ def agent_started_under_nohup_from_a_script() -> Iterator[None]:
 @pytest.mark.parametrize("pty", [False, True], ids=["exec", "pty"])
 async def test_session_programs_start_with_default_signals(pty: bool, agent_started_under_nohup_from_a_script: None) -> None:
     """Otherwise a command outlives the client's hang-up and ^C does not interrupt it."""
-    from hatchway.sshd.process import close_quietly, spawn
+    from hatchway.sshd.process import _passes_on_signals, close_quietly, spawn
 
+    assert _passes_on_signals()
     master, slave = os.openpty() if pty else (None, None)
     s = spawn(
         executable="/bin/grep",
