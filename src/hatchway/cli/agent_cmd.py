@@ -49,6 +49,7 @@ def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: 
 
     from hatchway.agent.protocol import URLError, normalize_url
     from hatchway.agent.runtime import AgentConfig, FatalError, run_until_signal
+    from hatchway.eventloop import loop_factory
     from hatchway.malloc import keep_large_buffers
 
     setup_logging(verbose)
@@ -69,7 +70,8 @@ def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: 
     )
     keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
     try:
-        asyncio.run(run_until_signal(config))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(run_until_signal(config))
     except FatalError as exc:
         logging.getLogger("hatchway.agent").error("%s", exc)
         raise SystemExit(EXIT_FATAL) from None
