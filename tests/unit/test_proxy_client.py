@@ -77,9 +77,10 @@ def test_argv_fast_path_and_fallback_to_click(argv: list[str], expected: tuple[s
     assert proxy.parse_argv(argv) == expected
 
 
-def test_library_only_for_tls_and_proxies() -> None:
+def test_library_only_for_proxies() -> None:
     assert not proxy.uses_library("ws://127.0.0.1:7080/x", {})
-    assert proxy.uses_library("wss://h/x", {})
+    assert not proxy.uses_library("wss://h/x", {})  # hatchway.cli.proxy_tls
+    assert proxy.uses_library("wss://h/x", {"https_proxy": "http://p:3128"})
     assert proxy.uses_library("ws://h/x", {"HTTPS_PROXY": "http://p:3128"})
     assert proxy.uses_library("ws://h/x", {"all_proxy": "socks5://p"})
     assert not proxy.uses_library("ws://h/x", {"https_proxy": ""})

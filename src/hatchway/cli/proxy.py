@@ -5,8 +5,9 @@ may ever reach stdout. Its start-up time is part of every ``ssh`` a developer ty
 dispatched by :func:`fast_main` before click is imported (``hatchway.cli.main``; the click
 command for ``--help`` lives in ``hatchway.cli.proxy_cmd``), and a plain ``ws://`` server is
 reached without asyncio or the websockets package (together about 60 % of the start-up): a
-minimal RFC 6455 client on a blocking socket, one thread per direction. ``wss://`` and HTTP
-proxies from the environment go through the websockets library (``hatchway.cli.proxy_ws``).
+minimal RFC 6455 client on a blocking socket, one thread per direction; ``wss://`` the same way,
+with TLS in memory (``hatchway.cli.proxy_tls``). HTTP proxies from the environment go through the
+websockets library (``hatchway.cli.proxy_ws``).
 
 The client side of RFC 6455 needed here is small: the upgrade request and the check of
 ``Sec-WebSocket-Accept``; masked binary frames up (one per read of stdin, at most
@@ -27,6 +28,7 @@ import socket
 import stat
 import sys
 import threading
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from hatchway import __version__
@@ -94,9 +96,10 @@ def message_text(text: str) -> str:
 
 
 def uses_library(url: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
-    """True when the websockets library must carry the stream: TLS, or a proxy configured in
-    the environment (websockets honours those; the minimal client does not)."""
-    if not url.startswith("ws://"):
+    """True when the websockets library must carry the stream: a proxy configured in the
+    environment (websockets honours those; the minimal client does not), or a scheme other than
+    ``ws://`` and ``wss://``."""
+    if not url.startswith(("ws://", "wss://")):
         return True
     return any(environ.get(name) or environ.get(name.upper()) for name in PROXY_ENV)
 
@@ -189,19 +192,36 @@ def relay_up(in_fd: int, tx: _Sender) -> None:
 # ---- the connection ----------------------------------------------------------------------------
 
 
-def _open(url: str, token: str, shown: str, timeout: float = OPEN_TIMEOUT_S) -> tuple[socket.socket, bytes]:
-    """Connect to the ``ws://`` URL and upgrade; returns the socket (blocking, no timeout) and
-    any frame bytes that arrived with the response. ``shown`` is the server's URL in messages."""
+def _unreachable(shown: str, exc: OSError, tls: bool) -> str:
+    """What failed reaching the server; an untrusted certificate says how to trust it."""
+    if tls:
+        from hatchway.unreachable import untrusted_certificate, why_unreachable
+
+        if untrusted_certificate(exc) is not None:
+            return why_unreachable(shown, exc)
+    return f"cannot reach the Hatchway server at {shown}: {exc}"
+
+
+def _open(url: str, token: str, shown: str, timeout: float = OPEN_TIMEOUT_S) -> tuple[Any, bytes]:
+    """Connect to the ``ws://`` or ``wss://`` URL and upgrade; returns the socket (blocking, no
+    timeout; a :class:`hatchway.cli.proxy_tls.TlsSocket` for ``wss://``) and any frame bytes that
+    arrived with the response. ``shown`` is the server's URL in messages."""
     parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 80
+    tls = parts.scheme == "wss"
+    host, port = parts.hostname or "", parts.port or (443 if tls else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host_header = parts.netloc.rpartition("@")[2]
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise Refused(f"cannot reach the Hatchway server at {shown}: {exc}") from None
+    sock: Any = raw
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            from hatchway.cli.proxy_tls import TlsSocket  # ssl: only for wss://
+
+            sock = TlsSocket(raw, host)
         key = base64.b64encode(os.urandom(16))
         request = (
             f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -238,13 +258,13 @@ def _open(url: str, token: str, shown: str, timeout: float = OPEN_TIMEOUT_S) -> 
         sock.settimeout(None)
         return sock, rest
     except TimeoutError:
-        sock.close()
+        raw.close()
         raise Refused(f"cannot reach the Hatchway server at {shown}: timed out during the WebSocket handshake") from None
     except OSError as exc:
-        sock.close()
-        raise Refused(f"cannot reach the Hatchway server at {shown}: {exc}") from None
+        raw.close()
+        raise Refused(_unreachable(shown, exc, tls)) from None
     except BaseException:
-        sock.close()
+        raw.close()
         raise
 
 

@@ -1,8 +1,8 @@
-"""``hatchway proxy`` over the websockets library (asyncio): for ``wss://`` and HTTP proxies.
+"""``hatchway proxy`` over the websockets library (asyncio): through HTTP proxies.
 
-:mod:`hatchway.cli.proxy` relays plain ``ws://`` connections itself with threads and blocking
-sockets, which starts about twice as fast; TLS and proxy support (from the environment, as
-websockets does it) come from here.
+:mod:`hatchway.cli.proxy` relays ``ws://`` and ``wss://`` connections itself with threads and
+blocking sockets, which starts about twice as fast; proxy support (from the environment, as
+websockets does it) comes from here.
 """
 
 from __future__ import annotations
