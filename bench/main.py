@@ -26,7 +26,7 @@ from bench import loadgen
 from bench.measure import (ProxyWatch, Timed, children_cpu_seconds, cpu_seconds, human_size, kill_group, median, p95, parse_size, rss_bytes,
                            run_timed)
 from bench.report import NOT_SUPPORTED, Row, machine_info, rich_table, write_results
-from bench.world import BUILTIN, DIRECT, OSSH, PATH_LABELS, Target, World, settle, why_cannot_run
+from bench.world import BUILTIN, DIRECT, OSSH, OSSH_TLS, PATH_LABELS, Target, World, settle, why_cannot_run
 from tests.helpers.server import HATCHWAY
 
 GIB = 1 << 30
@@ -247,13 +247,15 @@ class Bench:
     # ---- 2. connection setup ----------------------------------------------------------------
 
     def setup(self) -> None:
-        samples: dict[str, list[float]] = {k: [] for k in PATHS}
+        # Production reaches the server over TLS: that path too, where nginx is installed.
+        paths = [*PATHS, OSSH_TLS] if OSSH_TLS in self.w.targets else list(PATHS)
+        samples: dict[str, list[float]] = {k: [] for k in paths}
         errors: dict[str, str] = {}
         for i in range(self.o.setup_runs):
-            for k in PATHS:
+            for k in paths:
                 if k in errors:
                     continue
-                t = run_timed(self.w.ssh_argv(self.w.targets[k], "true"), env=self.w.env(), timeout=60)
+                t = run_timed(self.w.ssh_argv(self.w.targets[k], "true"), env=self.w.env(k), timeout=60)
                 if t.code != 0:
                     errors[k] = error_text(t)
                     continue
@@ -261,21 +263,24 @@ class Bench:
             settle(0.05)
         say(f"ssh H true: {self.o.setup_runs} runs per path done")
         rows = {}
-        for k in PATHS:
+        for k in paths:
             row = Row(f"setup.ssh_true.{k}", "Connection setup", f"`ssh H true` ({self.o.setup_runs} runs)",
                       PATH_LABELS[k], "ms", median(samples[k]), p95(samples[k]), samples=samples[k])
             if k in errors:
                 row.status = f"failed: {errors[k]}"
             rows[k] = self.add(row)
         self.ratio_rows(rows, higher_is_better=False)
-        for name, k in (("ossh", OSSH), ("builtin", BUILTIN)):
-            self.proxy_ready(name, k)
+        for name, k in (("ossh", OSSH), ("builtin", BUILTIN), ("ossh", OSSH_TLS)):
+            if k in paths:
+                self.proxy_ready(name, k)
+        if self.w.tls_missing:
+            say(f"no TLS rows: {self.w.tls_missing}")
         self.import_times()
 
-    def proxy_ready_once(self, workspace: str) -> float:
+    def proxy_ready_once(self, workspace: str, k: str) -> float:
         t0 = time.perf_counter()
         proc = subprocess.Popen([HATCHWAY, "proxy", workspace], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=self.w.env(), start_new_session=True)
+                                stderr=subprocess.PIPE, env=self.w.env(k), start_new_session=True)
         try:
             assert proc.stdout is not None
             buf = b""
@@ -303,12 +308,12 @@ class Bench:
                   f"`hatchway proxy` start → SSH banner ({self.o.proxy_runs} runs)", PATH_LABELS[k], "ms")
         try:
             for _ in range(self.o.proxy_runs):
-                samples.append(self.proxy_ready_once(workspace))
+                samples.append(self.proxy_ready_once(workspace, k))
                 settle(0.1)
         except RuntimeError as exc:
             row.status = f"failed: {exc}"
         row.samples, row.median, row.p95 = samples, median(samples), p95(samples)
-        row.notes = "process start, imports, WebSocket, dial-back, banner"
+        row.notes = "process start, imports, " + ("TLS, " if k == OSSH_TLS else "") + "WebSocket, dial-back, banner"
         self.add(row)
         say(f"proxy time-to-ready {workspace}: {row.median}")
 

@@ -6,7 +6,10 @@
 - workspace ``ossh``: an agent started with ``--ssh-port <that port>`` (forwards to sshd);
 - workspace ``builtin``: an agent started with ``--ssh-port 0`` (the built-in server);
 - one client with its own HOME and HATCHWAY_CONFIG_DIR, a ``config-ssh`` file for the two
-  workspaces and a hand-written one for the direct path, both using the platform key.
+  workspaces and a hand-written one for the direct path, both using the platform key;
+- where Debian's nginx is installed: the documented nginx configuration with TLS in front of
+  the server (a private CA, trusted through ``SSL_CERT_FILE``), and a second client logged in
+  through it, as production runs (``wss://``).
 
 Every child runs in its own process group (``setsid`` / ``start_new_session``) and is ended by
 its pid in ``close()``.
@@ -25,8 +28,11 @@ from pathlib import Path
 
 from bench.measure import kill_group
 from tests.helpers.agent import AgentProcess
-from tests.helpers.cli import Cli
+from tests.helpers.cli import Cli, TrustingCli
+from tests.helpers.nginx import Nginx, tls_config
+from tests.helpers.nginx import why_cannot_run as why_no_nginx
 from tests.helpers.server import HATCHWAY, RunningServer, free_port, wait_for
+from tests.helpers.tlscerts import write_ca_and_certificate
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -60,7 +66,10 @@ USER = "bench"
 
 #: The three ways to reach a shell, as the table names them.
 OSSH, BUILTIN, DIRECT = "hatchway-openssh", "hatchway-builtin", "direct"
-PATH_LABELS = {OSSH: "Hatchway → OpenSSH", BUILTIN: "Hatchway → built-in", DIRECT: "direct OpenSSH"}
+#: OpenSSH-on-22 again, with the client reaching the server through nginx over TLS.
+OSSH_TLS = "hatchway-openssh-tls"
+PATH_LABELS = {OSSH: "Hatchway → OpenSSH", BUILTIN: "Hatchway → built-in", DIRECT: "direct OpenSSH",
+               OSSH_TLS: "Hatchway over TLS (nginx) → OpenSSH"}
 
 
 @dataclass
@@ -98,6 +107,9 @@ class World:
         self.workspaces: dict[str, dict] = {}
         self.targets: dict[str, Target] = {}
         self.token = ""
+        self.nginx: Nginx | None = None
+        self.tls_client: TrustingCli | None = None
+        self.tls_missing: str | None = None  # why there is no TLS front, if there is none
 
     # ---- start ------------------------------------------------------------------------------
 
@@ -127,6 +139,23 @@ class World:
             BUILTIN: Target(BUILTIN, self.hatchway_config, "hatchway.builtin"),
             DIRECT: Target(DIRECT, self.direct_config, "direct"),
         }
+        self._start_tls_front()
+
+    def _start_tls_front(self) -> None:
+        self.tls_missing = why_no_nginx()
+        if self.tls_missing:
+            return
+        d = self.tmp / "tls"
+        d.mkdir()
+        ca, cert, key = write_ca_and_certificate(d)
+        port = free_port()
+        self.nginx = Nginx(d / "nginx", tls_config(port, [self.server.port], cert, key))
+        self.nginx.start(port)
+        self.tls_client = TrustingCli(self.tmp / "client-tls", ca)
+        self.tls_client.login(f"https://127.0.0.1:{port}", USER, PASSWORD)
+        config = self.tls_client.home / "ssh_config"
+        self.tls_client.ok("config-ssh", "--ssh-config", str(config), "-y")
+        self.targets[OSSH_TLS] = Target(OSSH_TLS, config, "hatchway.ossh")
 
     def _ready(self, name: str, mode: str) -> bool:
         r = self.client.run("workspaces", "show", name, "--json")
@@ -180,7 +209,10 @@ class World:
 
     # ---- use --------------------------------------------------------------------------------
 
-    def env(self) -> dict[str, str]:
+    def env(self, target: str | None = None) -> dict[str, str]:
+        """The client's environment; the TLS client's for :data:`OSSH_TLS`."""
+        if target == OSSH_TLS and self.tls_client is not None:
+            return self.tls_client.env()
         return self.client.env()
 
     def ssh_argv(self, target: Target, *args: str, program: str = "ssh", cipher: str | None = None) -> list[str]:
@@ -222,6 +254,8 @@ class World:
                 kill_group(agent.proc, grace=10)
         if self.sshd is not None:
             kill_group(self.sshd, grace=5)
+        if self.nginx is not None:
+            self.nginx.stop()
         if self.server.proc is not None:
             try:
                 self.server.stop(timeout=15)

@@ -20,24 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.agent import AgentProcess
-from tests.helpers.cli import Cli
+from tests.helpers.cli import Cli, TrustingCli
 from tests.helpers.nginx import Nginx, tls_config, why_cannot_run
 from tests.helpers.server import RunningServer, free_port, wait_for
 from tests.helpers.tlscerts import write_ca_and_certificate
 
 WORKSPACE = "tls-ws"
-
-
-class TrustingCli(Cli):
-    """A person whose machine trusts the deployment's CA (SSL_CERT_FILE, as OpenSSL reads it)."""
-
-    def __init__(self, home: Path, ca: Path | None) -> None:
-        super().__init__(home)
-        self.ca = ca
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in super().env().items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
-        return {**env, "SSL_CERT_FILE": str(self.ca)} if self.ca else env
 
 
 @dataclass

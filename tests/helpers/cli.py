@@ -49,3 +49,15 @@ class Cli:
         if first:
             args += ["--first-user", "--email", f"{username}@example.com"]
         return self.ok(*args, stdin=password + "\n")
+
+
+class TrustingCli(Cli):
+    """A person whose machine trusts the deployment's CA (SSL_CERT_FILE, as OpenSSL reads it)."""
+
+    def __init__(self, home: Path, ca: Path | None) -> None:
+        super().__init__(home)
+        self.ca = ca
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in super().env().items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        return {**env, "SSL_CERT_FILE": str(self.ca)} if self.ca else env

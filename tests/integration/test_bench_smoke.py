@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.world import why_cannot_run
+from tests.helpers.nginx import why_cannot_run as why_no_nginx
 
 ROOT = Path(__file__).resolve().parents[2]
 REASON = why_cannot_run()
@@ -29,6 +30,8 @@ def expected_keys() -> set[str]:
     keys |= {f"sftp.{d}.{p}" for d in ("get", "put") for p in paths}
     keys |= {f"setup.ssh_true.{p}" for p in paths}
     keys |= {f"setup.proxy_ready.{p}" for p in paths[:2]}
+    if why_no_nginx() is None:  # the production path: through nginx over TLS
+        keys |= {"setup.ssh_true.hatchway-openssh-tls", "setup.proxy_ready.hatchway-openssh-tls"}
     keys |= {"setup.import.proxy", "setup.import.proxy_all"}
     for mode in ("burst", "ramped"):
         keys |= {f"concurrency.10.{mode}.success", f"concurrency.10.{mode}.setup"}
@@ -50,8 +53,8 @@ def test_quick_benchmark_produces_every_row(tmp_path: Path) -> None:
         assert isinstance(row["median"], (int, float)) and math.isfinite(row["median"]), (key, row)
     # Ratios exist wherever a direct baseline does.
     for key in ("throughput.download.aes128-gcm.hatchway-openssh", "setup.ssh_true.hatchway-builtin",
-                "sftp.get.hatchway-openssh"):
-        assert isinstance(rows[key]["ratio"], float), key
+                "sftp.get.hatchway-openssh", "setup.ssh_true.hatchway-openssh-tls"):
+        assert key not in expected_keys() or isinstance(rows[key]["ratio"], float), key
     for field in ("CPU", "cores", "kernel", "Python", "OpenSSH", "asyncssh"):
         assert data["machine"].get(field) not in (None, "", "unknown"), field
 
