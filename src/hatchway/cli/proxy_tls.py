@@ -104,9 +104,6 @@ class TlsSocket:
     def settimeout(self, timeout: float | None) -> None:
         self._sock.settimeout(timeout)
 
-    def setsockopt(self, level: int, option: int, value: int) -> None:
-        self._sock.setsockopt(level, option, value)
-
     def shutdown(self, how: int) -> None:
         self._sock.shutdown(how)
 
