@@ -8,7 +8,6 @@ the same run; writes the same as Markdown and JSON into bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import select
@@ -23,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import loadgen
-from bench.measure import (ProxyWatch, Timed, children_cpu_seconds, cpu_seconds, human_size, kill_group, median, p95, parse_size, rss_bytes,
+from bench.measure import (ProxyWatch, Timed, children_cpu_seconds, children_of, cpu_seconds, human_size, kill_group, median, p95, parse_size, rss_bytes,
                            run_timed)
 from bench.report import NOT_SUPPORTED, Row, machine_info, rich_table, write_results
 from bench.world import BUILTIN, DIRECT, OSSH, OSSH_TLS, PATH_LABELS, Target, World, settle, why_cannot_run
@@ -32,7 +31,7 @@ from tests.helpers.server import HATCHWAY
 GIB = 1 << 30
 MB = 1_000_000
 PATHS = (OSSH, BUILTIN, DIRECT)
-AGENT_OF = {OSSH: "agent-ossh", BUILTIN: "agent-builtin"}
+AGENT_OF = {OSSH: "agent-ossh", BUILTIN: "agent-builtin", OSSH_TLS: "agent-ossh"}
 #: Handshakes in flight at once in the ramped concurrency run (below the server's DB pool size).
 RAMP_IN_FLIGHT = 10
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -149,6 +148,9 @@ class Bench:
             out[name] = cpu_seconds(pid, reaped_children=name.startswith("agent"))
         if self.w.sshd is not None:
             out["sshd"] = cpu_seconds(self.w.sshd.pid, reaped_children=True)
+        if self.w.nginx is not None and self.w.nginx.proc is not None:  # its master and workers
+            master = self.w.nginx.proc.pid
+            out["nginx"] = sum(cpu_seconds(pid) for pid in [master, *children_of(master)])
         return out
 
     def with_cpu(self, fn: Callable[[], Timed]) -> tuple[Timed, dict[str, float]]:
@@ -165,7 +167,7 @@ class Bench:
     # ---- 1. throughput ----------------------------------------------------------------------
 
     def transfer(self, target: Target, direction: str, cipher: str | None) -> Timed:
-        env = self.w.env()
+        env = self.w.env(target.key)
         size = self.o.size
         if direction == "download":
             argv = self.w.ssh_argv(target, f"head -c {size} /dev/zero", cipher=cipher)
@@ -178,20 +180,21 @@ class Bench:
     def negotiated_cipher(self, target: Target, cipher: str | None) -> str:
         argv = self.w.ssh_argv(target, "true", cipher=cipher)
         argv[argv.index("LogLevel=ERROR")] = "LogLevel=DEBUG"
-        t = run_timed(argv, env=self.w.env(), timeout=60)
+        t = run_timed(argv, env=self.w.env(target.key), timeout=60)
         m = re.search(rb"kex: server->client cipher: (\S+)", t.stderr)
         return m.group(1).decode() if m else "?"
 
     def throughput(self) -> None:
+        paths = [*PATHS, OSSH_TLS] if OSSH_TLS in self.w.targets else list(PATHS)
         for cipher_opt in self.o.ciphers:
             cipher = None if cipher_opt == "default" else cipher_opt
-            negotiated = {k: self.negotiated_cipher(self.w.targets[k], cipher) for k in PATHS}
+            negotiated = {k: self.negotiated_cipher(self.w.targets[k], cipher) for k in paths}
             for direction in ("download", "upload"):
-                samples: dict[str, list[float]] = {k: [] for k in PATHS}
-                cpu: dict[str, list[dict[str, float]]] = {k: [] for k in PATHS}
+                samples: dict[str, list[float]] = {k: [] for k in paths}
+                cpu: dict[str, list[dict[str, float]]] = {k: [] for k in paths}
                 errors: dict[str, str] = {}
                 for rep in range(self.o.repeat):
-                    for k in PATHS:  # interleaved, so drift hits every path alike
+                    for k in paths:  # interleaved, so drift hits every path alike
                         if k in errors:
                             continue
                         say(f"{direction} {human_size(self.o.size)} {short_cipher(cipher)} {k} ({rep + 1}/{self.o.repeat})")
@@ -203,7 +206,7 @@ class Bench:
                         samples[k].append(self.o.size / t.seconds / MB)
                         cpu[k].append({n: s / (self.o.size / GIB) for n, s in used.items()})
                 rows = {}
-                for k in PATHS:
+                for k in paths:
                     test = f"{direction} {human_size(self.o.size)}, {short_cipher(cipher)}"
                     row = Row(f"throughput.{direction}.{short_cipher(cipher)}.{k}", "Throughput", test, PATH_LABELS[k], "MB/s")
                     row.extra["cipher"] = negotiated[k]
@@ -214,8 +217,8 @@ class Bench:
                         row.median = median(samples[k])
                         for c in cpu[k]:
                             c["ssh"] = c["client"] - c["proxy"]
-                        roles = {"ssh": "ssh", "proxy": "proxy", "server": "server", "agent": AGENT_OF.get(k),
-                                 "sshd": "sshd"}
+                        roles = {"ssh": "ssh", "proxy": "proxy", "nginx": "nginx" if k == OSSH_TLS else None,
+                                 "server": "server", "agent": AGENT_OF.get(k), "sshd": "sshd"}
                         per = {role: median([c[name] for c in cpu[k]]) for role, name in roles.items()
                                if name and (k != DIRECT or role in ("ssh", "sshd")) and
                                (k != BUILTIN or role != "sshd")}
@@ -223,7 +226,7 @@ class Bench:
                         row.extra["total_cpu_s_per_gib"] = sum(per.values())
                         row.notes = "CPU s/GiB: " + ", ".join(f"{r} {v:.2f}" for r, v in per.items()) + \
                             f" = {sum(per.values()):.2f}"
-                        if k in AGENT_OF:
+                        if k in (OSSH, BUILTIN):
                             self.cpu.setdefault((k, short_cipher(cipher)), []).extend(cpu[k])
                         if cipher is None:
                             row.notes = (f"{negotiated[k].split('@')[0]}; " + row.notes).rstrip("; ")

@@ -9,7 +9,8 @@
   workspaces and a hand-written one for the direct path, both using the platform key;
 - where Debian's nginx is installed: the documented nginx configuration with TLS in front of
   the server (a private CA, trusted through ``SSL_CERT_FILE``), and a second client logged in
-  through it, as production runs (``wss://``).
+  through it, as production runs (``wss://``): the path :data:`OSSH_TLS`, to the ``ossh``
+  workspace.
 
 Every child runs in its own process group (``setsid`` / ``start_new_session``) and is ended by
 its pid in ``close()``.

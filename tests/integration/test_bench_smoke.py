@@ -32,6 +32,8 @@ def expected_keys() -> set[str]:
     keys |= {f"setup.proxy_ready.{p}" for p in paths[:2]}
     if why_no_nginx() is None:  # the production path: through nginx over TLS
         keys |= {"setup.ssh_true.hatchway-openssh-tls", "setup.proxy_ready.hatchway-openssh-tls"}
+        keys |= {f"throughput.{d}.{c}.hatchway-openssh-tls" for d in ("download", "upload")
+                 for c in ("aes128-gcm", "default cipher")}
     keys |= {"setup.import.proxy", "setup.import.proxy_all"}
     for mode in ("burst", "ramped"):
         keys |= {f"concurrency.10.{mode}.success", f"concurrency.10.{mode}.setup"}
@@ -53,7 +55,8 @@ def test_quick_benchmark_produces_every_row(tmp_path: Path) -> None:
         assert isinstance(row["median"], (int, float)) and math.isfinite(row["median"]), (key, row)
     # Ratios exist wherever a direct baseline does.
     for key in ("throughput.download.aes128-gcm.hatchway-openssh", "setup.ssh_true.hatchway-builtin",
-                "sftp.get.hatchway-openssh", "setup.ssh_true.hatchway-openssh-tls"):
+                "sftp.get.hatchway-openssh", "setup.ssh_true.hatchway-openssh-tls",
+                "throughput.upload.aes128-gcm.hatchway-openssh-tls"):
         assert key not in expected_keys() or isinstance(rows[key]["ratio"], float), key
     for field in ("CPU", "cores", "kernel", "Python", "OpenSSH", "asyncssh"):
         assert data["machine"].get(field) not in (None, "", "unknown"), field
