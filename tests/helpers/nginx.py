@@ -27,6 +27,8 @@ _PROXY = """
         proxy_send_timeout 1h;
         proxy_buffering off;
         proxy_request_buffering off;
+        proxy_buffer_size 64k;
+        proxy_buffers 4 64k;
 """
 
 
