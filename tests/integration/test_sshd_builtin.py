@@ -8,6 +8,7 @@ keys are pinned (StrictHostKeyChecking=yes) so a changing host key fails loudly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -21,10 +22,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncssh
 import pytest
 
 from hatchway.sshd.server import BuiltinSSHServer, SessionIdentity
+from tests.helpers.flood import HUGE_WINDOW, Counting, flood_command, settle, written_by
 
 SSH = "/usr/bin/ssh"
 pytestmark = pytest.mark.skipif(
@@ -796,3 +800,139 @@ def test_handle_after_close_closes_socket(env: Env) -> None:
             assert ours.recv(10) == b""
     finally:
         s.stop()
+
+
+# ---- a client that grants huge windows and then stops reading --------------------------------
+
+MIB = 1024 * 1024
+FLOOD = 128 * MIB
+BOUND = 16 * MIB  # kernel socket buffers and a few reads; without pacing: all of FLOOD
+
+
+class FreezingLink:
+    """The client's network path: passes bytes between asyncssh's socket and the server, and can
+    stop passing on what the server sends, as a client whose host froze or whose link died."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.socks: list[socket.socket] = []
+
+    async def open(self) -> socket.socket:
+        client_end, inner = socket.socketpair()
+        upstream = socket.socket()
+        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # small, set before connect
+        upstream.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(upstream, ("127.0.0.1", self.port))
+        inner.setblocking(False)
+        self.socks += [inner, upstream]
+        self.tasks = [
+            asyncio.create_task(self._copy(inner, upstream, None)),
+            asyncio.create_task(self._copy(upstream, inner, self.flowing)),
+        ]
+        return client_end
+
+    @staticmethod
+    async def _copy(src: socket.socket, dst: socket.socket, gate: asyncio.Event | None) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            while True:
+                if gate is not None:
+                    await gate.wait()
+                data = await loop.sock_recv(src, 65536)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                await loop.sock_sendall(dst, data)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for sock in self.socks:
+            sock.close()
+
+
+async def _connect_through(link: FreezingLink, env: Env) -> Any:
+    return await asyncssh.connect(
+        sock=await link.open(), host="127.0.0.1", username=USER, client_keys=[str(env.key_a)],
+        known_hosts=None, config=None, agent_path=None,
+    )
+
+
+def test_a_frozen_client_with_a_huge_window_stops_the_command_not_the_servers_memory(
+    env: Env, srv: ServerThread
+) -> None:
+    """asyncssh would send a command's whole output into its transport's buffer: the window
+    allows it. The session stops reading the command instead, and loses nothing."""
+
+    async def scenario() -> tuple[int | None, int, object, bool]:
+        link = FreezingLink(srv.port)
+        conn = await _connect_through(link, env)
+        try:
+            chan, session = await conn.create_session(Counting, flood_command(FLOOD), window=HUGE_WINDOW, encoding=None)
+            pid = int(await asyncio.wait_for(session.first_line, 10))
+            link.flowing.clear()
+            chan.write(b"go\n")
+            written = await settle(written_by(pid), beyond=MIB)
+            link.flowing.set()
+            await asyncio.wait_for(session.done.wait(), 60)
+            flooded = session.received - len(session.first_line.result()) - 1  # after the PID line
+            return written, flooded, chan.get_exit_status(), session.eof
+        finally:
+            conn.close()
+            await link.close()
+
+    written, received, status, eof = asyncio.run(scenario())
+    assert written is not None, "the command wrote all its output while the client read nothing"
+    assert written < BOUND
+    assert (received, status, eof) == (FLOOD, 0, True)
+
+
+def test_a_frozen_client_with_a_huge_window_stops_a_forwarded_socket(env: Env, srv: ServerThread) -> None:
+    """The same for ``ssh -L``: the forwarded program's writes block, nothing is lost."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = 0
+
+    def serve() -> None:
+        nonlocal sent
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(1)  # floods once the link is frozen
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            block = b"\0" * (1024 * 1024)
+            with contextlib.suppress(OSError):
+                while sent < FLOOD:
+                    conn.sendall(block)
+                    sent += len(block)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def scenario() -> tuple[int | None, int, bool]:
+        link = FreezingLink(srv.port)
+        conn = await _connect_through(link, env)
+        try:
+            chan, forwarded = await conn.create_connection(
+                Counting, "127.0.0.1", listener.getsockname()[1], window=HUGE_WINDOW
+            )
+            link.flowing.clear()
+            chan.write(b"!")
+            progress = await settle(lambda: sent if server.is_alive() else None, beyond=MIB)
+            link.flowing.set()
+            await asyncio.wait_for(forwarded.done.wait(), 60)
+            return progress, forwarded.received, forwarded.eof
+        finally:
+            conn.close()
+            await link.close()
+
+    try:
+        progress, received, eof = asyncio.run(scenario())
+    finally:
+        listener.close()
+        server.join(10)
+    assert progress is not None, "the forwarded program sent everything while the client read nothing"
+    assert progress < BOUND
+    assert (received, eof) == (FLOOD, True)

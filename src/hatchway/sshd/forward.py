@@ -10,7 +10,8 @@ One :class:`Bridge` carries one forwarded connection, whichever way it was opene
 
 Both directions are flow-controlled without buffers of our own: when the socket's send buffer is
 full we stop reading the channel (its window closes and the client stops sending), and when the
-channel's send buffer is full we stop reading the socket. EOF is passed on as a half-close in each
+channel's send buffer or the connection's transport is full (:mod:`hatchway.sshd.flow`) we stop
+reading the socket. EOF is passed on as a half-close in each
 direction; the bridge closes once both directions ended or either side is gone.
 
 Listeners bind off the event loop (Unix sockets touch the file system) and are owned by the
@@ -34,6 +35,8 @@ from typing import Any, TypeVar
 
 import asyncssh
 
+from hatchway.sshd.flow import WINDOW, Hold, OutputGate
+
 log = logging.getLogger("hatchway.sshd")
 T = TypeVar("T")
 
@@ -45,7 +48,9 @@ SOCKET_MODE = 0o600  # OpenSSH's StreamLocalBindMask 0177
 class Bridge:
     """One forwarded connection: pairs an SSH channel with a socket transport."""
 
-    def __init__(self, label: str, on_close: Callable[[Bridge], None] | None = None) -> None:
+    def __init__(
+        self, label: str, on_close: Callable[[Bridge], None] | None = None, gate: OutputGate | None = None
+    ) -> None:
         self.label = label
         self.transport: asyncio.Transport | None = None
         self.chan: Any = None  # asyncssh SSHTCPChannel / SSHUNIXChannel / X11 / agent channel
@@ -56,7 +61,12 @@ class Bridge:
         self._on_close = on_close
         self._socket_eof = False
         self._channel_eof = False
-        self._channel_full = False  # channel send buffer above its high-water mark
+        # The socket is not read while the channel's send buffer or the connection's transport
+        # is above its high-water mark.
+        self._hold = Hold(self._stop_reading, self._start_reading)
+        self._gate = gate
+        if gate is not None:
+            gate.join(self._hold)
         # Bytes read before the channel exists. pause_reading() in connection_made keeps them in
         # the kernel on asyncio's loop, but uvloop starts reading right after connection_made
         # whatever it was told, so at most one read can arrive early: kept here, not dropped.
@@ -124,7 +134,7 @@ class Bridge:
         except (OSError, asyncssh.Error):
             self.close()
             return
-        if self.transport is not None and not self._channel_full and not self._socket_eof:
+        if self.transport is not None and not self._hold.held and not self._socket_eof:
             self.transport.resume_reading()
 
     def _from_channel(self, data: bytes) -> None:
@@ -147,12 +157,16 @@ class Bridge:
         return True
 
     def _channel_paused(self) -> None:
-        self._channel_full = True
+        self._hold.set(WINDOW, True)
+
+    def _channel_resumed(self) -> None:
+        self._hold.set(WINDOW, False)
+
+    def _stop_reading(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
-    def _channel_resumed(self) -> None:
-        self._channel_full = False
+    def _start_reading(self) -> None:
         if self.transport is not None and self.chan is not None and not self.closed:
             self.transport.resume_reading()
 
@@ -163,6 +177,8 @@ class Bridge:
         if self.closed:
             return
         self.closed = True
+        if self._gate is not None:
+            self._gate.leave(self._hold)
         if self.transport is not None:
             self.transport.close()
         if self.chan is not None:

@@ -38,6 +38,7 @@ from hatchway import __version__
 from hatchway.sshd.authkeys import load_authorized_keys
 from hatchway.sshd.config import BuiltinSSHConfig
 from hatchway.sshd.env import SessionIdentity, build_session_env
+from hatchway.sshd.flow import OutputGate
 from hatchway.sshd.forward import (
     Bridge,
     Listener,
@@ -102,6 +103,7 @@ class _Connection(ConnectionServices):
         self.bridges: set[Bridge] = set()
         self.listeners: set[Listener] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.gate = OutputGate()  # whether the transport to the client is full
 
     # ---- limits ------------------------------------------------------------------------------
 
@@ -153,7 +155,7 @@ class _Connection(ConnectionServices):
         if self.closing:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closing")
         self._take_channel(what)
-        bridge = Bridge(f"{self.label} {what}", on_close=self._bridge_closed)
+        bridge = Bridge(f"{self.label} {what}", on_close=self._bridge_closed, gate=self.gate)
         self.bridges.add(bridge)
         return bridge
 
@@ -165,7 +167,7 @@ class _Connection(ConnectionServices):
             self._take_channel(label)
         except asyncssh.ChannelOpenError:
             return None
-        bridge = Bridge(f"{self.label} {label}", on_close=self._bridge_closed)
+        bridge = Bridge(f"{self.label} {label}", on_close=self._bridge_closed, gate=self.gate)
         self.bridges.add(bridge)
         task = asyncio.get_running_loop().create_task(
             open_back(bridge, lambda: open_channel(bridge), bridge.label)
@@ -266,6 +268,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._state.conn = conn
+        self._state.gate.attach(conn)
         if self._server._closing:  # close() ran while this one was being set up
             asyncio.get_running_loop().call_soon(conn.abort)
 
@@ -360,6 +363,7 @@ class _ConnectionHandler(asyncssh.SSHServer):
             services=state,
             io_executor=server._io_executor,
             on_closed=release,
+            output_gate=state.gate,
         )
         try:
             chan = conn.create_server_channel()

@@ -5,8 +5,10 @@ The session is an ``asyncssh.SSHServerSession`` (the callback API, not asyncssh'
 buffers without bound:
 
 * child output -> channel: we read the child's fds only while the channel's send buffer is
-  below its high-water mark (``pause_writing``/``resume_writing`` remove/re-add the readers),
-  so a client that reads slowly stops the child through a full pipe, not through our memory;
+  below its high-water mark (``pause_writing``/``resume_writing`` remove/re-add the readers)
+  and the connection's transport is not full (:mod:`hatchway.sshd.flow`), so a client that
+  reads slowly stops the child through a full pipe, not through our memory, whatever window
+  it granted;
 * channel -> child stdin: data goes into a bounded buffer drained by an ``add_writer``
   callback; above the limit we ``pause_reading()`` the channel, so the SSH window closes and
   the client stops sending.
@@ -43,6 +45,7 @@ import asyncssh
 from hatchway.sshd.agentfwd import AgentForward
 from hatchway.sshd.config import BuiltinSSHConfig
 from hatchway.sshd.env import SessionIdentity, build_session_env
+from hatchway.sshd.flow import WINDOW, Hold, OutputGate
 from hatchway.sshd.forward import Bridge
 from hatchway.sshd.process import (
     Child,
@@ -102,6 +105,8 @@ class SessionContext:
     io_executor: concurrent.futures.Executor | None = None
     # Called once when the session channel is gone (frees its slot in the connection's limits).
     on_closed: Callable[[], None] = lambda: None
+    # The connection's transport, full or not: output holds while it is (see hatchway.sshd.flow).
+    output_gate: OutputGate = field(default_factory=OutputGate)
 
 
 @dataclass
@@ -226,7 +231,7 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._chan_reading_paused = False
         # output (child -> channel)
         self._outputs: dict[int, int | None] = {}  # fd -> datatype (None = stdout)
-        self._write_paused = False
+        self._hold = Hold(self._pause_output, self._resume_output)  # by the window or the connection
         self._outputs_closed = asyncio.Event()
         self._output_bytes = 0
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -246,6 +251,7 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._chan = chan
         if isinstance(chan, SessionChannel):
             chan.owner = self
+        self._ctx.output_gate.join(self._hold)
 
     def pty_requested(
         self,
@@ -284,6 +290,8 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             assert self._chan is not None and self._ctx.io_executor is not None
             self._sftp_stream = SSHServerStreamSession(None)
             self._sftp_stream.connection_made(self._chan)
+            if self._hold.held:
+                self._sftp_stream.pause_writing()
             self._sftp_server = HatchwaySFTPServer(
                 self._chan, home=self._ctx.identity.home, executor=self._ctx.io_executor
             )
@@ -299,6 +307,7 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel is gone (client closed it or the connection dropped): stop the session."""
         self._closed = True
+        self._ctx.output_gate.leave(self._hold)
         if self._sftp_stream is not None:
             self._sftp_stream.connection_lost(exc)
         for task in list(self._requests):
@@ -413,22 +422,26 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         return True  # stay half-open: output and exit status still have to go out
 
     def pause_writing(self) -> None:
+        self._hold.set(WINDOW, True)
+
+    def resume_writing(self) -> None:
+        self._hold.set(WINDOW, False)
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)  # the channel's send buffer is empty
+
+    def _pause_output(self) -> None:
         if self._sftp_stream is not None:
             self._sftp_stream.pause_writing()
             return
-        self._write_paused = True
         for fd in self._outputs:
             self._loop.remove_reader(fd)
 
-    def resume_writing(self) -> None:
+    def _resume_output(self) -> None:
         if self._sftp_stream is not None:
             self._sftp_stream.resume_writing()
             return
-        self._write_paused = False
         for fd, datatype in self._outputs.items():
             self._loop.add_reader(fd, self._on_output, fd, datatype)
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
 
     def signal_received(self, signal_name: str) -> None:
         sig = getattr(signal, f"SIG{signal_name}", None)
@@ -583,7 +596,7 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._outputs[spawned.stdout_fd] = None
         if spawned.stderr_fd is not None:
             self._outputs[spawned.stderr_fd] = asyncssh.EXTENDED_DATA_STDERR
-        if not self._write_paused:
+        if not self._hold.held:
             for fd, datatype in self._outputs.items():
                 self._loop.add_reader(fd, self._on_output, fd, datatype)
         if self._stdin_done:
@@ -605,7 +618,7 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             try:
                 await asyncio.wait_for(self._outputs_closed.wait(), PTY_LINGER)
             except TimeoutError:
-                if self._output_bytes == seen and not self._write_paused:
+                if self._output_bytes == seen and not self._hold.held:
                     log.debug(
                         "%s: terminal still held open after exit; closing it",
                         self._ctx.label,
