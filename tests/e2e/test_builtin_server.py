@@ -36,6 +36,14 @@ import pytest
 
 from tests.helpers.agent import AgentProcess
 from tests.helpers.cli import Cli
+from tests.helpers.flood import (
+    BOUND,
+    HUGE_WINDOW,
+    Counting,
+    flood_command,
+    settle,
+    written_by,
+)
 from tests.helpers.server import HATCHWAY, RunningServer, wait_for
 from tests.helpers.sshclient import ssh_connect
 
@@ -443,6 +451,51 @@ def test_1_no_output_lost(world: World) -> None:
     for _ in range(5):  # a command that exits at once still delivers its last line
         r = world.ssh("hatchway.dev", "printf 'first\\nthe last line\\n'")
         assert (r.returncode, r.stdout) == (0, b"first\nthe last line\n")
+
+
+
+def test_1_a_frozen_client_with_a_huge_window_stops_the_command_not_the_agent(world: World) -> None:
+    """asyncssh (the built-in server) sends whatever the client's window allows into its
+    transport, whether or not the other side reads. A client that grants 1 GiB windows and then
+    freezes (its ``hatchway proxy`` stopped) must stop the command's output at the agent, not
+    grow the agent by everything the command prints; and once it thaws, nothing is lost."""
+    import asyncssh
+
+    client = RelayClient(world, 0)
+    flood, bound = 160 * MIB, BOUND  # kernel socket buffers on three hops stay well below
+
+    ours, theirs = socket.socketpair()
+    proxy = subprocess.Popen([HATCHWAY, "proxy", "dev"], stdin=theirs, stdout=theirs, env=world.env())
+    theirs.close()
+
+    async def scenario() -> tuple[int | None, int, object, bool]:
+        conn = await asyncssh.connect(sock=ours, host="dev", username=client.user, client_keys=[client.key],
+                                      known_hosts=None, agent_path=None, config=None)
+        try:
+            chan, session = await conn.create_session(Counting, flood_command(flood), window=HUGE_WINDOW,
+                                                      encoding=None)
+            pid = int(await asyncio.wait_for(session.first_line, 20))
+            chan.write(b"go\n")
+            proxy.send_signal(signal.SIGSTOP)  # what got through by now is not in between
+            written = await settle(written_by(pid), beyond=MIB)
+            in_between = None if written is None else written - session.received
+            proxy.send_signal(signal.SIGCONT)
+            await asyncio.wait_for(session.done.wait(), 120)
+            flooded = session.received - len(session.first_line.result()) - 1  # after the PID line
+            return in_between, flooded, chan.get_exit_status(), session.eof
+        finally:
+            conn.close()
+
+    try:
+        in_between, received, status, eof = asyncio.run(scenario())
+    finally:
+        proxy.send_signal(signal.SIGCONT)
+        proxy.kill()
+        proxy.wait(10)
+        ours.close()
+    assert in_between is not None, "the command wrote all its output while the client read nothing"
+    assert in_between < bound
+    assert (received, status, eof) == (flood, 0, True)
 
 
 # ---- 2. environment ----------------------------------------------------------------------------

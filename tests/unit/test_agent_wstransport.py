@@ -1,15 +1,19 @@
 """hatchway.agent.wstransport: the asyncio transport that carries the built-in server's SSH
 straight over the data WebSocket (frames gathered per loop iteration, frames fed in order, one
-connection_lost on every way out, the reading task owned and awaited)."""
+connection_lost on every way out, the reading task owned and awaited, and a peer that stops
+reading pausing the protocol)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedOK, InvalidState
 from websockets.frames import Close
 
-from hatchway.agent.wstransport import FRAME_MAX, WebSocketTunnel
+from hatchway.agent.wstransport import FRAME_MAX, HIGH_WATER, WebSocketTunnel
 
 
 class FakeTCP:
@@ -129,3 +133,72 @@ async def test_a_closed_websocket_ends_the_connection() -> None:
     await asyncio.sleep(0)
     assert proto.lost == [None] and ws.transport.written == []
     await tunnel.wait_closed()
+
+
+class FlowRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flow: list[str] = []
+        self.resumed = asyncio.Event()
+
+    def pause_writing(self) -> None:
+        self.flow.append("pause")
+
+    def resume_writing(self) -> None:
+        self.flow.append("resume")
+        self.resumed.set()
+
+
+def _small_buffers(option: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, option, 64 * 1024)
+    return sock
+
+
+async def test_a_server_that_stops_reading_pauses_the_protocol_until_it_has_drained() -> None:
+    """Over real WebSockets on loopback: asyncssh ignores pause_writing, but the built-in
+    server's producers follow it (hatchway.sshd.flow), so it must come, and come back."""
+    release = asyncio.Event()
+    everything = asyncio.Event()
+    received = bytearray()
+    expected: int | None = None
+
+    async def handler(conn: ServerConnection) -> None:
+        conn.transport.pause_reading()  # a relay that stopped reading this agent
+        await release.wait()
+        conn.transport.resume_reading()
+        async for message in conn:
+            received.extend(message)  # type: ignore[arg-type]
+            if expected is not None and len(received) >= expected:
+                everything.set()
+
+    listener = _small_buffers(socket.SO_RCVBUF)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    async with serve(handler, sock=listener, compression=None, max_size=None):
+        client = _small_buffers(socket.SO_SNDBUF)
+        client.connect(listener.getsockname())
+        ws = await connect("ws://agent.test/", sock=client, compression=None)
+        tunnel = WebSocketTunnel(ws)
+        _, proto = await tunnel.create_connection(FlowRecorder, "", 0)
+        transport = tunnel.transport
+        assert transport is not None
+        try:
+            sent = bytearray()
+            while not proto.flow and len(sent) < 64 * HIGH_WATER:
+                block = bytes([len(sent) // 65536 % 251]) * 65536
+                transport.write(block)
+                sent += block
+                await asyncio.sleep(0)
+            assert proto.flow == ["pause"]
+            assert transport.get_write_buffer_size() > HIGH_WATER
+            expected = len(sent)
+            release.set()
+            await asyncio.wait_for(proto.resumed.wait(), 10)
+            await asyncio.wait_for(everything.wait(), 10)
+            assert proto.flow == ["pause", "resume"]
+            assert received == sent  # in order, nothing lost
+        finally:
+            release.set()  # the handler must end for serve() to exit, pass or fail
+            await tunnel.wait_closed()
+            await ws.close()

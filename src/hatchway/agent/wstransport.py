@@ -10,10 +10,11 @@ whose other end asyncssh served: two more kernel copies and a Python copy loop p
 Frames. asyncssh writes every SSH packet separately; the writes of one event-loop iteration are
 sent as one frame (up to 256 KiB), as the socketpair used to gather them.
 
-Bounds. Writes are not paced by the WebSocket (asyncssh ignores pause_writing anyway): what the
-connection may send is bounded by the SSH channel windows the client grants, exactly as before,
-when the same bytes waited in the socketpair's buffers instead. Reads go frame by frame; the
-client cannot send more than the windows it was granted either.
+Bounds. Above :data:`HIGH_WATER` bytes waiting to go out, the transport tells its protocol to
+pause writing, and to resume once websockets' own buffer has drained. asyncssh itself ignores
+that; the built-in server's producers follow it (:mod:`hatchway.sshd.flow`), so a client that
+grants huge SSH windows and stops reading stops the command's output, not the agent's memory.
+Reads go frame by frame; the client cannot send more than the windows it was granted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ log = logging.getLogger("hatchway.agent.wstransport")
 
 #: Writes are gathered into frames of up to this size (the relay's read size elsewhere).
 FRAME_MAX = 256 * 1024
+#: Bytes waiting to be sent above which the SSH connection's producers are paused: well above
+#: what a relay that keeps up holds (a few frames), so a bulk transfer is not slowed by it.
+HIGH_WATER = 1024 * 1024
 
 
 class WebSocketTransport(asyncio.Transport):
@@ -44,7 +48,9 @@ class WebSocketTransport(asyncio.Transport):
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._flush_scheduled = False
+        self._write_paused = False
         self.reader: asyncio.Task[None] | None = None
+        self.drainer: asyncio.Task[None] | None = None  # waits for the buffer to drain while paused
 
     def start(self) -> None:
         """Start handing received frames to the protocol (after its connection_made)."""
@@ -79,9 +85,9 @@ class WebSocketTransport(asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            reader = self.reader
-            if reader is not None and reader is not asyncio.current_task() and not reader.done():
-                reader.cancel()
+            for task in (self.reader, self.drainer):
+                if task is not None and task is not asyncio.current_task() and not task.done():
+                    task.cancel()
 
     # ---- asyncio.Transport ---------------------------------------------------------------------
 
@@ -117,6 +123,20 @@ class WebSocketTransport(asyncio.Transport):
         for chunk in ws.protocol.data_to_send():
             if chunk and not transport.is_closing():
                 transport.write(chunk)
+        if not self._write_paused and not self._closing and self.get_write_buffer_size() > HIGH_WATER:
+            self._write_paused = True
+            self._protocol.pause_writing()
+            self.drainer = self._loop.create_task(self._resume_when_drained(), name="ws-drain")
+
+    async def _resume_when_drained(self) -> None:
+        """Tell the protocol to resume once websockets' transport is below its low-water mark."""
+        try:
+            await self._ws.drain()
+        except Exception:  # noqa: BLE001  # the connection is gone: connection_lost follows
+            return
+        self._write_paused = False
+        if not self._closing:
+            self._protocol.resume_writing()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -191,10 +211,11 @@ class WebSocketTunnel:
             self.transport.close()
 
     async def wait_closed(self) -> None:
-        """Close and wait until the reading task has ended (it is owned here)."""
+        """Close and wait until the transport's tasks have ended (they are owned here)."""
         self.close()
         transport = self.transport
-        if transport is not None and transport.reader is not None:
-            if not transport.reader.done():
-                transport.reader.cancel()
-            await asyncio.gather(transport.reader, return_exceptions=True)
+        if transport is not None:
+            tasks = [t for t in (transport.reader, transport.drainer) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
