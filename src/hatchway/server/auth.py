@@ -9,13 +9,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.models import ApiToken, User, Workspace, utcnow
 from hatchway.server.context import get_db
 from hatchway.server.crypto import hash_token, new_token
 from hatchway.server.errors import APIError
+from hatchway.server.session_tokens import (
+    SOURCE_MAX,
+    client_label,
+    due_for_touch,
+    printable,
+)
 
 USER_TOKEN_PREFIX = "hws_"
 AGENT_TOKEN_PREFIX = "hwa_"
@@ -33,9 +39,15 @@ def bearer_token(headers: object) -> str | None:
     return token.strip()
 
 
-async def issue_session_token(db: AsyncSession, user: User, ttl_s: int) -> str:
+async def issue_session_token(db: AsyncSession, user: User, ttl_s: int, request: Request | None = None) -> str:
+    """A new session for ``user``; ``request`` (the sign-in) names its client and address."""
     token, digest = new_token(USER_TOKEN_PREFIX)
-    db.add(ApiToken(user_id=user.id, token_hash=digest, expires_at=utcnow() + timedelta(seconds=ttl_s)))
+    now = utcnow()
+    db.add(ApiToken(
+        user_id=user.id, token_hash=digest, created_at=now, last_used_at=now, expires_at=now + timedelta(seconds=ttl_s),
+        client=client_label(request.headers.get("user-agent")) if request is not None else None,
+        source=printable(request.client.host, SOURCE_MAX) if request is not None and request.client else None,
+    ))
     return token
 
 
@@ -51,6 +63,11 @@ async def user_for_token(db: AsyncSession, token: str | None) -> User:
     user = row.user
     if user.suspended:
         raise APIError(403, "account suspended", SUSPENDED_DETAIL)
+    now = utcnow()
+    if due_for_touch(row.last_used_at, now):
+        await db.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+        await db.commit()  # first thing in the request: nothing else is pending yet
+        row.last_used_at = now
     return user
 
 

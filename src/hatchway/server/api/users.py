@@ -67,7 +67,7 @@ async def first_user(
     user = new_user(ctx, body.username, body.email, "site-manager", body.password)
     db.add(user)
     record(db, user, "user.create", user.username, client_source(request), role="site-manager", first_user=True)
-    token = await issue_session_token(db, user, ctx.settings.session_ttl_s)
+    token = await issue_session_token(db, user, ctx.settings.session_ttl_s, request)
     try:
         await db.commit()
     except IntegrityError:
@@ -102,7 +102,7 @@ async def login(
     if user.suspended:
         raise APIError(403, "account suspended", "your account is suspended; ask a site manager to reactivate it")
     await ctx.broadcast.login_succeeded(body.username, source)
-    token = await issue_session_token(db, user, ctx.settings.session_ttl_s)
+    token = await issue_session_token(db, user, ctx.settings.session_ttl_s, request)
     await db.commit()
     return schemas.TokenOut(token=token, user=user_out(user))
 
