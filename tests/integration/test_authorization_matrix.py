@@ -103,6 +103,9 @@ ROWS = [
     Row("PUT", "/api/v1/users/{username}/role", "/users/zed/role", MANAGER_ONLY, body=lambda: {"role": "member"}),
     Row("GET", "/api/v1/users/me/key", "/users/me/key", ANY_USER),
     Row("GET", "/api/v1/users/me/key/private", "/users/me/key/private", ANY_USER),
+    Row("GET", "/api/v1/users/me/sessions", "/users/me/sessions", ANY_USER),
+    Row("DELETE", "/api/v1/users/me/sessions/{session_id}", "/users/me/sessions/nothing-here",
+        {**USER_ONLY, "member": 404, "other": 404, "manager": 404}),
     Row("GET", "/api/v1/providers", "/providers", ANY_USER),
     Row("POST", "/api/v1/providers", "/providers", MANAGER_ONLY, ok=201,
         body=lambda: {"name": unique("p"), "kind": "manual"}),
@@ -125,6 +128,7 @@ LATE_ROWS = [
     Row("POST", "/api/v1/users/me/key/regenerate", "/users/me/key/regenerate", ANY_USER),
     Row("POST", "/api/v1/workspaces/{name}/agent-token", "/workspaces/b/agent-token?owner=carol",
         {**USER_ONLY, "member": 403, "other": None, "manager": None}),
+    Row("POST", "/api/v1/users/me/sessions/revoke-others", "/users/me/sessions/revoke-others", ANY_USER),
     Row("POST", "/api/v1/auth/logout", "/auth/logout", ANY_USER),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -11,6 +12,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
+from hatchway import __version__
 from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
 from hatchway.unreachable import why_unreachable
 
@@ -20,10 +22,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+def user_agent() -> str:
+    """``hatchway-cli/VERSION (HOST)``: the host name is how people tell their sessions apart
+    (``hatchway sessions list``); printable ASCII only, as a header value must be."""
+    host = "".join(ch for ch in socket.gethostname() if 32 < ord(ch) < 127 and ch not in "()")[:64]
+    return f"hatchway-cli/{__version__}" + (f" ({host})" if host else "")
+
+
 class ApiClient:
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        headers = {"User-Agent": "hatchway-cli"}
+        headers = {"User-Agent": user_agent()}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)

@@ -22,6 +22,7 @@ COMMANDS = {
     "whoami": "hatchway.cli.login:whoami",
     "users": "hatchway.cli.users:users",
     "keys": "hatchway.cli.keys:keys",
+    "sessions": "hatchway.cli.sessions:sessions",
     "providers": "hatchway.cli.providers:providers",
     "workspaces": "hatchway.cli.workspaces:workspaces",
     "audit": "hatchway.cli.audit:audit",

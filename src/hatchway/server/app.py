@@ -17,7 +17,7 @@ from hatchway.fileutil import ensure_private_dir
 from hatchway.providers.docker import DockerProvider
 from hatchway.providers.local import LocalProvider, isolation_override
 from hatchway.providers.supervisor import Supervisor
-from hatchway.server.api import agent, audit, internal, keys, providers, ssh, users, workspaces
+from hatchway.server.api import agent, audit, internal, keys, providers, sessions, ssh, users, workspaces
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.bus import LocalBus, PostgresBus
 from hatchway.server.cluster import Cluster
@@ -139,7 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for module in (users, keys, providers, workspaces, audit, agent, ssh, internal):
+    for module in (users, sessions, keys, providers, workspaces, audit, agent, ssh, internal):
         app.include_router(module.router)
     web.install(app)  # the web UI at / and its static assets at /static
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -208,3 +208,17 @@ class DeploymentOut(BaseModel):
 
 class OkOut(BaseModel):
     ok: bool = True
+
+
+class SessionOut(BaseModel):
+    id: str
+    client: str | None = Field(description="The User-Agent that signed in (hatchway CLI, a browser).")
+    source: str | None = Field(description="The address it signed in from, as the server saw it.")
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="Updated at most once a minute.")
+    expires_at: datetime
+    current: bool = Field(description="Whether this is the session making the request.")
+
+
+class RevokedOut(BaseModel):
+    revoked: int

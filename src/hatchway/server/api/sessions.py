@@ -1,0 +1,89 @@
+"""Your own sign-in sessions: see them, sign one out, or sign out everywhere else.
+
+There is deliberately no route to anyone else's sessions: a site manager who wants someone out
+suspends them, which ends all their sessions at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchway.db.models import ApiToken, User, utcnow
+from hatchway.server.api import schemas
+from hatchway.server.audit import record
+from hatchway.server.auth import bearer_token, current_user
+from hatchway.server.context import client_source, get_db
+from hatchway.server.crypto import hash_token
+from hatchway.server.errors import APIError
+
+router = APIRouter(prefix="/api/v1/users/me/sessions", tags=["sessions"])
+
+
+async def list_for(db: AsyncSession, user: User, current_token: str | None) -> list[schemas.SessionOut]:
+    """``user``'s unexpired sessions, the most recently used first; ``current_token`` marks the
+    caller's own (the bearer token, or the browser's cookie)."""
+    current = hash_token(current_token) if current_token else None
+    rows = (
+        await db.execute(
+            select(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.expires_at > utcnow())
+            .order_by(ApiToken.last_used_at.desc().nulls_last(), ApiToken.created_at.desc())
+        )
+    ).scalars()
+    return [
+        schemas.SessionOut(
+            id=r.id, client=r.client, source=r.source, created_at=r.created_at, last_used_at=r.last_used_at,
+            expires_at=r.expires_at, current=current is not None and hmac.compare_digest(r.token_hash, current),
+        )
+        for r in rows
+    ]
+
+
+async def revoke_one(db: AsyncSession, user: User, session_id: str, source: str) -> None:
+    """Sign out one of ``user``'s sessions (the caller's own too, if asked)."""
+    row = (
+        await db.execute(select(ApiToken).where(ApiToken.id == session_id, ApiToken.user_id == user.id))
+    ).scalar_one_or_none()
+    if row is None:
+        raise APIError(404, "no such session", "list your sessions with: hatchway sessions list")
+    await db.delete(row)
+    record(db, user, "session.revoke", user.username, source, session=session_id)
+    await db.commit()
+
+
+async def revoke_others(db: AsyncSession, user: User, current_token: str | None, source: str) -> int:
+    """Sign out every session of ``user`` but the caller's; returns how many ended."""
+    result = await db.execute(
+        delete(ApiToken).where(ApiToken.user_id == user.id, ApiToken.token_hash != hash_token(current_token or ""))
+    )
+    revoked = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    record(db, user, "session.revoke-others", user.username, source, revoked=revoked)
+    await db.commit()
+    return revoked
+
+
+@router.get("", response_model=list[schemas.SessionOut])
+async def list_sessions(
+    request: Request, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)
+) -> list[schemas.SessionOut]:
+    return await list_for(db, user, bearer_token(request.headers))
+
+
+@router.delete("/{session_id}", response_model=schemas.OkOut)
+async def revoke_session(
+    session_id: str, request: Request, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)
+) -> schemas.OkOut:
+    await revoke_one(db, user, session_id, client_source(request))
+    return schemas.OkOut()
+
+
+@router.post("/revoke-others", response_model=schemas.RevokedOut)
+async def revoke_other_sessions(
+    request: Request, user: User = Depends(current_user), db: AsyncSession = Depends(get_db)
+) -> schemas.RevokedOut:
+    revoked = await revoke_others(db, user, bearer_token(request.headers), client_source(request))
+    return schemas.RevokedOut(revoked=revoked)
