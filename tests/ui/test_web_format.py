@@ -61,6 +61,18 @@ def test_ago() -> None:
     assert fmt.ago(now - timedelta(days=90), now) == "2024-10-04"
 
 
+def test_until() -> None:
+    now = datetime(2025, 1, 2, 12, 0, tzinfo=UTC)
+    assert fmt.until(None) == "never"
+    assert fmt.until(now - timedelta(seconds=1), now) == "expired"
+    assert fmt.until(now, now) == "expired"
+    assert fmt.until(now + timedelta(seconds=30), now) == "in under a minute"
+    assert fmt.until(now + timedelta(minutes=5), now) == "in 5 min"
+    assert fmt.until(now + timedelta(hours=7), now) == "in 7 h"
+    assert fmt.until(now + timedelta(days=1), now) == "in 1 day"
+    assert fmt.until(now + timedelta(days=13, hours=23), now) == "in 13 days"
+
+
 @pytest.mark.parametrize(
     ("value", "target"),
     [

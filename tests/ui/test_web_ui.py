@@ -141,6 +141,54 @@ def test_sign_out_deletes_the_session(browser: Any, ui_server: UIServer) -> None
         assert page.get_by_role("button", name="Sign in").is_visible()
 
 
+
+def test_sessions_page_lists_and_signs_out_sessions(browser: Any, ui_server: UIServer) -> None:
+    """Account → Sessions: the CLI logins and this browser, one signed out by hand, then all
+    the others, then this one; each ends for real (its token gets 401)."""
+    user, password = "erin", "erin-password"
+    with ui_server.api() as c:
+        c.post("/users", json={"username": user, "email": "erin@example.com", "password": password}).raise_for_status()
+
+    def cli_login(host: str) -> str:
+        with httpx.Client(base_url=ui_server.url + "/api/v1", headers={"User-Agent": f"hatchway-cli/9.9 ({host})"}) as c:
+            return str(c.post("/auth/login", json={"username": user, "password": password}).json()["token"])
+
+    old_laptop, build_box = cli_login("old-laptop"), cli_login("build-box")
+
+    def status(token: str) -> int:
+        with api(ui_server.url, token) as c:
+            return c.get("/users/me").status_code
+
+    with flows.signed_in_page(browser, ui_server.url, user, password) as page:
+        page.get_by_role("button", name="Account").click()
+        page.get_by_role("menuitem", name="Sessions").click()
+        page.wait_for_url(re.compile(r".*/account/sessions$"))
+        rows = page.locator("tbody tr")
+        assert rows.count() == 3
+        current = page.locator("tbody tr[data-current]")
+        assert "This browser" in current.inner_text() and "Chrome" in current.inner_text()
+        assert [page.locator("tbody tr").nth(i).get_attribute("data-current") for i in range(3)] == ["", None, None]
+        assert "hatchway-cli/9.9 (build-box)" in rows.nth(1).inner_text()  # most recently used first
+
+        page.get_by_role("button", name="Sign out the session from hatchway-cli/9.9 (old-laptop)").click()
+        page.wait_for_url(re.compile(r".*/account/sessions$"))
+        assert page.locator(".flash").inner_text() == "Session signed out. It can no longer use Hatchway."
+        assert "old-laptop" not in page.locator("tbody").inner_text() and rows.count() == 2
+        assert (status(old_laptop), status(build_box)) == (401, 200)
+
+        page.get_by_role("button", name="Sign out all other sessions").click()
+        page.wait_for_url(re.compile(r".*/account/sessions$"))
+        assert page.locator(".flash").inner_text() == "Signed out 1 other session."
+        assert rows.count() == 1 and page.locator("tbody tr[data-current]").count() == 1
+        assert page.get_by_role("button", name="Sign out all other sessions").count() == 0
+        assert status(build_box) == 401
+
+        token = next(c["value"] for c in page.context.cookies() if c["name"] == "hatchway_session")
+        current.get_by_role("button", name=re.compile("^Sign out the session")).click()
+        page.wait_for_url(re.compile(r".*/$"))
+        assert page.locator(".flash").inner_text() == "You are signed out."
+        assert status(token) == 401
+
 # --- the documented way to disable SSH ------------------------------------------------------
 
 

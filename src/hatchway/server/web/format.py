@@ -85,6 +85,23 @@ def ago(dt: datetime | None, now: datetime | None = None) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%d")
 
 
+def until(dt: datetime | None, now: datetime | None = None) -> str:
+    """How far ahead ``dt`` is ("in 6 days"), for expiry times; a past ``dt`` has "expired"."""
+    if dt is None:
+        return "never"
+    s = int((dt - (now or datetime.now(UTC))).total_seconds())
+    if s <= 0:
+        return "expired"
+    if s < 60:
+        return "in under a minute"
+    if s < 3600:
+        return f"in {s // 60} min"
+    if s < 86400:
+        return f"in {s // 3600} h"
+    d = s // 86400
+    return f"in {d} day{'s' if d != 1 else ''}"
+
+
 def ssh_mode_text(ws: Any) -> str:
     """What serves SSH in a workspace, as the UI shows it (the CLI says the same)."""
     if not ws.external_connect:

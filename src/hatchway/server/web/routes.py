@@ -32,6 +32,7 @@ from hatchway.server import crypto
 from hatchway.server.api import keys as keys_api
 from hatchway.server.api import providers as providers_api
 from hatchway.server.api import schemas
+from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api import users as users_api
 from hatchway.server.api import workspaces as ws_api
 from hatchway.server.api.convert import audit_out, connection_out
@@ -69,6 +70,7 @@ templates.env.filters.update(
     utc=fmt.utc_text,
     iso=fmt.iso,
     ago=fmt.ago,
+    until=fmt.until,
     ssh_mode=fmt.ssh_mode_text,
     detail=fmt.detail_text,
     source=fmt.source_text,
@@ -651,6 +653,37 @@ async def key_regenerate(
         request, "/account/key", "success",
         f"New key generated ({out.fingerprint}). The old key no longer works; download the new private key.",
     )
+
+
+# --- account: sessions --------------------------------------------------------------------
+
+
+@router.get("/account/sessions")
+async def sessions_page(request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)) -> Response:
+    rows = await sessions_api.list_for(db, user, request.state.session_token)
+    return render(request, "sessions.html", section="account", sessions=rows)
+
+
+@router.post("/account/sessions/revoke-others")
+async def sessions_revoke_others(request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)) -> Response:
+    n = await sessions_api.revoke_others(db, user, request.state.session_token, client_source(request))
+    return redirect(request, "/account/sessions", "success", f"Signed out {n} other session{'' if n == 1 else 's'}.")
+
+
+@router.post("/account/sessions/{session_id}/revoke")
+async def session_revoke(
+    session_id: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
+) -> Response:
+    current = next((r for r in await sessions_api.list_for(db, user, request.state.session_token) if r.current), None)
+    try:
+        await sessions_api.revoke_one(db, user, session_id, client_source(request))
+    except APIError:
+        return redirect(request, "/account/sessions", "error", "That session had already ended.")
+    if current is not None and current.id == session_id:
+        response = redirect(request, "/", "info", "You are signed out.")
+        clear_cookie(request, response, SESSION_COOKIE)
+        return response
+    return redirect(request, "/account/sessions", "success", "Session signed out. It can no longer use Hatchway.")
 
 
 # --- manage: providers --------------------------------------------------------------------
