@@ -10,6 +10,7 @@ from hatchway.db.models import AuditEvent, SSHConnection, User
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import audit_out, connection_out
 from hatchway.server.auth import current_user, site_manager
+from hatchway.server.connlog import workspace_filter
 from hatchway.server.context import get_db
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
@@ -35,7 +36,10 @@ async def list_connections(
     limit: int = Query(200, ge=1, le=5000),
     offset: int = Query(0, ge=0),
     username: str | None = Query(None, alias="user", max_length=64, description="only this user's connections"),
-    workspace: str | None = Query(None, max_length=200, description="only connections to this workspace"),
+    workspace: str | None = Query(
+        None, max_length=200,
+        description="only connections to this workspace: OWNER/NAME, or NAME for every workspace of that name",
+    ),
     user: User = Depends(current_user),
     db: AsyncSession = Depends(get_db),
 ) -> list[schemas.ConnectionOut]:
@@ -46,5 +50,5 @@ async def list_connections(
     if username:
         q = q.where(SSHConnection.username == username)
     if workspace:
-        q = q.where(SSHConnection.workspace_name == workspace)
+        q = q.where(workspace_filter(workspace))
     return [connection_out(c) for c in (await db.execute(q)).scalars()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hatchway.db.models import AuditEvent, SSHConnection, User, Workspace
 from hatchway.server.api import schemas
+from hatchway.server.connlog import owner_of
 
 
 def user_out(u: User) -> schemas.UserOut:
@@ -60,6 +61,7 @@ def connection_out(c: SSHConnection) -> schemas.ConnectionOut:
         id=c.id,
         username=c.username,
         workspace=c.workspace_name,
+        owner=owner_of(c.workspace_name, c.username),
         provider=c.provider_name,
         source=c.source,
         mode=c.mode,

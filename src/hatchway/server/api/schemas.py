@@ -186,7 +186,10 @@ class AuditOut(BaseModel):
 class ConnectionOut(BaseModel):
     id: str
     username: str | None
-    workspace: str
+    workspace: str = Field(description="NAME when it is the connecting user's own workspace, else OWNER/NAME.")
+    owner: str | None = Field(
+        None, description="Whose workspace it is; null when the client was never identified and named no owner."
+    )
     provider: str | None
     source: str | None
     mode: str | None

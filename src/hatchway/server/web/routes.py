@@ -37,6 +37,7 @@ from hatchway.server.api import users as users_api
 from hatchway.server.api import workspaces as ws_api
 from hatchway.server.api.convert import audit_out, connection_out
 from hatchway.server.auth import user_for_token
+from hatchway.server.connlog import workspace_filter
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
 from hatchway.server.policy import SSHFacts, external_connect_off_message, ssh_refusal
@@ -863,13 +864,7 @@ async def audit_page(request: Request, _sm: User = Depends(web_manager), db: Asy
         if user_f:
             stmt = stmt.where(SSHConnection.username == user_f)
         if ws_f:
-            if "/" in ws_f:
-                owner, _, wname = ws_f.partition("/")
-                stmt = stmt.where(
-                    or_(SSHConnection.workspace_name == ws_f, and_(SSHConnection.username == owner, SSHConnection.workspace_name == wname))
-                )
-            else:
-                stmt = stmt.where(or_(SSHConnection.workspace_name == ws_f, SSHConnection.workspace_name.endswith("/" + ws_f, autoescape=True)))
+            stmt = stmt.where(workspace_filter(ws_f))
         order = (SSHConnection.started_at.desc(), SSHConnection.id.desc())
     else:
         stmt = select(AuditEvent)
