@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from hatchway.db.engine import _alembic_config, create_engine
+from hatchway.db.engine import create_engine
 from hatchway.db.models import Base
+from tests.helpers.migrations import ON_BOTH_DATABASES, migrate
 
 NEW = {"workspaces": {"image", "cvm"}, "providers": {"docker_host", "docker_network"}}
 
@@ -22,25 +21,19 @@ def _columns(conn: Any) -> dict[str, set[str]]:
     return {t: {c["name"] for c in insp.get_columns(t)} for t in NEW}
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@ON_BOTH_DATABASES
 async def test_0003_up_and_down_keeps_rows(db_url: str) -> None:
     engine = create_engine(db_url)
-
-    def run(conn: Any, target: str, down: bool = False) -> None:
-        cfg = _alembic_config()
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, target)
-
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(run, "0002")
+            await conn.run_sync(migrate, "0002")
             await conn.execute(text(
                 "INSERT INTO providers (id, name, kind, external_connect, config, created_at) "
                 "VALUES ('p1', 'local', 'local', true, '{}', CURRENT_TIMESTAMP)"
             ))
             cols = await conn.run_sync(_columns)
             assert not (cols["workspaces"] & NEW["workspaces"]) and not (cols["providers"] & NEW["providers"])
-            await conn.run_sync(run, "0003")
+            await conn.run_sync(migrate, "0003")
             cols = await conn.run_sync(_columns)
             assert NEW["workspaces"] <= cols["workspaces"] and NEW["providers"] <= cols["providers"]
             row = (await conn.execute(text("SELECT name, docker_host, docker_network FROM providers"))).one()
@@ -49,7 +42,7 @@ async def test_0003_up_and_down_keeps_rows(db_url: str) -> None:
             diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
             ours = [d for d in diff if any(name in repr(d) for cols_ in NEW.values() for name in cols_)]
             assert ours == []
-            await conn.run_sync(run, "0002", True)
+            await conn.run_sync(migrate, "0002", True)
             cols = await conn.run_sync(_columns)
             assert not (cols["workspaces"] & NEW["workspaces"]) and not (cols["providers"] & NEW["providers"])
             assert (await conn.execute(text("SELECT count(*) FROM providers"))).scalar() == 1
