@@ -32,7 +32,7 @@ def list_sessions(as_json: bool) -> None:
 @click.argument("session_id", required=False)
 @click.option("--others", is_flag=True, help="Sign out every session but this one.")
 def revoke(session_id: str | None, others: bool) -> None:
-    """Sign out one session (an ID, or its first characters, from ``hatchway sessions list``)."""
+    """Sign out one session: its ID, or the first characters of it, from "hatchway sessions list"."""
     client = api()
     if others == bool(session_id):
         fail("name one session ID to sign out, or pass --others (not both)")
