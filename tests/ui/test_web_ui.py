@@ -166,11 +166,12 @@ def test_sessions_page_lists_and_signs_out_sessions(browser: Any, ui_server: UIS
         rows = page.locator("tbody tr")
         assert rows.count() == 3
         current = page.locator("tbody tr[data-current]")
-        assert "This browser" in current.inner_text() and "Chrome" in current.inner_text()
+        assert re.fullmatch(r"Chrome \d+ on Linux\s+This browser", current.locator("td").first.inner_text())
+        assert "HeadlessChrome/" in (current.locator("[title]").first.get_attribute("title") or "")
         assert [page.locator("tbody tr").nth(i).get_attribute("data-current") for i in range(3)] == ["", None, None]
-        assert "hatchway-cli/9.9 (build-box)" in rows.nth(1).inner_text()  # most recently used first
+        assert rows.nth(1).locator("td").first.inner_text() == "hatchway CLI 9.9 on build-box"  # most recent first
 
-        page.get_by_role("button", name="Sign out the session from hatchway-cli/9.9 (old-laptop)").click()
+        page.get_by_role("button", name="Sign out the session of hatchway CLI 9.9 on old-laptop").click()
         page.wait_for_url(re.compile(r".*/account/sessions$"))
         assert page.locator(".flash").inner_text() == "Session signed out. It can no longer use Hatchway."
         assert "old-laptop" not in page.locator("tbody").inner_text() and rows.count() == 2
@@ -184,7 +185,7 @@ def test_sessions_page_lists_and_signs_out_sessions(browser: Any, ui_server: UIS
         assert status(build_box) == 401
 
         token = next(c["value"] for c in page.context.cookies() if c["name"] == "hatchway_session")
-        current.get_by_role("button", name=re.compile("^Sign out the session")).click()
+        current.get_by_role("button", name=re.compile("^Sign out the session of Chrome")).click()
         page.wait_for_url(re.compile(r".*/$"))
         assert page.locator(".flash").inner_text() == "You are signed out."
         assert status(token) == 401

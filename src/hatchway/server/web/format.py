@@ -102,6 +102,29 @@ def until(dt: datetime | None, now: datetime | None = None) -> str:
     return f"in {d} day{'s' if d != 1 else ''}"
 
 
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"),
+             ("Version/", "Safari"))
+_SYSTEMS = (("Windows", "Windows"), ("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iOS"), ("CrOS", "ChromeOS"),
+            ("Mac OS X", "macOS"), ("Linux", "Linux"))
+
+
+def client_text(client: str | None) -> str:
+    """A session's client as people say it: "hatchway CLI 0.1.0 on laptop", "Firefox 140 on
+    Linux"; anything else as it came (the full User-Agent stays in the page's title text)."""
+    if not client:
+        return "Unknown client"
+    if client.startswith("hatchway-cli/"):
+        version, _, host = client.removeprefix("hatchway-cli/").partition(" (")
+        return f"hatchway CLI {version}" + (f" on {host.removesuffix(')')}" if host else "")
+    for marker, browser in _BROWSERS:
+        at = client.find(marker)
+        if at >= 0:
+            version = client[at + len(marker):].split(".", 1)[0].split(" ", 1)[0]
+            system = next((name for key, name in _SYSTEMS if key in client), None)
+            return f"{browser} {version}".strip() + (f" on {system}" if system else "")
+    return client
+
+
 def ssh_mode_text(ws: Any) -> str:
     """What serves SSH in a workspace, as the UI shows it (the CLI says the same)."""
     if not ws.external_connect:

@@ -72,6 +72,7 @@ templates.env.filters.update(
     iso=fmt.iso,
     ago=fmt.ago,
     until=fmt.until,
+    client=fmt.client_text,
     ssh_mode=fmt.ssh_mode_text,
     detail=fmt.detail_text,
     source=fmt.source_text,
