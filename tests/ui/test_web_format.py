@@ -69,13 +69,13 @@ def test_ago() -> None:
         ("hatchway-cli/0.1.0", "hatchway CLI 0.1.0"),
         ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36",
          "Chrome 156 on Linux"),
-        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
-         "Safari/537.36 Edg/131.0.2903.86", "Edge 131 on Windows"),
+        (("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 "
+          "Safari/537.36 Edg/131.0.2903.86"), "Edge 131 on Windows"),
         ("Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0", "Firefox 140 on Linux"),
-        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 "
-         "Safari/605.1.15", "Safari 18 on macOS"),
-        ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-         "Version/18.1 Mobile/15E148 Safari/604.1", "Safari 18 on iOS"),
+        (("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 "
+          "Safari/605.1.15"), "Safari 18 on macOS"),
+        (("Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+          "Version/18.1 Mobile/15E148 Safari/604.1"), "Safari 18 on iOS"),
         ("curl/8.5.0", "curl/8.5.0"),
     ],
 )
