@@ -43,8 +43,9 @@ async def list_for(db: AsyncSession, user: User, current_token: str | None) -> l
     ]
 
 
-async def revoke_one(db: AsyncSession, user: User, session_id: str, source: str) -> None:
-    """Sign out one of ``user``'s sessions (the caller's own too, if asked)."""
+async def revoke_one(db: AsyncSession, user: User, session_id: str, source: str) -> str:
+    """Sign out one of ``user``'s sessions (the caller's own too, if asked); returns the hash
+    of its token, so a caller can tell whether it signed itself out."""
     row = (
         await db.execute(select(ApiToken).where(ApiToken.id == session_id, ApiToken.user_id == user.id))
     ).scalar_one_or_none()
@@ -53,6 +54,7 @@ async def revoke_one(db: AsyncSession, user: User, session_id: str, source: str)
     await db.delete(row)
     record(db, user, "session.revoke", user.username, source, session=session_id)
     await db.commit()
+    return row.token_hash
 
 
 async def revoke_others(db: AsyncSession, user: User, current_token: str | None, source: str) -> int:

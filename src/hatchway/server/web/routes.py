@@ -8,6 +8,7 @@ Sign-in goes through the API's login function too, so brute-force throttling is 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 from collections.abc import Callable, Coroutine
@@ -676,12 +677,11 @@ async def sessions_revoke_others(request: Request, user: User = Depends(web_user
 async def session_revoke(
     session_id: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
 ) -> Response:
-    current = next((r for r in await sessions_api.list_for(db, user, request.state.session_token) if r.current), None)
     try:
-        await sessions_api.revoke_one(db, user, session_id, client_source(request))
+        revoked = await sessions_api.revoke_one(db, user, session_id, client_source(request))
     except APIError:
         return redirect(request, "/account/sessions", "error", "That session had already ended.")
-    if current is not None and current.id == session_id:
+    if hmac.compare_digest(revoked, crypto.hash_token(request.state.session_token)):
         response = redirect(request, "/", "info", "You are signed out.")
         clear_cookie(request, response, SESSION_COOKIE)
         return response
