@@ -11,8 +11,8 @@ One :class:`Bridge` carries one forwarded connection, whichever way it was opene
 Both directions are flow-controlled without buffers of our own: when the socket's send buffer is
 full we stop reading the channel (its window closes and the client stops sending), and when the
 channel's send buffer or the connection's transport is full (:mod:`hatchway.sshd.flow`) we stop
-reading the socket. EOF is passed on as a half-close in each
-direction; the bridge closes once both directions ended or either side is gone.
+reading the socket. EOF is passed on as a half-close in each direction; the bridge closes once
+both directions ended or either side is gone.
 
 Listeners bind off the event loop (Unix sockets touch the file system) and are owned by the
 connection (``-R``) or the session (agent, X11) that asked for them; closing the owner closes them
