@@ -454,7 +454,26 @@ def test_1_no_output_lost(world: World) -> None:
 
 
 
-def test_1_a_frozen_client_with_a_huge_window_stops_the_command_not_the_agent(world: World) -> None:
+@pytest.fixture()
+def patient_workspace(world: World) -> Iterator[str]:
+    """A second workspace of bob's whose agent keeps the default keepalive: the module's agent
+    drops a client after two missed keepalives a second apart, and a frozen client misses them."""
+    name = "bulk"
+    created = world.bob.ok("workspaces", "create", name, "--provider", "byo").out
+    agent = AgentProcess(world.server.url, created.split("HATCHWAY_AGENT_TOKEN=")[1].split()[0], world.tmp / "bulk-home")
+    agent.start()
+    try:
+        wait_for(lambda: world.bob.ok("workspaces", "show", name, "--json").json()["agent_connected"], 30,
+                 what="the second agent to connect")
+        yield name
+    finally:
+        agent.stop()
+        world.bob.ok("workspaces", "delete", name, "-y")
+
+
+def test_1_a_frozen_client_with_a_huge_window_stops_the_command_not_the_agent(
+    world: World, patient_workspace: str
+) -> None:
     """asyncssh (the built-in server) sends whatever the client's window allows into its
     transport, whether or not the other side reads. A client that grants 1 GiB windows and then
     freezes (its ``hatchway proxy`` stopped) must stop the command's output at the agent, not
@@ -465,19 +484,24 @@ def test_1_a_frozen_client_with_a_huge_window_stops_the_command_not_the_agent(wo
     flood, bound = 160 * MIB, BOUND  # kernel socket buffers on three hops stay well below
 
     ours, theirs = socket.socketpair()
-    proxy = subprocess.Popen([HATCHWAY, "proxy", "dev"], stdin=theirs, stdout=theirs, env=world.env())
+    proxy = subprocess.Popen([HATCHWAY, "proxy", patient_workspace], stdin=theirs, stdout=theirs, env=world.env())
     theirs.close()
 
     async def scenario() -> tuple[int | None, int, object, bool]:
-        conn = await asyncssh.connect(sock=ours, host="dev", username=client.user, client_keys=[client.key],
+        conn = await asyncssh.connect(sock=ours, host=patient_workspace, username=client.user, client_keys=[client.key],
                                       known_hosts=None, agent_path=None, config=None)
         try:
             chan, session = await conn.create_session(Counting, flood_command(flood), window=HUGE_WINDOW,
                                                       encoding=None)
             pid = int(await asyncio.wait_for(session.first_line, 20))
             chan.write(b"go\n")
+            written_so_far = written_by(pid)
+            for _ in range(10_000):  # "go" must pass the proxy before it freezes: wait for the flood
+                if (written_so_far() or 0) > 4096:
+                    break
+                await asyncio.sleep(0.001)
             proxy.send_signal(signal.SIGSTOP)  # what got through by now is not in between
-            written = await settle(written_by(pid), beyond=MIB)
+            written = await settle(written_so_far, beyond=MIB)
             in_between = None if written is None else written - session.received
             proxy.send_signal(signal.SIGCONT)
             await asyncio.wait_for(session.done.wait(), 120)
