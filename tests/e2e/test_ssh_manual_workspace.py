@@ -274,6 +274,10 @@ def test_suspended_user_is_refused_and_live_session_ends(world: World) -> None:
         world.alice.ok("users", "activate", "bob")
         live.kill()
         live.wait()
+    # Reactivated, bob signs in again: his session from before the suspension stays ended.
+    stale = world.ssh("hatchway.dev", "true")
+    assert stale.returncode == 255 and "hatchway: session expired or revoked" in stale.stderr.decode()
+    world.bob.login(world.server.url, "bob", "bob-password")
     assert world.ssh("hatchway.dev", "true").returncode == 0
 
 

@@ -143,7 +143,11 @@ def test_suspension_stops_tokens_at_once(deployment: Deployment) -> None:
     assert r.err.strip() == "hatchway: account suspended: your account is suspended; ask a site manager to reactivate it"
     again = carol.run("login", deployment.server.url, "--username", "carol", "--password-stdin", stdin="carol-password\n")
     assert again.code == 1 and "account suspended" in again.err
-    deployment.alice.ok("users", "activate", "carol")
+    activated = deployment.alice.ok("users", "activate", "carol")
+    assert activated.out == "Activated carol: they can sign in again (sessions from before the suspension stay ended)\n"
+    stale = carol.run("whoami")  # a token from before the suspension never comes back
+    assert stale.err.strip() == "hatchway: session expired or revoked: log in again: hatchway login URL --username NAME"
+    carol.login(deployment.server.url, "carol", "carol-password")
     carol.ok("whoami")
     listed = {u["username"]: u for u in deployment.alice.ok("users", "list", "--json").json()}
     assert listed["carol"]["suspended"] is False

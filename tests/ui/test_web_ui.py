@@ -567,7 +567,7 @@ def test_site_manager_creates_promotes_suspends_and_activates_users(manager_page
         other.close()
     with api(srv.url) as c:
         assert c.post("/auth/login", json={"username": "dave", "password": "dave-password-1"}).status_code == 403
-    assert act("Activate") == 'User "dave" activated.'
+    assert act("Activate") == 'User "dave" activated: they can sign in again (sessions from before the suspension stay ended).'
     assert dave()["suspended"] is False
     # One cannot suspend oneself: the item is not offered.
     me = page.locator(f'tr[data-user="{srv.manager}"]')

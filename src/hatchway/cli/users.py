@@ -49,7 +49,7 @@ def suspend(name: str) -> None:
 @click.argument("name")
 def activate(name: str) -> None:
     api().call("POST", f"/users/{name}/activate")
-    click.echo(f"Activated {name}")
+    click.echo(f"Activated {name}: they can sign in again (sessions from before the suspension stay ended)")
 
 
 @users.command("set-role")

@@ -157,6 +157,10 @@ async def _set_suspended(
     user = await _get_user(db, username)
     if user.id == sm.id and suspended:
         raise APIError(409, "you cannot suspend yourself", "ask another site manager")
+    if user.suspended and not suspended:
+        # Sign-in sessions from before the suspension stay refused (a stolen token must not come
+        # back to life): they were refused while it lasted, so that a suspended user is told so.
+        await db.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
     user.suspended = suspended
     record(db, sm, "user.suspend" if suspended else "user.activate", user.username, client_source(request))
     await db.commit()

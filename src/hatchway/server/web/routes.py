@@ -810,7 +810,7 @@ async def user_activate(
     username: str, request: Request, sm: User = Depends(web_manager),
     ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db),
 ) -> Response:
-    return await _user_action(request, users_api.activate_user, 'User "{u.username}" activated.', username=username, sm=sm, ctx=ctx, db=db)
+    return await _user_action(request, users_api.activate_user, 'User "{u.username}" activated: they can sign in again (sessions from before the suspension stay ended).', username=username, sm=sm, ctx=ctx, db=db)
 
 
 @router.post("/manage/users/{username}/role")
