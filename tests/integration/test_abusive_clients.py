@@ -20,6 +20,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import rawws
+from tests.helpers.fakeagent import agent_ws_url, next_dial, refusal
+from tests.helpers.fakeagent import fake_agent as helper_agent
 from tests.helpers.server import wait_for
 from tests.helpers.sshclient import Refused, Tunnel, open_stream
 from tests.helpers.world import World, build_world, fd_count
@@ -52,6 +54,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert "Traceback" not in w.server.log(), w.server.log()[-5000:]
 
 
+@contextlib.asynccontextmanager
+async def fake_agent(world: World, workspace: str) -> AsyncIterator[ClientConnection]:
+    async with helper_agent(world, world.agent_tokens[f"bob/{workspace}"], "bob", workspace) as ws:
+        yield ws
+
+
 @pytest.fixture
 async def carol(world: World) -> AsyncIterator[Tunnel]:
     """Carol's live session, checked before and after each abuse."""
@@ -75,32 +83,6 @@ async def assert_new_ssh_works(world: World, who: str = "carol") -> None:
         assert r.stdout == b"fresh\n"
     finally:
         await t.close()
-
-
-def agent_ws_url(world: World, path: str) -> str:
-    return world.url.replace("http://", "ws://") + path
-
-
-@contextlib.asynccontextmanager
-async def fake_agent(world: World, workspace: str) -> AsyncIterator[ClientConnection]:
-    token = world.agent_tokens[f"bob/{workspace}"]
-    async with connect(agent_ws_url(world, "/api/v1/agent/control"), additional_headers={"Authorization": f"Bearer {token}"},
-                       compression=None, max_size=None) as ws:
-        wait_for(lambda: world.workspace("bob", workspace)["agent_connected"], 10, what="the fake agent to attach")
-        yield ws
-
-
-async def next_dial(ws: ClientConnection, timeout: float = 10) -> str:
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-        if message["type"] == "dial":
-            return message["stream"]
-
-
-async def refusal(ws: ClientConnection, timeout: float = 10) -> str:
-    message = await asyncio.wait_for(ws.recv(), timeout)
-    assert isinstance(message, str), f"expected a refusal, got {len(message)} bytes"
-    return json.loads(message)["error"]
 
 
 def server_pid(world: World) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hatchway.server.guards import AcceptDeadline, ConnectionGuard
-from hatchway.server.relay import DialError, Relay
+from hatchway.server.relay import DialError, LiveStream, Relay
 
 
 class _Conn:
@@ -45,6 +45,10 @@ class _Peers:
         return self.accepts
 
 
+def _stream(workspace_id: str, user_id: str = "", provider_id: str = "p1") -> LiveStream:
+    return LiveStream("", user_id, workspace_id, provider_id)
+
+
 class _NoAgentHub:
     def get(self, _workspace_id: str) -> None:
         return None
@@ -53,7 +57,8 @@ class _NoAgentHub:
 async def test_a_dial_for_an_agent_held_by_another_replica_goes_there_with_this_replicas_stream_id() -> None:
     peers = _Peers(holder="http://127.0.0.1:7091")
     relay = Relay(_NoAgentHub(), peers, dial_timeout_s=30)  # type: ignore[arg-type]
-    task = asyncio.create_task(relay.dial("ws-a", "a", "10.0.0.1 5000", user_id="u1"))
+    stream = _stream("ws-a", "u1")
+    task = asyncio.create_task(relay.dial(stream, "a", "10.0.0.1 5000"))
     while not peers.dials:
         await asyncio.sleep(0)
     url, ws_id, stream_id, client = peers.dials[0]
@@ -61,8 +66,8 @@ async def test_a_dial_for_an_agent_held_by_another_replica_goes_there_with_this_
     assert stream_id.startswith(peers.id) and len(stream_id) == 48 and int(stream_id, 16) >= 0
     agent_socket = object()
     arrived = asyncio.create_task(relay.agent_arrived(stream_id, "ws-a", agent_socket))  # type: ignore[arg-type]
-    got_id, got_socket, release = await task
-    assert (got_id, got_socket) == (stream_id, agent_socket)
+    got_socket, release = await task
+    assert (stream.id, got_socket) == (stream_id, agent_socket)
     release.set()
     assert await arrived is True
 
@@ -70,35 +75,89 @@ async def test_a_dial_for_an_agent_held_by_another_replica_goes_there_with_this_
 async def test_a_dial_no_replica_takes_or_no_agent_anywhere_is_refused_with_the_reason() -> None:
     relay = Relay(_NoAgentHub(), _Peers(holder=None), dial_timeout_s=30)  # type: ignore[arg-type]
     with pytest.raises(DialError, match='workspace "a" is not reachable: its agent is not connected'):
-        await relay.dial("ws-a", "a", "c")
+        await relay.dial(_stream("ws-a"), "a", "c")
     relay = Relay(_NoAgentHub(), _Peers(holder="http://127.0.0.1:7091", accepts=False), dial_timeout_s=30)  # type: ignore[arg-type]
     with pytest.raises(DialError, match='workspace "a": lost the connection to its agent; try again'):
-        await relay.dial("ws-a", "a", "c")
+        await relay.dial(_stream("ws-a"), "a", "c")
     assert relay.pending_count() == 0
 
 
 async def test_pending_streams_are_capped_per_user_and_per_workspace_and_slots_come_back() -> None:
     relay = Relay(_Hub(), _Peers(), dial_timeout_s=30, max_pending_per_user=3, max_pending_per_workspace=2)  # type: ignore[arg-type]
-    held = [asyncio.create_task(relay.dial("ws-a", "a", "c", user_id=u)) for u in ("u1", "u2")]
-    held.append(asyncio.create_task(relay.dial("ws-b", "b", "c", user_id="u1")))
+    held = [asyncio.create_task(relay.dial(_stream("ws-a", u), "a", "c")) for u in ("u1", "u2")]
+    held.append(asyncio.create_task(relay.dial(_stream("ws-b", "u1"), "b", "c")))
     await asyncio.sleep(0)
     assert relay.pending_count() == 3
     with pytest.raises(DialError, match='to workspace "a" are being set up at once \\(at most 2\\)'):
-        await relay.dial("ws-a", "a", "c", user_id="u3")
-    held.append(asyncio.create_task(relay.dial("ws-c", "c", "c", user_id="u1")))
+        await relay.dial(_stream("ws-a", "u3"), "a", "c")
+    held.append(asyncio.create_task(relay.dial(_stream("ws-c", "u1"), "c", "c")))
     await asyncio.sleep(0)
     with pytest.raises(DialError, match="too many SSH connections of yours .* \\(at most 3\\)"):
-        await relay.dial("ws-d", "d", "c", user_id="u1")
+        await relay.dial(_stream("ws-d", "u1"), "d", "c")
     for t in held:  # the clients go away: every slot is given back
         t.cancel()
     await asyncio.gather(*held, return_exceptions=True)
     assert relay.pending_count() == 0
     assert relay._pending_by_user == {} and relay._pending_by_workspace == {}
-    again = asyncio.create_task(relay.dial("ws-a", "a", "c", user_id="u1"))
+    again = asyncio.create_task(relay.dial(_stream("ws-a", "u1"), "a", "c"))
     await asyncio.sleep(0)
     assert relay.pending_count() == 1
     again.cancel()
     await asyncio.gather(again, return_exceptions=True)
+
+
+async def test_a_stream_ended_while_its_agent_dials_back_is_refused_at_once_with_the_reason() -> None:
+    """External Connect off (or a suspension) while the agent is still dialling back: the
+    client is refused then, not after the agent finally answers, and a late agent is turned
+    away instead of being spliced."""
+    hub = _Hub()
+    relay = Relay(hub, _Peers(), dial_timeout_s=30)  # type: ignore[arg-type]
+    stream = _stream("ws-a", "u1", provider_id="p9")
+    task = asyncio.create_task(relay.dial(stream, "a", "c"))
+    while not hub.conn.sent:
+        await asyncio.sleep(0)
+    assert relay.live_count() == 1
+    assert await relay.end_sessions(provider_id="p9", reason='provider "x": SSH disabled') == 1
+    with pytest.raises(DialError, match='^provider "x": SSH disabled$'):
+        await asyncio.wait_for(task, 1)  # well before the 30 s dial timeout
+    assert relay.live_count() == 0 and relay.pending_count() == 0
+    assert await relay.agent_arrived(stream.id, "ws-a", object()) is False  # type: ignore[arg-type]
+
+
+async def test_a_dial_that_fails_after_its_agent_came_lets_the_agent_go() -> None:
+    """The agent's request handler waits for its release: a dial given up after the agent came
+    (the client went away) must release it, or the agent's side would hang."""
+    hub = _Hub()
+    relay = Relay(hub, _Peers(), dial_timeout_s=30)  # type: ignore[arg-type]
+    stream = _stream("ws-a")
+    task = asyncio.create_task(relay.dial(stream, "a", "c"))
+    while not hub.conn.sent:
+        await asyncio.sleep(0)
+    arrived = asyncio.create_task(relay.agent_arrived(stream.id, "ws-a", object()))  # type: ignore[arg-type]
+    while relay.is_waiting(stream.id, "ws-a"):
+        await asyncio.sleep(0)
+    task.cancel()  # the agent's socket was handed over, the dial not yet resumed
+    await asyncio.gather(task, return_exceptions=True)
+    assert await asyncio.wait_for(arrived, 1) is True
+    assert relay.live_count() == 0 and relay.pending_count() == 0
+
+
+async def test_a_dialled_stream_is_live_until_its_owner_unregisters_it() -> None:
+    hub = _Hub()
+    relay = Relay(hub, _Peers(), dial_timeout_s=30)  # type: ignore[arg-type]
+    stream = _stream("ws-a", "u1")
+    task = asyncio.create_task(relay.dial(stream, "a", "c"))
+    while not hub.conn.sent:
+        await asyncio.sleep(0)
+    agent_socket = object()
+    arrived = asyncio.create_task(relay.agent_arrived(stream.id, "ws-a", agent_socket))  # type: ignore[arg-type]
+    got, release = await task
+    assert got is agent_socket and relay.live_count() == 1 and stream.interrupt is None
+    assert await relay.end_sessions(user_id="u1", reason="suspended") == 1
+    assert stream.end_reason == "suspended"  # the splice sees it before copying a byte
+    relay.unregister(stream)
+    release.set()
+    assert await arrived is True and relay.live_count() == 0
 
 
 def test_connection_guard_counts_per_address() -> None:

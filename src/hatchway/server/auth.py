@@ -51,8 +51,8 @@ async def issue_session_token(db: AsyncSession, user: User, ttl_s: int, request:
     return token
 
 
-async def user_for_token(db: AsyncSession, token: str | None) -> User:
-    """The active user a session token belongs to, or an APIError saying why not."""
+async def _session(db: AsyncSession, token: str | None) -> ApiToken:
+    """The live session a token names, or a 401 saying why not."""
     if not token or not token.startswith(USER_TOKEN_PREFIX):
         raise APIError(401, "not authenticated", "log in first: hatchway login URL --username NAME")
     row = (
@@ -60,6 +60,12 @@ async def user_for_token(db: AsyncSession, token: str | None) -> User:
     ).scalar_one_or_none()
     if row is None or row.expires_at <= utcnow():
         raise APIError(401, "session expired or revoked", "log in again: hatchway login URL --username NAME")
+    return row
+
+
+async def user_for_token(db: AsyncSession, token: str | None) -> User:
+    """The active user a session token belongs to, or an APIError saying why not."""
+    row = await _session(db, token)
     user = row.user
     if user.suspended:
         raise APIError(403, "account suspended", SUSPENDED_DETAIL)
@@ -69,6 +75,15 @@ async def user_for_token(db: AsyncSession, token: str | None) -> User:
         await db.commit()  # first thing in the request: nothing else is pending yet
         row.last_used_at = now
     return user
+
+
+async def token_holder(db: AsyncSession, token: str | None) -> User | None:
+    """Whoever a live session token belongs to, suspended or not: a refused attempt (a suspended
+    user's SSH, say) is recorded under its user, so an audit finds it."""
+    try:
+        return (await _session(db, token)).user
+    except APIError:
+        return None
 
 
 async def workspace_for_agent_token(db: AsyncSession, token: str | None) -> Workspace:

@@ -111,15 +111,18 @@ class Relay:
 
     # ---- rendezvous -------------------------------------------------------------------------
 
-    async def dial(
-        self, workspace_id: str, workspace_name: str, client: str, user_id: str = ""
-    ) -> tuple[str, WebSocket, asyncio.Event]:
-        """Ask the workspace's agent to dial back; returns (stream id, agent socket, release).
+    async def dial(self, stream: LiveStream, workspace_name: str, client: str) -> tuple[WebSocket, asyncio.Event]:
+        """Ask the workspace's agent to dial back for ``stream`` (which gets its id); returns
+        the agent's socket and its release.
 
-        The caller must set ``release`` when done with the agent socket, which lets the agent's
-        request handler finish. The agent's control channel may be held by another replica
-        (asked over HTTP to pass the dial on), and its dial-back may land on any replica (which
-        hands it over here: the stream id starts with this replica's id)."""
+        The stream is live from the moment the agent is asked: a policy that ends sessions
+        while the agent dials back (External Connect off, a suspension, a deletion) ends this
+        one at once, with its reason as the :class:`DialError`. On success the caller must set
+        the release when done with the agent socket, which lets the agent's request handler
+        finish, and unregister the stream. The agent's control channel may be held by another
+        replica (asked over HTTP to pass the dial on), and its dial-back may land on any
+        replica (which hands it over here: the stream id starts with this replica's id)."""
+        workspace_id, user_id = stream.workspace_id, stream.user_id
         conn = self._hub.get(workspace_id)
         holder = None if conn is not None else await self._peers.agent_replica(workspace_id)
         if conn is None and holder is None:
@@ -128,11 +131,21 @@ class Relay:
                 f'start the agent in the workspace (see "hatchway workspaces show {workspace_name}")'
             )
         self._check_pending_caps(workspace_id, workspace_name, user_id)
-        stream_id = self._peers.id + secrets.token_hex(16)
-        pending = _Pending(workspace_id, asyncio.get_running_loop().create_future(), user_id=user_id)
+        loop = asyncio.get_running_loop()
+        stream.id = stream_id = self._peers.id + secrets.token_hex(16)
+        pending = _Pending(workspace_id, loop.create_future(), user_id=user_id)
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def interrupt() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        stream.interrupt = interrupt
+        self._live[stream_id] = stream
         self._pending[stream_id] = pending
         self._count(self._pending_by_user, user_id, 1)
         self._count(self._pending_by_workspace, workspace_id, 1)
+        agent_ws: WebSocket | None = None
         try:
             if conn is not None:
                 sent = await conn.send({"type": "dial", "stream": stream_id, "client": client})
@@ -141,20 +154,27 @@ class Relay:
                 sent = await self._peers.request_dial(holder, workspace_id, stream_id, client)
             if not sent:
                 raise DialError(f'workspace "{workspace_name}": lost the connection to its agent; try again')
-            try:
-                agent_ws = await asyncio.wait_for(asyncio.shield(pending.arrived), self._dial_timeout)
-            except asyncio.TimeoutError:
+            if not ended.done():
+                await asyncio.wait((pending.arrived, ended), timeout=self._dial_timeout, return_when=asyncio.FIRST_COMPLETED)
+            if stream.end_reason is not None:
+                raise DialError(stream.end_reason)
+            if not pending.arrived.done():
                 raise DialError(
                     f'workspace "{workspace_name}": its agent did not answer within '
                     f"{self._dial_timeout:.0f} s; check the agent's log in the workspace"
-                ) from None
+                )
+            agent_ws = pending.arrived.result()
         finally:
+            stream.interrupt = None
             self._pending.pop(stream_id, None)
             self._count(self._pending_by_user, user_id, -1)
             self._count(self._pending_by_workspace, workspace_id, -1)
             if not pending.arrived.done():
                 pending.arrived.cancel()
-        return stream_id, agent_ws, pending.released
+            if agent_ws is None:  # failed or cancelled: no stream, and an agent that came goes
+                self._live.pop(stream_id, None)
+                pending.released.set()
+        return agent_ws, pending.released
 
     def is_waiting(self, stream_id: str, workspace_id: str) -> bool:
         """Whether a client stream waits for this workspace's agent under ``stream_id``."""

@@ -12,11 +12,12 @@ from sqlalchemy import select
 
 from hatchway.db.models import SSHConnection, User, Workspace, utcnow
 from hatchway.names import check_username, check_workspace_name
-from hatchway.server.auth import bearer_token, user_for_token
+from hatchway.server.auth import bearer_token, token_holder, user_for_token
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
 from hatchway.server.errors import APIError
 from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
 from hatchway.server.relay import DialError, LiveStream, splice
+from hatchway.server.session_tokens import printable
 
 log = logging.getLogger("hatchway.server.ssh")
 
@@ -27,6 +28,33 @@ async def _refuse(websocket: WebSocket, message: str, code: int = 4403) -> None:
     with contextlib.suppress(Exception):
         await websocket.send_text(json.dumps({"type": "error", "error": message}))
         await websocket.close(code=code)
+
+
+def _refusal(user: User, ws: Workspace | None, shown: str) -> str | None:
+    """Why ``user`` may not reach ``ws`` (None: they may); ``shown`` names a missing one."""
+    if ws is None:
+        return unknown_workspace_message(shown)
+    return ssh_refusal(
+        SSHFacts(
+            requester=user.username,
+            requester_id=user.id,
+            requester_suspended=user.suspended,
+            workspace=ws.name,
+            owner=ws.owner.username,
+            owner_id=ws.owner_id,
+            provider=ws.provider.name,
+            external_connect=ws.provider.external_connect,
+            state=ws.state,
+            state_reason=ws.state_reason,
+            agent_connected=True,  # the hub is the live truth; checked at dial time
+        )
+    )
+
+
+def _let_go(ctx: ServerContext, stream: LiveStream, released: asyncio.Event) -> None:
+    """A dialled stream that will not be spliced: the agent's side ends, the stream is no more."""
+    released.set()
+    ctx.relay.unregister(stream)
 
 
 @router.websocket("/{name}/ssh")
@@ -43,15 +71,20 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         log.info("SSH refused: %s", exc)
         await _refuse(websocket, str(exc))
         return
+    shown = f"{owner}/{name}" if owner else name
     log_row = SSHConnection(
-        workspace_name=f"{owner}/{name}" if owner else name, source=source, result="refused", replica_id=ctx.cluster.id
+        workspace_name=shown, source=source, result="refused", replica_id=ctx.cluster.id, started_at=utcnow()
     )
     async with ctx.sessions() as db:
+        token = bearer_token(websocket.headers)
         try:
-            user: User = await user_for_token(db, bearer_token(websocket.headers))
+            user: User = await user_for_token(db, token)
         except APIError as exc:
             refusal = f"{exc.error}: {exc.detail}"
             log_row.reason = refusal  # recorded too: failed attempts are what an audit is for
+            holder = await token_holder(db, token)  # a suspended user's attempt is theirs
+            if holder is not None:
+                log_row.user_id, log_row.username = holder.id, holder.username
             db.add(log_row)
             await db.commit()
             await _refuse(websocket, refusal, 4401)
@@ -62,44 +95,38 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
                 select(Workspace).join(Workspace.owner).where(Workspace.name == name, User.username == (owner or user.username))
             )
         ).scalar_one_or_none()
-        if ws is None:
-            refusal = unknown_workspace_message(f"{owner}/{name}" if owner else name)
-        else:
+        if ws is not None:
             log_row.workspace_id, log_row.provider_name = ws.id, ws.provider.name
-            refusal = ssh_refusal(
-                SSHFacts(
-                    requester=user.username,
-                    requester_id=user.id,
-                    requester_suspended=user.suspended,
-                    workspace=ws.name,
-                    owner=ws.owner.username,
-                    owner_id=ws.owner_id,
-                    provider=ws.provider.name,
-                    external_connect=ws.provider.external_connect,
-                    state=ws.state,
-                    state_reason=ws.state_reason,
-                    agent_connected=True,  # the hub is the live truth; checked at dial time
-                )
-            )
+        refusal = _refusal(user, ws, shown)
     # No database session is held while the agent dials back: its own request needs one, and a
     # burst of connections would otherwise drain the pool and starve every dial-back.
+    dialled = False
     if refusal is None:
+        assert ws is not None
         stream = LiveStream("", user.id, ws.id, ws.provider_id)
         try:
-            stream.id, agent_ws, released = await ctx.relay.dial(ws.id, ws.name, source, user.id)
-            log_row.result = "open"
+            agent_ws, released = await ctx.relay.dial(stream, ws.name, source)
+            dialled = True
         except DialError as exc:
             refusal = str(exc)
-    log_row.reason = refusal
     try:
         async with ctx.sessions() as db:
+            if dialled:
+                # The stream has been live (and so ended by any policy change broadcast) since the
+                # dial began; what changed before that is seen here, in a fresh read.
+                now_user = await db.get(User, user.id)
+                refusal = "your account was deleted" if now_user is None else _refusal(now_user, await db.get(Workspace, ws.id), shown)
+            log_row.result = "open" if refusal is None else "refused"
+            log_row.reason = refusal
             db.add(log_row)
             await db.commit()
     except BaseException:
-        if refusal is None:
-            released.set()  # let the agent's side go; nothing will be spliced
+        if dialled:
+            _let_go(ctx, stream, released)
         raise
     if refusal is not None:
+        if dialled:
+            _let_go(ctx, stream, released)
         log.info("SSH to %s by %s refused: %s", name, log_row.username, refusal)
         await _refuse(websocket, refusal)
         return
@@ -114,15 +141,15 @@ async def _relay(
     ctx: ServerContext, websocket: WebSocket, agent_ws: WebSocket, released: asyncio.Event,
     stream: LiveStream, label: str, username: str, row_id: str,
 ) -> None:
-    """Splice an accepted stream to its agent, then close both and complete the record."""
-    ctx.relay.register(stream)
+    """Splice an accepted stream to its agent (live since its dial), then close both and
+    complete the record."""
     reason = mode = None
     try:
         hello = await agent_ws.receive()
         if hello.get("text"):
             with contextlib.suppress(ValueError, AttributeError):
                 info = json.loads(hello["text"])
-                mode = str(info.get("mode", ""))[:40] or None
+                mode = printable(str(info.get("mode", "")), 40)  # the agent's word: shown in tables
         elif hello.get("bytes"):
             stream.from_workspace += len(hello["bytes"])
             await websocket.send_bytes(hello["bytes"])
