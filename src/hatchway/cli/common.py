@@ -82,15 +82,25 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: what is not printable (escape sequences, line breaks) is
+    shown escaped (``\\x1b``, ``\\n``), so values from the server (emails, names, what an
+    agent reports) can neither drive the terminal nor split a table's rows."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     for c in columns:
         table.add_column(c)
     for row in rows:
-        table.add_row(*(_cell(v) for v in row))
+        table.add_row(*(Text(shown(_cell(v))) for v in row))  # Text: values are never rich markup
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=250)  # pipes and logs: never wrap rows
