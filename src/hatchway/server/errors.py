@@ -93,6 +93,19 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+API_DOCS = "/api/v1/docs"
+
+
+def _routing_detail(status: int, method: str, headers: dict[str, str] | None) -> str:
+    """What to do about a request no route answers (the router's own 404 and 405 say nothing)."""
+    if status == 405:
+        allowed = (headers or {}).get("Allow") or (headers or {}).get("allow")
+        return f"{method} is not allowed here" + (f"; use {allowed}" if allowed else "") + f" (see {API_DOCS})"
+    if status == 404:
+        return f"no such page or API endpoint; the API is described at {API_DOCS} (OpenAPI: /api/v1/openapi.json)"
+    return ""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
@@ -103,12 +116,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid request", _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = _DEFAULT_ERRORS.get(exc.status_code, "error")
+        headers = getattr(exc, "headers", None)
         detail = exc.detail if isinstance(exc.detail, str) else ""
         if detail == error or detail in ("Not Found", "Method Not Allowed"):
-            detail = ""
-        return error_response(exc.status_code, error, detail, getattr(exc, "headers", None))
+            detail = _routing_detail(exc.status_code, req.method, headers)
+        return error_response(exc.status_code, error, detail, headers)
 
     async def _maybe_db(req: Request, exc: Exception) -> JSONResponse:
         # Registered per type (not only under Exception) so a database outage is answered here,
