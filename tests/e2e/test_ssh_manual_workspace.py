@@ -300,6 +300,12 @@ def test_connection_log_records_accepted_and_refused(world: World) -> None:
     assert newest["username"] == "bob" and newest["mode"] == "built-in" and newest["provider"] == "byo"
     assert newest["bytes_from_workspace"] > 100000 and newest["bytes_to_workspace"] > 0
     assert newest["source"].startswith("127.0.0.1 ") and newest["ended_at"] is not None
+    table = world.alice.ok("audit", "connections", "--user", "bob", "--limit", "1").out.splitlines()
+    assert table[0].split() == ["STARTED", "USER", "WORKSPACE", "PROVIDER", "SOURCE", "MODE", "RESULT", "IN", "OUT", "DURATION", "REASON"]
+    cells = table[1].split()  # STARTED is a date and a time; SOURCE an address and a port
+    assert cells[2:5] + cells[7:11] == ["bob", "dev", "byo", "built-in", "closed", str(newest["bytes_to_workspace"]),
+                                        str(newest["bytes_from_workspace"])]
+    assert cells[11].endswith("s") and cells[12:] == ["-"]  # a duration ("<1s", "2s"), no reason
     refused = [c for c in rows if c["result"] == "refused"]
     reasons = {c["reason"] for c in refused}
     assert 'SSH access to workspaces on provider "byo" is disabled by a site manager (External Connect is off)' in reasons
@@ -338,9 +344,12 @@ def test_config_ssh_dry_run_remove_and_user_content(world: World) -> None:
     user_config = "# mine\r\nHost *\r\n  User someone-else\r\n\r\nHost build\r\n  HostName 127.0.0.1\r\n"
     path = world.tmp / "user_ssh_config"
     path.write_bytes(user_config.encode())
+    others = [*world.bob.config_dir.iterdir(), *(world.bob.home / ".ssh").iterdir()]
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in others}
     dry = world.bob.ok("config-ssh", "--ssh-config", str(path), "--dry-run").out
     assert dry.startswith(f"--- {path}") and "+Host hatchway.dev" in dry
     assert path.read_bytes() == user_config.encode(), "--dry-run writes nothing"
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in others} == before, "not even Hatchway's own files"
     world.bob.ok("config-ssh", "--ssh-config", str(path), "-y")
     written = path.read_bytes().decode()
     assert written.index("Host hatchway.dev") < written.index("Host *"), "our block precedes the user's Host *"
@@ -351,6 +360,29 @@ def test_config_ssh_dry_run_remove_and_user_content(world: World) -> None:
     assert (r.returncode, r.stdout.strip()) == (0, world.workspace()["os_user"]), r.stderr
     world.bob.ok("config-ssh", "--ssh-config", str(path), "--remove")
     assert path.read_bytes() == user_config.encode(), "--remove restores the user's file exactly"
+
+
+def test_config_ssh_goes_above_an_include_that_brings_host_star(world: World) -> None:
+    """An Include above the first Host (OrbStack, Colima and company add one) must not get its
+    `Host *` read before our entries: that would undo the pinned host key and the user."""
+    included = world.tmp / "included_ssh_config"
+    included.write_text("Host *\n  User someone-else\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
+    user_config = f"Include {included}\nHost build\n  HostName 127.0.0.1\n"
+    path = world.tmp / "user_ssh_config_with_include"
+    path.write_text(user_config)
+    world.bob.ok("config-ssh", "--ssh-config", str(path), "-y")
+    written = path.read_text()
+    assert written.index("Host hatchway.dev") < written.index("Include "), "our block precedes the Include"
+    assert written.endswith("\n" + user_config)
+    got = subprocess.run(["ssh", "-G", "-F", str(path), "hatchway.dev"], capture_output=True, text=True,
+                         env=world.bob.env(), timeout=30, check=True).stdout.splitlines()
+    assert "stricthostkeychecking true" in got
+    assert f"userknownhostsfile {world.bob.config_dir / 'known_hosts'}" in got
+    r = subprocess.run(["ssh", "-F", str(path), "-o", "BatchMode=yes", "hatchway.dev", "id -un"],
+                       capture_output=True, text=True, env=world.bob.env(), timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, world.workspace()["os_user"]), r.stderr
+    world.bob.ok("config-ssh", "--ssh-config", str(path), "--remove")
+    assert path.read_text() == user_config
 
 
 def test_deleting_the_workspace_ends_live_sessions(world: World) -> None:

@@ -57,10 +57,23 @@ def connections(limit: int, username: str | None, workspace: str | None, as_json
         print_json(rows)
         return
     print_table(
-        ["STARTED", "USER", "WORKSPACE", "SOURCE", "MODE", "RESULT", "IN", "OUT", "ENDED", "REASON"],
+        ["STARTED", "USER", "WORKSPACE", "PROVIDER", "SOURCE", "MODE", "RESULT", "IN", "OUT", "DURATION", "REASON"],
         [
-            [c["started_at"], c["username"], c["workspace"], c["source"], c["mode"], c["result"],
-             c["bytes_to_workspace"], c["bytes_from_workspace"], c["ended_at"], c["reason"]]
+            [c["started_at"], c["username"], c["workspace"], c["provider"], c["source"], c["mode"], c["result"],
+             c["bytes_to_workspace"], c["bytes_from_workspace"], duration_text(c), c["reason"]]
             for c in rows
         ],
     )
+
+
+def duration_text(connection: dict) -> str | None:
+    """How long a connection lasted, as the web UI says it; None (shown "-") while it is open
+    or when it was refused."""
+    from datetime import datetime
+
+    from hatchway.server.web.format import connection_duration, human_duration
+
+    if connection["result"] == "refused" or not connection["ended_at"]:
+        return None
+    started, ended = (datetime.fromisoformat(connection[k].replace("Z", "+00:00")) for k in ("started_at", "ended_at"))
+    return human_duration(connection_duration(started, ended))
