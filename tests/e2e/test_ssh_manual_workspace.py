@@ -379,7 +379,7 @@ def test_config_ssh_goes_above_an_include_that_brings_host_star(world: World) ->
     assert "stricthostkeychecking true" in got
     assert f"userknownhostsfile {world.bob.config_dir / 'known_hosts'}" in got
     r = subprocess.run(["ssh", "-F", str(path), "-o", "BatchMode=yes", "hatchway.dev", "id -un"],
-                       capture_output=True, text=True, env=world.bob.env(), timeout=60)
+                       capture_output=True, text=True, env=world.bob.env(), timeout=60, check=False)
     assert (r.returncode, r.stdout.strip()) == (0, world.workspace()["os_user"]), r.stderr
     world.bob.ok("config-ssh", "--ssh-config", str(path), "--remove")
     assert path.read_text() == user_config
@@ -400,3 +400,16 @@ def test_deleting_the_workspace_ends_live_sessions(world: World) -> None:
     r = world.ssh("hatchway.dev", "true")
     assert r.returncode == 255
     assert 'hatchway: no workspace named "dev" is yours' in r.stderr.decode()
+
+
+def test_a_name_the_server_cannot_route_is_explained_by_the_proxy(world: World) -> None:
+    """A workspace argument with a path or query in it never reaches Hatchway's code on the
+    server (the router refuses it with a bare HTTP status): the proxy says what is wrong."""
+    for target, shown in (("../../x?owner=admin", "'../x?owner=admin'"), ("bob/a/b", "'a/b'")):
+        r = subprocess.run([HATCHWAY, "proxy", target], capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL, env=world.bob.env())
+        assert r.returncode == 1 and r.stdout == ""
+        assert r.stderr == (
+            f"hatchway: invalid workspace name {shown}: use 1-63 lowercase letters, digits and '-', starting and "
+            "ending with a letter or digit; name a workspace as NAME or OWNER/NAME (see: hatchway workspaces list)\n"
+        )

@@ -62,6 +62,30 @@ class Refused(Exception):
     """The server refused or ended the stream; the message is for the user."""
 
 
+class HandshakeRefused(Refused):
+    """The server answered the WebSocket upgrade with an HTTP status other than 101."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def invalid_target(workspace: str) -> str | None:
+    """Why ``workspace`` (``NAME`` or ``OWNER/NAME``) cannot name a workspace, or None. Only
+    asked once the server has refused: a name it cannot route is refused before any Hatchway
+    code runs, with nothing but an HTTP status to show for it."""
+    from hatchway.names import check_username, check_workspace_name
+
+    owner, _, name = workspace.partition("/") if "/" in workspace else ("", "", workspace)  # as stream_url
+    try:
+        check_workspace_name(name)
+        if "/" in workspace:
+            check_username(owner)
+    except ValueError as exc:
+        return f"{exc}; name a workspace as NAME or OWNER/NAME (see: hatchway workspaces list)"
+    return None
+
+
 class ProtocolError(Exception):
     """The server broke RFC 6455; the relay ends (close code in ``code``)."""
 
@@ -242,7 +266,7 @@ def _open(url: str, token: str, shown: str, timeout: float = OPEN_TIMEOUT_S) -> 
         fields = status_line.split(" ", 2)
         status = int(fields[1]) if len(fields) >= 2 and fields[1].isdigit() else 0
         if status != 101:
-            raise Refused(f"the server at {shown} refused the connection (HTTP {status})")
+            raise HandshakeRefused(f"the server at {shown} refused the connection (HTTP {status})", status)
         headers: dict[str, str] = {}
         for line in lines:
             name, _, value = line.partition(":")
@@ -345,7 +369,8 @@ def relay(workspace: str, config_path: str | os.PathLike[str] | None) -> int:
         else:
             run_threads(session.url, session.token, workspace)
     except Refused as exc:
-        print(f"hatchway: {exc}", file=sys.stderr)
+        why = invalid_target(workspace) if isinstance(exc, HandshakeRefused) and exc.status in (403, 404) else None
+        print(f"hatchway: {why or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

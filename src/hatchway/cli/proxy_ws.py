@@ -21,6 +21,7 @@ from hatchway.cli.proxy import (
     F_SETPIPE_SZ,
     MAX_FRAME,
     PIPE_SIZE,
+    HandshakeRefused,
     Refused,
     message_text,
     stream_url,
@@ -123,7 +124,8 @@ async def run_proxy(url: str, token: str, workspace: str) -> None:
             user_agent_header=f"hatchway-proxy/{__version__}",  # as the plain ws:// client says
         )
     except InvalidStatus as exc:
-        raise Refused(f"the server at {url} refused the connection (HTTP {exc.response.status_code})") from None
+        status = exc.response.status_code
+        raise HandshakeRefused(f"the server at {url} refused the connection (HTTP {status})", status) from None
     except (TimeoutError, OSError) as exc:
         raise Refused(why_unreachable(url, exc)) from None
     async with ws:
