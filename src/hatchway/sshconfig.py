@@ -6,12 +6,17 @@ People are rightly touchy about tools rewriting their ssh config, so the rules a
   fixing. The only bytes we add outside the block are our separator blank lines, and
   ``apply_block(x, None)`` takes exactly those away again, so that removing the block restores a
   file to precisely what it was before the block was first added.
-* The block goes immediately before the user's first ``Host``/``Match`` line, or at the end of a
-  file that has none. ssh_config is "first obtained value wins", and every line after a ``Host``
-  line belongs to that host: before the user's first host block, our ``Host hatchway.*`` entries
-  beat a later ``Host *`` of theirs, and the user's global options above that point stay global
-  (inserting our block above them would silently scope them to our last host). Global options
-  the user put above their first ``Host`` line still apply first: that is their explicit choice.
+* The block goes immediately before the user's first ``Host``/``Match``/``Include`` line, or at
+  the end of a file that has none. ssh_config is "first obtained value wins": before the user's
+  first host block, our ``Host hatchway.*`` entries beat a later ``Host *`` of theirs. A top-level
+  ``Include`` counts as a host block because included files usually bring their own (an included
+  ``Host *`` with ``StrictHostKeyChecking no`` would otherwise defeat our pinned host keys); an
+  ``Include`` after a ``Host``/``Match`` line belongs to that block and is never a placement point.
+  Global options the user put above that point still apply first: that is their explicit choice.
+* Every line after a ``Host`` line belongs to that host, so a block with entries ends with
+  ``Match all`` (:data:`RESET_LINES`): whatever follows it (the user's Include, global options
+  between an Include and their first Host, lines they append below the block) keeps applying to
+  every host, exactly as before the block was added.
 * No value we write can start a new line or an extra directive: names are checked against narrow
   patterns, paths and argv elements are quoted for both OpenSSH's config tokenizer and the shell
   that runs ``ProxyCommand``, and anything that cannot be represented is refused (ValueError).
@@ -42,6 +47,17 @@ CIPHERS = (
     "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,"
     "aes128-ctr,aes192-ctr,aes256-ctr"
 )
+
+#: Closes the last entry of a non-empty block: ``Match all`` applies to every host, so the lines
+#: after the block mean what they meant at the top level (``Host *`` would do the same but reads as
+#: if we set options for every host).
+RESET_LINES = (
+    "# Ends the entries above: whatever follows this block applies to every host again.",
+    "Match all",
+)
+
+#: Lower-cased keywords before which the block is placed (see the module docstring).
+PLACEMENT_KEYWORDS = frozenset({"host", "match", "include"})
 
 KNOWN_HOSTS_HEADER = (
     "# Hatchway host keys, pinned from what each workspace agent reports. "
@@ -198,8 +214,10 @@ def render_entry(entry: HostEntry) -> list[str]:
 def render_block(entries: list[HostEntry]) -> str:
     """The whole managed block (START line to END line, LF line ends), entries sorted by alias.
 
-    Entries are separated by a blank line for readability. Two entries with the same alias (ssh
-    compares host names case-insensitively) are refused: ssh would silently use only the first.
+    Entries are separated by a blank line for readability, and a non-empty block ends with
+    :data:`RESET_LINES` so the last entry does not swallow the lines after the block. Two entries
+    with the same alias (ssh compares host names case-insensitively) are refused: ssh would
+    silently use only the first.
     """
     ordered = sorted(entries, key=lambda e: e.alias)
     seen: set[str] = set()
@@ -211,6 +229,8 @@ def render_block(entries: list[HostEntry]) -> str:
         if index:
             lines.append("")
         lines.extend(render_entry(entry))
+    if ordered:
+        lines.extend(["", *RESET_LINES])
     lines.append(END_MARKER)
     return "\n".join(lines) + "\n"
 
@@ -309,16 +329,17 @@ def _strip_blocks(text: str) -> str:
 def _insert(text: str, block: str) -> str:
     """Insert ``block`` (LF-terminated lines) into block-free ``text``.
 
-    Before the first Host/Match line: ``<before><NL><block><NL><rest>`` (the leading separator
-    only when there is something before). At the end: ``<text><NL><block>``; when ``text`` lacks
-    a final newline we add one and move the missing final newline to the block's END line, so
-    that :func:`_remove_one` can tell the two cases apart and restore ``text`` exactly.
+    Before the first line whose keyword is in :data:`PLACEMENT_KEYWORDS`:
+    ``<before><NL><block><NL><rest>`` (the leading separator only when there is something
+    before). At the end: ``<text><NL><block>``; when ``text`` lacks a final newline we add one
+    and move the missing final newline to the block's END line, so that :func:`_remove_one` can
+    tell the two cases apart and restore ``text`` exactly.
     """
     lines = _split_lines(text)
     newline = _newline_of(lines[0]) if lines else "\n"
     block_lines = [line + newline for line in block.split("\n")[:-1]]
     for i, line in enumerate(lines):
-        if _keyword(line) in ("host", "match"):
+        if _keyword(line) in PLACEMENT_KEYWORDS:
             sep = [newline] if i else []
             return "".join([*lines[:i], *sep, *block_lines, newline, *lines[i:]])
     if not lines:
@@ -343,7 +364,7 @@ def _check_block(block: str) -> None:
 
 def apply_block(existing: str, block: str | None) -> str:
     """Return ``existing`` with every managed block removed and, unless ``block`` is None, ``block``
-    placed before the first ``Host``/``Match`` line (or at the end).
+    placed before the first ``Host``/``Match``/``Include`` line (or at the end).
 
     Guarantees (tested as properties): the user's content is unchanged byte for byte;
     ``apply_block(apply_block(x, b), b) == apply_block(x, b)``; and for a file without a block,

@@ -152,6 +152,9 @@ def test_render_block_exact() -> None:
         "  ServerAliveCountMax 4",
         f"  Ciphers {CIPHERS}",
         "  ConnectTimeout 30",
+        "",
+        "# Ends the entries above: whatever follows this block applies to every host again.",
+        "Match all",
         "# ------------END-HATCHWAY------------",
         "",
     ]
@@ -165,7 +168,15 @@ def test_entries_sorted_by_alias_and_separated() -> None:
 
 
 def test_empty_block() -> None:
+    # no Host line in it, so nothing to close: no "Match all" either
     assert render_block([]) == f"{START_MARKER}\n{COMMENT_LINE}\n{END_MARKER}\n"
+
+
+def test_block_with_entries_ends_with_match_all() -> None:
+    for entries in ([entry()], [entry("hatchway.a"), entry("hatchway.b")]):
+        lines = render_block(entries).split("\n")
+        assert lines[-4:] == [*sshconfig.RESET_LINES, END_MARKER, ""]
+        assert lines[-5] == ""
 
 
 def test_duplicate_alias_refused() -> None:
@@ -330,9 +341,41 @@ def test_empty_file_gets_just_the_block() -> None:
 
 
 def test_inserted_before_first_host_with_blank_lines() -> None:
-    user = "Include conf.d/*\nServerAliveInterval 60\nHost *\n  User other\n"
+    user = "ServerAliveInterval 60\nHost *\n  User other\n"
     assert apply_block(user, BLOCK) == (
-        "Include conf.d/*\nServerAliveInterval 60\n\n" + BLOCK + "\nHost *\n  User other\n"
+        "ServerAliveInterval 60\n\n" + BLOCK + "\nHost *\n  User other\n"
+    )
+
+
+def test_inserted_before_a_top_level_include() -> None:
+    # An included file may hold a `Host *` that would otherwise be read before our entries.
+    user = "ServerAliveInterval 60\nInclude conf.d/*\nCompression yes\nHost *\n  User other\n"
+    assert apply_block(user, BLOCK) == (
+        "ServerAliveInterval 60\n\n"
+        + BLOCK
+        + "\nInclude conf.d/*\nCompression yes\nHost *\n  User other\n"
+    )
+    assert apply_block(apply_block(user, BLOCK), None) == user
+
+
+@pytest.mark.parametrize(
+    "include_line",
+    ["Include x", "include x", "INCLUDE x", "  Include x", "\tInclude\tx", "Include=x", "Include = x", "Include x\r"],
+)
+def test_include_forms_are_recognised(include_line: str) -> None:
+    user = f"# Include in a comment\nIncludes y\nIdentityFile ~/.ssh/include\n{include_line}\nHost a\n"
+    before, after = apply_block(user, BLOCK).split(BLOCK)
+    assert before == "# Include in a comment\nIncludes y\nIdentityFile ~/.ssh/include\n\n"
+    assert after == f"\n{include_line}\nHost a\n"
+
+
+@pytest.mark.parametrize("opener", ["Host a", "Match host a"])
+def test_include_inside_a_host_block_stays_in_that_block(opener: str) -> None:
+    # Only the first Host/Match/Include counts, so an Include under a Host is never a placement
+    # point: the block goes above the Host and the Include stays where it is, in that Host.
+    user = f"Compression yes\n{opener}\n  Include a.conf\nHost b\n  Include b.conf\n"
+    assert apply_block(user, BLOCK) == (
+        "Compression yes\n\n" + BLOCK + f"\n{opener}\n  Include a.conf\nHost b\n  Include b.conf\n"
     )
 
 
@@ -420,10 +463,11 @@ def test_remove_without_block_is_identity() -> None:
 
 
 def test_crlf_file_gets_crlf_block_and_restores() -> None:
-    user = "Include x\r\n\r\nHost a\r\n  User b\r\n"
+    user = "Compression yes\r\n\r\nHost a\r\n  User b\r\n"
     out = apply_block(user, BLOCK)
     assert (
-        out == "Include x\r\n\r\n\r\n" + BLOCK.replace("\n", "\r\n") + "\r\nHost a\r\n  User b\r\n"
+        out
+        == "Compression yes\r\n\r\n\r\n" + BLOCK.replace("\n", "\r\n") + "\r\nHost a\r\n  User b\r\n"
     )
     assert apply_block(out, None) == user
     assert apply_block(out, BLOCK) == out
@@ -443,7 +487,7 @@ def test_crlf_without_host_and_without_final_newline() -> None:
         (START_MARKER + "\nHost a\n", "START marker without an END"),
         ("Host a\n" + END_MARKER + "\n", "END marker without a START"),
         (START_MARKER + "\n" + START_MARKER + "\n" + END_MARKER + "\n", "inside the block"),
-        (BLOCK + "Host a\n" + END_MARKER + "\n", "line 18: Hatchway END marker"),
+        (BLOCK + "Host a\n" + END_MARKER + "\n", "line 21: Hatchway END marker"),
     ],
 )
 def test_damaged_markers_are_refused_not_guessed(existing: str, message: str) -> None:
@@ -652,6 +696,46 @@ def test_ssh_dash_g_with_crlf_config(tmp_path: Path) -> None:
     assert _ssh_g(config)["user"] == ["alice"]
 
 
+INSECURE_INCLUDE = (
+    "Host *\n  User someone\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+)
+
+
+@needs_ssh
+def test_ssh_dash_g_ours_beats_an_included_host_star(tmp_path: Path) -> None:
+    """The audit's case: an Include above the first Host brings a `Host *` that would switch off
+    our pinned host keys if it were read before our entries."""
+    included = tmp_path / "included.conf"
+    included.write_text(INSECURE_INCLUDE)
+    user_config = f"Include {included}\nCompression yes\nHost other\n  Port 2222\n"
+    config = tmp_path / "config"
+    config.write_text(apply_block(user_config, BLOCK))
+    ours = _ssh_g(config)
+    assert ours["user"] == ["alice"]
+    assert ours["stricthostkeychecking"] == ["true"]
+    assert ours["userknownhostsfile"] == ["/home/me/.config/hatchway/known_hosts"]
+    # The user's Include and the global line after it still apply to every other host (our
+    # block ends with `Match all`, so its last entry does not swallow them) and, after our
+    # values, to ours.
+    theirs = _ssh_g(config, "elsewhere.example")
+    assert theirs["user"] == ["someone"]
+    assert theirs["stricthostkeychecking"] == ["false"]
+    assert theirs["compression"] == ["yes"]
+    assert ours["compression"] == ["yes"]
+    assert _ssh_g(config, "other")["port"] == ["2222"]
+
+
+@needs_ssh
+def test_ssh_dash_g_lines_appended_below_the_block_stay_global(tmp_path: Path) -> None:
+    # A file without Host lines gets the block at its end; a person who later appends global
+    # options below it must not find them silently scoped to our last workspace.
+    config = tmp_path / "config"
+    config.write_text(apply_block("Compression yes\n", BLOCK) + "User appended\nPort 2200\n")
+    assert _ssh_g(config, "elsewhere.example")["user"] == ["appended"]
+    assert _ssh_g(config, "elsewhere.example")["port"] == ["2200"]
+    assert _ssh_g(config)["user"] == ["alice"]
+
+
 @needs_ssh
 @pytest.mark.parametrize("shell", [s for s in ("/bin/sh", "bash", "dash") if shutil.which(s)])
 def test_real_ssh_runs_proxy_command_with_exact_argv(
@@ -752,8 +836,9 @@ entries_st = st.lists(
 
 
 def _first_host_index(lines: list[str]) -> int | None:
+    """The first line that starts a host block or may bring some (a top-level Include)."""
     for i, line in enumerate(lines):
-        if sshconfig._keyword(line) in ("host", "match"):
+        if sshconfig._keyword(line) in ("host", "match", "include"):
             return i
     return None
 
@@ -782,11 +867,14 @@ def test_prop_block_precedes_every_user_host_line(user: str, entries: list[HostE
     user_lines = lines[:start] + lines[end + 1 :]
     host_before = _first_host_index(lines[:start])
     assert host_before is None
-    # if the user has a Host/Match line at all, the block sits right above the first one
+    # if the user has a Host/Match/Include line at all, the block sits right above the first one
     if _first_host_index(user_lines) is not None:
         after = lines[end + 1 :]
         assert after[0].strip("\r") == ""
-        assert sshconfig._keyword(after[1]) in ("host", "match")
+        assert sshconfig._keyword(after[1]) in ("host", "match", "include")
+    # and whatever follows the block is back at every-host scope
+    if entries:
+        assert lines[end - 1].strip("\r") == "Match all"
 
 
 @FAST
@@ -878,13 +966,15 @@ def test_prop_no_value_can_add_a_line_or_directive(hostile_entry: HostEntry) -> 
     except ValueError:
         return
     lines = block.split("\n")
-    assert len(lines) == 2 + len(EXPECTED_KEYWORDS) + 2
-    keywords = [argv_split(line)[0] for line in lines[2:-2]]
+    assert len(lines) == 2 + len(EXPECTED_KEYWORDS) + 3 + 2
+    assert lines[-5:] == ["", *sshconfig.RESET_LINES, END_MARKER, ""]
+    entry_lines = lines[2:-5]
+    keywords = [argv_split(line)[0] for line in entry_lines]
     assert keywords == EXPECTED_KEYWORDS
-    for line in lines[3:-2]:
+    for line in entry_lines[1:]:
         assert line.startswith("  ") and not line.startswith("   ")
     # each single-valued option is exactly one token after OpenSSH's tokenisation
-    for line in lines[2:-2]:
+    for line in entry_lines:
         tokens = argv_split(line)
         if tokens[0] != "ProxyCommand":
             assert len(tokens) == 2, line
