@@ -7,18 +7,68 @@ leave the previous version intact. So we write a sibling temp file, fsync it, an
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+class DanglingSymlinkError(FileNotFoundError):
+    """``path`` is a symbolic link whose target does not exist.
+
+    Raised instead of creating the target: a dangling link to a dotfiles checkout usually means
+    the checkout is missing or moved, and a file quietly created there would be lost or clash
+    with it later. The person can create the target (or drop the link) in one step.
+    """
+
+    def __init__(self, link: Path, target: str) -> None:
+        super().__init__(
+            errno.ENOENT,
+            f"{link} is a symbolic link to {target}, which does not exist; create that file "
+            "(or replace the link with a regular file)",
+            str(link),
+        )
+        self.link = link
+        self.target = target
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_target(path: str | os.PathLike[str]) -> Path:
+    """The file that writing "to ``path``" should replace, so a symlink stays a symlink.
+
+    Dotfiles managers (stow, chezmoi, home-manager, yadm) make ``~/.ssh/config`` a link into a
+    repository; renaming a new file over the link would silently fork the user's config from
+    their repository. So a link (or a chain of them) is resolved to the real file; anything else
+    is returned as it is. Raises :class:`DanglingSymlinkError` for a dangling link and OSError
+    (ELOOP) for a loop.
+    """
+    link = Path(path)
+    if not link.is_symlink():
+        return link
+    try:
+        return Path(os.path.realpath(link, strict=True))
+    except FileNotFoundError:
+        raise DanglingSymlinkError(link, os.path.realpath(link)) from None
+
+
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *, follow_symlinks: bool = False
+) -> None:
     """Replace ``path`` with ``data`` atomically, the new file having exactly ``mode``.
 
     The temp file is created with ``mode`` from the start (never world-readable, even briefly)
     and removed again if anything fails, so a failed write leaves only the old file behind.
+
+    By default a symlink at ``path`` is replaced by the new file, never followed: the agent's
+    authorized_keys and the server's secrets must end up at exactly that path, and following a
+    link planted there would write wherever the link points. ``follow_symlinks=True`` is for a
+    person's own files (their ``~/.ssh/config``): the link is kept and its target (see
+    :func:`write_target`) is replaced, with the temp file in the target's directory so the final
+    rename stays on one filesystem.
     """
-    target = Path(path)
+    target = write_target(path) if follow_symlinks else Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, mode)
