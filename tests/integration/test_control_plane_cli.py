@@ -107,7 +107,7 @@ def test_key_download_is_a_valid_openssh_key(deployment: Deployment, tmp_path: P
 def test_default_key_path_and_regenerate(deployment: Deployment) -> None:
     before = deployment.bob.ok("keys", "show", "--json").json()
     deployment.bob.ok("keys", "download")
-    path = deployment.bob.home / ".ssh" / "hatchway_127.0.0.1"
+    path = deployment.bob.home / ".ssh" / f"hatchway_127.0.0.1_{deployment.server.port}"  # host and port
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     r = deployment.bob.ok("keys", "regenerate", "--yes")
     after = deployment.bob.ok("keys", "show", "--json").json()

@@ -1,8 +1,15 @@
 """``hatchway config-ssh``: one Host entry per reachable workspace in ~/.ssh/config.
 
 Everything outside Hatchway's managed block is the user's and is kept byte for byte; the block
-goes before the user's first Host/Match so a ``Host *`` of theirs cannot override it; host keys
-are pinned from what the agents reported, never ``StrictHostKeyChecking no``.
+goes before the user's first Host/Match/Include so a ``Host *`` of theirs (or of a file they
+include) cannot override it; host keys are pinned from what the agents reported, never
+``StrictHostKeyChecking no``.
+
+The command first checks the ssh config (a directory, a dangling link or a damaged block fails
+here) and works out everything it would write (the ssh config, the key download, Hatchway's
+known_hosts and standalone ssh_config) without writing anything, so that ``--dry-run``, a
+declined confirmation and those errors leave the disk exactly as it was. A symlinked ssh config
+(dotfiles managers) is written through the link.
 """
 
 from __future__ import annotations
@@ -15,12 +22,24 @@ from typing import Any
 
 import click
 
-from hatchway.cli.common import ApiClient, fail, session_or_fail
-from hatchway.cli.keys import default_key_path, download_key
-from hatchway.cli.session import StoredSession, config_dir
-from hatchway.fileutil import atomic_write, ensure_private_dir
 from hatchway.agent.authorized_keys import validate_public_key
-from hatchway.sshconfig import HostEntry, apply_block, render_block, render_entry, render_known_hosts, unified_diff
+from hatchway.cli.common import ApiClient, fail, session_or_fail
+from hatchway.cli.keys import choose_key_path, download_key, holds_key
+from hatchway.cli.session import StoredSession, config_dir
+from hatchway.fileutil import (
+    DanglingSymlinkError,
+    atomic_write,
+    ensure_private_dir,
+    write_target,
+)
+from hatchway.sshconfig import (
+    HostEntry,
+    apply_block,
+    render_block,
+    render_entry,
+    render_known_hosts,
+    unified_diff,
+)
 
 ALIAS_PREFIX = "hatchway."
 
@@ -91,19 +110,6 @@ def plan_entries(
     return plan
 
 
-def ensure_key(client: ApiClient, path: Path) -> None:
-    """Download the platform key when missing or stale (regenerated elsewhere)."""
-    current = client.call("GET", "/users/me/key")["public_key"].split()[:2]
-    pub = path.with_name(path.name + ".pub")
-    try:
-        on_disk = pub.read_text().split()[:2] if path.exists() else None
-    except FileNotFoundError:
-        on_disk = None
-    if on_disk != current:
-        download_key(client, path)
-        click.echo(f"Downloaded your Hatchway SSH key to {path}", err=True)
-
-
 def proxy_argv_for(session_dir: Path) -> list[str]:
     argv = [*hatchway_argv(), "proxy"]
     default = Path.home() / ".config" / "hatchway"
@@ -112,25 +118,151 @@ def proxy_argv_for(session_dir: Path) -> list[str]:
     return argv
 
 
-def build_plan(session: StoredSession) -> tuple[Plan, Path]:
-    """Fetch workspaces, make sure the key is on disk, and plan the entries."""
+@dataclass
+class Prepared:
+    """Everything config-ssh and ``hatchway ssh`` write besides the user's ssh config, worked
+    out but not yet written: the caller decides whether to write (``--dry-run`` does not)."""
+
+    client: ApiClient
+    plan: Plan
+    session_dir: Path
+    key_path: Path
+    key_stale: bool  # missing, or not the account's current key (regenerated elsewhere)
+    files: dict[Path, bytes]  # Hatchway's known_hosts and standalone ssh_config, mode 0600
+
+
+def prepare(session: StoredSession) -> Prepared:
+    """Ask the server for the key and the workspaces and plan the entries; writes nothing."""
     client = ApiClient(session.url, session.token)
-    key_path = default_key_path(session.url).absolute()
-    ensure_key(client, key_path)
+    public_key = client.call("GET", "/users/me/key")["public_key"]
+    key_path = choose_key_path(session.url, public_key).absolute()
     sdir = config_dir()
-    ensure_private_dir(sdir)
     known = sdir / "known_hosts"
     workspaces = client.call("GET", "/workspaces")
     plan = plan_entries(workspaces, key_path, known.absolute(), proxy_argv_for(sdir))
-    atomic_write(known, render_known_hosts(plan.known_hosts).encode(), 0o600)
-    return plan, sdir
+    files = {
+        known: render_known_hosts(plan.known_hosts).encode(),
+        standalone_path(sdir): render_block(plan.entries).encode(),
+    }
+    return Prepared(client, plan, sdir, key_path, not holds_key(key_path, public_key), files)
+
+
+def standalone_path(sdir: Path) -> Path:
+    return sdir / "ssh_config"
+
+
+def changed_files(prepared: Prepared) -> list[Path]:
+    """The files of ``prepared.files`` whose content on disk differs (or that do not exist)."""
+    changed = []
+    for path, data in prepared.files.items():
+        try:
+            same = path.read_bytes() == data
+        except OSError:
+            same = False
+        if not same:
+            changed.append(path)
+    return changed
+
+
+def write_prepared(prepared: Prepared) -> None:
+    """Download the key when stale and write Hatchway's known_hosts and standalone ssh_config."""
+    if prepared.key_stale:
+        download_key(prepared.client, prepared.key_path)
+        click.echo(f"Downloaded your Hatchway SSH key to {prepared.key_path}", err=True)
+    ensure_private_dir(prepared.session_dir)
+    for path, data in prepared.files.items():
+        atomic_write(path, data, 0o600)
+
+
+def build_plan(session: StoredSession) -> tuple[Plan, Path]:
+    """Fetch workspaces, make sure the key and Hatchway's files are on disk, plan the entries."""
+    prepared = prepare(session)
+    write_prepared(prepared)
+    return prepared.plan, prepared.session_dir
 
 
 def write_standalone(plan: Plan, sdir: Path) -> Path:
-    """The same entries as a complete file of their own, for ``ssh -F`` and ``hatchway ssh``."""
-    path = sdir / "ssh_config"
+    """The same entries as a complete file of their own, for ``ssh -F`` and ``hatchway ssh``
+    (which calls this after :func:`build_plan`; config-ssh writes it via :func:`write_prepared`)."""
+    path = standalone_path(sdir)
     atomic_write(path, render_block(plan.entries).encode(), 0o600)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# The user's ssh config file
+
+
+def config_target(path: Path) -> Path:
+    """The file that holds ``path``'s content (a symlink's target), or a clear failure.
+
+    Checked before anything is fetched or written, so a wrong ``--ssh-config`` costs nothing.
+    """
+    try:
+        target = write_target(path)
+    except DanglingSymlinkError as exc:
+        fail(f"{exc}, then run config-ssh again")
+    except OSError as exc:
+        fail(f"cannot update {path}: {exc.strerror or exc}; fix the link, then run config-ssh again")
+    if target.is_dir():
+        fail(
+            f"{path} is a directory, not an ssh config file; give the file itself, "
+            f"for example: hatchway config-ssh --ssh-config {path / 'config'}"
+        )
+    return target
+
+
+def read_config(path: Path) -> str:
+    """The current text of the ssh config ("" when it does not exist yet)."""
+    try:
+        return path.read_bytes().decode("utf-8")  # bytes: keep the user's CRLFs as they are
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError:
+        fail(f"{path} is not valid UTF-8; fix or move it, then run config-ssh again")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}; fix that, then run config-ssh again")
+
+
+def new_config(path: Path, existing: str, block: str | None) -> str:
+    """``existing`` with Hatchway's block replaced by ``block`` (removed when None)."""
+    try:
+        return apply_block(existing, block)
+    except ValueError as exc:
+        # The message already names the line and what to do; say nothing twice.
+        fail(f"cannot update {path}: {exc}")
+
+
+def write_config(path: Path, target: Path, new: str) -> None:
+    """Write the ssh config through a symlink, keeping the file's mode (0600 when new)."""
+    try:
+        if not target.parent.exists():
+            ensure_private_dir(target.parent)
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o600
+        atomic_write(path, new.encode(), mode, follow_symlinks=True)
+    except OSError as exc:
+        fail(f"cannot write {target}: {exc.strerror or exc} (it was left unchanged); fix that, then run config-ssh again")
+
+
+def dry_run_notes(prepared: Prepared | None) -> list[str]:
+    """What a real run would also write (``--dry-run`` only says so)."""
+    if prepared is None:
+        return []
+    notes = []
+    if prepared.key_stale:
+        notes.append(f"would download your Hatchway SSH key to {prepared.key_path} (and .pub)")
+    notes.extend(f"would write {path}" for path in changed_files(prepared))
+    return notes
+
+
+def show_dry_run(path: Path, existing: str, new: str, prepared: Prepared | None) -> None:
+    """The diff on stdout (as ``diff -u`` would print it), the other files on stderr."""
+    if new == existing:
+        click.echo(f"{path} is up to date")
+    else:
+        click.echo(unified_diff(existing, new, str(path)), nl=False)
+    for note in dry_run_notes(prepared):
+        click.echo(f"hatchway: --dry-run: {note}", err=True)
 
 
 @click.command("config-ssh")
@@ -141,43 +273,38 @@ def write_standalone(plan: Plan, sdir: Path) -> Path:
 def config_ssh(ssh_config: Path | None, dry_run: bool, remove: bool, yes: bool) -> None:
     """Write Host entries for your workspaces into your ssh config."""
     path = (ssh_config or Path.home() / ".ssh" / "config").expanduser().absolute()
-    try:
-        existing = path.read_bytes().decode("utf-8")  # bytes: keep the user's CRLFs as they are
-    except FileNotFoundError:
-        existing = ""
-    except UnicodeDecodeError:
-        fail(f"{path} is not valid UTF-8; fix or move it, then run config-ssh again")
-    plan = None
-    if not remove:
-        plan, sdir = build_plan(session_or_fail())
-        write_standalone(plan, sdir)
-        for warning in plan.warnings:
+    target = config_target(path)
+    existing = read_config(target)
+    new_config(path, existing, None)  # a damaged block fails here, before anything is fetched
+    prepared = None if remove else prepare(session_or_fail())
+    if prepared is not None:
+        for warning in prepared.plan.warnings:
             click.echo(f"hatchway: {warning}", err=True)
-    try:
-        new = apply_block(existing, None if plan is None else render_block(plan.entries))
-    except ValueError as exc:
-        fail(f"cannot update {path}: {exc}; fix the Hatchway markers by hand, then run config-ssh again")
+    new = new_config(path, existing, None if prepared is None else render_block(prepared.plan.entries))
+    if dry_run:
+        show_dry_run(path, existing, new, prepared)
+        return
     if new == existing:
         click.echo(f"{path} is up to date")
-    elif dry_run:
+    elif not yes and sys.stdin.isatty():
         click.echo(unified_diff(existing, new, str(path)), nl=False)
-        return
-    else:
-        if not yes and sys.stdin.isatty():
-            click.echo(unified_diff(existing, new, str(path)), nl=False)
-            click.confirm(f"Write these changes to {path}?", abort=True)
-        if not path.parent.exists():
-            ensure_private_dir(path.parent)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-        atomic_write(path, new.encode(), mode)
+        click.confirm(f"Write these changes to {path}?", abort=True)
+    if prepared is not None:
+        write_prepared(prepared)
+    if new != existing:
+        write_config(path, target, new)
         if remove:
             click.echo(f"Removed Hatchway's block from {path}")
-    if plan is None:
-        return
+    if prepared is not None:
+        summarise(prepared.plan)
+
+
+def summarise(plan: Plan) -> None:
+    """The closing line: what to type next, or why there is nothing to reach."""
     if plan.entries:
         names = ", ".join(e.alias for e in plan.entries)
         click.echo(f"You can now run: ssh {plan.entries[0].alias}   (configured: {names})")
-    elif plan.disabled and not plan.entries:
+    elif plan.disabled:
         fail("SSH is disabled or not available for any workspaces in your deployment")
     else:
         click.echo("No workspaces to configure yet; create one with: hatchway workspaces create NAME")

@@ -10,11 +10,71 @@ import click
 from hatchway.cli.common import ApiClient, api, print_json, session_or_fail
 from hatchway.fileutil import atomic_write, ensure_private_dir
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_only_name(url: str) -> str:
+    """``hatchway_<host>``, the host made safe for a file name (``:`` of IPv6 becomes ``_``)."""
+    host = urlsplit(url).hostname or "server"
+    return "hatchway_" + "".join(c if c.isalnum() or c in "-." else "_" for c in host)
+
+
+def _explicit_port(url: str) -> int | None:
+    """The URL's port unless it is its scheme's default (or absent, or unparseable)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return None if port is None or port == DEFAULT_PORTS.get(parts.scheme.lower()) else port
+
+
+def key_file_name(url: str) -> str:
+    """``hatchway_<host>``, plus ``_<port>`` when the URL names a port other than its scheme's.
+
+    The port is part of the name because two deployments on one host (``127.0.0.1:7411`` and
+    ``:7412``) are different key owners: a host-only name made each download overwrite the other
+    deployment's key. Deployments on the default port keep the name they always had.
+    """
+    port = _explicit_port(url)
+    return _host_only_name(url) if port is None else f"{_host_only_name(url)}_{port}"
+
+
+def legacy_key_file_name(url: str) -> str | None:
+    """The host-only name releases before the port was added gave this URL's key, if different."""
+    return None if _explicit_port(url) is None else _host_only_name(url)
+
 
 def default_key_path(url: str) -> Path:
-    host = urlsplit(url).hostname or "server"
-    safe = "".join(c if c.isalnum() or c in "-." else "_" for c in host)
-    return Path.home() / ".ssh" / f"hatchway_{safe}"
+    """Where a new download of this deployment's key goes: ``~/.ssh/`` + :func:`key_file_name`."""
+    return Path.home() / ".ssh" / key_file_name(url)
+
+
+def holds_key(path: Path, public_key: str) -> bool:
+    """Whether ``path`` and its ``.pub`` exist and the .pub is ``public_key`` (type and data)."""
+    try:
+        on_disk = path.with_name(path.name + ".pub").read_text().split()[:2]
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return False
+    return path.is_file() and on_disk == public_key.split()[:2]
+
+
+def choose_key_path(url: str, public_key: str) -> Path:
+    """The key file to use for this deployment, given the account's current ``public_key``.
+
+    Upgrade rule: a key downloaded by an older release sits under the host-only name, and the
+    user's ssh config (our block, or their own ``IdentityFile`` lines) points at it. As long as
+    the new name does not exist yet and the old file holds exactly this account's current key,
+    keep using the old file, so those references go on working and ``keys regenerate`` goes on
+    refreshing it. Otherwise use the new name and never touch the old file: it may be another
+    deployment's key (the collision the new name fixes), or stale.
+    """
+    new = default_key_path(url)
+    legacy = legacy_key_file_name(url)
+    if legacy is None or new.exists():
+        return new
+    old = new.with_name(legacy)
+    return old if holds_key(old, public_key) else new
 
 
 def download_key(client: ApiClient, path: Path) -> dict:
@@ -42,12 +102,22 @@ def show(as_json: bool) -> None:
         click.echo(k["fingerprint"])
 
 
+def current_key_path(client: ApiClient, url: str) -> Path:
+    """:func:`choose_key_path` for the signed-in account (asks the server for its public key)."""
+    return choose_key_path(url, client.call("GET", "/users/me/key")["public_key"])
+
+
 @keys.command("download")
-@click.option("--output", type=click.Path(path_type=Path), help="Where to write it [default ~/.ssh/hatchway_<server host>].")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Where to write it [default ~/.ssh/hatchway_<server host>, plus _<port> for a non-default port].",
+)
 def download(output: Path | None) -> None:
     s = session_or_fail()
-    path = (output or default_key_path(s.url)).expanduser().absolute()
-    data = download_key(ApiClient(s.url, s.token), path)
+    client = ApiClient(s.url, s.token)
+    path = (output or current_key_path(client, s.url)).expanduser().absolute()
+    data = download_key(client, path)
     click.echo(f"Wrote {path} (mode 0600), {data['fingerprint']}")
 
 
@@ -58,9 +128,9 @@ def regenerate(yes: bool) -> None:
         click.confirm("Regenerate your SSH key? The old key stops working in every workspace", abort=True)
     s = session_or_fail()
     client = ApiClient(s.url, s.token)
+    path = current_key_path(client, s.url)  # before regenerating: a legacy file matches the old key
     k = client.call("POST", "/users/me/key/regenerate")
     click.echo(f"New key {k['fingerprint']}; running workspaces now accept only the new key")
-    path = default_key_path(s.url)
     if path.exists():
         download_key(client, path)
         click.echo(f"Updated {path}")
