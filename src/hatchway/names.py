@@ -26,6 +26,15 @@ def _show(value: str) -> str:
     return repr(shown)
 
 
+def quoted(value: str) -> str:
+    """A name someone asked for, in double quotes for a message; one that could not be a name
+    (too long, or with a line break or control character in it) is shown like a rejected value,
+    so an error never echoes a megabyte or adds a line."""
+    if len(value) <= 80 and value.isprintable():
+        return f'"{value}"'
+    return _show(value)
+
+
 def _check(name: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
     if not isinstance(name, str) or not pattern.fullmatch(name):
         raise ValueError(f"invalid {what} {_show(str(name))}: {rule}")

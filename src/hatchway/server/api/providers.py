@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.models import Provider, User, Workspace
+from hatchway.names import quoted
 from hatchway.server.api import schemas
 from hatchway.server.audit import record
 from hatchway.server.auth import current_user, site_manager
@@ -35,7 +36,7 @@ async def provider_rows(db: AsyncSession) -> list[schemas.ProviderOut]:
 async def get_provider(db: AsyncSession, name: str) -> Provider:
     p = (await db.execute(select(Provider).where(Provider.name == name))).scalar_one_or_none()
     if p is None:
-        raise APIError(404, f'no provider named "{name}"', "see hatchway providers list")
+        raise APIError(404, f"no provider named {quoted(name)}", "see hatchway providers list")
     return p
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway import __version__
 from hatchway.db.models import ApiToken, User, new_id, utcnow
+from hatchway.names import quoted
 from hatchway.server import crypto
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import user_out
@@ -147,7 +148,7 @@ async def create_user(
 async def _get_user(db: AsyncSession, username: str) -> User:
     user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
     if user is None:
-        raise APIError(404, f'no user named "{username}"', "see hatchway users list")
+        raise APIError(404, f"no user named {quoted(username)}", "see hatchway users list")
     return user
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.models import Provider, User, Workspace
+from hatchway.names import quoted
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import workspace_fields, workspace_out
 from hatchway.server.api.providers import get_provider
@@ -45,8 +46,8 @@ async def find_workspace(db: AsyncSession, user: User, name: str, owner: str | N
         )
     ).scalar_one_or_none()
     if ws is None:
-        who = "you have" if owner_name == user.username else f'"{owner_name}" has'
-        raise APIError(404, f'no workspace named "{name}"', f'{who} no such workspace; see "hatchway workspaces list"')
+        who = "you have" if owner_name == user.username else f"{quoted(owner_name)} has"
+        raise APIError(404, f"no workspace named {quoted(name)}", f'{who} no such workspace; see "hatchway workspaces list"')
     return ws
 
 
