@@ -101,6 +101,13 @@ ROWS = [
     Row("POST", "/api/v1/users/{username}/suspend", "/users/zed/suspend", MANAGER_ONLY),
     Row("POST", "/api/v1/users/{username}/activate", "/users/zed/activate", MANAGER_ONLY),
     Row("PUT", "/api/v1/users/{username}/role", "/users/zed/role", MANAGER_ONLY, body=lambda: {"role": "member"}),
+    Row("PUT", "/api/v1/users/{username}/password", "/users/zed/password", MANAGER_ONLY,
+        body=lambda: {"password": "zed-new-password"}),
+    # Every signed-in user reaches the check of their own current password (a wrong one: 403);
+    # nobody else gets that far.
+    Row("PUT", "/api/v1/users/me/password", "/users/me/password",
+        {**USER_ONLY, "member": 403, "other": 403, "manager": 403},
+        body=lambda: {"current_password": "not-the-password", "new_password": "long-enough-pw"}),
     Row("GET", "/api/v1/users/me/key", "/users/me/key", ANY_USER),
     Row("GET", "/api/v1/users/me/key/private", "/users/me/key/private", ANY_USER),
     Row("GET", "/api/v1/users/me/sessions", "/users/me/sessions", ANY_USER),

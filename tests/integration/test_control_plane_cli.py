@@ -295,6 +295,8 @@ def test_openapi_lists_every_endpoint_the_cli_uses(deployment: Deployment) -> No
         "/api/v1/users/{username}/suspend": "post",
         "/api/v1/users/{username}/activate": "post",
         "/api/v1/users/{username}/role": "put",
+        "/api/v1/users/{username}/password": "put",
+        "/api/v1/users/me/password": "put",
         "/api/v1/users/me/key": "get",
         "/api/v1/users/me/key/private": "get",
         "/api/v1/users/me/key/regenerate": "post",

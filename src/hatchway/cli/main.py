@@ -20,6 +20,7 @@ COMMANDS = {
     "login": "hatchway.cli.login:login",
     "logout": "hatchway.cli.login:logout",
     "whoami": "hatchway.cli.login:whoami",
+    "password": "hatchway.cli.password:password",
     "users": "hatchway.cli.users:users",
     "keys": "hatchway.cli.keys:keys",
     "sessions": "hatchway.cli.sessions:sessions",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from hatchway.cli.common import api, print_json, print_table, read_password_stdin
+from hatchway.cli.common import api, fail, print_json, print_table, read_password_stdin
 
 
 @click.group()
@@ -36,6 +38,12 @@ def create(name: str, email: str, role: str, password_stdin: bool) -> None:
         body["password"] = read_password_stdin()
     u = api().call("POST", "/users", body)
     click.echo(f"Created {u['username']} ({u['role']}); SSH key {u['ssh_key_fingerprint']}")
+    if not password_stdin:
+        click.echo(
+            f"hatchway: warning: {u['username']} has no password and cannot sign in until one is set: "
+            f"hatchway users set-password {u['username']} --password-stdin",
+            err=True,
+        )
 
 
 @users.command("suspend")
@@ -58,3 +66,19 @@ def activate(name: str) -> None:
 def set_role(name: str, role: str) -> None:
     api().call("PUT", f"/users/{name}/role", {"role": role})
     click.echo(f"{name} is now a {role}")
+
+
+@users.command("set-password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input (one line).")
+def set_password(name: str, password_stdin: bool) -> None:
+    """Set or reset NAME's password; all of NAME's sign-in sessions end."""
+    if password_stdin:
+        new = read_password_stdin()
+    elif sys.stdin.isatty():
+        new = click.prompt(f"New password for {name}", hide_input=True, confirmation_prompt="Repeat it")
+    else:
+        fail("standard input is not a terminal, so there is no one to prompt; pass --password-stdin and give the password on one line")
+    out = api().call("PUT", f"/users/{name}/password", {"password": new})
+    n = out["revoked"]
+    click.echo(f"Set the password of {name}; {n} of their sign-in session{'' if n == 1 else 's'} ended")

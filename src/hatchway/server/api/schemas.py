@@ -11,21 +11,33 @@ from hatchway import names
 
 _STRICT = ConfigDict(extra="forbid")
 
+PASSWORD_MIN, PASSWORD_MAX = 8, 1024
+
+
+def _check_new_password(v: str | None) -> str | None:
+    """A password someone will have to type again: a line break or NUL could never be entered at
+    a prompt or read by --password-stdin (one line), so it would lock its owner out. The message
+    never repeats the value: it is a secret."""
+    if v is not None and any(ch in v for ch in "\r\n\x00"):
+        raise ValueError("a password cannot contain line breaks or NUL characters; choose one you can type on one line")
+    return v
+
 
 class FirstUserIn(BaseModel):
     model_config = _STRICT
     username: str
     email: str
-    password: str = Field(min_length=8, max_length=1024)
+    password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
 
     _u = field_validator("username")(lambda v: names.check_username(v))
     _e = field_validator("email")(lambda v: names.check_email(v))
+    _p = field_validator("password")(lambda v: _check_new_password(v))
 
 
 class LoginIn(BaseModel):
     model_config = _STRICT
     username: str = Field(max_length=64)
-    password: str = Field(max_length=1024)
+    password: str = Field(max_length=PASSWORD_MAX)
 
 
 class TokenOut(BaseModel):
@@ -47,10 +59,30 @@ class UserCreateIn(BaseModel):
     username: str
     email: str
     role: Literal["member", "site-manager"] = "member"
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    password: str | None = Field(default=None, min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
 
     _u = field_validator("username")(lambda v: names.check_username(v))
     _e = field_validator("email")(lambda v: names.check_email(v))
+    _p = field_validator("password")(lambda v: _check_new_password(v))
+
+
+class PasswordChangeIn(BaseModel):
+    """Your own password: the current one proves it is you, not someone at an unlocked screen."""
+
+    model_config = _STRICT
+    current_password: str = Field(max_length=PASSWORD_MAX)
+    new_password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
+
+    _p = field_validator("new_password")(lambda v: _check_new_password(v))
+
+
+class PasswordSetIn(BaseModel):
+    """A site manager setting someone's password (a user created without one, or a forgotten one)."""
+
+    model_config = _STRICT
+    password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
+
+    _p = field_validator("password")(lambda v: _check_new_password(v))
 
 
 class RoleIn(BaseModel):

@@ -1,7 +1,7 @@
 """Your own sign-in sessions: see them, sign one out, or sign out everywhere else.
 
 There is deliberately no route to anyone else's sessions: a site manager who wants someone out
-suspends them, which ends all their sessions at once.
+suspends them, or sets a new password for them; either ends all their sessions at once.
 """
 
 from __future__ import annotations
@@ -57,12 +57,20 @@ async def revoke_one(db: AsyncSession, user: User, session_id: str, source: str)
     return row.token_hash
 
 
+async def end_sessions(db: AsyncSession, user: User, keep_token: str | None = None) -> int:
+    """Delete ``user``'s sessions, all of them or all but the one ``keep_token`` names; returns
+    how many ended. Nothing is committed, so the change that calls for it (a new password, a
+    suspension lifted) and the end of the old sessions land in one transaction or not at all."""
+    stmt = delete(ApiToken).where(ApiToken.user_id == user.id)
+    if keep_token is not None:
+        stmt = stmt.where(ApiToken.token_hash != hash_token(keep_token))
+    result = await db.execute(stmt)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def revoke_others(db: AsyncSession, user: User, current_token: str | None, source: str) -> int:
     """Sign out every session of ``user`` but the caller's; returns how many ended."""
-    result = await db.execute(
-        delete(ApiToken).where(ApiToken.user_id == user.id, ApiToken.token_hash != hash_token(current_token or ""))
-    )
-    revoked = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    revoked = await end_sessions(db, user, keep_token=current_token or "")
     record(db, user, "session.revoke-others", user.username, source, revoked=revoked)
     await db.commit()
     return revoked

@@ -12,6 +12,7 @@ from hatchway.db.models import ApiToken, User, new_id, utcnow
 from hatchway.names import quoted
 from hatchway.server import crypto
 from hatchway.server.api import schemas
+from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api.convert import user_out
 from hatchway.server.audit import record
 from hatchway.server.auth import bearer_token, current_user, issue_session_token, site_manager
@@ -36,6 +37,36 @@ def set_user_key(ctx: ServerContext, user: User) -> None:
     user.ssh_private_key_sealed = ctx.box.seal(pair.private_key_pem, context=f"user-key:{user.id}")
     user.ssh_key_fingerprint = pair.fingerprint
     user.ssh_key_updated_at = utcnow()
+
+
+def login_source(request: Request) -> str:
+    """The address password failures are counted against (the host alone: a guesser gets a new
+    port with every connection)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _refuse_if_throttled(ctx: ServerContext, username: str, source: str) -> None:
+    wait = ctx.throttle.retry_after(username, source)
+    if wait > 0:
+        raise APIError(
+            429,
+            "too many failed logins",
+            f"wait {int(wait) + 1} seconds before trying again",
+            headers={"Retry-After": str(int(wait) + 1)},
+        )
+
+
+async def password_matches(ctx: ServerContext, user: User | None, username: str, password: str, source: str) -> bool:
+    """The one password check (login, and changing your own password): refused without a look
+    at the password while ``username`` is throttled, as slow for an unknown name or a user
+    without a password as for a wrong one, and every failure counted on every replica."""
+    _refuse_if_throttled(ctx, username, source)
+    stored = user.password_hash if user is not None else None
+    ok = crypto.verify_password(stored or crypto.DUMMY_PASSWORD_HASH, password)
+    if not ok or not stored:
+        await ctx.broadcast.login_failed(username, source)
+        return False
+    return True
 
 
 async def _user_count(db: AsyncSession) -> int:
@@ -84,21 +115,10 @@ async def login(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> schemas.TokenOut:
-    source = request.client.host if request.client else "unknown"
-    wait = ctx.throttle.retry_after(body.username, source)
-    if wait > 0:
-        raise APIError(
-            429,
-            "too many failed logins",
-            f"wait {int(wait) + 1} seconds before trying again",
-            headers={"Retry-After": str(int(wait) + 1)},
-        )
+    source = login_source(request)
     user = (await db.execute(select(User).where(User.username == body.username))).scalar_one_or_none()
-    ok = crypto.verify_password(
-        user.password_hash if user and user.password_hash else crypto.DUMMY_PASSWORD_HASH, body.password
-    )
-    if not user or not ok or not user.password_hash:
-        await ctx.broadcast.login_failed(body.username, source)
+    ok = await password_matches(ctx, user, body.username, body.password, source)
+    if not ok or user is None:  # an unknown name never matches; this narrows the type
         raise APIError(401, "wrong username or password", "check both and try again")
     if user.suspended:
         raise APIError(403, "account suspended", "your account is suspended; ask a site manager to reactivate it")
@@ -119,6 +139,63 @@ async def logout(request: Request, _user: User = Depends(current_user), db: Asyn
 @router.get("/users/me", response_model=schemas.UserOut)
 async def me(user: User = Depends(current_user)) -> schemas.UserOut:
     return user_out(user)
+
+
+async def _store_password(
+    db: AsyncSession, actor: User, user: User, password: str, keep_token: str | None, source: str
+) -> int:
+    """Give ``user`` a new password and end their sessions but ``keep_token``'s (the caller's
+    own, when it is theirs): whoever held the old password, or a token obtained with it, is out.
+    Audited without the password or its hash; returns how many sessions ended."""
+    had_password = user.password_hash is not None
+    user.password_hash = crypto.hash_password(password)
+    ended = await sessions_api.end_sessions(db, user, keep_token)
+    record(db, actor, "user.password", user.username, source, had_password=had_password, sessions_ended=ended)
+    await db.commit()
+    return ended
+
+
+async def change_own_password(
+    ctx: ServerContext, db: AsyncSession, user: User, body: schemas.PasswordChangeIn, current_token: str | None,
+    request: Request,
+) -> int:
+    """What PUT /users/me/password and Account > Password do. The current password is checked
+    (and throttled) exactly as a login is, so a stolen session cannot be turned into the
+    account for good, nor used to guess the password faster than the sign-in page allows."""
+    if not await password_matches(ctx, user, user.username, body.current_password, login_source(request)):
+        raise APIError(
+            403, "current password is wrong",
+            "type the password you sign in with now and try again; if you forgot it, ask a site manager "
+            f"to set a new one (hatchway users set-password {user.username})",
+        )
+    if body.new_password == body.current_password:
+        raise APIError(422, "the new password is the same as the current one", "choose a different new password")
+    await ctx.broadcast.login_succeeded(user.username, login_source(request))
+    return await _store_password(db, user, user, body.new_password, current_token, client_source(request))
+
+
+async def reset_password(
+    db: AsyncSession, sm: User, username: str, password: str, caller_token: str | None, source: str
+) -> int:
+    """What PUT /users/{username}/password and Manage > Users > Set password do: every session of
+    the user ends, except the caller's own when a site manager sets their own password here
+    (they proved who they are by being signed in as a site manager; signing them out of the
+    very page they used would help nobody)."""
+    user = await get_user(db, username)
+    return await _store_password(db, sm, user, password, caller_token if user.id == sm.id else None, source)
+
+
+@router.put("/users/me/password", response_model=schemas.RevokedOut)
+async def change_password(
+    body: schemas.PasswordChangeIn,
+    request: Request,
+    user: User = Depends(current_user),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.RevokedOut:
+    """Change your own password; your other sign-in sessions end (this one stays)."""
+    ended = await change_own_password(ctx, db, user, body, bearer_token(request.headers), request)
+    return schemas.RevokedOut(revoked=ended)
 
 
 @router.get("/users", response_model=list[schemas.UserOut])
@@ -145,7 +222,8 @@ async def create_user(
     return user_out(user)
 
 
-async def _get_user(db: AsyncSession, username: str) -> User:
+async def get_user(db: AsyncSession, username: str) -> User:
+    """The user named ``username``, or a 404 that says where to find the names."""
     user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
     if user is None:
         raise APIError(404, f"no user named {quoted(username)}", "see hatchway users list")
@@ -155,13 +233,13 @@ async def _get_user(db: AsyncSession, username: str) -> User:
 async def _set_suspended(
     username: str, suspended: bool, request: Request, sm: User, ctx: ServerContext, db: AsyncSession
 ) -> schemas.UserOut:
-    user = await _get_user(db, username)
+    user = await get_user(db, username)
     if user.id == sm.id and suspended:
         raise APIError(409, "you cannot suspend yourself", "ask another site manager")
     if user.suspended and not suspended:
         # Sign-in sessions from before the suspension stay refused (a stolen token must not come
         # back to life): they were refused while it lasted, so that a suspended user is told so.
-        await db.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+        await sessions_api.end_sessions(db, user)
     user.suspended = suspended
     record(db, sm, "user.suspend" if suspended else "user.activate", user.username, client_source(request))
     await db.commit()
@@ -200,7 +278,7 @@ async def set_role(
     sm: User = Depends(site_manager),
     db: AsyncSession = Depends(get_db),
 ) -> schemas.UserOut:
-    user = await _get_user(db, username)
+    user = await get_user(db, username)
     if user.id == sm.id and body.role != "site-manager":
         managers = (
             await db.execute(
@@ -214,3 +292,16 @@ async def set_role(
     record(db, sm, "user.set-role", user.username, client_source(request), old=old, new=body.role)
     await db.commit()
     return user_out(user)
+
+
+@router.put("/users/{username}/password", response_model=schemas.RevokedOut)
+async def set_password(
+    username: str,
+    body: schemas.PasswordSetIn,
+    request: Request,
+    sm: User = Depends(site_manager),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.RevokedOut:
+    """Set or reset a user's password (site managers); all their sign-in sessions end."""
+    ended = await reset_password(db, sm, username, body.password, bearer_token(request.headers), client_source(request))
+    return schemas.RevokedOut(revoked=ended)
