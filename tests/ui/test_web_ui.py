@@ -190,6 +190,127 @@ def test_sessions_page_lists_and_signs_out_sessions(browser: Any, ui_server: UIS
         assert page.locator(".flash").inner_text() == "You are signed out."
         assert status(token) == 401
 
+# --- passwords ------------------------------------------------------------------------------
+
+
+def _api_status(srv: UIServer, token: str) -> int:
+    with api(srv.url, token) as c:
+        return c.get("/users/me").status_code
+
+
+def _api_login(srv: UIServer, user: str, password: str) -> httpx.Response:
+    with api(srv.url) as c:
+        return c.post("/auth/login", json={"username": user, "password": password})
+
+
+def test_changing_your_own_password_in_account_password(browser: Any, ui_server: UIServer) -> None:
+    """Account > Password: refusals shown on the form, then the change; the other sessions end,
+    this browser stays signed in, and only the new password signs in."""
+    user, old, new = "penny", "penny-password-1", "penny-password-2"
+    with ui_server.api() as c:
+        c.post("/users", json={"username": user, "email": "penny@example.com", "password": old}).raise_for_status()
+    laptop = _api_login(ui_server, user, old).json()["token"]
+
+    with flows.signed_in_page(browser, ui_server.url, user, old) as page:
+        page.get_by_role("button", name="Account").click()
+        page.get_by_role("menuitem", name="Password").click()
+        page.wait_for_url(re.compile(r".*/account/password$"))
+        assert page.title() == "Password · Hatchway"
+        assert page.get_by_role("button", name="Account").get_attribute("class").endswith("is-current")
+
+        def submit(current: str, new_pw: str, again: str) -> int:
+            page.get_by_label("Current password").fill(current)
+            page.get_by_label("New password", exact=True).fill(new_pw)
+            page.get_by_label("Repeat new password").fill(again)
+            with page.expect_response(lambda r: r.url.endswith("/account/password") and r.request.method == "POST") as resp:
+                page.get_by_role("button", name="Change password").click()
+            return resp.value.status
+
+        assert submit("not-my-password", new, new) == 403
+        assert page.get_by_role("alert").inner_text() == (
+            "Your current password is not right. Check it and try again; if you forgot it, "
+            "ask a site manager to set a new one for you.")
+        assert page.get_by_label("Current password").input_value() == ""  # secrets are never sent back
+        assert submit(old, new, new + "x") == 400
+        assert page.get_by_role("alert").inner_text() == "The two new passwords do not match."
+        with _cookie_client(SignedIn(page, ui_server, user, old)) as c:  # below the form's own minlength
+            r = c.post("/account/password", data={"csrf_token": _csrf(page), "current_password": old,
+                                                  "new_password": "short", "new_password_confirm": "short"})
+        assert r.status_code == 400 and "New password: String should have at least 8 characters" in r.text
+        assert _api_status(ui_server, laptop) == 200  # nothing changed yet
+
+        assert submit(old, new, new) == 303
+        page.wait_for_url(re.compile(r".*/account/password$"))
+        assert page.locator(".flash-success").inner_text() == (
+            "Password changed. 1 other session signed out; this browser stays signed in.")
+        flows.screenshot(page, "account-password")
+        assert _api_status(ui_server, laptop) == 401
+        page.goto(ui_server.url + "/account/sessions")
+        assert page.locator("tbody tr").count() == 1  # this browser, still signed in
+    assert _api_login(ui_server, user, old).status_code == 401
+    assert _api_login(ui_server, user, new).status_code == 200
+    with ui_server.api() as c:
+        event = next(e for e in reversed(c.get("/audit").json()) if e["action"] == "user.password" and e["target"] == user)
+    assert (event["actor"], event["detail"]) == (user, {"had_password": True, "sessions_ended": 1})
+
+
+def test_site_manager_sets_a_users_password(manager_page: SignedIn, browser: Any) -> None:
+    """Manage > Users > ⋮ > Set password: the user's sessions all end and the new password works;
+    members can neither open the page nor post it, and the form needs its CSRF token."""
+    page, srv = manager_page.page, manager_page.srv
+    with srv.api() as c:
+        c.post("/users", json={"username": "quinn", "email": "quinn@example.com"}).raise_for_status()  # no password
+    assert _api_login(srv, "quinn", "anything-at-all").status_code == 401
+
+    flows.open_manage(page, "Users")
+    row = page.locator('tr[data-user="quinn"]')
+    row.get_by_role("button", name="Actions for user quinn").click()
+    row.get_by_role("menuitem", name="Set password").click()
+    page.wait_for_url(re.compile(r".*/manage/users/quinn/password$"))
+    assert page.get_by_role("heading", name="Set password for “quinn”").is_visible()
+    assert "They have no password yet and cannot sign in until you set one." in page.locator(".page-head").inner_text()
+    page.get_by_label("New password", exact=True).fill("quinn-password-1")
+    page.get_by_label("Repeat new password").fill("quinn-password-2")
+    page.get_by_role("button", name="Set password").click()
+    assert page.get_by_role("alert").inner_text() == "The two passwords do not match."
+    page.get_by_label("New password", exact=True).fill("quinn-password-1")
+    page.get_by_label("Repeat new password").fill("quinn-password-1")
+    page.get_by_role("button", name="Set password").click()
+    page.wait_for_url(re.compile(r".*/manage/users$"))
+    assert page.locator(".flash-success").inner_text() == 'Password of "quinn" set; 0 sign-in sessions of theirs ended.'
+
+    # A reset ends every session quinn has.
+    sessions = [_api_login(srv, "quinn", "quinn-password-1").json()["token"] for _ in range(2)]
+    page.goto(srv.url + "/manage/users/quinn/password")
+    assert "Replaces their current password." in page.locator(".page-head").inner_text()
+    page.get_by_label("New password", exact=True).fill("quinn-password-3")
+    page.get_by_label("Repeat new password").fill("quinn-password-3")
+    page.get_by_role("button", name="Set password").click()
+    assert page.locator(".flash-success").inner_text() == 'Password of "quinn" set; 2 sign-in sessions of theirs ended.'
+    assert [_api_status(srv, t) for t in sessions] == [401, 401]
+    assert _api_login(srv, "quinn", "quinn-password-1").status_code == 401
+    assert _api_login(srv, "quinn", "quinn-password-3").status_code == 200
+
+    resp = page.goto(srv.url + "/manage/users/nobody/password")
+    assert resp is not None and resp.status == 404
+    assert page.get_by_role("heading", name='No user named "nobody"').is_visible()
+    with _cookie_client(manager_page) as c:  # no CSRF token: refused, nothing changed
+        r = c.post("/manage/users/quinn/password", data={"password": "csrf-less-pass", "password_confirm": "csrf-less-pass"})
+    assert r.status_code == 403 and "This form could not be verified" in r.text
+    assert _api_login(srv, "quinn", "csrf-less-pass").status_code == 401
+
+    with flows.signed_in_page(browser, srv.url, srv.member, srv.member_password) as member:
+        resp = member.goto(srv.url + "/manage/users/quinn/password")
+        assert resp is not None and resp.status == 403
+        member.goto(srv.url + "/account/password")
+        with httpx.Client(base_url=srv.url, cookies={"hatchway_session": next(
+                c["value"] for c in member.context.cookies() if c["name"] == "hatchway_session")}) as c:
+            r = c.post("/manage/users/quinn/password",
+                       data={"csrf_token": _csrf(member), "password": "member-sets-it", "password_confirm": "member-sets-it"})
+        assert r.status_code == 403
+    assert _api_login(srv, "quinn", "member-sets-it").status_code == 401
+
+
 # --- the documented way to disable SSH ------------------------------------------------------
 
 
@@ -662,6 +783,6 @@ def test_narrow_screen_navigation(browser: Any, ui_server: UIServer) -> None:
         assert page.evaluate("document.documentElement.scrollWidth") <= flows.PHONE["width"]
         row = page.locator('tr[data-provider="local"]')
         assert row.get_by_role("button", name="Actions for provider local").is_visible()
-        for path in ("/workspaces", "/account/key", "/manage/users", "/manage/audit"):
+        for path in ("/workspaces", "/account/key", "/account/password", "/manage/users", "/manage/audit"):
             page.goto(ui_server.url + path)
             assert page.evaluate("document.documentElement.scrollWidth") <= flows.PHONE["width"], path

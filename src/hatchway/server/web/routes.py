@@ -240,12 +240,14 @@ def form_str(form: FormData, key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError, labels: dict[str, str] | None = None) -> str:
+    """The model's refusals as sentences; ``labels`` names fields as the form's labels do."""
     parts = []
     for err in exc.errors()[:5]:
         msg = str(err.get("msg", "invalid"))
         msg = msg.removeprefix("Value error, ")
         loc = ".".join(str(x) for x in err.get("loc", ()))
+        loc = (labels or {}).get(loc, loc)
         if "at least" in msg and loc:
             msg = f"{loc}: {msg}"
         parts.append(msg[:1].upper() + msg[1:])
@@ -688,6 +690,57 @@ async def session_revoke(
     return redirect(request, "/account/sessions", "success", "Session signed out. It can no longer use Hatchway.")
 
 
+# --- account: password --------------------------------------------------------------------
+
+
+def _form_secret(form: FormData, key: str) -> str:
+    """A password field exactly as typed: unlike names, passwords are never trimmed."""
+    value = form.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _password_page(request: Request, status: int = 200, error: str | None = None) -> Response:
+    return render(request, "password.html", status=status, section="account", error=error)
+
+
+@router.get("/account/password")
+async def password_page(request: Request, _user: User = Depends(web_user)) -> Response:
+    return _password_page(request)
+
+
+def _own_password_refusal(exc: APIError) -> str:
+    """The API's refusal of a password change, said for someone at the form."""
+    if exc.status == 403:
+        return ("Your current password is not right. Check it and try again; if you forgot it, "
+                "ask a site manager to set a new one for you.")
+    if exc.status == 429:
+        return f"Too many wrong passwords. Please {exc.detail}."
+    return f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}."
+
+
+@router.post("/account/password")
+async def password_change(
+    request: Request, user: User = Depends(web_user), ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)
+) -> Response:
+    form = await request.form()
+    new = _form_secret(form, "new_password")
+    if new != _form_secret(form, "new_password_confirm"):
+        return _password_page(request, 400, "The two new passwords do not match.")
+    try:
+        body = schemas.PasswordChangeIn(current_password=_form_secret(form, "current_password"), new_password=new)
+        # The API's own change: same password check and throttle as sign-in, same audit event.
+        ended = await users_api.change_own_password(ctx, db, user, body, request.state.session_token, request)
+    except ValidationError as exc:
+        return _password_page(request, 400, validation_message(exc, {"new_password": "New password"}))
+    except APIError as exc:
+        response = _password_page(request, exc.status, _own_password_refusal(exc))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+    others = f"{ended} other session{'' if ended == 1 else 's'}"
+    return redirect(request, "/account/password", "success", f"Password changed. {others} signed out; this browser stays signed in.")
+
+
 # --- manage: providers --------------------------------------------------------------------
 
 
@@ -821,6 +874,45 @@ async def user_role(username: str, request: Request, sm: User = Depends(web_mana
     except ValidationError:
         return redirect(request, "/manage/users", "error", "Choose a role: member or site-manager.")
     return await _user_action(request, users_api.set_role, 'User "{u.username}" is now a {u.role}.', username=username, body=body, sm=sm, db=db)
+
+
+async def _user_row(db: AsyncSession, username: str) -> User:
+    try:
+        return await users_api.get_user(db, username)
+    except APIError:
+        raise APIError(404, f"No user named {names.quoted(username)}", "See Manage > Users for the users of this deployment.") from None
+
+
+def _user_password_page(request: Request, target: User, status: int = 200, error: str | None = None) -> Response:
+    return render(request, "user_password.html", status=status, section="manage", target=target, error=error)
+
+
+@router.get("/manage/users/{username}/password")
+async def user_password_page(
+    username: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+) -> Response:
+    return _user_password_page(request, await _user_row(db, username))
+
+
+@router.post("/manage/users/{username}/password")
+async def user_password_set(
+    username: str, request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+) -> Response:
+    target = await _user_row(db, username)
+    form = await request.form()
+    password = _form_secret(form, "password")
+    if password != _form_secret(form, "password_confirm"):
+        return _user_password_page(request, target, 400, "The two passwords do not match.")
+    try:
+        body = schemas.PasswordSetIn(password=password)
+    except ValidationError as exc:
+        return _user_password_page(request, target, 400, validation_message(exc, {"password": "New password"}))
+    # The API's own reset: every session of theirs ends (the caller's kept if it is their own), audited.
+    ended = await users_api.reset_password(
+        db, sm, target.username, body.password, request.state.session_token, client_source(request)
+    )
+    sessions = f"{ended} sign-in session{'' if ended == 1 else 's'} of theirs ended"
+    return redirect(request, "/manage/users", "success", f'Password of "{target.username}" set; {sessions}.')
 
 
 # --- manage: audit ------------------------------------------------------------------------
