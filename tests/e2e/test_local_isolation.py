@@ -168,6 +168,14 @@ def test_each_workspace_has_its_own_user_and_home(world: World) -> None:
         assert (st.st_mode & 0o777, st.st_uid) == (0o700, pwd.getpwnam(world.user(name)).pw_uid)
 
 
+def test_sessions_create_files_with_a_logins_umask_not_the_servers(world: World) -> None:
+    """The server keeps its data dir to itself with umask 077; its workspaces must not inherit
+    it (scp -r would create 0700 directories and 0600 files), with either SSH server."""
+    for name in ("a", "b"):
+        r = world.ssh(name, "umask; rm -rf um && mkdir um && touch um/f && stat -c '%a' um um/f; rm -rf um")
+        assert (r.returncode, r.stdout.splitlines()) == (0, ["0022", "755", "644"]), (name, r.stderr)
+
+
 def test_isolation_is_shown(world: World) -> None:
     out = world.alice.ok("workspaces", "show", "b").out
     assert f"isolation: isolated: Unix user {world.user('b')}, own network namespace hw-" in out

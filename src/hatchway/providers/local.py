@@ -83,6 +83,11 @@ from hatchway.providers.sshd_config import render_sshd_config
 
 log = logging.getLogger("hatchway.providers.local")
 
+#: Runs the workspace under a login's umask, not the server's own 077 (kept for its data dir), so
+#: that sessions, scp and sshd in the workspace create files as on any machine. (uvloop's
+#: subprocess_exec takes no ``umask``, and the server's own umask must not change meanwhile.)
+LOGIN_UMASK = ("/bin/sh", "-c", 'umask 022 && exec "$@"', "hatchway-workspace")
+
 #: How the server serves one more listening socket (see ``hatchway.server.run``).
 AddListener = Callable[[socket.socket], Awaitable["Closable"]]
 
@@ -548,7 +553,7 @@ class LocalProvider(WorkspaceProvider):
         fd = await asyncio.to_thread(self._open_log, spec)
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv,
+                *LOGIN_UMASK, *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,
