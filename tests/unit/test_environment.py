@@ -296,6 +296,18 @@ def test_image_may_not_override_hatchway_defaults() -> None:
     ]
 
 
+def test_image_may_not_pin_what_the_ssh_server_sets_per_connection() -> None:
+    """A devcontainer image's ENV SSH_AUTH_SOCK in ~/.ssh/environment would break ssh -A."""
+    image = {"SSH_AUTH_SOCK": "/tmp/agent.sock", "SSH_CONNECTION": "x", "SSH_CLIENT": "y", "SSH_TTY": "/dev/pts/9",
+             "SSH_ASKPASS": "/usr/bin/ksshaskpass"}
+    variables, rejected = build_variables(DEFAULTS, image)
+    assert variables == [*DEFAULTS.items(), ("SSH_ASKPASS", "/usr/bin/ksshaskpass")]
+    assert [r.name for r in rejected] == ["SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY"]
+    assert rejected[0].reason == (
+        "SSH_AUTH_SOCK is set by the SSH server for each connection; a value from the image would override it"
+    )
+
+
 def test_image_may_define_other_hatchway_names() -> None:
     variables, rejected = build_variables(DEFAULTS, {"HATCHWAY_EXTRA": "1"})
     assert variables[-1] == ("HATCHWAY_EXTRA", "1") and rejected == []

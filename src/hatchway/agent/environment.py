@@ -56,6 +56,10 @@ MAX_VALUE_BYTES = 64 * 1024
 
 #: Prefix of the variables Hatchway itself defines; an image may not override those.
 RESERVED_PREFIX = "HATCHWAY_"
+#: What the SSH server sets for each connection. ~/.ssh/environment is read after them (by
+#: OpenSSH and by the built-in server alike), so a fixed value from the image, e.g. a
+#: devcontainer's ``ENV SSH_AUTH_SOCK``, would break agent forwarding in every session.
+PER_CONNECTION = frozenset({"SSH_AUTH_SOCK", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY"})
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
@@ -114,7 +118,8 @@ def build_variables(
     variable may not replace a ``HATCHWAY_`` default (those describe the workspace and its owner
     and must be trustworthy); any other default of the same name is replaced by the image's value
     (the image is the more specific source), the variable then taking the image's position. Unsafe
-    variables from either source are rejected with their reason instead of being written.
+    variables from either source, and the image's values of :data:`PER_CONNECTION` variables, are
+    rejected with their reason instead of being written.
     """
     rejected: list[Rejected] = []
     merged: dict[str, str] = {}
@@ -131,6 +136,11 @@ def build_variables(
                     name,
                     f"the image may not override {name!r}: it is set by Hatchway",
                 )
+            )
+            continue
+        if name in PER_CONNECTION:
+            rejected.append(
+                Rejected(name, f"{name} is set by the SSH server for each connection; a value from the image would override it")
             )
             continue
         reason = check_variable(name, value)
