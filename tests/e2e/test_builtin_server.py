@@ -379,6 +379,19 @@ def test_1_exit_status_and_exit_signal(world: World) -> None:
     assert r.returncode == 255
 
 
+def test_1_a_command_that_is_not_utf8_runs_byte_for_byte(world: World) -> None:
+    """sshd runs whatever bytes the client sends (legacy scp of a Latin-1 file name)."""
+    name = b"caf\xe9.txt"
+    path = os.path.join(os.fsencode(world.home), name)
+    with open(path, "wb") as f:
+        f.write(b"latin-1 named\n")
+    try:
+        r = world.run([*world.argv("hatchway.dev"), b"printf %s \xff | od -An -tx1; cat " + name])
+        assert (r.returncode, r.stdout) == (0, b" ff\nlatin-1 named\n"), r.stderr
+    finally:
+        os.unlink(path)
+
+
 def test_1_client_signals_reach_the_process(world: World) -> None:
     """^C typed in the developer's terminal interrupts the remote foreground job."""
     client = PtyClient(world.argv("-t", "hatchway.dev", "trap 'echo got-INT; exit 3' INT; echo ready; "

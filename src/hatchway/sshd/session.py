@@ -176,6 +176,14 @@ class SessionChannel(asyncssh.SSHServerChannel):  # type: ignore[type-arg]
         packet.check_end()
         return self._defer(lambda session: session.agent_requested())
 
+    def _process_exec_request(self, packet: Any) -> bool:
+        """asyncssh refuses a command that is not UTF-8; sshd runs any bytes (``scp -O`` of a
+        Latin-1 file name, say). Decoded with surrogateescape, the command's bytes reach the
+        shell's argv unchanged (os.fsencode restores them)."""
+        command = packet.get_string().decode("utf-8", "surrogateescape")
+        packet.check_end()
+        return bool(self._start_session(command=command))
+
     def _process_x11_req_request(self, packet: Any) -> bool | None:
         single = packet.get_boolean()
         proto = packet.get_string()
