@@ -251,6 +251,11 @@ def test_suspension_on_one_replica_ends_sessions_on_the_others(fleet: Fleet) -> 
         for live in sessions:
             live.kill()
             live.wait()
+        # Reactivation does not revive the sessions from before the suspension: bob signs in again.
+        for cli, url in zip(fleet.bob, fleet.client_urls):
+            cli.login(url, "bob", "bob-password-1")
+        with api(fleet.lb_url) as c:
+            fleet.bob_token = c.post("/auth/login", json={"username": "bob", "password": "bob-password-1"}).json()["token"]
     assert fleet.ssh(2, "w11", "true").returncode == 0
 
 
