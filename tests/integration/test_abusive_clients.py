@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from hatchway.server.guards import WAITING_PER_SLOT
 from tests.helpers import rawws
 from tests.helpers.fakeagent import agent_ws_url, next_dial, refusal
 from tests.helpers.fakeagent import fake_agent as helper_agent
@@ -29,6 +30,7 @@ from tests.helpers.world import World, build_world, fd_count
 HANDSHAKE_TIMEOUT = 2.0
 MAX_HANDSHAKING = 16
 MAX_PENDING = 4
+MAX_QUEUED = 2
 DIAL_TIMEOUT = 3.0
 OVERSIZED = 4 * 1024 * 1024 + 1024  # over the server's 4 MiB frame limit
 
@@ -39,6 +41,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "HATCHWAY_HANDSHAKE_TIMEOUT": str(HANDSHAKE_TIMEOUT),
         "HATCHWAY_MAX_HANDSHAKING_PER_IP": str(MAX_HANDSHAKING),
         "HATCHWAY_MAX_PENDING_STREAMS": str(MAX_PENDING),
+        "HATCHWAY_MAX_QUEUED_STREAMS": str(MAX_QUEUED),
         "HATCHWAY_DIAL_TIMEOUT": str(DIAL_TIMEOUT),
     }
     w = build_world(tmp_path_factory.mktemp("abuse"), server_env=env)
@@ -96,24 +99,38 @@ def server_pid(world: World) -> int:
 async def test_pending_streams_are_capped_per_user_and_other_users_are_unaffected(world: World, carol: Tunnel) -> None:
     bob = world.people["bob"]
     async with fake_agent(world, "stuck") as agent:
-        waiting = []
+        parked = []
         for _ in range(MAX_PENDING):
-            waiting.append(await open_stream(world.url, bob.token, "stuck"))
+            parked.append(await open_stream(world.url, bob.token, "stuck"))
             await next_dial(agent)  # the server is now holding that stream for the agent
+        parked_at = time.monotonic()
+        await asyncio.sleep(1.0)  # so the parked streams' dial timeout comes well before the waiters'
+        # Over the cap, connections wait their turn (the agent is not asked yet)...
+        waiting = [await open_stream(world.url, bob.token, "stuck") for _ in range(MAX_QUEUED)]
+        with pytest.raises(TimeoutError):
+            await next_dial(agent, timeout=0.5)
+        # ...and once the line is full too, the next one is refused at once, saying why.
         t0 = time.monotonic()
         extra = await open_stream(world.url, bob.token, "stuck")
         message = await refusal(extra)
         assert time.monotonic() - t0 < 2, "the refusal is immediate, not after the dial timeout"
         assert message == (
-            f"too many SSH connections of yours are being set up at once (at most {MAX_PENDING}); "
-            "wait for them to finish and try again"
+            f"too many SSH connections of yours are being set up at once (at most {MAX_PENDING}, and {MAX_QUEUED} "
+            "more waiting); wait for them to finish and try again"
         )
         # The cap is the user's: his other workspace is refused too, carol is not affected.
         with pytest.raises(Refused, match="too many SSH connections of yours"):
             await world.ssh("bob", "dev")
         await assert_works(carol)
         await assert_new_ssh_works(world, "carol")
-        # The held streams end at the dial timeout, saying why, and free their slots.
+        # The parked streams end at the dial timeout, saying why, and hand their slots to the
+        # waiting ones, in order: the agent is asked for them now.
+        for ws in parked:
+            assert "did not answer within 3 s" in await refusal(ws, DIAL_TIMEOUT + 5)
+            await ws.close()
+        for _ in waiting:
+            await next_dial(agent)
+        assert time.monotonic() - parked_at < DIAL_TIMEOUT + 1, "the waiting streams got their turn at once"
         for ws in waiting:
             assert "did not answer within 3 s" in await refusal(ws, DIAL_TIMEOUT + 5)
             await ws.close()
@@ -128,9 +145,9 @@ async def test_pending_streams_are_capped_per_user_and_other_users_are_unaffecte
 # ---- slowloris -------------------------------------------------------------------------------
 
 
-def _slow_socket(world: World) -> socket.socket:
+def _slow_socket(world: World, address: str = "127.0.0.2") -> socket.socket:
     s = socket.socket()
-    s.bind(("127.0.0.2", 0))  # the attacker has an address of its own; everyone else is on .1
+    s.bind((address, 0))  # the attacker has an address of its own; everyone else is on .1
     s.settimeout(5)
     s.connect((world.server.host, world.server.port))
     s.sendall(b"GET /api/v1/deployment HTTP/1.1\r\nHost: x\r\n")
@@ -159,10 +176,13 @@ async def test_slowloris_holds_at_most_its_share_and_only_for_the_handshake_time
     assert b"200 OK" in idle.recv(4096)
     idle_since = time.monotonic()
 
-    attackers = [_slow_socket(world) for _ in range(100)]
+    # MAX_HANDSHAKING are read; WAITING_PER_SLOT times as many wait behind them, unread; the
+    # rest are dropped at once.
+    held = MAX_HANDSHAKING * (1 + WAITING_PER_SLOT)
+    attackers = [_slow_socket(world) for _ in range(held + 30)]
     await asyncio.sleep(0.5)
     alive = [s for s in attackers if _open(s)]
-    assert len(alive) <= MAX_HANDSHAKING, f"{len(alive)} half-open connections kept from one address"
+    assert len(alive) == held, f"{len(alive)} half-open connections kept from one address, not {held}"
     # Everyone else is served normally while the attack goes on.
     t0 = time.monotonic()
     with world.api("bob") as c:
@@ -191,6 +211,31 @@ async def test_slowloris_holds_at_most_its_share_and_only_for_the_handshake_time
     idle.close()
     wait_for(lambda: fd_count(pid) <= before + 2, 10, what=f"server fds back to {before} (now {fd_count(pid)})")
     assert "request headers not complete within 2 s" in world.server.log()
+
+
+async def test_a_connection_over_its_addresss_cap_waits_its_turn_and_is_served(world: World) -> None:
+    """A burst from one address (many ssh at once, a NAT, agents reconnecting) is not dropped:
+    a connection over the cap is read when one ahead of it is done. Here the ones ahead are
+    slow clients, so its turn comes at their deadline."""
+    slow = [_slow_socket(world, "127.0.0.3") for _ in range(MAX_HANDSHAKING)]
+    await asyncio.sleep(0.8)  # their deadline comes well before the waiting request's
+    assert all(_open(s) for s in slow)
+    t0 = time.monotonic()
+    request = socket.socket()
+    request.bind(("127.0.0.3", 0))
+    request.settimeout(HANDSHAKE_TIMEOUT + 5)
+    request.connect((world.server.host, world.server.port))
+    request.sendall(b"GET /api/v1/deployment HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    response = b""
+    while chunk := request.recv(65536):
+        response += chunk
+    waited = time.monotonic() - t0
+    request.close()
+    assert response.startswith(b"HTTP/1.1 200 OK"), response[:200]
+    assert HANDSHAKE_TIMEOUT - 1.5 < waited < HANDSHAKE_TIMEOUT, f"served after {waited:.2f} s"
+    assert not any(_open(s) for s in slow)
+    for s in slow:
+        s.close()
 
 
 # ---- garbage on the WebSockets ---------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hatchway.server.guards import AcceptDeadline, ConnectionGuard
+from hatchway.server.guards import AcceptDeadline
 from hatchway.server.relay import DialError, LiveStream, Relay
 
 
@@ -83,27 +83,86 @@ async def test_a_dial_no_replica_takes_or_no_agent_anywhere_is_refused_with_the_
 
 
 async def test_pending_streams_are_capped_per_user_and_per_workspace_and_slots_come_back() -> None:
-    relay = Relay(_Hub(), _Peers(), dial_timeout_s=30, max_pending_per_user=3, max_pending_per_workspace=2)  # type: ignore[arg-type]
+    relay = Relay(_Hub(), _Peers(), dial_timeout_s=30, max_pending_per_user=3, max_pending_per_workspace=2, max_queued=0)  # type: ignore[arg-type]
     held = [asyncio.create_task(relay.dial(_stream("ws-a", u), "a", "c")) for u in ("u1", "u2")]
     held.append(asyncio.create_task(relay.dial(_stream("ws-b", "u1"), "b", "c")))
     await asyncio.sleep(0)
     assert relay.pending_count() == 3
-    with pytest.raises(DialError, match='to workspace "a" are being set up at once \\(at most 2\\)'):
+    with pytest.raises(DialError, match='^too many SSH connections to workspace "a" are being set up at once '
+                                        "\\(at most 2, and 0 more waiting\\); wait for them to finish and try again$"):
         await relay.dial(_stream("ws-a", "u3"), "a", "c")
     held.append(asyncio.create_task(relay.dial(_stream("ws-c", "u1"), "c", "c")))
     await asyncio.sleep(0)
-    with pytest.raises(DialError, match="too many SSH connections of yours .* \\(at most 3\\)"):
+    with pytest.raises(DialError, match="^too many SSH connections of yours are being set up at once \\(at most 3, "):
         await relay.dial(_stream("ws-d", "u1"), "d", "c")
     for t in held:  # the clients go away: every slot is given back
         t.cancel()
     await asyncio.gather(*held, return_exceptions=True)
-    assert relay.pending_count() == 0
-    assert relay._pending_by_user == {} and relay._pending_by_workspace == {}
+    assert relay.pending_count() == 0 and relay.live_count() == 0
+    assert relay.slots.by_user == {} and relay.slots.by_workspace == {}
     again = asyncio.create_task(relay.dial(_stream("ws-a", "u1"), "a", "c"))
     await asyncio.sleep(0)
     assert relay.pending_count() == 1
     again.cancel()
     await asyncio.gather(again, return_exceptions=True)
+
+
+async def test_over_the_cap_a_dial_waits_its_turn_and_is_sent_when_a_slot_comes_back() -> None:
+    hub = _Hub()
+    relay = Relay(hub, _Peers(), dial_timeout_s=30, max_pending_per_user=1, max_queued=5)  # type: ignore[arg-type]
+    first_stream, second_stream = _stream("ws-a", "u1"), _stream("ws-a", "u1")
+    first = asyncio.create_task(relay.dial(first_stream, "a", "c"))
+    second = asyncio.create_task(relay.dial(second_stream, "a", "c"))
+    while len(hub.conn.sent) < 1:
+        await asyncio.sleep(0)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert [m["stream"] for m in hub.conn.sent] == [first_stream.id]  # the second waits, not dialled
+    assert relay.live_count() == 2 and relay.slots.queued_by_user == {"u1": 1}
+    agent = asyncio.create_task(relay.agent_arrived(first_stream.id, "ws-a", object()))  # type: ignore[arg-type]
+    _, release = await first  # the agent came: the slot passes to the second
+    while len(hub.conn.sent) < 2:
+        await asyncio.sleep(0)
+    assert hub.conn.sent[1]["stream"] == second_stream.id
+    release.set()
+    await agent
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+    assert relay.slots.by_user == {} and relay.slots.queued_by_user == {}
+
+
+async def test_a_dial_that_waited_too_long_for_its_turn_says_so() -> None:
+    class _Stuck(_Hub):  # the control channel's send never completes: the slot stays taken
+        def __init__(self) -> None:
+            self.conn = self
+
+        async def send(self, message: dict[str, Any]) -> bool:
+            await asyncio.Event().wait()
+            return True
+
+    relay = Relay(_Stuck(), _Peers(), dial_timeout_s=0.2, max_pending_per_user=1, max_queued=5)  # type: ignore[arg-type]
+    parked = asyncio.create_task(relay.dial(_stream("ws-a", "u1"), "a", "c"))
+    await asyncio.sleep(0)
+    with pytest.raises(DialError, match="^too many SSH connections of yours are being set up at once \\(at most 1\\): "
+                                        "this one waited 0 s for its turn; wait for them to finish and try again$"):
+        await relay.dial(_stream("ws-b", "u1"), "b", "c")
+    parked.cancel()
+    await asyncio.gather(parked, return_exceptions=True)
+    assert relay.live_count() == 0 and relay.slots.by_user == {}
+
+
+async def test_a_policy_end_reaches_a_dial_waiting_for_its_turn() -> None:
+    relay = Relay(_Hub(), _Peers(), dial_timeout_s=30, max_pending_per_user=1, max_queued=5)  # type: ignore[arg-type]
+    parked = asyncio.create_task(relay.dial(_stream("ws-a", "u1", provider_id="p1"), "a", "c"))
+    waiting = asyncio.create_task(relay.dial(_stream("ws-b", "u1", provider_id="p2"), "b", "c"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert await relay.end_sessions(provider_id="p2", reason='provider "x": SSH disabled') == 1
+    with pytest.raises(DialError, match='^provider "x": SSH disabled$'):
+        await asyncio.wait_for(waiting, 1)
+    assert relay.slots.queued_by_user == {} and relay.slots.by_user == {"u1": 1}
+    parked.cancel()
+    await asyncio.gather(parked, return_exceptions=True)
 
 
 async def test_a_stream_ended_while_its_agent_dials_back_is_refused_at_once_with_the_reason() -> None:
@@ -158,23 +217,6 @@ async def test_a_dialled_stream_is_live_until_its_owner_unregisters_it() -> None
     relay.unregister(stream)
     release.set()
     assert await arrived is True and relay.live_count() == 0
-
-
-def test_connection_guard_counts_per_address() -> None:
-    g = ConnectionGuard(handshake_timeout=1, max_handshaking_per_ip=2)
-    assert g.begin("a") and g.begin("a") and not g.begin("a") and g.begin("b")
-    g.end("a")
-    assert g.begin("a")
-    for ip in ("a", "a", "b"):
-        g.end(ip)
-    assert g.handshaking == {} and g.refused == 1
-
-
-def test_a_trusted_proxy_is_not_capped_but_everyone_else_still_is() -> None:
-    g = ConnectionGuard(handshake_timeout=1, max_handshaking_per_ip=2, uncapped=frozenset({"10.0.0.5"}))
-    assert all(g.begin("10.0.0.5") for _ in range(100))
-    assert g.begin("a") and g.begin("a") and not g.begin("a")
-    assert g.handshaking["10.0.0.5"] == 100 and g.refused == 1
 
 
 async def test_a_websocket_not_accepted_in_time_is_refused_with_1013() -> None:

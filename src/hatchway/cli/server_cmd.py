@@ -25,12 +25,15 @@ from hatchway.logs import setup_logging
               help="Connections one client address may have still sending headers; more are dropped.")
 @click.option("--max-pending-streams", envvar="HATCHWAY_MAX_PENDING_STREAMS", type=click.IntRange(1), default=32, show_default=True,
               help="SSH connections being set up (waiting for the agent) at once, per user and per workspace.")
+@click.option("--max-queued-streams", envvar="HATCHWAY_MAX_QUEUED_STREAMS", type=click.IntRange(0), default=1024, show_default=True,
+              help="SSH connections waiting for their turn to be set up, per user and per workspace; more are refused.")
 @click.option("--dial-timeout", envvar="HATCHWAY_DIAL_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds an SSH connection waits for the workspace's agent to answer.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
 @click.pass_context
 def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str | None, access_url: str, internal_url: str, trusted_proxies: tuple[str, ...], handshake_timeout: float,
-           max_handshaking_per_ip: int, max_pending_streams: int, dial_timeout: float, verbose: bool) -> None:
+           max_handshaking_per_ip: int, max_pending_streams: int, max_queued_streams: int, dial_timeout: float,
+           verbose: bool) -> None:
     """Run the Hatchway control plane (API, web UI, relay)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -57,6 +60,7 @@ def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str |
         max_handshaking_per_ip=max_handshaking_per_ip,
         max_pending_streams_per_user=max_pending_streams,
         max_pending_streams_per_workspace=max_pending_streams,
+        max_queued_streams=max_queued_streams,
     )
     raise SystemExit(serve(settings))
 

@@ -75,7 +75,8 @@ async def build_context(settings: Settings) -> ServerContext:
     cluster = Cluster(sessions, secret, settings.relay_url)
     bus = PostgresBus(cluster.id, engine) if engine.dialect.name == "postgresql" else LocalBus(cluster.id)
     relay = Relay(
-        hub, cluster, settings.dial_timeout_s, settings.max_pending_streams_per_user, settings.max_pending_streams_per_workspace
+        hub, cluster, settings.dial_timeout_s, settings.max_pending_streams_per_user, settings.max_pending_streams_per_workspace,
+        settings.max_queued_streams,
     )
     throttle = LoginThrottle(settings.login_failures_allowed, settings.login_failure_window_s)
     ctx = ServerContext(

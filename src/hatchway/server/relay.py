@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 from fastapi import WebSocket
 
+from hatchway.server.dialslots import DialSlots, NoSlot
 from hatchway.server.fastsplice import FastSplice
-from hatchway.server.hub import AgentHub
+from hatchway.server.hub import AgentConnection, AgentHub
 
 log = logging.getLogger("hatchway.server.relay")
 
@@ -73,56 +74,22 @@ class Relay:
         dial_timeout_s: float,
         max_pending_per_user: int = 32,
         max_pending_per_workspace: int = 32,
+        max_queued: int = 1024,
     ) -> None:
         self._hub = hub
         self._peers = peers
         self._dial_timeout = dial_timeout_s
         self._pending: dict[str, _Pending] = {}
         self._live: dict[str, LiveStream] = {}
-        # Streams waiting for their agent cost a socket and a task each until the dial timeout:
-        # capped per user and per workspace, so one client cannot pile them up for everyone.
-        self._max_per_user = max_pending_per_user
-        self._max_per_workspace = max_pending_per_workspace
-        self._pending_by_user: dict[str, int] = {}
-        self._pending_by_workspace: dict[str, int] = {}
-
-    def _check_pending_caps(self, workspace_id: str, workspace_name: str, user_id: str) -> None:
-        if user_id and self._pending_by_user.get(user_id, 0) >= self._max_per_user:
-            raise DialError(
-                f"too many SSH connections of yours are being set up at once (at most {self._max_per_user}); "
-                "wait for them to finish and try again"
-            )
-        if self._pending_by_workspace.get(workspace_id, 0) >= self._max_per_workspace:
-            raise DialError(
-                f'too many SSH connections to workspace "{workspace_name}" are being set up at once '
-                f"(at most {self._max_per_workspace}); wait for them to finish and try again"
-            )
-
-    @staticmethod
-    def _count(counts: dict[str, int], key: str, delta: int) -> None:
-        n = counts.get(key, 0) + delta
-        if n > 0:
-            counts[key] = n
-        else:
-            counts.pop(key, None)
+        self.slots = DialSlots(max_pending_per_user, max_pending_per_workspace, max_queued)
 
     def pending_count(self) -> int:
         return len(self._pending)
 
     # ---- rendezvous -------------------------------------------------------------------------
 
-    async def dial(self, stream: LiveStream, workspace_name: str, client: str) -> tuple[WebSocket, asyncio.Event]:
-        """Ask the workspace's agent to dial back for ``stream`` (which gets its id); returns
-        the agent's socket and its release.
-
-        The stream is live from the moment the agent is asked: a policy that ends sessions
-        while the agent dials back (External Connect off, a suspension, a deletion) ends this
-        one at once, with its reason as the :class:`DialError`. On success the caller must set
-        the release when done with the agent socket, which lets the agent's request handler
-        finish, and unregister the stream. The agent's control channel may be held by another
-        replica (asked over HTTP to pass the dial on), and its dial-back may land on any
-        replica (which hands it over here: the stream id starts with this replica's id)."""
-        workspace_id, user_id = stream.workspace_id, stream.user_id
+    async def _route(self, workspace_id: str, workspace_name: str) -> tuple[AgentConnection | None, str | None]:
+        """The agent's control channel here, or the replica holding it."""
         conn = self._hub.get(workspace_id)
         holder = None if conn is not None else await self._peers.agent_replica(workspace_id)
         if conn is None and holder is None:
@@ -130,7 +97,36 @@ class Relay:
                 f'workspace "{workspace_name}" is not reachable: its agent is not connected; '
                 f'start the agent in the workspace (see "hatchway workspaces show {workspace_name}")'
             )
-        self._check_pending_caps(workspace_id, workspace_name, user_id)
+        return conn, holder
+
+    def _no_slot(self, refused: NoSlot, workspace_name: str) -> DialError:
+        slots = self.slots
+        if refused.which == "user":
+            what, cap = "too many SSH connections of yours are being set up at once", slots.per_user
+        else:
+            what, cap = f'too many SSH connections to workspace "{workspace_name}" are being set up at once', slots.per_workspace
+        if refused.waited is None:
+            return DialError(f"{what} (at most {cap}, and {slots.max_queued} more waiting); wait for them to finish and try again")
+        return DialError(
+            f"{what} (at most {cap}): this one waited {refused.waited:.0f} s for its turn; "
+            "wait for them to finish and try again"
+        )
+
+    async def dial(self, stream: LiveStream, workspace_name: str, client: str) -> tuple[WebSocket, asyncio.Event]:
+        """Ask the workspace's agent to dial back for ``stream`` (which gets its id); returns
+        the agent's socket and its release.
+
+        Over the per-user or per-workspace cap of connections being set up, the stream first
+        waits its turn (at most the dial timeout). The stream is live from the moment it
+        arrives: a policy that ends sessions while it waits or while the agent dials back
+        (External Connect off, a suspension, a deletion) ends this one at once, with its reason
+        as the :class:`DialError`. On success the caller must set the release when done with
+        the agent socket, which lets the agent's request handler finish, and unregister the
+        stream. The agent's control channel may be held by another replica (asked over HTTP to
+        pass the dial on), and its dial-back may land on any replica (which hands it over here:
+        the stream id starts with this replica's id)."""
+        workspace_id, user_id = stream.workspace_id, stream.user_id
+        conn, holder = await self._route(workspace_id, workspace_name)
         loop = asyncio.get_running_loop()
         stream.id = stream_id = self._peers.id + secrets.token_hex(16)
         pending = _Pending(workspace_id, loop.create_future(), user_id=user_id)
@@ -142,11 +138,19 @@ class Relay:
 
         stream.interrupt = interrupt
         self._live[stream_id] = stream
-        self._pending[stream_id] = pending
-        self._count(self._pending_by_user, user_id, 1)
-        self._count(self._pending_by_workspace, workspace_id, 1)
         agent_ws: WebSocket | None = None
+        slot = False
         try:
+            waits = self.slots.full(user_id, workspace_id) is not None
+            try:
+                slot = await self.slots.acquire(user_id, workspace_id, self._dial_timeout, ended)
+            except NoSlot as refused:
+                raise self._no_slot(refused, workspace_name) from None
+            if stream.end_reason is not None:
+                raise DialError(stream.end_reason)
+            if waits:  # the agent may have moved or gone meanwhile
+                conn, holder = await self._route(workspace_id, workspace_name)
+            self._pending[stream_id] = pending
             if conn is not None:
                 sent = await conn.send({"type": "dial", "stream": stream_id, "client": client})
             else:
@@ -167,8 +171,8 @@ class Relay:
         finally:
             stream.interrupt = None
             self._pending.pop(stream_id, None)
-            self._count(self._pending_by_user, user_id, -1)
-            self._count(self._pending_by_workspace, workspace_id, -1)
+            if slot:
+                self.slots.release(user_id, workspace_id)
             if not pending.arrived.done():
                 pending.arrived.cancel()
             if agent_ws is None:  # failed or cancelled: no stream, and an agent that came goes

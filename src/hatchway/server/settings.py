@@ -36,6 +36,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     max_pending_streams_per_user: int = 32  # SSH streams waiting for their agent, per user
     max_pending_streams_per_workspace: int = 32  # ... and per workspace
+    max_queued_streams: int = 1024  # more wait their turn, per user and per workspace, up to this
 
     @property
     def agent_url(self) -> str:
