@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import loadgen
-from bench.measure import (ProxyWatch, Timed, children_cpu_seconds, children_of, cpu_seconds, human_size, kill_group, median, p95, parse_size, rss_bytes,
+from bench.measure import (ProxyWatch, become_subreaper, Timed, children_cpu_seconds, children_of, cpu_seconds, human_size, kill_group, median, p95, parse_size, rss_bytes,
                            run_timed)
 from bench.report import NOT_SUPPORTED, Row, machine_info, rich_table, write_results
 from bench.world import BUILTIN, DIRECT, OSSH, OSSH_TLS, PATH_LABELS, Target, World, settle, why_cannot_run
@@ -157,11 +157,11 @@ class Bench:
         before = self.cpu_now()
         with ProxyWatch() as proxies:
             t = fn()
+        proxies.reap()
         settle(0.3)  # sshd reaps its session process just after the client has gone
         after = self.cpu_now()
         used = {n: after[n] - before[n] for n in before}
-        used["client"] += proxies.cpu  # ssh does not reap its ProxyCommand: read from /proc
-        used["proxy"] = proxies.cpu
+        used["proxy"] = proxies.cpu  # already in "client", whoever reaped it
         return t, used
 
     # ---- 1. throughput ----------------------------------------------------------------------
@@ -519,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.now(timezone.utc)
     say(f"starting server, sshd and two agents (size {human_size(opts.size)}, {opts.repeat} repeats)")
     load_before = os.getloadavg()
+    become_subreaper()  # so every ProxyCommand's CPU time is counted, and counted once
     world = World(keep=opts.keep)
     with world:
         say(f"ready: server {world.server.url}, sshd 127.0.0.1:{world.sshd_port}, work dir {world.tmp}")

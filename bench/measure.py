@@ -88,10 +88,26 @@ def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
     return used / CLK_TCK
 
 
+def become_subreaper() -> None:
+    """Have orphaned descendants reparented to this process instead of init.
+
+    ssh reaps its ProxyCommand when the proxy exits first (its SIGCHLD handler waits for any
+    child), which puts the proxy's CPU time into ssh's and so into our RUSAGE_CHILDREN; when ssh
+    exits first, the proxy is orphaned and its time would be lost. As the subreaper we reap those
+    orphans ourselves (:meth:`ProxyWatch.reap`), so a proxy's time is counted once either way."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
 class ProxyWatch:
-    """Samples the CPU time of ``hatchway proxy`` processes descended from this process while a
-    transfer runs: ssh does not wait for its ProxyCommand, so the proxy's CPU time never reaches
-    our RUSAGE_CHILDREN and has to be read from /proc before it exits (to within one interval)."""
+    """The CPU time of the ``hatchway proxy`` processes descended from this process while a
+    transfer runs. It is sampled from /proc while they live (to within one interval) and made
+    exact by :meth:`reap` for those orphaned to us (see :func:`become_subreaper`); one reaped by
+    ssh keeps its last sample, its exact time being in ssh's children's time."""
 
     def __init__(self, interval: float = 0.05) -> None:
         import threading
@@ -99,6 +115,23 @@ class ProxyWatch:
         self.seen: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def reap(self, timeout: float = 5.0) -> None:
+        """Wait for the proxies that were orphaned to us (the transfer's process group has been
+        killed, so they are exiting) and take their exact CPU time."""
+        deadline = time.monotonic() + timeout
+        for pid in self.seen:
+            while True:
+                try:
+                    done, _, usage = os.wait4(pid, os.WNOHANG)
+                except ChildProcessError:  # not ours: ssh reaped it
+                    break
+                if done:
+                    self.seen[pid] = usage.ru_utime + usage.ru_stime
+                    break
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
 
     def __enter__(self) -> "ProxyWatch":
         self._thread.start()
@@ -149,7 +182,9 @@ class ProxyWatch:
 
 
 def children_cpu_seconds() -> float:
-    """CPU time of this process's children that have been waited for (ssh and its ProxyCommand)."""
+    """CPU time of this process's children that have been waited for, and of their reaped
+    children: ssh, the shell and ``head`` of an upload, and each ProxyCommand (reaped by ssh or,
+    orphaned, by us)."""
     import resource
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
