@@ -496,7 +496,7 @@ def test_login_grace_session_limit_and_dead_client(env: Env, srv: ServerThread) 
             data = b""
             while chunk := raw.recv(4096):
                 data += chunk
-        assert data.startswith(b"SSH-2.0-Hatchway_")
+        assert data.startswith(b"SSH-2.0-OpenSSH_compatible Hatchway_")
         assert 0.8 < time.monotonic() - started < 5
 
         # sessions per connection
@@ -781,7 +781,7 @@ def test_socketpair_with_relayed_addresses(env: Env, srv: ServerThread) -> None:
 def test_garbage_instead_of_ssh_is_dropped(env: Env, srv: ServerThread) -> None:
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
         banner = s.recv(256)
-        assert banner.startswith(b"SSH-2.0-Hatchway_")
+        assert banner.startswith(b"SSH-2.0-OpenSSH_compatible Hatchway_")
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         data = b""
         while chunk := s.recv(4096):

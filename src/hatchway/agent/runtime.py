@@ -464,8 +464,11 @@ class Agent:
 
         await ws.send(protocol.stream_header("built-in"))
         tunnel = WebSocketTunnel(ws)
+        # It stands in for the SSH server on the workspace's port: SSH_CONNECTION says so, as
+        # it would under sshd, instead of port 0.
+        here = ("127.0.0.1", self.config.ssh_port or 22)
         try:
-            await self._builtin.handle(None, client, tunnel=tunnel)
+            await self._builtin.handle(None, client, here, tunnel=tunnel)
         finally:
             await tunnel.wait_closed()
 

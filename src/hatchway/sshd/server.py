@@ -63,7 +63,11 @@ __all__ = ["BuiltinSSHConfig", "BuiltinSSHServer", "SessionIdentity", "build_ses
 
 log = logging.getLogger("hatchway.sshd")
 
-SERVER_VERSION = f"Hatchway_{__version__}"
+# OpenSSH's client sends some of its extensions only to servers whose version starts with
+# "OpenSSH" (its SSH_NEW_OPENSSH compatibility flag): among them eow@openssh.com, without which
+# `ssh host yes | head -1` would never end. "compatible" says this is not OpenSSH (and names no
+# OpenSSH version for scanners to judge); the comment names what it is.
+SERVER_VERSION = f"OpenSSH_compatible Hatchway_{__version__}"
 LOGIN_TIMEOUT = BuiltinSSHConfig().login_grace  # kept for callers of the first cut
 CLOSE_GRACE = 2.0  # close(): how long live connections and hung-up children get
 TEARDOWN_GRACE = 5.0  # end of a connection: how long its own cleanup tasks get

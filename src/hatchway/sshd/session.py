@@ -184,6 +184,14 @@ class SessionChannel(asyncssh.SSHServerChannel):  # type: ignore[type-arg]
         packet.check_end()
         return bool(self._start_session(command=command))
 
+    def _process_eow_at_openssh_dot_com_request(self, packet: Any) -> bool:
+        """The client can no longer write what it receives (``ssh host cmd | head -1``, once
+        ``head`` exits): stop reading the command's output, so it gets EPIPE, as under sshd."""
+        packet.check_end()
+        if self.owner is not None:
+            self.owner.output_unwanted()
+        return True
+
     def _process_x11_req_request(self, packet: Any) -> bool | None:
         single = packet.get_boolean()
         proto = packet.get_string()
@@ -420,6 +428,16 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self._chan_reading_paused = True
             assert self._chan is not None
             self._chan.pause_reading()
+
+    def output_unwanted(self) -> None:
+        """Close our end of the command's stdout (not of a terminal, which is its stdin too;
+        nor stderr, which the client still shows)."""
+        if self._master is not None:
+            return
+        for fd, datatype in list(self._outputs.items()):
+            if datatype is None:
+                log.debug("%s: the client stopped reading; closing the command's stdout", self._ctx.label)
+                self._close_output(fd)
 
     def eof_received(self) -> bool:
         if self._sftp_stream is not None:
