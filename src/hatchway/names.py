@@ -58,6 +58,18 @@ def check_username(name: str) -> str:
     )
 
 
+#: Names the API could not address: ``/api/v1/users/me/…`` is always the signed-in user.
+RESERVED_USERNAMES = frozenset({"me"})
+
+
+def check_new_username(name: str) -> str:
+    """A username for a user being created: valid, and not one the API reserves."""
+    check_username(name)
+    if name in RESERVED_USERNAMES:
+        raise ValueError(f'the username "{name}" is reserved (/api/v1/users/{name} is the signed-in user); choose another')
+    return name
+
+
 def check_email(email: str) -> str:
     if not isinstance(email, str) or len(email) > 320 or not EMAIL.fullmatch(email):
         raise ValueError(f"invalid email address {_show(str(email))}")

@@ -42,6 +42,21 @@ def test_bad_usernames(name: str) -> None:
         names.check_username(name)
 
 
+def test_me_cannot_be_the_name_of_a_new_user() -> None:
+    """/api/v1/users/me/… is the signed-in user: a user named "me" could never be addressed."""
+    from pydantic import ValidationError
+
+    from hatchway.server.api.schemas import FirstUserIn, UserCreateIn
+
+    assert names.check_username("me") == "me"  # an existing name still resolves (ssh me/dev)
+    with pytest.raises(ValueError, match='^the username "me" is reserved \\(/api/v1/users/me is the signed-in user\\); choose another$'):
+        names.check_new_username("me")
+    assert names.check_new_username("mei") == "mei"
+    for schema in (FirstUserIn, UserCreateIn):
+        with pytest.raises(ValidationError, match='the username "me" is reserved'):
+            schema(username="me", email="me@example.com", password="a long enough password")
+
+
 @pytest.mark.parametrize("env,fragment", [
     ({"1A": "x"}, "invalid environment variable name"),
     ({"A-B": "x"}, "invalid environment variable name"),

@@ -29,7 +29,7 @@ class FirstUserIn(BaseModel):
     email: str
     password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
 
-    _u = field_validator("username")(lambda v: names.check_username(v))
+    _u = field_validator("username")(lambda v: names.check_new_username(v))
     _e = field_validator("email")(lambda v: names.check_email(v))
     _p = field_validator("password")(lambda v: _check_new_password(v))
 
@@ -61,7 +61,7 @@ class UserCreateIn(BaseModel):
     role: Literal["member", "site-manager"] = "member"
     password: str | None = Field(default=None, min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
 
-    _u = field_validator("username")(lambda v: names.check_username(v))
+    _u = field_validator("username")(lambda v: names.check_new_username(v))
     _e = field_validator("email")(lambda v: names.check_email(v))
     _p = field_validator("password")(lambda v: _check_new_password(v))
 
