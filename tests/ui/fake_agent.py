@@ -65,18 +65,20 @@ class FakeAgent:
             self._thread.join(5)
 
 
-def ssh_stream(url: str, token: str, workspace: str, payload: bytes) -> tuple[bytes, str | None]:
-    """Open the client side of an SSH relay stream (what ``hatchway proxy`` does), send
-    ``payload`` and read it back; returns (echo, refusal message or None)."""
+def ssh_stream(url: str, token: str, workspace: str, payload: bytes, owner: str | None = None) -> tuple[bytes, str | None]:
+    """Open the client side of an SSH relay stream (what ``hatchway proxy`` does) to
+    ``workspace`` (of ``owner``, default the token's user), send ``payload`` and read it back;
+    returns (echo, refusal message or None)."""
     with connect(
-        _ws_url(url) + f"/api/v1/workspaces/{workspace}/ssh",
+        _ws_url(url) + f"/api/v1/workspaces/{workspace}/ssh" + (f"?owner={owner}" if owner else ""),
         additional_headers={"Authorization": f"Bearer {token}"},
         open_timeout=10,
         max_size=None,
     ) as ws:
         got = b""
-        try:
+        with contextlib.suppress(ConnectionClosed):  # refused at once: the reason is still queued
             ws.send(payload)
+        try:
             while len(got) < len(payload):
                 frame = ws.recv(timeout=10)
                 if isinstance(frame, str):

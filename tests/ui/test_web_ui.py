@@ -555,6 +555,42 @@ def test_member_creates_inspects_and_deletes_a_workspace(member_page: SignedIn) 
     assert page.get_by_role("heading", name="You have no workspaces yet").is_visible()
 
 
+def test_a_workspace_page_lists_its_recent_ssh_connections(member_page: SignedIn, manager_page: SignedIn) -> None:
+    """Members have no Audit page: their workspace's page shows their own connections (what
+    the API shows them); a site manager sees everyone's there, with a link to the rest."""
+    page, srv = member_page.page, member_page.srv
+    with srv.api(srv.member_token) as c:
+        c.post("/workspaces", json={"name": "conns", "provider": LAB}).raise_for_status()
+    try:
+        page.goto(srv.url + "/workspaces/bob/conns")
+        section = page.locator("section", has=page.get_by_role("heading", name="Recent SSH connections"))
+        assert "None yet." in section.inner_text()
+        _echo, mine = ssh_stream(srv.url, srv.member_token, "conns", b"SSH-2.0-OpenSSH_9.2p1\r\n")
+        _echo, theirs = ssh_stream(srv.url, srv.manager_token, "conns", b"SSH-2.0-OpenSSH_9.2p1\r\n", owner="bob")
+        assert mine is not None and "agent is not connected" in mine
+        assert theirs is not None and "bob" in theirs  # nobody reaches a workspace not theirs
+
+        page.reload()
+        table = section.get_by_role("table", name="Recent SSH connections")
+        rows = table.locator("tbody tr")
+        assert rows.count() == 1  # bob's own attempt; alice's is not his to see
+        assert rows.first.locator('td[data-label="User"]').inner_text() == "bob"
+        assert rows.first.locator('td[data-label="Result"]').inner_text().startswith("refused")
+        assert "agent is not connected" in rows.first.locator('td[data-label="Result"]').inner_text()
+        assert section.get_by_role("link", name="All connections to this workspace in Audit").count() == 0
+
+        manager = manager_page.page
+        manager.goto(srv.url + "/workspaces/bob/conns")
+        m_rows = manager.get_by_role("table", name="Recent SSH connections").locator("tbody tr")
+        assert [m_rows.nth(i).locator('td[data-label="User"]').inner_text() for i in range(m_rows.count())] == ["alice", "bob"]
+        manager.get_by_role("link", name="All connections to this workspace in Audit").click()
+        manager.wait_for_url(re.compile(r".*/manage/audit\?workspace=bob%2Fconns$"))
+        assert manager.get_by_role("table", name="SSH connections").locator("tbody tr").count() == 2
+    finally:
+        with srv.api(srv.member_token) as c:
+            c.delete("/workspaces/conns")
+
+
 def test_container_workspaces_take_an_image_and_cvm_from_the_form(member_page: SignedIn, tmp_path: Path) -> None:
     page, srv = member_page.page, member_page.srv
     engine = tmp_path / "no-engine.sock"  # a Docker provider whose engine is not running

@@ -498,7 +498,23 @@ async def workspace_page(
 ) -> Response:
     w = await _show_workspace(db, user, owner, name)
     view = _workspace_view(user, w, _managed(request, w.provider_kind))
+    view["connections"] = await _recent_connections(db, user, w.id)
     return render(request, "workspace.html", section="workspaces", view=view)
+
+
+#: SSH connections shown on a workspace's page (the Audit page has them all, for site managers).
+RECENT_CONNECTIONS = 10
+
+
+async def _recent_connections(db: AsyncSession, viewer: User, workspace_id: str) -> list[dict[str, Any]]:
+    """The newest connections to the workspace: a member sees their own (as the API shows
+    them), a site manager everyone's, refused attempts by other users included."""
+    stmt = select(SSHConnection).where(SSHConnection.workspace_id == workspace_id)
+    if viewer.role != "site-manager":
+        stmt = stmt.where(SSHConnection.user_id == viewer.id)
+    stmt = stmt.order_by(SSHConnection.started_at.desc(), SSHConnection.id.desc()).limit(RECENT_CONNECTIONS)
+    rows = (await db.execute(stmt)).scalars().all()
+    return [{"c": connection_out(r), "duration": fmt.connection_duration(r.started_at, r.ended_at)} for r in rows]
 
 
 @router.get("/workspaces/{owner}/{name}/delete")
