@@ -157,6 +157,12 @@ def test_suspension_stops_tokens_at_once(deployment: Deployment) -> None:
 
 def test_set_role_and_last_site_manager(deployment: Deployment) -> None:
     deployment.alice.ok("users", "create", "dave", "--email", "dave@example.com")
+    listed = {u["username"]: u for u in deployment.alice.ok("users", "list", "--json").json()}
+    assert (listed["dave"]["has_password"], listed["alice"]["has_password"]) == (False, True)
+    table = deployment.alice.ok("users", "list").out.splitlines()
+    assert table[0].split() == ["USERNAME", "EMAIL", "ROLE", "STATUS", "PASSWORD", "CREATED"]
+    dave = next(line for line in table if line.startswith("dave "))
+    assert "none (users set-password)" in dave
     deployment.alice.ok("users", "set-role", "dave", "site-manager")
     roles = {u["username"]: u["role"] for u in deployment.alice.ok("users", "list", "--json").json()}
     assert roles["dave"] == "site-manager"

@@ -264,6 +264,9 @@ def test_site_manager_sets_a_users_password(manager_page: SignedIn, browser: Any
 
     flows.open_manage(page, "Users")
     row = page.locator('tr[data-user="quinn"]')
+    status = row.locator('td[data-label="Status"] .badge')
+    assert status.all_inner_texts() == ["Active", "No password"]  # the list says who cannot sign in yet
+    assert status.nth(1).get_attribute("title") == "Cannot sign in until a password is set: ⋮ > Set password"
     row.get_by_role("button", name="Actions for user quinn").click()
     row.get_by_role("menuitem", name="Set password").click()
     page.wait_for_url(re.compile(r".*/manage/users/quinn/password$"))
@@ -278,6 +281,7 @@ def test_site_manager_sets_a_users_password(manager_page: SignedIn, browser: Any
     page.get_by_role("button", name="Set password").click()
     page.wait_for_url(re.compile(r".*/manage/users$"))
     assert page.locator(".flash-success").inner_text() == 'Password of "quinn" set; 0 sign-in sessions of theirs ended.'
+    assert page.locator('tr[data-user="quinn"] td[data-label="Status"] .badge').all_inner_texts() == ["Active"]
 
     # A reset ends every session quinn has.
     sessions = [_api_login(srv, "quinn", "quinn-password-1").json()["token"] for _ in range(2)]

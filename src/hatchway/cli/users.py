@@ -22,8 +22,9 @@ def list_users(as_json: bool) -> None:
         print_json(rows)
         return
     print_table(
-        ["USERNAME", "EMAIL", "ROLE", "STATUS", "CREATED"],
-        [[u["username"], u["email"], u["role"], "suspended" if u["suspended"] else "active", u["created_at"]] for u in rows],
+        ["USERNAME", "EMAIL", "ROLE", "STATUS", "PASSWORD", "CREATED"],
+        [[u["username"], u["email"], u["role"], "suspended" if u["suspended"] else "active",
+          "set" if u["has_password"] else "none (users set-password)", u["created_at"]] for u in rows],
     )
 
 

@@ -15,6 +15,7 @@ def user_out(u: User) -> schemas.UserOut:
         suspended=u.suspended,
         created_at=u.created_at,
         ssh_key_fingerprint=u.ssh_key_fingerprint,
+        has_password=u.password_hash is not None,
     )
 
 

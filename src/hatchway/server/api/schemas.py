@@ -52,6 +52,7 @@ class UserOut(BaseModel):
     suspended: bool
     created_at: datetime
     ssh_key_fingerprint: str
+    has_password: bool = Field(description="false: created without one; they cannot sign in until a site manager sets it")
 
 
 class UserCreateIn(BaseModel):
