@@ -23,10 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.netns import pids_of_uid
+from tests.helpers.netns import pids_of_uid, sweep_local_workspaces
 from tests.helpers.server import RunningServer, wait_for
-
-MARKER = "hatchway workspace "
 
 
 def _root_reason() -> str | None:
@@ -76,28 +74,6 @@ def agent_pid(user: str) -> int | None:
         if "hatchway" in argv and "agent" in argv:
             return pid
     return None
-
-
-def sweep(workspace_ids: list[str]) -> None:
-    """Remove whatever of these workspaces is left, whatever state the test ended in."""
-    for ws_id in workspace_ids:
-        ns = f"hw-{ws_id}"
-        pids = sh("ip", "netns", "pids", ns).stdout.split()
-        for p in pids:
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        if ns in netns_list():
-            sh("ip", "netns", "delete", ns)
-        for entry in pwd.getpwall():
-            if entry.pw_gecos == MARKER + ws_id:
-                for p in pids_of_uid(entry.pw_uid):
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                sh("userdel", entry.pw_name)
 
 
 @dataclass
@@ -155,7 +131,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         finally:
             if server.proc is not None:
                 server.stop()
-            sweep(list(ids.values()))
+            sweep_local_workspaces(server.data_dir, ids.values())  # ids or not: a failed start too
 
 
 def test_each_workspace_has_its_own_user_and_home(world: World) -> None:

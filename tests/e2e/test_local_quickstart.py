@@ -6,7 +6,6 @@ all of it."""
 from __future__ import annotations
 
 import os
-import pwd
 import shlex
 import signal
 import subprocess
@@ -16,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.netns import sweep_local_workspaces
 from tests.helpers.server import HATCHWAY, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-MARKER = "hatchway workspace "
 
 
 def _root_reason() -> str | None:
@@ -95,12 +94,7 @@ def scratch(tmp_path: Path) -> Iterator[Scratch]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         # Whatever is left of the workspace (a failed run): its user and namespace.
-        for entry in pwd.getpwall():
-            if entry.pw_gecos.startswith(MARKER) and str(s.data) in entry.pw_dir:
-                subprocess.run(["pkill", "-KILL", "-u", entry.pw_name], check=False)
-                subprocess.run(["userdel", entry.pw_name], check=False)
-        for ws_id in ids:
-            subprocess.run(["ip", "netns", "delete", f"hw-{ws_id}"], capture_output=True, check=False)
+        sweep_local_workspaces(s.data, ids)
 
 
 def test_quickstart_then_ssh_into_dev_and_run_again(scratch: Scratch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -82,3 +83,35 @@ def pids_of_uid(uid: int) -> list[int]:
             except FileNotFoundError:
                 pass
     return out
+
+
+def sweep_local_workspaces(data_dir: Path, known_ids: Iterable[str] = ()) -> list[str]:
+    """Remove what the ``local`` provider left of its workspaces (a failed run): processes in
+    their network namespaces, the namespaces, their Unix users and those users' processes.
+
+    The workspaces are those in ``known_ids`` and every one with a directory under the data dir,
+    so a fixture that failed before it learned an id still cleans up. Returns the ids swept."""
+    import pwd
+    import signal
+
+    from hatchway.providers.naming import netns_name, user_marker
+
+    found = {p.name for p in (data_dir / "workspaces").iterdir()} if (data_dir / "workspaces").is_dir() else set()
+    ids = sorted(set(known_ids) | found)
+    for ws_id in ids:
+        ns = netns_name(ws_id)
+        for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        run("ip", "netns", "delete", ns, check=False)
+        for entry in pwd.getpwall():
+            if entry.pw_gecos == user_marker(ws_id):
+                for pid in pids_of_uid(entry.pw_uid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                run("userdel", entry.pw_name, check=False)
+    return ids
