@@ -66,6 +66,22 @@ async def test_a_freed_slot_goes_to_the_first_waiter_that_fits_under_both_caps()
     assert slots.by_user == {"u1": 1, "u2": 1} and slots.by_workspace == {"w1": 1, "w3": 1}
 
 
+async def test_a_waiter_held_up_by_its_workspace_keeps_its_place_without_blocking_the_users_next() -> None:
+    slots = DialSlots(per_user=2, per_workspace=1, max_queued=10)
+    assert await slots.acquire("u1", "w1", 5, never())
+    assert await slots.acquire("u1", "w2", 5, never())
+    first = asyncio.create_task(slots.acquire("u1", "w1", 5, never()))  # would need w1 too
+    second = asyncio.create_task(slots.acquire("u1", "w3", 5, never()))
+    await settle()
+    slots.release("u1", "w2")
+    await settle()
+    assert second.done() and not first.done()
+    slots.release("u1", "w1")
+    assert await first is True
+    assert slots.by_user == {"u1": 2} and slots.by_workspace == {"w1": 1, "w3": 1}
+    assert slots.queued_by_user == {} and slots._user_lines == {} and slots._workspace_lines == {}
+
+
 async def test_a_full_line_is_refused_at_once_and_a_long_wait_is_refused_with_how_long() -> None:
     slots = DialSlots(per_user=1, per_workspace=5, max_queued=2)
     assert await slots.acquire("u1", "w1", 5, never())
@@ -118,6 +134,7 @@ async def test_a_cancelled_waiter_leaves_the_line_or_gives_back_the_slot_it_was_
     handed.cancel()  # ...which is cancelled before it resumes
     await asyncio.gather(handed, return_exceptions=True)
     assert slots.by_user == {} and slots.queued_by_user == {}
+    assert slots._user_lines == {} and slots._workspace_lines == {}
 
 
 async def test_a_connection_without_a_user_is_capped_per_workspace_only() -> None:
@@ -127,3 +144,52 @@ async def test_a_connection_without_a_user_is_capped_per_workspace_only() -> Non
     assert slots.by_user == {} and slots.by_workspace == {"w1": 2}
     with pytest.raises(NoSlot):
         await slots.acquire("", "w1", 5, never())
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_random_bursts_never_exceed_a_cap_and_everyone_is_served_in_the_end(seed: int) -> None:
+    """Random arrivals, cancellations and slot returns over 3 users and 3 workspaces: the caps
+    always hold, nobody waits while their user and workspace both have room, and once every slot
+    is back nothing is left behind."""
+    import random
+
+    rng = random.Random(seed)
+    slots = DialSlots(per_user=2, per_workspace=3, max_queued=50)
+    holding: list[tuple[str, str]] = []
+    tasks: dict[asyncio.Task[bool], tuple[str, str]] = {}
+
+    def check() -> None:
+        assert all(n <= 2 for n in slots.by_user.values()) and all(n <= 3 for n in slots.by_workspace.values())
+        for task, (u, w) in tasks.items():
+            if not task.done():
+                assert slots.full(u, w) is not None, f"{u}/{w} waits with room for it"
+
+    for _ in range(300):
+        action = rng.random()
+        if action < 0.5:
+            key = (f"u{rng.randrange(3)}", f"w{rng.randrange(3)}")
+            tasks[asyncio.create_task(slots.acquire(*key, 30, never()))] = key
+        elif action < 0.85 and holding:
+            slots.release(*holding.pop(rng.randrange(len(holding))))
+        else:
+            waiting = [t for t in tasks if not t.done()]
+            if waiting:
+                rng.choice(waiting).cancel()
+        await settle()
+        for task in [t for t in tasks if t.done()]:
+            key = tasks.pop(task)
+            if not task.cancelled() and task.exception() is None and task.result():
+                holding.append(key)
+        check()
+    while holding or any(not t.done() for t in tasks):
+        if holding:
+            slots.release(*holding.pop())
+        await settle()
+        for task in [t for t in tasks if t.done()]:
+            key = tasks.pop(task)
+            if not task.cancelled() and task.exception() is None and task.result():
+                holding.append(key)
+        check()
+    assert slots.by_user == {} and slots.by_workspace == {}
+    assert slots.queued_by_user == {} and slots.queued_by_workspace == {}
+    assert slots._user_lines == {} and slots._workspace_lines == {}

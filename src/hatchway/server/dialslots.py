@@ -45,7 +45,11 @@ class DialSlots:
         self.by_workspace: dict[str, int] = {}
         self.queued_by_user: dict[str, int] = {}
         self.queued_by_workspace: dict[str, int] = {}
-        self._line: collections.deque[_Waiter] = collections.deque()
+        # Each waiter is in its user's line and its workspace's line: a slot given back can
+        # only help those two lines, so a release never scans anyone else's waiters. A waiter
+        # that got its slot or left stays in the other line until it reaches the front.
+        self._user_lines: dict[str, collections.deque[_Waiter]] = {}
+        self._workspace_lines: dict[str, collections.deque[_Waiter]] = {}
 
     def full(self, user: str, workspace: str) -> str | None:
         """Which cap keeps a new connection of ``user`` to ``workspace`` from a slot now, if any."""
@@ -71,7 +75,9 @@ class DialSlots:
             raise NoSlot(which, None)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(user, workspace, loop.create_future())
-        self._line.append(waiter)
+        if user:
+            self._user_lines.setdefault(user, collections.deque()).append(waiter)
+        self._workspace_lines.setdefault(workspace, collections.deque()).append(waiter)
         _bump(self.queued_by_user, user, 1)
         _bump(self.queued_by_workspace, workspace, 1)
         started = loop.time()
@@ -88,20 +94,40 @@ class DialSlots:
         raise NoSlot(self.full(user, workspace) or which, loop.time() - started)
 
     def release(self, user: str, workspace: str) -> None:
-        """Give a slot back; the first waiters in line that now fit under both caps get one."""
+        """Give a slot back; the first waiters of that user and of that workspace that now fit
+        under both caps get one, in arrival order."""
         _bump(self.by_user, user, -1)
         _bump(self.by_workspace, workspace, -1)
-        if not self._line:
+        if user:
+            self._admit(self._user_lines, user)
+        self._admit(self._workspace_lines, workspace)
+
+    def _admit(self, lines: dict[str, collections.deque[_Waiter]], key: str) -> None:
+        line = lines.get(key)
+        if line is None:
             return
-        still: collections.deque[_Waiter] = collections.deque()
-        for waiter in self._line:
+        counts, cap = (self.by_user, self.per_user) if lines is self._user_lines else (self.by_workspace, self.per_workspace)
+        kept: list[_Waiter] = []
+        while line:
+            if line[0].turn.done():  # given a slot through its other line, or gone
+                line.popleft()
+                continue
+            if counts.get(key, 0) >= cap:  # this line's own cap is full: nobody further back fits
+                break
+            waiter = line.popleft()
             if self.full(waiter.user, waiter.workspace) is None:
                 self._dequeue(waiter)
                 self._take(waiter.user, waiter.workspace)
                 waiter.turn.set_result(None)
+                if lines is self._user_lines:
+                    self._prune(self._workspace_lines, waiter.workspace)
+                else:
+                    self._prune(self._user_lines, waiter.user)
             else:
-                still.append(waiter)
-        self._line = still
+                kept.append(waiter)  # held up by its other cap: keeps its place in this line
+        line.extendleft(reversed(kept))
+        if not line:
+            del lines[key]
 
     def _take(self, user: str, workspace: str) -> None:
         _bump(self.by_user, user, 1)
@@ -115,9 +141,19 @@ class DialSlots:
         if waiter.turn.done():  # handed a slot in the meantime: give it back
             self.release(waiter.user, waiter.workspace)
             return
-        waiter.turn.cancel()
-        self._line.remove(waiter)
+        waiter.turn.cancel()  # its lines drop it when it reaches their front
         self._dequeue(waiter)
+        self._prune(self._user_lines, waiter.user)
+        self._prune(self._workspace_lines, waiter.workspace)
+
+    @staticmethod
+    def _prune(lines: dict[str, collections.deque[_Waiter]], key: str) -> None:
+        """Drop the waiters at the front of a line that are settled (served or gone)."""
+        line = lines.get(key)
+        while line and line[0].turn.done():
+            line.popleft()
+        if line is not None and not line:
+            del lines[key]
 
 
 def _bump(counts: dict[str, int], key: str, delta: int) -> None:
