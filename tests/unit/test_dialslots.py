@@ -158,6 +158,15 @@ async def test_random_bursts_never_exceed_a_cap_and_everyone_is_served_in_the_en
     holding: list[tuple[str, str]] = []
     tasks: dict[asyncio.Task[bool], tuple[str, str]] = {}
 
+    async def step() -> None:
+        """Let the woken run, collect who got a slot, and check the invariants."""
+        await settle()
+        for task in [t for t in tasks if t.done()]:
+            key = tasks.pop(task)
+            if not task.cancelled() and task.exception() is None and task.result():
+                holding.append(key)
+        check()
+
     def check() -> None:
         assert all(n <= 2 for n in slots.by_user.values()) and all(n <= 3 for n in slots.by_workspace.values())
         for task, (u, w) in tasks.items():
@@ -175,21 +184,11 @@ async def test_random_bursts_never_exceed_a_cap_and_everyone_is_served_in_the_en
             waiting = [t for t in tasks if not t.done()]
             if waiting:
                 rng.choice(waiting).cancel()
-        await settle()
-        for task in [t for t in tasks if t.done()]:
-            key = tasks.pop(task)
-            if not task.cancelled() and task.exception() is None and task.result():
-                holding.append(key)
-        check()
+        await step()
     while holding or any(not t.done() for t in tasks):
         if holding:
             slots.release(*holding.pop())
-        await settle()
-        for task in [t for t in tasks if t.done()]:
-            key = tasks.pop(task)
-            if not task.cancelled() and task.exception() is None and task.result():
-                holding.append(key)
-        check()
+        await step()
     assert slots.by_user == {} and slots.by_workspace == {}
     assert slots.queued_by_user == {} and slots.queued_by_workspace == {}
     assert slots._user_lines == {} and slots._workspace_lines == {}
