@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from hatchway.server.policy import external_connect_off_message
 from tests.helpers.server import api, first_user, running_server, wait_for
