@@ -371,4 +371,9 @@ def test_asyncssh_internals_we_use() -> None:
     assert not set(vars(SessionChannel)) - {"owner", "_defer", "__module__", "__doc__", "__annotations__",
                                             "_process_auth_agent_req_at_openssh_dot_com_request",
                                             "_process_x11_req_request", "_process_exec_request",
+                                            "_process_eow_at_openssh_dot_com_request",
                                             "__parameters__", "__orig_bases__"}
+    # A request asyncssh does not handle reaches a method named after it (eow@openssh.com).
+    from asyncssh.misc import map_handler_name
+
+    assert "_process_" + map_handler_name("eow@openssh.com") + "_request" in vars(SessionChannel)
