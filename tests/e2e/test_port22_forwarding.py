@@ -144,3 +144,66 @@ def test_forwards_to_real_openssh_then_falls_back(box: Box) -> None:
         assert [c["mode"] for c in rows[:2]] == ["built-in", "openssh"]
     finally:
         box.server.stop()
+
+
+def test_an_sshd_that_starts_after_the_agent_is_reached_without_running_config_ssh_again(box: Box) -> None:
+    """systemd starts sshd after the agent (or someone runs it by hand later). Its host keys
+    are on disk before it answers: the agent reports them, config-ssh pins them beside the
+    built-in server's, and when sshd comes up, ssh reaches it with no new host-key prompt."""
+    box.server.start()
+    try:
+        alice = Cli(box.tmp / "alice")
+        alice.login(box.server.url, "alice", "alice-password", first=True)
+        alice.ok("providers", "create", "byo", "--kind", "manual")
+        out = alice.ok("workspaces", "create", "late", "--provider", "byo").out
+        token = out.split("HATCHWAY_AGENT_TOKEN=")[1].split()[0]
+
+        etc = box.user.home / "etc-ssh"  # readable by the agent's user, as /etc/ssh is
+        etc.mkdir(mode=0o755)
+        host_key = etc / "ssh_host_ed25519_key"
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
+        cfg = etc / "sshd_config"
+        cfg.write_text(SSHD_CONFIG.format(host_key=host_key, pid=box.tmp / "sshd.pid"))
+        sshd_key = " ".join(host_key.with_suffix(".pub").read_text().split()[:2])
+
+        agent = AgentProcess(
+            box.server.url, token, box.user.home, ssh_port=22, extra_env={"HATCHWAY_SSHD_CONFIG": str(cfg)},
+            argv_prefix=[*box.ns.prefix(), *box.user.prefix()],
+        )
+        agent.log_path = box.tmp / "agent.log"
+        agent.start()
+        box.procs.append(agent.proc)  # type: ignore[arg-type]
+
+        def ws() -> dict:
+            return alice.ok("workspaces", "show", "late", "--json").json()
+
+        wait_for(lambda: ws()["agent_connected"] and sshd_key in ws()["host_keys"], 30,
+                 what="the agent to report sshd's key from disk")
+        assert ws()["ssh_mode"] == "built-in" and len(ws()["host_keys"]) == 2  # its own, and sshd's
+        ssh_config = box.tmp / "ssh_config"
+        alice.ok("config-ssh", "--ssh-config", str(ssh_config), "-y")
+
+        def ssh(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", "-v", *args],
+                capture_output=True, text=True, env=alice.env(), timeout=60, check=False,
+            )
+
+        r = ssh("hatchway.late", "id -un")
+        assert (r.returncode, r.stdout) == (0, box.user.name + "\n"), r.stderr
+        assert "remote software version OpenSSH_compatible Hatchway_" in r.stderr
+
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        box.spawn(*box.ns.prefix(), "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg))
+        wait_for(lambda: "LISTEN" in box.ns.exec("ss", "-ltn", "sport = :22").stdout, 10, what="sshd listening")
+        r = ssh("hatchway.late", "id -un")  # no config-ssh in between
+        assert (r.returncode, r.stdout) == (0, box.user.name + "\n"), r.stderr
+        assert re.search(r"remote software version OpenSSH_\d", r.stderr), "reached the sshd that started late"
+        assert "REMOTE HOST IDENTIFICATION HAS CHANGED" not in r.stderr
+        wait_for(lambda: ws()["ssh_mode"] == "openssh", 40, what="the agent to report openssh")
+        assert sshd_key in ws()["host_keys"]
+        # Its diagnostics read the same config (PermitUserEnvironment yes there): nothing to say.
+        # The machine's own /etc/ssh/sshd_config leaves it at "no", which would be reported.
+        assert not any("PermitUserEnvironment" in d for d in ws()["diagnostics"]), ws()["diagnostics"]
+    finally:
+        box.server.stop()

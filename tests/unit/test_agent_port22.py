@@ -278,6 +278,35 @@ async def test_monitor_reports_a_non_ssh_listener_as_a_diagnostic() -> None:
         assert NOT_SSH_DIAGNOSTIC == "port 22 answers but is not an SSH server; using the built-in server"
 
 
+async def test_while_port_22_is_closed_the_keys_sshd_will_present_are_reported() -> None:
+    """sshd not started yet (systemd still booting): its host keys, read from disk, are
+    reported, so config-ssh pins them before the first connection reaches it."""
+    on_disk = ["ssh-ed25519 DISKKEY"]
+
+    async def installed() -> list[str]:
+        return list(on_disk)
+
+    async def fetched(_port: int) -> list[str]:
+        return ["ssh-ed25519 DISKKEY"]
+
+    async def fake_sshd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.9\r\n")
+        await writer.drain()
+
+    changes: list[int] = []
+    mon = Port22Monitor(closed_port(), on_change=lambda: changes.append(1), installed_keys=installed)
+    assert await mon.refresh() is True
+    assert mon.status.state is PortState.CLOSED and mon.status.host_keys == ("ssh-ed25519 DISKKEY",)
+    on_disk.append("ecdsa-sha2-nistp256 KEY2")  # keys generated at first boot: reported again
+    assert await mon.refresh() is True
+    assert mon.status.host_keys == ("ssh-ed25519 DISKKEY", "ecdsa-sha2-nistp256 KEY2")
+    async with listener(fake_sshd) as port:  # sshd answers: what it presents is what counts
+        mon.port, mon.key_fetcher = port, fetched
+        assert await mon.refresh() is True
+        assert mon.status.is_ssh and mon.status.host_keys == ("ssh-ed25519 DISKKEY",)
+    assert changes == [1, 1, 1]
+
+
 async def test_observe_pokes_the_monitor_only_on_news() -> None:
     mon = Port22Monitor(closed_port(), on_change=lambda: None)
     await mon.refresh()

@@ -81,11 +81,21 @@ def effective_settings(text: str, load_include: IncludeLoader, *, path: str = SS
     included file cannot be read.
     """
     settings: dict[str, str] = {}
-    _parse(text, path, load_include, settings, depth=0)
+    for keyword, args in walk_config(text, load_include, path=path):
+        if args and keyword not in settings:
+            settings[keyword] = " ".join(args)
     return settings
 
 
-def _parse(text: str, path: str, load_include: IncludeLoader, settings: dict[str, str], depth: int) -> None:
+def walk_config(text: str, load_include: IncludeLoader, *, path: str = SSHD_CONFIG) -> list[tuple[str, list[str]]]:
+    """Every ``(keyword, arguments)`` of the global section, in the order sshd reads them
+    (keywords lowercased; ``Include`` read in place, ``Match`` blocks skipped, as above)."""
+    out: list[tuple[str, list[str]]] = []
+    _parse(text, path, load_include, out, depth=0)
+    return out
+
+
+def _parse(text: str, path: str, load_include: IncludeLoader, out: list[tuple[str, list[str]]], depth: int) -> None:
     if depth > MAX_INCLUDE_DEPTH:
         raise ConfigError(f"{path}: Include nested too deeply")
     in_match = False
@@ -107,10 +117,9 @@ def _parse(text: str, path: str, load_include: IncludeLoader, settings: dict[str
                 except OSError as exc:
                     raise ConfigError(f"{pattern}: {exc.strerror or exc}") from None
                 for inc_path, inc_text in files:
-                    _parse(inc_text, inc_path, load_include, settings, depth + 1)
+                    _parse(inc_text, inc_path, load_include, out, depth + 1)
             continue
-        if len(tokens) >= 2 and keyword not in settings:
-            settings[keyword] = " ".join(tokens[1:])
+        out.append((keyword, tokens[1:]))
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,7 @@ def diagnose(settings: dict[str, str] | None, facts: Facts, *, config_error: str
 # ---- I/O edge -------------------------------------------------------------------------------
 
 
-def _filesystem_loader(base: str) -> IncludeLoader:
+def filesystem_loader(base: str) -> IncludeLoader:
     """Resolve an Include argument like sshd: relative to /etc/ssh, glob, sorted, missing = none."""
 
     def load(pattern: str) -> list[tuple[str, str]]:
@@ -185,7 +194,7 @@ def collect(config_path: str = SSHD_CONFIG, etc_environment: str = ETC_ENVIRONME
     error: str | None = None
     try:
         text = Path(config_path).read_text(encoding="utf-8", errors="replace")
-        settings = effective_settings(text, _filesystem_loader(os.path.dirname(config_path)), path=config_path)
+        settings = effective_settings(text, filesystem_loader(os.path.dirname(config_path)), path=config_path)
     except OSError as exc:
         settings, error = None, f"{config_path}: {exc.strerror or exc}"
     except ConfigError as exc:

@@ -227,6 +227,8 @@ class Port22Status:
 
     state: PortState = PortState.CLOSED
     banner: Banner | None = None
+    # The server's host keys: those it presents when it answers, those its config names on disk
+    # while nothing listens yet (see hatchway.agent.sshd_keys).
     host_keys: tuple[str, ...] = ()
     diagnostics: tuple[str, ...] = ()
 
@@ -251,6 +253,7 @@ class Port22Monitor:
     collect_diagnostics: DiagnosticsCollector | None = None
     interval: float = 30.0
     key_fetcher: Callable[[int], Awaitable[list[str]]] = fetch_host_keys
+    installed_keys: Callable[[], Awaitable[list[str]]] | None = None
     status: Port22Status = field(default_factory=Port22Status)
     _poke: asyncio.Event = field(default_factory=asyncio.Event)
     _key_cache: tuple[str | None, tuple[str, ...]] = (None, ())
@@ -275,6 +278,8 @@ class Port22Monitor:
                 diagnostics = await self.collect_diagnostics()
         elif result.state is PortState.NOT_SSH:
             diagnostics = [NOT_SSH_DIAGNOSTIC]
+        elif self.installed_keys is not None:  # nothing listens yet: sshd may start later
+            host_keys = tuple(await self.installed_keys())
         new = Port22Status(result.state, result.banner, host_keys, tuple(diagnostics))
         if new == old:
             return False

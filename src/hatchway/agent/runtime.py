@@ -49,6 +49,7 @@ from hatchway.agent.port22 import (
     probe,
 )
 from hatchway.agent.splice import close_ws, forward
+from hatchway.agent.sshd_keys import installed_host_keys
 from hatchway.fileutil import ensure_private_dir
 from hatchway.unreachable import why_unreachable
 
@@ -79,6 +80,7 @@ class AgentConfig:
     state_dir: Path
     ssh_port: int
     home: Path
+    sshd_config: str = diagnostics.SSHD_CONFIG  # the port-22 sshd's config: diagnostics, host keys
 
     def __repr__(self) -> str:  # never let the token reach a log or traceback
         return f"AgentConfig(url={self.url!r}, state_dir={self.state_dir!r}, ssh_port={self.ssh_port})"
@@ -144,8 +146,7 @@ class Agent:
     def status(self) -> protocol.Status:
         p22 = self._monitor.status if self._monitor is not None else Port22Status()
         keys: list[str] = list(self._builtin.host_public_keys()) if self._builtin is not None else []
-        if p22.is_ssh:
-            keys += [k for k in p22.host_keys if k not in keys]
+        keys += [k for k in p22.host_keys if k not in keys]  # sshd's, also before it answers
         return protocol.Status(
             version=__version__,
             os_user=self._os_user,
@@ -275,7 +276,8 @@ class Agent:
                 self._monitor = Port22Monitor(
                     self.config.ssh_port,
                     on_change=self._changed,
-                    collect_diagnostics=lambda: asyncio.to_thread(diagnostics.collect),
+                    collect_diagnostics=lambda: asyncio.to_thread(diagnostics.collect, self.config.sshd_config),
+                    installed_keys=lambda: asyncio.to_thread(installed_host_keys, self.config.sshd_config),
                 )
                 await self._monitor.refresh()  # so the first hello is accurate
                 tasks.append(asyncio.create_task(self._monitor.run(), name="port22-monitor"))

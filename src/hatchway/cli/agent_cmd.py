@@ -36,8 +36,17 @@ def _default_state_dir() -> Path:
     show_default=True,
     help="The workspace's own SSH port, used when an SSH server answers there; 0 always uses the built-in server.",
 )
+@click.option(
+    "--sshd-config",
+    envvar="HATCHWAY_SSHD_CONFIG",
+    default="/etc/ssh/sshd_config",
+    show_default=True,
+    help="The config of the sshd on that port (one started with -f): checked for settings that break "
+    "the environment or X11, and read for its host keys before it answers [env HATCHWAY_SSHD_CONFIG].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
-def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: int, verbose: bool) -> None:
+def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: int, sshd_config: str,
+          verbose: bool) -> None:
     """Run the Hatchway workspace agent.
 
     Writes the owner's key into ~/.ssh/authorized_keys and the workspace variables into
@@ -67,6 +76,7 @@ def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: 
         state_dir=(state_dir or _default_state_dir()).expanduser().absolute(),
         ssh_port=ssh_port,
         home=Path.home(),
+        sshd_config=sshd_config,
     )
     keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
     try:
