@@ -249,6 +249,19 @@ def test_openssh_workspace_is_served_by_real_sshd_with_the_environment(world: Wo
     assert key.stat().st_mode & 0o777 == 0o600
 
 
+def test_each_workspace_reports_only_its_own_servers_host_keys(world: World) -> None:
+    """a has only the built-in server; b also its own sshd. Neither reports the machine's
+    /etc/ssh host keys, which no server of theirs presents."""
+    def pub(path: Path) -> str:
+        return " ".join(path.read_text().split()[:2])
+
+    machine = {pub(p) for p in Path("/etc/ssh").glob("ssh_host_*_key.pub")}
+    a, b = world.show("a"), world.show("b")
+    b_sshd = pub(world.server.data_dir / "workspaces" / world.ids["b"] / "sshd" / "ssh_host_ed25519_key.pub")
+    assert len(a["host_keys"]) == 1 and not machine & set(a["host_keys"])
+    assert b_sshd in b["host_keys"] and len(b["host_keys"]) == 2 and not machine & set(b["host_keys"])
+
+
 def test_killed_agent_is_back_within_10_seconds(world: World) -> None:
     pid = agent_pid(world.user("a"))
     assert pid is not None

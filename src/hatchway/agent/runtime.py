@@ -24,6 +24,7 @@ import os
 import pwd
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,8 +277,8 @@ class Agent:
                 self._monitor = Port22Monitor(
                     self.config.ssh_port,
                     on_change=self._changed,
-                    collect_diagnostics=lambda: asyncio.to_thread(diagnostics.collect, self.config.sshd_config),
-                    installed_keys=lambda: asyncio.to_thread(installed_host_keys, self.config.sshd_config),
+                    collect_diagnostics=self._sshd_reader(diagnostics.collect),
+                    installed_keys=self._sshd_reader(installed_host_keys),
                 )
                 await self._monitor.refresh()  # so the first hello is accurate
                 tasks.append(asyncio.create_task(self._monitor.run(), name="port22-monitor"))
@@ -292,6 +293,12 @@ class Agent:
             await self._control_loop()
         finally:
             await self._shutdown(tasks)
+
+    def _sshd_reader(self, read: Callable[[str], list[str]]) -> Callable[[], Awaitable[list[str]]] | None:
+        """``read`` of the port-22 sshd's config, off the event loop; None when there is no
+        config to read (``--sshd-config ''``: no sshd will ever serve this workspace)."""
+        path = self.config.sshd_config
+        return (lambda: asyncio.to_thread(read, path)) if path else None
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         """Cancel and await everything this agent owns; safe to call on any path."""

@@ -42,7 +42,8 @@ def _default_state_dir() -> Path:
     default="/etc/ssh/sshd_config",
     show_default=True,
     help="The config of the sshd on that port (one started with -f): checked for settings that break "
-    "the environment or X11, and read for its host keys before it answers [env HATCHWAY_SSHD_CONFIG].",
+    "the environment or X11, and read for its host keys before it answers; '' when no sshd will "
+    "ever serve this workspace [env HATCHWAY_SSHD_CONFIG].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
 def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: int, sshd_config: str,

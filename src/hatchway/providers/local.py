@@ -494,6 +494,9 @@ class LocalProvider(WorkspaceProvider):
             "--url", prepared.agent_url,
             "--state-dir", str(self.ws_dir(spec) / "agent"),
             "--ssh-port", "22" if self.isolate or self.userns else "0",
+            # Without --openssh no sshd serves the workspace: the machine's own host keys
+            # (/etc/ssh) are not the workspace's to report.
+            *(() if spec.openssh else ("--sshd-config", "")),
         ]
 
     def _open_log(self, spec: WorkspaceSpec) -> int:
