@@ -22,7 +22,8 @@ from hatchway.logs import setup_logging
 @click.option("--handshake-timeout", envvar="HATCHWAY_HANDSHAKE_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds a client gets to send its request headers (and a WebSocket to be accepted).")
 @click.option("--max-handshaking-per-ip", envvar="HATCHWAY_MAX_HANDSHAKING_PER_IP", type=click.IntRange(1), default=64, show_default=True,
-              help="Connections one client address may have still sending headers; more are dropped.")
+              help="Connections one client address may have still sending headers; 16 times as many more "
+                   "wait their turn, and beyond that they are dropped.")
 @click.option("--max-pending-streams", envvar="HATCHWAY_MAX_PENDING_STREAMS", type=click.IntRange(1), default=32, show_default=True,
               help="SSH connections being set up (waiting for the agent) at once, per user and per workspace.")
 @click.option("--max-queued-streams", envvar="HATCHWAY_MAX_QUEUED_STREAMS", type=click.IntRange(0), default=1024, show_default=True,
