@@ -408,6 +408,14 @@ def test_1_a_command_that_is_not_utf8_runs_byte_for_byte(world: World) -> None:
         os.unlink(path)
 
 
+def test_1_a_client_variable_that_is_not_utf8_arrives_byte_for_byte(world: World) -> None:
+    """sshd passes SetEnv values as bytes (a Latin-1 locale's LC_* variables); so does the
+    built-in server, where it used to drop them."""
+    latin1 = b"SetEnv=LC_HW=caf\xe9"  # bytes: a str argument would go out as UTF-8
+    r = world.run([*world.argv("-o"), latin1, "hatchway.dev", 'printf %s "$LC_HW" | od -An -tx1'])  # type: ignore[list-item]
+    assert (r.returncode, r.stdout) == (0, b" 63 61 66 e9\n"), r.stderr
+
+
 def test_1_client_signals_reach_the_process(world: World) -> None:
     """^C typed in the developer's terminal interrupts the remote foreground job."""
     client = PtyClient(world.argv("-t", "hatchway.dev", "trap 'echo got-INT; exit 3' INT; echo ready; "

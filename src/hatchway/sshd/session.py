@@ -597,11 +597,17 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     def _client_env(self) -> dict[str, str]:
         """What the client sent with SendEnv/SetEnv (filtered later by build_session_env).
 
-        asyncssh pre-seeds the channel env with authorized_keys ``environment=`` options; those
-        come back separately (and win) through ``ctx.key_env``.
+        Any bytes, as sshd passes them (a Latin-1 ``LC_*`` value, say): decoded with
+        surrogateescape, they reach the process's environment unchanged, where asyncssh's
+        ``get_environment()`` drops what is not UTF-8. asyncssh pre-seeds the channel env with
+        authorized_keys ``environment=`` options; those come back separately (and win) through
+        ``ctx.key_env``.
         """
         assert self._chan is not None
-        return dict(self._chan.get_environment())
+        return {
+            k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+            for k, v in self._chan.get_environment_bytes().items()
+        }
 
     def _setup_pty(self, slave: int) -> str:
         """Apply the client's terminal modes and size to the new PTY; return the slave's path."""
