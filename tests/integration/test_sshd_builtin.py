@@ -664,6 +664,34 @@ def test_signal_and_window_change_via_asyncssh_client(
     assert killed == (-1, ("TERM", False))
 
 
+def test_a_session_after_no_more_sessions_drops_the_connection(env: Env, srv: ServerThread) -> None:
+    """OpenSSH's client says no-more-sessions@openssh.com once its one session is open (when it
+    is not a connection-sharing master): a session opened after that did not come from it, and
+    the connection is dropped, as sshd does. Sessions before it are unaffected."""
+    import asyncssh
+    from asyncssh.constants import MSG_REQUEST_SUCCESS
+
+    async def scenario() -> tuple[int, bytes, type[BaseException] | None]:
+        async with asyncssh.connect(
+            "127.0.0.1", srv.port, username=USER, client_keys=[str(env.key_a)],
+            known_hosts=str(env.known_hosts), config=None, agent_path=None,
+        ) as conn:
+            first = await conn.create_process("read line; echo got $line", encoding=None)
+            # what OpenSSH's client sends (asyncssh's client has no call for it)
+            reply, _ = await asyncio.wait_for(conn._make_global_request(b"no-more-sessions@openssh.com"), 10)
+            first.stdin.write(b"x\n")
+            out = await asyncio.wait_for(first.stdout.read(), 10)  # the open session goes on
+            try:
+                await asyncio.wait_for(conn.run("echo second", check=False), 10)
+            except (asyncssh.Error, OSError) as exc:
+                return reply, out, type(exc)
+            return reply, out, None
+
+    reply, out, refused = asyncio.run(scenario())
+    assert reply == MSG_REQUEST_SUCCESS and out == b"got x\n"
+    assert refused is not None and issubclass(refused, (asyncssh.Error, OSError)), refused
+
+
 def test_password_auth_not_offered(env: Env, srv: ServerThread) -> None:
     import asyncssh
 

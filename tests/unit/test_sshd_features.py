@@ -365,7 +365,7 @@ def test_asyncssh_internals_we_use() -> None:
                  "_process_exec_request", "_start_session", "_report_response"):
         assert hasattr(SSHServerChannel, name), name
     for name in ("create_agent_channel", "create_x11_connection", "create_connection", "create_unix_connection",
-                 "create_server_channel"):
+                 "create_server_channel", "_report_global_response", "_process_global_request"):
         assert hasattr(SSHServerConnection, name), name
     assert issubclass(SessionChannel, SSHServerChannel)
     assert not set(vars(SessionChannel)) - {"owner", "_defer", "__module__", "__doc__", "__annotations__",

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.misc import map_handler_name
 
 from hatchway import __version__
 from hatchway.sshd.authkeys import load_authorized_keys
@@ -68,6 +69,7 @@ log = logging.getLogger("hatchway.sshd")
 # `ssh host yes | head -1` would never end. "compatible" says this is not OpenSSH (and names no
 # OpenSSH version for scanners to judge); the comment names what it is.
 SERVER_VERSION = f"OpenSSH_compatible Hatchway_{__version__}"
+NO_MORE_SESSIONS = "no-more-sessions@openssh.com"
 LOGIN_TIMEOUT = BuiltinSSHConfig().login_grace  # kept for callers of the first cut
 CLOSE_GRACE = 2.0  # close(): how long live connections and hung-up children get
 TEARDOWN_GRACE = 5.0  # end of a connection: how long its own cleanup tasks get
@@ -98,6 +100,7 @@ class _Connection(ConnectionServices):
         self.username: str | None = None
         self.authenticated = False
         self.refusal: str | None = None  # why auth failed, for the connection log line
+        self.no_more_sessions = False  # the client said it opens no more (no-more-sessions@openssh.com)
         self.started = time.monotonic()
         self.done = asyncio.Event()
         self.closing = False
@@ -273,11 +276,25 @@ class _ConnectionHandler(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._state.conn = conn
         self._state.gate.attach(conn)
+        # asyncssh looks a global request's handler up by name on the connection, and has
+        # none for this OpenSSH extension.
+        setattr(conn, "_process_" + map_handler_name(NO_MORE_SESSIONS) + "_global_request", self._no_more_sessions)
         if self._server._closing:  # close() ran while this one was being set up
             asyncio.get_running_loop().call_soon(conn.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
         log.debug("%s: transport closed (%s)", self._state.label, exc or "clean")
+
+    def _no_more_sessions(self, packet: Any) -> None:
+        """The client opens no more sessions on this connection (OpenSSH sends this when it is
+        not a connection-sharing master): one opened anyway did not come from that client,
+        so, as sshd does, the connection is dropped then. A global request handler answers
+        through asyncssh's response queue, which keeps replies in request order."""
+        packet.check_end()
+        self._state.no_more_sessions = True
+        conn = self._state.conn
+        assert conn is not None
+        conn._report_global_response(True)
 
     async def begin_auth(self, username: str) -> bool:
         """Load the keys for this attempt; a wrong user name gets no keys at all.
@@ -346,6 +363,10 @@ class _ConnectionHandler(asyncssh.SSHServer):
             return False
         conn = state.conn
         assert conn is not None
+        if state.no_more_sessions:
+            log.warning("%s: a session was opened after the client asked for no more; disconnecting", state.label)
+            conn.disconnect(asyncssh.DISC_BY_APPLICATION, "session opened after no-more-sessions@openssh.com")
+            return False
         release = state.take_session()  # raises the open failure when over the limit
 
         def key_env() -> Mapping[str, str]:
