@@ -125,7 +125,8 @@ def download(output: Path | None) -> None:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def regenerate(yes: bool) -> None:
     if not yes:
-        click.confirm("Regenerate your SSH key? The old key stops working in every workspace", abort=True)
+        click.confirm("Regenerate your SSH key? The old key stops working in every workspace "
+                      "(SSH sessions already open stay open)", abort=True)
     s = session_or_fail()
     client = ApiClient(s.url, s.token)
     path = current_key_path(client, s.url)  # before regenerating: a legacy file matches the old key
