@@ -10,6 +10,7 @@ import socket
 import uvicorn
 
 from hatchway.eventloop import loop_factory
+from hatchway.fdlimit import ensure_open_files
 from hatchway.malloc import keep_large_buffers
 from hatchway.server.app import create_app
 from hatchway.server.guards import AcceptDeadline, ConnectionGuard, guard_protocol
@@ -130,6 +131,7 @@ class _ExtraListener:
 def serve(settings: Settings) -> int:
     logging.getLogger("uvicorn.error").addFilter(_ClientFaultFilter())
     os.umask(0o077)  # the database and everything else in the data dir is the server's alone
+    ensure_open_files()
     app = create_app(settings)
     server = _Server(uvicorn_config(app, settings), settings)
     app.state.add_listener = server.add_listener  # see hatchway.providers.local

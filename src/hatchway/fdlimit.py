@@ -1,0 +1,48 @@
+"""The server's open-files limit.
+
+Every relayed SSH connection holds two sockets in the server (the client's and the agent's),
+and service managers start processes with a soft limit of 1,024 open files (systemd's default,
+kept low for programs that still use select()), which would cap a deployment at about 500
+concurrent connections. The hard limit is usually far higher, and any process may raise its
+soft limit up to it, as Go programs do on their own. The target stays moderate because children
+(workspace agents and their shells) inherit it, and some programs walk every possible
+descriptor at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+
+log = logging.getLogger("hatchway.server")
+
+#: Where the soft limit is raised to (or the hard limit, if lower).
+TARGET = 65536
+#: Below this many open files, say what it means for concurrent connections.
+WARN_BELOW = 4096
+
+
+def raise_open_files_limit(target: int = TARGET) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE toward ``target`` (never above the hard limit, never
+    lower); returns the soft limit before and after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if want <= soft:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, want
+
+
+def ensure_open_files() -> None:
+    """Raise the limit at server start; warn when what is left caps concurrent connections."""
+    before, after = raise_open_files_limit()
+    if after != before:
+        log.debug("open files: soft limit raised from %d to %d", before, after)
+    if after < WARN_BELOW:
+        log.warning(
+            "the open-files limit is %d (hard limit included): at most about %d SSH connections can be "
+            "relayed at once; raise it (LimitNOFILE= in the systemd unit, or ulimit -n)", after, after // 2 - 50,
+        )
