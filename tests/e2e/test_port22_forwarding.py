@@ -58,6 +58,17 @@ class Box:
         self.procs.append(p)
         return p
 
+    def start_agent(self, token: str, extra_env: dict[str, str] | None = None) -> AgentProcess:
+        """The workspace's agent, inside the namespace as the workspace user, forwarding to port 22."""
+        agent = AgentProcess(
+            self.server.url, token, self.user.home, ssh_port=22, extra_env=extra_env,
+            argv_prefix=[*self.ns.prefix(), *self.user.prefix()],
+        )
+        agent.log_path = self.tmp / "agent.log"
+        agent.start()
+        self.procs.append(agent.proc)  # type: ignore[arg-type]
+        return agent
+
     def close(self) -> None:
         for p in self.procs:
             p.kill()
@@ -92,13 +103,7 @@ def test_forwards_to_real_openssh_then_falls_back(box: Box) -> None:
         sshd = box.spawn(*box.ns.prefix(), "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg))
         wait_for(lambda: box.ns.exec("ss", "-ltn", "sport = :22").stdout.count("LISTEN") >= 1, 10, what="sshd listening")
 
-        agent = AgentProcess(
-            box.server.url, token, box.user.home, ssh_port=22,
-            argv_prefix=[*box.ns.prefix(), *box.user.prefix()],
-        )
-        agent.log_path = box.tmp / "agent.log"
-        agent.start()
-        box.procs.append(agent.proc)  # type: ignore[arg-type]
+        agent = box.start_agent(token)
 
         def ws() -> dict:
             return alice.ok("workspaces", "show", "box", "--json").json()
@@ -166,13 +171,7 @@ def test_an_sshd_that_starts_after_the_agent_is_reached_without_running_config_s
         cfg.write_text(SSHD_CONFIG.format(host_key=host_key, pid=box.tmp / "sshd.pid"))
         sshd_key = " ".join(host_key.with_suffix(".pub").read_text().split()[:2])
 
-        agent = AgentProcess(
-            box.server.url, token, box.user.home, ssh_port=22, extra_env={"HATCHWAY_SSHD_CONFIG": str(cfg)},
-            argv_prefix=[*box.ns.prefix(), *box.user.prefix()],
-        )
-        agent.log_path = box.tmp / "agent.log"
-        agent.start()
-        box.procs.append(agent.proc)  # type: ignore[arg-type]
+        box.start_agent(token, {"HATCHWAY_SSHD_CONFIG": str(cfg)})
 
         def ws() -> dict:
             return alice.ok("workspaces", "show", "late", "--json").json()
