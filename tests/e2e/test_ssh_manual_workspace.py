@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from hatchway.server.api.sessions import SIGNED_OUT
 from tests.helpers.agent import AgentProcess
 from tests.helpers.cli import Cli
 from tests.helpers.server import HATCHWAY, RunningServer, api, wait_for
@@ -40,11 +41,12 @@ class World:
     def workspace(self) -> dict:
         return self.bob.ok("workspaces", "show", "dev", "--json").json()
 
-    def live_session(self) -> subprocess.Popen[bytes]:
-        """An interactive-like session that is surely established when this returns."""
+    def live_session(self, cli: Cli | None = None) -> subprocess.Popen[bytes]:
+        """An interactive-like session that is surely established when this returns: it echoes
+        each line sent to it. ``cli`` is the sign-in session its proxy uses (bob's by default)."""
         live = subprocess.Popen(
-            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; sleep 60"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.bob.env(),
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "hatchway.dev", "echo started; exec cat"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=(cli or self.bob).env(),
         )
         assert live.stdout is not None and live.stdout.readline() == b"started\n"
         return live
@@ -279,6 +281,59 @@ def test_suspended_user_is_refused_and_live_session_ends(world: World) -> None:
     assert stale.returncode == 255 and "hatchway: session expired or revoked" in stale.stderr.decode()
     world.bob.login(world.server.url, "bob", "bob-password")
     assert world.ssh("hatchway.dev", "true").returncode == 0
+
+
+def _still_relays(live: subprocess.Popen[bytes]) -> bool:
+    assert live.stdin is not None and live.stdout is not None
+    live.stdin.write(b"still here\n")
+    live.stdin.flush()
+    return live.stdout.readline() == b"still here\n"
+
+
+def _ended_signed_out(live: subprocess.Popen[bytes]) -> None:
+    assert live.wait(timeout=5) == 255
+    assert live.stderr is not None and f"hatchway: {SIGNED_OUT}" in live.stderr.read().decode().splitlines()
+
+
+def _stop(*sessions: subprocess.Popen[bytes]) -> None:
+    for live in sessions:
+        live.kill()
+        live.wait()
+
+
+def test_signing_a_session_out_ends_the_ssh_connections_it_opened(world: World) -> None:
+    """A lost laptop signed out loses its open shell too; the caller's own connections go on."""
+    laptop, tablet = Cli(world.tmp / "bob-laptop"), Cli(world.tmp / "bob-tablet")
+    laptop.login(world.server.url, "bob", "bob-password")
+    tablet.login(world.server.url, "bob", "bob-password")
+    kept, lost_one, lost_all = world.live_session(), world.live_session(laptop), world.live_session(tablet)
+    try:
+        laptop_id = next(s["id"] for s in laptop.ok("sessions", "list", "--json").json() if s["current"])
+        out = world.bob.ok("sessions", "revoke", laptop_id[:12]).out
+        assert out.strip().endswith("; SSH connections it opened have ended")
+        _ended_signed_out(lost_one)
+        assert _still_relays(lost_all) and _still_relays(kept), "only the signed-out session's connection ends"
+
+        out = world.bob.ok("sessions", "revoke", "--others").out
+        assert out.strip() == "Signed out 1 other session; SSH connections they opened have ended"
+        _ended_signed_out(lost_all)
+        assert _still_relays(kept), "the caller's own session and its connections stay"
+        r = laptop.run("ssh", "dev", "true")
+        assert r.code != 0 and "session expired or revoked" in r.err
+    finally:
+        _stop(kept, lost_one, lost_all)
+
+
+def test_a_new_password_ends_the_ssh_connections_of_the_old_sessions(world: World) -> None:
+    kept = world.live_session()
+    try:
+        world.alice.ok("users", "set-password", "bob", "--password-stdin", stdin="bob-password-2\n")
+        _ended_signed_out(kept)
+    finally:
+        _stop(kept)
+        world.alice.ok("users", "set-password", "bob", "--password-stdin", stdin="bob-password\n")
+        world.bob.login(world.server.url, "bob", "bob-password")
+    assert world.ssh("hatchway.dev", "echo back").stdout == b"back\n"
 
 
 def test_agent_survives_server_restart(world: World) -> None:

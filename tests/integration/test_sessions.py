@@ -174,6 +174,6 @@ def test_cli_lists_and_signs_out_sessions(world: World) -> None:
     assert cli.ok("sessions", "revoke", "--others").out.strip().startswith("Signed out ")
     assert other.run("whoami").code == 1
     assert cli.ok("sessions", "revoke", mine["id"]).out.strip() == (
-        "Signed out this session; log in again with hatchway login")
+        "Signed out this session and ended its SSH connections; log in again with hatchway login")
     gone = cli.run("whoami")
     assert gone.code == 1 and "hatchway login" in gone.err

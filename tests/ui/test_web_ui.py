@@ -172,13 +172,13 @@ def test_sessions_page_lists_and_signs_out_sessions(browser: Any, ui_server: UIS
 
         page.get_by_role("button", name="Sign out the session of hatchway CLI 9.9 on old-laptop").click()
         page.wait_for_url(re.compile(r".*/account/sessions$"))
-        assert page.locator(".flash").inner_text() == "Session signed out. It can no longer use Hatchway."
+        assert page.locator(".flash").inner_text() == "Session signed out. It can no longer use Hatchway, and SSH connections it opened have ended."
         assert "old-laptop" not in page.locator("tbody").inner_text() and rows.count() == 2
         assert (status(old_laptop), status(build_box)) == (401, 200)
 
         page.get_by_role("button", name="Sign out all other sessions").click()
         page.wait_for_url(re.compile(r".*/account/sessions$"))
-        assert page.locator(".flash").inner_text() == "Signed out 1 other session."
+        assert page.locator(".flash").inner_text() == "Signed out 1 other session. SSH connections opened with them have ended."
         assert rows.count() == 1 and page.locator("tbody tr[data-current]").count() == 1
         assert page.get_by_role("button", name="Sign out all other sessions").count() == 0
         assert status(build_box) == 401

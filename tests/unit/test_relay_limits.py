@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
+from hatchway.server.broadcast import Broadcast
+from hatchway.server.bus import LocalBus
 from hatchway.server.guards import AcceptDeadline
 from hatchway.server.relay import DialError, LiveStream, Relay
+from hatchway.server.throttle import LoginThrottle
 
 
 class _Conn:
@@ -45,8 +48,8 @@ class _Peers:
         return self.accepts
 
 
-def _stream(workspace_id: str, user_id: str = "", provider_id: str = "p1") -> LiveStream:
-    return LiveStream("", user_id, workspace_id, provider_id)
+def _stream(workspace_id: str, user_id: str = "", provider_id: str = "p1", session_id: str = "") -> LiveStream:
+    return LiveStream("", user_id, workspace_id, provider_id, session_id)
 
 
 class _NoAgentHub:
@@ -217,6 +220,27 @@ async def test_a_dialled_stream_is_live_until_its_owner_unregisters_it() -> None
     relay.unregister(stream)
     release.set()
     assert await arrived is True and relay.live_count() == 0
+
+
+async def test_signing_sessions_out_ends_the_streams_they_opened_and_no_other() -> None:
+    relay = Relay(_NoAgentHub(), _Peers(), dial_timeout_s=30)  # type: ignore[arg-type]
+    broadcast = Broadcast(LocalBus("0123456789abcdef"), None, relay, LoginThrottle(5, 60))  # type: ignore[arg-type]
+    laptop, tablet, desk, other_user = (
+        _stream("ws-a", "u1", session_id="s-laptop"), _stream("ws-b", "u1", session_id="s-tablet"),
+        _stream("ws-a", "u1", session_id="s-desk"), _stream("ws-c", "u2", session_id="s-u2"),
+    )
+    for i, s in enumerate((laptop, tablet, desk, other_user)):
+        s.id = f"stream-{i}"
+        relay.register(s)
+
+    await broadcast.end_sessions(reason="signed out", user_id="u1", session_id="s-laptop")
+    assert [s.end_reason for s in (laptop, tablet, desk, other_user)] == ["signed out", None, None, None]
+
+    await broadcast.end_sessions(reason="all but desk", user_id="u1", keep_session_id="s-desk")
+    assert [s.end_reason for s in (tablet, desk, other_user)] == ["all but desk", None, None]
+
+    await broadcast.end_sessions(reason="new password", user_id="u1")
+    assert [s.end_reason for s in (desk, other_user)] == ["new password", None]
 
 
 async def test_a_websocket_not_accepted_in_time_is_refused_with_1013() -> None:

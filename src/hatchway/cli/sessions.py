@@ -30,15 +30,17 @@ def list_sessions(as_json: bool) -> None:
 
 @sessions.command("revoke")
 @click.argument("session_id", required=False)
-@click.option("--others", is_flag=True, help="Sign out every session but this one.")
+@click.option("--others", is_flag=True, help="Sign out every session but this one (and end their SSH connections).")
 def revoke(session_id: str | None, others: bool) -> None:
-    """Sign out one session: its ID, or the first characters of it, from "hatchway sessions list"."""
+    """Sign out one session: its ID, or the first characters of it, from "hatchway sessions list".
+    The SSH connections it opened end too."""
     client = api()
     if others == bool(session_id):
         fail("name one session ID to sign out, or pass --others (not both)")
     if others:
         out = client.call("POST", "/users/me/sessions/revoke-others")
-        click.echo(f"Signed out {out['revoked']} other session{'s' if out['revoked'] != 1 else ''}")
+        click.echo(f"Signed out {out['revoked']} other session{'s' if out['revoked'] != 1 else ''}; "
+                   "SSH connections they opened have ended")
         return
     assert session_id is not None
     matches = [s for s in client.call("GET", "/users/me/sessions") if s["id"].startswith(session_id.lower())]
@@ -50,6 +52,7 @@ def revoke(session_id: str | None, others: bool) -> None:
     client.call("DELETE", f"/users/me/sessions/{target['id']}")
     if target["current"]:
         clear_session()
-        click.echo("Signed out this session; log in again with hatchway login")
+        click.echo("Signed out this session and ended its SSH connections; log in again with hatchway login")
     else:
-        click.echo(f"Signed out session {target['id'][:8]} ({target['client'] or 'unknown client'})")
+        click.echo(f"Signed out session {target['id'][:8]} ({target['client'] or 'unknown client'}); "
+                   "SSH connections it opened have ended")

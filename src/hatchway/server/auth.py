@@ -65,8 +65,14 @@ async def _session(db: AsyncSession, token: str | None) -> ApiToken:
 
 async def user_for_token(db: AsyncSession, token: str | None) -> User:
     """The active user a session token belongs to, or an APIError saying why not."""
+    return (await user_and_session(db, token))[0]
+
+
+async def user_and_session(db: AsyncSession, token: str | None) -> tuple[User, str]:
+    """:func:`user_for_token`, and the id of the sign-in session: what the token opens (an SSH
+    stream) ends when that session is signed out."""
     row = await _session(db, token)
-    user = row.user
+    user, session_id = row.user, row.id
     if user.suspended:
         raise APIError(403, "account suspended", SUSPENDED_DETAIL)
     now = utcnow()
@@ -74,7 +80,7 @@ async def user_for_token(db: AsyncSession, token: str | None) -> User:
         await db.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
         await db.commit()  # first thing in the request: nothing else is pending yet
         row.last_used_at = now
-    return user
+    return user, session_id
 
 
 async def token_holder(db: AsyncSession, token: str | None) -> User | None:

@@ -26,11 +26,20 @@ class Broadcast:
         bus.subscribe("login_succeeded", self._on_login)
 
     async def end_sessions(
-        self, *, reason: str, user_id: str | None = None, provider_id: str | None = None, workspace_id: str | None = None
+        self,
+        *,
+        reason: str,
+        user_id: str | None = None,
+        provider_id: str | None = None,
+        workspace_id: str | None = None,
+        session_id: str | None = None,
+        keep_session_id: str | None = None,
     ) -> None:
-        """End every live SSH stream matching all the given criteria, on every replica."""
+        """End every live SSH stream matching all the given criteria, on every replica (see
+        :meth:`hatchway.server.relay.Relay.end_sessions`)."""
         await self._bus.publish(
-            "end_sessions", reason=reason, user_id=user_id, provider_id=provider_id, workspace_id=workspace_id
+            "end_sessions", reason=reason, user_id=user_id, provider_id=provider_id, workspace_id=workspace_id,
+            session_id=session_id, keep_session_id=keep_session_id,
         )
 
     async def push_manifests(
@@ -63,6 +72,8 @@ class Broadcast:
             user_id=e.get("user_id"),
             provider_id=e.get("provider_id"),
             workspace_id=e.get("workspace_id"),
+            session_id=e.get("session_id"),
+            keep_session_id=e.get("keep_session_id"),
         )
 
     async def _on_push_manifests(self, e: dict[str, Any]) -> None:

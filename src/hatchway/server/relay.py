@@ -36,6 +36,8 @@ class LiveStream:
     user_id: str
     workspace_id: str
     provider_id: str
+    # The sign-in session whose token opened the stream: signing it out ends the stream.
+    session_id: str = ""
     end_reason: str | None = None
     to_workspace: int = 0
     from_workspace: int = 0
@@ -215,11 +217,18 @@ class Relay:
         user_id: str | None = None,
         provider_id: str | None = None,
         workspace_id: str | None = None,
+        session_id: str | None = None,
+        keep_session_id: str | None = None,
     ) -> int:
-        """End every live stream matching all the given criteria; returns how many."""
+        """End every live stream matching all the given criteria (``keep_session_id``: but the
+        ones that sign-in session opened); returns how many."""
         n = 0
         for s in list(self._live.values()):
             if user_id and s.user_id != user_id:
+                continue
+            if session_id and s.session_id != session_id:
+                continue
+            if keep_session_id and s.session_id == keep_session_id:
                 continue
             if provider_id and s.provider_id != provider_id:
                 continue

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from hatchway.db.models import SSHConnection, User, Workspace, utcnow
 from hatchway.names import check_username, check_workspace_name
-from hatchway.server.auth import bearer_token, token_holder, user_for_token
+from hatchway.server.auth import bearer_token, token_holder, user_and_session
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
 from hatchway.server.errors import APIError
 from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
@@ -78,7 +78,7 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
     async with ctx.sessions() as db:
         token = bearer_token(websocket.headers)
         try:
-            user: User = await user_for_token(db, token)
+            user, session_id = await user_and_session(db, token)
         except APIError as exc:
             refusal = f"{exc.error}: {exc.detail}"
             log_row.reason = refusal  # recorded too: failed attempts are what an audit is for
@@ -103,7 +103,7 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
     dialled = False
     if refusal is None:
         assert ws is not None
-        stream = LiveStream("", user.id, ws.id, ws.provider_id)
+        stream = LiveStream("", user.id, ws.id, ws.provider_id, session_id)
         try:
             agent_ws, released = await ctx.relay.dial(stream, ws.name, source)
             dialled = True

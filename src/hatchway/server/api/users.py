@@ -16,6 +16,7 @@ from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api.convert import user_out
 from hatchway.server.audit import record
 from hatchway.server.auth import bearer_token, current_user, issue_session_token, site_manager
+from hatchway.server.broadcast import Broadcast
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
 
@@ -142,16 +143,20 @@ async def me(user: User = Depends(current_user)) -> schemas.UserOut:
 
 
 async def _store_password(
-    db: AsyncSession, actor: User, user: User, password: str, keep_token: str | None, source: str
+    db: AsyncSession, broadcast: Broadcast, actor: User, user: User, password: str, keep_token: str | None,
+    source: str,
 ) -> int:
     """Give ``user`` a new password and end their sessions but ``keep_token``'s (the caller's
-    own, when it is theirs): whoever held the old password, or a token obtained with it, is out.
-    Audited without the password or its hash; returns how many sessions ended."""
+    own, when it is theirs), and the SSH connections those opened: whoever held the old
+    password, or a token obtained with it, is out. Audited without the password or its hash;
+    returns how many sessions ended."""
     had_password = user.password_hash is not None
     user.password_hash = crypto.hash_password(password)
+    kept = await sessions_api.kept_session_id(db, user, keep_token)
     ended = await sessions_api.end_sessions(db, user, keep_token)
     record(db, actor, "user.password", user.username, source, had_password=had_password, sessions_ended=ended)
     await db.commit()
+    await sessions_api.end_streams(broadcast, user, kept)
     return ended
 
 
@@ -171,18 +176,19 @@ async def change_own_password(
     if body.new_password == body.current_password:
         raise APIError(422, "the new password is the same as the current one", "choose a different new password")
     await ctx.broadcast.login_succeeded(user.username, login_source(request))
-    return await _store_password(db, user, user, body.new_password, current_token, client_source(request))
+    return await _store_password(db, ctx.broadcast, user, user, body.new_password, current_token, client_source(request))
 
 
 async def reset_password(
-    db: AsyncSession, sm: User, username: str, password: str, caller_token: str | None, source: str
+    db: AsyncSession, broadcast: Broadcast, sm: User, username: str, password: str, caller_token: str | None,
+    source: str,
 ) -> int:
     """What PUT /users/{username}/password and Manage > Users > Set password do: every session of
     the user ends, except the caller's own when a site manager sets their own password here
     (they proved who they are by being signed in as a site manager; signing them out of the
     very page they used would help nobody)."""
     user = await get_user(db, username)
-    return await _store_password(db, sm, user, password, caller_token if user.id == sm.id else None, source)
+    return await _store_password(db, broadcast, sm, user, password, caller_token if user.id == sm.id else None, source)
 
 
 @router.put("/users/me/password", response_model=schemas.RevokedOut)
@@ -300,8 +306,12 @@ async def set_password(
     body: schemas.PasswordSetIn,
     request: Request,
     sm: User = Depends(site_manager),
+    ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> schemas.RevokedOut:
-    """Set or reset a user's password (site managers); all their sign-in sessions end."""
-    ended = await reset_password(db, sm, username, body.password, bearer_token(request.headers), client_source(request))
+    """Set or reset a user's password (site managers); all their sign-in sessions end, and the
+    SSH connections they opened."""
+    ended = await reset_password(
+        db, ctx.broadcast, sm, username, body.password, bearer_token(request.headers), client_source(request)
+    )
     return schemas.RevokedOut(revoked=ended)

@@ -687,24 +687,30 @@ async def sessions_page(request: Request, user: User = Depends(web_user), db: As
 
 
 @router.post("/account/sessions/revoke-others")
-async def sessions_revoke_others(request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)) -> Response:
-    n = await sessions_api.revoke_others(db, user, request.state.session_token, client_source(request))
-    return redirect(request, "/account/sessions", "success", f"Signed out {n} other session{'' if n == 1 else 's'}.")
+async def sessions_revoke_others(
+    request: Request, user: User = Depends(web_user), ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)
+) -> Response:
+    n = await sessions_api.revoke_others(db, ctx.broadcast, user, request.state.session_token, client_source(request))
+    return redirect(
+        request, "/account/sessions", "success",
+        f"Signed out {n} other session{'' if n == 1 else 's'}. SSH connections opened with them have ended.",
+    )
 
 
 @router.post("/account/sessions/{session_id}/revoke")
 async def session_revoke(
-    session_id: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
+    session_id: str, request: Request, user: User = Depends(web_user), ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
 ) -> Response:
     try:
-        revoked = await sessions_api.revoke_one(db, user, session_id, client_source(request))
+        revoked = await sessions_api.revoke_one(db, ctx.broadcast, user, session_id, client_source(request))
     except APIError:
         return redirect(request, "/account/sessions", "error", "That session had already ended.")
     if hmac.compare_digest(revoked, crypto.hash_token(request.state.session_token)):
         response = redirect(request, "/", "info", "You are signed out.")
         clear_cookie(request, response, SESSION_COOKIE)
         return response
-    return redirect(request, "/account/sessions", "success", "Session signed out. It can no longer use Hatchway.")
+    return redirect(request, "/account/sessions", "success", "Session signed out. It can no longer use Hatchway, and SSH connections it opened have ended.")
 
 
 # --- account: password --------------------------------------------------------------------
@@ -913,7 +919,8 @@ async def user_password_page(
 
 @router.post("/manage/users/{username}/password")
 async def user_password_set(
-    username: str, request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+    username: str, request: Request, sm: User = Depends(web_manager), ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
 ) -> Response:
     target = await _user_row(db, username)
     form = await request.form()
@@ -926,7 +933,7 @@ async def user_password_set(
         return _user_password_page(request, target, 400, validation_message(exc, {"password": "New password"}))
     # The API's own reset: every session of theirs ends (the caller's kept if it is their own), audited.
     ended = await users_api.reset_password(
-        db, sm, target.username, body.password, request.state.session_token, client_source(request)
+        db, ctx.broadcast, sm, target.username, body.password, request.state.session_token, client_source(request)
     )
     sessions = f"{ended} sign-in session{'' if ended == 1 else 's'} of theirs ended"
     return redirect(request, "/manage/users", "success", f'Password of "{target.username}" set; {sessions}.')
