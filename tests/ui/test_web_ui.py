@@ -441,7 +441,8 @@ def test_regenerating_the_key_needs_confirmation(member_page: SignedIn) -> None:
     page.get_by_role("link", name="Regenerate key…").click()
     page.wait_for_url(re.compile(r".*/account/key/regenerate$"))
     assert page.get_by_role("heading", name="Regenerate your SSH key?").is_visible()
-    assert "SSH sessions already open stay open; close them if the old key may have leaked." in page.inner_text("main")
+    assert ("SSH sessions already open stay open; if the old key may have leaked, also sign out the sessions you "
+            "do not recognise under Account > Sessions: that ends the SSH connections they opened.") in page.inner_text("main")
     with srv.api(srv.member_token) as c:
         assert c.get("/users/me/key").json()["fingerprint"] == before  # nothing yet
     page.get_by_role("button", name="Regenerate key").click()

@@ -126,7 +126,8 @@ def download(output: Path | None) -> None:
 def regenerate(yes: bool) -> None:
     if not yes:
         click.confirm("Regenerate your SSH key? The old key stops working in every workspace "
-                      "(SSH sessions already open stay open)", abort=True)
+                      "(SSH sessions already open stay open; \"hatchway sessions revoke\" ends the ones "
+                      "a session opened)", abort=True)
     s = session_or_fail()
     client = ApiClient(s.url, s.token)
     path = current_key_path(client, s.url)  # before regenerating: a legacy file matches the old key

@@ -656,7 +656,8 @@ async def key_regenerate_confirm(request: Request, user: User = Depends(web_user
         body=[
             (f"Your current key ({user.ssh_key_fingerprint}) stops working within seconds in every "
             "workspace: running agents rewrite authorized_keys. SSH sessions already open stay open; "
-            "close them if the old key may have leaked."),
+            "if the old key may have leaked, also sign out the sessions you do not recognise under "
+            "Account > Sessions: that ends the SSH connections they opened."),
             "Afterwards, download the new private key or run hatchway config-ssh again on each of your machines.",
         ],
         action="/account/key/regenerate",
