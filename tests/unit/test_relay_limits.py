@@ -10,7 +10,7 @@ import pytest
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.bus import LocalBus
 from hatchway.server.guards import AcceptDeadline
-from hatchway.server.relay import DialError, LiveStream, Relay
+from hatchway.server.relay import DialError, LiveStream, Relay, StreamMatch
 from hatchway.server.throttle import LoginThrottle
 
 
@@ -160,7 +160,7 @@ async def test_a_policy_end_reaches_a_dial_waiting_for_its_turn() -> None:
     waiting = asyncio.create_task(relay.dial(_stream("ws-b", "u1", provider_id="p2"), "b", "c"))
     for _ in range(10):
         await asyncio.sleep(0)
-    assert await relay.end_sessions(provider_id="p2", reason='provider "x": SSH disabled') == 1
+    assert await relay.end_sessions(StreamMatch(provider_id="p2"), 'provider "x": SSH disabled') == 1
     with pytest.raises(DialError, match='^provider "x": SSH disabled$'):
         await asyncio.wait_for(waiting, 1)
     assert relay.slots.queued_by_user == {} and relay.slots.by_user == {"u1": 1}
@@ -179,7 +179,7 @@ async def test_a_stream_ended_while_its_agent_dials_back_is_refused_at_once_with
     while not hub.conn.sent:
         await asyncio.sleep(0)
     assert relay.live_count() == 1
-    assert await relay.end_sessions(provider_id="p9", reason='provider "x": SSH disabled') == 1
+    assert await relay.end_sessions(StreamMatch(provider_id="p9"), 'provider "x": SSH disabled') == 1
     with pytest.raises(DialError, match='^provider "x": SSH disabled$'):
         await asyncio.wait_for(task, 1)  # well before the 30 s dial timeout
     assert relay.live_count() == 0 and relay.pending_count() == 0
@@ -215,7 +215,7 @@ async def test_a_dialled_stream_is_live_until_its_owner_unregisters_it() -> None
     arrived = asyncio.create_task(relay.agent_arrived(stream.id, "ws-a", agent_socket))  # type: ignore[arg-type]
     got, release = await task
     assert got is agent_socket and relay.live_count() == 1 and stream.interrupt is None
-    assert await relay.end_sessions(user_id="u1", reason="suspended") == 1
+    assert await relay.end_sessions(StreamMatch(user_id="u1"), "suspended") == 1
     assert stream.end_reason == "suspended"  # the splice sees it before copying a byte
     relay.unregister(stream)
     release.set()
@@ -233,13 +233,13 @@ async def test_signing_sessions_out_ends_the_streams_they_opened_and_no_other() 
         s.id = f"stream-{i}"
         relay.register(s)
 
-    await broadcast.end_sessions(reason="signed out", user_id="u1", session_id="s-laptop")
+    await broadcast.end_sessions(StreamMatch(user_id="u1", session_id="s-laptop"), "signed out")
     assert [s.end_reason for s in (laptop, tablet, desk, other_user)] == ["signed out", None, None, None]
 
-    await broadcast.end_sessions(reason="all but desk", user_id="u1", keep_session_id="s-desk")
+    await broadcast.end_sessions(StreamMatch(user_id="u1", keep_session_id="s-desk"), "all but desk")
     assert [s.end_reason for s in (tablet, desk, other_user)] == ["all but desk", None, None]
 
-    await broadcast.end_sessions(reason="new password", user_id="u1")
+    await broadcast.end_sessions(StreamMatch(user_id="u1"), "new password")
     assert [s.end_reason for s in (desk, other_user)] == ["new password", None]
 
 

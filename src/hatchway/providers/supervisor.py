@@ -31,6 +31,7 @@ from hatchway.providers.base import RunningAgent, SetupError, WorkspaceProvider,
 from hatchway.providers.local import spec_from_row
 from hatchway.server.auth import AGENT_TOKEN_PREFIX
 from hatchway.server.crypto import new_token
+from hatchway.server.relay import StreamMatch
 
 log = logging.getLogger("hatchway.providers.supervisor")
 
@@ -146,7 +147,7 @@ class Supervisor:
             await self._set(ws_id, desired_state="stopped")
             await self._stop_unit(ws_id)
             spec, kind = await self._load(ws_id)
-            await self._broadcast.end_sessions(workspace_id=ws_id, reason="the workspace was stopped")
+            await self._broadcast.end_sessions(StreamMatch(workspace_id=ws_id), "the workspace was stopped")
             await self._broadcast.disconnect_agent(ws_id, "workspace stopped")
             if spec is not None and kind is not None:
                 try:
@@ -160,7 +161,7 @@ class Supervisor:
         async with self._lock(ws_id):
             await self._set(ws_id, desired_state="running", state="starting", state_reason="restarting")
             await self._stop_unit(ws_id)
-            await self._broadcast.end_sessions(workspace_id=ws_id, reason="the workspace is restarting")
+            await self._broadcast.end_sessions(StreamMatch(workspace_id=ws_id), "the workspace is restarting")
             self._spawn(ws_id)
 
     async def delete(self, ws_id: str) -> None:

@@ -7,11 +7,12 @@ these, so a single-process deployment and a fleet of replicas run the same code.
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from typing import Any
 
 from hatchway.server.bus import LocalBus
 from hatchway.server.hub import GOODBYE_REPLACED, AgentHub
-from hatchway.server.relay import Relay
+from hatchway.server.relay import Relay, StreamMatch
 from hatchway.server.throttle import LoginThrottle
 
 
@@ -25,22 +26,9 @@ class Broadcast:
         bus.subscribe("login_failed", self._on_login)
         bus.subscribe("login_succeeded", self._on_login)
 
-    async def end_sessions(
-        self,
-        *,
-        reason: str,
-        user_id: str | None = None,
-        provider_id: str | None = None,
-        workspace_id: str | None = None,
-        session_id: str | None = None,
-        keep_session_id: str | None = None,
-    ) -> None:
-        """End every live SSH stream matching all the given criteria, on every replica (see
-        :meth:`hatchway.server.relay.Relay.end_sessions`)."""
-        await self._bus.publish(
-            "end_sessions", reason=reason, user_id=user_id, provider_id=provider_id, workspace_id=workspace_id,
-            session_id=session_id, keep_session_id=keep_session_id,
-        )
+    async def end_sessions(self, match: StreamMatch, reason: str) -> None:
+        """End every live SSH stream ``match`` selects, on every replica."""
+        await self._bus.publish("end_sessions", reason=reason, **asdict(match))
 
     async def push_manifests(
         self, *, owner_id: str | None = None, provider_id: str | None = None, workspace_id: str | None = None
@@ -67,14 +55,8 @@ class Broadcast:
     # ---- applying them ----------------------------------------------------------------------
 
     async def _on_end_sessions(self, e: dict[str, Any]) -> None:
-        await self._relay.end_sessions(
-            reason=str(e.get("reason") or "ended by a site manager"),
-            user_id=e.get("user_id"),
-            provider_id=e.get("provider_id"),
-            workspace_id=e.get("workspace_id"),
-            session_id=e.get("session_id"),
-            keep_session_id=e.get("keep_session_id"),
-        )
+        criteria = {f.name: e[f.name] for f in fields(StreamMatch) if isinstance(e.get(f.name), str)}
+        await self._relay.end_sessions(StreamMatch(**criteria), str(e.get("reason") or "ended by a site manager"))
 
     async def _on_push_manifests(self, e: dict[str, Any]) -> None:
         await self._hub.push_manifests(

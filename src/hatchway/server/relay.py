@@ -50,6 +50,26 @@ class LiveStream:
             self.interrupt()
 
 
+@dataclass(frozen=True, slots=True)
+class StreamMatch:
+    """Which live streams a policy change ends: those meeting every criterion given."""
+
+    user_id: str | None = None
+    provider_id: str | None = None
+    workspace_id: str | None = None
+    session_id: str | None = None
+    keep_session_id: str | None = None  # ...but not the ones this sign-in session opened
+
+    def __call__(self, s: LiveStream) -> bool:
+        return (
+            (not self.user_id or s.user_id == self.user_id)
+            and (not self.provider_id or s.provider_id == self.provider_id)
+            and (not self.workspace_id or s.workspace_id == self.workspace_id)
+            and (not self.session_id or s.session_id == self.session_id)
+            and (not self.keep_session_id or s.session_id != self.keep_session_id)
+        )
+
+
 @dataclass
 class _Pending:
     workspace_id: str
@@ -210,32 +230,13 @@ class Relay:
     def live_count(self) -> int:
         return len(self._live)
 
-    async def end_sessions(
-        self,
-        *,
-        reason: str,
-        user_id: str | None = None,
-        provider_id: str | None = None,
-        workspace_id: str | None = None,
-        session_id: str | None = None,
-        keep_session_id: str | None = None,
-    ) -> int:
-        """End every live stream matching all the given criteria (``keep_session_id``: but the
-        ones that sign-in session opened); returns how many."""
+    async def end_sessions(self, match: StreamMatch, reason: str) -> int:
+        """End every live stream ``match`` selects; returns how many."""
         n = 0
         for s in list(self._live.values()):
-            if user_id and s.user_id != user_id:
-                continue
-            if session_id and s.session_id != session_id:
-                continue
-            if keep_session_id and s.session_id == keep_session_id:
-                continue
-            if provider_id and s.provider_id != provider_id:
-                continue
-            if workspace_id and s.workspace_id != workspace_id:
-                continue
-            s.end(reason)
-            n += 1
+            if match(s):
+                s.end(reason)
+                n += 1
         if n:
             log.info("ending %d live SSH stream(s): %s", n, reason)
         return n

@@ -15,6 +15,7 @@ from hatchway.server.auth import current_user, site_manager
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
 from hatchway.server.policy import external_connect_off_message
+from hatchway.server.relay import StreamMatch
 
 router = APIRouter(prefix="/api/v1/providers", tags=["providers"])
 
@@ -97,6 +98,6 @@ async def apply_provider_edit(
     await db.commit()
     if "external_connect" in changes:
         if not p.external_connect:
-            await ctx.broadcast.end_sessions(provider_id=p.id, reason=external_connect_off_message(p.name))
+            await ctx.broadcast.end_sessions(StreamMatch(provider_id=p.id), external_connect_off_message(p.name))
         await ctx.broadcast.push_manifests(provider_id=p.id)
     return next(r for r in await provider_rows(db) if r.name == p.name)

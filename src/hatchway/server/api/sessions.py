@@ -23,6 +23,7 @@ from hatchway.server.broadcast import Broadcast
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.crypto import hash_token
 from hatchway.server.errors import APIError
+from hatchway.server.relay import StreamMatch
 
 router = APIRouter(prefix="/api/v1/users/me/sessions", tags=["sessions"])
 
@@ -64,7 +65,7 @@ async def revoke_one(db: AsyncSession, broadcast: Broadcast, user: User, session
     await db.delete(row)
     record(db, user, "session.revoke", user.username, source, session=session_id)
     await db.commit()
-    await broadcast.end_sessions(reason=SIGNED_OUT, user_id=user.id, session_id=row.id)
+    await broadcast.end_sessions(StreamMatch(user_id=user.id, session_id=row.id), SIGNED_OUT)
     return row.token_hash
 
 
@@ -95,7 +96,7 @@ async def kept_session_id(db: AsyncSession, user: User, keep_token: str | None) 
 async def end_streams(broadcast: Broadcast, user: User, kept: str | None) -> None:
     """End the SSH connections of ``user`` that sessions other than ``kept`` (all, for None)
     opened: call once the sessions' end is committed."""
-    await broadcast.end_sessions(reason=SIGNED_OUT, user_id=user.id, keep_session_id=kept)
+    await broadcast.end_sessions(StreamMatch(user_id=user.id, keep_session_id=kept), SIGNED_OUT)
 
 
 async def revoke_others(

@@ -19,6 +19,7 @@ from hatchway.server.auth import bearer_token, current_user, issue_session_token
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
+from hatchway.server.relay import StreamMatch
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
@@ -250,7 +251,7 @@ async def _set_suspended(
     record(db, sm, "user.suspend" if suspended else "user.activate", user.username, client_source(request))
     await db.commit()
     if suspended:
-        await ctx.broadcast.end_sessions(user_id=user.id, reason=f'user "{user.username}" was suspended by a site manager')
+        await ctx.broadcast.end_sessions(StreamMatch(user_id=user.id), f'user "{user.username}" was suspended by a site manager')
     return user_out(user)
 
 

@@ -20,6 +20,7 @@ from hatchway.server.auth import AGENT_TOKEN_PREFIX, current_user
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.crypto import new_token
 from hatchway.server.errors import APIError
+from hatchway.server.relay import StreamMatch
 from hatchway.providers.base import SetupError, WorkspaceSpec
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
@@ -175,7 +176,7 @@ async def delete_workspace(
     await db.delete(ws)
     record(db, user, "workspace.delete", label, client_source(request))
     await db.commit()
-    await ctx.broadcast.end_sessions(workspace_id=ws_id, reason=f'workspace "{label}" was deleted')
+    await ctx.broadcast.end_sessions(StreamMatch(workspace_id=ws_id), f'workspace "{label}" was deleted')
     await ctx.broadcast.disconnect_agent(ws_id, "workspace deleted")
     return schemas.OkOut()
 
