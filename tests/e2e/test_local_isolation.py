@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import time
@@ -76,6 +77,26 @@ def agent_pid(user: str) -> int | None:
     return None
 
 
+PROBE = """\
+import os
+secret = {secret!r}
+with open(os.path.join({seen!r}, f"{{os.getpid()}}"), "w") as f:
+    f.write(f"{{os.geteuid()}} {{int(os.access(secret, os.R_OK))}}")
+"""
+
+
+def _probe(tmp: Path, data_dir: Path) -> tuple[Path, Path]:
+    """A directory for PYTHONPATH whose sitecustomize notes, in ``seen``, every Python that
+    imports it: its euid, and whether it could read the deployment secret."""
+    probe, seen = tmp / "probe", tmp / "probe" / "seen"
+    seen.mkdir(parents=True)
+    for d in (tmp, probe):
+        d.chmod(0o755)
+    seen.chmod(0o1777)
+    (probe / "sitecustomize.py").write_text(PROBE.format(secret=str(data_dir / "deployment.secret"), seen=str(seen)))
+    return probe, seen
+
+
 @dataclass
 class World:
     server: RunningServer
@@ -84,6 +105,7 @@ class World:
     ssh_config: Path
     ids: dict[str, str]
     links_before: set[str]
+    seen: Path  # what the PYTHONPATH probe of b saw
 
     def ssh(self, alias: str, command: str, *opts: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -108,6 +130,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("local")
     links_before = links()
     server = RunningServer(tmp / "data")
+    probe, seen = _probe(tmp, server.data_dir)
     server.start()
     alice = Cli(tmp / "alice")
     owner = "alice" + secrets.token_hex(3)
@@ -116,10 +139,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         alice.login(server.url, owner, "alice-password", first=True)
         out = alice.ok("workspaces", "create", "a", "--env", "FOO=bar baz").out
         assert "Workspace a is running (agent connected)" in out
-        alice.ok("workspaces", "create", "b", "--openssh", "--env", "BAR=from-image")
+        alice.ok("workspaces", "create", "b", "--openssh", "--env", "BAR=from-image", "--env", f"PYTHONPATH={probe}")
         for name in ("a", "b"):
             ids[name] = alice.ok("workspaces", "show", name, "--json").json()["id"]
-        w = World(server, alice, owner, tmp / "ssh_config", ids, links_before)
+        w = World(server, alice, owner, tmp / "ssh_config", ids, links_before, seen)
         wait_for(lambda: w.show("b")["ssh_mode"] == "openssh", 20, what="b's agent to report its sshd")
         alice.ok("config-ssh", "--ssh-config", str(w.ssh_config), "-y")
         yield w
@@ -247,6 +270,46 @@ def test_openssh_workspace_is_served_by_real_sshd_with_the_environment(world: Wo
     assert shown["ssh_server_version"].startswith("SSH-2.0-OpenSSH") or "OpenSSH" in shown["ssh_server_version"]
     key = world.server.data_dir / "workspaces" / world.ids["b"] / "sshd" / "ssh_host_ed25519_key"
     assert key.stat().st_mode & 0o777 == 0o600
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):  # gone, or the sandbox's own
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        return Path(f"/proc/{pid}").stat().st_uid
+    except FileNotFoundError:
+        return None
+
+
+def test_nothing_the_user_chooses_runs_with_privileges(world: World) -> None:
+    """The launch chain (sh, ip, unshare, tini, nslaunch, sshd) runs as root in the user's home.
+    The workspace's variables (PYTHONPATH here; LD_PRELOAD alike) reach the user's sessions and
+    no process of that chain; a package the user plants in their home is not imported either."""
+    uid = uid_of(world.user("b"))
+    assert uid is not None
+    planted = 'import os\nopen(os.path.join(%r, "home-" + str(os.getpid())), "w").write(str(os.geteuid()))\n' % str(world.seen)
+    r = world.ssh("b", f"mkdir -p ~/hatchway && printf %s {shlex.quote(planted)} > ~/hatchway/__init__.py")
+    assert r.returncode == 0, r.stderr
+    world.alice.ok("workspaces", "restart", "b")
+    wait_for(lambda: world.ssh_works("b"), 30, interval=0.2, what="b back after the restart")
+    # Every process of the machine that holds the variable is the workspace user's.
+    probe = str(world.seen.parent)
+    holders = {pid: _uid(pid) for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+               if _environ(pid).get("PYTHONPATH") == probe}
+    assert holders and set(holders.values()) == {uid}, holders
+    # ... and it still does what the image meant for the user's own Python.
+    r = world.ssh("b", 'echo "$PYTHONPATH"; python3 -c pass')
+    assert r.returncode == 0 and r.stdout == f"{probe}\n", r.stderr
+    seen = {f.name: f.read_text() for f in world.seen.iterdir()}
+    assert seen and all(v == f"{uid} 0" for k, v in seen.items() if not k.startswith("home-")), seen
+    assert not any(k.startswith("home-") for k in seen), "the launcher imported a package from the user's home"
+    assert world.show("b")["ssh_mode"] == "openssh"
 
 
 def test_each_workspace_reports_only_its_own_servers_host_keys(world: World) -> None:

@@ -10,14 +10,13 @@ process is the one started (its pid is ``proc.pid``), so stopping it works as us
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from hatchway.providers.local import _mode_of, _passthrough_targets
-from hatchway.providers.nslaunch import PLAN_ENV, passthrough_plan
+from hatchway.providers.local import NSLAUNCH, _mode_of, _passthrough_targets, launcher_env
+from hatchway.providers.nslaunch import passthrough_plan
 from tests.helpers.netns import TempUser
 from tests.helpers.server import HATCHWAY, RunningServer
 
@@ -49,9 +48,7 @@ class UserServer(RunningServer):
             "USER": self.user.name,
             "LOGNAME": self.user.name,
             **self.extra_env,
-            PLAN_ENV: json.dumps(plan),
         }
         return subprocess.Popen(
-            ["unshare", "--mount", "--", sys.executable, "-m", "hatchway.providers.nslaunch"],
-            stdout=log, stderr=log, env=env, cwd="/",
+            ["unshare", "--mount", "--", *NSLAUNCH], stdout=log, stderr=log, env=launcher_env(plan, env), cwd="/",
         )

@@ -108,14 +108,18 @@ def test_an_agent_that_keeps_dying_is_retried_then_failed_with_its_reason(tmp_pa
     cli = Cli(tmp_path / "me")
     try:
         cli.login(server.url, "solo", "solo-password", first=True)
-        # An image environment that breaks Python: the agent dies at every start.
-        r = cli.run("workspaces", "create", "broken", "--env", "PYTHONHOME=/nonexistent")
+        # An image environment that breaks every program (a C library that is not one): the
+        # agent dies at every start. (PYTHONHOME and the like no longer reach it: python -I.)
+        broken_lib = tmp_path / "lib"
+        broken_lib.mkdir()
+        (broken_lib / "libc.so.6").write_bytes(b"")
+        r = cli.run("workspaces", "create", "broken", "--env", f"LD_LIBRARY_PATH={broken_lib}")
         assert r.code == 1
-        assert 'hatchway: workspace "broken" is failed: the agent exited with status 1' in r.err
+        assert 'hatchway: workspace "broken" is failed: the agent exited with status 127' in r.err
         w = cli.ok("workspaces", "show", "broken", "--json").json()
         assert w["state"] == "failed" and not w["agent_connected"]
         assert "restarting in" in w["state_reason"] and w["state_reason"].endswith("agent.log")
-        assert "failed: the agent exited with status 1" in cli.ok("workspaces", "list").out
+        assert "failed: the agent exited with status 127" in cli.ok("workspaces", "list").out
         cli.ok("workspaces", "delete", "broken", "-y")
         assert not list((server.data_dir / "workspaces").iterdir())
     finally:

@@ -5,7 +5,7 @@ As root, each workspace is a set of kernel objects combined around one agent pro
     ip netns exec hw-<id>                  own network namespace: own loopback, own port 22
       unshare --pid --fork --mount-proc    own PID namespace (and mount namespace, fresh /proc)
         tini -g                            PID 1: reaps orphans, forwards SIGTERM
-          python -m hatchway.providers.nslaunch    root, inside: pass-through mounts, [sshd -D],
+          python -I -m hatchway.providers.nslaunch    root, inside: pass-through mounts, [sshd -D],
             -> exec hatchway agent (as hw-<owner>-<name>) --url http://127.0.0.1:<port> --ssh-port 22
 
 * The **Unix user** ``hw-<owner>-<name>`` (see :mod:`hatchway.providers.naming`) owns the home
@@ -24,7 +24,7 @@ allows unprivileged user namespaces (checked and tried at server start, see
 :mod:`hatchway.providers.userns`) each workspace still gets its own namespaces::
 
     unshare --user --map-root-user --net --mount --ipc   user namespace owned by the server's user
-      python -m hatchway.providers.nslaunch          its root: loopback up, listener handed over,
+      python -I -m hatchway.providers.nslaunch          its root: loopback up, listener handed over,
         [own PID namespace]                          data dir / home / /tmp hidden; stays outside
           tini -g                                    PID 1, in a nested user namespace mapping
             -> hatchway agent (as the server's user) --url http://127.0.0.1:<port> --ssh-port 22
@@ -490,7 +490,8 @@ class LocalProvider(WorkspaceProvider):
 
     def _agent_argv(self, spec: WorkspaceSpec, prepared: Prepared) -> list[str]:
         return [
-            sys.executable, "-m", "hatchway", "agent",
+            # -I: the image's PYTHONPATH and friends are for its own programs, not the agent's.
+            sys.executable, "-I", "-m", "hatchway", "agent",
             "--url", prepared.agent_url,
             "--state-dir", str(self.ws_dir(spec) / "agent"),
             "--ssh-port", "22" if self.isolate or self.userns else "0",
@@ -544,15 +545,15 @@ class LocalProvider(WorkspaceProvider):
                 self._tool("ip"), "netns", "exec", netns_name(spec.id),
                 self._tool("unshare"), "--pid", "--fork", "--mount-proc", "--kill-child", "--",
                 self._tool("tini"), "-g", "--",
-                sys.executable, "-m", "hatchway.providers.nslaunch",
+                *NSLAUNCH,
             ]
-            env[PLAN_ENV] = json.dumps(plan)  # not argv: keeps ps readable; removed before the agent runs
+            env = launcher_env(plan, env)
         elif self.userns:
             self._close_listener(spec)
             channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             pass_fds = (theirs.fileno(),)
-            env[PLAN_ENV] = json.dumps(self._userns_plan(spec, prepared, argv, theirs.fileno()))
-            argv = [self._tool("unshare"), *userns.UNSHARE_FLAGS, "--", sys.executable, "-m", "hatchway.providers.nslaunch"]
+            env = launcher_env(self._userns_plan(spec, prepared, argv, theirs.fileno()), env)
+            argv = [self._tool("unshare"), *userns.UNSHARE_FLAGS, "--", *NSLAUNCH]
         fd = await asyncio.to_thread(self._open_log, spec)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -695,6 +696,25 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
             os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
+
+
+#: The launcher runs with privileges the workspace user lacks (root, or the server's own user
+#: before the data dir is hidden), in the user's home: -I keeps that directory and every
+#: PYTHON* variable away from its imports.
+NSLAUNCH = (sys.executable, "-I", "-m", "hatchway.providers.nslaunch")
+
+
+def launcher_env(plan: dict[str, Any], agent_env: dict[str, str]) -> dict[str, str]:
+    """The environment of the launch chain (``sh``, ``ip``, ``unshare``, ``tini``, nslaunch,
+    and sshd): fixed, with none of the workspace's variables, which are the user's to choose
+    (``LD_PRELOAD`` into a process with privileges is theirs no longer). The agent's own
+    environment travels in the plan, applied only once privileges are dropped."""
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        # not argv: keeps ps readable; removed before anything else runs
+        PLAN_ENV: json.dumps({**plan, "env": agent_env}),
+    }
 
 
 def isolation_override() -> bool | None:

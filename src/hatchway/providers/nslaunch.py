@@ -1,7 +1,7 @@
 """The first process of an isolated workspace after its init: finish, as root and inside the
 workspace's namespaces, the set-up that can only be done there, then become the agent.
 
-Run by the local provider as ``python -m hatchway.providers.nslaunch`` under ``tini``
+Run by the local provider as ``python -I -m hatchway.providers.nslaunch`` under ``tini``
 (PID 1 of the workspace's PID namespace). It imports only the standard library, and it ends by
 ``exec``-ing the agent as the workspace user, so it costs no process while the workspace runs.
 
@@ -15,9 +15,15 @@ Inside the workspace's private mount namespace it:
    the code, and nothing else of those directories (not the database, not other workspaces).
 2. with ``--openssh``, bind-mounts the workspace's sshd_config over ``/etc/ssh/sshd_config``
    (so sshd and the agent's diagnostics read the same file) and starts ``sshd -D`` detached, so
-   PID 1 reaps it; the agent token is removed from sshd's environment.
+   PID 1 reaps it, in the launcher's own fixed environment.
 3. drops to the workspace user (supplementary groups from the group database), changes to its
-   home and ``exec``s the agent.
+   home and ``exec``s the agent with the environment the plan gives it (the workspace's
+   variables, its identity, the agent token).
+
+The launch chain runs with privileges the workspace user does not have, so nothing it runs
+takes the user's word: its environment is fixed (the workspace's variables, ``LD_PRELOAD`` or
+``PYTHONPATH`` among them, only reach the agent, in the plan) and Python runs it with ``-I``
+(the user's home, its working directory, is not on the import path).
 
 Without root (``"mode": "userns"`` in the plan) it is started by ``unshare --user
 --map-root-user --net --mount --ipc`` instead, as root of a user namespace the server's user owns
@@ -37,7 +43,7 @@ Without root (``"mode": "userns"`` in the plan) it is started by ``unshare --use
    visible from inside (not in the workspace's ``/proc``), so no workspace process can reach a
    process that holds privileges over the namespaces.
 
-``python -m hatchway.providers.nslaunch --probe UID GID`` under the same ``unshare`` does every step of
+``python -I -m hatchway.providers.nslaunch --probe UID GID`` under the same ``unshare`` does every step of
 that on nothing and exits 0, or prints why not: the server's test of whether the kernel lets it.
 
 Any failure is printed as one line to the workspace log and ends with status 3, which the
@@ -189,6 +195,16 @@ def _cover(libc: ctypes.CDLL, directory: str, children: list[str], mode: int, *,
         os.close(fd)
 
 
+def agent_env(plan: dict) -> dict[str, str]:
+    """The agent's environment, from the plan: strings only, no NUL (execve would refuse)."""
+    env = plan["env"]
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v for k, v in env.items()
+    ):
+        raise LaunchError("the plan's environment is not a map of strings")
+    return env
+
+
 def start_sshd(sshd: str, env: dict[str, str]) -> None:
     """Start ``sshd -D`` through a double fork: it is re-parented to PID 1 (tini), which reaps
     it, and it shares our process group, so tini's SIGTERM reaches it at stop."""
@@ -207,11 +223,10 @@ def start_sshd(sshd: str, env: dict[str, str]) -> None:
 def run(plan: dict) -> None:
     libc = _libc()
     apply_passthrough(libc, [(d, list(c)) for d, c in plan.get("passthrough", [])])
-    env = dict(os.environ)
+    env = agent_env(plan)
     if plan.get("sshd_config"):
         _mount(libc, plan["sshd_config"], SSHD_CONFIG, None, MS_BIND)
-        sshd_env = {k: v for k, v in env.items() if k != "HATCHWAY_AGENT_TOKEN"}
-        start_sshd(plan["sshd"], sshd_env)
+        start_sshd(plan["sshd"], dict(os.environ))
     uid, gid, user = int(plan["uid"]), int(plan["gid"]), str(plan["user"])
     os.initgroups(user, gid)
     os.setresgid(gid, gid, gid)
@@ -316,7 +331,7 @@ def run_userns(plan: dict) -> None:
     set_up_network()
     hand_over_listener(int(plan["listen_fd"]), int(plan["listen_port"]))
     apply_cover(libc, [(d, list(c), int(m)) for d, c, m in plan.get("cover", [])])
-    env = dict(os.environ)
+    env = agent_env(plan)
     pid = enter_pid_namespace(libc)
     if pid:
         _wait_and_exit(pid)

@@ -78,7 +78,7 @@ async def check(unshare: str) -> Support:
         return switches
     try:
         done = await proc.run(
-            unshare, *UNSHARE_FLAGS, "--", sys.executable, "-m", "hatchway.providers.nslaunch",
+            unshare, *UNSHARE_FLAGS, "--", sys.executable, "-I", "-m", "hatchway.providers.nslaunch",
             "--probe", str(os.getuid()), str(os.getgid()),
             timeout=30,
         )
