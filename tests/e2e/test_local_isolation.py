@@ -14,14 +14,19 @@ import pwd
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+import hatchway
 
 from tests.helpers.cli import Cli
 from tests.helpers.netns import pids_of_uid, sweep_local_workspaces
@@ -85,13 +90,14 @@ with open(os.path.join({seen!r}, f"{{os.getpid()}}"), "w") as f:
 """
 
 
-def _probe(tmp: Path, data_dir: Path) -> tuple[Path, Path]:
+def _probe(data_dir: Path) -> tuple[Path, Path]:
     """A directory for PYTHONPATH whose sitecustomize notes, in ``seen``, every Python that
-    imports it: its euid, and whether it could read the deployment secret."""
-    probe, seen = tmp / "probe", tmp / "probe" / "seen"
-    seen.mkdir(parents=True)
-    for d in (tmp, probe):
-        d.chmod(0o755)
+    imports it: its euid, and whether it could read the deployment secret. Under /run: /tmp is
+    each workspace's own."""
+    probe = Path(tempfile.mkdtemp(prefix="hatchway-test-probe-", dir="/run"))
+    seen = probe / "seen"
+    seen.mkdir()
+    probe.chmod(0o755)
     seen.chmod(0o1777)
     (probe / "sitecustomize.py").write_text(PROBE.format(secret=str(data_dir / "deployment.secret"), seen=str(seen)))
     return probe, seen
@@ -130,7 +136,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("local")
     links_before = links()
     server = RunningServer(tmp / "data")
-    probe, seen = _probe(tmp, server.data_dir)
+    probe, seen = _probe(server.data_dir)
     server.start()
     alice = Cli(tmp / "alice")
     owner = "alice" + secrets.token_hex(3)
@@ -155,6 +161,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             if server.proc is not None:
                 server.stop()
             sweep_local_workspaces(server.data_dir, ids.values())  # ids or not: a failed start too
+            shutil.rmtree(probe)
 
 
 def test_each_workspace_has_its_own_user_and_home(world: World) -> None:
@@ -310,6 +317,21 @@ def test_nothing_the_user_chooses_runs_with_privileges(world: World) -> None:
     assert seen and all(v == f"{uid} 0" for k, v in seen.items() if not k.startswith("home-")), seen
     assert not any(k.startswith("home-") for k in seen), "the launcher imported a package from the user's home"
     assert world.show("b")["ssh_mode"] == "openssh"
+
+
+def test_tmp_is_each_workspaces_own(world: World) -> None:
+    """Only the way to what the workspace runs from (the code, its directory under a data dir
+    that a test put in /tmp) is left of the machine's."""
+    name = f"hatchway-test-{secrets.token_hex(4)}"
+    ours = [world.server.data_dir.resolve(), Path(sys.prefix).resolve(), Path(hatchway.__file__).resolve()]
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        r = world.ssh("a", f"echo from-a > {d}/{name} && stat -c %a {d}")
+        assert r.returncode == 0 and r.stdout == "1777\n", r.stderr
+        r = world.ssh("b", f"ls -A {d}; test -e {d}/{name}")
+        way = {p.relative_to(d).parts[0] for p in ours if Path(d) in p.parents}
+        assert r.returncode == 1 and set(r.stdout.split()) == way, "b sees nothing of a's, nor of the machine's"
+        assert not Path(d, name).exists()
+    assert world.ssh("a", f"cat /tmp/{name}").stdout == "from-a\n"
 
 
 def test_each_workspace_reports_only_its_own_servers_host_keys(world: World) -> None:

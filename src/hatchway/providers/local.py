@@ -504,9 +504,7 @@ class LocalProvider(WorkspaceProvider):
         return open_agent_log(self.log_path(spec), f"{spec.owner}/{spec.name}")
 
     def _userns_plan(self, spec: WorkspaceSpec, prepared: Prepared, argv: list[str], channel_fd: int) -> dict[str, Any]:
-        ws_dir = self.ws_dir(spec).resolve()
-        targets = set(_passthrough_targets(ws_dir))
-        targets |= {str(Path(sys.executable).parent.resolve()), str(Path(sys.prefix).resolve())}
+        targets = _cover_targets(self.ws_dir(spec))
         hide = [str(self.data_dir.resolve()), str(self.workspaces_dir.resolve()), f"/run/user/{os.getuid()}"]
         home = pwd.getpwuid(os.getuid()).pw_dir
         if home and os.path.isdir(home):
@@ -532,6 +530,10 @@ class LocalProvider(WorkspaceProvider):
         if self.isolate:
             pw = pwd.getpwnam(prepared.unix_user)
             plan = {
+                # /tmp, /var/tmp and /dev/shm of its own: nothing to read or plant for another
+                # workspace. What the workspace needs below them (the code, the data dir in a
+                # test) stays visible through the cover.
+                "cover": cover_plan(sorted(_cover_targets(self.ws_dir(spec))), (), PRIVATE_TMP),
                 "passthrough": passthrough_plan(_passthrough_targets(self.ws_dir(spec)), _mode_of),
                 "sshd_config": str(self.ws_dir(spec) / "sshd" / "sshd_config") if spec.openssh else None,
                 "sshd": SSHD,
@@ -744,6 +746,12 @@ def _passthrough_targets(ws_dir: Path) -> list[str]:
         if entry and os.path.isdir(entry):
             targets.add(str(Path(entry).resolve()))
     return sorted(targets)
+
+
+def _cover_targets(ws_dir: Path) -> set[str]:
+    """What must stay reachable through the tmpfs covers of a workspace's mount namespace."""
+    targets = set(_passthrough_targets(ws_dir.resolve()))
+    return targets | {str(Path(sys.executable).parent.resolve()), str(Path(sys.prefix).resolve())}
 
 
 def spec_from_row(ws: Any) -> WorkspaceSpec:

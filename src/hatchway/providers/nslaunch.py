@@ -7,16 +7,18 @@ Run by the local provider as ``python -I -m hatchway.providers.nslaunch`` under 
 
 Inside the workspace's private mount namespace it:
 
-1. **passes through** directories the workspace user could not traverse on the host: the
+1. gives the workspace ``/tmp``, ``/var/tmp`` and ``/dev/shm`` of its own (fresh tmpfs; the way
+   to the code and the workspace's directory, if they lie below, stays visible);
+2. **passes through** directories the workspace user could not traverse on the host: the
    Hatchway code and the Python it runs on may live under ``/root`` (0700), the workspace's own
    directory under the data dir (0700). Each such directory is covered, in this namespace only,
    by a small tmpfs holding bind mounts of exactly the entries needed, taken from the original
    through a file descriptor opened before covering it. The workspace sees its own directory and
    the code, and nothing else of those directories (not the database, not other workspaces).
-2. with ``--openssh``, bind-mounts the workspace's sshd_config over ``/etc/ssh/sshd_config``
+3. with ``--openssh``, bind-mounts the workspace's sshd_config over ``/etc/ssh/sshd_config``
    (so sshd and the agent's diagnostics read the same file) and starts ``sshd -D`` detached, so
    PID 1 reaps it, in the launcher's own fixed environment.
-3. drops to the workspace user (supplementary groups from the group database), changes to its
+4. drops to the workspace user (supplementary groups from the group database), changes to its
    home and ``exec``s the agent with the environment the plan gives it (the workspace's
    variables, its identity, the agent token).
 
@@ -169,8 +171,8 @@ def apply_passthrough(libc: ctypes.CDLL, plan: list[tuple[str, list[str]]]) -> N
 
 
 def apply_cover(libc: ctypes.CDLL, plan: list[tuple[str, list[str], int]]) -> None:
-    """In a user namespace: the tmpfs belongs to its root (the server's user), whoever owned
-    the directory (an owner the namespace does not map could not be named in the options)."""
+    """Each tmpfs belongs to root (in a user namespace, its root: the server's user), whoever
+    owned the directory (an owner the namespace does not map could not be named in the options)."""
     for directory, children, mode in plan:
         if os.path.isdir(directory):
             _cover(libc, directory, children, mode, keep_owner=False)
@@ -222,6 +224,7 @@ def start_sshd(sshd: str, env: dict[str, str]) -> None:
 
 def run(plan: dict) -> None:
     libc = _libc()
+    apply_cover(libc, [(d, list(c), int(m)) for d, c, m in plan.get("cover", [])])
     apply_passthrough(libc, [(d, list(c)) for d, c in plan.get("passthrough", [])])
     env = agent_env(plan)
     if plan.get("sshd_config"):
