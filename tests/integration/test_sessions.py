@@ -39,8 +39,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         srv.stop()
 
 
-def login(world: World, user: str, agent: str) -> str:
+def login(world: World, user: str, agent: str, forwarded_for: str | None = None) -> str:
     headers = {"User-Agent": agent.encode("latin-1")}  # as bytes: httpx would only send ASCII
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for.encode()
     with httpx.Client(base_url=world.srv.url + "/api/v1", headers=headers) as c:
         r = c.post("/auth/login", json={"username": user, "password": f"{user}-password"})
         r.raise_for_status()
@@ -61,7 +63,9 @@ def status(world: World, token: str) -> int:
 
 def test_sessions_are_listed_with_client_address_and_which_is_the_callers(world: World) -> None:
     laptop = login(world, "bob", "hatchway-cli/1.0 (laptop)")
-    browser = login(world, "bob", "Mozilla/5.0 (X11; Linux x86_64)")
+    # Without --trusted-proxy nobody's X-Forwarded-For is believed, not even 127.0.0.1's (every
+    # local workspace's address): the address is the connection's.
+    browser = login(world, "bob", "Mozilla/5.0 (X11; Linux x86_64)", forwarded_for="203.0.113.77")
     login(world, "carol", "carol's own")  # never shown to bob
     rows = sessions(world, laptop)
     assert [(r["client"], r["source"], r["current"]) for r in rows] == [

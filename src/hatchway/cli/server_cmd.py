@@ -18,7 +18,7 @@ from hatchway.logs import setup_logging
               help="The URL other replicas use to reach this one (stream hand-over) [default: the --listen address].")
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True, envvar="HATCHWAY_TRUSTED_PROXIES",
               help="Address of a load balancer in front of this server (repeatable): its X-Forwarded-For is "
-                   "believed and its connections are not capped per address [env: space-separated].")
+                   "believed and its connections are not capped per address [env HATCHWAY_TRUSTED_PROXIES, space-separated].")
 @click.option("--handshake-timeout", envvar="HATCHWAY_HANDSHAKE_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds a client gets to send its request headers (and a WebSocket to be accepted).")
 @click.option("--max-handshaking-per-ip", envvar="HATCHWAY_MAX_HANDSHAKING_PER_IP", type=click.IntRange(1), default=64, show_default=True,

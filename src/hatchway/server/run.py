@@ -51,7 +51,11 @@ class _Config(uvicorn.Config):
 
 def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
     guard = ConnectionGuard(settings.handshake_timeout_s, settings.max_handshaking_per_ip, frozenset(settings.trusted_proxies))
-    extra: dict[str, object] = {"forwarded_allow_ips": list(settings.trusted_proxies)} if settings.trusted_proxies else {}
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise, and every local
+    # workspace reaches the server from its own 127.0.0.1: only named proxies are believed.
+    extra: dict[str, object] = (
+        {"forwarded_allow_ips": list(settings.trusted_proxies)} if settings.trusted_proxies else {"proxy_headers": False}
+    )
     return _Config(
         AcceptDeadline(StreamDispatch(app), settings.handshake_timeout_s),  # type: ignore[arg-type]
         guard,
