@@ -16,7 +16,7 @@ from hatchway import names
 from hatchway.db.engine import normalize_url
 from hatchway.server import crypto
 from hatchway.server.settings import Settings, parse_listen
-from hatchway.server.throttle import LoginThrottle
+from hatchway.server.throttle import KNOWN_SOURCES, LoginThrottle
 
 
 @pytest.mark.parametrize("name", ["a", "dev", "web-1", "a" * 63, "0x"])
@@ -109,6 +109,21 @@ def test_throttle_window() -> None:
     assert t.retry_after("carol", "1.2.3.4") == 0
     now[0] = 61
     assert t.retry_after("bob", "1.2.3.4") == 0
+
+
+def test_a_distributed_guesser_does_not_lock_the_user_out_of_addresses_they_signed_in_from() -> None:
+    t = LoginThrottle(limit=2, window_s=60, clock=lambda: 0.0)
+    for i in range(KNOWN_SOURCES + 1):  # the oldest of these is forgotten
+        t.succeeded("bob", f"192.0.2.{i}")
+    for i in range(20):
+        t.failed("bob", f"10.0.0.{i}")
+    assert t.retry_after("bob", "10.9.9.9") > 0  # a stranger is still capped
+    assert t.retry_after("carol", "10.9.9.9") == 0  # and only for bob
+    assert t.retry_after("bob", f"192.0.2.{KNOWN_SOURCES}") == 0  # bob from home gets in
+    assert t.retry_after("bob", "192.0.2.0") > 0  # not from an address long forgotten
+    t.failed("bob", "192.0.2.1")
+    t.failed("bob", "192.0.2.1")
+    assert t.retry_after("bob", "192.0.2.1") > 0  # a known address has its own cap
 
 
 def test_throttle_caps_a_distributed_guesser() -> None:

@@ -5,13 +5,23 @@ window; once over the limit, further attempts are refused without checking the p
 a guesser learns nothing and pays for nothing. Kept in memory (a restart forgetting it costs
 little); with several replicas every failure is broadcast (hatchway.server.broadcast), so each
 replica counts the attempts made on all of them.
+
+The per-user cap stops a guesser spread over many addresses, and would let that guesser lock
+the user out from everywhere. So an address the user has signed in from before (the last
+:data:`KNOWN_SOURCES` of them) is held only to its own count: under such an attack the user
+still gets in from the office or home they came from, and a stranger still cannot guess.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
+
+#: Addresses remembered per user as ones they signed in from.
+KNOWN_SOURCES = 8
+#: Users whose addresses are remembered (the least recently signed in are forgotten first).
+KNOWN_USERS = 100_000
 
 
 class LoginThrottle:
@@ -20,6 +30,7 @@ class LoginThrottle:
         self._window = window_s
         self._clock = clock
         self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._known: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
 
     def _recent(self, key: tuple[str, str]) -> deque[float]:
         now = self._clock()
@@ -36,8 +47,11 @@ class LoginThrottle:
         """Seconds until another attempt is allowed, or 0 when allowed now."""
         worst = 0.0
         # Per source and per user: a distributed guesser is capped by the second key, with a
-        # larger allowance so one attacker cannot lock a user out from everywhere cheaply.
-        for key, limit in (((username, source), self._limit), ((username, "*"), self._limit * 4)):
+        # larger allowance; an address the user signed in from is not (see the module's doc).
+        keys = [((username, source), self._limit)]
+        if source not in self._known.get(username, ()):
+            keys.append(((username, "*"), self._limit * 4))
+        for key, limit in keys:
             q = self._recent(key)
             if len(q) >= limit:
                 worst = max(worst, self._window - (self._clock() - q[0]))
@@ -50,3 +64,11 @@ class LoginThrottle:
 
     def succeeded(self, username: str, source: str) -> None:
         self._failures.pop((username, source), None)
+        known = self._known.pop(username, None) or OrderedDict()
+        known.pop(source, None)
+        known[source] = None
+        while len(known) > KNOWN_SOURCES:
+            known.popitem(last=False)
+        self._known[username] = known
+        while len(self._known) > KNOWN_USERS:
+            self._known.popitem(last=False)
