@@ -211,7 +211,7 @@ def test_ssh_stream_matrix(world: World, who: str) -> None:
     error = json.loads(text or "{}").get("error", "")
     expected = {
         "member": 'workspace "a" is not reachable: its agent is not connected',
-        "other": 'workspace "bob/a" belongs to another user; you can only connect to your own workspaces',
+        "other": 'no workspace named "bob/a" is yours; see "hatchway workspaces list"',  # as for one that is not there
         "manager": 'workspace "bob/a" belongs to another user; you can only connect to your own workspaces',
         "suspended": "account suspended",
     }.get(who, "")

@@ -26,8 +26,13 @@ def test_external_connect_off_message_is_the_documented_line() -> None:
 
 
 def test_someone_elses_workspace_is_refused_even_for_site_managers() -> None:
-    msg = ssh_refusal(replace(OK, requester="alice", requester_id="u2"))
+    msg = ssh_refusal(replace(OK, requester="alice", requester_id="u2", requester_sees_all=True))
     assert msg == 'workspace "bob/dev" belongs to another user; you can only connect to your own workspaces'
+
+
+def test_a_member_is_not_told_whether_someone_elses_workspace_exists() -> None:
+    msg = ssh_refusal(replace(OK, requester="carol", requester_id="u3"))
+    assert msg == unknown_workspace_message("bob/dev") == 'no workspace named "bob/dev" is yours; see "hatchway workspaces list"'
 
 
 def test_suspended_comes_first() -> None:

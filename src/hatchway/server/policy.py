@@ -29,6 +29,8 @@ class SSHFacts:
     state: str
     state_reason: str | None
     agent_connected: bool
+    # A site manager sees every workspace anyway; a member is not told which of other people's exist.
+    requester_sees_all: bool = False
 
 
 def ssh_refusal(f: SSHFacts) -> str | None:
@@ -40,6 +42,8 @@ def ssh_refusal(f: SSHFacts) -> str | None:
     if f.requester_suspended:
         return "your account is suspended; ask a site manager to reactivate it"
     if f.owner_id != f.requester_id:
+        if not f.requester_sees_all:
+            return unknown_workspace_message(f"{f.owner}/{f.workspace}")
         return (
             f'workspace "{f.owner}/{f.workspace}" belongs to another user; '
             "you can only connect to your own workspaces"

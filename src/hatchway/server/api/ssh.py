@@ -47,6 +47,7 @@ def _refusal(user: User, ws: Workspace | None, shown: str) -> str | None:
             state=ws.state,
             state_reason=ws.state_reason,
             agent_connected=True,  # the hub is the live truth; checked at dial time
+            requester_sees_all=user.role == "site-manager",
         )
     )
 

@@ -370,6 +370,7 @@ def _connect_facts(viewer: User, w: schemas.WorkspaceOut, owner_id: str) -> SSHF
         state=w.state,
         state_reason=w.state_reason,
         agent_connected=w.agent_connected,
+        requester_sees_all=viewer.role == "site-manager",
     )
 
 
