@@ -38,6 +38,9 @@ class InjectionResult:
     rejected: list[Any] = field(default_factory=list)
     diagnostics: list[str] = field(default_factory=list)
     wrote: list[str] = field(default_factory=list)
+    # A file could not be read or written (full disk, read-only home): worth trying again later,
+    # unlike a value refused on its merits.
+    io_failed: bool = False
 
 
 def _str_dict(value: Any) -> dict[str, str]:
@@ -55,6 +58,11 @@ def _display(path: Path, home: Path) -> str:
 def _problem(result: InjectionResult, sentence: str, level: int = logging.WARNING) -> None:
     log.log(level, "%s", sentence)
     result.diagnostics.append(sentence)
+
+
+def _io_problem(result: InjectionResult, sentence: str) -> None:
+    result.io_failed = True
+    _problem(result, sentence, logging.ERROR)
 
 
 def _valid_keys(keys: Any, result: InjectionResult) -> list[str]:
@@ -83,7 +91,7 @@ def _sync_file(path: Path, home: Path, render: Any, result: InjectionResult) -> 
     except FileNotFoundError:
         st, existing = None, b""
     except OSError as exc:
-        _problem(result, f"could not read {shown}: {exc.strerror or exc}; it was left unchanged", logging.ERROR)
+        _io_problem(result, f"could not read {shown}: {exc.strerror or exc}; it was left unchanged")
         return
     try:
         new = render(existing)
@@ -102,11 +110,7 @@ def _sync_file(path: Path, home: Path, render: Any, result: InjectionResult) -> 
     try:
         fileutil.atomic_write(path, new, FILE_MODE)
     except OSError as exc:
-        _problem(
-            result,
-            f"could not write {shown}: {exc.strerror or exc}; the previous file is left unchanged",
-            logging.ERROR,
-        )
+        _io_problem(result, f"could not write {shown}: {exc.strerror or exc}; the previous file is left unchanged")
         return
     result.wrote.append(shown)
     log.info("wrote %s", shown)
@@ -144,11 +148,10 @@ def inject(manifest: Mapping[str, Any], home: Path) -> InjectionResult:
     try:
         fileutil.ensure_private_dir(ssh_dir)
     except OSError as exc:
-        _problem(
+        _io_problem(
             result,
             f"could not create {_display(ssh_dir, home)} with mode 0700: {exc.strerror or exc}; "
             "authorized_keys and environment were not updated",
-            logging.ERROR,
         )
         return result
     _strict_modes(home, result)

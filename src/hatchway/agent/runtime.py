@@ -40,7 +40,7 @@ from websockets.exceptions import (
 
 from hatchway import __version__
 from hatchway.agent import diagnostics, protocol
-from hatchway.agent.backoff import Backoff
+from hatchway.agent.backoff import Backoff, backoff_delay
 from hatchway.agent.inject import InjectionResult, inject
 from hatchway.agent.port22 import (
     Port22Monitor,
@@ -68,6 +68,10 @@ REPLACED_DELAY = 10.0
 REPLACED_CODE = "replaced"
 #: Repeat the "still cannot reach the server" warning at most this often.
 WARN_EVERY = 30.0
+#: A manifest whose files could not be written is tried again after this long, doubling up to
+#: the cap (a disk that filled up is rarely freed within seconds; a minute is soon enough).
+INJECT_RETRY_FIRST_S = 2.0
+INJECT_RETRY_MAX_S = 60.0
 
 
 class FatalError(Exception):
@@ -218,18 +222,36 @@ class Agent:
         if result.diagnostics != old.diagnostics:
             self._changed()
 
-    async def _manifest_applier(self) -> None:
-        """Apply pushed manifests one at a time, always the newest (older ones are superseded)."""
+    async def _manifest_applier(self, current: dict[str, Any] | None = None) -> None:
+        """Apply pushed manifests one at a time, always the newest (older ones are superseded).
+        One whose files could not be written (``current``: the one applied at start; a full
+        disk, say) is applied again, less and less often, until it is written or superseded:
+        a user who frees space gets the new key without anyone regenerating it again."""
+        failures = 0 if current is not None and self._injection.io_failed else None
         while True:
-            await self._manifest_ready.wait()
-            self._manifest_ready.clear()
-            manifest, self._pending_manifest = self._pending_manifest, None
-            if manifest is None:
+            if failures is None:
+                await self._manifest_ready.wait()
+            else:
+                delay = backoff_delay(failures, base=INJECT_RETRY_FIRST_S, cap=INJECT_RETRY_MAX_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._manifest_ready.wait(), delay)
+            if self._manifest_ready.is_set():
+                self._manifest_ready.clear()
+                manifest, self._pending_manifest = self._pending_manifest, None
+                if manifest is not None:
+                    current, failures = manifest, None
+            if current is None:
                 continue
             try:
-                await self.apply_manifest(manifest)
+                await self.apply_manifest(current)
             except Exception:
                 log.exception("applying a manifest from the server failed")
+            if self._injection.io_failed:
+                failures = 0 if failures is None else failures + 1
+                log.info("writing ~/.ssh failed; trying again in about %.0f s",
+                         backoff_delay(failures, base=INJECT_RETRY_FIRST_S, cap=INJECT_RETRY_MAX_S, jitter=0))
+            else:
+                failures = None
 
     def _submit_manifest(self, manifest: dict[str, Any]) -> None:
         self._pending_manifest = manifest
@@ -284,7 +306,7 @@ class Agent:
                 tasks.append(asyncio.create_task(self._monitor.run(), name="port22-monitor"))
             else:
                 log.info("forwarding to port 22 is disabled (--ssh-port 0): the built-in server answers every connection")
-            tasks.append(asyncio.create_task(self._manifest_applier(), name="manifest-applier"))
+            tasks.append(asyncio.create_task(self._manifest_applier(manifest), name="manifest-applier"))
             first = self.status()
             if first.ssh_mode == "openssh":
                 log.info("ready: SSH connections go to port %d (%s)", self.config.ssh_port, first.ssh_server_version)
