@@ -224,6 +224,8 @@ def test_external_connect_off_refuses_and_ends_live_sessions(world: World) -> No
         assert expected in err.splitlines()
         r = world.ssh("hatchway.dev", "true")
         assert r.returncode == 255 and expected in r.stderr.decode().splitlines()
+        shortcut = world.bob.run("ssh", "dev", "true")
+        assert (shortcut.code, shortcut.err.strip()) == (1, expected)
         # config-ssh leaves the workspace out and says why.
         cs = world.bob.run("config-ssh", "--ssh-config", str(world.tmp / "other_config"), "-y")
         assert 'SSH is not enabled for workspace provider "byo"' in cs.err

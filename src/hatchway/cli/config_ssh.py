@@ -32,6 +32,7 @@ from hatchway.fileutil import (
     ensure_private_dir,
     write_target,
 )
+from hatchway.server.policy import external_connect_off_message
 from hatchway.sshconfig import (
     HostEntry,
     apply_block,
@@ -61,6 +62,8 @@ class Plan:
     known_hosts: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     disabled: int = 0
+    # Why each workspace left out cannot be reached, said as ``hatchway ssh`` refuses it.
+    refusals: dict[str, str] = field(default_factory=dict)
 
 
 def plan_entries(
@@ -79,12 +82,17 @@ def plan_entries(
                 pass
         if not ws["external_connect"]:
             plan.disabled += 1
+            plan.refusals[alias] = external_connect_off_message(ws["provider"])
             plan.warnings.append(
                 f'SSH is not enabled for workspace provider "{ws["provider"]}": left out {alias} '
                 "(External Connect is off; ask a site manager if you need it)"
             )
             continue
         if not ws.get("os_user") or not ws.get("host_keys"):
+            plan.refusals[alias] = (
+                f'workspace "{ws["name"]}" is not reachable: its agent has not connected yet; '
+                f'start the agent (see "hatchway workspaces show {ws["name"]}")'
+            )
             plan.warnings.append(
                 f"left out {alias}: its agent has not connected yet, so its user and host key are "
                 'unknown; start the agent, then run "hatchway config-ssh" again'
@@ -104,6 +112,7 @@ def plan_entries(
             for key in ws["host_keys"]:
                 validate_public_key(key)
         except ValueError as exc:
+            plan.refusals[alias] = f'the server reported something unusable for workspace "{ws["name"]}": {exc}'
             plan.warnings.append(f"left out {alias}: {exc}")
             continue
         plan.entries.append(entry)

@@ -22,9 +22,8 @@ def ssh(workspace: str, command: tuple[str, ...]) -> None:
     session = session_or_fail()
     plan, sdir = build_plan(session)
     alias = ALIAS_PREFIX + name
-    for warning in plan.warnings:
-        if f"{alias} " in warning or warning.endswith(alias):
-            fail(warning)
+    if alias in plan.refusals:
+        fail(plan.refusals[alias])
     if alias not in (e.alias for e in plan.entries):
         fail(f'no workspace named "{name}" is yours; see "hatchway workspaces list"')
     config = write_standalone(plan, sdir)
