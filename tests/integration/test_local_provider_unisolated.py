@@ -91,6 +91,13 @@ def test_unisolated_workspace_works_and_says_what_it_lacks(solo: Solo) -> None:
             cmdlines.append(argv)
     assert cmdlines and all(b"--ssh-port" in a and a[a.index(b"--ssh-port") + 1] == b"0" for a in cmdlines)
 
+    # Its agent runs under the server, which renews the token at every start: none to hand out.
+    r = solo.cli.run("workspaces", "agent-token", "solo")
+    assert (r.code, r.out, r.err.strip()) == (1, "", (
+        'hatchway: workspace "solo" runs its agent under Hatchway, which gives it a new token at every start: '
+        "to replace the token now, restart it: hatchway workspaces restart solo"))
+    assert solo.cli.ok("workspaces", "show", "solo", "--json").json()["agent_connected"], "its agent untouched"
+
     # A process left behind by a session is still ended by stop: nothing of it keeps running.
     assert solo.ssh("setsid sleep 300 </dev/null >/dev/null 2>&1 &").returncode == 0
     marker = f"HATCHWAY_WORKSPACE_ID={solo.ws_id}"

@@ -191,6 +191,14 @@ async def rotate_agent_token(
     db: AsyncSession = Depends(get_db),
 ) -> schemas.AgentTokenOut:
     ws = await find_workspace(db, user, name, owner)
+    supervisor = _supervisor(request)
+    if supervisor is not None and supervisor.manages(ws.provider.kind):
+        # Its agent gets a fresh token at every start: one issued here would only be replaced.
+        raise APIError(
+            409,
+            f'workspace "{ws.name}" runs its agent under Hatchway, which gives it a new token at every start',
+            f"to replace the token now, restart it: hatchway workspaces restart {ws.name}",
+        )
     token, digest = new_token(AGENT_TOKEN_PREFIX)
     ws.agent_token_hash = digest
     record(db, user, "workspace.agent-token", f"{ws.owner.username}/{ws.name}", client_source(request))
