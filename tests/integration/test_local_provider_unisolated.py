@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -90,6 +91,14 @@ def test_unisolated_workspace_works_and_says_what_it_lacks(solo: Solo) -> None:
         if b"agent" in argv:
             cmdlines.append(argv)
     assert cmdlines and all(b"--ssh-port" in a and a[a.index(b"--ssh-port") + 1] == b"0" for a in cmdlines)
+
+    # config-ssh's closing line is a command that works as typed, -F included for a file of its own.
+    out = solo.cli.ok("config-ssh", "--ssh-config", str(solo.ssh_config), "-y").out.splitlines()[-1]
+    assert out == f"You can now run: ssh -F {solo.ssh_config} hatchway.solo   (configured: hatchway.solo)"
+    typed = shlex.split(out.removeprefix("You can now run: ").split("   ")[0])
+    r = subprocess.run([*typed, "-o", "BatchMode=yes", "echo typed"], capture_output=True, text=True, timeout=30,
+                       env=solo.cli.env())
+    assert r.stdout == "typed\n", r.stderr
 
     # Its agent runs under the server, which renews the token at every start: none to hand out.
     r = solo.cli.run("workspaces", "agent-token", "solo")

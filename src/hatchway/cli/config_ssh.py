@@ -14,6 +14,7 @@ declined confirmation and those errors leave the disk exactly as it was. A symli
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -305,14 +306,16 @@ def config_ssh(ssh_config: Path | None, dry_run: bool, remove: bool, yes: bool) 
         if remove:
             click.echo(f"Removed Hatchway's block from {path}")
     if prepared is not None:
-        summarise(prepared.plan)
+        summarise(prepared.plan, None if ssh_config is None else path)
 
 
-def summarise(plan: Plan) -> None:
-    """The closing line: what to type next, or why there is nothing to reach."""
+def summarise(plan: Plan, path: Path | None) -> None:
+    """The closing line: what to type next (``ssh -F`` for a file plain ssh does not read), or
+    why there is nothing to reach."""
     if plan.entries:
         names = ", ".join(e.alias for e in plan.entries)
-        click.echo(f"You can now run: ssh {plan.entries[0].alias}   (configured: {names})")
+        ssh = "ssh" if path is None or path == Path.home() / ".ssh" / "config" else f"ssh -F {shlex.quote(str(path))}"
+        click.echo(f"You can now run: {ssh} {plan.entries[0].alias}   (configured: {names})")
     elif plan.disabled:
         fail("SSH is disabled or not available for any workspaces in your deployment")
     else:
