@@ -167,6 +167,10 @@ def test_set_role_and_last_site_manager(deployment: Deployment) -> None:
     roles = {u["username"]: u["role"] for u in deployment.alice.ok("users", "list", "--json").json()}
     assert roles["dave"] == "site-manager"
     deployment.alice.ok("users", "set-role", "dave", "member")
+    deployment.alice.ok("users", "set-role", "dave", "member")  # already: nothing changes, nothing recorded
+    changes = [(e["detail"]["old"], e["detail"]["new"]) for e in deployment.alice.ok("audit", "list", "--json").json()
+               if e["action"] == "user.set-role" and e["target"] == "dave"]
+    assert changes == [("site-manager", "member"), ("member", "site-manager")]  # newest first
     r = deployment.alice.run("users", "set-role", "alice", "member")
     assert r.code == 1 and "last site manager" in r.err
     bad = deployment.alice.run("users", "set-role", "dave", "overlord")

@@ -294,6 +294,8 @@ async def set_role(
         ).scalar_one()
         if managers <= 1:
             raise APIError(409, "you are the last site manager", "make someone else a site manager first")
+    if user.role == body.role:
+        return user_out(user)  # nothing changed: nothing to record
     old = user.role
     user.role = body.role
     record(db, sm, "user.set-role", user.username, client_source(request), old=old, new=body.role)
