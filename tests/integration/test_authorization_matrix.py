@@ -117,6 +117,8 @@ ROWS = [
     Row("POST", "/api/v1/providers", "/providers", MANAGER_ONLY, ok=201,
         body=lambda: {"name": unique("p"), "kind": "manual"}),
     Row("PATCH", "/api/v1/providers/{name}", "/providers/local", MANAGER_ONLY, body=lambda: {"external_connect": True}),
+    # The built-in provider is never deleted: a site manager gets that far, nobody else.
+    Row("DELETE", "/api/v1/providers/{name}", "/providers/local", {**MANAGER_ONLY, "manager": 409}),
     Row("GET", "/api/v1/workspaces", "/workspaces", ANY_USER),
     Row("POST", "/api/v1/workspaces", "/workspaces", ANY_USER, ok=201,
         body=lambda: {"name": unique("w"), "provider": "byo"}),

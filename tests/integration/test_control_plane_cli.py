@@ -81,6 +81,7 @@ def test_member_is_refused_every_site_manager_command(deployment: Deployment) ->
         ("users", "set-role", "bob", "site-manager"),
         ("providers", "create", "gpu", "--kind", "manual"),
         ("providers", "edit", "local", "--external-connect", "off"),
+        ("providers", "delete", "local", "-y"),
         ("audit", "list"),
     ]
     for cmd in commands:
@@ -205,6 +206,27 @@ def test_providers_and_external_connect(deployment: Deployment) -> None:
     events = [e for e in deployment.alice.ok("audit", "list", "--json").json() if e["action"] == "provider.edit"]
     assert events[0]["detail"] == {"external_connect": {"old": False, "new": True}}
     assert events[1]["detail"] == {"external_connect": {"old": True, "new": False}}
+
+
+def test_a_provider_without_workspaces_can_be_deleted(deployment: Deployment) -> None:
+    deployment.alice.ok("providers", "create", "typo", "--kind", "docker", "--docker-host", "unix:///nonexistent.sock")
+    deployment.alice.ok("providers", "create", "busy", "--kind", "manual")
+    deployment.bob.ok("workspaces", "create", "on-busy", "--provider", "busy")
+    for name, message in (
+        ("busy", 'provider "busy" still has 1 workspace: delete them first; see hatchway workspaces list --all'),
+        ("local", 'the built-in "local" provider cannot be deleted: turn its External Connect off to refuse SSH to '
+                  "its workspaces: hatchway providers edit local --external-connect off"),
+        ("nope", 'no provider named "nope": see hatchway providers list'),
+    ):
+        r = deployment.alice.run("providers", "delete", name, "-y")
+        assert (r.code, r.err.strip()) == (1, f"hatchway: {message}"), name
+    assert deployment.alice.ok("providers", "delete", "typo", "-y").out == "Deleted provider typo\n"
+    names = [p["name"] for p in deployment.alice.ok("providers", "list", "--json").json()]
+    assert "typo" not in names and "busy" in names
+    event = next(e for e in deployment.alice.ok("audit", "list", "--json").json() if e["action"] == "provider.delete")
+    assert (event["actor"], event["target"], event["detail"]) == ("alice", "typo", {"kind": "docker"})
+    deployment.bob.ok("workspaces", "delete", "on-busy", "-y")
+    deployment.alice.ok("providers", "delete", "busy", "-y")
 
 
 @pytest.mark.parametrize(

@@ -64,3 +64,14 @@ def edit(name: str, external_connect: str | None) -> None:
     p = api().call("PATCH", f"/providers/{name}", body)
     state = "on" if p["external_connect"] else "off (SSH refused, live sessions ended)"
     click.echo(f"Provider {p['name']}: External Connect {state}")
+
+
+@providers.command("delete")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(name: str, yes: bool) -> None:
+    """Delete a provider that has no workspaces left."""
+    if not yes:
+        click.confirm(f"Delete provider {name}?", abort=True)
+    api().call("DELETE", f"/providers/{name}")
+    click.echo(f"Deleted provider {name}")

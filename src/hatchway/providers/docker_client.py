@@ -119,7 +119,8 @@ class DockerClient:
         except httpx.TransportError as exc:
             raise EngineUnreachable(
                 f"cannot reach the Docker engine at {self._where()} ({exc or type(exc).__name__}): is dockerd running? "
-                "Start it, or set the provider's --docker-host"
+                "Start it, or point a provider at the right engine: hatchway providers create NAME --kind docker "
+                "--docker-host unix:///PATH (and hatchway providers delete the wrong one once it has no workspaces)"
             ) from None
 
     async def version_prefix(self) -> str:

@@ -84,6 +84,32 @@ async def edit_provider(
     return await apply_provider_edit(ctx, db, sm, name, body, client_source(request))
 
 
+@router.delete("/{name}", response_model=schemas.OkOut)
+async def delete_provider(
+    name: str, request: Request, sm: User = Depends(site_manager), db: AsyncSession = Depends(get_db)
+) -> schemas.OkOut:
+    """Delete a provider that has no workspaces (a mistyped Docker host, say)."""
+    p = await get_provider(db, name)
+    if p.name == "local":
+        raise APIError(
+            409, 'the built-in "local" provider cannot be deleted',
+            "turn its External Connect off to refuse SSH to its workspaces: hatchway providers edit local --external-connect off",
+        )
+    count = (await db.execute(select(func.count()).select_from(Workspace).where(Workspace.provider_id == p.id))).scalar_one()
+    if count:
+        raise APIError(
+            409, f"provider {quoted(p.name)} still has {count} workspace{'s' if count != 1 else ''}",
+            "delete them first; see hatchway workspaces list --all",
+        )
+    await db.delete(p)
+    record(db, sm, "provider.delete", p.name, client_source(request), kind=p.kind)
+    try:
+        await db.commit()
+    except IntegrityError:  # a workspace created meanwhile
+        raise APIError(409, f"provider {quoted(p.name)} got a workspace meanwhile", "delete it first") from None
+    return schemas.OkOut()
+
+
 async def apply_provider_edit(
     ctx: ServerContext, db: AsyncSession, sm: User, name: str, body: schemas.ProviderEditIn, source: str
 ) -> schemas.ProviderOut:
