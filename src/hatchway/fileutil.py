@@ -86,9 +86,30 @@ def atomic_write(
 
 
 def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path`` (and parents) if needed and make sure it is 0700."""
+    """Create ``path`` (and parents) if needed and make sure it is 0700.
+
+    Only for directories that are Hatchway's alone (the server's data dir, the agent's state
+    dir), where a loosened mode is a mistake to repair. Never for a folder a person chose or
+    shares: tightening ``/tmp`` or a team folder locks everyone else out. Those get
+    :func:`make_private_dir`.
+    """
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True, mode=0o700)
     if (p.stat().st_mode & 0o777) != 0o700:
         os.chmod(p, 0o700)
+    return p
+
+
+def make_private_dir(path: str | os.PathLike[str], *, parents: bool = False) -> Path:
+    """Create directory ``path`` with mode 0700 if it does not exist; an existing one is left alone.
+
+    For a person's own directories (``~/.ssh``, the CLI's config dir): OpenSSH creates a missing
+    ``~/.ssh`` 0700 and never changes an existing one, and the XDG Base Directory spec asks the
+    same of config directories. An existing directory's mode is its owner's choice (a sticky
+    shared folder, a group-readable dotfiles setup), and the files Hatchway writes into it are
+    0600 by themselves (:func:`atomic_write`). With ``parents``, missing parents are created as
+    ``mkdir -p`` would (with the umask's mode); raises FileExistsError if ``path`` is a file.
+    """
+    p = Path(path)
+    p.mkdir(mode=0o700, parents=parents, exist_ok=True)
     return p
