@@ -264,3 +264,75 @@ def test_keys_download_defaults_to_the_port_qualified_name(deployments: Deployme
     key = home / ".ssh" / f"hatchway_127.0.0.1_{deployments.a.port}"
     assert r.out.startswith(f"Wrote {key} (mode 0600)")
     assert derived_public_key(key) == account_key(a)
+
+
+# ------------------------------------------------------------------------------------------
+# Folders are the person's: only Hatchway's files are written, no directory's mode changes
+
+
+def test_a_key_downloaded_into_a_shared_folder_leaves_the_folder_as_it_is(
+    deployments: Deployments, tmp_path: Path
+) -> None:
+    cli = signed_in(tmp_path / "home", deployments.a)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp is: making it 0700 would lock every other user out
+    key = shared / "mykey"
+    r = cli.ok("keys", "download", "--output", str(key))
+    assert r.out == f"Wrote {key} (mode 0600), {cli.ok('keys', 'show', '--json').json()['fingerprint']}\n"
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.with_name("mykey.pub").stat().st_mode) == 0o644
+    assert derived_public_key(key) == account_key(cli)
+
+
+def test_a_key_output_that_is_a_directory_is_refused_untouched(deployments: Deployments, tmp_path: Path) -> None:
+    cli = signed_in(tmp_path / "home", deployments.a)
+    directory = tmp_path / "somedir"
+    directory.mkdir()
+    directory.chmod(0o755)
+    before = snapshot(tmp_path)
+    r = cli.run("keys", "download", "--output", str(directory))
+    assert_clean_failure(r)
+    assert r.err == (
+        f"hatchway: {directory} is a directory; give the key file's path, for example: "
+        f"hatchway keys download --output {directory / f'hatchway_127.0.0.1_{deployments.a.port}'}\n"
+    )
+    assert snapshot(tmp_path) == before, "neither the folder nor its parent changed"
+
+
+def test_a_key_output_in_a_missing_directory_creates_nothing(deployments: Deployments, tmp_path: Path) -> None:
+    cli = signed_in(tmp_path / "home", deployments.a)
+    (tmp_path / "a-file").write_text("x")
+    before = snapshot(tmp_path)
+    missing = tmp_path / "nonexistent" / "dir"
+    r = cli.run("keys", "download", "--output", str(missing / "k"))
+    assert_clean_failure(r)
+    assert r.err == (
+        f"hatchway: cannot write {missing / 'k'}: the directory {missing} does not exist; "
+        "create it first, or choose another --output\n"
+    )
+    r = cli.run("keys", "download", "--output", str(tmp_path / "a-file" / "k"))
+    assert_clean_failure(r)
+    assert r.err == (
+        f"hatchway: cannot write {tmp_path / 'a-file' / 'k'}: {tmp_path / 'a-file'} is not a directory; "
+        "choose another --output\n"
+    )
+    assert snapshot(tmp_path) == before
+
+
+def test_ssh_dir_is_created_0700_when_missing_and_otherwise_left_alone(deployments: Deployments, tmp_path: Path) -> None:
+    """As ssh-keygen does: a missing ~/.ssh is created 0700, an existing one keeps its mode."""
+    fresh = signed_in(tmp_path / "fresh", deployments.a)
+    fresh.ok("keys", "download")
+    assert stat.S_IMODE((fresh.home / ".ssh").stat().st_mode) == 0o700
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".ssh").mkdir()
+    (home / ".ssh").chmod(0o755)
+    cli = signed_in(home, deployments.a)
+    cli.ok("keys", "download")
+    cli.ok("config-ssh", "-y")
+    assert stat.S_IMODE((home / ".ssh").stat().st_mode) == 0o755
+    for name in (f"hatchway_127.0.0.1_{deployments.a.port}", "config"):
+        assert stat.S_IMODE((home / ".ssh" / name).stat().st_mode) == 0o600, name

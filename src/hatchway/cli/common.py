@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -113,6 +115,19 @@ def read_password_stdin() -> str:
     if not password:
         fail("no password on standard input")
     return password
+
+
+def directory_problem(directory: Path, option: str) -> str | None:
+    """Why a file given with ``option`` cannot be written into ``directory``, and what to do; or None.
+
+    Checked before anything is fetched or written: a mistyped destination is refused, never
+    answered by creating folders nobody asked for.
+    """
+    if os.path.isdir(directory):
+        return None
+    if os.path.lexists(directory):
+        return f"{directory} is not a directory; choose another {option}"
+    return f"the directory {directory} does not exist; create it first, or choose another {option}"
 
 
 def split_owner(name: str) -> tuple[str, str | None]:

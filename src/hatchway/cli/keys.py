@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 import click
 
-from hatchway.cli.common import ApiClient, api, print_json, session_or_fail
-from hatchway.fileutil import atomic_write, ensure_private_dir
+from hatchway.cli.common import ApiClient, api, directory_problem, fail, print_json, session_or_fail
+from hatchway.fileutil import atomic_write, make_private_dir
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -45,9 +45,15 @@ def legacy_key_file_name(url: str) -> str | None:
     return None if _explicit_port(url) is None else _host_only_name(url)
 
 
+def ssh_dir() -> Path:
+    """``~/.ssh``: the one directory Hatchway creates for a file of the person's (0700, as
+    ssh-keygen does when it is missing); any other destination's directory must exist."""
+    return Path.home() / ".ssh"
+
+
 def default_key_path(url: str) -> Path:
     """Where a new download of this deployment's key goes: ``~/.ssh/`` + :func:`key_file_name`."""
-    return Path.home() / ".ssh" / key_file_name(url)
+    return ssh_dir() / key_file_name(url)
 
 
 def holds_key(path: Path, public_key: str) -> bool:
@@ -77,12 +83,43 @@ def choose_key_path(url: str, public_key: str) -> Path:
     return old if holds_key(old, public_key) else new
 
 
+def check_key_destination(path: Path, url: str) -> None:
+    """Fail, saying what to do, unless ``path`` can become the key file; before anything is fetched.
+
+    A directory is refused rather than written into (``os.replace`` cannot put a file over it),
+    and so is a destination whose directory is missing, except ``~/.ssh``: a mistyped
+    ``--output`` must not leave new folders behind.
+    """
+    if path.is_dir():
+        fail(
+            f"{path} is a directory; give the key file's path, "
+            f"for example: hatchway keys download --output {path / key_file_name(url)}"
+        )
+    problem = None if path.parent == ssh_dir() else directory_problem(path.parent, "--output")
+    if problem:
+        fail(f"cannot write {path}: {problem}")
+
+
 def download_key(client: ApiClient, path: Path) -> dict:
-    """Write the private key (0600, atomically) and its .pub next to it."""
+    """Write the private key (0600, atomically) and its .pub next to it.
+
+    Only the two files are written: a missing ``~/.ssh`` is created 0700 (as ssh-keygen does),
+    and no directory's mode is ever changed, since the folder may be shared (``/tmp``) or the
+    person's choice. The key file's own 0600 is what keeps it private.
+    """
     data = client.call("GET", "/users/me/key/private")
-    ensure_private_dir(path.parent)
-    atomic_write(path, data["private_key"].encode(), 0o600)
-    atomic_write(path.with_name(path.name + ".pub"), (data["public_key"] + "\n").encode(), 0o644)
+    pub = path.with_name(path.name + ".pub")
+    files = [(path, data["private_key"], 0o600), (pub, data["public_key"] + "\n", 0o644)]
+    try:
+        if path.parent == ssh_dir():
+            make_private_dir(path.parent)
+    except OSError as exc:
+        fail(f"cannot create {path.parent}: {exc.strerror or exc}; fix that, then try again")
+    for target, text, mode in files:
+        try:
+            atomic_write(target, text.encode(), mode)
+        except OSError as exc:
+            fail(f"cannot write {target}: {exc.strerror or exc}; fix that, then try again")
     return data
 
 
@@ -117,6 +154,7 @@ def download(output: Path | None) -> None:
     s = session_or_fail()
     client = ApiClient(s.url, s.token)
     path = (output or current_key_path(client, s.url)).expanduser().absolute()
+    check_key_destination(path, s.url)
     data = download_key(client, path)
     click.echo(f"Wrote {path} (mode 0600), {data['fingerprint']}")
 
