@@ -336,3 +336,42 @@ def test_ssh_dir_is_created_0700_when_missing_and_otherwise_left_alone(deploymen
     assert stat.S_IMODE((home / ".ssh").stat().st_mode) == 0o755
     for name in (f"hatchway_127.0.0.1_{deployments.a.port}", "config"):
         assert stat.S_IMODE((home / ".ssh" / name).stat().st_mode) == 0o600, name
+
+
+def test_an_existing_config_dir_keeps_its_mode(deployments: Deployments, tmp_path: Path) -> None:
+    """HATCHWAY_CONFIG_DIR may name any folder; what Hatchway writes there is 0600 by itself."""
+    home = tmp_path / "home"
+    config_dir = home / ".config" / "hatchway"
+    config_dir.mkdir(parents=True)
+    config_dir.chmod(0o750)
+    cli = signed_in(home, deployments.a)  # login writes session.json
+    cli.ok("config-ssh", "--ssh-config", str(home / "ssh_config"), "-y")  # known_hosts, ssh_config
+    assert stat.S_IMODE(config_dir.stat().st_mode) == 0o750
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in config_dir.iterdir()} == {
+        "session.json": 0o600, "known_hosts": 0o600, "ssh_config": 0o600,
+    }
+
+
+def test_a_new_config_dir_is_created_0700(deployments: Deployments, tmp_path: Path) -> None:
+    cli = signed_in(tmp_path / "home", deployments.a)
+    assert stat.S_IMODE(cli.config_dir.stat().st_mode) == 0o700
+
+
+def test_an_ssh_config_in_a_missing_directory_is_refused_before_anything_is_written(
+    deployments: Deployments, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    before = snapshot(tmp_path)
+    missing = tmp_path / "nonexistent" / "dir"
+    for args in (["-y"], ["--dry-run"]):
+        r = cli.run("config-ssh", "--ssh-config", str(missing / "config"), *args)
+        assert_clean_failure(r)
+        assert r.err == (
+            f"hatchway: cannot write {missing / 'config'}: the directory {missing} does not exist; "
+            "create it first, or choose another --ssh-config\n"
+        ), args
+        assert snapshot(tmp_path) == before, "not even the key is downloaded"
+    r = cli.ok("config-ssh", "--ssh-config", str(missing / "config"), "--remove", "-y")
+    assert r.out == f"{missing / 'config'} is up to date\n", "nothing to remove from a file that does not exist"
+    assert snapshot(tmp_path) == before

@@ -24,13 +24,13 @@ from typing import Any
 import click
 
 from hatchway.agent.authorized_keys import validate_public_key
-from hatchway.cli.common import ApiClient, fail, session_or_fail
-from hatchway.cli.keys import choose_key_path, download_key, holds_key
+from hatchway.cli.common import ApiClient, directory_problem, fail, session_or_fail
+from hatchway.cli.keys import choose_key_path, download_key, holds_key, ssh_dir
 from hatchway.cli.session import StoredSession, config_dir
 from hatchway.fileutil import (
     DanglingSymlinkError,
     atomic_write,
-    ensure_private_dir,
+    make_private_dir,
     write_target,
 )
 from hatchway.server.policy import external_connect_off_message
@@ -179,7 +179,7 @@ def write_prepared(prepared: Prepared) -> None:
     if prepared.key_stale:
         download_key(prepared.client, prepared.key_path)
         click.echo(f"Downloaded your Hatchway SSH key to {prepared.key_path}", err=True)
-    ensure_private_dir(prepared.session_dir)
+    make_private_dir(prepared.session_dir, parents=True)
     for path, data in prepared.files.items():
         atomic_write(path, data, 0o600)
 
@@ -222,6 +222,14 @@ def config_target(path: Path) -> Path:
     return target
 
 
+def check_config_directory(path: Path, target: Path) -> None:
+    """Fail unless ``target``'s directory exists or is ``~/.ssh`` (which :func:`write_config`
+    creates, as OpenSSH's tools do): a mistyped ``--ssh-config`` must not leave new folders behind."""
+    problem = None if target.parent == ssh_dir() else directory_problem(target.parent, "--ssh-config")
+    if problem:
+        fail(f"cannot write {path}: {problem}")
+
+
 def read_config(path: Path) -> str:
     """The current text of the ssh config ("" when it does not exist yet)."""
     try:
@@ -244,10 +252,13 @@ def new_config(path: Path, existing: str, block: str | None) -> str:
 
 
 def write_config(path: Path, target: Path, new: str) -> None:
-    """Write the ssh config through a symlink, keeping the file's mode (0600 when new)."""
+    """Write the ssh config through a symlink, keeping the file's mode (0600 when new).
+
+    A missing ``~/.ssh`` is created 0700, as ssh and ssh-keygen do; no directory's mode is changed.
+    """
     try:
-        if not target.parent.exists():
-            ensure_private_dir(target.parent)
+        if target.parent == ssh_dir():
+            make_private_dir(target.parent)
         mode = target.stat().st_mode & 0o777 if target.exists() else 0o600
         atomic_write(path, new.encode(), mode, follow_symlinks=True)
     except OSError as exc:
@@ -284,6 +295,8 @@ def config_ssh(ssh_config: Path | None, dry_run: bool, remove: bool, yes: bool) 
     """Write Host entries for your workspaces into your ssh config."""
     path = (ssh_config or Path.home() / ".ssh" / "config").expanduser().absolute()
     target = config_target(path)
+    if not remove:  # removing from a file that does not exist writes nothing
+        check_config_directory(path, target)
     existing = read_config(target)
     new_config(path, existing, None)  # a damaged block fails here, before anything is fetched
     prepared = None if remove else prepare(session_or_fail())

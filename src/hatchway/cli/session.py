@@ -46,10 +46,12 @@ def load_session(directory: Path | None = None) -> StoredSession:
 def save_session(session: StoredSession, directory: Path | None = None) -> Path:
     from hatchway.fileutil import (  # not on the proxy's path
         atomic_write,
-        ensure_private_dir,
+        make_private_dir,
     )
 
-    d = ensure_private_dir(directory or config_dir())
+    # Created 0700 when missing; an existing one (HATCHWAY_CONFIG_DIR may name any folder) keeps
+    # its mode, and session.json is 0600 by itself.
+    d = make_private_dir(directory or config_dir(), parents=True)
     path = d / SESSION_FILE
     body = json.dumps({"url": session.url, "token": session.token, "username": session.username}, indent=2)
     atomic_write(path, (body + "\n").encode(), 0o600)
