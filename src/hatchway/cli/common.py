@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,6 +16,7 @@ import httpx
 
 from hatchway import __version__
 from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
+from hatchway.cli.urlpath import routable, segment
 from hatchway.unreachable import why_unreachable
 
 
@@ -53,6 +54,22 @@ class ApiClient:
                 error, detail = f"HTTP {resp.status_code}", resp.text[:200]
             fail(f"{error}" + (f": {detail}" if detail else ""))
         return resp.json() if resp.content else None
+
+
+def name_segment(name: str, check: Callable[[str], str], advice: str) -> str:
+    """``name``, as a person typed it, as one API path segment (:func:`segment`): build every
+    path with it, so the server sees the literal name and answers for that name.
+
+    A name that cannot reach the server as one segment (empty, or with a ``/``; see
+    :func:`routable`) is refused here instead, with the rule names follow (``check``, one of
+    :mod:`hatchway.names`, as the server checks new names) and ``advice`` on finding the real ones.
+    """
+    if not routable(name):
+        try:
+            check(name)
+        except ValueError as exc:
+            fail(f"{exc}; {advice}")
+    return segment(name)
 
 
 def session_or_fail() -> StoredSession:

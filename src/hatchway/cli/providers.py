@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from hatchway.cli.common import api, print_json, print_table
+from hatchway.cli.common import api, name_segment, print_json, print_table
+from hatchway.names import check_provider_name
+
+
+def provider_segment(name: str) -> str:
+    return name_segment(name, check_provider_name, "see hatchway providers list")
 
 
 @click.group()
@@ -61,7 +66,7 @@ def edit(name: str, external_connect: str | None) -> None:
         body["external_connect"] = external_connect == "on"
     if not body:
         raise click.UsageError("nothing to change: give --external-connect on|off")
-    p = api().call("PATCH", f"/providers/{name}", body)
+    p = api().call("PATCH", f"/providers/{provider_segment(name)}", body)
     state = "on" if p["external_connect"] else "off (SSH refused, live sessions ended)"
     click.echo(f"Provider {p['name']}: External Connect {state}")
 
@@ -71,7 +76,8 @@ def edit(name: str, external_connect: str | None) -> None:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete(name: str, yes: bool) -> None:
     """Delete a provider that has no workspaces left."""
+    path = f"/providers/{provider_segment(name)}"
     if not yes:
         click.confirm(f"Delete provider {name}?", abort=True)
-    api().call("DELETE", f"/providers/{name}")
+    api().call("DELETE", path)
     click.echo(f"Deleted provider {name}")

@@ -29,7 +29,7 @@ import stat
 import sys
 import threading
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from hatchway import __version__
 from hatchway.bytepath.frames import (
@@ -45,6 +45,7 @@ from hatchway.bytepath.frames import (
     frame_header,
 )
 from hatchway.cli.session import NotLoggedIn, config_dir, load_session
+from hatchway.cli.urlpath import segment
 
 CHUNK = 256 * 1024
 MAX_FRAME = 4 * 1024 * 1024
@@ -103,8 +104,8 @@ def stream_url(base: str, workspace: str) -> str:
         name = workspace
     parts = urlsplit(base)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/") + f"/api/v1/workspaces/{quote(name, safe='')}/ssh"
-    query = f"owner={quote(owner, safe='')}" if owner else ""
+    path = parts.path.rstrip("/") + f"/api/v1/workspaces/{segment(name)}/ssh"
+    query = f"owner={segment(owner)}" if owner else ""
     return urlunsplit((scheme, parts.netloc, path, query, ""))
 
 

@@ -6,6 +6,7 @@ import click
 
 from hatchway.cli.common import api, fail, print_json, print_table
 from hatchway.cli.session import clear_session
+from hatchway.cli.urlpath import segment
 
 
 @click.group()
@@ -49,7 +50,7 @@ def revoke(session_id: str | None, others: bool) -> None:
     if len(matches) > 1:
         fail(f"{len(matches)} of your sessions start with {session_id!r}; give more of the ID")
     target = matches[0]
-    client.call("DELETE", f"/users/me/sessions/{target['id']}")
+    client.call("DELETE", f"/users/me/sessions/{segment(target['id'])}")
     if target["current"]:
         clear_session()
         click.echo("Signed out this session and ended its SSH connections; log in again with hatchway login")

@@ -6,7 +6,12 @@ import sys
 
 import click
 
-from hatchway.cli.common import api, fail, print_json, print_table, read_password_stdin
+from hatchway.cli.common import api, fail, name_segment, print_json, print_table, read_password_stdin
+from hatchway.names import check_username
+
+
+def user_segment(name: str) -> str:
+    return name_segment(name, check_username, "see hatchway users list")
 
 
 @click.group()
@@ -50,14 +55,14 @@ def create(name: str, email: str, role: str, password_stdin: bool) -> None:
 @users.command("suspend")
 @click.argument("name")
 def suspend(name: str) -> None:
-    api().call("POST", f"/users/{name}/suspend")
+    api().call("POST", f"/users/{user_segment(name)}/suspend")
     click.echo(f"Suspended {name}: their sessions and SSH connections have ended")
 
 
 @users.command("activate")
 @click.argument("name")
 def activate(name: str) -> None:
-    api().call("POST", f"/users/{name}/activate")
+    api().call("POST", f"/users/{user_segment(name)}/activate")
     click.echo(f"Activated {name}: they can sign in again (sessions from before the suspension stay ended)")
 
 
@@ -65,7 +70,7 @@ def activate(name: str) -> None:
 @click.argument("name")
 @click.argument("role", type=click.Choice(["member", "site-manager"]))
 def set_role(name: str, role: str) -> None:
-    api().call("PUT", f"/users/{name}/role", {"role": role})
+    api().call("PUT", f"/users/{user_segment(name)}/role", {"role": role})
     click.echo(f"{name} is now a {role}")
 
 
@@ -74,12 +79,13 @@ def set_role(name: str, role: str) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input (one line).")
 def set_password(name: str, password_stdin: bool) -> None:
     """Set or reset NAME's password; all of NAME's sign-in sessions end."""
+    path = f"/users/{user_segment(name)}/password"  # before asking for a password it cannot set
     if password_stdin:
         new = read_password_stdin()
     elif sys.stdin.isatty():
         new = click.prompt(f"New password for {name}", hide_input=True, confirmation_prompt="Repeat it")
     else:
         fail("standard input is not a terminal, so there is no one to prompt; pass --password-stdin and give the password on one line")
-    out = api().call("PUT", f"/users/{name}/password", {"password": new})
+    out = api().call("PUT", path, {"password": new})
     n = out["revoked"]
     click.echo(f"Set the password of {name}; {n} of their sign-in session{'' if n == 1 else 's'} ended")

@@ -7,8 +7,12 @@ from typing import Any
 
 import click
 
-from hatchway.cli.common import api, fail, print_json, print_table, split_owner
-from hatchway.names import parse_env_assignment
+from hatchway.cli.common import api, fail, name_segment, print_json, print_table, split_owner
+from hatchway.cli.urlpath import segment
+from hatchway.names import check_username, check_workspace_name, parse_env_assignment
+
+#: What to do about a workspace argument no workspace can have (as ``hatchway proxy`` says it).
+NAME_ADVICE = "name a workspace as NAME or OWNER/NAME (see: hatchway workspaces list)"
 
 
 def ssh_mode_text(ws: dict[str, Any]) -> str:
@@ -37,6 +41,18 @@ def _owner_params(owner: str | None) -> dict[str, str] | None:
     return {"owner": owner} if owner else None
 
 
+def address(name: str) -> tuple[str, dict[str, str] | None]:
+    """NAME (yours) or OWNER/NAME (another user's, site managers) as the API path segment of
+    the workspace and the query naming its owner; both reach the server exactly as typed.
+
+    An empty OWNER ("/dev") is refused, not taken as your own dev.
+    """
+    ws_name, owner = split_owner(name)
+    if owner == "":
+        name_segment(owner, check_username, NAME_ADVICE)  # fails: "" is nobody's username
+    return name_segment(ws_name, check_workspace_name, NAME_ADVICE), _owner_params(owner)
+
+
 @click.group()
 def workspaces() -> None:
     """Your development workspaces."""
@@ -51,7 +67,7 @@ def wait_until_running(client: Any, name: str, params: dict[str, str] | None, ti
     deadline = time.monotonic() + timeout
     last_reason = None
     while True:
-        w = client.call("GET", f"/workspaces/{name}", params=params)
+        w = client.call("GET", f"/workspaces/{segment(name)}", params=params)
         if w["state"] == "running" and w["agent_connected"]:
             return w
         if w["state"] in ("failed", "stopped"):
@@ -127,8 +143,8 @@ def list_workspaces(all_users: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def show(name: str, as_json: bool) -> None:
     """Show a workspace (OWNER/NAME for another user's, site managers)."""
-    ws_name, owner = split_owner(name)
-    w = api().call("GET", f"/workspaces/{ws_name}", params=_owner_params(owner))
+    ws, params = address(name)
+    w = api().call("GET", f"/workspaces/{ws}", params=params)
     if as_json:
         print_json(w)
         return
@@ -163,10 +179,10 @@ def show(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete(name: str, yes: bool) -> None:
-    ws_name, owner = split_owner(name)
+    ws, params = address(name)
     if not yes:
         click.confirm(f"Delete workspace {name}? Live SSH sessions to it end", abort=True)
-    api().call("DELETE", f"/workspaces/{ws_name}", params=_owner_params(owner))
+    api().call("DELETE", f"/workspaces/{ws}", params=params)
     click.echo(f"Deleted workspace {name}")
 
 
@@ -174,17 +190,16 @@ def delete(name: str, yes: bool) -> None:
 @click.argument("name")
 def agent_token(name: str) -> None:
     """Issue a new agent token (the old one stops working)."""
-    ws_name, owner = split_owner(name)
-    out = api().call("POST", f"/workspaces/{ws_name}/agent-token", params=_owner_params(owner))
+    ws, params = address(name)
+    out = api().call("POST", f"/workspaces/{ws}/agent-token", params=params)
     click.echo(out["agent_token"])
     click.echo(f"Run the agent with:\n  {out['agent_command']}", err=True)
 
 
 def _lifecycle(action: str, name: str, wait: bool) -> None:
-    ws_name, owner = split_owner(name)
-    params = _owner_params(owner)
+    ws, params = address(name)
     client = api()
-    w = client.call("POST", f"/workspaces/{ws_name}/{action}", params=params)
+    w = client.call("POST", f"/workspaces/{ws}/{action}", params=params)
     if action == "stop":
         click.echo(f"Stopped workspace {name}")
         return
@@ -192,7 +207,7 @@ def _lifecycle(action: str, name: str, wait: bool) -> None:
         click.echo(f"Workspace {name} is {w['state']}")
         return
     click.echo(f"{'Starting' if action == 'start' else 'Restarting'} workspace {name}...", err=True)
-    wait_until_running(client, ws_name, params)
+    wait_until_running(client, split_owner(name)[0], params)
     click.echo(f"Workspace {name} is running (agent connected)")
 
 
