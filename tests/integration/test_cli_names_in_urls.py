@@ -162,3 +162,21 @@ def test_provider_names_with_url_syntax_address_only_that_name(world: World) -> 
     refused(world.alice.run("providers", "delete", "x/../spare", "-y"), expected)
     assert providers() == before and before["spare"] is True, "spare is neither deleted nor switched off"
     assert audit(world) == log
+
+
+NOT_UTF8 = "is not valid UTF-8, and the API takes only UTF-8 text; give it in UTF-8 (check your terminal's or script's encoding)"
+
+
+def test_arguments_that_are_not_utf8_are_refused_or_sent_as_their_bytes(world: World) -> None:
+    """A byte that is not UTF-8 (here 0xff; Python holds it as a surrogate escape) crashed httpx."""
+    before, log = workspaces(world.alice), audit(world)
+    # In a path, the bytes themselves are sent; the server decodes them with U+FFFD for 0xff.
+    refused(world.alice.run("workspaces", "show", "caf\u00e9\udcff"), not_found('"caf\u00e9\ufffd"'))
+    refused(world.alice.run("users", "suspend", "\udcff"), 'no user named "\ufffd": see hatchway users list')
+    # JSON bodies and query strings cannot carry them: refused before anything is sent.
+    refused(world.alice.run("workspaces", "show", "b\udcffb/dev"), f'"b\\xffb" {NOT_UTF8}')
+    refused(world.alice.run("workspaces", "create", "dev\udcff", "--provider", "man"), f'"dev\\xff" {NOT_UTF8}')
+    refused(world.alice.run("users", "create", "\udcff", "--email", "x@example.com"), f'"\\xff" {NOT_UTF8}')
+    refused(world.alice.run("audit", "list", "--actor", "\udcff"), f'"\\xff" {NOT_UTF8}')
+    assert workspaces(world.alice) == before
+    assert audit(world) == log

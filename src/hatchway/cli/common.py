@@ -17,6 +17,7 @@ import httpx
 from hatchway import __version__
 from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
 from hatchway.cli.urlpath import routable, segment
+from hatchway.names import quoted
 from hatchway.unreachable import why_unreachable
 
 
@@ -42,6 +43,11 @@ class ApiClient:
 
     def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
         """Perform one API call; any failure exits with the server's own explanation."""
+        bad = not_utf8([body, params])
+        if bad is not None:
+            text = bad.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            fail(f"{quoted(text)} is not valid UTF-8, and the API takes only UTF-8 text; "
+                 "give it in UTF-8 (check your terminal's or script's encoding)")
         try:
             resp = self._http.request(method, "/api/v1" + path, json=body, params=params)
         except httpx.HTTPError as exc:
@@ -54,6 +60,32 @@ class ApiClient:
                 error, detail = f"HTTP {resp.status_code}", resp.text[:200]
             fail(f"{error}" + (f": {detail}" if detail else ""))
         return resp.json() if resp.content else None
+
+
+def not_utf8(value: Any) -> str | None:
+    """The first text in ``value`` (a request body or query, nested) that is not valid UTF-8.
+
+    A command-line argument with bytes that are not UTF-8 arrives as surrogate escapes, which
+    neither JSON nor a query string can carry: httpx raised UnicodeEncodeError with a traceback.
+    (Path segments carry them as the bytes they were; see :func:`segment`.)
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value
+        return None
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return None
+    for item in items:
+        bad = not_utf8(item)
+        if bad is not None:
+            return bad
+    return None
 
 
 def name_segment(name: str, check: Callable[[str], str], advice: str) -> str:
