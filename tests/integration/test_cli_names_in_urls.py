@@ -174,9 +174,9 @@ def test_arguments_that_are_not_utf8_are_refused_or_sent_as_their_bytes(world: W
     refused(world.alice.run("workspaces", "show", "caf\u00e9\udcff"), not_found('"caf\u00e9\ufffd"'))
     refused(world.alice.run("users", "suspend", "\udcff"), 'no user named "\ufffd": see hatchway users list')
     # JSON bodies and query strings cannot carry them: refused before anything is sent.
-    refused(world.alice.run("workspaces", "show", "b\udcffb/dev"), f'"b\\xffb" {NOT_UTF8}')
-    refused(world.alice.run("workspaces", "create", "dev\udcff", "--provider", "man"), f'"dev\\xff" {NOT_UTF8}')
-    refused(world.alice.run("users", "create", "\udcff", "--email", "x@example.com"), f'"\\xff" {NOT_UTF8}')
-    refused(world.alice.run("audit", "list", "--actor", "\udcff"), f'"\\xff" {NOT_UTF8}')
+    refused(world.alice.run("workspaces", "show", "b\udcffb/dev"), f'owner "b\\xffb" {NOT_UTF8}')
+    refused(world.alice.run("workspaces", "create", "dev\udcff", "--provider", "man"), f'name "dev\\xff" {NOT_UTF8}')
+    refused(world.alice.run("users", "create", "\udcff", "--email", "x@example.com"), f'username "\\xff" {NOT_UTF8}')
+    refused(world.alice.run("audit", "list", "--actor", "\udcff"), f'actor "\\xff" {NOT_UTF8}')
     assert workspaces(world.alice) == before
     assert audit(world) == log

@@ -40,3 +40,23 @@ def test_routable() -> None:
 def test_the_proxy_stream_url_uses_the_same_encoding() -> None:
     assert stream_url("https://h/base", "..") == "wss://h/base/api/v1/workspaces/%2E%2E/ssh"
     assert stream_url("http://h", "bob#x/dev\udcff") == "ws://h/api/v1/workspaces/dev%FF/ssh?owner=bob%23x"
+
+
+def test_text_that_is_not_utf8_is_refused_before_sending_and_a_password_is_never_echoed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hatchway.cli.common import ApiClient
+
+    client = ApiClient("http://127.0.0.1:9")  # nothing listens there: the refusal comes first
+    for body, params, said in (
+        ({"username": "bob", "password": "s3cret\udcff"}, None, "the password"),
+        (None, {"owner": "b\udcffb"}, 'owner "b\\xffb"'),
+        ({"name": "ok", "env": {"K\udcff": "v"}}, None, 'env "K\\xff"'),
+    ):
+        with pytest.raises(SystemExit) as info:
+            client.call("POST", "/users", body, params)
+        assert info.value.code == 1
+        assert capsys.readouterr().err == (
+            f"hatchway: {said} is not valid UTF-8, and the API takes only UTF-8 text; "
+            "give it in UTF-8 (check your terminal's or script's encoding)\n"
+        )

@@ -43,11 +43,14 @@ class ApiClient:
 
     def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
         """Perform one API call; any failure exits with the server's own explanation."""
-        bad = not_utf8([body, params])
-        if bad is not None:
-            text = bad.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
-            fail(f"{quoted(text)} is not valid UTF-8, and the API takes only UTF-8 text; "
-                 "give it in UTF-8 (check your terminal's or script's encoding)")
+        for fields in (body, params):
+            bad = not_utf8(fields) if isinstance(fields, dict) else None
+            if bad is not None:
+                key, text = bad
+                shown = text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+                what = "the password" if "password" in key else f"{key} {quoted(shown)}"  # never echo it
+                fail(f"{what} is not valid UTF-8, and the API takes only UTF-8 text; "
+                     "give it in UTF-8 (check your terminal's or script's encoding)")
         try:
             resp = self._http.request(method, "/api/v1" + path, json=body, params=params)
         except httpx.HTTPError as exc:
@@ -62,13 +65,21 @@ class ApiClient:
         return resp.json() if resp.content else None
 
 
-def not_utf8(value: Any) -> str | None:
-    """The first text in ``value`` (a request body or query, nested) that is not valid UTF-8.
+def not_utf8(fields: dict[str, Any]) -> tuple[str, str] | None:
+    """The first field of a request body or query whose text is not valid UTF-8, and that text.
 
     A command-line argument with bytes that are not UTF-8 arrives as surrogate escapes, which
     neither JSON nor a query string can carry: httpx raised UnicodeEncodeError with a traceback.
     (Path segments carry them as the bytes they were; see :func:`segment`.)
     """
+    for key, value in fields.items():
+        bad = _text_not_utf8(value)
+        if bad is not None:
+            return str(key), bad
+    return None
+
+
+def _text_not_utf8(value: Any) -> str | None:
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -82,7 +93,7 @@ def not_utf8(value: Any) -> str | None:
     else:
         return None
     for item in items:
-        bad = not_utf8(item)
+        bad = _text_not_utf8(item)
         if bad is not None:
             return bad
     return None
