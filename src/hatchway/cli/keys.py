@@ -7,7 +7,14 @@ from urllib.parse import urlsplit
 
 import click
 
-from hatchway.cli.common import ApiClient, api, directory_problem, fail, print_json, session_or_fail
+from hatchway.cli.common import (
+    ApiClient,
+    api,
+    directory_problem,
+    fail,
+    print_json,
+    session_or_fail,
+)
 from hatchway.fileutil import atomic_write, make_private_dir
 
 DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -6,7 +6,14 @@ import sys
 
 import click
 
-from hatchway.cli.common import api, fail, name_segment, print_json, print_table, read_password_stdin
+from hatchway.cli.common import (
+    api,
+    fail,
+    name_segment,
+    print_json,
+    print_table,
+    read_password_stdin,
+)
 from hatchway.names import check_username
 
 

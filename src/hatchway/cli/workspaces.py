@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from hatchway.cli.common import api, fail, name_segment, print_json, print_table, split_owner
+from hatchway.cli.common import (
+    api,
+    fail,
+    name_segment,
+    print_json,
+    print_table,
+    split_owner,
+)
 from hatchway.cli.urlpath import segment
 from hatchway.names import check_username, check_workspace_name, parse_env_assignment
 
