@@ -147,7 +147,8 @@ def test_suspension_stops_tokens_at_once(deployment: Deployment) -> None:
     activated = deployment.alice.ok("users", "activate", "carol")
     assert activated.out == "Activated carol: they can sign in again (sessions from before the suspension stay ended)\n"
     stale = carol.run("whoami")  # a token from before the suspension never comes back
-    assert stale.err.strip() == "hatchway: session expired or revoked: log in again: hatchway login URL --username NAME"
+    assert stale.err.strip() == (  # the CLI fills in where and as whom it was signed in
+        f"hatchway: session expired or revoked: log in again: hatchway login {deployment.server.url} --username carol")
     carol.login(deployment.server.url, "carol", "carol-password")
     carol.ok("whoami")
     listed = {u["username"]: u for u in deployment.alice.ok("users", "list", "--json").json()}

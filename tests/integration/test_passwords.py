@@ -223,6 +223,10 @@ def test_cli_create_without_a_password_warns_and_names_the_command(world: World)
     assert (no_tty.code, no_tty.err.strip()) == (1, (
         "hatchway: standard input is not a terminal, so there is no one to prompt; pass --password-stdin "
         "and give the password on one line"))
+    no_tty_login = Cli(world.tmp / "cli-hank-2").run("login", world.srv.url, "--username", "hank", stdin="")
+    assert (no_tty_login.code, no_tty_login.out, no_tty_login.err.strip()) == (1, "", (
+        "hatchway: standard input is not a terminal, so there is no one to prompt; pass --password-stdin "
+        "and give the password on one line"))
     member = hank.run("users", "set-password", "ivy", "--password-stdin", stdin="hijacked-password\n")
     assert member.code == 1 and member.err.startswith("hatchway: forbidden: only a site manager can do this")
     short = admin.run("users", "set-password", "hank", "--password-stdin", stdin="short\n")

@@ -164,7 +164,7 @@ def test_cli_lists_and_signs_out_sessions(world: World) -> None:
     assert out.startswith(f"Signed out session {theirs[:8]} (hatchway-cli/")
     denied = other.run("whoami")
     assert (denied.code, denied.err.strip()) == (
-        1, "hatchway: session expired or revoked: log in again: hatchway login URL --username NAME")
+        1, f"hatchway: session expired or revoked: log in again: hatchway login {world.srv.url} --username bob")
 
     for args, message in (
         (["revoke"], "name one session ID to sign out, or pass --others (not both)"),

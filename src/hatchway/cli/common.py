@@ -33,9 +33,15 @@ def user_agent() -> str:
     return f"hatchway-cli/{__version__}" + (f" ({host})" if host else "")
 
 
+#: How the server writes the login command it cannot complete (it knows neither the URL the
+#: client used nor, for a dead token, whose it was).
+LOGIN_PLACEHOLDER = "hatchway login URL --username NAME"
+
+
 class ApiClient:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, username: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self.username = username
         headers = {"User-Agent": user_agent()}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -61,8 +67,14 @@ class ApiClient:
                 error, detail = data.get("error") or resp.reason_phrase, data.get("detail") or ""
             except ValueError:
                 error, detail = f"HTTP {resp.status_code}", resp.text[:200]
-            fail(f"{error}" + (f": {detail}" if detail else ""))
+            fail(f"{error}" + (f": {fill_login(detail, self.url, self.username)}" if detail else ""))
         return resp.json() if resp.content else None
+
+
+def fill_login(advice: str, url: str, username: str | None) -> str:
+    """The server's advice with the ``hatchway login URL --username NAME`` it cannot fill in
+    filled in: the CLI knows where it is signed in, and as whom."""
+    return advice.replace(LOGIN_PLACEHOLDER, f"hatchway login {url} --username {username or 'NAME'}")
 
 
 def not_utf8(fields: dict[str, Any]) -> tuple[str, str] | None:
@@ -124,7 +136,7 @@ def session_or_fail() -> StoredSession:
 
 def api() -> ApiClient:
     s = session_or_fail()
-    return ApiClient(s.url, s.token)
+    return ApiClient(s.url, s.token, username=s.username)
 
 
 def print_json(data: Any) -> None:
@@ -167,6 +179,16 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     if not console.is_terminal:
         console = Console(highlight=False, width=250)  # pipes and logs: never wrap rows
     console.print(table)
+
+
+def prompt_secret(
+    prompt: str, confirm: str | None = None, advice: str = "pass --password-stdin and give the password on one line"
+) -> str:
+    """Ask for a password on the terminal; without one, say how to give it instead (click would
+    print a warning and "Aborted!")."""
+    if not sys.stdin.isatty():
+        fail(f"standard input is not a terminal, so there is no one to prompt; {advice}")
+    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm or False))
 
 
 def read_password_stdin() -> str:

@@ -143,7 +143,7 @@ class Prepared:
 
 def prepare(session: StoredSession) -> Prepared:
     """Ask the server for the key and the workspaces and plan the entries; writes nothing."""
-    client = ApiClient(session.url, session.token)
+    client = ApiClient(session.url, session.token, username=session.username)
     public_key = client.call("GET", "/users/me/key")["public_key"]
     key_path = choose_key_path(session.url, public_key).absolute()
     sdir = config_dir()

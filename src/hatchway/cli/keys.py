@@ -159,7 +159,7 @@ def current_key_path(client: ApiClient, url: str) -> Path:
 )
 def download(output: Path | None) -> None:
     s = session_or_fail()
-    client = ApiClient(s.url, s.token)
+    client = ApiClient(s.url, s.token, username=s.username)
     path = (output or current_key_path(client, s.url)).expanduser().absolute()
     check_key_destination(path, s.url)
     data = download_key(client, path)
@@ -174,7 +174,7 @@ def regenerate(yes: bool) -> None:
                       "(SSH sessions already open stay open; \"hatchway sessions revoke\" ends the ones "
                       "a session opened)", abort=True)
     s = session_or_fail()
-    client = ApiClient(s.url, s.token)
+    client = ApiClient(s.url, s.token, username=s.username)
     path = current_key_path(client, s.url)  # before regenerating: a legacy file matches the old key
     k = client.call("POST", "/users/me/key/regenerate")
     click.echo(f"New key {k['fingerprint']}; running workspaces now accept only the new key")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from hatchway.cli.common import ApiClient, api, fail, print_json, read_password_stdin, session_or_fail
+from hatchway.cli.common import (
+    ApiClient,
+    api,
+    fail,
+    print_json,
+    prompt_secret,
+    read_password_stdin,
+    session_or_fail,
+)
 from hatchway.cli.session import StoredSession, clear_session, save_session
 
 
@@ -19,8 +27,8 @@ def login(url: str, username: str, email: str | None, first_user: bool, password
     url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         fail(f"invalid URL {url!r}: expected http://HOST:PORT or https://HOST")
-    password = read_password_stdin() if password_stdin else click.prompt("Password", hide_input=True)
-    client = ApiClient(url)
+    password = read_password_stdin() if password_stdin else prompt_secret("Password")
+    client = ApiClient(url, username=username)
     if first_user:
         if not email:
             fail("--first-user needs --email")
@@ -36,7 +44,7 @@ def login(url: str, username: str, email: str | None, first_user: bool, password
 def logout() -> None:
     """Revoke the stored session token and forget it."""
     s = session_or_fail()
-    ApiClient(s.url, s.token).call("POST", "/auth/logout")
+    ApiClient(s.url, s.token, username=s.username).call("POST", "/auth/logout")
     clear_session()
     click.echo(f"Logged out of {s.url}")
 

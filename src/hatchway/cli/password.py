@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from hatchway.cli.common import api, fail
+from hatchway.cli.common import api, fail, prompt_secret
 
 STDIN_FORMAT = "--stdin expects two lines on standard input: your current password, then the new one"
 
@@ -31,10 +31,8 @@ def _read_stdin() -> tuple[str, str]:
 
 
 def _prompt() -> tuple[str, str]:
-    if not sys.stdin.isatty():
-        fail("standard input is not a terminal, so there is no one to prompt; " + STDIN_FORMAT)
-    current = click.prompt("Current password", hide_input=True)
-    new = click.prompt("New password (at least 8 characters)", hide_input=True, confirmation_prompt="Repeat new password")
+    current = prompt_secret("Current password", advice=STDIN_FORMAT)
+    new = prompt_secret("New password (at least 8 characters)", "Repeat new password", advice=STDIN_FORMAT)
     return current, new
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from hatchway.cli.common import (
     api,
-    fail,
     name_segment,
     print_json,
     print_table,
+    prompt_secret,
     read_password_stdin,
 )
 from hatchway.names import check_username
@@ -87,12 +85,7 @@ def set_role(name: str, role: str) -> None:
 def set_password(name: str, password_stdin: bool) -> None:
     """Set or reset NAME's password; all of NAME's sign-in sessions end."""
     path = f"/users/{user_segment(name)}/password"  # before asking for a password it cannot set
-    if password_stdin:
-        new = read_password_stdin()
-    elif sys.stdin.isatty():
-        new = click.prompt(f"New password for {name}", hide_input=True, confirmation_prompt="Repeat it")
-    else:
-        fail("standard input is not a terminal, so there is no one to prompt; pass --password-stdin and give the password on one line")
+    new = read_password_stdin() if password_stdin else prompt_secret(f"New password for {name}", "Repeat it")
     out = api().call("PUT", path, {"password": new})
     n = out["revoked"]
     click.echo(f"Set the password of {name}; {n} of their sign-in session{'' if n == 1 else 's'} ended")
