@@ -127,6 +127,11 @@ def test_architectures_in_the_engines_words() -> None:
 # ---- containers ---------------------------------------------------------------------------------------
 
 
+def test_the_workspaces_loader_variables_stay_out_of_the_containers_root_processes() -> None:
+    body = api.container_create_body(plan(env={"FOO": "1", "LD_PRELOAD": "/home/alice/x.so", "LD_LIBRARY_PATH": "/home/alice"}))
+    assert body["Env"] == ["FOO=1"]
+
+
 def test_plain_container_runs_hatchways_init_with_its_own_network_and_home_volume() -> None:
     body = api.container_create_body(plan())
     assert body["Image"] == "hatchway/openssh:latest"

@@ -221,7 +221,10 @@ def container_create_body(plan: ContainerPlan) -> dict[str, Any]:
     starts never hold that capability; Docker itself mounts them read-only).
     """
     mounts = [{"Type": "volume", "Source": plan.volume, "Target": home_of(plan.user)}] + runtime_mounts(plan.runtime)
-    env = dict(plan.env)
+    # The dynamic loader's variables of the workspace (LD_PRELOAD=~/x.so) would be loaded into
+    # every root process of the container (its init, Hatchway's set-up): they reach the user's
+    # sessions only, through the agent. The image's own stay, as Docker keeps its ENV.
+    env = {k: v for k, v in plan.env.items() if not k.startswith("LD_")}
     host_config: dict[str, Any] = {
         "Mounts": mounts,
         "NetworkMode": plan.network,
