@@ -133,8 +133,16 @@ class Supervisor:
     # ---- commands (from the API) ------------------------------------------------------------
 
     async def start(self, ws_id: str, reason: str = "setting up and starting its agent") -> None:
+        """Make the workspace run; one that already runs, or is on its way there, is left alone.
+
+        Only a unit marks a workspace running, once, when its agent connects: "starting" written
+        over the state of a unit that is past that point would stay forever, with the agent
+        connected and SSH refused. So a workspace whose unit is launching, waiting for its agent
+        or running is left as it is."""
         async with self._lock(ws_id):
             _, _, state = await self._load_state(ws_id)
+            if ws_id in self._units and state in ("starting", "running"):
+                return
             await self._set(ws_id, desired_state="running", state="starting", state_reason=reason)
             if ws_id in self._units and state == "failed":
                 # Someone fixed what made it fail: try now rather than after the backoff.
