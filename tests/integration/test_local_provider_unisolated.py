@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.server import RunningServer, wait_for
+from tests.helpers.server import RunningServer, api, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (scripts/setup installs it)")
 
@@ -116,6 +116,35 @@ def test_unisolated_workspace_works_and_says_what_it_lacks(solo: Solo) -> None:
              what="every process of the stopped workspace to end")
     solo.cli.ok("workspaces", "delete", "solo", "-y")
     assert not (solo.server.data_dir / "workspaces" / solo.ws_id).exists()
+
+
+def _agent_pids(home: Path) -> list[int]:
+    """The workspace's agent processes (their HOME is the workspace's home)."""
+    return sorted(pid for pid in processes_with(f"HOME={home}")
+                  if b"agent" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+
+
+def test_starting_a_running_workspace_leaves_it_running(solo: Solo) -> None:
+    """``start`` on a workspace that runs is a no-op that says so. It used to mark it "starting"
+    for good: its agent connected, SSH refused, the CLI failing after 90 s."""
+    home = solo.server.data_dir / "workspaces" / solo.ws_id / "home"
+    agents = _agent_pids(home)
+    assert agents
+    r = solo.cli.run("workspaces", "start", "solo")
+    assert (r.code, r.out, r.err) == (0, "Workspace solo is already running (agent connected)\n", "")
+    r = solo.cli.run("workspaces", "start", "solo", "--no-wait")
+    assert (r.code, r.out, r.err) == (0, "Workspace solo is already running (agent connected)\n", "")
+    with api(solo.server.url) as c:
+        token = c.post("/auth/login", json={"username": "solo", "password": "solo-password"}).json()["token"]
+    with api(solo.server.url, token) as c:
+        r = c.post("/workspaces/solo/start")
+        assert r.status_code == 200
+        assert (r.json()["state"], r.json()["state_reason"], r.json()["agent_connected"]) == ("running", None, True)
+    w = solo.cli.ok("workspaces", "show", "solo", "--json").json()
+    assert (w["state"], w["state_reason"], w["agent_connected"]) == ("running", None, True)
+    assert _agent_pids(home) == agents, "the same agent keeps running"
+    r = solo.ssh("echo still here")
+    assert (r.returncode, r.stdout) == (0, "still here\n"), r.stderr
 
 
 def test_an_agent_that_keeps_dying_is_retried_then_failed_with_its_reason(tmp_path: Path) -> None:

@@ -677,6 +677,34 @@ def test_stop_start_and_restart_buttons_run_a_local_workspace(manager_page: Sign
             c.delete("/workspaces/buttons")
 
 
+def test_start_from_a_page_older_than_the_workspace_start_leaves_it_running(manager_page: SignedIn) -> None:
+    """A Start button still on screen after the workspace was started elsewhere (another tab, the
+    CLI) changes nothing and says so; it used to leave the workspace "starting" for good."""
+    page, srv = manager_page.page, manager_page.srv
+
+    def state() -> dict:
+        with srv.api() as c:
+            return c.get("/workspaces/stale").json()
+
+    with srv.api() as c:
+        c.post("/workspaces", json={"name": "stale", "provider": "local"}).raise_for_status()
+    try:
+        wait_for(lambda: state()["agent_connected"], 60, what="the local workspace to run")
+        with srv.api() as c:
+            c.post("/workspaces/stale/stop").raise_for_status()
+        page.goto(srv.url + "/workspaces/alice/stale")
+        with srv.api() as c:
+            c.post("/workspaces/stale/start").raise_for_status()
+        wait_for(lambda: state()["agent_connected"], 60, what="the workspace to run again")
+        page.get_by_role("button", name="Start", exact=True).click()
+        assert page.locator(".flash-success").inner_text() == 'Workspace "alice/stale" is already running.'
+        w = state()
+        assert (w["state"], w["state_reason"], w["agent_connected"]) == ("running", None, True)
+    finally:
+        with srv.api() as c:
+            c.delete("/workspaces/stale")
+
+
 def test_site_manager_creates_promotes_suspends_and_activates_users(manager_page: SignedIn) -> None:
     page, srv = manager_page.page, manager_page.srv
     flows.open_manage(page, "Users")

@@ -210,6 +210,10 @@ def _lifecycle(action: str, name: str, wait: bool) -> None:
     if action == "stop":
         click.echo(f"Stopped workspace {name}")
         return
+    if action == "start" and w["state"] == "running" and w["agent_connected"]:
+        # A start returns "starting" when it started something; a running workspace is left be.
+        click.echo(f"Workspace {name} is already running (agent connected)")
+        return
     if not wait:
         click.echo(f"Workspace {name} is {w['state']}")
         return

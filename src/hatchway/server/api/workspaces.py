@@ -256,6 +256,7 @@ def _lifecycle_route(action: Lifecycle, doc: str) -> None:
     router.add_api_route(f"/{{name}}/{action}", endpoint, methods=["POST"], response_model=schemas.WorkspaceOut)
 
 
-_lifecycle_route("start", """Start a stopped (or failed) workspace; returns at once with state "starting".""")
+_lifecycle_route("start", """Start a stopped (or failed) workspace; returns at once with state "starting".
+A workspace that is running, or already starting, is left as it is (and returned as it is).""")
 _lifecycle_route("stop", """Stop a workspace; returns once nothing of it is running (live SSH sessions end).""")
 _lifecycle_route("restart", """Stop the workspace's agent and start it again; returns with state "starting".""")

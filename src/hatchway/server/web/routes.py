@@ -607,6 +607,8 @@ def _lifecycle_route(action: ws_api.Lifecycle) -> None:
         label = f'"{owner}/{name}"'
         if out.state == "failed":
             return redirect(request, back, "error", f"Workspace {label} failed: {out.state_reason or 'see its details'}")
+        if action == "start" and out.state == "running":  # a page older than the workspace's start
+            return redirect(request, back, "success", f"Workspace {label} is already running.")
         done = {"start": f"Starting workspace {label}.", "stop": f"Workspace {label} stopped.",
                 "restart": f"Restarting workspace {label}."}
         return redirect(request, back, "success", done[action])
