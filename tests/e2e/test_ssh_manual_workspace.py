@@ -101,6 +101,19 @@ def test_echo_and_exit_codes(world: World) -> None:
     assert r.stdout.decode().splitlines() == [user, str(world.agent.home), "bar baz", "dev", "mine"]
 
 
+def test_start_stop_and_restart_leave_a_manual_workspace_to_its_agent(world: World) -> None:
+    """Hatchway does not run a manual workspace's agent: the commands say so and change nothing
+    (a start never marks it "starting", which nothing would undo)."""
+    for action in ("start", "stop", "restart"):
+        r = world.bob.run("workspaces", action, "dev")
+        assert (r.code, r.out, r.err) == (1, "", 'hatchway: workspace "dev" is not started by Hatchway: it runs on '
+                                          'provider "byo" (manual): start or stop its agent where it runs\n')
+    w = world.workspace()
+    assert (w["state"], w["state_reason"], w["agent_connected"]) == ("running", None, True)
+    r = world.ssh("hatchway.dev", "echo ok")
+    assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr
+
+
 def test_stdin_round_trip(world: World) -> None:
     payload = bytes(range(256)) * 40000  # 10 MB of every byte value
     r = world.ssh("hatchway.dev", "cat", stdin=payload)
