@@ -30,7 +30,7 @@ import hatchway
 
 from tests.helpers.cli import Cli
 from tests.helpers.netns import pids_of_uid, sweep_local_workspaces
-from tests.helpers.server import RunningServer, wait_for
+from tests.helpers.server import RunningServer, free_port, wait_for
 
 
 def _root_reason() -> str | None:
@@ -345,6 +345,31 @@ def test_each_workspace_reports_only_its_own_servers_host_keys(world: World) -> 
     b_sshd = pub(world.server.data_dir / "workspaces" / world.ids["b"] / "sshd" / "ssh_host_ed25519_key.pub")
     assert len(a["host_keys"]) == 1 and not machine & set(a["host_keys"])
     assert b_sshd in b["host_keys"] and len(b["host_keys"]) == 2 and not machine & set(b["host_keys"])
+
+
+def test_a_second_server_on_the_data_dir_refuses_and_leaves_every_workspace_running(world: World, tmp_path: Path) -> None:
+    """Another ``hatchway server`` on this data dir, on the same port or another, stops at once.
+    It used to restart every workspace, killing what ran in their namespaces, and then fail on
+    the port; on another port the two killed each other's agents in a loop."""
+    assert world.server.proc is not None
+    holder = world.server.proc.pid
+    agents = {name: agent_pid(world.user(name)) for name in ("a", "b")}
+    assert None not in agents.values()
+    for port in (world.server.port, free_port()):
+        second = RunningServer(world.server.data_dir, port=port)
+        second.log_path = tmp_path / f"second-{port}.log"
+        try:
+            with pytest.raises(RuntimeError, match=f"another Hatchway server \\(pid {holder}\\) is using "):
+                second.start()
+        finally:
+            if second.proc is not None:
+                second.stop()
+        assert "starting workspace" not in second.log() and "leftover" not in second.log()
+    assert {name: agent_pid(world.user(name)) for name in ("a", "b")} == agents
+    for name in ("a", "b"):
+        w = world.show(name)
+        assert (w["state"], w["state_reason"], w["agent_connected"]) == ("running", None, True)
+        assert world.ssh_works(name)
 
 
 def test_killed_agent_is_back_within_10_seconds(world: World) -> None:

@@ -12,6 +12,7 @@ import uvicorn
 from hatchway.eventloop import loop_factory
 from hatchway.fdlimit import ensure_open_files
 from hatchway.malloc import keep_large_buffers
+from hatchway.server import datadir
 from hatchway.server.app import create_app
 from hatchway.server.guards import AcceptDeadline, ConnectionGuard, guard_protocol
 from hatchway.server.settings import Settings
@@ -135,6 +136,15 @@ class _ExtraListener:
 def serve(settings: Settings) -> int:
     logging.getLogger("uvicorn.error").addFilter(_ClientFaultFilter())
     os.umask(0o077)  # the database and everything else in the data dir is the server's alone
+    # Before anything else (database, workspaces, the port); held until the process ends.
+    try:
+        datadir.take(settings.data_dir)
+    except datadir.DataDirInUse as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot take the data dir %s for this server: %s", settings.data_dir, exc)
+        return 1
     ensure_open_files()
     app = create_app(settings)
     server = _Server(uvicorn_config(app, settings), settings)
