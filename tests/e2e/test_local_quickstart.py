@@ -5,6 +5,7 @@ all of it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -142,6 +143,28 @@ def test_quickstart_then_ssh_into_dev_and_run_again(scratch: Scratch) -> None:
     assert [w["name"] for w in __import__("json").loads(listed.stdout)] == ["dev"]
     wait_for(lambda: subprocess.run([*ssh, "-o", "BatchMode=yes", "true"], env=scratch.env, timeout=60).returncode == 0,
              10, what="ssh after the second run")
+
+
+def test_quickstart_on_another_address_of_a_running_data_dir_says_which_server_has_it(scratch: Scratch) -> None:
+    """HATCHWAY_LISTEN changed while the server quickstart started still runs: the new server
+    refuses the data dir, and the script says which server has it and what to do, leaving that
+    server, its pid file and its workspace alone."""
+    first = scratch.quickstart()
+    assert first.returncode == 0, first.stdout + first.stderr
+    pid = scratch.server_pid()
+    assert _alive(pid)
+    elsewhere = f"127.0.0.1:{free_port()}"
+    moved = subprocess.run([str(REPO / "scripts" / "quickstart")], capture_output=True, text=True, timeout=600,
+                           env={**scratch.env, "HATCHWAY_LISTEN": elsewhere}, stdin=subprocess.DEVNULL)
+    assert moved.returncode == 1
+    assert moved.stderr.splitlines()[-2:] == [
+        f"quickstart: another Hatchway server (pid {pid}) runs on {scratch.data} but does not answer at http://{elsewhere};",
+        f"    set HATCHWAY_LISTEN to the address it listens on, or stop it (kill {pid}), and run scripts/quickstart again",
+    ]
+    assert scratch.server_pid() == pid and _alive(pid)
+    shown = scratch.hatchway("workspaces", "show", "dev", "--json")
+    w = json.loads(shown.stdout)
+    assert (w["state"], w["agent_connected"]) == ("running", True)
 
 
 def _logs(data: Path) -> str:
