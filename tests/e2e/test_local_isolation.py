@@ -130,6 +130,25 @@ class World:
         r = self.ssh(alias, "echo alive", timeout=15)
         return r.returncode == 0 and r.stdout.strip() == "alive"
 
+    def live_session(self, alias: str) -> subprocess.Popen[bytes]:
+        """A session surely established when this returns."""
+        live = subprocess.Popen(
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", f"hatchway.{alias}", "echo started; exec cat"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.alice.env(),
+        )
+        assert live.stdout is not None and live.stdout.readline() == b"started\n"
+        return live
+
+
+def ended_saying(live: subprocess.Popen[bytes], reason: str) -> None:
+    """The session ended, and ssh's user was told why (not a bare "Broken pipe")."""
+    try:
+        assert live.wait(timeout=10) == 255
+        assert live.stderr is not None and f"hatchway: {reason}" in live.stderr.read().decode().splitlines()
+    finally:
+        live.kill()
+        live.wait()
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
@@ -385,8 +404,10 @@ def test_killed_agent_is_back_within_10_seconds(world: World) -> None:
 
 
 def test_stop_leaves_nothing_running_and_start_brings_it_back(world: World) -> None:
+    live = world.live_session("a")
     out = world.alice.ok("workspaces", "stop", "a").out
     assert out.strip() == "Stopped workspace a"
+    ended_saying(live, "the workspace was stopped")
     uid = uid_of(world.user("a"))
     assert uid is not None
     assert pids_of_uid(uid) == []
@@ -427,7 +448,9 @@ def test_delete_removes_user_namespace_home_and_processes(world: World) -> None:
         user = world.user(name)
         uid = uid_of(user)
         assert uid is not None
+        live = world.live_session(name)
         world.alice.ok("workspaces", "delete", name, "-y")
+        ended_saying(live, f'workspace "{world.owner}/{name}" was deleted')
         assert sh("getent", "passwd", user).returncode == 2
         assert pids_of_uid(uid) == []
         assert f"hw-{world.ids[name]}" not in netns_list()

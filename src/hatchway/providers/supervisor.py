@@ -153,9 +153,10 @@ class Supervisor:
     async def stop(self, ws_id: str) -> None:
         async with self._lock(ws_id):
             await self._set(ws_id, desired_state="stopped")
+            # Sessions first, while they can still be told why: the agent's end would cut them bare.
+            await self._broadcast.end_sessions(StreamMatch(workspace_id=ws_id), "the workspace was stopped")
             await self._stop_unit(ws_id)
             spec, kind = await self._load(ws_id)
-            await self._broadcast.end_sessions(StreamMatch(workspace_id=ws_id), "the workspace was stopped")
             await self._broadcast.disconnect_agent(ws_id, "workspace stopped")
             if spec is not None and kind is not None:
                 try:
@@ -168,15 +169,17 @@ class Supervisor:
     async def restart(self, ws_id: str) -> None:
         async with self._lock(ws_id):
             await self._set(ws_id, desired_state="running", state="starting", state_reason="restarting")
-            await self._stop_unit(ws_id)
             await self._broadcast.end_sessions(StreamMatch(workspace_id=ws_id), "the workspace is restarting")
+            await self._stop_unit(ws_id)
             self._spawn(ws_id)
 
     async def delete(self, ws_id: str) -> None:
         """Stop and remove everything of the workspace; the caller deletes the row afterwards."""
         async with self._lock(ws_id):
-            await self._stop_unit(ws_id)
             spec, kind = await self._load(ws_id)
+            label = f'workspace "{spec.owner}/{spec.name}"' if spec is not None else "the workspace"
+            await self._broadcast.end_sessions(StreamMatch(workspace_id=ws_id), f"{label} was deleted")
+            await self._stop_unit(ws_id)
             if spec is not None and kind is not None:
                 await self._providers[kind].destroy(spec)
         self._locks.pop(ws_id, None)
