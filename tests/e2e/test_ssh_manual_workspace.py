@@ -352,7 +352,18 @@ def test_a_new_password_ends_the_ssh_connections_of_the_old_sessions(world: Worl
 
 
 def test_agent_survives_server_restart(world: World) -> None:
-    world.server.restart()
+    live = world.live_session()
+    try:
+        world.server.restart()
+        assert live.wait(timeout=10) == 255
+        assert live.stderr is not None
+        said = live.stderr.read().decode().splitlines()
+        assert "hatchway: the Hatchway server is shutting down; connect again once it is back" in said, said
+    finally:
+        _stop(live)
+    said = [line.split(": ", 1)[-1] for line in world.server.log().splitlines()]  # the log appends
+    down = said.index("shutting down: live SSH connections end, then local workspaces stop")
+    assert "stopped" in said[down:] and said.index("stopped", down) < len(said) - 1  # and up again after
     started = time.monotonic()
     wait_for(lambda: world.workspace()["agent_connected"], 10, what="agent to reconnect after a server restart")
     assert time.monotonic() - started < 5

@@ -103,6 +103,8 @@ class Relay:
         self._dial_timeout = dial_timeout_s
         self._pending: dict[str, _Pending] = {}
         self._live: dict[str, LiveStream] = {}
+        self._none_live = asyncio.Event()
+        self._none_live.set()
         self.slots = DialSlots(max_pending_per_user, max_pending_per_workspace, max_queued)
 
     def pending_count(self) -> int:
@@ -159,7 +161,7 @@ class Relay:
                 ended.set_result(None)
 
         stream.interrupt = interrupt
-        self._live[stream_id] = stream
+        self._add_live(stream_id, stream)
         agent_ws: WebSocket | None = None
         slot = False
         try:
@@ -198,7 +200,7 @@ class Relay:
             if not pending.arrived.done():
                 pending.arrived.cancel()
             if agent_ws is None:  # failed or cancelled: no stream, and an agent that came goes
-                self._live.pop(stream_id, None)
+                self._drop_live(stream_id)
                 pending.released.set()
         return agent_ws, pending.released
 
@@ -222,10 +224,26 @@ class Relay:
     # ---- live streams -----------------------------------------------------------------------
 
     def register(self, stream: LiveStream) -> None:
-        self._live[stream.id] = stream
+        self._add_live(stream.id, stream)
 
     def unregister(self, stream: LiveStream) -> None:
-        self._live.pop(stream.id, None)
+        self._drop_live(stream.id)
+
+    def _add_live(self, stream_id: str, stream: LiveStream) -> None:
+        self._live[stream_id] = stream
+        self._none_live.clear()
+
+    def _drop_live(self, stream_id: str) -> None:
+        self._live.pop(stream_id, None)
+        if not self._live:
+            self._none_live.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every live stream to be unregistered (each ended
+        stream's endpoint closes it with its reason, then lets go); True if none is left."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_live.wait(), timeout)
+        return not self._live
 
     def live_count(self) -> int:
         return len(self._live)

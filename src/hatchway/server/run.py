@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from typing import Any
 
 import uvicorn
 
@@ -15,10 +16,16 @@ from hatchway.malloc import keep_large_buffers
 from hatchway.server import datadir
 from hatchway.server.app import create_app
 from hatchway.server.guards import AcceptDeadline, ConnectionGuard, guard_protocol
+from hatchway.server.relay import StreamMatch
 from hatchway.server.settings import Settings
 from hatchway.server.streams import StreamDispatch
 
 log = logging.getLogger("hatchway.server")
+
+#: What open SSH connections are told when the server stops (a restart, an upgrade).
+SHUTTING_DOWN = "the Hatchway server is shutting down; connect again once it is back"
+#: How long the relay's endpoints get to send that before uvicorn closes every connection.
+SHUTDOWN_NOTICE_S = 2.0
 
 # SSH traffic is encrypted, so compression only burns CPU; big frames keep Python's per-byte
 # cost low on bulk transfers.
@@ -80,9 +87,10 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
 class _Server(uvicorn.Server):
     """Announce readiness only once the socket is bound, so scripts can wait for the line."""
 
-    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, settings: Settings, app: Any = None) -> None:
         super().__init__(config)
         self._settings = settings
+        self._app = app
         self._extra: set[asyncio.base_events.Server] = set()
 
     async def add_listener(self, sock: socket.socket) -> _ExtraListener:
@@ -106,8 +114,14 @@ class _Server(uvicorn.Server):
         return _ExtraListener(server, self._extra)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info("shutting down: live SSH connections end, then local workspaces stop")
         for server in list(self._extra):
             server.close()  # stop accepting; their connections are closed with everyone's
+        ctx = getattr(getattr(self._app, "state", None), "ctx", None)
+        if ctx is not None and await ctx.relay.end_sessions(StreamMatch(), SHUTTING_DOWN):
+            # Told why before their sockets are closed under them; a peer too slow to take the
+            # close gets the usual one below.
+            await ctx.relay.drained(SHUTDOWN_NOTICE_S)
         await super().shutdown(sockets)
 
     async def startup(self, sockets: list | None = None) -> None:  # type: ignore[override]
@@ -147,10 +161,12 @@ def serve(settings: Settings) -> int:
         return 1
     ensure_open_files()
     app = create_app(settings)
-    server = _Server(uvicorn_config(app, settings), settings)
+    server = _Server(uvicorn_config(app, settings), settings, app)
     app.state.add_listener = server.add_listener  # see hatchway.providers.local
     keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(server.serve())
+    if server.started:
+        log.info("stopped")
     return 0 if server.started else 1
 
