@@ -15,6 +15,8 @@ them forever. Two guards close that gap:
   at once, agents reconnecting after a restart) is accepted in batches faster than their headers
   are read, and waits instead of being dropped. A slow client from one address cannot crowd out
   anyone else: its share is that cap, and the connections it queues behind it end at the deadline.
+  The same protocol bounds the headers' *size*: a request line and headers over ``HEAD_MAX``
+  bytes (or a chunked body's trailers over it) are refused before more is parsed.
 * :class:`AcceptDeadline` bounds the WebSocket opening handshake on the application side: an
   endpoint must accept or refuse within ``timeout`` seconds (e.g. while the database is down),
   else the upgrade is refused with 1013 "try again later" instead of hanging.
@@ -49,6 +51,31 @@ WAITING_PER_SLOT = 16
 #: queue of waiting connections costs at most this much memory each.
 HELD_MAX = 16 * 1024
 
+#: The most a request line and its headers together (or a chunked body's trailers) may take, in
+#: bytes. h11 allows 16 KiB and nginx about 32 KiB; browsers send every cookie of the host name,
+#: whatever else runs there, so this is generous. httptools appends each read to the header it
+#: is parsing (a copy of all of it per read) and uvicorn keeps the result, so an unbounded header
+#: costs the server quadratic CPU and all the memory a client cares to send.
+HEAD_MAX = 64 * 1024
+
+#: After answering 431, what the client still sends is read and dropped for at most this long and
+#: this much, so a client that is still sending reads the answer instead of a connection reset
+#: (closing a socket with unread data makes the kernel reset it).
+LINGER_S = 2.0
+LINGER_MAX = 1024 * 1024
+
+
+def _too_large_response(default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    body = json.dumps({
+        "error": "request header fields too large",
+        "detail": f"a request's line and headers may take at most {HEAD_MAX // 1024} KiB together; send fewer or "
+                  "shorter headers (oversized cookies are the usual cause: clear this site's cookies)",
+    }).encode()
+    head = [b"HTTP/1.1 431 Request Header Fields Too Large"]
+    head += [name + b": " + value for name, value in default_headers]
+    head += [b"content-type: application/json", b"content-length: " + str(len(body)).encode(), b"connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
 
 class Turn(enum.Enum):
     """What :meth:`ConnectionGuard.begin` decided for a new connection."""
@@ -76,6 +103,7 @@ class ConnectionGuard:
         self.waiting: dict[str, collections.deque[Callable[[], None]]] = {}
         self.timed_out = 0
         self.refused = 0
+        self.oversized = 0
         self._warned_at = 0.0
 
     def begin(self, ip: str, on_turn: Callable[[], None] | None = None) -> Turn:
@@ -128,6 +156,10 @@ class ConnectionGuard:
         self._warn("dropped a waiting connection from %s: it sent over %d bytes before its turn (%d so far)",
                    ip, held_max, self.refused)
 
+    def too_large(self, ip: str, what: str) -> None:
+        self.oversized += 1
+        self._warn("refused a request from %s: its %s exceeded %d bytes (%d so far)", ip, what, HEAD_MAX, self.oversized)
+
     def expired(self, ip: str) -> None:
         self.timed_out += 1
         self._warn(
@@ -149,6 +181,13 @@ def guard_protocol(base: type, guard: ConnectionGuard) -> type:
 
     It hooks the parser callbacks (``on_message_begin``, ``on_headers_complete``); a protocol
     class without them (h11) is returned unchanged.
+
+    Header sections (a request's line and headers; a chunked body's trailers) are counted as
+    they arrive, one addition per read, and never handed to the parser beyond ``HEAD_MAX``
+    bytes: a request whose head does not end within that is answered 431 and closed, without
+    another look at what was read. A section is counted from the first read after it begins
+    (where it begins inside a read is not known), so one that starts mid-read (a pipelined
+    request, trailers) may take up to a read's worth more: still bounded.
     """
     if not (hasattr(base, "on_message_begin") and hasattr(base, "on_headers_complete")):
         return base
@@ -158,6 +197,10 @@ def guard_protocol(base: type, guard: ConnectionGuard) -> type:
         _hw_queued: str | None = None  # set while waiting for a turn
         _hw_held: list[bytes] | None = None  # what arrived while waiting
         _hw_timer: asyncio.TimerHandle | None = None
+        # Bytes of the header section being parsed; None while a body is.
+        _hw_head: int | None = 0
+        _hw_trailers = False  # the section counted is a chunked body's trailers, not a head
+        _hw_lingering: int | None = None  # bytes dropped since the answer 431
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -185,7 +228,7 @@ def guard_protocol(base: type, guard: ConnectionGuard) -> type:
                 return
             self.transport.resume_reading()
             for data in held:
-                super().data_received(data)
+                self.data_received(data)
 
         def data_received(self, data: bytes) -> None:
             if self._hw_held is not None:
@@ -196,7 +239,52 @@ def guard_protocol(base: type, guard: ConnectionGuard) -> type:
                     self._hw_end()
                     self.transport.abort()
                 return
-            super().data_received(data)
+            if self._hw_lingering is not None:
+                self._hw_lingering += len(data)
+                if self._hw_lingering > LINGER_MAX:
+                    self.transport.abort()
+                return
+            self._hw_parse(data)
+
+        def _hw_parse(self, data: bytes | memoryview) -> None:
+            """Parse ``data``; what belongs to a header section only up to ``HEAD_MAX``."""
+            while True:
+                seen = self._hw_head
+                if seen is None or seen + len(data) <= HEAD_MAX:
+                    if seen is not None:
+                        self._hw_head = seen + len(data)
+                    super().data_received(data)
+                    return
+                # This read takes the section past the limit: parse up to the limit, and go on
+                # only if the section ended there (a body or the next request follows).
+                room = HEAD_MAX - seen
+                view = memoryview(data)
+                self._hw_head = HEAD_MAX  # the callbacks reset it when the section ends
+                super().data_received(view[:room])
+                if self.transport.is_closing():
+                    return  # uvicorn refused it (invalid HTTP) and has said so
+                if self._hw_head == HEAD_MAX:
+                    self._hw_too_large()
+                    return
+                if self.transport.get_protocol() is not self:
+                    return  # a WebSocket now: uvicorn drops what came with the upgrade too
+                data = view[room:]
+
+        def _hw_too_large(self) -> None:
+            """Refuse a header section over the limit: 431 if that can still be the answer to
+            this request, else just close."""
+            ip = self.client[0] if self.client else "unknown"
+            guard.too_large(ip, "trailers" if self._hw_trailers else "request line and headers")
+            self._hw_end()
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if self._hw_trailers or answering:  # the request is the app's now, or the one before it is
+                self.transport.abort()
+                return
+            self.transport.write(_too_large_response(self.server_state.default_headers))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # the client sees the end at once; reading goes on
+            self._hw_lingering = 0
+            self._hw_timer = self.loop.call_later(LINGER_S, self.transport.abort)
 
         def _hw_end(self) -> None:
             if self._hw_timer is not None:
@@ -233,8 +321,21 @@ def guard_protocol(base: type, guard: ConnectionGuard) -> type:
                 self._hw_timer = self.loop.call_later(guard.handshake_timeout, self._hw_expire)
 
         def on_headers_complete(self) -> None:
+            self._hw_head = None
             self._hw_end()
             super().on_headers_complete()
+
+        def on_chunk_header(self) -> None:
+            # If this is the last chunk, trailers follow: counted until data shows it is not.
+            self._hw_head, self._hw_trailers = 0, True
+
+        def on_body(self, body: bytes) -> None:
+            self._hw_head = None
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._hw_head, self._hw_trailers = 0, False  # the next request's head may follow
+            super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._hw_end()
