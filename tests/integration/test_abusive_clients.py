@@ -332,6 +332,21 @@ async def test_a_head_of_up_to_64_kib_is_served_and_one_byte_more_is_refused(wor
         assert isinstance(greeting, bytes) and greeting.startswith(b"SSH-2.0-")
 
 
+def test_a_websocket_upgrade_websockets_cannot_parse_is_answered_and_closed(world: World) -> None:
+    """A header line over the 8 KiB websockets reads (still under HEAD_MAX) was never answered:
+    the connection stayed open, past the handshake timeout, for as long as the client liked."""
+    start = b"GET /api/v1/agent/control HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" \
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    with socket.create_connection((world.server.host, world.server.port), timeout=HANDSHAKE_TIMEOUT + 5) as s:
+        s.sendall(start + b"Cookie: c=" + b"k" * 9000 + b"\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):  # to the end: the server closes
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), got[:200]
+    assert got.endswith(b"\r\n\r\nFailed to open a WebSocket connection: read 9012 bytes, expected no more than 8192 bytes.\n")
+    assert "refused a WebSocket upgrade from 127.0.0.1: HeaderLineTooLong: read 9012 bytes" in world.server.log()
+
+
 # ---- garbage on the WebSockets ---------------------------------------------------------------
 
 

@@ -160,6 +160,10 @@ class ConnectionGuard:
         self.oversized += 1
         self._warn("refused a request from %s: its %s exceeded %d bytes (%d so far)", ip, what, HEAD_MAX, self.oversized)
 
+    def bad_upgrade(self, ip: str, exc: Exception) -> None:
+        self.refused += 1
+        self._warn("refused a WebSocket upgrade from %s: %s: %s (%d so far)", ip, type(exc).__name__, exc, self.refused)
+
     def expired(self, ip: str) -> None:
         self.timed_out += 1
         self._warn(
@@ -319,6 +323,19 @@ def guard_protocol(base: type, guard: ConnectionGuard) -> type:
             self._hw_ip = ip
             if self._hw_timer is None:
                 self._hw_timer = self.loop.call_later(guard.handshake_timeout, self._hw_expire)
+
+        def handle_websocket_upgrade(self) -> None:
+            super().handle_websocket_upgrade()
+            # websockets refuses a handshake it cannot parse (a header line over its 8 KiB, more
+            # than 128 headers) by queueing an answer that uvicorn never sends: the connection
+            # would stay open unanswered, past every deadline here. Send it, and close.
+            ws = self.transport.get_protocol()
+            conn = getattr(ws, "conn", None)
+            if conn is None or conn.handshake_exc is None or getattr(ws, "handshake_initiated", True):
+                return
+            guard.bad_upgrade(self.client[0] if self.client else "unknown", conn.handshake_exc)
+            self.transport.write(b"".join(conn.data_to_send()))
+            self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._hw_head = None
