@@ -20,6 +20,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from hatchway.server.api.agent import TOO_DEEP_GOODBYE
+from hatchway.server.api.ssh import TOO_DEEP_HEADER
 from hatchway.server.guards import HEAD_MAX, WAITING_PER_SLOT
 from tests.helpers import rawws
 from tests.helpers.fakeagent import agent_ws_url, next_dial, refusal
@@ -441,6 +443,55 @@ async def test_garbage_on_an_agent_data_stream_ends_only_that_ssh_connection(wor
         rows = c.get("/connections", params={"workspace": "junk"}).json()
     assert rows and all(r["ended_at"] is not None for r in rows if r["result"] != "refused")
     assert all(len(r["mode"] or "") <= 40 for r in rows)
+
+
+DEEP = "[" * 200000 + "]" * 200000  # valid JSON, nested far deeper than json.loads follows
+
+
+async def test_json_nested_too_deeply_on_the_control_channel_ends_it_with_one_log_line(world: World, carol: Tunnel) -> None:
+    token = world.agent_tokens["bob/junk"]
+    url = agent_ws_url(world, "/api/v1/agent/control")
+    received = []
+    async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}, compression=None, max_size=None) as ws:
+        await ws.send(DEEP)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                received.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+    assert [m["type"] for m in received] == ["manifest", "goodbye"]
+    assert received[-1] == {"type": "goodbye", "code": "closed", "reason": TOO_DEEP_GOODBYE}
+    assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (4000, TOO_DEEP_GOODBYE)
+    log = world.server.log()
+    assert "Traceback" not in log and "RecursionError" not in log
+    assert log.count("agent of workspace junk sent a control message nested too deeply to parse; closed its connection") == 1
+    wait_for(lambda: not world.workspace("bob", "junk")["agent_connected"], 10, what="the agent recorded as gone")
+    async with fake_agent(world, "junk"):  # it may attach again; nobody else noticed
+        pass
+    await assert_works(carol)
+
+
+async def test_a_stream_header_nested_too_deeply_ends_that_ssh_connection_saying_why(world: World, carol: Tunnel) -> None:
+    bob = world.people["bob"]
+    headers = {"Authorization": f"Bearer {world.agent_tokens['bob/junk']}"}
+    async with fake_agent(world, "junk") as agent:
+        client = await open_stream(world.url, bob.token, "junk")
+        stream_id = await next_dial(agent)
+        url = agent_ws_url(world, f"/api/v1/agent/streams/{stream_id}")
+        async with connect(url, additional_headers=headers, compression=None, max_size=None) as data:
+            await data.send(DEEP)
+            assert await refusal(client) == TOO_DEEP_HEADER
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(client.recv(), 10)
+            assert client.close_code == 4410
+            with pytest.raises(ConnectionClosed):  # the agent's side is closed too
+                await asyncio.wait_for(data.recv(), 10)
+    log = world.server.log()
+    assert "Traceback" not in log and "RecursionError" not in log
+    assert log.count("the agent's stream header is JSON nested too deeply to parse; ending the connection") == 1
+    with world.api("bob") as c:
+        rows = c.get("/connections", params={"workspace": "junk"}).json()
+    row = next(r for r in rows if r["reason"] == TOO_DEEP_HEADER)
+    assert row["result"] == "ended" and row["ended_at"] is not None and row["mode"] is None
+    await assert_works(carol)
 
 
 async def test_garbage_on_the_client_stream_ends_only_that_stream_and_frees_everything(world: World, carol: Tunnel) -> None:

@@ -55,7 +55,8 @@ def test_fields_cannot_forge_the_kind_or_origin() -> None:
 
 
 def test_notifications_that_are_not_events_are_ignored() -> None:
-    for payload in ("", "not json", "[]", json.dumps({"kind": 1, "origin": "a"}), json.dumps({"kind": "x"})):
+    deep = "[" * 3999 + "]" * 3999  # fits PostgreSQL's NOTIFY limit, and anyone connected may NOTIFY
+    for payload in ("", "not json", "[]", json.dumps({"kind": 1, "origin": "a"}), json.dumps({"kind": "x"}), deep):
         assert decode_event(payload) is None
 
 

@@ -24,6 +24,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from hatchway import peerjson
+
 log = logging.getLogger("hatchway.server.bus")
 
 CHANNEL = "hatchway_events"
@@ -44,7 +46,7 @@ def encode_event(kind: str, origin: str, fields: dict[str, Any]) -> str:
 def decode_event(payload: str) -> dict[str, Any] | None:
     """The event in a notification, or None when it is not one of ours."""
     try:
-        event = json.loads(payload)
+        event = peerjson.loads(payload)  # anyone who can connect to the database can NOTIFY
     except ValueError:
         return None
     if not isinstance(event, dict) or not isinstance(event.get("kind"), str) or not isinstance(event.get("origin"), str):

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, WebSocket
 from sqlalchemy import select
 
+from hatchway import peerjson
 from hatchway.db.models import Workspace, utcnow
 from hatchway.server.auth import bearer_token, current_agent, workspace_for_agent_token
 from hatchway.server.cluster import origin_of
@@ -29,6 +30,8 @@ router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
 _REPORT_FIELDS = {"os_user": 32, "ssh_mode": 20, "ssh_server_version": 255, "version": 40}
 MAX_HOST_KEYS = 8
 MAX_DIAGNOSTICS = 20
+#: The goodbye's reason when an agent's control message is JSON nested too deeply to parse.
+TOO_DEEP_GOODBYE = "a control message was JSON nested too deeply to parse; Hatchway's agent never sends that"
 
 
 @router.get("/manifest")
@@ -110,7 +113,14 @@ async def control(websocket: WebSocket) -> None:
             if message["type"] != "websocket.receive":
                 break
             try:
-                data = json.loads(message.get("text") or "")
+                data = peerjson.loads(message.get("text") or "")
+            except peerjson.TooDeep:
+                # No agent sends that by mistake: one line, and the connection ends (a reconnect
+                # costs a handshake, so the log cannot be flooded at the rate of messages).
+                log.warning("agent of workspace %s sent a control message nested too deeply to parse; "
+                            "closed its connection", ws_name)
+                await conn.close(TOO_DEEP_GOODBYE)
+                break
             except ValueError:
                 log.warning("agent of workspace %s sent a malformed control message; ignored", ws_name)
                 continue

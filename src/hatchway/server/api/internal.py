@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, WebSocket
 from sqlalchemy import update
 
+from hatchway import peerjson
 from hatchway.db.models import Workspace
 
 from hatchway.providers.base import SetupError
@@ -34,7 +35,7 @@ async def _signed_json(request: Request, path: str) -> tuple[str, Any]:
     if sender is None:
         raise APIError(401, "unauthorized", "replica-to-replica requests must be signed with the deployment secret")
     try:
-        return sender, await request.json()
+        return sender, peerjson.loads(await request.body())
     except ValueError:
         raise APIError(400, "bad request", "the body must be JSON") from None
 

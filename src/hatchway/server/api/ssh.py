@@ -10,6 +10,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 from sqlalchemy import select
 
+from hatchway import peerjson
 from hatchway.db.models import SSHConnection, User, Workspace, utcnow
 from hatchway.names import check_username, check_workspace_name
 from hatchway.server.auth import bearer_token, token_holder, user_and_session
@@ -138,6 +139,25 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
     await _relay(ctx, websocket, agent_ws, released, stream, label, username, row_id)
 
 
+#: Why a stream ends whose agent opened it with a header of JSON nested too deeply to parse.
+TOO_DEEP_HEADER = (
+    "the workspace's agent opened the connection with a header of JSON nested too deeply to parse, "
+    "which Hatchway's agent never sends; ask the workspace's owner to check what runs as its agent"
+)
+
+
+def _header_mode(text: str) -> str | None:
+    """The SSH server an agent's stream header names, as shown in tables; None when the header
+    is malformed (it only informs the record). Raises :class:`peerjson.TooDeep`."""
+    try:
+        info = peerjson.loads(text)
+    except peerjson.TooDeep:
+        raise
+    except ValueError:
+        return None
+    return printable(str(info.get("mode", "")), 40) if isinstance(info, dict) else None
+
+
 async def _relay(
     ctx: ServerContext, websocket: WebSocket, agent_ws: WebSocket, released: asyncio.Event,
     stream: LiveStream, label: str, username: str, row_id: str,
@@ -148,13 +168,16 @@ async def _relay(
     try:
         hello = await agent_ws.receive()
         if hello.get("text"):
-            with contextlib.suppress(ValueError, AttributeError):
-                info = json.loads(hello["text"])
-                mode = printable(str(info.get("mode", "")), 40)  # the agent's word: shown in tables
+            try:
+                mode = _header_mode(hello["text"])  # the agent's word: shown in tables
+            except peerjson.TooDeep:
+                log.warning("SSH to %s by %s: the agent's stream header is JSON nested too deeply to parse; "
+                            "ending the connection", label, username)
+                reason = TOO_DEEP_HEADER
         elif hello.get("bytes"):
             stream.from_workspace += len(hello["bytes"])
             await websocket.send_bytes(hello["bytes"])
-        if hello["type"] == "websocket.receive":
+        if hello["type"] == "websocket.receive" and reason is None:
             log.info("SSH to %s by %s: relaying (%s)", label, username, mode)
             reason = await splice(websocket, agent_ws, stream)
     finally:
