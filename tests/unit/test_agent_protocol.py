@@ -75,7 +75,7 @@ def test_trim_diagnostics_dedupes_shortens_and_announces_overflow() -> None:
     assert many[:19] == tuple(f"d{i}" for i in range(19))
 
 
-@pytest.mark.parametrize("raw", [b"{}", "not json", "[1]", '{"type": 3}', "{}"])
+@pytest.mark.parametrize("raw", [b"{}", "not json", "[1]", '{"type": 3}', "{}", "[" * 200000 + "]" * 200000])
 def test_parse_message_rejects_non_messages(raw: str | bytes) -> None:
     assert p.parse_message(raw) is None
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hatchway import peerjson
+from hatchway.cli.proxy import message_text
 
 
 def test_json_nested_too_deeply_is_a_value_error_of_its_own() -> None:
@@ -24,3 +25,17 @@ def test_everything_else_is_json_loads() -> None:
         peerjson.loads("not json")
     assert not isinstance(raised.value, peerjson.TooDeep)
 
+
+def test_the_proxy_shows_a_refusal_nested_too_deeply_as_it_came() -> None:
+    deep = "[" * 200000
+    assert message_text(deep) == deep
+    assert message_text('{"error": "no such workspace"}') == "no such workspace"
+
+
+def test_the_agent_reads_a_server_answer_nested_too_deeply_as_not_json() -> None:
+    import httpx
+
+    from hatchway.agent.runtime import _error_text
+
+    answer = httpx.Response(401, content=b"[" * 200000)
+    assert _error_text(answer) == "the server refused the agent token (HTTP 401)"

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from hatchway import peerjson
+
 MANIFEST_PATH = "/api/v1/agent/manifest"
 CONTROL_PATH = "/api/v1/agent/control"
 STREAM_PATH = "/api/v1/agent/streams/"
@@ -126,7 +128,7 @@ def parse_message(raw: str | bytes) -> dict[str, Any] | None:
     if isinstance(raw, bytes):
         return None  # the control channel carries JSON text only
     try:
-        data = json.loads(raw)
+        data = peerjson.loads(raw)  # nested too deeply is malformed too
     except ValueError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):

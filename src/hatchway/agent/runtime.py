@@ -38,7 +38,7 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
-from hatchway import __version__
+from hatchway import __version__, peerjson
 from hatchway.agent import diagnostics, protocol
 from hatchway.agent.backoff import Backoff, backoff_delay
 from hatchway.agent.inject import InjectionResult, inject
@@ -184,7 +184,7 @@ class Agent:
                         raise FatalError(_error_text(response))
                     if response.status_code == 200:
                         try:
-                            data = response.json()
+                            data = peerjson.loads(response.content)
                         except ValueError:
                             data = None
                         if isinstance(data, dict):
@@ -513,7 +513,7 @@ def _error_message(payload: dict[str, Any] | None) -> str:
 
 def _error_text(response: httpx.Response) -> str:
     try:
-        payload = response.json()
+        payload = peerjson.loads(response.content)
     except ValueError:
         payload = None
     if isinstance(payload, dict):

@@ -111,10 +111,10 @@ def stream_url(base: str, workspace: str) -> str:
 
 def message_text(text: str) -> str:
     """The user-facing part of a refusal the server sent as a text frame."""
-    import json
+    from hatchway import peerjson
 
     try:
-        data = json.loads(text)
+        data = peerjson.loads(text)
         return str(data.get("error") or text)
     except (ValueError, AttributeError):
         return text
