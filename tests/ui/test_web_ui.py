@@ -491,6 +491,47 @@ def test_posts_without_the_csrf_token_are_refused_and_change_nothing(manager_pag
         assert r.status_code == 403 and "hatchway_session" not in r.cookies
 
 
+def _signin_form(client: httpx.Client) -> tuple[str, str]:
+    """(pre-session cookie as "name=value", the sign-in form's CSRF token) of a fresh visitor."""
+    first = client.get("/")
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', first.text).group(1)
+    return first.headers["set-cookie"].split(";")[0], token
+
+
+def test_a_pre_session_token_is_refused_on_a_signed_in_request(member_page: SignedIn) -> None:
+    """Whoever can plant a cookie for this host (a sibling subdomain, another port, a man in the
+    middle of plain http) gets a pre-session cookie and its token from the sign-in page; planted
+    next to a signed-in user's session they must not make a form the server accepts."""
+    srv = member_page.srv
+    with httpx.Client(base_url=srv.url) as attacker:
+        pre, token = _signin_form(attacker)
+    assert pre.startswith("hatchway_pre=")
+    cookie = f"hatchway_session={member_page.session_cookie()}; {pre}"
+    with httpx.Client(base_url=srv.url, follow_redirects=False) as victim:
+        r = victim.post("/workspaces", data={"name": "planted", "provider": LAB, "csrf_token": token}, headers={"Cookie": cookie})
+        assert r.status_code == 403 and "This form could not be verified" in r.text
+        r = victim.post("/sign-out", data={"csrf_token": token}, headers={"Cookie": cookie})
+        assert r.status_code == 403
+    with srv.api(srv.member_token) as c:
+        assert c.get("/workspaces/planted").status_code == 404
+    member_page.page.goto(srv.url + "/workspaces")  # still signed in
+    assert member_page.page.url.endswith("/workspaces")
+
+
+def test_a_stale_session_cookie_does_not_stand_in_the_way_of_signing_in(anon_page: Any, ui_server: UIServer) -> None:
+    """The sign-in form's token is the pre-session one, so the sign-in page drops a session
+    cookie that no longer signs anyone in (expired, signed out elsewhere)."""
+    page = anon_page
+    page.context.add_cookies([{"name": "hatchway_session", "value": "hw_expired-long-ago", "url": ui_server.url}])
+    page.goto(ui_server.url + "/")
+    assert page.title() == "Sign in · Hatchway"
+    assert "hatchway_session" not in {c["name"] for c in page.context.cookies()}
+    page.get_by_label("Username").fill(ui_server.member)
+    page.get_by_label("Password").fill(ui_server.member_password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r".*/workspaces$"))
+
+
 def test_session_cookie_is_secure_when_the_access_url_is_https(tmp_path: Path) -> None:
     with running_server(tmp_path, extra_env={"HATCHWAY_ACCESS_URL": "https://hatchway.example.com"}) as srv:
         first_user(srv.url, "root", "root-password-1")

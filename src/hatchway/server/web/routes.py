@@ -273,8 +273,14 @@ async def home(request: Request, db: AsyncSession = Depends(get_db)) -> Response
     if await _session_user(request, db) is not None:
         return RedirectResponse("/workspaces", status_code=303)
     if await _needs_first_user(db):
-        return render(request, "setup.html", form={})
-    return render(request, "signin.html", next=request.query_params.get("next", ""), username="", error=None)
+        response = render(request, "setup.html", form={})
+    else:
+        response = render(request, "signin.html", next=request.query_params.get("next", ""), username="", error=None)
+    if request.cookies.get(SESSION_COOKIE):
+        # It signs nobody in (expired, signed out elsewhere), and as long as the browser sends
+        # it only a session's CSRF token is accepted: this page's form would be refused.
+        clear_cookie(request, response, SESSION_COOKIE)
+    return response
 
 
 @router.post("/sign-in")

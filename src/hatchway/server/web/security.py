@@ -7,6 +7,9 @@ CSRF: every state-changing form carries a token that is an HMAC, under a key der
 deployment secret, of the session token (or, before sign-in, of a random pre-session cookie).
 A page from another site can neither read the cookies nor compute the HMAC, so it cannot
 produce a form the server accepts. Nothing is kept in memory, so any replica can check it.
+A request with a session cookie takes only its session's token: a pre-session cookie and token
+are anyone's for the asking, so whoever can plant a cookie for this host (a sibling subdomain,
+another port, a man in the middle of plain http) could otherwise forge a signed-in user's forms.
 
 Flash messages ride in a short-lived cookie that is HMAC-signed with the same key, so nobody
 can plant a message that looks like it came from Hatchway (it is HTML-escaped either way).
@@ -95,16 +98,19 @@ def csrf_token(request: Request) -> str:
 
 
 def csrf_valid(request: Request, submitted: str | None) -> bool:
+    """Whether ``submitted`` is this browser's token: its session's when it sends a session
+    cookie, valid or not (a stale one is dropped by the sign-in page), else its pre-session one."""
     if not submitted:
         return False
-    expected = []
     session = request.cookies.get(SESSION_COOKIE)
     if session:
-        expected.append(_mac(request, "csrf", session))
-    pre = request.cookies.get(PRESESSION_COOKIE)
-    if pre:
-        expected.append(_mac(request, "csrf-pre", pre))
-    return any(hmac.compare_digest(submitted.encode(), e.encode()) for e in expected)
+        expected = _mac(request, "csrf", session)
+    else:
+        pre = request.cookies.get(PRESESSION_COOKIE)
+        if not pre:
+            return False
+        expected = _mac(request, "csrf-pre", pre)
+    return hmac.compare_digest(submitted.encode(), expected.encode())
 
 
 # --- flash --------------------------------------------------------------------------------
