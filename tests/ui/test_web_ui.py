@@ -532,22 +532,41 @@ def test_a_stale_session_cookie_does_not_stand_in_the_way_of_signing_in(anon_pag
     page.wait_for_url(re.compile(r".*/workspaces$"))
 
 
-def test_session_cookie_is_secure_when_the_access_url_is_https(tmp_path: Path) -> None:
+def test_session_cookie_is_secure_and_host_only_when_the_access_url_is_https(tmp_path: Path) -> None:
     with running_server(tmp_path, extra_env={"HATCHWAY_ACCESS_URL": "https://hatchway.example.com"}) as srv:
-        first_user(srv.url, "root", "root-password-1")
+        root_token = first_user(srv.url, "root", "root-password-1")
         with httpx.Client(base_url=srv.url) as c:
             first = c.get("/")
             token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', first.text).group(1)
             pre_cookie = first.headers["set-cookie"]
-            assert pre_cookie.startswith("hatchway_pre=") and "; secure" in pre_cookie.lower()
+            # __Host-: a browser takes it only from this host over https, with Secure, Path=/ and
+            # no Domain, so nobody else can plant one.
+            assert pre_cookie.startswith("__Host-hatchway_pre=") and "; secure" in pre_cookie.lower()
+            assert "; path=/" in pre_cookie.lower() and "domain=" not in pre_cookie.lower()
             # (a client only sends Secure cookies over https; this test talks plain http to 127.0.0.1)
             pre = pre_cookie.split(";")[0]
-            r = c.post("/sign-in", data={"csrf_token": token, "username": "root", "password": "root-password-1"}, headers={"Cookie": pre})
+            form = {"csrf_token": token, "username": "root", "password": "root-password-1"}
+            # The same value under a name anyone may plant is not this browser's pre-session cookie...
+            planted = "hatchway_pre=" + pre.split("=", 1)[1]
+            r = c.post("/sign-in", data=form, headers={"Cookie": planted})
+            assert r.status_code == 403 and "This form could not be verified" in r.text
+            # ... nor is a session under the old name anyone's session.
+            r = c.get("/workspaces", headers={"Cookie": f"hatchway_session={root_token}"}, follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == "/?next=%2Fworkspaces"
+            r = c.post("/sign-in", data=form, headers={"Cookie": pre})
         assert r.status_code == 303
-        cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("hatchway_session="))
+        cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("__Host-hatchway_session="))
         attrs = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
-        assert {"httponly", "secure", "samesite"} <= attrs
-        assert "samesite=lax" in cookie.lower()
+        assert {"httponly", "secure", "samesite", "path"} <= attrs and "domain" not in attrs
+        assert "samesite=lax" in cookie.lower() and "; path=/" in cookie.lower()
+        session = cookie.split(";")[0]
+        with httpx.Client(base_url=srv.url, follow_redirects=False) as c:
+            page = c.get("/workspaces", headers={"Cookie": session})
+            assert page.status_code == 200
+            token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text).group(1)
+            r = c.post("/sign-out", data={"csrf_token": token}, headers={"Cookie": session})
+            assert r.status_code == 303
+            assert any(v.startswith('__Host-hatchway_session=""') for k, v in r.headers.multi_items() if k == "set-cookie")
 
 
 # --- workspaces, users, audit ---------------------------------------------------------------

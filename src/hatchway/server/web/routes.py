@@ -53,6 +53,7 @@ from hatchway.server.web.security import (
     clear_cookie,
     csrf_token,
     csrf_valid,
+    get_cookie,
     pop_flash,
     set_cookie,
     set_flash,
@@ -167,7 +168,7 @@ def install(app: FastAPI) -> None:
 
 
 async def _session_user(request: Request, db: AsyncSession) -> User | None:
-    token = request.cookies.get(SESSION_COOKIE)
+    token = get_cookie(request, SESSION_COOKIE)
     if not token:
         return None
     try:
@@ -201,7 +202,7 @@ async def web_manager(request: Request, user: User = Depends(web_user)) -> User:
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    flash_raw = request.cookies.get(FLASH_COOKIE)
+    flash_raw = get_cookie(request, FLASH_COOKIE)
     scratch = Response()
     flash = pop_flash(request, scratch) if flash_raw else None
     user: User | None = getattr(request.state, "user", None)
@@ -276,7 +277,7 @@ async def home(request: Request, db: AsyncSession = Depends(get_db)) -> Response
         response = render(request, "setup.html", form={})
     else:
         response = render(request, "signin.html", next=request.query_params.get("next", ""), username="", error=None)
-    if request.cookies.get(SESSION_COOKIE):
+    if get_cookie(request, SESSION_COOKIE):
         # It signs nobody in (expired, signed out elsewhere), and as long as the browser sends
         # it only a session's CSRF token is accepted: this page's form would be refused.
         clear_cookie(request, response, SESSION_COOKIE)
@@ -351,7 +352,7 @@ async def setup(request: Request, ctx: ServerContext = Depends(get_ctx), db: Asy
 
 @router.post("/sign-out")
 async def sign_out(request: Request, db: AsyncSession = Depends(get_db)) -> Response:
-    token = request.cookies.get(SESSION_COOKIE)
+    token = get_cookie(request, SESSION_COOKIE)
     if token:
         await db.execute(delete(ApiToken).where(ApiToken.token_hash == crypto.hash_token(token)))
         await db.commit()

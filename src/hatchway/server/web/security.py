@@ -11,6 +11,14 @@ A request with a session cookie takes only its session's token: a pre-session co
 are anyone's for the asking, so whoever can plant a cookie for this host (a sibling subdomain,
 another port, a man in the middle of plain http) could otherwise forge a signed-in user's forms.
 
+Over https the cookies' names carry the ``__Host-`` prefix: browsers then take them only from
+this host, over https, for the whole site, so a sibling subdomain or a man in the middle cannot
+plant one at all (a planted session would sign a visitor in as someone else; a planted
+pre-session cookie would forge the sign-in form). The server knows it is served over https
+from its access URL, the address browsers use; a TLS proxy in front does not change that. A
+browser signed in before the prefix came in, or before the access URL became https, signs in
+again: honouring the old names would keep them plantable.
+
 Flash messages ride in a short-lived cookie that is HMAC-signed with the same key, so nobody
 can plant a message that looks like it came from Hatchway (it is HTML-escaped either way).
 """
@@ -37,6 +45,8 @@ PRESESSION_COOKIE = "hatchway_pre"
 FLASH_COOKIE = "hatchway_flash"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
+#: See above: cookies only this host can set, and only over https.
+HOST_PREFIX = "__Host-"
 
 _KEY_ATTR = "_hatchway_web_key"
 
@@ -61,9 +71,18 @@ def secure_cookies(request: Request) -> bool:
     return ctx.settings.url.lower().startswith("https://")
 
 
+def cookie_name(request: Request, name: str) -> str:
+    """What the cookie called ``name`` (one of the names above) is called on this deployment."""
+    return HOST_PREFIX + name if secure_cookies(request) else name
+
+
+def get_cookie(request: Request, name: str) -> str | None:
+    return request.cookies.get(cookie_name(request, name))
+
+
 def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None) -> None:
     response.set_cookie(
-        name,
+        cookie_name(request, name),
         value,
         max_age=max_age,
         path="/",
@@ -74,7 +93,7 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
 
 
 def clear_cookie(request: Request, response: Response, name: str) -> None:
-    response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=secure_cookies(request))
+    response.delete_cookie(cookie_name(request, name), path="/", httponly=True, samesite="lax", secure=secure_cookies(request))
 
 
 # --- CSRF ---------------------------------------------------------------------------------
@@ -82,7 +101,7 @@ def clear_cookie(request: Request, response: Response, name: str) -> None:
 
 def presession(request: Request) -> str:
     """The anonymous browser's random binding value, created on first sight."""
-    value = request.cookies.get(PRESESSION_COOKIE) or getattr(request.state, "new_presession", None)
+    value = get_cookie(request, PRESESSION_COOKIE) or getattr(request.state, "new_presession", None)
     if not value:
         value = secrets.token_urlsafe(24)
         request.state.new_presession = value  # set on the response by the page renderer
@@ -102,11 +121,11 @@ def csrf_valid(request: Request, submitted: str | None) -> bool:
     cookie, valid or not (a stale one is dropped by the sign-in page), else its pre-session one."""
     if not submitted:
         return False
-    session = request.cookies.get(SESSION_COOKIE)
+    session = get_cookie(request, SESSION_COOKIE)
     if session:
         expected = _mac(request, "csrf", session)
     else:
-        pre = request.cookies.get(PRESESSION_COOKIE)
+        pre = get_cookie(request, PRESESSION_COOKIE)
         if not pre:
             return False
         expected = _mac(request, "csrf-pre", pre)
@@ -122,7 +141,7 @@ def set_flash(request: Request, response: Response, kind: str, message: str) -> 
 
 
 def pop_flash(request: Request, response: Response) -> dict[str, Any] | None:
-    raw = request.cookies.get(FLASH_COOKIE)
+    raw = get_cookie(request, FLASH_COOKIE)
     if not raw:
         return None
     clear_cookie(request, response, FLASH_COOKIE)
