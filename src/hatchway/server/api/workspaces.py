@@ -31,6 +31,12 @@ def _supervisor(request: Request) -> Any:
     return getattr(request.app.state, "supervisor", None)
 
 
+def _supervised(request: Request, ws: Workspace) -> bool:
+    """Whether Hatchway itself runs this workspace's agent (and starts and stops it)."""
+    supervisor = _supervisor(request)
+    return supervisor is not None and bool(supervisor.manages(ws.provider.kind))
+
+
 def agent_command(url: str, token: str) -> str:
     """How to run the agent by hand; the token goes in the environment, not argv (ps shows argv)."""
     return f"HATCHWAY_AGENT_TOKEN={shlex.quote(token)} hatchway agent --url {shlex.quote(url)}"
@@ -191,8 +197,7 @@ async def rotate_agent_token(
     db: AsyncSession = Depends(get_db),
 ) -> schemas.AgentTokenOut:
     ws = await find_workspace(db, user, name, owner)
-    supervisor = _supervisor(request)
-    if supervisor is not None and supervisor.manages(ws.provider.kind):
+    if _supervised(request, ws):
         # Its agent gets a fresh token at every start: one issued here would only be replaced.
         raise APIError(
             409,
@@ -221,8 +226,7 @@ async def change_state(
 ) -> schemas.WorkspaceOut:
     """Start, stop or restart a workspace Hatchway runs (the API's and the web UI's way)."""
     ws = await find_workspace(db, user, name, owner)
-    supervisor = _supervisor(request)
-    if supervisor is None or not supervisor.manages(ws.provider.kind):
+    if not _supervised(request, ws):
         raise APIError(
             409,
             f'workspace "{ws.name}" is not started by Hatchway',
@@ -232,7 +236,7 @@ async def change_state(
     record(db, user, f"workspace.{action}", f"{ws.owner.username}/{ws.name}", client_source(request))
     await db.commit()
     try:
-        await getattr(supervisor, action)(ws_id)
+        await getattr(_supervisor(request), action)(ws_id)
     except SetupError as exc:
         raise APIError(500, f'could not {action} workspace "{ws.name}" cleanly', str(exc)) from None
     await db.refresh(ws)  # the supervisor changed the row through its own session
