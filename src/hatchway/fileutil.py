@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -95,9 +96,32 @@ def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if (p.stat().st_mode & 0o777) != 0o700:
+    st = p.stat()
+    if (st.st_mode & 0o777) != 0o700:
+        shared = _shared_dir(p, st)
+        if shared:
+            raise NotOursError(errno.EPERM, f"{shared}; give Hatchway a directory of its own", str(p))
         os.chmod(p, 0o700)
     return p
+
+
+class NotOursError(PermissionError):
+    """A directory that should be Hatchway's alone is someone else's too (``/tmp``, ``/home``)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _shared_dir(p: Path, st: os.stat_result) -> str | None:
+    """Why tightening ``p`` would lock others out, or None: a sticky directory (``/tmp``) is
+    everyone's, and one holding entries of other owners (``/home``) is theirs too."""
+    if st.st_mode & stat.S_ISVTX:
+        return f"{p} is a shared directory (mode {stat.S_IMODE(st.st_mode):04o})"
+    with os.scandir(p) as entries:
+        for entry in entries:
+            if entry.stat(follow_symlinks=False).st_uid != st.st_uid:
+                return f"{p} holds files of other users ({entry.name!r} among them)"
+    return None
 
 
 def make_private_dir(path: str | os.PathLike[str], *, parents: bool = False) -> Path:

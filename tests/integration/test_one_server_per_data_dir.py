@@ -123,3 +123,30 @@ def test_a_killed_server_does_not_keep_the_next_one_from_starting(tmp_path: Path
         assert (server.data_dir / "server.lock").read_text() == f"{server.proc.pid}\n"  # type: ignore[union-attr]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("shared", ["sticky", "others"])
+def test_a_data_dir_shared_with_others_is_refused_untouched(tmp_path: Path, shared: str) -> None:
+    """`--data-dir /tmp` (or `/home`) made that directory 0700 for everyone."""
+    if shared == "others" and os.geteuid() != 0:
+        pytest.skip("needs root to own a file as another user")
+    data = tmp_path / "shared"
+    data.mkdir()
+    if shared == "sticky":
+        data.chmod(0o1777)
+        why = f"{data} is a shared directory (mode 1777)"
+    else:
+        data.chmod(0o755)
+        (data / "bob").mkdir()
+        os.chown(data / "bob", 12345, 12345)
+        why = f"{data} holds files of other users ('bob' among them)"
+    before = sorted(p.name for p in data.iterdir()), data.stat().st_mode
+    server = RunningServer(data)
+    with pytest.raises(RuntimeError):
+        server.start()
+    assert server.proc is not None and server.proc.returncode == 1
+    assert log_lines(server) == [
+        f"ERROR hatchway.server: cannot take the data dir {data} for this server: {why}; "
+        "give Hatchway a directory of its own"
+    ]
+    assert (sorted(p.name for p in data.iterdir()), data.stat().st_mode) == before

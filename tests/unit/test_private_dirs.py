@@ -7,12 +7,13 @@ directory, is for Hatchway's own state directories only.
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from hatchway.fileutil import ensure_private_dir, make_private_dir
+from hatchway.fileutil import NotOursError, ensure_private_dir, make_private_dir
 
 
 def _mode(path: Path) -> int:
@@ -55,3 +56,24 @@ def test_ensure_private_dir_still_tightens_hatchways_own_directories(tmp_path: P
     state.chmod(0o755)
     ensure_private_dir(state)
     assert _mode(state) == 0o700
+
+
+def test_ensure_private_dir_never_tightens_a_shared_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(NotOursError, match=r"tmp is a shared directory \(mode 1777\); give Hatchway a directory of its own"):
+        ensure_private_dir(shared)
+    assert _mode(shared) == 0o1777
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a file as another user")
+def test_ensure_private_dir_never_tightens_a_directory_of_other_users_files(tmp_path: Path) -> None:
+    homes = tmp_path / "home"
+    homes.mkdir()
+    homes.chmod(0o755)
+    (homes / "bob").mkdir()
+    os.chown(homes / "bob", 12345, 12345)
+    with pytest.raises(NotOursError, match="holds files of other users \\('bob' among them\\)"):
+        ensure_private_dir(homes)
+    assert _mode(homes) == 0o755
