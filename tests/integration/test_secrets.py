@@ -147,6 +147,19 @@ def test_rotating_the_deployment_secret_keeps_every_key_even_when_interrupted(wo
     with pytest.raises(RuntimeError, match="rotation was interrupted"):
         world.server.start(timeout=15)  # the server refuses to run with half a rotation
 
+    # Not while a server runs on the data dir (one that holds its lock stands in for it here).
+    holder = subprocess.Popen(["flock", "--no-fork", "-x", str(data / "server.lock"), "sleep", "60"])
+    try:
+        wait_for(lambda: subprocess.run(["flock", "-n", str(data / "server.lock"), "true"]).returncode != 0, 5,
+                 what="the stand-in server to hold the lock")
+        r = subprocess.run([HATCHWAY, "server", "rotate-secret", "--data-dir", str(data)], capture_output=True,
+                           text=True, timeout=60, check=False)
+        assert r.returncode == 1 and r.stderr.strip().startswith("Error: another Hatchway server"), r.stderr
+        assert "is using the data dir" in r.stderr and secret_path.read_text() == old_secret
+    finally:
+        holder.kill()
+        holder.wait()
+
     r = subprocess.run([HATCHWAY, "server", "rotate-secret", "--data-dir", str(data)], capture_output=True, text=True,
                        timeout=60, check=False)
     assert r.returncode == 0 and "Finished the interrupted rotation" in r.stdout, r.stdout + r.stderr

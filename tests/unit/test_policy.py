@@ -43,6 +43,7 @@ def test_suspended_comes_first() -> None:
 @pytest.mark.parametrize("state,reason,expected", [
     ("stopped", None, 'workspace "dev" is stopped; start it with: hatchway workspaces start dev'),
     ("failed", "agent exited 3 times", 'workspace "dev" is failed (agent exited 3 times); start it with: hatchway workspaces start dev'),
+    ("starting", "restarting", 'workspace "dev" is starting (restarting); try again in a few seconds'),
 ])
 def test_not_running(state: str, reason: str | None, expected: str) -> None:
     assert ssh_refusal(replace(OK, state=state, state_reason=reason)) == expected

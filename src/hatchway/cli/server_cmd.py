@@ -78,10 +78,15 @@ def rotate_secret_cmd(data_dir: Path | None, db_url: str | None) -> None:
     import asyncio
 
     from hatchway.db.engine import sqlite_url_for
+    from hatchway.server import datadir
     from hatchway.server.rotate import RotationError, rotate_secret
     from hatchway.server.settings import default_data_dir
 
     data = (data_dir or default_data_dir()).expanduser().resolve()
+    try:  # the server must be stopped: it holds the data dir while it runs
+        datadir.take(data)
+    except (datadir.DataDirInUse, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         result = asyncio.run(rotate_secret(data, db_url or sqlite_url_for(data)))
     except RotationError as exc:

@@ -52,6 +52,8 @@ def ssh_refusal(f: SSHFacts) -> str | None:
         return external_connect_off_message(f.provider)
     if f.state != "running":
         why = f" ({f.state_reason})" if f.state_reason else ""
+        if f.state == "starting":  # already on its way: starting it again changes nothing
+            return f'workspace "{f.workspace}" is starting{why}; try again in a few seconds'
         return (
             f'workspace "{f.workspace}" is {f.state}{why}; '
             f"start it with: hatchway workspaces start {f.workspace}"
