@@ -269,10 +269,15 @@ def _request(world: World, data: bytes) -> bytes:
     """Send ``data`` on a fresh connection; everything the server answers before it closes."""
     with socket.create_connection((world.server.host, world.server.port), timeout=10) as s:
         s.sendall(data)
-        got = b""
-        while chunk := s.recv(65536):
-            got += chunk
-        return got
+        return _read_to_end(s)
+
+
+def _read_to_end(s: socket.socket) -> bytes:
+    """Everything the server sends before it closes."""
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    return got
 
 
 def _head_of(size: int, path: str = "/api/v1/deployment") -> bytes:
@@ -332,6 +337,27 @@ async def test_a_head_of_up_to_64_kib_is_served_and_one_byte_more_is_refused(wor
     async with connect(ws_url(world.url, "dev"), additional_headers=headers, compression=None) as ws:
         greeting = await asyncio.wait_for(ws.recv(), 10)
         assert isinstance(greeting, bytes) and greeting.startswith(b"SSH-2.0-")
+
+
+async def test_a_connection_waiting_its_turn_may_send_a_head_as_large_as_any_other(world: World) -> None:
+    """A waiting connection once held at most 16 KiB and was dropped beyond: a request with a
+    large head (many cookies) failed only when its address was busy. It holds up to HEAD_MAX,
+    and a head over that gets the 431 it would get without waiting."""
+    slow = [_slow_socket(world, "127.0.0.4") for _ in range(MAX_HANDSHAKING)]
+    await asyncio.sleep(0.3)
+    assert all(_open(s) for s in slow)
+    t0 = time.monotonic()
+    waiting = []
+    for head in (_head_of(HEAD_MAX + 4096), _head_of(HEAD_MAX)):
+        s = socket.create_connection((world.server.host, world.server.port), HANDSHAKE_TIMEOUT + 5, ("127.0.0.4", 0))
+        s.sendall(head)
+        waiting.append(s)
+    refused, served = (_read_to_end(s) for s in waiting)
+    assert refused.startswith(TOO_LARGE) and b'"request header fields too large"' in refused, refused[:200]
+    assert served.startswith(b"HTTP/1.1 200 OK\r\n"), served[:200]
+    assert time.monotonic() - t0 > 1, "it waited for a slow client's deadline"
+    for s in waiting + slow:
+        s.close()
 
 
 def test_a_websocket_upgrade_websockets_cannot_parse_is_answered_and_closed(world: World) -> None:

@@ -16,7 +16,10 @@ them forever. Two guards close that gap:
   are read, and waits instead of being dropped. A slow client from one address cannot crowd out
   anyone else: its share is that cap, and the connections it queues behind it end at the deadline.
   The same protocol bounds the headers' *size*: a request line and headers over ``HEAD_MAX``
-  bytes (or a chunked body's trailers over it) are refused before more is parsed.
+  bytes (or a chunked body's trailers over it) are refused before more is parsed. A waiting
+  connection holds at most that much too: a head that does not end within it is answered the
+  same 431 at once (it would be on its turn); one that does, followed by more than fits, is
+  dropped (a body cannot be judged before its turn, nor held without bound).
 * :class:`AcceptDeadline` bounds the WebSocket opening handshake on the application side: an
   endpoint must accept or refuse within ``timeout`` seconds (e.g. while the database is down),
   else the upgrade is refused with 1013 "try again later" instead of hanging.
@@ -46,16 +49,14 @@ WARN_EVERY = 30.0
 #: Connections one address may have waiting for a turn to be read, per connection being read.
 WAITING_PER_SLOT = 16
 
-#: What a waiting connection may have sent before it is held (uvloop reads once before a pause
-#: takes effect). A request's headers fit easily; more is dropped rather than buffered, so a
-#: queue of waiting connections costs at most this much memory each.
-HELD_MAX = 16 * 1024
-
 #: The most a request line and its headers together (or a chunked body's trailers) may take, in
 #: bytes. h11 allows 16 KiB and nginx about 32 KiB; browsers send every cookie of the host name,
 #: whatever else runs there, so this is generous. httptools appends each read to the header it
 #: is parsing (a copy of all of it per read) and uvicorn keeps the result, so an unbounded header
-#: costs the server quadratic CPU and all the memory a client cares to send.
+#: costs the server quadratic CPU and all the memory a client cares to send. It is also the most
+#: a connection waiting its turn may have sent (uvloop reads once before a pause takes effect):
+#: a request is not refused for having waited, and a queue of waiting connections costs at most
+#: this much memory each.
 HEAD_MAX = 64 * 1024
 
 #: After answering 431, what the client still sends is read and dropped for at most this long and
@@ -151,10 +152,10 @@ class ConnectionGuard:
         if not queue:
             del self.waiting[ip]
 
-    def dropped_waiting(self, ip: str, held_max: int) -> None:
+    def dropped_waiting(self, ip: str) -> None:
         self.refused += 1
-        self._warn("dropped a waiting connection from %s: it sent over %d bytes before its turn (%d so far)",
-                   ip, held_max, self.refused)
+        self._warn("dropped a waiting connection from %s: it sent a request head and more, over %d bytes in all, "
+                   "before its turn (%d so far)", ip, HEAD_MAX, self.refused)
 
     def too_large(self, ip: str, what: str) -> None:
         self.oversized += 1
@@ -236,12 +237,7 @@ def guard_protocol(base: type, guard: ConnectionGuard) -> type:
 
         def data_received(self, data: bytes) -> None:
             if self._hw_held is not None:
-                self._hw_held.append(data)
-                self.transport.pause_reading()
-                if sum(map(len, self._hw_held)) > HELD_MAX:
-                    guard.dropped_waiting(self._hw_queued or "unknown", HELD_MAX)
-                    self._hw_end()
-                    self.transport.abort()
+                self._hw_hold(self._hw_held, data)
                 return
             if self._hw_lingering is not None:
                 self._hw_lingering += len(data)
@@ -249,6 +245,25 @@ def guard_protocol(base: type, guard: ConnectionGuard) -> type:
                     self.transport.abort()
                 return
             self._hw_parse(data)
+
+        def _hw_hold(self, held: list[bytes], data: bytes) -> None:
+            """Keep what a waiting connection sent for its turn, up to ``HEAD_MAX`` bytes: a
+            request head that large is served when read at once, so it is after waiting too."""
+            held.append(data)
+            self.transport.pause_reading()
+            if sum(map(len, held)) <= HEAD_MAX:
+                return
+            self._hw_held = None
+            if b"\r\n\r\n" not in b"".join(held)[:HEAD_MAX]:  # httptools takes no other end of a head
+                # Its head is over the limit: the answer its turn would get, now.
+                self.transport.resume_reading()  # what follows the answer is read and dropped
+                self._hw_too_large()
+                return
+            # The head ended in time, and more came with it (a body, the next request): that may
+            # be valid, but only its turn can tell, and holding all of it would have no bound.
+            guard.dropped_waiting(self._hw_queued or "unknown")
+            self._hw_end()
+            self.transport.abort()
 
         def _hw_parse(self, data: bytes | memoryview) -> None:
             """Parse ``data``; what belongs to a header section only up to ``HEAD_MAX``."""
