@@ -140,6 +140,9 @@ def test_starting_a_running_workspace_leaves_it_running(solo: Solo) -> None:
         r = c.post("/workspaces/solo/start")
         assert r.status_code == 200
         assert (r.json()["state"], r.json()["state_reason"], r.json()["agent_connected"]) == ("running", None, True)
+        # Nothing happened, so the audit log says nothing of these starts (its creation is there).
+        actions = [e["action"] for e in c.get("/audit").json() if e["target"] == "solo/solo"]
+        assert actions == ["workspace.create"]
     w = solo.cli.ok("workspaces", "show", "solo", "--json").json()
     assert (w["state"], w["state_reason"], w["agent_connected"]) == ("running", None, True)
     assert _agent_pids(home) == agents, "the same agent keeps running"

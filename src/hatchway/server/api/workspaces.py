@@ -233,7 +233,10 @@ async def change_state(
             f'it runs on provider "{ws.provider.name}" ({ws.provider.kind}): start or stop its agent where it runs',
         )
     ws_id = ws.id
-    record(db, user, f"workspace.{action}", f"{ws.owner.username}/{ws.name}", client_source(request))
+    # A running workspace is left as it is by a start, and the answer says "already running":
+    # nothing changes, so nothing is recorded (as for a role set to what it already is).
+    if action != "start" or ws.state != "running":
+        record(db, user, f"workspace.{action}", f"{ws.owner.username}/{ws.name}", client_source(request))
     await db.commit()
     try:
         await getattr(_supervisor(request), action)(ws_id)
