@@ -1,20 +1,19 @@
-"""The server's open-files limit.
+"""The open-files limit of the processes on the byte path (server and agent).
 
-Every relayed SSH connection holds two sockets in the server (the client's and the agent's),
-and service managers start processes with a soft limit of 1,024 open files (systemd's default,
-kept low for programs that still use select()), which would cap a deployment at about 500
-concurrent connections. The hard limit is usually far higher, and any process may raise its
-soft limit up to it, as Go programs do on their own. The target stays moderate because children
-(workspace agents and their shells) inherit it, and some programs walk every possible
-descriptor at start.
+Every relayed SSH connection holds two sockets in the server (the client's and the agent's)
+and two or more descriptors in the agent (its stream to the server, and port 22's socket or
+the built-in server's session), and service managers (and recent container runtimes) start
+processes with a soft limit of 1,024 open files (systemd's default, kept low for programs that
+still use select()), which would cap a deployment, or one workspace, at about 500 concurrent
+connections. The hard limit is usually far higher, and any process may raise its soft limit up
+to it, as Go programs do on their own. The target stays moderate because children (workspace
+agents and their shells) inherit it, and some programs walk every possible descriptor at start.
 """
 
 from __future__ import annotations
 
 import logging
 import resource
-
-log = logging.getLogger("hatchway.server")
 
 #: Where the soft limit is raised to (or the hard limit, if lower).
 TARGET = 65536
@@ -36,13 +35,15 @@ def raise_open_files_limit(target: int = TARGET) -> tuple[int, int]:
     return soft, want
 
 
-def ensure_open_files() -> None:
-    """Raise the limit at server start; warn when what is left caps concurrent connections."""
+def ensure_open_files(log: logging.Logger) -> None:
+    """Raise the limit at start (quietly: a debug line); warn on ``log``, the process's own,
+    only when what is left caps concurrent connections, and say what to raise."""
     before, after = raise_open_files_limit()
     if after != before:
         log.debug("open files: soft limit raised from %d to %d", before, after)
     if after < WARN_BELOW:
         log.warning(
             "the open-files limit is %d (hard limit included): at most about %d SSH connections can be "
-            "relayed at once; raise it (LimitNOFILE= in the systemd unit, or ulimit -n)", after, after // 2 - 50,
+            "relayed at once; raise it (LimitNOFILE= in a systemd unit, --ulimit nofile= for a container, "
+            "or ulimit -n)", after, after // 2 - 50,
         )

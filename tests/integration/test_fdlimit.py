@@ -1,17 +1,27 @@
-"""The server raises its open-files limit, and says when what it got caps concurrent connections."""
+"""The server and the agent raise their open-files limit, and say when what they got caps
+concurrent connections."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.server import RunningServer
+from tests.helpers.agent import AgentProcess
+from tests.helpers.server import RunningServer, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+
+LIMITS = pytest.mark.parametrize(("nofile", "expected", "warned"), [
+    ("1024:8192", (8192, 8192), False),  # systemd's soft default: raised as far as the hard limit allows
+    ("512:2048", (2048, 2048), True),  # still low: the log says what it means and what to do
+])
+WARNING = ("the open-files limit is 2048 (hard limit included): at most about 974 SSH connections can be relayed at "
+           "once; raise it (LimitNOFILE= in a systemd unit, --ulimit nofile= for a container, or ulimit -n)")
 
 
 class LimitedServer(RunningServer):
@@ -33,10 +43,7 @@ def open_files_limit(pid: int) -> tuple[int, int]:
     raise AssertionError("no open-files line")
 
 
-@pytest.mark.parametrize(("nofile", "expected", "warned"), [
-    ("1024:8192", (8192, 8192), False),  # systemd's soft default: raised as far as the hard limit allows
-    ("512:2048", (2048, 2048), True),  # still low: the log says what it means and what to do
-])
+@LIMITS
 def test_the_server_raises_its_open_files_limit(tmp_path: Path, nofile: str, expected: tuple[int, int], warned: bool) -> None:
     server = LimitedServer(tmp_path / "data", nofile)
     server.start()
@@ -44,11 +51,31 @@ def test_the_server_raises_its_open_files_limit(tmp_path: Path, nofile: str, exp
         assert server.proc is not None
         # prlimit execs the server: same pid
         assert open_files_limit(server.proc.pid) == expected
-        warning = ("the open-files limit is 2048 (hard limit included): at most about 974 SSH connections can be "
-                   "relayed at once; raise it (LimitNOFILE= in the systemd unit, or ulimit -n)")
-        assert (warning in server.log()) is warned
+        assert (WARNING in server.log()) is warned
     finally:
         server.stop()
+
+
+@LIMITS
+def test_the_agent_raises_its_open_files_limit(tmp_path: Path, nofile: str, expected: tuple[int, int], warned: bool) -> None:
+    """Each SSH connection it relays costs the agent two descriptors or more: it kept the
+    1,024 it was started with (about 500 connections into one workspace)."""
+    with socket.socket() as unreachable:  # bound, never listening: connections to it are refused
+        unreachable.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unreachable.getsockname()[1]}"
+        agent = AgentProcess(url, "token", tmp_path / "home", argv_prefix=["prlimit", f"--nofile={nofile}"])
+        agent.start()
+        try:
+            assert agent.proc is not None
+            # Past its start: it keeps trying to reach the server.
+            wait_for(lambda: "cannot reach the Hatchway server" in agent.log(), 15, what="the agent to start")
+            assert open_files_limit(agent.proc.pid) == expected
+            log = agent.log()
+            assert (WARNING in log) is warned
+            if not warned:  # quiet: one line for --verbose only
+                assert f"DEBUG hatchway.agent: open files: soft limit raised from 1024 to {expected[0]}" in log
+        finally:
+            agent.stop()
 
 
 @pytest.mark.parametrize(("start", "target", "expected"), [

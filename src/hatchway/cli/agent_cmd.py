@@ -60,6 +60,7 @@ def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: 
     from hatchway.agent.protocol import URLError, normalize_url
     from hatchway.agent.runtime import AgentConfig, FatalError, run_until_signal
     from hatchway.eventloop import loop_factory
+    from hatchway.fdlimit import ensure_open_files
     from hatchway.malloc import keep_large_buffers
 
     setup_logging(verbose)
@@ -79,6 +80,8 @@ def agent(url: str | None, token: str | None, state_dir: Path | None, ssh_port: 
         home=Path.home(),
         sshd_config=sshd_config,
     )
+    # Each relayed SSH connection costs two or more descriptors here too (see hatchway.fdlimit).
+    ensure_open_files(logging.getLogger("hatchway.agent"))
     keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -159,7 +159,7 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         log.error("cannot take the data dir %s for this server: %s", settings.data_dir, exc)
         return 1
-    ensure_open_files()
+    ensure_open_files(log)
     app = create_app(settings)
     server = _Server(uvicorn_config(app, settings), settings, app)
     app.state.add_listener = server.add_listener  # see hatchway.providers.local
