@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import socket
+import struct
+import termios
 import threading
+import time
 
 import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from hatchway.bytepath.frames import DATA, FrameReader
 from hatchway.bytepath.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 from hatchway.cli import proxy
 
@@ -283,3 +288,94 @@ def test_a_frame_larger_than_the_socket_buffer_goes_out_whole_and_in_order() -> 
         a.shutdown(socket.SHUT_WR)
         reader.join()
     assert [(f.opcode, f.data) for f in client_frames(received[0])] == [(Opcode.BINARY, p) for p in payloads]
+
+
+class UpRelay:
+    """relay_up in a thread, reading a real pipe and sending to a socketpair, with the frames it
+    sent parsed one by one as they arrive."""
+
+    def __init__(self, hold: float, prefill: bytes = b"") -> None:
+        self.r, self.w = os.pipe()
+        fcntl.fcntl(self.w, proxy.F_SETPIPE_SZ, proxy.PIPE_SIZE)  # as ssh's pipe is made bigger
+        os.write(self.w, prefill)
+        self.a, self.b = socket.socketpair()
+        self.b.settimeout(10)
+        self.reader = FrameReader(masked=True)
+        self.frames: list[bytes] = []
+        self.thread = threading.Thread(target=lambda: (proxy.relay_up(self.r, proxy._Sender(self.a), hold),
+                                                       self.a.shutdown(socket.SHUT_WR)))
+        self.thread.start()
+
+    def unread(self) -> int:
+        """Bytes written to the pipe that relay_up has not read yet."""
+        return struct.unpack("i", fcntl.ioctl(self.r, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+    def drained(self) -> None:
+        deadline = time.monotonic() + 10
+        while self.unread():
+            assert time.monotonic() < deadline, "relay_up did not read the pipe"
+            time.sleep(0.001)
+
+    def next_frame(self) -> bytes:
+        """The next frame's payload; a socket timeout (10 s) if none comes."""
+        payload = bytearray()
+        while True:
+            if self.frames:
+                return self.frames.pop(0)
+            data = self.b.recv(1 << 20)
+            assert data, "the relay ended"
+            for event in self.reader.feed(data):
+                assert event[0] == DATA
+                payload += event[1]
+                # Frames are read whole here: a frame ends where the reader stands at a boundary.
+                if self.reader.at_boundary():
+                    self.frames.append(bytes(payload))
+                    payload.clear()
+
+    def close(self) -> list[bytes]:
+        """End of stdin: the frames still to come."""
+        os.close(self.w)
+        rest = b""
+        while data := self.b.recv(1 << 20):
+            rest += data
+        self.thread.join()
+        frames, payload = self.frames, bytearray()
+        for event in self.reader.feed(rest):
+            payload += event[1]
+            if self.reader.at_boundary():
+                frames.append(bytes(payload))
+                payload.clear()
+        os.close(self.r)
+        self.a.close()
+        self.b.close()
+        return frames
+
+
+def test_a_bulk_read_waits_for_the_next_packets_and_sends_them_in_one_frame() -> None:
+    relay = UpRelay(hold=0.5)
+    first, second = os.urandom(32 * 1024), os.urandom(32 * 1024)
+    os.write(relay.w, first)
+    relay.drained()  # read, and waiting: what comes now joins the same frame
+    os.write(relay.w, second)
+    assert relay.next_frame() == first + second
+    assert relay.close() == []
+
+
+def test_small_reads_and_full_reads_are_not_held() -> None:
+    waiting = os.urandom(proxy.CHUNK + 1000)  # in the pipe before relay_up reads: a full read, then the rest
+    relay = UpRelay(hold=60.0, prefill=waiting)  # any wait at all would outlast the socket's 10 s timeout
+    assert relay.next_frame() == waiting[: proxy.CHUNK]
+    assert relay.next_frame() == waiting[proxy.CHUNK :]
+    for size in (1, 100, proxy.BULK - 1):
+        data = os.urandom(size)
+        os.write(relay.w, data)
+        assert relay.next_frame() == data
+    assert relay.close() == []
+
+
+def test_end_of_stdin_during_the_wait_sends_what_was_read() -> None:
+    relay = UpRelay(hold=0.5)
+    data = os.urandom(proxy.BULK)
+    os.write(relay.w, data)
+    relay.drained()
+    assert relay.close() == [data]
