@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from hatchway.cli.common import api, print_json, print_table
+from hatchway.cli.replies import AuditEvent, Connection
 
 
-def detail_text(detail: dict) -> str:
+def detail_text(detail: dict[str, Any]) -> str:
     parts = []
     for key, value in detail.items():
         if isinstance(value, dict) and set(value) == {"old", "new"}:
@@ -30,7 +33,7 @@ def list_events(limit: int, actor: str | None, as_json: bool) -> None:
     params: dict[str, object] = {"limit": limit}
     if actor:
         params["actor"] = actor
-    rows = api().call("GET", "/audit", params=params)
+    rows = api().call("GET", "/audit", params=params, expect=list[AuditEvent])
     if as_json:
         print_json(rows)
         return
@@ -52,7 +55,7 @@ def connections(limit: int, username: str | None, workspace: str | None, as_json
         params["user"] = username
     if workspace:
         params["workspace"] = workspace
-    rows = api().call("GET", "/connections", params=params)
+    rows = api().call("GET", "/connections", params=params, expect=list[Connection])
     if as_json:
         print_json(rows)
         return
@@ -66,14 +69,15 @@ def connections(limit: int, username: str | None, workspace: str | None, as_json
     )
 
 
-def duration_text(connection: dict) -> str | None:
+def duration_text(connection: Connection) -> str | None:
     """How long a connection lasted, as the web UI says it; None (shown "-") while it is open
     or when it was refused."""
     from datetime import datetime
 
     from hatchway.server.web.format import connection_duration, human_duration
 
-    if connection["result"] == "refused" or not connection["ended_at"]:
+    ended_at = connection["ended_at"]
+    if connection["result"] == "refused" or not ended_at:
         return None
-    started, ended = (datetime.fromisoformat(connection[k].replace("Z", "+00:00")) for k in ("started_at", "ended_at"))
+    started, ended = datetime.fromisoformat(connection["started_at"]), datetime.fromisoformat(ended_at)
     return human_duration(connection_duration(started, ended))

@@ -9,12 +9,13 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar, overload
 
 import click
 import httpx
 
-from hatchway import __version__
+from hatchway import __version__, peerjson
+from hatchway.cli.replies import ErrorReply, mismatch
 from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
 from hatchway.cli.urlpath import routable, segment
 from hatchway.names import quoted
@@ -38,6 +39,15 @@ def user_agent() -> str:
 LOGIN_PLACEHOLDER = "hatchway login URL --username NAME"
 
 
+T = TypeVar("T")
+
+#: What to check when something other than Hatchway's API answers at the URL.
+NOT_HATCHWAY_ADVICE = (
+    "check the URL (hatchway login URL) and that the Hatchway server is running there, "
+    "behind its proxy if it has one"
+)
+
+
 class ApiClient:
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, username: str | None = None) -> None:
         self.url = url.rstrip("/")
@@ -47,28 +57,79 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
-        """Perform one API call; any failure exits with the server's own explanation."""
+    @overload
+    def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> object: ...
+
+    @overload
+    def call(
+        self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None, *, expect: type[T]
+    ) -> T: ...
+
+    def call(
+        self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None, *, expect: Any = object
+    ) -> Any:
+        """Perform one API call and return its answer, checked to have the shape ``expect``
+        (:mod:`hatchway.cli.replies`; without it, any JSON, for a caller that reads nothing in
+        it). Any failure exits with one line saying what happened: the server's own
+        explanation, or what answered instead of Hatchway's API."""
         for fields in (body, params):
             bad = not_utf8(fields) if isinstance(fields, dict) else None
             if bad is not None:
                 key, text = bad
-                shown = text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
-                what = "the password" if "password" in key else f"{key} {quoted(shown)}"  # never echo it
+                escaped = text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+                what = "the password" if "password" in key else f"{key} {quoted(escaped)}"  # never echo it
                 fail(f"{what} is not valid UTF-8, and the API takes only UTF-8 text; "
                      "give it in UTF-8 (check your terminal's or script's encoding)")
         try:
             resp = self._http.request(method, "/api/v1" + path, json=body, params=params)
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # It was reached: the connection broke mid-answer, or what answered does not speak HTTP.
+            fail(f"the server at {self.url} ended the connection without a complete HTTP answer "
+                 f"({shown(str(exc) or type(exc).__name__)[:200]}); try again, and if it goes on, "
+                 f"{NOT_HATCHWAY_ADVICE}")
         except httpx.HTTPError as exc:
             fail(why_unreachable(self.url, exc))
+        data = self._json(resp)
         if resp.status_code >= 400:
+            if mismatch(data, ErrorReply) is not None:
+                fail(f"the server at {self.url} answered {status_text(resp)} with JSON that is not a Hatchway error; "
+                     f"{NOT_HATCHWAY_ADVICE}")
+            error, detail = data["error"] or status_text(resp), data.get("detail") or ""
+            fail(shown(error) + (f": {shown(fill_login(detail, self.url, self.username))}" if detail else ""))
+        problem = mismatch(data, expect)
+        if problem is not None:
+            fail(f"the server at {self.url} answered {method} /api/v1{path} with JSON that Hatchway {__version__} "
+                 f"does not send there ({shown(problem)[:200]}); check the URL (hatchway login URL) and that the "
+                 f"server there runs Hatchway {__version__}, as this CLI does")
+        return data
+
+    def _json(self, resp: httpx.Response) -> Any:
+        """The answer's body as JSON, or exit saying what came instead (an HTML error page, a
+        redirect, a body cut short) and what to check. Hatchway's API answers every call,
+        errors included, with a JSON body."""
+        if resp.is_redirect:
+            where = shown(resp.headers.get("location", ""))[:200]
+            fail(f"the server at {self.url} answered {status_text(resp)}, a redirect to {where}, not Hatchway's API; "
+                 f"{NOT_HATCHWAY_ADVICE}")
+        ctype = resp.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if ctype == "application/json" or ctype.endswith("+json") or resp.content.lstrip()[:1] in (b"{", b"["):
             try:
-                data = resp.json()
-                error, detail = data.get("error") or resp.reason_phrase, data.get("detail") or ""
-            except ValueError:
-                error, detail = f"HTTP {resp.status_code}", resp.text[:200]
-            fail(f"{error}" + (f": {fill_login(detail, self.url, self.username)}" if detail else ""))
-        return resp.json() if resp.content else None
+                return peerjson.loads(resp.content)
+            except ValueError as exc:
+                fail(f"the server at {self.url} answered {status_text(resp)} with JSON cut short or malformed "
+                     f"({shown(str(exc))[:200]}); try again, and if it goes on, {NOT_HATCHWAY_ADVICE}")
+        if not resp.content:
+            what = "an empty body"
+        elif ctype == "text/html" or resp.content.lstrip()[:1] == b"<":
+            what = "an HTML page"
+        else:
+            what = f"a {shown(ctype)[:100]} body" if ctype else "a body that is not JSON"
+        fail(f"the server at {self.url} answered {status_text(resp)} with {what}, not Hatchway's API; {NOT_HATCHWAY_ADVICE}")
+
+
+def status_text(resp: httpx.Response) -> str:
+    """``502 Bad Gateway``: the status as people know it (the code alone when it has no name)."""
+    return f"{resp.status_code} {resp.reason_phrase}".strip()
 
 
 def fill_login(advice: str, url: str, username: str | None) -> str:

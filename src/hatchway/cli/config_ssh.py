@@ -19,13 +19,13 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 
 from hatchway.agent.authorized_keys import validate_public_key
 from hatchway.cli.common import ApiClient, directory_problem, fail, session_or_fail
 from hatchway.cli.keys import choose_key_path, download_key, holds_key, ssh_dir
+from hatchway.cli.replies import Key, Workspace
 from hatchway.cli.session import StoredSession, config_dir
 from hatchway.fileutil import (
     DanglingSymlinkError,
@@ -68,7 +68,7 @@ class Plan:
 
 
 def plan_entries(
-    workspaces: list[dict[str, Any]], key_path: Path, known_hosts_path: Path, proxy_argv: list[str]
+    workspaces: list[Workspace], key_path: Path, known_hosts_path: Path, proxy_argv: list[str]
 ) -> Plan:
     """Decide which workspaces get an entry and why the others do not (pure)."""
     plan = Plan()
@@ -144,11 +144,11 @@ class Prepared:
 def prepare(session: StoredSession) -> Prepared:
     """Ask the server for the key and the workspaces and plan the entries; writes nothing."""
     client = ApiClient(session.url, session.token, username=session.username)
-    public_key = client.call("GET", "/users/me/key")["public_key"]
+    public_key = client.call("GET", "/users/me/key", expect=Key)["public_key"]
     key_path = choose_key_path(session.url, public_key).absolute()
     sdir = config_dir()
     known = sdir / "known_hosts"
-    workspaces = client.call("GET", "/workspaces")
+    workspaces = client.call("GET", "/workspaces", expect=list[Workspace])
     plan = plan_entries(workspaces, key_path, known.absolute(), proxy_argv_for(sdir))
     files = {
         known: render_known_hosts(plan.known_hosts).encode(),

@@ -15,6 +15,7 @@ from hatchway.cli.common import (
     print_json,
     session_or_fail,
 )
+from hatchway.cli.replies import Key, PrivateKey
 from hatchway.fileutil import atomic_write, make_private_dir
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -107,14 +108,14 @@ def check_key_destination(path: Path, url: str) -> None:
         fail(f"cannot write {path}: {problem}")
 
 
-def download_key(client: ApiClient, path: Path) -> dict:
+def download_key(client: ApiClient, path: Path) -> PrivateKey:
     """Write the private key (0600, atomically) and its .pub next to it.
 
     Only the two files are written: a missing ``~/.ssh`` is created 0700 (as ssh-keygen does),
     and no directory's mode is ever changed, since the folder may be shared (``/tmp``) or the
     person's choice. The key file's own 0600 is what keeps it private.
     """
-    data = client.call("GET", "/users/me/key/private")
+    data = client.call("GET", "/users/me/key/private", expect=PrivateKey)
     pub = path.with_name(path.name + ".pub")
     files = [(path, data["private_key"], 0o600), (pub, data["public_key"] + "\n", 0o644)]
     try:
@@ -138,7 +139,7 @@ def keys() -> None:
 @keys.command("show")
 @click.option("--json", "as_json", is_flag=True)
 def show(as_json: bool) -> None:
-    k = api().call("GET", "/users/me/key")
+    k = api().call("GET", "/users/me/key", expect=Key)
     if as_json:
         print_json(k)
     else:
@@ -148,7 +149,7 @@ def show(as_json: bool) -> None:
 
 def current_key_path(client: ApiClient, url: str) -> Path:
     """:func:`choose_key_path` for the signed-in account (asks the server for its public key)."""
-    return choose_key_path(url, client.call("GET", "/users/me/key")["public_key"])
+    return choose_key_path(url, client.call("GET", "/users/me/key", expect=Key)["public_key"])
 
 
 @keys.command("download")
@@ -176,7 +177,7 @@ def regenerate(yes: bool) -> None:
     s = session_or_fail()
     client = ApiClient(s.url, s.token, username=s.username)
     path = current_key_path(client, s.url)  # before regenerating: a legacy file matches the old key
-    k = client.call("POST", "/users/me/key/regenerate")
+    k = client.call("POST", "/users/me/key/regenerate", expect=Key)
     click.echo(f"New key {k['fingerprint']}; running workspaces now accept only the new key")
     if path.exists():
         download_key(client, path)

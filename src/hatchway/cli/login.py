@@ -13,6 +13,7 @@ from hatchway.cli.common import (
     read_password_stdin,
     session_or_fail,
 )
+from hatchway.cli.replies import LoginReply, User
 from hatchway.cli.session import StoredSession, clear_session, save_session
 
 
@@ -32,9 +33,12 @@ def login(url: str, username: str, email: str | None, first_user: bool, password
     if first_user:
         if not email:
             fail("--first-user needs --email")
-        out = client.call("POST", "/auth/first-user", {"username": username, "email": email, "password": password})
+        out = client.call(
+            "POST", "/auth/first-user", {"username": username, "email": email, "password": password},
+            expect=LoginReply,
+        )
     else:
-        out = client.call("POST", "/auth/login", {"username": username, "password": password})
+        out = client.call("POST", "/auth/login", {"username": username, "password": password}, expect=LoginReply)
     path = save_session(StoredSession(url=url, token=out["token"], username=out["user"]["username"]))
     role = out["user"]["role"]
     click.echo(f"Logged in to {url} as {out['user']['username']} ({role}); session saved in {path}")
@@ -54,7 +58,7 @@ def logout() -> None:
 def whoami(as_json: bool) -> None:
     """Show who you are logged in as."""
     s = session_or_fail()
-    me = api().call("GET", "/users/me")
+    me = api().call("GET", "/users/me", expect=User)
     me["url"] = s.url
     if as_json:
         print_json(me)

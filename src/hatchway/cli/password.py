@@ -12,6 +12,7 @@ import sys
 import click
 
 from hatchway.cli.common import api, fail, prompt_secret
+from hatchway.cli.replies import Revoked
 
 STDIN_FORMAT = "--stdin expects two lines on standard input: your current password, then the new one"
 
@@ -41,6 +42,8 @@ def _prompt() -> tuple[str, str]:
 def password(from_stdin: bool) -> None:
     """Change your password. Your other sign-in sessions end; this one stays signed in."""
     current, new = _read_stdin() if from_stdin else _prompt()
-    out = api().call("PUT", "/users/me/password", {"current_password": current, "new_password": new})
+    out = api().call(
+        "PUT", "/users/me/password", {"current_password": current, "new_password": new}, expect=Revoked
+    )
     n = out["revoked"]
     click.echo(f"Password changed; signed out {n} other session{'' if n == 1 else 's'} (this one stays signed in)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hatchway.cli.common import api, name_segment, print_json, print_table
+from hatchway.cli.replies import Provider
 from hatchway.names import check_provider_name
 
 
@@ -20,7 +21,7 @@ def providers() -> None:
 @providers.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_providers(as_json: bool) -> None:
-    rows = api().call("GET", "/providers")
+    rows = api().call("GET", "/providers", expect=list[Provider])
     if as_json:
         print_json(rows)
         return
@@ -50,7 +51,7 @@ def create(name: str, kind: str, docker_host: str | None, docker_network: str | 
         body["docker_host"] = docker_host
     if docker_network:
         body["docker_network"] = docker_network
-    p = api().call("POST", "/providers", body)
+    p = api().call("POST", "/providers", body, expect=Provider)
     where = ""
     if p["kind"] == "docker":
         where = f", engine {p.get('docker_host') or 'the server DOCKER_HOST (default unix:///var/run/docker.sock)'}"
@@ -66,7 +67,7 @@ def edit(name: str, external_connect: str | None) -> None:
         body["external_connect"] = external_connect == "on"
     if not body:
         raise click.UsageError("nothing to change: give --external-connect on|off")
-    p = api().call("PATCH", f"/providers/{provider_segment(name)}", body)
+    p = api().call("PATCH", f"/providers/{provider_segment(name)}", body, expect=Provider)
     state = "on" if p["external_connect"] else "off (SSH refused, live sessions ended)"
     click.echo(f"Provider {p['name']}: External Connect {state}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hatchway.cli.common import api, fail, print_json, print_table
+from hatchway.cli.replies import Revoked, Session
 from hatchway.cli.session import clear_session
 from hatchway.cli.urlpath import segment
 
@@ -18,7 +19,7 @@ def sessions() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_sessions(as_json: bool) -> None:
     """List your unexpired sessions, the most recently used first (* marks this one)."""
-    rows = api().call("GET", "/users/me/sessions")
+    rows = api().call("GET", "/users/me/sessions", expect=list[Session])
     if as_json:
         print_json(rows)
         return
@@ -39,12 +40,13 @@ def revoke(session_id: str | None, others: bool) -> None:
     if others == bool(session_id):
         fail("name one session ID to sign out, or pass --others (not both)")
     if others:
-        out = client.call("POST", "/users/me/sessions/revoke-others")
+        out = client.call("POST", "/users/me/sessions/revoke-others", expect=Revoked)
         click.echo(f"Signed out {out['revoked']} other session{'s' if out['revoked'] != 1 else ''}; "
                    "SSH connections they opened have ended")
         return
     assert session_id is not None
-    matches = [s for s in client.call("GET", "/users/me/sessions") if s["id"].startswith(session_id.lower())]
+    mine = client.call("GET", "/users/me/sessions", expect=list[Session])
+    matches = [s for s in mine if s["id"].startswith(session_id.lower())]
     if not matches:
         fail(f"no session of yours starts with {session_id!r}; see hatchway sessions list")
     if len(matches) > 1:

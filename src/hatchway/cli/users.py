@@ -12,6 +12,7 @@ from hatchway.cli.common import (
     prompt_secret,
     read_password_stdin,
 )
+from hatchway.cli.replies import Revoked, User
 from hatchway.names import check_username
 
 
@@ -27,7 +28,7 @@ def users() -> None:
 @users.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_users(as_json: bool) -> None:
-    rows = api().call("GET", "/users")
+    rows = api().call("GET", "/users", expect=list[User])
     if as_json:
         print_json(rows)
         return
@@ -47,7 +48,7 @@ def create(name: str, email: str, role: str, password_stdin: bool) -> None:
     body = {"username": name, "email": email, "role": role}
     if password_stdin:
         body["password"] = read_password_stdin()
-    u = api().call("POST", "/users", body)
+    u = api().call("POST", "/users", body, expect=User)
     click.echo(f"Created {u['username']} ({u['role']}); SSH key {u['ssh_key_fingerprint']}")
     if not password_stdin:
         click.echo(
@@ -86,6 +87,6 @@ def set_password(name: str, password_stdin: bool) -> None:
     """Set or reset NAME's password; all of NAME's sign-in sessions end."""
     path = f"/users/{user_segment(name)}/password"  # before asking for a password it cannot set
     new = read_password_stdin() if password_stdin else prompt_secret(f"New password for {name}", "Repeat it")
-    out = api().call("PUT", path, {"password": new})
+    out = api().call("PUT", path, {"password": new}, expect=Revoked)
     n = out["revoked"]
     click.echo(f"Set the password of {name}; {n} of their sign-in session{'' if n == 1 else 's'} ended")

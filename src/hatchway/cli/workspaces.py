@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from hatchway.cli.common import (
+    ApiClient,
     api,
     fail,
     name_segment,
@@ -15,6 +16,7 @@ from hatchway.cli.common import (
     print_table,
     split_owner,
 )
+from hatchway.cli.replies import AgentToken, CreatedWorkspace, Workspace
 from hatchway.cli.urlpath import segment
 from hatchway.names import check_username, check_workspace_name, parse_env_assignment
 
@@ -22,7 +24,7 @@ from hatchway.names import check_username, check_workspace_name, parse_env_assig
 NAME_ADVICE = "name a workspace as NAME or OWNER/NAME (see: hatchway workspaces list)"
 
 
-def ssh_mode_text(ws: dict[str, Any]) -> str:
+def ssh_mode_text(ws: Workspace) -> str:
     if not ws["external_connect"]:
         return "disabled by a site manager (External Connect is off)"
     mode = ws.get("ssh_mode")
@@ -33,14 +35,14 @@ def ssh_mode_text(ws: dict[str, Any]) -> str:
     return "unknown (agent has not reported yet)"
 
 
-def state_text(ws: dict[str, Any]) -> str:
+def state_text(ws: Workspace) -> str:
     """The state, with the reason when it is one a person must read (failed, starting)."""
     if ws["state"] in ("failed", "starting") and ws.get("state_reason"):
         return f"{ws['state']}: {ws['state_reason']}"
     return ws["state"]
 
 
-def agent_text(ws: dict[str, Any]) -> str:
+def agent_text(ws: Workspace) -> str:
     return "connected" if ws["agent_connected"] else "disconnected"
 
 
@@ -69,14 +71,14 @@ def workspaces() -> None:
 WAIT_TIMEOUT = 90.0
 
 
-def wait_until_running(client: Any, name: str, params: dict[str, str] | None, timeout: float = WAIT_TIMEOUT) -> dict[str, Any]:
+def wait_until_running(client: ApiClient, name: str, params: dict[str, str] | None, timeout: float = WAIT_TIMEOUT) -> None:
     """Poll until the workspace runs (agent connected); exit non-zero, saying why, if it fails."""
     deadline = time.monotonic() + timeout
     last_reason = None
     while True:
-        w = client.call("GET", f"/workspaces/{segment(name)}", params=params)
+        w = client.call("GET", f"/workspaces/{segment(name)}", params=params, expect=Workspace)
         if w["state"] == "running" and w["agent_connected"]:
-            return w
+            return
         if w["state"] in ("failed", "stopped"):
             fail(f'workspace "{name}" is {w["state"]}' + (f": {w['state_reason']}" if w.get("state_reason") else ""))
         if w.get("state_reason") and w["state_reason"] != last_reason:
@@ -119,13 +121,13 @@ def create(
             raise click.UsageError("--cvm needs --image")
         body["cvm"] = True
     client = api()
-    ws = client.call("POST", "/workspaces", body)
+    ws = client.call("POST", "/workspaces", body, expect=CreatedWorkspace)
     click.echo(f"Created workspace {ws['name']} on provider {ws['provider']} ({ws['state']})")
     if ws["state"] == "starting" and wait:
         click.echo(f"Starting workspace {name}...", err=True)
-        ws = wait_until_running(client, name, None)
+        wait_until_running(client, name, None)
         click.echo(f"Workspace {name} is running (agent connected); connect with: ssh hatchway.{name}")
-    if ws.get("agent_token"):
+    elif ws.get("agent_command"):  # an agent Hatchway does not run (manual provider): its token is in it
         click.echo("Run the agent on the workspace machine, as the user SSH sessions should run as:")
         click.echo(f"  {ws['agent_command']}")
         click.echo("The token is shown only now; get a new one with: hatchway workspaces agent-token " + name)
@@ -135,7 +137,7 @@ def create(
 @click.option("--all", "all_users", is_flag=True, help="Every user's workspaces (site managers).")
 @click.option("--json", "as_json", is_flag=True)
 def list_workspaces(all_users: bool, as_json: bool) -> None:
-    rows = api().call("GET", "/workspaces", params={"all": "true"} if all_users else None)
+    rows = api().call("GET", "/workspaces", params={"all": "true"} if all_users else None, expect=list[Workspace])
     if as_json:
         print_json(rows)
         return
@@ -151,7 +153,7 @@ def list_workspaces(all_users: bool, as_json: bool) -> None:
 def show(name: str, as_json: bool) -> None:
     """Show a workspace (OWNER/NAME for another user's, site managers)."""
     ws, params = address(name)
-    w = api().call("GET", f"/workspaces/{ws}", params=params)
+    w = api().call("GET", f"/workspaces/{ws}", params=params, expect=Workspace)
     if as_json:
         print_json(w)
         return
@@ -198,7 +200,7 @@ def delete(name: str, yes: bool) -> None:
 def agent_token(name: str) -> None:
     """Issue a new agent token (the old one stops working)."""
     ws, params = address(name)
-    out = api().call("POST", f"/workspaces/{ws}/agent-token", params=params)
+    out = api().call("POST", f"/workspaces/{ws}/agent-token", params=params, expect=AgentToken)
     click.echo(out["agent_token"])
     click.echo(f"Run the agent with:\n  {out['agent_command']}", err=True)
 
@@ -206,7 +208,7 @@ def agent_token(name: str) -> None:
 def _lifecycle(action: str, name: str, wait: bool) -> None:
     ws, params = address(name)
     client = api()
-    w = client.call("POST", f"/workspaces/{ws}/{action}", params=params)
+    w = client.call("POST", f"/workspaces/{ws}/{action}", params=params, expect=Workspace)
     if action == "stop":
         click.echo(f"Stopped workspace {name}")
         return

@@ -1,0 +1,225 @@
+"""The real CLI facing answers that are not Hatchway's API, from a loopback server that says
+whatever a test tells it to: a reverse proxy's 502 page, a captive portal, a redirect, JSON cut
+short or of another shape, a connection that drops mid-answer, something that is not HTTP.
+
+Each ended in a Python traceback (JSONDecodeError, KeyError, TypeError, AttributeError,
+RecursionError). Now each is one line on stderr saying what answered and what to check, with
+exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socketserver
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import Cli, Result
+
+ADVICE = (
+    "check the URL (hatchway login URL) and that the Hatchway server is running there, behind its proxy if it has one"
+)
+
+
+def http(status: str, body: bytes = b"", content_type: str | None = "application/json", *extra: str) -> bytes:
+    """One complete HTTP/1.1 answer, as bytes on the wire."""
+    head = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", "Connection: close", *extra]
+    if content_type:
+        head.append(f"Content-Type: {content_type}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    """Reads one request (head and body) and sends the server's canned answer verbatim."""
+
+    server: Answering
+
+    def handle(self) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.request.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            body += self.request.recv(65536)
+        self.server.requests.append(head.split(b"\r\n", 1)[0].decode())
+        self.request.sendall(self.server.answer)
+
+
+class Answering(socketserver.ThreadingTCPServer):
+    """A loopback server answering every request with :attr:`answer`, then closing."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.answer = b""
+        self.requests: list[str] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@dataclass
+class World:
+    server: Answering
+    cli: Cli
+    tmp: Path
+
+    def run(self, answer: bytes, *args: str, stdin: str | None = None) -> Result:
+        self.server.answer = answer
+        self.server.requests.clear()
+        return self.cli.run(*(a.format(url=self.server.url, tmp=self.tmp) for a in args), stdin=stdin, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("wrong-answers")
+    server = Answering()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cli = Cli(tmp / "home")
+    cli.config_dir.mkdir(parents=True)
+    (cli.config_dir / "session.json").write_text(json.dumps({"url": server.url, "token": "hwt_x", "username": "bob"}))
+    try:
+        yield World(server, cli, tmp)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def one_line(r: Result) -> str:
+    """The one line a refused command prints, once it has exited 1 without a traceback."""
+    assert (r.code, r.out) == (1, ""), r
+    assert r.err.endswith("\n") and r.err.count("\n") == 1, r.err
+    return r.err[:-1]
+
+
+BROKEN = re.escape("ended the connection without a complete HTTP answer (") + ".+" + re.escape(
+    "); try again, and if it goes on, " + ADVICE
+)  # the reason in the parentheses is httpx's
+
+# What answers, and the rest of the line after "hatchway: the server at URL " (a pattern).
+ANSWERS = {
+    "nginx 502 page": (
+        http("502 Bad Gateway", b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>\r\n",
+             "text/html"),
+        re.escape("answered 502 Bad Gateway with an HTML page, not Hatchway's API; " + ADVICE),
+    ),
+    "captive portal": (
+        http("200 OK", b"<!DOCTYPE html><title>Sign in to the hotel Wi-Fi</title>", None),
+        re.escape("answered 200 OK with an HTML page, not Hatchway's API; " + ADVICE),
+    ),
+    "redirect": (
+        http("302 Found", b"", "text/html", "Location: https://portal.example/login?\x9b31m"),
+        re.escape("answered 302 Found, a redirect to https://portal.example/login?\\x9b31m, not Hatchway's API; " + ADVICE),
+    ),
+    "empty body": (http("200 OK", b"", None), re.escape("answered 200 OK with an empty body, not Hatchway's API; " + ADVICE)),
+    "plain text 503": (
+        http("503 Service Unavailable", b"upstream connect error", "text/plain"),
+        re.escape("answered 503 Service Unavailable with a text/plain body, not Hatchway's API; " + ADVICE),
+    ),
+    "JSON cut short": (
+        http("200 OK", b'{"username": "bob", "ema'),
+        re.escape("answered 200 OK with JSON cut short or malformed (Unterminated string starting at: line 1 column 21 "
+                  "(char 20)); try again, and if it goes on, " + ADVICE),
+    ),
+    "JSON nested too deeply": (
+        http("200 OK", b"[" * 100_000 + b"]" * 100_000),
+        re.escape("answered 200 OK with JSON cut short or malformed (JSON nested too deeply to parse); try again, and "
+                  "if it goes on, " + ADVICE),
+    ),
+    "JSON not UTF-8": (
+        http("200 OK", b'{"username": "\xff"}'),
+        re.escape("answered 200 OK with JSON cut short or malformed ('utf-8' codec can't decode byte 0xff in position "
+                  "14: invalid start byte); try again, and if it goes on, " + ADVICE),
+    ),
+    "a gateway's JSON error": (
+        http("401 Unauthorized", b'{"message": "Unauthorized"}'),
+        re.escape("answered 401 Unauthorized with JSON that is not a Hatchway error; " + ADVICE),
+    ),
+    "FastAPI's own error shape": (
+        http("422 Unprocessable Entity", b'{"detail": [{"loc": ["body"], "msg": "field required"}]}'),
+        re.escape("answered 422 Unprocessable Entity with JSON that is not a Hatchway error; " + ADVICE),
+    ),
+    "dropped mid-answer": (
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"username": ',
+        BROKEN,
+    ),
+    "not HTTP": (b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", BROKEN),
+}
+
+
+@pytest.mark.parametrize("case", list(ANSWERS))
+def test_an_answer_that_is_not_hatchways_api_is_one_line_saying_so(world: World, case: str) -> None:
+    answer, said = ANSWERS[case]
+    line = one_line(world.run(answer, "whoami"))
+    assert re.fullmatch(re.escape(f"hatchway: the server at {world.server.url} ") + said, line), line
+
+
+def test_a_command_that_reads_nothing_in_the_answer_does_not_take_a_page_for_success(world: World) -> None:
+    page = http("200 OK", b"<html>captive portal</html>", "text/html")
+    line = one_line(world.run(page, "workspaces", "delete", "dev", "-y"))
+    assert line == f"hatchway: the server at {world.server.url} answered 200 OK with an HTML page, not Hatchway's API; {ADVICE}"
+
+
+def test_hatchways_own_error_is_shown_on_one_line_whatever_it_holds(world: World) -> None:
+    error = http("409 Conflict", json.dumps({"error": "taken\nnow", "detail": "\x1b]0;pwned\x07rename it"}).encode())
+    assert one_line(world.run(error, "whoami")) == "hatchway: taken\\nnow: \\x1b]0;pwned\\x07rename it"
+
+
+# Every command that reads the answer, with what it needs to get as far as its first call.
+READERS: list[tuple[tuple[str, ...], str | None]] = [
+    (("login", "{url}", "--username", "bob", "--password-stdin"), "bob-password\n"),
+    (("whoami",), None),
+    (("whoami", "--json"), None),
+    (("password", "--stdin"), "old-password\nnew-password\n"),
+    (("users", "list"), None),
+    (("users", "create", "carol", "--email", "carol@example.com"), None),
+    (("users", "set-password", "carol", "--password-stdin"), "carol-password\n"),
+    (("sessions", "list"), None),
+    (("sessions", "revoke", "--others"), None),
+    (("sessions", "revoke", "abcd"), None),
+    (("keys", "show"), None),
+    (("keys", "download", "--output", "{tmp}/key"), None),
+    (("keys", "regenerate", "-y"), None),
+    (("providers", "list"), None),
+    (("providers", "create", "byo", "--kind", "manual"), None),
+    (("providers", "edit", "byo", "--external-connect", "off"), None),
+    (("workspaces", "create", "dev", "--provider", "byo"), None),
+    (("workspaces", "list"), None),
+    (("workspaces", "show", "dev"), None),
+    (("workspaces", "start", "dev"), None),
+    (("workspaces", "restart", "dev"), None),
+    (("workspaces", "stop", "dev"), None),
+    (("workspaces", "agent-token", "dev"), None),
+    (("audit", "list"), None),
+    (("audit", "connections"), None),
+    (("config-ssh", "--ssh-config", "{tmp}/ssh_config", "-y"), None),
+    (("ssh", "dev"), None),
+]
+
+WRONG_SHAPE = re.compile(
+    r"hatchway: the server at (?P<url>\S+) answered (?P<request>[A-Z]+ /api/v1/\S+) with JSON that Hatchway \S+ does not "
+    r'send there \(the answer(\[0\])? (is a list, not an object|is an object, not a list|has no "\w+")\); check the URL '
+    r"\(hatchway login URL\) and that the server there runs Hatchway \S+, as this CLI does"
+)
+
+
+@pytest.mark.parametrize("body", [{"unexpected": 1}, [{"unexpected": 1}]], ids=["object", "list"])
+@pytest.mark.parametrize(("args", "stdin"), READERS, ids=[" ".join(a) for a, _ in READERS])
+def test_json_of_another_shape_is_one_line_naming_what_is_wrong(
+    world: World, args: tuple[str, ...], stdin: str | None, body: object
+) -> None:
+    line = one_line(world.run(http("200 OK", json.dumps(body).encode()), *args, stdin=stdin))
+    m = WRONG_SHAPE.fullmatch(line)
+    assert m, line
+    assert m["url"] == world.server.url
+    assert m["request"] == world.server.requests[-1].rsplit(" ", 1)[0].partition("?")[0]  # the one that failed
