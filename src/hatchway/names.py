@@ -35,6 +35,15 @@ def quoted(value: str) -> str:
     return _show(value)
 
 
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: what is not printable (escape sequences, line breaks) is
+    shown escaped (``\\x1b``, ``\\n``), so values from the server (emails, names, what an
+    agent reports, a refusal) can neither drive the terminal nor split a table's rows."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def _check(name: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
     if not isinstance(name, str) or not pattern.fullmatch(name):
         raise ValueError(f"invalid {what} {_show(str(name))}: {rule}")

@@ -14,6 +14,13 @@ CERT_HINT = (
     "holding it"
 )
 
+#: What to check when something other than Hatchway's API answers at the server's URL (a
+#: reverse proxy's error page, a captive portal, another program on that port).
+NOT_HATCHWAY_ADVICE = (
+    "check the URL (hatchway login URL) and that the Hatchway server is running there, "
+    "behind its proxy if it has one"
+)
+
 
 def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind ``exc`` (HTTP libraries wrap it), if any."""

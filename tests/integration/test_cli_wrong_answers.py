@@ -9,17 +9,23 @@ exit status 1.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import socketserver
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from hatchway.bytepath.frames import OP_TEXT, frame_header
+from hatchway.cli.proxy import GUID
 from tests.helpers.cli import Cli, Result
+from tests.helpers.server import HATCHWAY
 
 ADVICE = (
     "check the URL (hatchway login URL) and that the Hatchway server is running there, behind its proxy if it has one"
@@ -51,17 +57,19 @@ class _Handler(socketserver.BaseRequestHandler):
         while length and len(body) < int(length.group(1)):
             body += self.request.recv(65536)
         self.server.requests.append(head.split(b"\r\n", 1)[0].decode())
-        self.request.sendall(self.server.answer)
+        answer = self.server.answer
+        self.request.sendall(answer if isinstance(answer, bytes) else answer(head))
 
 
 class Answering(socketserver.ThreadingTCPServer):
-    """A loopback server answering every request with :attr:`answer`, then closing."""
+    """A loopback server answering every request with :attr:`answer` (bytes, or made from the
+    request's head), then closing."""
 
     daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.answer = b""
+        self.answer: bytes | Callable[[bytes], bytes] = b""
         self.requests: list[str] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
@@ -76,6 +84,15 @@ class World:
         self.server.answer = answer
         self.server.requests.clear()
         return self.cli.run(*(a.format(url=self.server.url, tmp=self.tmp) for a in args), stdin=stdin, timeout=30)
+
+    def proxy(self, answer: bytes | Callable[[bytes], bytes], library: bool) -> Result:
+        """``hatchway proxy dev`` as ssh runs it (with nothing to send): on the fast path, or
+        through the websockets library, which a proxy setting selects (bypassed for loopback)."""
+        self.server.answer = answer
+        env = {**self.cli.env(), "http_proxy": "http://127.0.0.1:9", "no_proxy": "127.0.0.1"} if library else None
+        p = subprocess.run([HATCHWAY, "proxy", "dev"], input="", capture_output=True, text=True, check=False,
+                           env=env or self.cli.env(), timeout=30)
+        return Result(p.returncode, p.stdout, p.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +240,63 @@ def test_json_of_another_shape_is_one_line_naming_what_is_wrong(
     assert m, line
     assert m["url"] == world.server.url
     assert m["request"] == world.server.requests[-1].rsplit(" ", 1)[0].partition("?")[0]  # the one that failed
+
+
+def upgraded_then(text: bytes) -> Callable[[bytes], bytes]:
+    """An answer that accepts the WebSocket upgrade, then sends ``text`` as a text frame (how
+    the server says why it refuses or ends an SSH stream)."""
+
+    def answer(head: bytes) -> bytes:
+        key = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", head)
+        assert key
+        accept = base64.b64encode(hashlib.sha1(key[1] + GUID).digest())
+        return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + frame_header(OP_TEXT, len(text)) + text)
+
+    return answer
+
+
+AT = "the server at {url} "
+NOT_HTTP = AT + "did not answer the WebSocket upgrade in HTTP; " + ADVICE
+INVALID = AT + "answered with an invalid WebSocket handshake ({reason}); " + ADVICE  # {reason}: the library's
+NOT_THE_STREAM = AT + "answered HTTP 502, not Hatchway's SSH stream; " + ADVICE
+# What answers the proxy, and the line after "hatchway: " on the fast path and through the
+# websockets library.
+PROXY_ANSWERS: dict[str, tuple[bytes | Callable[[bytes], bytes], str, str]] = {
+    "an SSH server": (
+        b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\nInvalid SSH identification string.\r\n",
+        AT + "closed the connection during the WebSocket handshake",
+        INVALID,
+    ),
+    "another protocol": (b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n\r\n", NOT_HTTP, INVALID),
+    "a status of other digits": ("HTTP/1.1 ²01 OK\r\n\r\n".encode("latin-1"), NOT_HTTP, INVALID),
+    "a status of 5,000 digits": (b"HTTP/1.1 " + b"1" * 5000 + b" OK\r\n\r\n", NOT_HTTP, INVALID),
+    "nginx 502 page": (
+        http("502 Bad Gateway", b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+        NOT_THE_STREAM,
+        NOT_THE_STREAM,
+    ),
+    "a refusal of several lines with terminal control": (
+        upgraded_then(json.dumps({"type": "error", "error": "no\nway \x1b]0;pwned\x07"}).encode()),
+        "no\\nway \\x1b]0;pwned\\x07",
+        "no\\nway \\x1b]0;pwned\\x07",
+    ),
+    "an HTML page as a refusal": (
+        upgraded_then(b"<html>\n<body>portal</body>\n</html>"),
+        "<html>\\n<body>portal</body>\\n</html>",
+        "<html>\\n<body>portal</body>\\n</html>",
+    ),
+    "JSON of another shape as a refusal": (
+        upgraded_then(b'{"error": {"code": 7}}'), '{"error": {"code": 7}}', '{"error": {"code": 7}}'
+    ),
+}
+
+
+@pytest.mark.parametrize("library", [False, True], ids=["fast path", "websockets library"])
+@pytest.mark.parametrize("case", list(PROXY_ANSWERS))
+def test_the_proxy_says_in_one_line_what_answered(world: World, case: str, library: bool) -> None:
+    answer, fast, through_library = PROXY_ANSWERS[case]
+    pattern = re.escape("hatchway: " + (through_library if library else fast))
+    pattern = pattern.replace(re.escape("{url}"), re.escape(world.server.url)).replace(re.escape("{reason}"), ".+")
+    line = one_line(world.proxy(answer, library))
+    assert re.fullmatch(pattern, line), line

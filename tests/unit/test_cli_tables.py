@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hatchway.cli.common import print_table, shown
+from hatchway.cli.common import print_table
+from hatchway.names import shown
 
 
 def test_markup_in_values_is_shown_verbatim_and_cannot_break_the_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,8 +18,8 @@ from hatchway import __version__, peerjson
 from hatchway.cli.replies import ErrorReply, mismatch
 from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
 from hatchway.cli.urlpath import routable, segment
-from hatchway.names import quoted
-from hatchway.unreachable import why_unreachable
+from hatchway.names import quoted, shown
+from hatchway.unreachable import NOT_HATCHWAY_ADVICE, why_unreachable
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -40,12 +40,6 @@ LOGIN_PLACEHOLDER = "hatchway login URL --username NAME"
 
 
 T = TypeVar("T")
-
-#: What to check when something other than Hatchway's API answers at the URL.
-NOT_HATCHWAY_ADVICE = (
-    "check the URL (hatchway login URL) and that the Hatchway server is running there, "
-    "behind its proxy if it has one"
-)
 
 
 class ApiClient:
@@ -215,15 +209,6 @@ def _cell(value: Any) -> str:
         except ValueError:
             return value
     return str(value)
-
-
-def shown(text: str) -> str:
-    """``text`` safe for a terminal: what is not printable (escape sequences, line breaks) is
-    shown escaped (``\\x1b``, ``\\n``), so values from the server (emails, names, what an
-    agent reports) can neither drive the terminal nor split a table's rows."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

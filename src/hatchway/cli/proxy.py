@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import select
 import socket
 import stat
@@ -64,6 +65,9 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1024 * 1024
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE_HEAD = 64 * 1024
+#: The start of an HTTP/1.x status line, up to its three-digit code: ASCII digits only, since
+#: str.isdigit() also passes "²" and numbers of any length, on which int() raises.
+STATUS_LINE = re.compile(r"HTTP/1\.[01] ([0-9]{3})(?: |$)")
 PROXY_ENV = ("ws_proxy", "wss_proxy", "http_proxy", "https_proxy", "all_proxy", "socks_proxy")
 
 
@@ -74,7 +78,13 @@ class Refused(Exception):
 class HandshakeRefused(Refused):
     """The server answered the WebSocket upgrade with an HTTP status other than 101."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, shown: str, status: int) -> None:
+        if 400 <= status < 500:  # Hatchway, or its router, refusing this request
+            message = f"the server at {shown} refused the connection (HTTP {status})"
+        else:  # a proxy's 502 or 504, or another program than Hatchway answering
+            from hatchway.unreachable import NOT_HATCHWAY_ADVICE
+
+            message = f"the server at {shown} answered HTTP {status}, not Hatchway's SSH stream; {NOT_HATCHWAY_ADVICE}"
         super().__init__(message)
         self.status = status
 
@@ -118,14 +128,18 @@ def stream_url(base: str, workspace: str) -> str:
 
 
 def message_text(text: str) -> str:
-    """The user-facing part of a refusal the server sent as a text frame."""
+    """The user-facing part of a refusal the server sent as a text frame (``{"error": ...}``),
+    else the whole text; escaped onto one line either way, since it is printed as the one line
+    that says why ssh's connection ended, and whatever answered may have sent anything."""
     from hatchway import peerjson
+    from hatchway.names import shown
 
     try:
         data = peerjson.loads(text)
-        return str(data.get("error") or text)
-    except (ValueError, AttributeError):
-        return text
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    return shown(error if isinstance(error, str) and error else text)
 
 
 def uses_library(url: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -291,10 +305,14 @@ def _open(url: str, token: str, shown: str, timeout: float = OPEN_TIMEOUT_S) -> 
             head += data
         head, _, rest = head.partition(b"\r\n\r\n")
         status_line, *lines = head.decode("latin-1").split("\r\n")
-        fields = status_line.split(" ", 2)
-        status = int(fields[1]) if len(fields) >= 2 and fields[1].isdigit() else 0
+        matched = STATUS_LINE.match(status_line)
+        if matched is None:
+            from hatchway.unreachable import NOT_HATCHWAY_ADVICE
+
+            raise Refused(f"the server at {shown} did not answer the WebSocket upgrade in HTTP; {NOT_HATCHWAY_ADVICE}")
+        status = int(matched[1])
         if status != 101:
-            raise HandshakeRefused(f"the server at {shown} refused the connection (HTTP {status})", status)
+            raise HandshakeRefused(shown, status)
         headers: dict[str, str] = {}
         for line in lines:
             name, _, value = line.partition(":")
@@ -306,7 +324,9 @@ def _open(url: str, token: str, shown: str, timeout: float = OPEN_TIMEOUT_S) -> 
             or headers.get("sec-websocket-accept") != expected
             or headers.get("sec-websocket-extensions")
         ):
-            raise Refused(f"the server at {shown} answered with an invalid WebSocket handshake")
+            from hatchway.unreachable import NOT_HATCHWAY_ADVICE
+
+            raise Refused(f"the server at {shown} answered with an invalid WebSocket handshake; {NOT_HATCHWAY_ADVICE}")
         sock.settimeout(None)
         return sock, rest
     except TimeoutError:

@@ -27,7 +27,8 @@ from hatchway.cli.proxy import (
     stream_url,
 )
 from hatchway.malloc import keep_large_buffers
-from hatchway.unreachable import why_unreachable
+from hatchway.names import shown
+from hatchway.unreachable import NOT_HATCHWAY_ADVICE, why_unreachable
 
 
 def _pollable(fd: int) -> bool:
@@ -108,7 +109,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 async def run_proxy(url: str, token: str, workspace: str) -> None:
     from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
     loop = asyncio.get_running_loop()
@@ -124,8 +125,10 @@ async def run_proxy(url: str, token: str, workspace: str) -> None:
             user_agent_header=f"hatchway-proxy/{__version__}",  # as the plain ws:// client says
         )
     except InvalidStatus as exc:
-        status = exc.response.status_code
-        raise HandshakeRefused(f"the server at {url} refused the connection (HTTP {status})", status) from None
+        raise HandshakeRefused(url, exc.response.status_code) from None
+    except InvalidHandshake as exc:  # not HTTP, or not a WebSocket handshake (or an HTTP proxy refusing)
+        raise Refused(f"the server at {url} answered with an invalid WebSocket handshake ({shown(str(exc))}); "
+                      f"{NOT_HATCHWAY_ADVICE}") from None
     except (TimeoutError, OSError) as exc:
         raise Refused(why_unreachable(url, exc)) from None
     async with ws:
