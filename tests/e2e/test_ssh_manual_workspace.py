@@ -4,6 +4,7 @@ workspace whose agent runs as its own process with its own HOME, served by the b
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import subprocess
 import time
@@ -16,11 +17,12 @@ import pytest
 from hatchway.server.api.sessions import SIGNED_OUT
 from tests.helpers.agent import AgentProcess
 from tests.helpers.cli import Cli
-from tests.helpers.server import HATCHWAY, RunningServer, api, wait_for
+from tests.helpers.server import HATCHWAY, RunningServer, api, free_port, wait_for
 
 USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO5Rl4u0wzqfDtRlUOVnrz0bE8aNoTqUZ3dzCqNfH0KG my-laptop"
 ENV_START = "# --------- START HATCHWAY ENVIRONMENT VARIABLES ----------"
 ENV_END = "# ----------------- END HATCHWAY -----------------------"
+PINNED = ": Hatchway sets it, to take the connection through Hatchway and check the workspace's pinned host key"
 
 
 @dataclass
@@ -419,6 +421,88 @@ def test_hatchway_ssh_shortcut(world: World) -> None:
     r = subprocess.run([HATCHWAY, "ssh", "nope"], capture_output=True, text=True, env=world.bob.env(), timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip() == 'hatchway: no workspace named "nope" is yours; see "hatchway workspaces list"'
+
+
+def _hatchway_ssh(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HATCHWAY, "ssh", *args], capture_output=True, text=True, env=world.bob.env(), timeout=60)
+
+
+def test_hatchway_ssh_passes_ssh_options_as_ssh_reads_them(world: World) -> None:
+    r = _hatchway_ssh(world, "-v", "dev", "--", "echo", "hi")
+    assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+    assert "debug1: " in r.stderr and "debug2: " not in r.stderr
+    r = _hatchway_ssh(world, "-o", "LogLevel=DEBUG2", "dev", "true")
+    assert r.returncode == 0, r.stderr
+    assert "debug2: " in r.stderr
+    r = _hatchway_ssh(world, "dev", "-v", "true")  # after the workspace, as ssh reads options too
+    assert r.returncode == 0, r.stderr
+    assert "debug1: " in r.stderr
+    # After "--" (and once the command has started) everything is the command's, as before.
+    r = _hatchway_ssh(world, "dev", "--", "echo", "-v")
+    assert (r.returncode, r.stdout) == (0, "-v\n"), r.stderr
+    assert "debug1: " not in r.stderr
+    r = _hatchway_ssh(world, "dev", "echo", "-v")
+    assert (r.returncode, r.stdout) == (0, "-v\n"), r.stderr
+    assert "debug1: " not in r.stderr
+
+
+def test_hatchway_ssh_forwards_a_local_port(world: World) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as service:
+        service.settimeout(30)
+        local = free_port()
+        client = subprocess.Popen(
+            [HATCHWAY, "ssh", "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{local}:127.0.0.1:{service.getsockname()[1]}",
+             "dev", "--", "echo ready; exec sleep 60"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.bob.env(),
+        )
+        try:
+            assert client.stdout is not None and client.stdout.readline() == b"ready\n"
+            with socket.create_connection(("127.0.0.1", local), timeout=30) as through:
+                conn, _ = service.accept()
+                with conn:
+                    conn.sendall(b"from the service")
+                    through.sendall(b"from the laptop")
+                    assert conn.recv(100) == b"from the laptop"
+                assert through.recv(100) == b"from the service"
+        finally:
+            client.terminate()
+            client.communicate(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["-F", "/dev/null", "dev"], "-F: it would replace the ssh config that takes the connection through Hatchway"),
+        (["-vJjump.example", "dev"], "-J: it would take the connection around Hatchway's ProxyCommand"),
+        (["dev", "-J", "jump.example", "true"], "-J: it would take the connection around Hatchway's ProxyCommand"),
+        (["-o", "ProxyCommand=nc %h %p", "dev"], "-o ProxyCommand" + PINNED),
+        (["-oproxyjump jump.example", "dev"], "-o ProxyJump" + PINNED),
+        (["-o", '"UserKnownHostsFile" /dev/null', "dev"], "-o UserKnownHostsFile" + PINNED),
+        (["-A", "dev", "-o", "StrictHostKeyChecking=no", "true"], "-o StrictHostKeyChecking" + PINNED),
+    ],
+    ids=["-F", "-J in a cluster", "-J after the workspace", "-o", "-o attached, any case", "-o quoted keyword",
+         "-o after the workspace"],
+)
+def test_hatchway_ssh_refuses_options_that_go_around_hatchway(world: World, args: list[str], refused: str) -> None:
+    r = _hatchway_ssh(world, *args)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", f"hatchway: refusing {refused}; use plain ssh for that\n")
+
+
+def test_hatchway_ssh_usage(world: World) -> None:
+    for args, error in (
+        (["-Z", "dev"], "-Z is not an ssh option (see man ssh)"),
+        (["--verbose", "dev"], "'--verbose' is not an ssh option: ssh's options are single letters (see man ssh)"),
+        (["-v", "-L"], "ssh's option -L needs a value"),
+        (["-v"], "name the workspace to connect to"),
+    ):
+        r = _hatchway_ssh(world, *args)
+        assert (r.returncode, r.stdout) == (2, ""), r
+        assert r.stderr.endswith(f"\nError: {error}\n"), r.stderr
+    # "--" before the workspace ends the options there, as with ssh: "-F" is the command's.
+    r = _hatchway_ssh(world, "--", "dev", "echo", "-F")
+    assert (r.returncode, r.stdout) == (0, "-F\n"), r.stderr
+    r = _hatchway_ssh(world, "--help")
+    assert r.returncode == 0 and "hatchway ssh -v -L 8080:localhost:8080 dev" in r.stdout, r
 
 
 def test_config_ssh_dry_run_remove_and_user_content(world: World) -> None:
