@@ -300,3 +300,40 @@ def test_the_proxy_says_in_one_line_what_answered(world: World, case: str, libra
     pattern = pattern.replace(re.escape("{url}"), re.escape(world.server.url)).replace(re.escape("{reason}"), ".+")
     line = one_line(world.proxy(answer, library))
     assert re.fullmatch(pattern, line), line
+
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\nforged line"
+HOSTILE_SHOWN = "\\x1b]0;pwned\\x07\\x1b[2J\\nforged line"
+WORKSPACE = {
+    "id": "w1", "name": "dev", "owner": "bob", "provider": "byo", "provider_kind": "manual",
+    "external_connect": True, "state": "running", "state_reason": HOSTILE, "env": {"EDITOR": HOSTILE},
+    "agent_connected": True, "agent_last_seen": None, "os_user": HOSTILE, "ssh_mode": "openssh",
+    "ssh_server_version": None, "host_keys": [], "diagnostics": [HOSTILE],
+}
+KEY = {"public_key": "ssh-ed25519 AAAA " + HOSTILE, "fingerprint": "SHA256:" + HOSTILE}
+USER = {"username": "bob", "email": HOSTILE, "role": "member", "suspended": False, "has_password": True,
+        "created_at": "2026-11-28T12:00:00+00:00", "ssh_key_fingerprint": "SHA256:x"}
+
+
+@pytest.mark.parametrize(("args", "answer"), [
+    (("workspaces", "show", "dev"), WORKSPACE),
+    (("whoami",), USER),
+    (("keys", "show"), KEY),
+], ids=["workspaces show", "whoami", "keys show"])
+def test_text_from_the_server_cannot_drive_the_terminal_or_add_lines(
+    world: World, args: tuple[str, ...], answer: dict[str, object]
+) -> None:
+    """What the server (or an agent, through it) says is printed escaped: an escape sequence
+    could retitle or clear the terminal, a line break could forge a line of the output."""
+    r = world.run(http("200 OK", json.dumps(answer).encode()), *args)
+    assert r.code == 0, r
+    assert "\x1b" not in r.out and "\x07" not in r.out and "forged line\n" not in r.out.replace(HOSTILE_SHOWN, "")
+    assert HOSTILE_SHOWN in r.out
+    assert all("forged line" not in line or HOSTILE_SHOWN in line for line in r.out.splitlines())
+
+
+def test_a_refusal_quoting_the_server_is_one_escaped_line(world: World) -> None:
+    failed = {**WORKSPACE, "state": "failed"}
+    r = world.run(http("200 OK", json.dumps(failed).encode()), "workspaces", "start", "dev")
+    assert (r.code, r.out) == (1, "")
+    assert r.err == f'Starting workspace dev...\nhatchway: workspace "dev" is failed: {HOSTILE_SHOWN}\n'

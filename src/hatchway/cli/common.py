@@ -23,7 +23,8 @@ from hatchway.unreachable import NOT_HATCHWAY_ADVICE, why_unreachable
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"hatchway: {message}", err=True)
+    """The one line every refusal ends in; escaped, since it often quotes the server."""
+    click.echo(f"hatchway: {shown(message)}", err=True)
     raise SystemExit(code)
 
 

@@ -17,6 +17,7 @@ from hatchway.cli.common import (
 )
 from hatchway.cli.replies import Key, PrivateKey
 from hatchway.fileutil import atomic_write, make_private_dir
+from hatchway.names import shown
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -143,8 +144,8 @@ def show(as_json: bool) -> None:
     if as_json:
         print_json(k)
     else:
-        click.echo(k["public_key"])
-        click.echo(k["fingerprint"])
+        click.echo(shown(k["public_key"]))
+        click.echo(shown(k["fingerprint"]))
 
 
 def current_key_path(client: ApiClient, url: str) -> Path:
@@ -164,7 +165,7 @@ def download(output: Path | None) -> None:
     path = (output or current_key_path(client, s.url)).expanduser().absolute()
     check_key_destination(path, s.url)
     data = download_key(client, path)
-    click.echo(f"Wrote {path} (mode 0600), {data['fingerprint']}")
+    click.echo(f"Wrote {path} (mode 0600), {shown(data['fingerprint'])}")
 
 
 @keys.command("regenerate")
@@ -178,7 +179,7 @@ def regenerate(yes: bool) -> None:
     client = ApiClient(s.url, s.token, username=s.username)
     path = current_key_path(client, s.url)  # before regenerating: a legacy file matches the old key
     k = client.call("POST", "/users/me/key/regenerate", expect=Key)
-    click.echo(f"New key {k['fingerprint']}; running workspaces now accept only the new key")
+    click.echo(f"New key {shown(k['fingerprint'])}; running workspaces now accept only the new key")
     if path.exists():
         download_key(client, path)
         click.echo(f"Updated {path}")

@@ -15,6 +15,7 @@ from hatchway.cli.common import (
 )
 from hatchway.cli.replies import LoginReply, User
 from hatchway.cli.session import StoredSession, clear_session, save_session
+from hatchway.names import shown
 
 
 @click.command()
@@ -41,7 +42,7 @@ def login(url: str, username: str, email: str | None, first_user: bool, password
         out = client.call("POST", "/auth/login", {"username": username, "password": password}, expect=LoginReply)
     path = save_session(StoredSession(url=url, token=out["token"], username=out["user"]["username"]))
     role = out["user"]["role"]
-    click.echo(f"Logged in to {url} as {out['user']['username']} ({role}); session saved in {path}")
+    click.echo(shown(f"Logged in to {url} as {out['user']['username']} ({role}); session saved in {path}"))
 
 
 @click.command()
@@ -63,4 +64,4 @@ def whoami(as_json: bool) -> None:
     if as_json:
         print_json(me)
     else:
-        click.echo(f"{me['username']} <{me['email']}> ({me['role']}) on {s.url}")
+        click.echo(shown(f"{me['username']} <{me['email']}> ({me['role']}) on {s.url}"))

@@ -18,7 +18,7 @@ from hatchway.cli.common import (
 )
 from hatchway.cli.replies import AgentToken, CreatedWorkspace, Workspace
 from hatchway.cli.urlpath import segment
-from hatchway.names import check_username, check_workspace_name, parse_env_assignment
+from hatchway.names import check_username, check_workspace_name, parse_env_assignment, shown
 
 #: What to do about a workspace argument no workspace can have (as ``hatchway proxy`` says it).
 NAME_ADVICE = "name a workspace as NAME or OWNER/NAME (see: hatchway workspaces list)"
@@ -83,7 +83,7 @@ def wait_until_running(client: ApiClient, name: str, params: dict[str, str] | No
             fail(f'workspace "{name}" is {w["state"]}' + (f": {w['state_reason']}" if w.get("state_reason") else ""))
         if w.get("state_reason") and w["state_reason"] != last_reason:
             last_reason = w["state_reason"]
-            click.echo(f"  {w['state']}: {last_reason}", err=True)
+            click.echo(shown(f"  {w['state']}: {last_reason}"), err=True)
         if time.monotonic() > deadline:
             fail(
                 f'workspace "{name}" is still {w["state"]} after {timeout:.0f} s'
@@ -122,14 +122,14 @@ def create(
         body["cvm"] = True
     client = api()
     ws = client.call("POST", "/workspaces", body, expect=CreatedWorkspace)
-    click.echo(f"Created workspace {ws['name']} on provider {ws['provider']} ({ws['state']})")
+    click.echo(shown(f"Created workspace {ws['name']} on provider {ws['provider']} ({ws['state']})"))
     if ws["state"] == "starting" and wait:
         click.echo(f"Starting workspace {name}...", err=True)
         wait_until_running(client, name, None)
         click.echo(f"Workspace {name} is running (agent connected); connect with: ssh hatchway.{name}")
     elif ws.get("agent_command"):  # an agent Hatchway does not run (manual provider): its token is in it
         click.echo("Run the agent on the workspace machine, as the user SSH sessions should run as:")
-        click.echo(f"  {ws['agent_command']}")
+        click.echo(f"  {shown(ws['agent_command'])}")
         click.echo("The token is shown only now; get a new one with: hatchway workspaces agent-token " + name)
 
 
@@ -181,7 +181,7 @@ def show(name: str, as_json: bool) -> None:
         lines.append(("warning", d))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        click.echo(f"{key + ':':<{width + 1}} {value}")
+        click.echo(f"{key + ':':<{width + 1}} {shown(value)}")  # the server's text, and the agent's
 
 
 @workspaces.command("delete")
@@ -201,8 +201,8 @@ def agent_token(name: str) -> None:
     """Issue a new agent token (the old one stops working)."""
     ws, params = address(name)
     out = api().call("POST", f"/workspaces/{ws}/agent-token", params=params, expect=AgentToken)
-    click.echo(out["agent_token"])
-    click.echo(f"Run the agent with:\n  {out['agent_command']}", err=True)
+    click.echo(shown(out["agent_token"]))
+    click.echo(f"Run the agent with:\n  {shown(out['agent_command'])}", err=True)
 
 
 def _lifecycle(action: str, name: str, wait: bool) -> None:
@@ -217,7 +217,7 @@ def _lifecycle(action: str, name: str, wait: bool) -> None:
         click.echo(f"Workspace {name} is already running (agent connected)")
         return
     if not wait:
-        click.echo(f"Workspace {name} is {w['state']}")
+        click.echo(f"Workspace {name} is {shown(w['state'])}")
         return
     click.echo(f"{'Starting' if action == 'start' else 'Restarting'} workspace {name}...", err=True)
     wait_until_running(client, split_owner(name)[0], params)
