@@ -90,7 +90,7 @@ class ApiClient:
                 fail(f"the server at {self.url} answered {status_text(resp)} with JSON that is not a Hatchway error; "
                      f"{NOT_HATCHWAY_ADVICE}")
             error, detail = data["error"] or status_text(resp), data.get("detail") or ""
-            fail(shown(error) + (f": {shown(fill_login(detail, self.url, self.username))}" if detail else ""))
+            fail(error + (f": {fill_login(detail, self.url, self.username)}" if detail else ""))  # fail escapes it
         problem = mismatch(data, expect)
         if problem is not None:
             fail(f"the server at {self.url} answered {method} /api/v1{path} with JSON that Hatchway {__version__} "
