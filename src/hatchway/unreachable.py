@@ -22,6 +22,15 @@ NOT_HATCHWAY_ADVICE = (
 )
 
 
+def no_answer(url: str, seconds: float, what: str = "answer") -> str:
+    """A server that took the connection and then said nothing: reached, so "is it running?"
+    would send people the wrong way; overloaded or stuck is what it usually means."""
+    return (
+        f"the Hatchway server at {url} accepted the connection but sent no {what} within {seconds:g} s; "
+        "it may be overloaded or stuck: try again, and if it goes on, check the server's log"
+    )
+
+
 def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind ``exc`` (HTTP libraries wrap it), if any."""
     seen: set[int] = set()

@@ -337,3 +337,58 @@ def test_a_refusal_quoting_the_server_is_one_escaped_line(world: World) -> None:
     r = world.run(http("200 OK", json.dumps(failed).encode()), "workspaces", "start", "dev")
     assert (r.code, r.out) == (1, "")
     assert r.err == f'Starting workspace dev...\nhatchway: workspace "dev" is failed: {HOSTILE_SHOWN}\n'
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A loopback port whose kernel takes connections (the listen backlog) that nobody ever
+    answers: a server stuck or overloaded, as opposed to one that is not there."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_a_server_that_takes_the_connection_and_never_answers_is_not_called_unreachable(
+    silent_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hatchway.cli.common import ApiClient
+
+    with pytest.raises(SystemExit) as exited:
+        ApiClient(silent_url, timeout=0.3).call("GET", "/whoami")
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
+        f"hatchway: the Hatchway server at {silent_url} accepted the connection but sent no answer within 0.3 s; "
+        "it may be overloaded or stuck: try again, and if it goes on, check the server's log\n"
+    )
+
+
+def test_the_proxy_says_the_same_of_a_server_that_never_answers_the_upgrade(silent_url: str) -> None:
+    from hatchway.cli.proxy import Refused, _open, stream_url
+
+    with pytest.raises(Refused) as refused:
+        _open(stream_url(silent_url, "dev"), "token", silent_url, timeout=0.3)
+    assert str(refused.value) == (
+        f"the Hatchway server at {silent_url} accepted the connection but sent no answer to the WebSocket upgrade "
+        "within 0.3 s; it may be overloaded or stuck: try again, and if it goes on, check the server's log"
+    )
+
+
+def test_a_port_nobody_listens_on_is_still_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from hatchway.cli.common import ApiClient
+
+    with socket.socket() as probe:  # a port that was free a moment ago and is closed now
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(SystemExit):
+        ApiClient(url, timeout=0.3).call("GET", "/whoami")
+    err = capsys.readouterr().err
+    assert err.startswith(f"hatchway: cannot reach the Hatchway server at {url}: ")
+    assert err.endswith("; is it running?\n")

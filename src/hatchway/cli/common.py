@@ -19,7 +19,7 @@ from hatchway.cli.replies import ErrorReply, mismatch
 from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
 from hatchway.cli.urlpath import routable, segment
 from hatchway.names import quoted, shown
-from hatchway.unreachable import NOT_HATCHWAY_ADVICE, why_unreachable
+from hatchway.unreachable import NOT_HATCHWAY_ADVICE, no_answer, why_unreachable
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -50,6 +50,7 @@ class ApiClient:
         headers = {"User-Agent": user_agent()}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     @overload
@@ -82,6 +83,8 @@ class ApiClient:
             fail(f"the server at {self.url} ended the connection without a complete HTTP answer "
                  f"({shown(str(exc) or type(exc).__name__)[:200]}); try again, and if it goes on, "
                  f"{NOT_HATCHWAY_ADVICE}")
+        except (httpx.ReadTimeout, httpx.WriteTimeout):
+            fail(no_answer(self.url, self.timeout))
         except httpx.HTTPError as exc:
             fail(why_unreachable(self.url, exc))
         data = self._json(resp)

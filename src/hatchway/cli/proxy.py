@@ -331,7 +331,9 @@ def _open(url: str, token: str, shown: str, timeout: float = OPEN_TIMEOUT_S) -> 
         return sock, rest
     except TimeoutError:
         raw.close()
-        raise Refused(f"cannot reach the Hatchway server at {shown}: timed out during the WebSocket handshake") from None
+        from hatchway.unreachable import no_answer
+
+        raise Refused(no_answer(shown, timeout, "answer to the WebSocket upgrade")) from None
     except OSError as exc:
         raw.close()
         raise Refused(_unreachable(shown, exc, tls)) from None
