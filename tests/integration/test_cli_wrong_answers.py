@@ -286,6 +286,11 @@ PROXY_ANSWERS: dict[str, tuple[bytes | Callable[[bytes], bytes], str, str]] = {
         "<html>\\n<body>portal</body>\\n</html>",
         "<html>\\n<body>portal</body>\\n</html>",
     ),
+    "a refusal that is not UTF-8": (
+        upgraded_then(b"no \xff way"),
+        "no \ufffd way",
+        "no \ufffd way",
+    ),
     "JSON of another shape as a refusal": (
         upgraded_then(b'{"error": {"code": 7}}'), '{"error": {"code": 7}}', '{"error": {"code": 7}}'
     ),

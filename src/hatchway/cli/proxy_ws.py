@@ -91,14 +91,24 @@ async def _stdin_to_ws(ws: object, loop: asyncio.AbstractEventLoop) -> None:
 
 
 async def _ws_to_stdout(ws: object, loop: asyncio.AbstractEventLoop) -> None:
+    from websockets.exceptions import ConnectionClosedError
+
     stdout = _Fd(1, loop) if _pollable(1) else None
-    async for message in ws:  # type: ignore[attr-defined]
-        if isinstance(message, str):
-            raise Refused(message_text(message))
-        if stdout is not None:
-            await stdout.write(message)
-        else:
-            await loop.run_in_executor(None, _write_all, 1, message)
+    try:
+        async for message in ws:  # type: ignore[attr-defined]
+            if isinstance(message, str):
+                raise Refused(message_text(message))
+            if stdout is not None:
+                await stdout.write(message)
+            else:
+                await loop.run_in_executor(None, _write_all, 1, message)
+    except ConnectionClosedError as exc:
+        # websockets decodes text itself and closes on bytes that are not UTF-8, which ended
+        # the proxy without a word: show them as the plain client does, with replacement
+        # characters (the cause holds them; all of them, unless the message was fragmented).
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            raise Refused(message_text(exc.__cause__.object.decode(errors="replace"))) from None
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
