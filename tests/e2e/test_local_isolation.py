@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import resource
 import secrets
 import shlex
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import hatchway
+from hatchway import fdlimit
 
 from tests.helpers.cli import Cli
 from tests.helpers.netns import pids_of_uid, sweep_local_workspaces
@@ -150,11 +152,23 @@ def ended_saying(live: subprocess.Popen[bytes], reason: str) -> None:
         live.wait()
 
 
+#: The open-files limit the server starts with: systemd's default soft limit, under this
+#: machine's hard limit (the server raises its soft limit toward it).
+NOFILE = (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+class ServiceServer(RunningServer):
+    """A server started with the open-files limit a service manager gives it."""
+
+    def argv(self) -> list[str]:
+        return ["prlimit", f"--nofile={NOFILE[0]}:{NOFILE[1]}", *super().argv()]
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("local")
     links_before = links()
-    server = RunningServer(tmp / "data")
+    server = ServiceServer(tmp / "data")
     probe, seen = _probe(server.data_dir)
     server.start()
     alice = Cli(tmp / "alice")
@@ -200,6 +214,31 @@ def test_sessions_create_files_with_a_logins_umask_not_the_servers(world: World)
     for name in ("a", "b"):
         r = world.ssh(name, "umask; rm -rf um && mkdir um && touch um/f && stat -c '%a' um um/f; rm -rf um")
         assert (r.returncode, r.stdout.splitlines()) == (0, ["0022", "755", "644"]), (name, r.stderr)
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files line")
+
+
+def test_sessions_get_the_open_files_limit_a_login_gets_not_the_raised_one(world: World) -> None:
+    """The server and the agents raise their soft limit for their sockets; sshd, the built-in
+    server's sessions and what they run get the limit the server was started with, with or
+    without a terminal, as a login on that machine would."""
+    assert world.server.proc is not None
+    raised = min(fdlimit.TARGET, NOFILE[1])
+    if raised == NOFILE[0]:
+        pytest.skip(f"the hard open-files limit here ({NOFILE[1]}) leaves nothing to raise")
+    assert open_files_limit(world.server.proc.pid) == (raised, NOFILE[1])  # prlimit execs the server
+    pid = agent_pid(world.user("a"))
+    assert pid is not None and open_files_limit(pid) == (raised, NOFILE[1])
+    for name in ("a", "b"):
+        for tty in ((), ("-tt",)):
+            r = world.ssh(name, "ulimit -Sn; ulimit -Hn", *tty)
+            assert (r.returncode, r.stdout.split()) == (0, [str(NOFILE[0]), str(NOFILE[1])]), (name, tty, r.stderr)
 
 
 def test_isolation_is_shown(world: World) -> None:

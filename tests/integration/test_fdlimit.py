@@ -79,17 +79,18 @@ def test_the_agent_raises_its_open_files_limit(tmp_path: Path, nofile: str, expe
 
 
 @pytest.mark.parametrize(("start", "target", "expected"), [
-    ((256, 8192), 3000, "(256, 3000) (3000, 8192)"),  # up to the target when the hard limit allows more
-    ((256, 2048), 3000, "(256, 2048) (2048, 2048)"),  # else up to the hard limit
-    ((4000, 8192), 3000, "(4000, 4000) (4000, 8192)"),  # never lowered
+    # up to the target when the hard limit allows more; what it started with is kept for children
+    ((256, 8192), 3000, "(256, 3000) (3000, 8192) (256, 8192)"),
+    ((256, 2048), 3000, "(256, 2048) (2048, 2048) (256, 2048)"),  # else up to the hard limit
+    ((4000, 8192), 3000, "(4000, 4000) (4000, 8192) None"),  # never lowered: nothing to give back
 ])
 def test_raise_open_files_limit(start: tuple[int, int], target: int, expected: str) -> None:
     """In a child process: the limit is the process's own."""
     code = (
         "import resource\n"
         f"resource.setrlimit(resource.RLIMIT_NOFILE, {start})\n"
-        "from hatchway.fdlimit import raise_open_files_limit\n"
-        f"print(raise_open_files_limit({target}), resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+        "from hatchway.fdlimit import raise_open_files_limit, started_with\n"
+        f"print(raise_open_files_limit({target}), resource.getrlimit(resource.RLIMIT_NOFILE), started_with())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == expected

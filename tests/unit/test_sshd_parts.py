@@ -282,3 +282,38 @@ async def test_spawn_failure_closes_everything() -> None:
     finally:
         os.close(master)
     assert set(os.listdir("/proc/self/fd")) == before  # slave closed by spawn
+
+
+@pytest.mark.parametrize("pty", [False, True], ids=["exec", "pty"])
+@pytest.mark.parametrize("raised", [True, False], ids=["agent raised its limit", "agent kept its limit"])
+async def test_session_programs_start_with_the_open_files_limit_the_agent_was_started_with(
+    pty: bool, raised: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent raises its soft limit for its sockets (hatchway.fdlimit); a login gets the one
+    its service manager or container gave, as under OpenSSH."""
+    import resource
+
+    from hatchway import fdlimit
+    from hatchway.sshd.process import close_quietly, spawn
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    started = (soft - 7, hard)  # as if this process had raised its soft limit from there
+    monkeypatch.setattr(fdlimit, "_started_with", started if raised else None)
+    master, slave = os.openpty() if pty else (None, None)
+    s = spawn(
+        executable="/bin/sh",
+        argv=["sh", "-c", "ulimit -Sn; ulimit -Hn"],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        pty_master=master,
+        pty_slave=slave,
+    )
+    try:
+        assert await asyncio.wait_for(s.child.wait(), 10) == 0
+        os.set_blocking(s.stdout_fd, True)
+        out = os.read(s.stdout_fd, 1000).replace(b"\r\n", b"\n")
+    finally:
+        for fd in (s.stdin_fd, s.stdout_fd, s.stderr_fd, master):
+            close_quietly(fd)
+    assert out.decode().split() == [str(soft - 7 if raised else soft), str(hard)]
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)  # the agent's own is untouched

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import hatchway
+from hatchway.fdlimit import started_with
 from hatchway.providers import netns as nsutil
 from hatchway.providers import proc, userns
 from hatchway.providers.base import (
@@ -83,10 +84,16 @@ from hatchway.providers.sshd_config import render_sshd_config
 
 log = logging.getLogger("hatchway.providers.local")
 
-#: Runs the workspace under a login's umask, not the server's own 077 (kept for its data dir), so
-#: that sessions, scp and sshd in the workspace create files as on any machine. (uvloop's
-#: subprocess_exec takes no ``umask``, and the server's own umask must not change meanwhile.)
-LOGIN_UMASK = ("/bin/sh", "-c", 'umask 022 && exec "$@"', "hatchway-workspace")
+def login_wrapper() -> tuple[str, ...]:
+    """What the workspace's first process runs under: a login's umask, not the server's own 077
+    (kept for its data dir), so that sessions, scp and sshd in the workspace create files as on
+    any machine; and the open-files limit the server was started with, not the one it raised
+    for its sockets (see :func:`hatchway.fdlimit.started_with`), so that sshd's sessions get
+    what a login gets and the agent raises its own. (uvloop's subprocess_exec takes neither,
+    and the server's own must not change meanwhile.)"""
+    limit = started_with()
+    script = "umask 022" + (f" && ulimit -Sn {limit[0]}" if limit is not None else "") + ' && exec "$@"'
+    return ("/bin/sh", "-c", script, "hatchway-workspace")
 
 #: How the server serves one more listening socket (see ``hatchway.server.run``).
 AddListener = Callable[[socket.socket], Awaitable["Closable"]]
@@ -559,7 +566,7 @@ class LocalProvider(WorkspaceProvider):
         fd = await asyncio.to_thread(self._open_log, spec)
         try:
             process = await asyncio.create_subprocess_exec(
-                *LOGIN_UMASK, *argv,
+                *login_wrapper(), *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,

@@ -23,6 +23,8 @@ import subprocess
 import termios
 from collections.abc import Callable, Mapping
 
+from hatchway.fdlimit import give_back_started_limit, started_with
+
 log = logging.getLogger("hatchway.sshd")
 
 PIPE_SIZE = (
@@ -60,14 +62,22 @@ def _default_signals() -> None:  # pragma: no cover - runs in the child
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
+def _login_state() -> None:  # pragma: no cover - runs in the child
+    """What a login starts with that the agent does not have: default signals (see
+    :func:`_passes_on_signals`) and the open-files limit the agent was started with (see
+    :func:`hatchway.fdlimit.started_with`)."""
+    _default_signals()
+    give_back_started_limit()
+
+
 def _setup_pty_child() -> None:  # pragma: no cover - runs in the child
-    """Default signals, and stdin (the PTY slave) as the controlling terminal of the new session.
+    """A login's state, and stdin (the PTY slave) as the controlling terminal of the new session.
 
     Runs in the child between fork and exec, after ``start_new_session`` made it a session
     leader. Without a controlling terminal, job control and ^C do not work and the shell
     complains "no job control in this shell".
     """
-    _default_signals()
+    _login_state()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -197,7 +207,8 @@ def spawn(
             created.append(parent_out)
             parent_err = None
         else:
-            preexec = _default_signals if _passes_on_signals() else None
+            # Code between fork and exec costs the fast spawn (vfork): only when there is state to give back.
+            preexec = _login_state if _passes_on_signals() or started_with() is not None else None
             child_in, parent_in = os.pipe2(os.O_CLOEXEC)
             created += [child_in, parent_in]
             parent_out, child_out = os.pipe2(os.O_CLOEXEC)
