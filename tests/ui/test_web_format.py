@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from hatchway.server.web import format as fmt
-from hatchway.server.web.routes import safe_next
+from hatchway.server.web.base import safe_next
 
 
 @pytest.mark.parametrize(

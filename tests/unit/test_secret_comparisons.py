@@ -21,8 +21,8 @@ HASH_LOOKUP = re.compile(r"^[A-Z]\w*\.\w*token_hash (==|!=) (crypto\.)?hash_toke
 SESSION_ROW = re.compile(r"^ApiToken\.(id|user_id) == ")
 REVIEWED = {
     "password != confirm",  # web sign-up form: both typed by the same person in one request
-    'new != _form_secret(form, "new_password_confirm")',  # Account > Password: the same
-    'password != _form_secret(form, "password_confirm")',  # Manage > Users > Set password: the same
+    'new != form_secret(form, "new_password_confirm")',  # Account > Password: the same
+    'password != form_secret(form, "password_confirm")',  # Manage > Users > Set password: the same
     "body.new_password == body.current_password",  # both in one request, from one caller
     'k != "HATCHWAY_AGENT_TOKEN"',  # a variable's name, not its value
     "len(tokens) == 2",  # sshd_config words

@@ -1,0 +1,245 @@
+"""What every page of the web UI shares: the route class that turns errors into pages and
+checks CSRF, who is signed in, rendering, redirects and form fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from hatchway import __version__
+from hatchway.db.models import User
+from hatchway.server.auth import user_for_token
+from hatchway.server.context import get_db
+from hatchway.server.errors import APIError
+from hatchway.server.web import format as fmt
+from hatchway.server.web.security import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    FLASH_COOKIE,
+    PRESESSION_COOKIE,
+    SESSION_COOKIE,
+    add_security_headers,
+    clear_cookie,
+    csrf_token,
+    csrf_valid,
+    get_cookie,
+    pop_flash,
+    set_cookie,
+    set_flash,
+)
+
+log = logging.getLogger("hatchway.server.web")
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+templates = Jinja2Templates(directory=str(TEMPLATES))
+templates.env.filters.update(
+    bytes=fmt.human_bytes,
+    duration=fmt.human_duration,
+    utc=fmt.utc_text,
+    iso=fmt.iso,
+    ago=fmt.ago,
+    until=fmt.until,
+    client=fmt.client_text,
+    ssh_mode=fmt.ssh_mode_text,
+    detail=fmt.detail_text,
+    source=fmt.source_text,
+)
+templates.env.globals.update(version=__version__, SSH_DISABLED=fmt.SSH_DISABLED)
+
+
+class SignInRequired(Exception):
+    def __init__(self, next_url: str) -> None:
+        super().__init__("sign in required")
+        self.next_url = next_url
+
+
+class CSRFRefused(Exception):
+    pass
+
+
+class AccountSuspended(Exception):
+    pass
+
+
+class WebRoute(APIRoute):
+    """Routes of the UI answer in HTML: errors become pages, anonymous users go to sign-in,
+    every unsafe request must carry the CSRF token, and every page gets security headers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        inner = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                if request.method not in ("GET", "HEAD", "OPTIONS"):
+                    await _check_csrf(request)
+                response = await inner(request)
+            except SignInRequired as exc:
+                target = "/" if exc.next_url in ("/", "") else "/?" + urlencode({"next": exc.next_url})
+                response = RedirectResponse(target, status_code=303)
+            except AccountSuspended:
+                response = error_page(
+                    request, 403, "Your account is suspended", "Ask a site manager to reactivate it, then sign in again."
+                )
+                clear_cookie(request, response, SESSION_COOKIE)
+            except CSRFRefused:
+                response = error_page(
+                    request,
+                    403,
+                    "This form could not be verified",
+                    "It has expired or was not sent from a Hatchway page. Go back, reload the page "
+                    "and try again.",
+                )
+            except APIError as exc:
+                response = error_page(request, exc.status, exc.error, exc.detail)
+                if exc.headers:
+                    response.headers.update(exc.headers)
+            except RequestValidationError:
+                response = error_page(request, 400, "This request is not valid", "Go back and try again.")
+            except HTTPException as exc:
+                response = error_page(request, exc.status_code, str(exc.detail or "Error"))
+            except Exception:
+                log.exception("web UI: unhandled error on %s %s", request.method, request.url.path)
+                response = error_page(
+                    request, 500, "Something went wrong", "The server hit an unexpected error; it has been logged."
+                )
+            add_security_headers(response)
+            return response
+
+        return handler
+
+
+async def _check_csrf(request: Request) -> None:
+    submitted = request.headers.get(CSRF_HEADER)
+    if not submitted:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form()
+            value = form.get(CSRF_FIELD)
+            submitted = value if isinstance(value, str) else None
+    if not csrf_valid(request, submitted):
+        raise CSRFRefused()
+
+
+def page_router() -> APIRouter:
+    """A router for pages: HTML errors, CSRF checks, security headers (:class:`WebRoute`)."""
+    return APIRouter(route_class=WebRoute, include_in_schema=False)
+
+
+# --- who is asking --------------------------------------------------------------------------
+
+
+async def session_user(request: Request, db: AsyncSession) -> User | None:
+    token = get_cookie(request, SESSION_COOKIE)
+    if not token:
+        return None
+    try:
+        user = await user_for_token(db, token)
+    except APIError as exc:
+        if exc.status == 403:  # suspended: say so rather than bouncing to sign-in forever
+            raise AccountSuspended() from None
+        return None
+    request.state.user = user
+    request.state.session_token = token
+    return user
+
+
+async def web_user(request: Request, db: AsyncSession = Depends(get_db)) -> User:
+    user = await session_user(request, db)
+    if user is None:
+        path = request.url.path if request.method == "GET" else "/"
+        if request.method == "GET" and request.url.query:
+            path += "?" + request.url.query
+        raise SignInRequired(path)
+    return user
+
+
+async def web_manager(request: Request, user: User = Depends(web_user)) -> User:
+    if user.role != "site-manager":
+        raise APIError(403, "Only site managers can open this page", "Ask one of your site managers if you need a change here.")
+    return user
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    flash_raw = get_cookie(request, FLASH_COOKIE)
+    scratch = Response()
+    flash = pop_flash(request, scratch) if flash_raw else None
+    user: User | None = getattr(request.state, "user", None)
+    context.update(
+        request=request,
+        user=user,
+        is_manager=bool(user and user.role == "site-manager"),
+        csrf_field=CSRF_FIELD,
+        csrf_token=csrf_token(request),
+        flash=flash,
+        path=request.url.path,
+    )
+    response = templates.TemplateResponse(request, template, context, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    if flash_raw:
+        clear_cookie(request, response, FLASH_COOKIE)
+    new_pre = getattr(request.state, "new_presession", None)
+    if new_pre:
+        set_cookie(request, response, PRESESSION_COOKIE, new_pre, max_age=7 * 24 * 3600)
+    return response
+
+
+def error_page(request: Request, status: int, title: str, detail: str = "") -> HTMLResponse:
+    return render(request, "error.html", status=status, status_code=status, title=title, detail=detail)
+
+
+def redirect(request: Request, url: str, kind: str | None = None, message: str | None = None) -> RedirectResponse:
+    response = RedirectResponse(url, status_code=303)
+    if kind and message:
+        set_flash(request, response, kind, message)
+    return response
+
+
+def form_str(form: FormData, key: str) -> str:
+    value = form.get(key)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def validation_message(exc: ValidationError, labels: dict[str, str] | None = None) -> str:
+    """The model's refusals as sentences; ``labels`` names fields as the form's labels do."""
+    parts = []
+    for err in exc.errors()[:5]:
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        loc = (labels or {}).get(loc, loc)
+        if "at least" in msg and loc:
+            msg = f"{loc}: {msg}"
+        parts.append(msg[:1].upper() + msg[1:])
+    return "; ".join(parts)
+
+
+def safe_next(value: str | None) -> str:
+    """Only same-site paths: never an open redirect."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/workspaces"
+
+
+def form_secret(form: FormData, key: str) -> str:
+    """A password field exactly as typed: unlike names, passwords are never trimmed."""
+    value = form.get(key)
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,299 @@
+"""The Manage pages, for site managers: providers (External Connect), users, and the audit log
+of SSH connections and admin actions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Depends, Request
+from pydantic import ValidationError
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from hatchway import names
+from hatchway.db.models import AuditEvent, SSHConnection, User
+from hatchway.server.api import providers as providers_api
+from hatchway.server.api import schemas
+from hatchway.server.api import users as users_api
+from hatchway.server.api.convert import audit_out, connection_out
+from hatchway.server.connlog import workspace_filter
+from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
+from hatchway.server.errors import APIError
+from hatchway.server.web import format as fmt
+from hatchway.server.web.base import (
+    form_secret,
+    form_str,
+    page_router,
+    redirect,
+    render,
+    validation_message,
+    web_manager,
+)
+
+#: Rows per page of the audit log.
+PAGE_SIZE = 25
+
+router = page_router()
+
+
+# --- manage: providers --------------------------------------------------------------------
+
+
+@router.get("/manage/providers")
+async def providers_page(request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
+    return render(request, "providers.html", section="manage", providers=await providers_api.provider_rows(db), form={}, error=None)
+
+
+@router.post("/manage/providers")
+async def provider_create(request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
+    form = await request.form()
+    values = {k: form_str(form, k) for k in ("name", "kind")}
+    try:
+        body = schemas.ProviderCreateIn(name=values["name"], kind=values["kind"] or "manual", external_connect=form.get("external_connect") == "on")  # type: ignore[arg-type]
+        out = await providers_api.create_provider(body=body, request=request, sm=sm, db=db)
+    except ValidationError as exc:
+        error = validation_message(exc)
+    except APIError as exc:
+        await db.rollback()
+        error = f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}"
+    else:
+        return redirect(request, "/manage/providers", "success", f'Provider "{out.name}" created.')
+    return render(request, "providers.html", status=400, section="manage", providers=await providers_api.provider_rows(db), form=values, error=error)
+
+
+async def _provider_row(db: AsyncSession, name: str) -> schemas.ProviderOut:
+    for p in await providers_api.provider_rows(db):
+        if p.name == name:
+            return p
+    raise APIError(404, f'No provider named "{name}"', "See Manage > Providers for the providers of this deployment.")
+
+
+@router.get("/manage/providers/{name}/edit")
+async def provider_edit_page(name: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
+    return render(request, "provider_edit.html", section="manage", provider=await _provider_row(db, name))
+
+
+@router.post("/manage/providers/{name}/edit")
+async def provider_edit(
+    name: str,
+    request: Request,
+    sm: User = Depends(web_manager),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> Response:
+    form = await request.form()
+    before = await _provider_row(db, name)
+    wanted = form.get("external_connect") == "on"
+    # The API's own edit: audit event, live sessions ended, manifests pushed — identically.
+    after = await providers_api.apply_provider_edit(
+        ctx, db, sm, name, schemas.ProviderEditIn(external_connect=wanted), client_source(request)
+    )
+    if before.external_connect == after.external_connect:
+        return redirect(request, "/manage/providers", "info", f'No changes to provider "{name}".')
+    if after.external_connect:
+        msg = f'Saved. External Connect is on for provider "{name}": users can connect to its workspaces over SSH again.'
+    else:
+        msg = (
+            f'Saved. External Connect is off for provider "{name}": new SSH connections to its '
+            "workspaces are refused and live sessions were ended."
+        )
+    return redirect(request, "/manage/providers", "success", msg)
+
+
+# --- manage: users ------------------------------------------------------------------------
+
+
+async def _users_page(request: Request, sm: User, db: AsyncSession, status: int = 200, form: dict[str, str] | None = None, error: str | None = None) -> Response:
+    users = await users_api.list_users(_sm=sm, db=db)
+    return render(request, "users.html", status=status, section="manage", users=users, form=form or {"role": "member"}, error=error)
+
+
+@router.get("/manage/users")
+async def users_page(request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
+    return await _users_page(request, sm, db)
+
+
+@router.post("/manage/users")
+async def user_create(
+    request: Request, sm: User = Depends(web_manager), ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)
+) -> Response:
+    form = await request.form()
+    values = {k: form_str(form, k) for k in ("username", "email", "role")}
+    password = form.get("password")
+    try:
+        body = schemas.UserCreateIn(
+            username=values["username"], email=values["email"], role=values["role"] or "member",  # type: ignore[arg-type]
+            password=password if isinstance(password, str) else "",
+        )
+        out = await users_api.create_user(body=body, request=request, sm=sm, ctx=ctx, db=db)
+    except ValidationError as exc:
+        return await _users_page(request, sm, db, 400, values, validation_message(exc))
+    except APIError as exc:
+        await db.rollback()
+        return await _users_page(request, sm, db, exc.status, values, f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+    return redirect(request, "/manage/users", "success", f'User "{out.username}" created as {out.role}.')
+
+
+async def _user_action(request: Request, fn: Any, done: str, **kw: Any) -> Response:
+    try:
+        out = await fn(request=request, **kw)
+    except APIError as exc:
+        return redirect(request, "/manage/users", "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+    return redirect(request, "/manage/users", "success", done.format(u=out))
+
+
+@router.post("/manage/users/{username}/suspend")
+async def user_suspend(
+    username: str, request: Request, sm: User = Depends(web_manager),
+    ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db),
+) -> Response:
+    return await _user_action(
+        request, users_api.suspend_user, 'User "{u.username}" suspended: they cannot sign in or connect, and their live sessions were ended.',
+        username=username, sm=sm, ctx=ctx, db=db,
+    )
+
+
+@router.post("/manage/users/{username}/activate")
+async def user_activate(
+    username: str, request: Request, sm: User = Depends(web_manager),
+    ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db),
+) -> Response:
+    return await _user_action(request, users_api.activate_user, 'User "{u.username}" activated: they can sign in again (sessions from before the suspension stay ended).', username=username, sm=sm, ctx=ctx, db=db)
+
+
+@router.post("/manage/users/{username}/role")
+async def user_role(username: str, request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
+    form = await request.form()
+    try:
+        body = schemas.RoleIn(role=form_str(form, "role"))  # type: ignore[arg-type]
+    except ValidationError:
+        return redirect(request, "/manage/users", "error", "Choose a role: member or site-manager.")
+    return await _user_action(request, users_api.set_role, 'User "{u.username}" is now a {u.role}.', username=username, body=body, sm=sm, db=db)
+
+
+async def _user_row(db: AsyncSession, username: str) -> User:
+    try:
+        return await users_api.get_user(db, username)
+    except APIError:
+        raise APIError(404, f"No user named {names.quoted(username)}", "See Manage > Users for the users of this deployment.") from None
+
+
+def _user_password_page(request: Request, target: User, status: int = 200, error: str | None = None) -> Response:
+    return render(request, "user_password.html", status=status, section="manage", target=target, error=error)
+
+
+@router.get("/manage/users/{username}/password")
+async def user_password_page(
+    username: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+) -> Response:
+    return _user_password_page(request, await _user_row(db, username))
+
+
+@router.post("/manage/users/{username}/password")
+async def user_password_set(
+    username: str, request: Request, sm: User = Depends(web_manager), ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> Response:
+    target = await _user_row(db, username)
+    form = await request.form()
+    password = form_secret(form, "password")
+    if password != form_secret(form, "password_confirm"):
+        return _user_password_page(request, target, 400, "The two passwords do not match.")
+    try:
+        body = schemas.PasswordSetIn(password=password)
+    except ValidationError as exc:
+        return _user_password_page(request, target, 400, validation_message(exc, {"password": "New password"}))
+    # The API's own reset: every session of theirs ends (the caller's kept if it is their own), audited.
+    ended = await users_api.reset_password(
+        db, ctx.broadcast, sm, target.username, body.password, request.state.session_token, client_source(request)
+    )
+    sessions = f"{ended} sign-in session{'' if ended == 1 else 's'} of theirs ended"
+    return redirect(request, "/manage/users", "success", f'Password of "{target.username}" set; {sessions}.')
+
+
+# --- manage: audit ------------------------------------------------------------------------
+
+
+def _page_number(request: Request) -> int:
+    try:
+        return max(1, int(request.query_params.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+def _pager(request: Request, page: int, total: int) -> dict[str, Any]:
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    page = min(page, pages)
+    params = {k: v for k, v in request.query_params.items() if k != "page" and v}
+
+    def link(p: int) -> str:
+        return "/manage/audit?" + urlencode({**params, "page": str(p)})
+
+    return {
+        "page": page,
+        "pages": pages,
+        "total": total,
+        "first": (page - 1) * PAGE_SIZE + 1 if total else 0,
+        "last": min(page * PAGE_SIZE, total),
+        "newer": link(page - 1) if page > 1 else None,
+        "older": link(page + 1) if page < pages else None,
+    }
+
+
+@router.get("/manage/audit")
+async def audit_page(request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
+    q = request.query_params
+    view = "admin" if q.get("view") == "admin" else "connections"
+    user_f = (q.get("user") or "").strip()
+    ws_f = (q.get("workspace") or "").strip()
+    page = _page_number(request)
+
+    if view == "connections":
+        stmt = select(SSHConnection)
+        if user_f:
+            stmt = stmt.where(SSHConnection.username == user_f)
+        if ws_f:
+            stmt = stmt.where(workspace_filter(ws_f))
+        order = (SSHConnection.started_at.desc(), SSHConnection.id.desc())
+    else:
+        stmt = select(AuditEvent)
+        if user_f:
+            stmt = stmt.where(
+                or_(AuditEvent.actor == user_f, AuditEvent.target == user_f, AuditEvent.target.startswith(user_f + "/", autoescape=True))
+            )
+        if ws_f:
+            target = AuditEvent.target == ws_f if "/" in ws_f else or_(AuditEvent.target == ws_f, AuditEvent.target.endswith("/" + ws_f, autoescape=True))
+            stmt = stmt.where(and_(AuditEvent.action.startswith("workspace."), target))
+        order = (AuditEvent.id.desc(),)
+
+    total = (await db.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
+    pager = _pager(request, page, total)
+    rows = (await db.execute(stmt.order_by(*order).offset((pager["page"] - 1) * PAGE_SIZE).limit(PAGE_SIZE))).scalars().all()
+    if view == "connections":
+        items = [
+            {"c": connection_out(r), "duration": fmt.connection_duration(r.started_at, r.ended_at)} for r in rows
+        ]
+    else:
+        items = [{"e": audit_out(r)} for r in rows]
+    usernames = [u.username for u in (await db.execute(select(User).order_by(User.username))).scalars()]
+    base = {k: v for k, v in (("user", user_f), ("workspace", ws_f)) if v}
+    return render(
+        request,
+        "audit.html",
+        section="manage",
+        view=view,
+        items=items,
+        pager=pager,
+        user_filter=user_f,
+        workspace_filter=ws_f,
+        usernames=usernames,
+        tab_links={
+            "connections": "/manage/audit?" + urlencode(base),
+            "admin": "/manage/audit?" + urlencode({**base, "view": "admin"}),
+        },
+        clear_link="/manage/audit" + ("?view=admin" if view == "admin" else ""),
+    )

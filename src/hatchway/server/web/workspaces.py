@@ -1,0 +1,298 @@
+"""The Workspaces pages: the list, creating one, a workspace's page and its lifecycle buttons,
+deleting it, and a manual workspace's agent token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, Request
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
+
+from hatchway import names
+from hatchway.db.models import SSHConnection, User
+from hatchway.server.api import providers as providers_api
+from hatchway.server.api import schemas
+from hatchway.server.api import workspaces as ws_api
+from hatchway.server.api.convert import connection_out
+from hatchway.server.context import ServerContext, get_ctx, get_db
+from hatchway.server.errors import APIError
+from hatchway.server.policy import SSHFacts, external_connect_off_message, ssh_refusal
+from hatchway.server.web import format as fmt
+from hatchway.server.web.base import (
+    form_str,
+    page_router,
+    redirect,
+    render,
+    validation_message,
+    web_user,
+)
+
+router = page_router()
+
+
+def _connect_facts(viewer: User, w: schemas.WorkspaceOut, owner_id: str) -> SSHFacts:
+    return SSHFacts(
+        requester=viewer.username,
+        requester_id=viewer.id,
+        requester_suspended=viewer.suspended,
+        workspace=w.name,
+        owner=w.owner,
+        owner_id=owner_id,
+        provider=w.provider,
+        external_connect=w.external_connect,
+        state=w.state,
+        state_reason=w.state_reason,
+        agent_connected=w.agent_connected,
+        requester_sees_all=viewer.role == "site-manager",
+    )
+
+
+def _workspace_view(viewer: User, w: schemas.WorkspaceOut, managed: bool = False) -> dict[str, Any]:
+    mine = w.owner == viewer.username
+    refusal = ssh_refusal(_connect_facts(viewer, w, viewer.id if mine else "someone-else"))
+    return {
+        "ws": w,
+        "mine": mine,
+        "path": f"/workspaces/{w.owner}/{w.name}",
+        "command": f"ssh hatchway.{w.name}",
+        "ssh_disabled": not w.external_connect,
+        "ssh_disabled_detail": external_connect_off_message(w.provider),
+        "refusal": refusal,
+        "not_ready": _not_ready(w),
+        "managed": managed,
+    }
+
+
+def _not_ready(w: schemas.WorkspaceOut) -> str | None:
+    """A short why-not for the list; the detail page has the full sentence."""
+    if w.state != "running":
+        return f"Not reachable while {w.state}"
+    if not w.agent_connected:
+        return "Not reachable: agent not connected"
+    return None
+
+
+async def _show_workspace(db: AsyncSession, user: User, owner: str, name: str) -> schemas.WorkspaceOut:
+    try:
+        return await ws_api.show_workspace(name=name, owner=owner, user=user, db=db)
+    except APIError as exc:
+        if exc.status == 404:
+            raise APIError(404, f'No workspace "{owner}/{name}"', "It may have been deleted. See the Workspaces page.") from None
+        raise
+
+
+def _managed(request: Request, kind: str) -> bool:
+    """Whether Hatchway itself starts and stops workspaces of this provider kind."""
+    supervisor = getattr(request.app.state, "supervisor", None)
+    manages = getattr(supervisor, "manages", None)
+    return bool(manages(kind)) if callable(manages) else kind != "manual"
+
+
+async def _workspaces_page(
+    request: Request, user: User, db: AsyncSession, status: int = 200, form: dict[str, str] | None = None,
+    error: str | None = None, created: schemas.WorkspaceCreatedOut | None = None,
+) -> Response:
+    show_all = user.role == "site-manager" and request.query_params.get("all") == "1"
+    rows = await ws_api.list_workspaces(all_users=show_all, user=user, db=db)
+    providers = await providers_api.provider_rows(db)
+    return render(
+        request,
+        "workspaces.html",
+        status=status,
+        section="workspaces",
+        workspaces=[_workspace_view(user, w, _managed(request, w.provider_kind)) for w in rows],
+        providers=providers,
+        show_all=show_all,
+        form=form or {"provider": "local" if any(p.name == "local" for p in providers) else ""},
+        error=error,
+        created=created,
+        supports_openssh=_SUPPORTS_OPENSSH,
+    )
+
+
+# Newer APIs let a local workspace run OpenSSH on its port 22; offer it when this one does.
+_SUPPORTS_OPENSSH = "openssh" in schemas.WorkspaceCreateIn.model_fields
+
+
+@router.get("/workspaces")
+async def workspaces_page(request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)) -> Response:
+    return await _workspaces_page(request, user, db)
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        k, v = names.parse_env_assignment(line.strip())
+        env[k] = v
+    return env
+
+
+@router.post("/workspaces")
+async def create_workspace(
+    request: Request,
+    user: User = Depends(web_user),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> Response:
+    form = await request.form()
+    values = {k: form_str(form, k) for k in ("name", "provider")}
+    env_raw = form.get("env")
+    values["env"] = env_raw if isinstance(env_raw, str) else ""
+    extra: dict[str, Any] = {}
+    if _SUPPORTS_OPENSSH:
+        extra["openssh"] = form.get("openssh") == "on"
+        values["openssh"] = "on" if extra["openssh"] else ""
+    values["image"] = form_str(form, "image")
+    extra["cvm"] = form.get("cvm") == "on"
+    values["cvm"] = "on" if extra["cvm"] else ""
+    try:
+        body = schemas.WorkspaceCreateIn(
+            name=values["name"], provider=values["provider"] or "local", env=_parse_env(values["env"]),
+            image=values["image"] or None, **extra,
+        )
+        out = await ws_api.create_workspace(body=body, request=request, user=user, ctx=ctx, db=db)
+    except ValueError as exc:  # ValidationError is a ValueError too
+        msg = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+        return await _workspaces_page(request, user, db, 400, values, msg)
+    except APIError as exc:
+        await db.rollback()
+        await db.refresh(user)  # the rollback expired it; the page below reads it again
+        return await _workspaces_page(request, user, db, exc.status, values, f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+    if out.agent_command:
+        # A manual provider's agent token is shown exactly once, so render it now.
+        return render(request, "agent_token.html", section="workspaces", ws=out, agent_command=out.agent_command, created=True)
+    return redirect(request, "/workspaces", "success", f'Workspace "{out.name}" created on provider "{out.provider}".')
+
+
+@router.get("/workspaces/{owner}/{name}")
+async def workspace_page(
+    owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
+) -> Response:
+    w = await _show_workspace(db, user, owner, name)
+    view = _workspace_view(user, w, _managed(request, w.provider_kind))
+    view["connections"] = await _recent_connections(db, user, w.id)
+    return render(request, "workspace.html", section="workspaces", view=view)
+
+
+#: SSH connections shown on a workspace's page (the Audit page has them all, for site managers).
+RECENT_CONNECTIONS = 10
+
+
+async def _recent_connections(db: AsyncSession, viewer: User, workspace_id: str) -> list[dict[str, Any]]:
+    """The newest connections to the workspace: a member sees their own (as the API shows
+    them), a site manager everyone's, refused attempts by other users included."""
+    stmt = select(SSHConnection).where(SSHConnection.workspace_id == workspace_id)
+    if viewer.role != "site-manager":
+        stmt = stmt.where(SSHConnection.user_id == viewer.id)
+    stmt = stmt.order_by(SSHConnection.started_at.desc(), SSHConnection.id.desc()).limit(RECENT_CONNECTIONS)
+    rows = (await db.execute(stmt)).scalars().all()
+    return [{"c": connection_out(r), "duration": fmt.connection_duration(r.started_at, r.ended_at)} for r in rows]
+
+
+@router.get("/workspaces/{owner}/{name}/delete")
+async def workspace_delete_confirm(
+    owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
+) -> Response:
+    w = await _show_workspace(db, user, owner, name)
+    return render(request, "confirm.html", section="workspaces", **_delete_confirm_text(w))
+
+
+def _delete_confirm_text(w: schemas.WorkspaceOut) -> dict[str, Any]:
+    return {
+        "title": f'Delete workspace "{w.name}"?',
+        "body": [
+            f'Workspace "{w.owner}/{w.name}" on provider "{w.provider}" will be deleted.',
+            "Live SSH sessions to it end now and its agent is disconnected. This cannot be undone.",
+        ],
+        "action": f"/workspaces/{w.owner}/{w.name}/delete",
+        "confirm_label": "Delete workspace",
+        "danger": True,
+        "cancel": f"/workspaces/{w.owner}/{w.name}",
+    }
+
+
+@router.post("/workspaces/{owner}/{name}/delete")
+async def workspace_delete(
+    owner: str,
+    name: str,
+    request: Request,
+    user: User = Depends(web_user),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> Response:
+    await ws_api.delete_workspace(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
+    back = "/workspaces" if owner == user.username else "/workspaces?all=1"
+    return redirect(request, back, "success", f'Workspace "{owner}/{name}" deleted.')
+
+
+@router.get("/workspaces/{owner}/{name}/agent-token")
+async def agent_token_confirm(
+    owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
+) -> Response:
+    w = await _show_workspace(db, user, owner, name)
+    return render(
+        request,
+        "confirm.html",
+        section="workspaces",
+        title=f'New agent token for "{w.name}"?',
+        body=[
+            ("A new token is generated and shown once. The old token stops working now: an agent "
+            "running with it is disconnected until you restart it with the new one."),
+        ],
+        action=f"/workspaces/{w.owner}/{w.name}/agent-token",
+        confirm_label="Generate new token",
+        danger=False,
+        cancel=f"/workspaces/{w.owner}/{w.name}",
+    )
+
+
+@router.post("/workspaces/{owner}/{name}/agent-token")
+async def agent_token(
+    owner: str,
+    name: str,
+    request: Request,
+    user: User = Depends(web_user),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> Response:
+    out = await ws_api.rotate_agent_token(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
+    w = await ws_api.show_workspace(name=name, owner=owner, user=user, db=db)
+    return render(request, "agent_token.html", section="workspaces", ws=w, agent_command=out.agent_command, created=False)
+
+
+def _lifecycle_route(action: ws_api.Lifecycle) -> None:
+    """POST /workspaces/{owner}/{name}/<action> from the buttons: the API's change, then back
+    to the page the button was on with what happened."""
+
+    async def endpoint(
+        owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db),
+    ) -> Response:
+        form = await request.form()
+        back = form_str(form, "next")
+        if not back.startswith("/workspaces") or back.startswith("//"):
+            back = f"/workspaces/{owner}/{name}"
+        try:
+            out = await ws_api.change_state(action, name, owner, request, user, db)
+        except APIError as exc:
+            return redirect(request, back, "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+        label = f'"{owner}/{name}"'
+        if out.state == "failed":
+            return redirect(request, back, "error", f"Workspace {label} failed: {out.state_reason or 'see its details'}")
+        if action == "start" and out.state == "running":  # a page older than the workspace's start
+            return redirect(request, back, "success", f"Workspace {label} is already running.")
+        done = {"start": f"Starting workspace {label}.", "stop": f"Workspace {label} stopped.",
+                "restart": f"Restarting workspace {label}."}
+        return redirect(request, back, "success", done[action])
+
+    endpoint.__name__ = f"workspace_{action}"
+    router.add_api_route(f"/workspaces/{{owner}}/{{name}}/{action}", endpoint, methods=["POST"])
+
+
+for _action in ("start", "stop", "restart"):
+    _lifecycle_route(_action)
