@@ -240,13 +240,22 @@ def agent_started_under_nohup_from_a_script() -> Iterator[None]:
 @pytest.mark.parametrize("pty", [False, True], ids=["exec", "pty"])
 async def test_session_programs_start_with_default_signals(pty: bool, agent_started_under_nohup_from_a_script: None) -> None:
     """Otherwise a command outlives the client's hang-up and ^C does not interrupt it."""
-    from hatchway.sshd.process import _passes_on_signals, close_quietly, spawn
+    from hatchway.sshd.process import _passes_on_signals
 
     assert _passes_on_signals()
+    out = await _session_output(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"], pty)
+    assert out == b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+
+
+async def _session_output(argv: list[str], pty: bool) -> bytes:
+    """What a session program spawned as the built-in server does it (with a terminal or
+    not) writes, once it has exited 0."""
+    from hatchway.sshd.process import close_quietly, spawn
+
     master, slave = os.openpty() if pty else (None, None)
     s = spawn(
-        executable="/bin/grep",
-        argv=["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"],
+        executable=f"/bin/{argv[0]}",
+        argv=argv,
         cwd="/",
         env={"PATH": "/usr/bin:/bin"},
         pty_master=master,
@@ -255,11 +264,10 @@ async def test_session_programs_start_with_default_signals(pty: bool, agent_star
     try:
         assert await asyncio.wait_for(s.child.wait(), 10) == 0
         os.set_blocking(s.stdout_fd, True)
-        out = os.read(s.stdout_fd, 1000).replace(b"\r\n", b"\n")
+        return os.read(s.stdout_fd, 1000).replace(b"\r\n", b"\n")
     finally:
         for fd in (s.stdin_fd, s.stdout_fd, s.stderr_fd, master):
             close_quietly(fd)
-    assert out == b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
 
 
 async def test_spawn_failure_closes_everything() -> None:
@@ -294,26 +302,10 @@ async def test_session_programs_start_with_the_open_files_limit_the_agent_was_st
     import resource
 
     from hatchway import fdlimit
-    from hatchway.sshd.process import close_quietly, spawn
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     started = (soft - 7, hard)  # as if this process had raised its soft limit from there
     monkeypatch.setattr(fdlimit, "_started_with", started if raised else None)
-    master, slave = os.openpty() if pty else (None, None)
-    s = spawn(
-        executable="/bin/sh",
-        argv=["sh", "-c", "ulimit -Sn; ulimit -Hn"],
-        cwd="/",
-        env={"PATH": "/usr/bin:/bin"},
-        pty_master=master,
-        pty_slave=slave,
-    )
-    try:
-        assert await asyncio.wait_for(s.child.wait(), 10) == 0
-        os.set_blocking(s.stdout_fd, True)
-        out = os.read(s.stdout_fd, 1000).replace(b"\r\n", b"\n")
-    finally:
-        for fd in (s.stdin_fd, s.stdout_fd, s.stderr_fd, master):
-            close_quietly(fd)
+    out = await _session_output(["sh", "-c", "ulimit -Sn; ulimit -Hn"], pty)
     assert out.decode().split() == [str(soft - 7 if raised else soft), str(hard)]
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)  # the agent's own is untouched
