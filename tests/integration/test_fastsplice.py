@@ -118,6 +118,15 @@ def test_bytes_cross_both_ways_in_order_and_are_counted(run: Runner) -> None:
         assert (got[2], got[3]) == (up, down)
         assert app.in_callbacks()
         assert (app.stream.to_workspace, app.stream.from_workspace) == (len(up), len(down))
+        # uvicorn's copy of each upgrade request and 101 response (headers and all) is let go:
+        # nothing reads them once the handshake is over, and a relayed stream may idle for hours.
+        assert app.spliced is not None
+        for ws in app.spliced:
+            proto = FastSplice.protocol_of(ws)
+            assert proto is not None and (proto.request, proto.response) == (None, None)
+            # websockets' handshake parser, which goes on to parse frames, keeps the request:
+            # its headers are emptied.
+            assert not proto.conn.parser.gi_frame.f_locals["request"].headers
         await a.close()
         assert await asyncio.wait_for(app.result, 5) is None  # a client's close ends the splice
 

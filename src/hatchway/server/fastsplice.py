@@ -39,6 +39,23 @@ def protocol_of(ws: WebSocket) -> WebSocketsSansIOProtocol | None:
     return proto
 
 
+def drop_handshake(proto: WebSocketsSansIOProtocol) -> None:
+    """uvicorn keeps the upgrade request and its 101 response (with their headers) for the life
+    of every WebSocket, though it reads them only until the handshake is complete; for a
+    relayed stream, idle for hours, that was a tenth of the server's memory per connection (two
+    WebSockets each). What the app needs from the request is in its ASGI scope. Only for a
+    completed handshake (what :func:`protocol_of` returns).
+
+    websockets' handshake parser holds on to the request too (a local of the generator that
+    goes on parsing frames), so its headers are emptied rather than only let go."""
+    request = getattr(proto, "request", None)
+    if request is not None:
+        request.headers.clear()
+    for name in ("request", "response"):
+        if hasattr(proto, name):
+            setattr(proto, name, None)
+
+
 def _take_queued(splice: Splice, end: WebSocketEnd, proto: WebSocketsSansIOProtocol) -> None:
     """Messages uvicorn queued before the splice began (the client's SSH banner, sent before
     the agent dialled back) go first; a queued disconnect ends the splice. Reading that uvicorn
@@ -68,6 +85,8 @@ class FastSplice:
     def __init__(self, a: WebSocketsSansIOProtocol, b: WebSocketsSansIOProtocol, count_a: Callable[[int], None],
                  count_b: Callable[[int], None]) -> None:
         self.protos = (a, b)
+        for proto in self.protos:
+            drop_handshake(proto)
         self.splice = Splice(WebSocketEnd(a.transport, a.conn, count_a), WebSocketEnd(b.transport, b.conn, count_b))
 
     async def run(self) -> None:
@@ -92,6 +111,7 @@ async def splice_to_replica(agent: WebSocket, peer: ClientConnection, header: st
     proto = protocol_of(agent)
     if proto is None or not connection_idle(peer):
         return False
+    drop_handshake(proto)
     agent_end, peer_end = WebSocketEnd(proto.transport, proto.conn), WebSocketEnd(peer.transport, peer.protocol)
     splice = Splice(agent_end, peer_end)
 
