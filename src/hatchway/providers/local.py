@@ -95,6 +95,7 @@ def login_wrapper() -> tuple[str, ...]:
     script = "umask 022" + (f" && ulimit -Sn {limit[0]}" if limit is not None else "") + ' && exec "$@"'
     return ("/bin/sh", "-c", script, "hatchway-workspace")
 
+
 #: How the server serves one more listening socket (see ``hatchway.server.run``).
 AddListener = Callable[[socket.socket], Awaitable["Closable"]]
 
