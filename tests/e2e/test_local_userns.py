@@ -253,6 +253,16 @@ def test_the_data_dir_and_other_workspaces_are_hidden(world: World) -> None:
     assert r.stdout.splitlines() == ["workspaces", world.ids["a"], "data"]
     assert (data / "hatchway.db").exists() or list(data.glob("*.db"))  # there on the host...
     assert world.ssh("a", f"ls {data}/*.db 2>/dev/null | wc -l").stdout.strip() == "0"  # ...not inside
+    # The covers cannot be taken off: not where the workspace runs (its user namespace does not
+    # own that mount namespace), nor in a namespace of its own making (they are locked there).
+    mounted = set(world.ssh("a", "cut -d' ' -f5 /proc/self/mountinfo").stdout.split())
+    covers = [str(d) for d in (data, *data.parents) if str(d) in mounted and str(d) != "/"]
+    assert covers, mounted
+    unmount = "; ".join(f"umount -l {c} 2>&1" for c in covers)
+    for shell in ("sh", "unshare -Urm sh"):
+        tried = world.ssh("a", f"{shell} -c '{unmount}; ls {data}/*.db 2>/dev/null | wc -l'")
+        assert tried.stdout.splitlines()[-1] == "0", tried
+        assert len(tried.stdout.splitlines()) == len(covers) + 1, tried  # each umount refused, saying why
     code = _code_entries_in("/tmp")  # a checkout under /tmp (as CI may use) is passed through
     assert world.ssh("a", "echo secret > /tmp/from-a && ls /tmp").stdout.split() == sorted(["from-a", *code])
     assert world.ssh("b", "ls -A /tmp").stdout.split() == code

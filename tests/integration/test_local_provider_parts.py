@@ -211,7 +211,7 @@ def test_a_failed_attempt_names_apparmor_when_it_restricts_user_namespaces() -> 
     assert "kernel.apparmor_restrict_unprivileged_userns = 1" in ubuntu.reason
 
 
-def _fallback_isolation(tmp_path: Path, *, turned_off: bool, why: str = "") -> str:
+def _fallback_isolation(tmp_path: Path, *, turned_off: bool, why: str = "", owner_role: str = "site-manager") -> str:
     import asyncio
 
     from hatchway.providers.base import WorkspaceSpec
@@ -220,8 +220,26 @@ def _fallback_isolation(tmp_path: Path, *, turned_off: bool, why: str = "") -> s
     provider = LocalProvider(tmp_path, 7080, "http://127.0.0.1:7080", None, isolate=False if turned_off else None)
     provider.isolate = False  # as a server that is not root
     provider._no_userns = why
-    spec = WorkspaceSpec(id=WS_ID, name="dev", owner="alice", openssh=True)
+    spec = WorkspaceSpec(id=WS_ID, name="dev", owner="alice", openssh=True, owner_role=owner_role)
     return asyncio.run(provider.prepare(spec)).isolation
+
+
+def test_the_fallback_starts_no_members_workspace(tmp_path: Path) -> None:
+    """One made while the server could isolate it, or by a site manager since made a member,
+    would run as the server's own user: it is not started, and says why."""
+    from hatchway.providers.base import SetupError
+
+    for role in ("member", "", "site manager"):
+        with pytest.raises(SetupError) as refused:
+            _fallback_isolation(tmp_path, turned_off=False, why="no unshare", owner_role=role)
+        assert str(refused.value) == (
+            "local workspaces on this server are not isolated: the Hatchway server does not run as root and cannot use "
+            "user namespaces here (no unshare); one would run as the server's own user, with its access to the "
+            "deployment's secrets and database, so only a site manager may own one. Ask a site manager to run the "
+            "server as root, or allow user namespaces, for isolated workspaces, or to give you a workspace on another "
+            "provider"
+        )
+    assert not (tmp_path / "workspaces").exists()  # refused before anything was made
 
 
 def test_the_fallback_says_why_user_namespaces_could_not_be_used(tmp_path: Path) -> None:

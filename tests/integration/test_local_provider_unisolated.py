@@ -172,3 +172,33 @@ def test_an_agent_that_keeps_dying_is_retried_then_failed_with_its_reason(tmp_pa
         assert not list((server.data_dir / "workspaces").iterdir())
     finally:
         server.stop()
+
+
+def test_only_a_site_manager_may_own_an_unisolated_workspace(solo: Solo, tmp_path: Path) -> None:
+    """Unisolated, a workspace runs as the server's own user, who can read the deployment secret
+    and the database: a member refused, a site manager who owns one kept from becoming a member."""
+    solo.cli.ok("users", "create", "bob", "--email", "bob@example.com", "--password-stdin", stdin="bob-password\n")
+    bob = Cli(tmp_path / "bob")
+    bob.login(solo.server.url, "bob", "bob-password")
+    refused = bob.run("workspaces", "create", "dev")
+    assert refused.code == 1
+    assert refused.err.strip() == (
+        "hatchway: local workspaces on this server are only for site managers: local workspaces on this server are "
+        "not isolated: isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off); one would run as the server's own "
+        "user, with its access to the deployment's secrets and database, so only a site manager may own one. Ask a "
+        "site manager to run the server as root for isolated workspaces, or to give you a workspace on another provider"
+    )
+    assert bob.ok("workspaces", "list", "--json").json() == []
+
+    solo.cli.ok("users", "set-role", "bob", "site-manager")
+    bob.ok("workspaces", "create", "dev")
+    demoted = solo.cli.run("users", "set-role", "bob", "member")
+    assert demoted.code == 1
+    assert demoted.err.strip() == (
+        "hatchway: \"bob\" owns local workspaces that run as the server's own user: this server cannot isolate them "
+        "(isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off)) and a member may not own one: delete \"bob/dev\" "
+        "first (hatchway workspaces delete OWNER/NAME), or run the server as root for isolated workspaces"
+    )
+    assert {u["username"]: u["role"] for u in solo.cli.ok("users", "list", "--json").json()}["bob"] == "site-manager"
+    solo.cli.ok("workspaces", "delete", "bob/dev", "--yes")
+    solo.cli.ok("users", "set-role", "bob", "member")

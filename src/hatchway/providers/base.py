@@ -33,6 +33,9 @@ class WorkspaceSpec:
     name: str
     owner: str
     env: dict[str, str] = field(default_factory=dict)
+    #: The owner's role: a provider that cannot isolate a workspace from the server itself
+    #: (``local`` without namespaces) starts only a site manager's. Unknown counts as a member.
+    owner_role: str = "member"
     openssh: bool = False
     unix_user: str | None = None  # chosen on the first start and kept on the row
     # Container providers (``docker``): the image, systemd as PID 1, and the provider's engine.

@@ -180,6 +180,8 @@ class LocalProvider(WorkspaceProvider):
         self._missing: dict[str, str] = {}
         self._listeners: dict[str, Closable] = {}
         self._users_lock = asyncio.Lock()
+        #: :meth:`startup` has run: :meth:`unisolated` knows whether user namespaces work.
+        self.started = False
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -218,6 +220,7 @@ class LocalProvider(WorkspaceProvider):
             log.warning("local workspaces cannot be isolated: this server cannot listen inside their namespaces")
         if not self.isolate and not self._turned_off:
             await self._check_userns()
+        self.started = True
 
     async def _check_userns(self) -> None:
         for tool, package in USERNS_TOOLS.items():
@@ -324,18 +327,27 @@ class LocalProvider(WorkspaceProvider):
             unix_user=me, home=str(self.home(spec)), isolation=isolation, agent_url=f"http://127.0.0.1:{self.server_port}"
         )
 
+    def unisolated(self) -> tuple[str, str] | None:
+        """Why this server's local workspaces would run as the server's own user, and what would
+        isolate them; None when they are isolated (a Unix user or a user namespace of their own).
+        Known once :meth:`startup` has tried user namespaces."""
+        if self.isolate or self.userns:
+            return None
+        if self._turned_off:
+            return "isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off)", "run the server as root for isolated workspaces"
+        return (
+            f"the Hatchway server does not run as root and cannot use user namespaces here ({self._no_userns})",
+            "run the server as root, or allow user namespaces, for isolated workspaces",
+        )
+
     async def _prepare_unprivileged(self, spec: WorkspaceSpec) -> Prepared:
+        unisolated = self.unisolated()
+        assert unisolated is not None
+        why, hint = unisolated
+        if spec.owner_role != "site-manager":
+            raise SetupError(members_refused(why, hint))
         me = pwd.getpwuid(os.getuid()).pw_name
         await asyncio.to_thread(self._make_dirs_unprivileged, spec)
-        if self._turned_off:
-            why = "isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off)"
-        else:
-            why = f"the Hatchway server does not run as root and cannot use user namespaces here ({self._no_userns})"
-        hint = (
-            "run the server as root for isolated workspaces"
-            if self._turned_off
-            else "run the server as root, or allow user namespaces, for isolated workspaces"
-        )
         isolation = (
             f"not isolated: {why}, so this workspace could not get its own "
             f"Unix user (it runs as {me}, with its own HOME), network namespace (it shares the server's network; "
@@ -727,6 +739,17 @@ def launcher_env(plan: dict[str, Any], agent_env: dict[str, str]) -> dict[str, s
     }
 
 
+def members_refused(why: str, hint: str) -> str:
+    """Why a member may not own a local workspace on a server that cannot isolate one: it would
+    run as the server's own user, who can read the deployment secret and the database (every
+    user's private key, every session). A site manager is trusted with the deployment already."""
+    return (
+        f"local workspaces on this server are not isolated: {why}; one would run as the server's own user, "
+        f"with its access to the deployment's secrets and database, so only a site manager may own one. "
+        f"Ask a site manager to {hint}, or to give you a workspace on another provider"
+    )
+
+
 def isolation_override() -> bool | None:
     """``HATCHWAY_LOCAL_ISOLATION=off`` runs local workspaces unisolated (shared network, no
     namespaces, no Unix users) whether the server is root or not: to debug the provider, or
@@ -769,6 +792,7 @@ def spec_from_row(ws: Any) -> WorkspaceSpec:
         name=ws.name,
         owner=ws.owner.username,
         env=dict(ws.env or {}),
+        owner_role=ws.owner.role,
         openssh=bool(getattr(ws, "openssh", False)),
         unix_user=getattr(ws, "unix_user", None),
         image=getattr(ws, "image", None),

@@ -14,6 +14,7 @@ from hatchway.server import crypto
 from hatchway.server.api import schemas
 from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api.convert import user_out
+from hatchway.server.api.workspaces import refuse_demoting_unisolated_owner
 from hatchway.server.audit import record
 from hatchway.server.auth import bearer_token, current_user, issue_session_token, site_manager
 from hatchway.server.broadcast import Broadcast
@@ -296,6 +297,8 @@ async def set_role(
             raise APIError(409, "you are the last site manager", "make someone else a site manager first")
     if user.role == body.role:
         return user_out(user)  # nothing changed: nothing to record
+    if body.role != "site-manager":
+        await refuse_demoting_unisolated_owner(db, request, user)
     old = user.role
     user.role = body.role
     record(db, sm, "user.set-role", user.username, client_source(request), old=old, new=body.role)

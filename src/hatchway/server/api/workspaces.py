@@ -22,6 +22,7 @@ from hatchway.server.crypto import new_token
 from hatchway.server.errors import APIError
 from hatchway.server.relay import StreamMatch
 from hatchway.providers.base import SetupError, WorkspaceSpec
+from hatchway.providers.local import LocalProvider, members_refused
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
@@ -88,6 +89,8 @@ async def create_workspace(
             422, "--openssh is only for local workspaces",
             f'provider "{provider.name}" is {provider.kind}: run OpenSSH in that workspace yourself',
         )
+    if provider.kind == "local" and user.role != "site-manager":
+        _refuse_unisolated(supervisor)
     env = await _image_environment(body, provider, user, supervisor)
     token, digest = new_token(AGENT_TOKEN_PREFIX)
     ws = Workspace(
@@ -126,6 +129,43 @@ async def create_workspace(
         out.agent_token = token
         out.agent_command = agent_command(ctx.settings.url, token)
     return out
+
+
+def _unisolated(supervisor: Any) -> tuple[str, str] | None:
+    """Why this server's local workspaces would run as the server's own user, and what would
+    isolate them; None when they are isolated. Only a replica whose local provider has started
+    knows; elsewhere the supervisor's start refuses a member's (``LocalProvider.prepare``), as it
+    refuses one made before the server lost isolation."""
+    local = supervisor.provider("local") if supervisor is not None else None
+    return local.unisolated() if isinstance(local, LocalProvider) and local.started else None
+
+
+def _refuse_unisolated(supervisor: Any) -> None:
+    """Refuse a member's local workspace where it would run as the server's own user."""
+    unisolated = _unisolated(supervisor)
+    if unisolated is not None:
+        raise APIError(403, "local workspaces on this server are only for site managers", members_refused(*unisolated))
+
+
+async def refuse_demoting_unisolated_owner(db: AsyncSession, request: Request, user: User) -> None:
+    """A site manager who owns local workspaces running as the server's own user cannot become
+    a member while they do: the workspace would stay theirs, and so would a shell as the server."""
+    unisolated = _unisolated(_supervisor(request))
+    if unisolated is None:
+        return
+    names = (
+        await db.execute(
+            select(Workspace.name).join(Workspace.provider)
+            .where(Workspace.owner_id == user.id, Provider.kind == "local").order_by(Workspace.name)
+        )
+    ).scalars().all()
+    if names:
+        listed = ", ".join(quoted(f"{user.username}/{n}") for n in names)
+        raise APIError(
+            409, f"{quoted(user.username)} owns local workspaces that run as the server's own user",
+            f"this server cannot isolate them ({unisolated[0]}) and a member may not own one: delete {listed} first "
+            f"(hatchway workspaces delete OWNER/NAME), or {unisolated[1]}",
+        )
 
 
 async def _image_environment(body: schemas.WorkspaceCreateIn, provider: Provider, user: User, supervisor: Any) -> dict[str, str]:
