@@ -162,6 +162,7 @@ def test_cgroup_mounts_from_mountinfo() -> None:
     assert ic.cgroup_mounts(MOUNTINFO) == [
         ("/sys/fs/cgroup/cpu", True), ("/sys/fs/cgroup/systemd", True), ("/sys/fs/cgroup/unified", False),
     ]
+    assert ic.read_only_cgroups(MOUNTINFO) == ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/systemd"]
 
 
 def test_incontainer_module_uses_only_the_standard_library() -> None:

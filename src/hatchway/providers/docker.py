@@ -40,6 +40,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,6 +64,8 @@ log = logging.getLogger("hatchway.providers.docker")
 SYSTEMD_BOOT_TIMEOUT = 90.0
 #: "offline" (systemd does not answer) for this long means it is not coming: go on without it.
 SYSTEMD_OFFLINE_TIMEOUT = 15.0
+#: How long entering a CVM container to make its cgroups writable may take (a few ms normally).
+CGROUP_RW_TIMEOUT = 20
 DEFAULT_NETWORK = "none"
 
 
@@ -292,7 +295,7 @@ class DockerProvider(WorkspaceProvider):
         inspect = await client.container_inspect(cname)
         if inspect is not None and (inspect.get("Config", {}).get("Labels") or {}).get(api.LABEL_ID) != spec.id:
             raise SetupError(f"a container named {cname} exists and is not this workspace's; remove it (docker rm {cname})")
-        if inspect is not None and not api.mounts_match(inspect, plan):
+        if inspect is not None and not api.made_as_planned(inspect, plan):
             log.warning("container %s was made by another server version; re-creating it (the home volume stays)", cname)
             await client.container_remove(inspect["Id"])
             inspect = None
@@ -315,9 +318,28 @@ class DockerProvider(WorkspaceProvider):
                 raise SetupError(f"the workspace's container does not start: {api.start_error_hint(exc.engine_message, spec.cvm)}") from None
             inspect = await client.container_inspect(inspect["Id"])
             assert inspect is not None
+            if spec.cvm and api.running(inspect):
+                await self._make_cgroups_writable(client, inspect)
         if not api.running(inspect):
             await self._raise_if_stopped(client, inspect["Id"], "the workspace's container stopped at once")
         return inspect
+
+    async def _make_cgroups_writable(self, client: DockerClient, inspect: dict[str, Any]) -> None:
+        """What the container's systemd waits for, done from here: it has no CAP_SYS_ADMIN."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-m", "hatchway.providers.cgroup_rw", str(api.container_pid(inspect)),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd="/",
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), CGROUP_RW_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            err = b"it did not finish within %d s" % CGROUP_RW_TIMEOUT
+        if proc.returncode != 0:
+            await self._raise_if_stopped(client, inspect["Id"], "the CVM container stopped while starting")
+            why = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            raise SetupError(f"cannot make the CVM container's cgroup file systems writable for systemd: {why[0]}")
 
     async def _runtime_current(self, client: DockerClient, ref: str, plan: api.ContainerPlan) -> bool:
         try:

@@ -216,9 +216,10 @@ def container_create_body(plan: ContainerPlan) -> dict[str, Any]:
     Both kinds replace the image's ENTRYPOINT/CMD: a workspace's PID 1 is an init, and the agent
     comes in by ``exec``. ``--cvm`` runs systemd with what it needs in a container: tmpfs on
     /run, /run/lock and /tmp, ``container=docker``, SIGRTMIN+3 to stop, and a private cgroup
-    namespace whose cgroup mounts the in-container shim makes writable before it drops
-    CAP_SYS_ADMIN from the bounding set and execs ``/sbin/init`` (so systemd and everything it
-    starts never hold that capability; Docker itself mounts them read-only).
+    namespace. Docker mounts its cgroups read-only; the server makes them writable from the host
+    (:mod:`hatchway.providers.cgroup_rw`) while the in-container shim waits to exec
+    ``/sbin/init``. No process of the container holds CAP_SYS_ADMIN: not the shim (which the
+    image's LD_PRELOAD or /etc/ld.so.preload reach), not what ``docker exec`` starts.
     """
     mounts = [{"Type": "volume", "Source": plan.volume, "Target": home_of(plan.user)}] + runtime_mounts(plan.runtime)
     # The dynamic loader's variables of the workspace (LD_PRELOAD=~/x.so) would be loaded into
@@ -254,7 +255,6 @@ def container_create_body(plan: ContainerPlan) -> dict[str, Any]:
         body["StopSignal"] = CVM_STOP_SIGNAL
         host_config["Tmpfs"] = dict(CVM_TMPFS)
         host_config["CgroupnsMode"] = "private"
-        host_config["CapAdd"] = ["SYS_ADMIN"]
     return body
 
 
@@ -366,15 +366,18 @@ def systemd_state_ready(output: str) -> bool | None:
     return None
 
 
-def mounts_match(inspect: dict[str, Any], plan: ContainerPlan) -> bool:
-    """Whether an existing container was created with the mounts this plan needs (an older
-    server may have used other ones; such a container is re-created, keeping the home volume)."""
-    want = {(m["Target"], m.get("Source")) for m in container_create_body(plan)["HostConfig"]["Mounts"]}
+def made_as_planned(inspect: dict[str, Any], plan: ContainerPlan) -> bool:
+    """Whether an existing container was created with the mounts and capabilities this plan
+    needs (an older server may have used other ones, such as CAP_SYS_ADMIN for ``--cvm``; such a
+    container is re-created, keeping the home volume)."""
+    body = container_create_body(plan)
+    want = {(m["Target"], m.get("Source")) for m in body["HostConfig"]["Mounts"]}
     have: set[tuple[str, str | None]] = set()
     for m in inspect.get("Mounts") or []:
         src = m.get("Name") if m.get("Type") == "volume" else m.get("Source")
         have.add((m.get("Destination"), src))
-    return want <= have
+    caps = (inspect.get("HostConfig") or {}).get("CapAdd") or []
+    return want <= have and sorted(caps) == sorted(body["HostConfig"].get("CapAdd") or [])
 
 
 def sole(items: Iterable[dict[str, Any]]) -> dict[str, Any] | None:

@@ -5,10 +5,10 @@
 
 * ``init`` — PID 1 of a plain workspace: reaps orphans, and on ``docker stop`` (SIGTERM) asks
   every process to end, then kills what is left.
-* ``cvm-init`` — the first moment of a ``--cvm`` workspace: makes the container's own cgroup
-  mounts writable (the cgroup namespace is private, so they show only this container's
-  subtree), drops CAP_SYS_ADMIN from the bounding set, and ``exec``s ``/sbin/init`` — systemd
-  becomes PID 1 without the capability that was needed for the remount.
+* ``cvm-init`` — the first moment of a ``--cvm`` workspace: waits until the server has made the
+  container's own cgroup mounts writable (the cgroup namespace is private, so they show only
+  this container's subtree; see :mod:`hatchway.providers.cgroup_rw`), and ``exec``s
+  ``/sbin/init``. The container never holds CAP_SYS_ADMIN.
 * ``setup --name NAME --home DIR`` — as root: make sure the workspace user exists (reusing an
   account the image already has, else adding lines to /etc/passwd, /etc/group and /etc/shadow
   itself, so the image needs no ``useradd``) and owns its home (the persistent volume, filled
@@ -22,7 +22,6 @@ Failures print one line starting with ``hatchway:`` and exit with status 3.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -35,11 +34,8 @@ from dataclasses import dataclass
 EXIT_SETUP = 3
 FIRST_UID = 1000
 MAX_UID = 60000
-PR_CAPBSET_DROP = 24
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-CAP_SYS_ADMIN = 21
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 0x2, 0x4, 0x8, 0x20, 0x1000
+#: How long a ``--cvm`` container's PID 1 waits for the server to make its cgroups writable.
+CGROUP_RW_TIMEOUT = 30.0
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SHELLS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/sh")
 AGENT_STOP_GRACE = 5.0
@@ -316,13 +312,6 @@ def _others() -> bool:
     return any(e.isdigit() and int(e) != me for e in os.listdir("/proc"))
 
 
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    return libc
-
-
 def cgroup_mounts(mountinfo: str) -> list[tuple[str, bool]]:
     """(mount point, read-only) of every cgroup file system in /proc/self/mountinfo (pure)."""
     out = []
@@ -338,21 +327,28 @@ def cgroup_mounts(mountinfo: str) -> list[tuple[str, bool]]:
     return out
 
 
-def cvm_init() -> None:
-    libc = _libc()
-    with open("/proc/self/mountinfo") as fh:
-        mounts = cgroup_mounts(fh.read())
-    for mount_point, read_only in mounts:
-        if not read_only or not mount_point.startswith("/sys/fs/cgroup"):
-            continue
-        flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC
-        if libc.mount(None, mount_point.encode(), None, flags, None) != 0:
-            err = ctypes.get_errno()
-            raise InContainerError(f"cannot make {mount_point} writable for systemd: {os.strerror(err)}")
-    if libc.prctl(PR_CAPBSET_DROP, CAP_SYS_ADMIN, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise InContainerError(f"cannot drop CAP_SYS_ADMIN before starting systemd: {os.strerror(err)}")
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+def read_only_cgroups(mountinfo: str) -> list[str]:
+    """The cgroup mount points under /sys/fs/cgroup that are still read-only (pure)."""
+    return [point for point, read_only in cgroup_mounts(mountinfo) if read_only and point.startswith("/sys/fs/cgroup")]
+
+
+def cvm_init(timeout: float = CGROUP_RW_TIMEOUT) -> None:
+    """Wait until the server has made the cgroup mounts writable (``hatchway.providers.cgroup_rw``:
+    the container has no CAP_SYS_ADMIN to do it itself), then become systemd."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/self/mountinfo") as fh:
+            waiting = read_only_cgroups(fh.read())
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise InContainerError(
+                f"{waiting[0]} is still read-only after {timeout:.0f} s; the Hatchway server makes it writable for "
+                "systemd when it starts the workspace: start it with `hatchway workspaces start`, not `docker start`"
+            )
+        time.sleep(0.01)
     for candidate in INIT_CANDIDATES:
         if os.access(candidate, os.X_OK):
             sys.stdout.flush()
