@@ -91,3 +91,31 @@ def test_the_cli_filter_is_the_apis(world: tuple) -> None:
     alice.login(srv.url, "alice", "alice-password")
     out = alice.ok("audit", "connections", "--workspace", "bob/dev", "--json").json()
     assert {(c["username"], c["workspace"], c["owner"]) for c in out} == BOBS_DEV
+
+
+def test_a_members_log_does_not_tell_which_of_another_users_workspaces_exist(world: tuple) -> None:
+    """Carol is refused alike on bob's workspace that exists and one that does not (policy.py);
+    her own connection log, read back, must not tell the two apart either. Site managers still
+    find both attempts, under the names asked for."""
+    srv, tokens, _ = world
+    with api(srv.url, tokens["bob"]) as c:
+        c.post("/workspaces", json={"name": "secret-project", "provider": "byo"}).raise_for_status()
+    refusals = [attempt(srv, tokens["carol"], f"/workspaces/{name}/ssh?owner=bob") for name in ("secret-project", "nosuch")]
+    assert refusals == [f'no workspace named "bob/{n}" is yours; see "hatchway workspaces list"' for n in ("secret-project", "nosuch")]
+
+    def carols_attempts(token: str) -> list[dict]:
+        with api(srv.url, token) as c:
+            r = c.get("/connections", params={"user": "carol"})
+            r.raise_for_status()
+            return sorted((c for c in r.json() if c["workspace"] in ("bob/secret-project", "bob/nosuch")),
+                          key=lambda c: c["workspace"])
+
+    seen = carols_attempts(tokens["carol"])
+    assert [c["workspace"] for c in seen] == ["bob/nosuch", "bob/secret-project"]
+    told = [{k: v for k, v in c.items() if k not in ("id", "workspace", "started_at", "reason", "source")} for c in seen]
+    assert told[0] == told[1] and told[0]["provider"] is None, told
+    assert [c["reason"] for c in seen] == refusals[::-1]
+    managers = carols_attempts(tokens["alice"])
+    assert [(c["workspace"], c["owner"], c["result"], c["reason"]) for c in managers] == [
+        (c["workspace"], "bob", "refused", c["reason"]) for c in seen
+    ]

@@ -35,6 +35,13 @@ def test_a_member_is_not_told_whether_someone_elses_workspace_exists() -> None:
     assert msg == unknown_workspace_message("bob/dev") == 'no workspace named "bob/dev" is yours; see "hatchway workspaces list"'
 
 
+def test_only_the_owner_and_site_managers_may_know_a_workspace_exists() -> None:
+    """What the connection log keeps of an attempt (its provider) hangs on this too."""
+    assert OK.known_to_requester
+    assert replace(OK, requester="alice", requester_id="u2", requester_sees_all=True).known_to_requester
+    assert not replace(OK, requester="carol", requester_id="u3").known_to_requester
+
+
 def test_suspended_comes_first() -> None:
     msg = ssh_refusal(replace(OK, requester_suspended=True, external_connect=False, owner_id="other"))
     assert msg == "your account is suspended; ask a site manager to reactivate it"

@@ -32,6 +32,12 @@ class SSHFacts:
     # A site manager sees every workspace anyway; a member is not told which of other people's exist.
     requester_sees_all: bool = False
 
+    @property
+    def known_to_requester(self) -> bool:
+        """Whether the requester may learn that this workspace exists at all: what a refusal
+        says, and what the connection log keeps of the attempt, depend on it."""
+        return self.owner_id == self.requester_id or self.requester_sees_all
+
 
 def ssh_refusal(f: SSHFacts) -> str | None:
     """The one-line reason SSH is refused, or None when it is allowed.
@@ -41,9 +47,9 @@ def ssh_refusal(f: SSHFacts) -> str | None:
     """
     if f.requester_suspended:
         return "your account is suspended; ask a site manager to reactivate it"
+    if not f.known_to_requester:
+        return unknown_workspace_message(f"{f.owner}/{f.workspace}")
     if f.owner_id != f.requester_id:
-        if not f.requester_sees_all:
-            return unknown_workspace_message(f"{f.owner}/{f.workspace}")
         return (
             f'workspace "{f.owner}/{f.workspace}" belongs to another user; '
             "you can only connect to your own workspaces"

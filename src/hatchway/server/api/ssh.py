@@ -31,26 +31,28 @@ async def _refuse(websocket: WebSocket, message: str, code: int = 4403) -> None:
         await websocket.close(code=code)
 
 
+def _facts(user: User, ws: Workspace) -> SSHFacts:
+    return SSHFacts(
+        requester=user.username,
+        requester_id=user.id,
+        requester_suspended=user.suspended,
+        workspace=ws.name,
+        owner=ws.owner.username,
+        owner_id=ws.owner_id,
+        provider=ws.provider.name,
+        external_connect=ws.provider.external_connect,
+        state=ws.state,
+        state_reason=ws.state_reason,
+        agent_connected=True,  # the hub is the live truth; checked at dial time
+        requester_sees_all=user.role == "site-manager",
+    )
+
+
 def _refusal(user: User, ws: Workspace | None, shown: str) -> str | None:
     """Why ``user`` may not reach ``ws`` (None: they may); ``shown`` names a missing one."""
     if ws is None:
         return unknown_workspace_message(shown)
-    return ssh_refusal(
-        SSHFacts(
-            requester=user.username,
-            requester_id=user.id,
-            requester_suspended=user.suspended,
-            workspace=ws.name,
-            owner=ws.owner.username,
-            owner_id=ws.owner_id,
-            provider=ws.provider.name,
-            external_connect=ws.provider.external_connect,
-            state=ws.state,
-            state_reason=ws.state_reason,
-            agent_connected=True,  # the hub is the live truth; checked at dial time
-            requester_sees_all=user.role == "site-manager",
-        )
-    )
+    return ssh_refusal(_facts(user, ws))
 
 
 def _let_go(ctx: ServerContext, stream: LiveStream, released: asyncio.Event) -> None:
@@ -97,7 +99,9 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
                 select(Workspace).join(Workspace.owner).where(Workspace.name == name, User.username == (owner or user.username))
             )
         ).scalar_one_or_none()
-        if ws is not None:
+        # The requester reads this row back (GET /connections): for a workspace they may not know
+        # of, it keeps what they asked for and nothing that tells it apart from one not there.
+        if ws is not None and _facts(user, ws).known_to_requester:
             log_row.workspace_id, log_row.provider_name = ws.id, ws.provider.name
         refusal = _refusal(user, ws, shown)
     # No database session is held while the agent dials back: its own request needs one, and a

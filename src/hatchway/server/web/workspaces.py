@@ -186,7 +186,9 @@ RECENT_CONNECTIONS = 10
 
 async def _recent_connections(db: AsyncSession, viewer: User, workspace_id: str) -> list[dict[str, Any]]:
     """The newest connections to the workspace: a member sees their own (as the API shows
-    them), a site manager everyone's, refused attempts by other users included."""
+    them), a site manager everyone's, refused attempts by other site managers included. A
+    member's attempt at someone else's workspace is not tied to it (``api/ssh.py`` keeps only
+    the name asked for): the Audit page finds it by that name."""
     stmt = select(SSHConnection).where(SSHConnection.workspace_id == workspace_id)
     if viewer.role != "site-manager":
         stmt = stmt.where(SSHConnection.user_id == viewer.id)
