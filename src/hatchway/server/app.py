@@ -127,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await app.state.supervisor.shutdown()
             await ctx.hub.close_all("server shutting down")
+            await ssh.write_tallies_now(ctx)
             await ctx.bus.close()
             await ctx.cluster.leave()
             await ctx.engine.dispose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request, WebSocket
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from hatchway.server.crypto import SecretBox
 from hatchway.server.settings import Settings
 from hatchway.server.throttle import LoginThrottle
+from hatchway.server.unidentified import UnidentifiedAttempts
 
 if TYPE_CHECKING:
     from hatchway.server.broadcast import Broadcast
@@ -33,6 +34,7 @@ class ServerContext:
     cluster: "Cluster"
     bus: "LocalBus"
     broadcast: "Broadcast"
+    unidentified: UnidentifiedAttempts = field(default_factory=UnidentifiedAttempts)
 
 
 def get_ctx(request: Request) -> ServerContext:

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from datetime import datetime
 
 from fastapi import APIRouter, WebSocket
 from sqlalchemy import select
 
 from hatchway import peerjson
-from hatchway.db.models import SSHConnection, User, Workspace, utcnow
+from hatchway.db.models import SSHConnection, User, Workspace, new_id, utcnow
 from hatchway.names import check_username, check_workspace_name
 from hatchway.server.auth import bearer_token, token_holder, user_and_session
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
@@ -19,6 +20,7 @@ from hatchway.server.errors import APIError
 from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
 from hatchway.server.relay import DialError, LiveStream, splice
 from hatchway.server.session_tokens import printable
+from hatchway.server.unidentified import Tally
 
 log = logging.getLogger("hatchway.server.ssh")
 
@@ -55,6 +57,73 @@ def _refusal(user: User, ws: Workspace | None, shown: str) -> str | None:
     return ssh_refusal(_facts(user, ws))
 
 
+#: How often the rows of attempts counted together are rewritten with their counts: a flood of
+#: them costs a write per row this often, not one per attempt.
+TALLY_WRITE_S = 5.0
+
+
+def _counted_only(ctx: ServerContext, websocket: WebSocket, shown: str, at: datetime) -> bool:
+    """Whether this attempt by someone not identified is only counted, in a row shared with
+    others from its address, rather than given a row of its own (``hatchway.server.unidentified``)."""
+    address = websocket.client.host if websocket.client else "unknown"
+    tally = ctx.unidentified.admit(address, shown, at)
+    if tally is None:
+        return False
+    if tally.count == 1:
+        log.warning(
+            "unauthenticated SSH attempts from %s: more than %d in %.0f s; the rest are refused and counted "
+            "in one row of the connection log", address if tally.source else "all addresses together",
+            tally.limit, tally.window_s,
+        )
+    if ctx.unidentified.writer is None or ctx.unidentified.writer.done():
+        ctx.unidentified.writer = asyncio.create_task(_write_tallies_while_counting(ctx), name="connection-log-tallies")
+    return True
+
+
+async def _write_tallies_while_counting(ctx: ServerContext) -> None:
+    """Every TALLY_WRITE_S, (re)write the rows of the tallies counted in since; ends when none
+    was, so no task runs while nobody floods."""
+    while True:
+        await asyncio.sleep(TALLY_WRITE_S)
+        tallies = ctx.unidentified.take_unwritten()
+        if not tallies:
+            return  # the flood is over; the next counted attempt starts another
+        for tally in tallies:
+            await _write_tally(ctx, tally)
+
+
+async def write_tallies_now(ctx: ServerContext) -> None:
+    """At shutdown: the counts not written yet are written now, not lost with the process."""
+    writer = ctx.unidentified.writer
+    if writer is not None:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+    for tally in ctx.unidentified.take_unwritten():
+        await _write_tally(ctx, tally)
+
+
+async def _write_tally(ctx: ServerContext, tally: Tally) -> None:
+    """Write a tally's row, or rewrite it with what was counted since."""
+    row_id = tally.row_id or new_id()
+    values = {
+        "workspace_name": tally.workspace, "source": tally.source, "result": "refused", "reason": tally.reason(),
+        "started_at": tally.first_at, "ended_at": tally.last_at, "replica_id": ctx.cluster.id,
+    }
+    try:
+        async with ctx.sessions() as db:
+            row = await db.get(SSHConnection, row_id) if tally.row_id else None
+            if row is None:
+                db.add(SSHConnection(id=row_id, **values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+            await db.commit()
+        tally.row_id = row_id
+    except Exception as exc:  # the database may be down: say what the log is missing
+        log.warning("could not record in the connection log %d unauthenticated SSH attempts from %s: %s",
+                    tally.count, tally.source or "several addresses", exc)
+
+
 def _let_go(ctx: ServerContext, stream: LiveStream, released: asyncio.Event) -> None:
     """A dialled stream that will not be spliced: the agent's side ends, the stream is no more."""
     released.set()
@@ -85,8 +154,11 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
             user, session_id = await user_and_session(db, token)
         except APIError as exc:
             refusal = f"{exc.error}: {exc.detail}"
-            log_row.reason = refusal  # recorded too: failed attempts are what an audit is for
             holder = await token_holder(db, token)  # a suspended user's attempt is theirs
+            if holder is None and _counted_only(ctx, websocket, shown, log_row.started_at):
+                await _refuse(websocket, refusal, 4401)  # the same answer as a recorded attempt's
+                return
+            log_row.reason = refusal  # recorded too: failed attempts are what an audit is for
             if holder is not None:
                 log_row.user_id, log_row.username = holder.id, holder.username
             db.add(log_row)
