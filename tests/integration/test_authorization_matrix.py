@@ -256,18 +256,24 @@ def test_late_http_matrix(world: World) -> None:
 
 
 def test_replica_endpoints_refuse_everyone_without_a_fresh_signature_of_the_deployment_secret(world: World) -> None:
-    """/internal/ is for other replicas only: no user, agent or forged signature gets through."""
+    """/internal/ is for other replicas only: no user, agent or forged signature gets through,
+    and a genuine one is good for the one request it signs (not another body, nor twice)."""
+    import time
+
     from websockets.exceptions import InvalidStatus
 
+    from hatchway.server.api.internal import REFUSED_DETAIL
     from hatchway.server.cluster import AUTH_HEADER, derive_key, sign
 
-    refused = {"error": "unauthorized", "detail": "replica-to-replica requests must be signed with the deployment secret"}
+    refused = {"error": "unauthorized", "detail": REFUSED_DETAIL}
     sender = "ab" * 8
     dial = {"workspace_id": "nope", "stream": sender + "00" * 16, "client": "127.0.0.1 1"}
     calls = [("/internal/v1/dial", dial), ("/internal/v1/supervise", {"action": "stop", "workspace_id": "nope"})]
 
     def post(path: str, body: object, headers: dict[str, str]) -> httpx.Response:
-        return httpx.post(world.srv.url + path, json=body, headers=headers, timeout=30)
+        """POST exactly the bytes a replica signs (json.dumps)."""
+        return httpx.post(world.srv.url + path, content=json.dumps(body).encode(),
+                          headers={"Content-Type": "application/json", **headers}, timeout=30)
 
     for who in IDS:
         token = world.tokens[who]
@@ -276,20 +282,36 @@ def test_replica_endpoints_refuse_everyone_without_a_fresh_signature_of_the_depl
             assert (r.status_code, r.json()) == (401, refused), (who, path)
     secret = bytes.fromhex((world.srv.data_dir / "deployment.secret").read_text().strip())
     key = derive_key(secret, b"replica-relay/v1")
+    signed = json.dumps(dial).encode()
     forged = {
-        "another secret": sign(derive_key(b"\x01" * 32, b"replica-relay/v1"), sender, "/internal/v1/dial"),
-        "another path": sign(key, sender, "/internal/v1/supervise"),
-        "stale": sign(key, sender, "/internal/v1/dial", now=__import__("time").time() - 120),
+        "another secret": sign(derive_key(b"\x01" * 32, b"replica-relay/v1"), sender, "POST", "/internal/v1/dial", body=signed),
+        "another path": sign(key, sender, "POST", "/internal/v1/supervise", body=signed),
+        "another method": sign(key, sender, "PUT", "/internal/v1/dial", body=signed),
+        "another query": sign(key, sender, "POST", "/internal/v1/dial", "workspace=x", body=signed),
+        "another body": sign(key, sender, "POST", "/internal/v1/dial", body=json.dumps({**dial, "client": "x"}).encode()),
+        "stale": sign(key, sender, "GET", "/internal/v1/streams/" + sender + "00" * 16, "workspace=x", now=time.time() - 120),
         "garbage": "x.y.z",
     }
     for what, header in forged.items():
         r = post("/internal/v1/dial", dial, {AUTH_HEADER: header})
         assert (r.status_code, r.json()) == (401, refused), what
-    # The real signature passes; the request itself then says what is wrong with it.
-    r = post("/internal/v1/dial", dial, {AUTH_HEADER: sign(key, sender, "/internal/v1/dial")})
+    # The real signature passes, once; the request itself then says what is wrong with it.
+    header = sign(key, sender, "POST", "/internal/v1/dial", body=signed)
+    r = post("/internal/v1/dial", dial, {AUTH_HEADER: header})
     assert r.status_code == 404 and r.json()["detail"] == "the workspace's agent is not connected to this replica"
-    r = post("/internal/v1/dial", {**dial, "stream": "cd" * 8 + "00" * 16}, {AUTH_HEADER: sign(key, sender, "/internal/v1/dial")})
+    r = post("/internal/v1/dial", dial, {AUTH_HEADER: header})
+    assert (r.status_code, r.json()) == (401, refused), "replayed"
+    other = {**dial, "stream": "cd" * 8 + "00" * 16}
+    r = post("/internal/v1/dial", other, {AUTH_HEADER: sign(key, sender, "POST", "/internal/v1/dial", body=json.dumps(other).encode())})
     assert r.status_code == 400 and r.json()["detail"] == "a replica may only dial for its own streams"
+    # A captured order to stop one workspace cannot be turned into deleting another, nor repeated.
+    stop = {"action": "stop", "workspace_id": "nope"}
+    header = sign(key, sender, "POST", "/internal/v1/supervise", body=json.dumps(stop).encode())
+    for body in ({"action": "delete", "workspace_id": "other"}, {"action": "delete", "workspace_id": "nope"}):
+        r = post("/internal/v1/supervise", body, {AUTH_HEADER: header})
+        assert (r.status_code, r.json()) == (401, refused), body
+    assert post("/internal/v1/supervise", stop, {AUTH_HEADER: header}).status_code == 204
+    assert post("/internal/v1/supervise", stop, {AUTH_HEADER: header}).status_code == 401
     # The hand-over WebSocket: refused at the handshake without the signature.
     ws_url = world.srv.url.replace("http://", "ws://") + "/internal/v1/streams/" + sender + "00" * 16 + "?workspace=x"
     for headers in ({}, {"Authorization": f"Bearer {world.tokens['agent_a']}"}, {AUTH_HEADER: forged["stale"]}):

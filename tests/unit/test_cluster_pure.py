@@ -8,34 +8,89 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hatchway.server.bus import MAX_FIELD, decode_event, encode_event
-from hatchway.server.cluster import SIGNATURE_WINDOW_S, derive_key, origin_of, sign, verify
+from hatchway.server.cluster import SIGNATURE_WINDOW_S, SeenNonces, derive_key, origin_of, sign, verify
 from hatchway.server.supervision import command_args
 
 KEY = derive_key(b"\x07" * 32, b"replica-relay/v1")
 NOW = 1_800_000_000.0
 
 
-def test_a_signature_verifies_for_its_path_and_names_the_sender() -> None:
-    header = sign(KEY, "0123456789abcdef", "/internal/v1/dial", now=NOW)
-    assert verify(KEY, header, "/internal/v1/dial", now=NOW) == "0123456789abcdef"
-    assert verify(KEY, header, "/internal/v1/dial", now=NOW + SIGNATURE_WINDOW_S) == "0123456789abcdef"
+RID = "0123456789abcdef"
+DIAL = "/internal/v1/dial"
+BODY = b'{"action": "stop", "workspace_id": "w1"}'
+
+
+def check(header: str | None, method: str = "POST", path: str = DIAL, query: str = "", body: bytes = BODY,
+          now: float = NOW, seen: SeenNonces | None = None) -> str | None:
+    """``verify`` with a replay cache of its own unless one is given."""
+    return verify(KEY, header, method, path, query, body, seen=SeenNonces() if seen is None else seen, now=now)
+
+
+def test_a_signature_verifies_for_its_request_and_names_the_sender() -> None:
+    header = sign(KEY, RID, "POST", DIAL, body=BODY, now=NOW)
+    assert check(header) == RID
+    assert check(header, now=NOW + SIGNATURE_WINDOW_S) == RID
+    assert check(header, now=NOW - SIGNATURE_WINDOW_S) == RID  # a clock ahead of ours, as before
+    ws = sign(KEY, RID, "GET", "/internal/v1/streams/s1", "workspace=w1", now=NOW)
+    assert check(ws, "GET", "/internal/v1/streams/s1", "workspace=w1", b"") == RID
 
 
 def test_a_signature_fails_for_another_path_key_sender_or_time() -> None:
-    header = sign(KEY, "0123456789abcdef", "/internal/v1/dial", now=NOW)
-    rid, ts, mac = header.split(".")
-    assert verify(KEY, header, "/internal/v1/supervise", now=NOW) is None
-    assert verify(derive_key(b"\x08" * 32, b"replica-relay/v1"), header, "/internal/v1/dial", now=NOW) is None
-    assert verify(derive_key(b"\x07" * 32, b"other-purpose"), header, "/internal/v1/dial", now=NOW) is None
-    assert verify(KEY, f"fedcba9876543210.{ts}.{mac}", "/internal/v1/dial", now=NOW) is None
-    assert verify(KEY, f"{rid}.{int(ts) + 1}.{mac}", "/internal/v1/dial", now=NOW) is None
-    assert verify(KEY, header, "/internal/v1/dial", now=NOW + SIGNATURE_WINDOW_S + 1) is None
-    assert verify(KEY, header, "/internal/v1/dial", now=NOW - SIGNATURE_WINDOW_S - 1) is None
+    header = sign(KEY, RID, "POST", DIAL, body=BODY, now=NOW)
+    rid, ts, nonce, mac = header.split(".")
+    assert check(header, path="/internal/v1/supervise") is None
+    assert verify(derive_key(b"\x08" * 32, b"replica-relay/v1"), header, "POST", DIAL, "", BODY, seen=SeenNonces(), now=NOW) is None
+    assert verify(derive_key(b"\x07" * 32, b"other-purpose"), header, "POST", DIAL, "", BODY, seen=SeenNonces(), now=NOW) is None
+    assert check(f"fedcba9876543210.{ts}.{nonce}.{mac}") is None
+    assert check(f"{rid}.{int(ts) + 1}.{nonce}.{mac}") is None
+    assert check(f"{rid}.{ts}.{'0' * 32}.{mac}") is None  # the nonce is signed: it cannot be swapped
+    assert check(header, now=NOW + SIGNATURE_WINDOW_S + 1) is None
+    assert check(header, now=NOW - SIGNATURE_WINDOW_S - 1) is None
+
+
+def test_a_signature_fails_for_another_body_query_or_method() -> None:
+    """What a captured header could otherwise be reused for: another workspace to delete,
+    another stream's workspace, the same path asked another way."""
+    header = sign(KEY, RID, "POST", "/internal/v1/supervise", body=BODY, now=NOW)
+    assert check(header, path="/internal/v1/supervise") == RID
+    tampered = b'{"action": "delete", "workspace_id": "w2"}'
+    assert check(header, path="/internal/v1/supervise", body=tampered) is None
+    assert check(header, path="/internal/v1/supervise", body=BODY + b" ") is None
+    assert check(header, path="/internal/v1/supervise", body=b"") is None
+    assert check(header, "GET", path="/internal/v1/supervise") is None
+    assert check(header, path="/internal/v1/supervise", query="workspace=w2") is None
+    ws = sign(KEY, RID, "GET", "/internal/v1/streams/s1", "workspace=w1", now=NOW)
+    for query in ("workspace=w2", "", "workspace=w1&workspace=w2"):
+        assert check(ws, "GET", "/internal/v1/streams/s1", query, b"") is None
+    assert check(ws, "GET", "/internal/v1/streams/s2", "workspace=w1", b"") is None
+
+
+def test_a_signature_is_accepted_once() -> None:
+    seen = SeenNonces()
+    header = sign(KEY, RID, "POST", DIAL, body=BODY, now=NOW)
+    assert check(header, seen=seen) == RID
+    assert check(header, seen=seen) is None
+    assert check(header, seen=seen, now=NOW + SIGNATURE_WINDOW_S) is None  # still remembered, still fresh
+    assert check(sign(KEY, RID, "POST", DIAL, body=BODY, now=NOW), seen=seen) == RID  # a new nonce each time
+    # A rejected signature spends nothing: the genuine one still goes through after a forgery.
+    genuine = sign(KEY, RID, "POST", DIAL, body=BODY, now=NOW)
+    assert check(genuine, body=b"{}", seen=seen) is None
+    assert check(genuine, seen=seen) == RID
+
+
+def test_nonces_are_forgotten_with_their_window_and_never_more_than_the_limit_are_kept() -> None:
+    seen = SeenNonces(limit=100)
+    for i in range(100):
+        assert seen.first_use(f"{i:032x}", int(NOW), NOW)
+    assert not seen.first_use("f" * 32, int(NOW), NOW)  # full of fresh ones: refused, not forgotten
+    assert not seen.first_use(f"{5:032x}", int(NOW), NOW + SIGNATURE_WINDOW_S)
+    assert seen.first_use("f" * 32, int(NOW) + 31, NOW + SIGNATURE_WINDOW_S + 1)  # the old ones expired
+    assert seen.remembered() == 1
 
 
 @given(st.one_of(st.none(), st.text(max_size=200)))
 def test_any_header_that_is_not_a_signature_is_refused(header: str | None) -> None:
-    assert verify(KEY, header, "/internal/v1/dial", now=NOW) is None
+    assert check(header) is None
 
 
 def test_stream_ids_name_the_replica_where_the_client_waits() -> None:

@@ -7,7 +7,10 @@ connected through them, SSH connections shown as open on them). With SQLite ther
 replica, and the same bookkeeping closes what a crashed previous run left open.
 
 Replica-to-replica requests carry a signature made with a key derived from the deployment
-secret (which every replica must share), over the sender, a timestamp and the request path.
+secret (which every replica must share), over the sender, a timestamp, a random nonce and the
+whole request: method, path, query string and a SHA-256 of the body. The receiver accepts each
+nonce once while its timestamp is fresh, so a signed request seen on the wire can be neither
+sent again nor given another body or query (another workspace to delete, another stream's).
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
+import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -49,25 +55,80 @@ def derive_key(deployment_secret: bytes, purpose: bytes) -> bytes:
     return hmac.new(deployment_secret, b"hatchway/" + purpose, hashlib.sha256).digest()
 
 
-def sign(key: bytes, replica_id: str, path: str, now: float | None = None) -> str:
-    """The value of :data:`AUTH_HEADER` for a request from ``replica_id`` to ``path``."""
+#: Nonces remembered at once. Only a replica holding the key can add one, and each is forgotten
+#: once its timestamp is out of the window: thousands of replica-to-replica requests a second fit.
+MAX_NONCES = 200_000
+#: ``REPLICA.TS.NONCE.MAC``: a replica id, Unix seconds, 128 random bits and the MAC, in hex.
+_SIGNATURE = re.compile(rf"([0-9a-f]{{{REPLICA_ID_LEN}}})\.([0-9]{{1,12}})\.([0-9a-f]{{32}})\.([0-9a-f]{{64}})")
+
+
+def _mac(key: bytes, replica_id: str, ts: str, nonce: str, method: str, path: str, query: str, body: bytes) -> str:
+    """The MAC of a request: who sent it, when, once (the nonce), and all of what it asks."""
+    signed = "\n".join((replica_id, ts, nonce, method.upper(), path, query, hashlib.sha256(body).hexdigest()))
+    return hmac.new(key, signed.encode(), hashlib.sha256).hexdigest()
+
+
+def sign(
+    key: bytes, replica_id: str, method: str, path: str, query: str = "", body: bytes = b"",
+    now: float | None = None, nonce: str | None = None,
+) -> str:
+    """The value of :data:`AUTH_HEADER` for a request from ``replica_id``: ``query`` is the query
+    string as sent (without ``?``), ``body`` the body's bytes as sent."""
     ts = str(int(time.time() if now is None else now))
-    mac = hmac.new(key, f"{replica_id}\n{ts}\n{path}".encode(), hashlib.sha256).hexdigest()
-    return f"{replica_id}.{ts}.{mac}"
+    nonce = nonce or secrets.token_hex(16)
+    return f"{replica_id}.{ts}.{nonce}.{_mac(key, replica_id, ts, nonce, method, path, query, body)}"
 
 
-def verify(key: bytes, header: str | None, path: str, now: float | None = None) -> str | None:
-    """The sending replica's id when ``header`` is a fresh, valid signature for ``path``."""
-    if not header:
+class SeenNonces:
+    """Nonces of the signatures accepted, each kept until its timestamp leaves the window (after
+    which the timestamp alone refuses it): what makes a signature good for one request."""
+
+    def __init__(self, limit: int = MAX_NONCES) -> None:
+        self._limit = limit
+        self._until: OrderedDict[str, float] = OrderedDict()  # nonce -> when it may be forgotten
+        self._warned = False
+
+    def first_use(self, nonce: str, ts: int, now: float) -> bool:
+        """Record ``nonce``; False when it was used before (a replay) or, in the unlikely case
+        that the limit is reached by fresh ones, when it cannot be remembered."""
+        while self._until:
+            oldest, until = next(iter(self._until.items()))
+            if until >= now:
+                break  # roughly in order: signatures are sent as they are made
+            del self._until[oldest]
+        if nonce in self._until:
+            return False
+        if len(self._until) >= self._limit:
+            if not self._warned:
+                self._warned = True
+                log.warning("refusing replica-to-replica requests: over %d in %d s, more than this replica can "
+                            "check for replays; see whether a replica is misbehaving", self._limit, 2 * SIGNATURE_WINDOW_S)
+            return False
+        self._warned = False
+        self._until[nonce] = ts + SIGNATURE_WINDOW_S
+        return True
+
+    def remembered(self) -> int:
+        """How many nonces are held (the memory this costs)."""
+        return len(self._until)
+
+
+def verify(
+    key: bytes, header: str | None, method: str, path: str, query: str = "", body: bytes = b"", *,
+    seen: SeenNonces, now: float | None = None,
+) -> str | None:
+    """The sending replica's id when ``header`` is a fresh, valid signature of this very request
+    (method, path, query string, body) that was not used before; else None."""
+    m = _SIGNATURE.fullmatch(header or "")
+    if m is None:
         return None
-    parts = header.split(".")
-    if len(parts) != 3 or not parts[1].isdigit():
+    replica_id, ts, nonce, mac = m.groups()
+    now = time.time() if now is None else now
+    if abs(now - int(ts)) > SIGNATURE_WINDOW_S:
         return None
-    replica_id, ts, mac = parts
-    if abs((time.time() if now is None else now) - int(ts)) > SIGNATURE_WINDOW_S:
+    if not hmac.compare_digest(_mac(key, replica_id, ts, nonce, method, path, query, body), mac):
         return None
-    want = hmac.new(key, f"{replica_id}\n{ts}\n{path}".encode(), hashlib.sha256).hexdigest()
-    return replica_id if hmac.compare_digest(want, mac) else None
+    return replica_id if seen.first_use(nonce, int(ts), now) else None
 
 
 def origin_of(stream_id: str) -> str:
@@ -82,6 +143,7 @@ class Cluster:
         self._sessions = sessions
         self._key = derive_key(deployment_secret, b"replica-relay/v1")
         self._secret_check = derive_key(deployment_secret, b"replica-check/v1").hex()
+        self._seen = SeenNonces()
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         #: Makes this replica's claims (agents it holds, supervision) true in the database again:
@@ -209,22 +271,26 @@ class Cluster:
 
     # ---- signed replica-to-replica requests -------------------------------------------------
 
-    def auth_header(self, path: str) -> dict[str, str]:
-        return {AUTH_HEADER: sign(self._key, self.id, path)}
+    def auth_header(self, method: str, path: str, query: str = "", body: bytes = b"") -> dict[str, str]:
+        return {AUTH_HEADER: sign(self._key, self.id, method, path, query, body)}
 
-    def check(self, header: str | None, path: str) -> str | None:
-        return verify(self._key, header, path)
+    def signed_json(self, path: str, payload: object) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of a signed JSON POST to ``path``: serialised here, so the
+        signature covers the very bytes sent."""
+        body = json.dumps(payload).encode()
+        return body, {**self.auth_header("POST", path, body=body), "Content-Type": "application/json"}
+
+    def check(self, header: str | None, method: str, path: str, query: str = "", body: bytes = b"") -> str | None:
+        """The sending replica when ``header`` signs this request and was not used before."""
+        return verify(self._key, header, method, path, query, body, seen=self._seen)
 
     async def request_dial(self, relay_url: str, workspace_id: str, stream_id: str, client: str) -> bool:
         """Ask the replica holding the agent to send it a dial; True when it did."""
         assert self._http is not None, "join() first"
         path = "/internal/v1/dial"
+        body, headers = self.signed_json(path, {"workspace_id": workspace_id, "stream": stream_id, "client": client})
         try:
-            r = await self._http.post(
-                relay_url + path,
-                json={"workspace_id": workspace_id, "stream": stream_id, "client": client},
-                headers=self.auth_header(path),
-            )
+            r = await self._http.post(relay_url + path, content=body, headers=headers)
         except httpx.HTTPError as exc:
             log.warning("replica at %s did not take the dial for stream %s: %s", relay_url, stream_id[:24], exc)
             return False
@@ -234,6 +300,6 @@ class Cluster:
 
     def stream_request(self, relay_url: str, stream_id: str, workspace_id: str) -> tuple[str, dict[str, Any]]:
         """URL and headers of the WebSocket that hands an agent's data stream to its origin."""
-        path = f"/internal/v1/streams/{stream_id}"
+        path, query = f"/internal/v1/streams/{stream_id}", f"workspace={workspace_id}"
         base = relay_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-        return f"{base}{path}?workspace={workspace_id}", self.auth_header(path)
+        return f"{base}{path}?{query}", self.auth_header("GET", path, query)

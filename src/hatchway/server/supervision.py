@@ -106,11 +106,9 @@ class SupervisionGate:
                 headers={"Retry-After": "2"},
             )
         try:
+            body, headers = self._cluster.signed_json(SUPERVISE_PATH, {"action": action, "workspace_id": ws_id})
             async with httpx.AsyncClient(timeout=120.0) as http:
-                r = await http.post(
-                    url + SUPERVISE_PATH, json={"action": action, "workspace_id": ws_id},
-                    headers=self._cluster.auth_header(SUPERVISE_PATH),
-                )
+                r = await http.post(url + SUPERVISE_PATH, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise APIError(
                 503, "the supervising replica did not answer", f"{exc or type(exc).__name__}; try again"

@@ -17,7 +17,7 @@ from hatchway import peerjson
 from hatchway.db.models import Workspace
 
 from hatchway.providers.base import SetupError
-from hatchway.server.cluster import AUTH_HEADER, origin_of
+from hatchway.server.cluster import AUTH_HEADER, SIGNATURE_WINDOW_S, origin_of
 from hatchway.server.context import get_ctx, get_ws_ctx
 from hatchway.server.errors import APIError
 from hatchway.server.supervision import SUPERVISE_PATH, command_args
@@ -27,15 +27,24 @@ log = logging.getLogger("hatchway.server.internal")
 router = APIRouter(prefix="/internal/v1", include_in_schema=False)
 
 DIAL_PATH = "/internal/v1/dial"
+#: Why an /internal/ request is refused: what a replica's operator can check.
+REFUSED_DETAIL = (
+    "replica-to-replica requests must be signed with the deployment secret, each signature used once "
+    f"and within {SIGNATURE_WINDOW_S} s of when it was made: check that every replica has the same "
+    "deployment.secret and Hatchway version, and that their clocks are synchronised (NTP)"
+)
 
 
 async def _signed_json(request: Request, path: str) -> tuple[str, Any]:
-    """(sending replica, body) of a request another replica signed for ``path``; else 401/400."""
-    sender = get_ctx(request).cluster.check(request.headers.get(AUTH_HEADER), path)
+    """(sending replica, body) of a request another replica signed for ``path``, its query and
+    body included; else 401/400."""
+    body = await request.body()  # the signature covers it (at most 1 MiB: hatchway.server.limits)
+    query = request.scope["query_string"].decode("latin-1")
+    sender = get_ctx(request).cluster.check(request.headers.get(AUTH_HEADER), request.method, path, query, body)
     if sender is None:
-        raise APIError(401, "unauthorized", "replica-to-replica requests must be signed with the deployment secret")
+        raise APIError(401, "unauthorized", REFUSED_DETAIL)
     try:
-        return sender, peerjson.loads(await request.body())
+        return sender, peerjson.loads(body)
     except ValueError:
         raise APIError(400, "bad request", "the body must be JSON") from None
 
@@ -91,7 +100,8 @@ async def handed_over_stream(websocket: WebSocket, stream_id: str) -> None:
     """The agent's side of a stream whose dial-back reached another replica."""
     ctx = get_ws_ctx(websocket)
     workspace_id = websocket.query_params.get("workspace", "")
-    if ctx.cluster.check(websocket.headers.get(AUTH_HEADER), f"/internal/v1/streams/{stream_id}") is None:
+    query = websocket.scope["query_string"].decode("latin-1")  # ?workspace= is signed too
+    if ctx.cluster.check(websocket.headers.get(AUTH_HEADER), "GET", f"/internal/v1/streams/{stream_id}", query) is None:
         await websocket.close(code=4401)  # before accept: the peer sees HTTP 403
         return
     if not ctx.relay.is_waiting(stream_id, workspace_id):
