@@ -341,6 +341,20 @@ def test_signing_a_session_out_ends_the_ssh_connections_it_opened(world: World) 
         _stop(kept, lost_one, lost_all)
 
 
+def test_logging_out_ends_the_ssh_connections_of_that_session(world: World) -> None:
+    """`hatchway logout` is signing that session out: what it opened ends as on a revoke (once
+    logged out it is in no list, so nobody could end those connections any more)."""
+    laptop = Cli(world.tmp / "bob-laptop-logout")
+    laptop.login(world.server.url, "bob", "bob-password")
+    kept, lost = world.live_session(), world.live_session(laptop)
+    try:
+        laptop.ok("logout")
+        _ended_signed_out(lost)
+        assert _still_relays(kept), "only the logged-out session's connection ends"
+    finally:
+        _stop(kept, lost)
+
+
 def test_a_new_password_ends_the_ssh_connections_of_the_old_sessions(world: World) -> None:
     kept = world.live_session()
     try:

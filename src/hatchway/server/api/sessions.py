@@ -69,6 +69,20 @@ async def revoke_one(db: AsyncSession, broadcast: Broadcast, user: User, session
     return row.token_hash
 
 
+async def sign_out(db: AsyncSession, broadcast: Broadcast, token: str | None) -> None:
+    """Sign out the session ``token`` names (``hatchway logout``, the web UI's Sign out), and end
+    the SSH connections it opened, as revoking it would: once it is gone from the list, nobody
+    could end them there any more."""
+    row = (
+        await db.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token or "")))
+    ).scalar_one_or_none()
+    if row is None:
+        return
+    await db.delete(row)
+    await db.commit()
+    await broadcast.end_sessions(StreamMatch(user_id=row.user_id, session_id=row.id), SIGNED_OUT)
+
+
 async def end_sessions(db: AsyncSession, user: User, keep_token: str | None = None) -> int:
     """Delete ``user``'s sessions, all of them or all but the one ``keep_token`` names; returns
     how many ended. Nothing is committed, so the change that calls for it (a new password, a

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway import __version__
-from hatchway.db.models import ApiToken, User, new_id, utcnow
+from hatchway.db.models import User, new_id, utcnow
 from hatchway.names import quoted
 from hatchway.server import crypto
 from hatchway.server.api import schemas
@@ -132,10 +132,13 @@ async def login(
 
 
 @router.post("/auth/logout", response_model=schemas.OkOut)
-async def logout(request: Request, _user: User = Depends(current_user), db: AsyncSession = Depends(get_db)) -> schemas.OkOut:
-    token = bearer_token(request.headers)
-    await db.execute(delete(ApiToken).where(ApiToken.token_hash == crypto.hash_token(token or "")))
-    await db.commit()
+async def logout(
+    request: Request,
+    _user: User = Depends(current_user),
+    ctx: ServerContext = Depends(get_ctx),
+    db: AsyncSession = Depends(get_db),
+) -> schemas.OkOut:
+    await sessions_api.sign_out(db, ctx.broadcast, bearer_token(request.headers))
     return schemas.OkOut()
 
 

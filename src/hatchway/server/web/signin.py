@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import Depends, Request
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import RedirectResponse, Response
 
-from hatchway.db.models import ApiToken, User
-from hatchway.server import crypto
+from hatchway.db.models import User
 from hatchway.server.api import schemas
+from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api import users as users_api
 from hatchway.server.context import ServerContext, get_ctx, get_db
 from hatchway.server.errors import APIError
@@ -120,11 +120,10 @@ async def setup(request: Request, ctx: ServerContext = Depends(get_ctx), db: Asy
 
 
 @router.post("/sign-out")
-async def sign_out(request: Request, db: AsyncSession = Depends(get_db)) -> Response:
+async def sign_out(request: Request, ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)) -> Response:
     token = get_cookie(request, SESSION_COOKIE)
     if token:
-        await db.execute(delete(ApiToken).where(ApiToken.token_hash == crypto.hash_token(token)))
-        await db.commit()
+        await sessions_api.sign_out(db, ctx.broadcast, token)
     response = redirect(request, "/", "info", "You are signed out.")
     clear_cookie(request, response, SESSION_COOKIE)
     return response
