@@ -16,7 +16,7 @@ from hatchway import names
 from hatchway.db.engine import normalize_url
 from hatchway.server import crypto
 from hatchway.server.settings import Settings, parse_listen
-from hatchway.server.throttle import KNOWN_SOURCES, LoginThrottle
+from hatchway.server.throttle import KNOWN_SOURCES, PER_SOURCE, LoginThrottle
 
 
 @pytest.mark.parametrize("name", ["a", "dev", "web-1", "a" * 63, "0x"])
@@ -109,6 +109,37 @@ def test_throttle_window() -> None:
     assert t.retry_after("carol", "1.2.3.4") == 0
     now[0] = 61
     assert t.retry_after("bob", "1.2.3.4") == 0
+
+
+def test_one_address_trying_name_after_name_is_stopped_but_not_for_users_who_signed_in_from_it() -> None:
+    now = [0.0]
+    t = LoginThrottle(limit=3, window_s=60, clock=lambda: now[0])
+    t.succeeded("bob", "1.2.3.4")
+    for i in range(3 * PER_SOURCE):  # each made-up name fails once: no per-name cap applies
+        assert t.retry_after(f"made-up-{i}", "1.2.3.4") == 0
+        t.failed(f"made-up-{i}", "1.2.3.4")
+    assert t.retry_after("another-made-up", "1.2.3.4") == pytest.approx(60)
+    assert t.retry_after("carol", "1.2.3.4") == pytest.approx(60)
+    assert t.retry_after("bob", "1.2.3.4") == 0, "bob signed in from there before"
+    assert t.retry_after("carol", "5.6.7.8") == 0, "other addresses are not held"
+    now[0] = 61
+    assert t.retry_after("carol", "1.2.3.4") == 0
+
+
+def test_throttle_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    t = LoginThrottle(limit=3, window_s=60, clock=lambda: now[0])
+    for i in range(1000):
+        t.failed(f"name-{i}", f"10.0.{i // 256}.{i % 256}")
+    assert t.counts_held() == 3000  # per name and address, per name, per address
+    now[0] = 61
+    t.failed("late", "192.0.2.1")  # the first failure after a window sweeps what expired
+    assert t.counts_held() == 3
+    monkeypatch.setattr("hatchway.server.throttle.MAX_KEYS", 100)
+    for i in range(1000):
+        t.failed(f"flood-{i}", "192.0.2.9")
+    assert t.counts_held() == 100
+    assert t.retry_after("anyone", "192.0.2.9") > 0, "the flooding address's count is the one kept"
 
 
 def test_a_distributed_guesser_does_not_lock_the_user_out_of_addresses_they_signed_in_from() -> None:

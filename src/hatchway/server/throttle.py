@@ -10,6 +10,12 @@ The per-user cap stops a guesser spread over many addresses, and would let that 
 the user out from everywhere. So an address the user has signed in from before (the last
 :data:`KNOWN_SOURCES` of them) is held only to its own count: under such an attack the user
 still gets in from the office or home they came from, and a stranger still cannot guess.
+
+Failures are also counted per address across all names (:data:`PER_SOURCE`), with a larger
+allowance: one address trying name after name is stopped too, and what it costs the server
+(each check is about 150 ms of Argon2) is bounded. An address a user signed in from is exempt
+for that user, as above. Memory is bounded: expired counts are swept once per window, and
+beyond :data:`MAX_KEYS` the counts that failed least recently are forgotten first.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ from collections.abc import Callable
 KNOWN_SOURCES = 8
 #: Users whose addresses are remembered (the least recently signed in are forgotten first).
 KNOWN_USERS = 100_000
+#: One address's allowance across all names, in multiples of the per-name limit.
+PER_SOURCE = 4
+#: Failure counts kept at most (each a name and an address, a name, or an address).
+MAX_KEYS = 200_000
 
 
 class LoginThrottle:
@@ -29,8 +39,9 @@ class LoginThrottle:
         self._limit = limit
         self._window = window_s
         self._clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._failures: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()  # least recent first
         self._known: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        self._swept = clock()
 
     def _recent(self, key: tuple[str, str]) -> deque[float]:
         now = self._clock()
@@ -51,6 +62,7 @@ class LoginThrottle:
         keys = [((username, source), self._limit)]
         if source not in self._known.get(username, ()):
             keys.append(((username, "*"), self._limit * 4))
+            keys.append((("*", source), self._limit * PER_SOURCE))
         for key, limit in keys:
             q = self._recent(key)
             if len(q) >= limit:
@@ -59,8 +71,20 @@ class LoginThrottle:
 
     def failed(self, username: str, source: str) -> None:
         now = self._clock()
-        for key in ((username, source), (username, "*")):
-            self._failures.setdefault(key, deque()).append(now)
+        for key in ((username, source), (username, "*"), ("*", source)):
+            q = self._failures.pop(key, None) or deque()
+            q.append(now)
+            self._failures[key] = q
+        if now - self._swept > self._window:
+            self._swept = now
+            for key in list(self._failures):
+                self._recent(key)  # drops what has expired
+        while len(self._failures) > MAX_KEYS:
+            self._failures.popitem(last=False)
+
+    def counts_held(self) -> int:
+        """How many failure counts are kept (the memory this costs)."""
+        return len(self._failures)
 
     def succeeded(self, username: str, source: str) -> None:
         self._failures.pop((username, source), None)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway import __version__
 from hatchway.db.models import User, new_id, utcnow
 from hatchway.names import quoted
-from hatchway.server import crypto
+from hatchway.server import crypto, passwords
 from hatchway.server.api import schemas
 from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api.convert import user_out
@@ -25,12 +25,12 @@ from hatchway.server.relay import StreamMatch
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
 
-def new_user(ctx: ServerContext, username: str, email: str, role: str, password: str | None) -> User:
+async def new_user(ctx: ServerContext, username: str, email: str, role: str, password: str | None) -> User:
     """A user row with a fresh platform key pair, its private half sealed at rest."""
     user = User(username=username, email=email, role=role)
     user.id = new_id()  # needed now: the sealed key is bound to it
     set_user_key(ctx, user)
-    user.password_hash = crypto.hash_password(password) if password else None
+    user.password_hash = await passwords.hash_password(password) if password else None
     return user
 
 
@@ -65,7 +65,7 @@ async def password_matches(ctx: ServerContext, user: User | None, username: str,
     without a password as for a wrong one, and every failure counted on every replica."""
     _refuse_if_throttled(ctx, username, source)
     stored = user.password_hash if user is not None else None
-    ok = crypto.verify_password(stored or crypto.DUMMY_PASSWORD_HASH, password)
+    ok = await passwords.verify_password(stored or crypto.DUMMY_PASSWORD_HASH, password)
     if not ok or not stored:
         await ctx.broadcast.login_failed(username, source)
         return False
@@ -93,22 +93,44 @@ async def first_user(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> schemas.TokenOut:
+    taken = APIError(
+        409,
+        "this deployment already has users",
+        "--first-user only works on an empty deployment; log in with hatchway login URL --username NAME",
+    )
+    await _one_first_user_at_a_time(db)
     if await _user_count(db) > 0:
-        raise APIError(
-            409,
-            "this deployment already has users",
-            "--first-user only works on an empty deployment; log in with hatchway login URL --username NAME",
-        )
-    user = new_user(ctx, body.username, body.email, "site-manager", body.password)
+        raise taken
+    user = await new_user(ctx, body.username, body.email, "site-manager", body.password)
     db.add(user)
-    record(db, user, "user.create", user.username, client_source(request), role="site-manager", first_user=True)
-    token = await issue_session_token(db, user, ctx.settings.session_ttl_s, request)
     try:
+        await db.flush()
+        # Checked again in the transaction that adds it: requests that raced past the first
+        # check (each with its own name) must not all become site managers.
+        if await _user_count(db) != 1:
+            raise taken
+        record(db, user, "user.create", user.username, client_source(request), role="site-manager", first_user=True)
+        token = await issue_session_token(db, user, ctx.settings.session_ttl_s, request)
         await db.commit()
-    except IntegrityError:
-        # Two first-user requests raced; the loser must not get in.
-        raise APIError(409, "this deployment already has users", "log in with hatchway login URL --username NAME") from None
+    except IntegrityError:  # the same name, raced
+        await db.rollback()
+        raise taken from None
+    except APIError:
+        await db.rollback()
+        raise
     return schemas.TokenOut(token=token, user=user_out(user))
+
+
+#: The PostgreSQL advisory lock that first-user requests take in turn (any constant of our own).
+FIRST_USER_LOCK = 0x48415443  # "HATC"
+
+
+async def _one_first_user_at_a_time(db: AsyncSession) -> None:
+    """Serialise first-user requests for the rest of the transaction. SQLite needs nothing here:
+    it has one writer at a time, and the count after the insert sees any user committed first.
+    PostgreSQL's transactions would each count only their own new user, so they take turns."""
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FIRST_USER_LOCK})
 
 
 @router.post("/auth/login", response_model=schemas.TokenOut)
@@ -156,7 +178,7 @@ async def _store_password(
     password, or a token obtained with it, is out. Audited without the password or its hash;
     returns how many sessions ended."""
     had_password = user.password_hash is not None
-    user.password_hash = crypto.hash_password(password)
+    user.password_hash = await passwords.hash_password(password)
     kept = await sessions_api.kept_session_id(db, user, keep_token)
     ended = await sessions_api.end_sessions(db, user, keep_token)
     record(db, actor, "user.password", user.username, source, had_password=had_password, sessions_ended=ended)
@@ -223,7 +245,7 @@ async def create_user(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> schemas.UserOut:
-    user = new_user(ctx, body.username, body.email, body.role, body.password)
+    user = await new_user(ctx, body.username, body.email, body.role, body.password)
     db.add(user)
     record(db, sm, "user.create", user.username, client_source(request), role=body.role)
     try:

@@ -81,6 +81,9 @@ async def sign_in(
                 error = f"Too many failed sign-in attempts. Please {exc.detail}."
             elif exc.status == 403:
                 error = "Your account is suspended. Ask a site manager to reactivate it."
+            elif exc.status == 503:
+                retry_after = (exc.headers or {}).get("Retry-After")
+                error = "The server is checking too many passwords at once. Please try again in a few seconds."
             else:
                 error = "Wrong username or password. Check both and try again."
         else:
