@@ -142,6 +142,9 @@ async def login(
 ) -> schemas.TokenOut:
     source = login_source(request)
     user = (await db.execute(select(User).where(User.username == body.username))).scalar_one_or_none()
+    # The database connection goes back to the pool while Argon2 works (or waits its turn): a
+    # burst of sign-ins must not hold every connection the rest of the server needs.
+    await db.commit()
     ok = await password_matches(ctx, user, body.username, body.password, source)
     if not ok or user is None:  # an unknown name never matches; this narrows the type
         raise APIError(401, "wrong username or password", "check both and try again")
