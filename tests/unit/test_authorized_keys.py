@@ -469,3 +469,15 @@ def test_prop_no_key_input_can_add_a_line(keys: list[str]) -> None:
     valid = _expected_keys(keys)
     assert out.count(b"\n") == 3 + len(valid)
     assert managed_keys(out) == valid
+
+
+def test_a_byte_order_mark_before_the_block_does_not_keep_a_revoked_key() -> None:
+    """An editor's UTF-8 BOM before the START line: the block is still ours, replaced, not kept
+    as the user's (which kept the old key after a regeneration)."""
+    old_key = validate_public_key(ED1)
+    new_key = validate_public_key(ED2)
+    first = render(b"", [old_key])
+    rewritten = render(b"\xef\xbb\xbf" + first, [new_key])
+    assert managed_keys(rewritten) == [new_key]
+    assert old_key.split()[1].encode() not in rewritten
+    assert rewritten.count(START_B) == 1

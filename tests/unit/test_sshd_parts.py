@@ -88,6 +88,18 @@ def test_authorized_keys_options_kept(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\r"])
+def test_a_restricted_keys_comment_is_never_a_key_of_its_own(separator: str) -> None:
+    """Lines end at LF only, as OpenSSH reads them: what follows a Unicode line separator in a
+    restricted key's comment is the comment's, not an unrestricted second entry."""
+    k1, l1 = _pub()
+    k2, l2 = _pub()
+    keys = parse_authorized_keys(f'from="10.9.9.9",command="/bin/true" {l1} backup{separator}{l1} x\r\n{l2}\n')
+    assert keys is not None  # the other lines still count
+    assert keys.validate(k2.convert_to_public(), "", "192.0.2.7") == {}
+    assert keys.validate(k1.convert_to_public(), "", "192.0.2.7") is None  # not unrestricted
+
+
 def test_authorized_keys_empty_or_missing(tmp_path: Path) -> None:
     assert parse_authorized_keys("# only comments\n\n") is None
     assert parse_authorized_keys("garbage\n") is None

@@ -24,7 +24,9 @@ def split_lines(content: bytes) -> list[bytes]:
 
 
 def bare(line: bytes) -> bytes:
-    return line.strip(b" \t\r\n")
+    """A line as markers are compared: without surrounding blanks, nor the UTF-8 byte-order mark
+    an editor may put before a file's first line (the block's START line, usually)."""
+    return line.strip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf")
 
 
 def scan(

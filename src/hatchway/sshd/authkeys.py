@@ -26,9 +26,15 @@ def parse_authorized_keys(
     (a key is a few hundred bytes; parsing it twice costs microseconds).
     """
     good: list[str] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at LF only, as OpenSSH reads them. str.splitlines() (asyncssh's too) also ends
+    # one at U+2028, a form feed or a lone CR, and would make an option-restricted key's comment
+    # a key of its own: a line holding one is not used (changing it could change its options).
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
+            continue
+        if len(line.splitlines()) > 1:
+            _warn_once(source, lineno, "a line separator other than a newline inside the line")
             continue
         try:
             asyncssh.import_authorized_keys(line)  # raises for an unusable line
