@@ -33,6 +33,12 @@ from hatchway.server.web.security import (
 
 router = page_router()
 
+#: What a setup form that lost to another one is told, on the sign-in page it is sent to.
+SETUP_DONE = (
+    "This deployment is already set up: someone else created its first site manager, so your account was "
+    "not created. Sign in, or ask a site manager to create an account for you."
+)
+
 
 async def _needs_first_user(db: AsyncSession) -> bool:
     return (await db.execute(select(func.count()).select_from(User))).scalar_one() == 0
@@ -113,6 +119,10 @@ async def setup(request: Request, ctx: ServerContext = Depends(get_ctx), db: Asy
             error = validation_message(exc)
         except APIError as exc:
             await db.rollback()
+            if exc.status == 409:
+                # Someone else's setup got there first (a race, or a form left open): this one's
+                # account will not be made, and the setup form is no use any more.
+                return redirect(request, "/", "error", SETUP_DONE)
             error = f"{exc.error[:1].upper()}{exc.error[1:]}."
         else:
             response = redirect(request, "/workspaces", "success", f"Welcome, {out.user.username}. You are this deployment's first site manager.")
