@@ -89,7 +89,7 @@ async def sign_in(
                 error = "Your account is suspended. Ask a site manager to reactivate it."
             elif exc.status == 503:
                 retry_after = (exc.headers or {}).get("Retry-After")
-                error = "The server is checking too many passwords at once. Please try again in a few seconds."
+                error = f"The server is checking too many passwords at once. Please try again in {retry_after} seconds."
             else:
                 error = "Wrong username or password. Check both and try again."
         else:
