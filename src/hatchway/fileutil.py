@@ -36,6 +36,84 @@ class DanglingSymlinkError(FileNotFoundError):
         return str(self.strerror)
 
 
+#: How much of a person's file (authorized_keys, ~/.ssh/environment, ~/.ssh/config) Hatchway
+#: reads. Far beyond any real one (ten thousand keys is about 4 MiB), and small enough that a link
+#: to /dev/zero or a runaway generator cannot exhaust the agent's memory.
+READ_LIMIT = 16 * 1024 * 1024
+
+
+class NotRegularFileError(OSError):
+    """``path`` is a FIFO, a device, a socket or a directory, where a regular file was expected.
+
+    Reading a FIFO blocks until someone writes to it, and a device such as /dev/zero never ends:
+    either would hang or exhaust whoever reads it. OpenSSH refuses such an authorized_keys for the
+    same reason ("is not a regular file").
+    """
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"{path} is {kind}, not a regular file; replace it with a regular file", str(path))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class FileTooLargeError(OSError):
+    """``path`` is larger than the reader's limit; it was not read."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__(
+            errno.EFBIG, f"{path} is larger than {limit // (1024 * 1024)} MiB; trim it to what is needed", str(path)
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def file_kind(mode: int) -> str:
+    """A file type in words, for messages about files that are not regular."""
+    for test, words in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return words
+    return "a special file"
+
+
+def read_regular(path: str | os.PathLike[str], limit: int = READ_LIMIT) -> tuple[os.stat_result, bytes]:
+    """The status and content of the regular file at ``path`` (symlinks followed), read safely.
+
+    Opened non-blocking so that a FIFO cannot hang the caller before it is recognised, and then
+    refused unless it is a regular file (:class:`NotRegularFileError`); a file over ``limit``
+    bytes, or one that grows past it while being read, raises :class:`FileTooLargeError`.
+    FileNotFoundError and other OSErrors pass through.
+    """
+    p = Path(path)
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(p, file_kind(st.st_mode))
+        if st.st_size > limit:
+            raise FileTooLargeError(p, limit)
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise FileTooLargeError(p, limit)
+        return st, b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def write_target(path: str | os.PathLike[str]) -> Path:
     """The file that writing "to ``path``" should replace, so a symlink stays a symlink.
 
@@ -68,8 +146,13 @@ def atomic_write(
     person's own files (their ``~/.ssh/config``): the link is kept and its target (see
     :func:`write_target`) is replaced, with the temp file in the target's directory so the final
     rename stays on one filesystem.
+
+    A device, FIFO or socket at the target is refused (:class:`NotRegularFileError`), never
+    replaced: a ``~/.ssh/config`` linked to /dev/null, written by root, would otherwise take
+    /dev/null away from the whole machine.
     """
     target = write_target(path) if follow_symlinks else Path(path)
+    _refuse_special(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, mode)
@@ -84,6 +167,15 @@ def atomic_write(
         except FileNotFoundError:
             pass
         raise
+
+
+def _refuse_special(target: Path) -> None:
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise NotRegularFileError(target, file_kind(mode))
 
 
 def ensure_private_dir(path: str | os.PathLike[str]) -> Path:

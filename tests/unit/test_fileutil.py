@@ -128,3 +128,97 @@ def test_a_failed_write_through_a_link_leaves_the_target_and_no_temp_file(
     assert target.read_text() == "Host mine\n"
     assert sorted(p.name for p in target.parent.iterdir()) == ["config"]
     assert link.is_symlink()
+
+
+# ---- files that are not regular files -----------------------------------------------------------
+
+
+def test_read_regular_returns_status_and_content(tmp_path: Path) -> None:
+    path = tmp_path / "environment"
+    path.write_bytes(b"A=1\r\nB=2")
+    st, data = fileutil.read_regular(path)
+    assert data == b"A=1\r\nB=2"
+    assert st.st_size == len(data) and stat.S_ISREG(st.st_mode)
+
+
+def test_read_regular_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    """Nobody writes to this FIFO: a plain open() would wait for a writer for ever."""
+    fifo = tmp_path / "environment"
+    os.mkfifo(fifo)
+    with pytest.raises(fileutil.NotRegularFileError) as caught:
+        fileutil.read_regular(fifo)
+    assert str(caught.value) == f"{fifo} is a named pipe (FIFO), not a regular file; replace it with a regular file"
+
+
+def test_read_regular_refuses_a_link_to_an_endless_device(tmp_path: Path) -> None:
+    link = tmp_path / "authorized_keys"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(fileutil.NotRegularFileError, match=r"is a character device, not a regular file"):
+        fileutil.read_regular(link)
+
+
+def test_read_regular_refuses_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    with pytest.raises(fileutil.NotRegularFileError, match=r"config is a directory, not a regular file"):
+        fileutil.read_regular(tmp_path / "config")
+
+
+def test_read_regular_refuses_a_file_over_the_limit_and_reads_one_at_it(tmp_path: Path) -> None:
+    path = tmp_path / "authorized_keys"
+    path.write_bytes(b"k" * (3 * 1024 * 1024))
+    with pytest.raises(fileutil.FileTooLargeError) as caught:
+        fileutil.read_regular(path, limit=2 * 1024 * 1024)
+    assert str(caught.value) == f"{path} is larger than 2 MiB; trim it to what is needed"
+    assert fileutil.read_regular(path, limit=3 * 1024 * 1024)[1] == b"k" * (3 * 1024 * 1024)
+
+
+def test_read_regular_stops_at_the_limit_when_the_file_grows_while_read(tmp_path: Path) -> None:
+    """/proc files report size 0 and then produce bytes: the limit holds on what is read."""
+    path = tmp_path / "growing"
+    path.write_bytes(b"x" * 100)
+    real_fstat = os.fstat
+
+    def shrunk_fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 0, 0, 0, 0))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fileutil.os, "fstat", shrunk_fstat)
+        with pytest.raises(fileutil.FileTooLargeError):
+            fileutil.read_regular(path, limit=99)
+        assert fileutil.read_regular(path, limit=100)[1] == b"x" * 100
+
+
+def test_a_fifo_behind_a_followed_link_is_refused_and_kept(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "config"
+    link.symlink_to(fifo)
+    with pytest.raises(fileutil.NotRegularFileError, match=r"pipe is a named pipe \(FIFO\), not a regular file"):
+        atomic_write(link, b"Host x\n", follow_symlinks=True)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "pipe"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a character device needs root")
+def test_root_never_replaces_a_device_a_config_links_to(tmp_path: Path) -> None:
+    """The danger case: as root, ~/.ssh/config -> /dev/null. A private copy of /dev/null's device
+    number stands in for it, so a regression cannot break the machine's real /dev/null."""
+    device = tmp_path / "null"
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    link = tmp_path / "config"
+    link.symlink_to(device)
+    with pytest.raises(fileutil.NotRegularFileError, match=r"null is a character device, not a regular file"):
+        atomic_write(link, b"Host x\n", follow_symlinks=True)
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+    with pytest.raises(fileutil.NotRegularFileError):
+        atomic_write(device, b"Host x\n")
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+
+
+def test_a_link_is_still_replaced_when_not_followed(tmp_path: Path) -> None:
+    """Refusing special files must not stop the agent replacing a link planted at its path."""
+    link = tmp_path / "authorized_keys"
+    link.symlink_to("/dev/null")
+    atomic_write(link, b"k\n")
+    assert not link.is_symlink() and link.read_bytes() == b"k\n"
