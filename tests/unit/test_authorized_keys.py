@@ -315,6 +315,42 @@ def test_orphan_start_swallows_only_our_lines() -> None:
     assert render(out, [ED1]) == out
 
 
+def test_a_second_start_before_end_keeps_the_lines_between() -> None:
+    """START, our key, the user's comment and key, START, END: the first START is an orphan; its
+    END was deleted by hand. Pairing it with the later END would delete the user's lines."""
+    existing = (
+        START_B + b"\n" + ED2.encode() + b"\n# my laptop\n" + ED3.encode() + b"\n" + block_of(ED2) + b"mine\n"
+    )
+    out = render(existing, [ED1])
+    assert out == block_of(ED1) + b"# my laptop\n" + ED3.encode() + b"\nmine\n"
+    assert render(out, [ED1]) == out
+
+
+def test_nested_starts_and_ends_leave_no_old_key_and_keep_the_rest() -> None:
+    existing = START_B + b"\n" + block_of(ED2) + END_B + b"\nmine\n"
+    assert render(existing, [ED1]) == block_of(ED1) + b"mine\n"
+
+
+def test_thousands_of_unclosed_starts_are_scanned_in_linear_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each START used to search to the end of the file for an END: 16 000 of them took ten
+    seconds of the agent's start-up. Counted in marker comparisons, not timed."""
+    from hatchway.agent import blocks
+
+    calls = 0
+    real_bare = blocks.bare
+
+    def counting_bare(line: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real_bare(line)
+
+    monkeypatch.setattr(blocks, "bare", counting_bare)
+    lines = 4000
+    out = render((START_B + b"\n# x\n") * lines + b"mine\n", [ED1])
+    assert out == block_of(ED1) + b"# x\n" * lines + b"mine\n"
+    assert calls <= 2 * lines + 1
+
+
 def test_orphan_start_stops_at_blank_line() -> None:
     existing = START_B + b"\n" + ED2.encode() + b"\n\n" + ED3.encode() + b" mine\n"
     assert render(existing, [ED1]) == block_of(ED1) + b"\n" + ED3.encode() + b" mine\n"

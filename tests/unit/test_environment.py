@@ -172,6 +172,15 @@ def test_orphan_start_stops_at_unsafe_line() -> None:
     assert render(existing, []) == section() + b"not a variable\nB=2\n"
 
 
+def test_a_second_start_before_end_keeps_the_lines_between() -> None:
+    """The first section lost its END: it is an orphan, and the user's lines after its shape stay
+    even though a later, complete section follows."""
+    existing = START_B + b"\nA=1\n# mine\nMINE=1\n" + section(("A", "1")) + b"LAST=1\n"
+    out = render(existing, [("A", "2")])
+    assert out == section(("A", "2")) + b"# mine\nMINE=1\nLAST=1\n"
+    assert render(out, [("A", "2")]) == out
+
+
 def test_orphan_start_at_end_of_file() -> None:
     assert render(b"MINE=1\n" + START_B, []) == section() + b"MINE=1\n"
 
