@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +173,9 @@ def test_full_disk_leaves_the_old_files_intact_and_is_reported(
 def test_unwritable_ssh_dir_is_reported_not_raised(tmp_path: Path) -> None:
     (tmp_path / ".ssh").write_text("a file where the directory should be")
     result = inject(manifest(), tmp_path)
-    assert len(result.diagnostics) == 1
-    assert result.diagnostics[0].startswith("could not create ~/.ssh with mode 0700: ")
-    assert result.diagnostics[0].endswith("; authorized_keys and environment were not updated")
+    assert result.diagnostics == [
+        "~/.ssh is not a directory; move it aside so it can be created; authorized_keys and environment were not updated"
+    ]
     assert result.variables == [*DEFAULTS.items(), ("FOO", "bar")]  # the built-in server still gets them
 
 
@@ -184,3 +187,98 @@ def test_group_writable_home_is_reported_for_strict_modes(tmp_path: Path) -> Non
         f"~/.ssh/authorized_keys; run chmod go-w {tmp_path}")
     ]
     assert (tmp_path / ".ssh" / "authorized_keys").exists()
+
+
+# ---- ~/.ssh of the person's own making (the agent runs as them, not as root) -------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobody_home() -> Any:
+    """A home owned by uid 65534, in a directory that uid can reach (pytest's tmp_path is under a
+    root-only 0700 directory)."""
+    if os.geteuid() != 0:
+        pytest.skip("switching to another uid needs root")
+    base = Path(tempfile.mkdtemp(prefix="hw-inject-"))
+    try:
+        os.chmod(base, 0o755)
+        home = base / "home"
+        home.mkdir(mode=0o755)
+        os.chown(home, NOBODY, NOBODY)
+        yield home
+    finally:
+        shutil.rmtree(base)
+
+
+def _inject_as(uid: int, home: Path) -> dict[str, Any]:
+    """Run inject() in a forked child that has dropped to ``uid``, as the agent runs in a workspace."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            result = inject(manifest(), home)
+            payload = json.dumps({"diagnostics": result.diagnostics, "wrote": result.wrote}).encode()
+        except BaseException as exc:  # noqa: BLE001 - anything goes back to the test
+            payload = json.dumps({"error": repr(exc)}).encode()
+        os.write(write_end, payload)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def test_a_root_owned_known_hosts_in_ssh_does_not_stop_injection(nobody_home: Path) -> None:
+    """A Dockerfile's RUN ssh-keyscan >> ~/.ssh/known_hosts leaves it owned by root in a 0755
+    ~/.ssh. It is the person's directory: the platform key and the environment go in all the same."""
+    ssh = nobody_home / ".ssh"
+    ssh.mkdir(mode=0o755)
+    os.chown(ssh, NOBODY, NOBODY)
+    (ssh / "known_hosts").write_text("github.com ssh-ed25519 AAAA\n")
+    out = _inject_as(NOBODY, nobody_home)
+    assert out == {"diagnostics": [], "wrote": ["~/.ssh/authorized_keys", "~/.ssh/environment"]}
+    assert (ssh / "authorized_keys").read_text() == AK_BLOCK.format(keys=KEY1 + "\n")
+    assert (ssh / "authorized_keys").stat().st_uid == NOBODY
+    assert mode(ssh) == 0o700
+    assert (ssh / "known_hosts").read_text() == "github.com ssh-ed25519 AAAA\n"
+    assert (ssh / "known_hosts").stat().st_uid == 0
+
+
+def test_an_ssh_dir_owned_by_root_is_reported_with_the_command_that_fixes_it(nobody_home: Path) -> None:
+    ssh = nobody_home / ".ssh"
+    ssh.mkdir(mode=0o755)
+    out = _inject_as(NOBODY, nobody_home)
+    assert out == {
+        "diagnostics": [
+            f"~/.ssh belongs to root, and nobody cannot write into it; run chown nobody: {ssh} as root; "
+            "authorized_keys and environment were not updated"
+        ],
+        "wrote": [],
+    }
+    assert sorted(ssh.iterdir()) == []
+
+
+def test_a_fifo_or_endless_device_in_place_of_a_file_is_reported_and_the_other_file_written(tmp_path: Path) -> None:
+    """A FIFO used to hang the agent before it served any SSH, and a link to /dev/zero ran it out
+    of memory. Both are reported and left as they are; the other file is still written."""
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir(mode=0o700)
+    os.mkfifo(ssh / "environment")
+    (ssh / "authorized_keys").symlink_to("/dev/zero")
+    result = inject(manifest(), tmp_path)
+    assert result.diagnostics == [
+        f"could not read ~/.ssh/authorized_keys: {ssh}/authorized_keys is a character device, not a regular file; "
+        "replace it with a regular file; it was left unchanged",
+        f"could not read ~/.ssh/environment: {ssh}/environment is a named pipe (FIFO), not a regular file; "
+        "replace it with a regular file; it was left unchanged",
+    ]
+    assert result.io_failed
+    os.unlink(ssh / "environment")
+    result = inject(manifest(), tmp_path)
+    assert result.wrote == ["~/.ssh/environment"]
+    assert os.readlink(ssh / "authorized_keys") == "/dev/zero"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,8 +87,8 @@ def _sync_file(path: Path, home: Path, render: Any, result: InjectionResult) -> 
     reconnect delivers a manifest) and avoids needless disk writes."""
     shown = _display(path, home)
     try:
-        st: os.stat_result | None = path.stat()
-        existing = path.read_bytes()
+        st: os.stat_result | None
+        st, existing = fileutil.read_regular(path)
     except FileNotFoundError:
         st, existing = None, b""
     except OSError as exc:
@@ -114,6 +115,51 @@ def _sync_file(path: Path, home: Path, render: Any, result: InjectionResult) -> 
         return
     result.wrote.append(shown)
     log.info("wrote %s", shown)
+
+
+def _ssh_dir_ready(ssh_dir: Path, home: Path, result: InjectionResult) -> bool:
+    """Create ``~/.ssh`` 0700 if it is missing, and tighten it to 0700 if it is ours; False (with
+    the reason reported) when the files cannot be written into it.
+
+    It is the person's own directory, so what is in it is none of our business: a ``known_hosts``
+    that a Dockerfile's ``ssh-keyscan`` left owned by root must not stop the platform key being
+    installed. Only a directory owned by someone else is left alone, with the command that
+    fixes it.
+    """
+    shown = _display(ssh_dir, home)
+    not_updated = "authorized_keys and environment were not updated"
+    try:
+        fileutil.make_private_dir(ssh_dir)
+        st = ssh_dir.stat()
+    except FileExistsError:
+        _io_problem(result, f"{shown} is not a directory; move it aside so it can be created; {not_updated}")
+        return False
+    except OSError as exc:
+        _io_problem(result, f"could not create {shown} with mode 0700: {exc.strerror or exc}; {not_updated}")
+        return False
+    me = os.getuid()
+    if st.st_uid != me:
+        if not os.access(ssh_dir, os.W_OK | os.X_OK):
+            _io_problem(
+                result,
+                f"{shown} belongs to {_user_name(st.st_uid)}, and {_user_name(me)} cannot write into it; "
+                f"run chown {_user_name(me)}: {ssh_dir} as root; {not_updated}",
+            )
+            return False
+        return True
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        try:
+            os.chmod(ssh_dir, 0o700)
+        except OSError as exc:
+            _problem(result, f"could not set {shown} to mode 0700: {exc.strerror or exc}")
+    return True
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _strict_modes(home: Path, result: InjectionResult) -> None:
@@ -145,14 +191,7 @@ def inject(manifest: Mapping[str, Any], home: Path) -> InjectionResult:
     keys = _valid_keys(manifest.get("authorized_keys"), result)
 
     ssh_dir = home / ".ssh"
-    try:
-        fileutil.ensure_private_dir(ssh_dir)
-    except OSError as exc:
-        _io_problem(
-            result,
-            f"could not create {_display(ssh_dir, home)} with mode 0700: {exc.strerror or exc}; "
-            "authorized_keys and environment were not updated",
-        )
+    if not _ssh_dir_ready(ssh_dir, home, result):
         return result
     _strict_modes(home, result)
     _sync_file(ssh_dir / "authorized_keys", home, lambda old: authorized_keys.render(old, keys), result)
