@@ -144,6 +144,14 @@ def test_session_files_motd_and_hushlogin(tmp_path: Path) -> None:
     assert _read_session_files(tmp_path / "nohome", motd).home_ok is False
 
 
+def test_session_files_skip_an_environment_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    """A FIFO at ~/.ssh/environment would hold the session's setup thread for ever."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    os.mkfifo(home / ".ssh" / "environment")
+    assert _read_session_files(home, None).environment is None
+
+
 def test_terminal_text() -> None:
     assert terminal_text(b"a\nb\r\nc") == b"a\r\nb\r\nc"
 

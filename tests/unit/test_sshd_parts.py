@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import stat
@@ -104,6 +105,24 @@ def test_authorized_keys_empty_or_missing(tmp_path: Path) -> None:
     assert parse_authorized_keys("# only comments\n\n") is None
     assert parse_authorized_keys("garbage\n") is None
     assert load_authorized_keys(tmp_path / "missing") is None
+
+
+def test_authorized_keys_that_is_not_a_regular_file_refuses_every_key_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenSSH refuses such a file too. A FIFO used to block a thread per connection for ever,
+    and a link to /dev/zero ran the agent out of memory."""
+    fifo = tmp_path / "authorized_keys"
+    os.mkfifo(fifo)
+    with caplog.at_level(logging.WARNING, logger="hatchway.sshd"):
+        assert load_authorized_keys(fifo) is None
+    assert caplog.messages == [
+        f"cannot read {fifo}: {fifo} is a named pipe (FIFO), not a regular file; replace it with a "
+        "regular file; refusing every key"
+    ]
+    link = tmp_path / "zero"
+    link.symlink_to("/dev/zero")
+    assert load_authorized_keys(link) is None
 
 
 def test_authorized_keys_reread_from_disk(tmp_path: Path) -> None:

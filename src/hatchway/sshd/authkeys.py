@@ -14,6 +14,8 @@ from pathlib import Path
 
 import asyncssh
 
+from hatchway.fileutil import read_regular
+
 log = logging.getLogger("hatchway.sshd")
 
 
@@ -51,7 +53,7 @@ def parse_authorized_keys(
 def load_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys | None:
     """Read and parse ``path``. Blocking: call it through ``asyncio.to_thread``."""
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        text = read_regular(path)[1].decode("utf-8", errors="replace")
     except FileNotFoundError:
         log.debug("no authorized_keys at %s: refusing every key", path)
         return None

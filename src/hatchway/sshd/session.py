@@ -42,6 +42,7 @@ from typing import Any
 
 import asyncssh
 
+from hatchway.fileutil import read_regular
 from hatchway.sshd.agentfwd import AgentForward
 from hatchway.sshd.config import BuiltinSSHConfig
 from hatchway.sshd.env import SessionIdentity, build_session_env
@@ -125,15 +126,11 @@ def _read_session_files(home: Path, motd_path: Path | None = None) -> SessionFil
     """
     text: str | None
     try:
-        text = (
-            (home / ".ssh" / "environment")
-            .read_bytes()
-            .decode("utf-8", "surrogateescape")
-        )
+        text = read_regular(home / ".ssh" / "environment")[1].decode("utf-8", "surrogateescape")
     except FileNotFoundError:
         text = None
     except OSError as exc:
-        log.debug("cannot read %s/.ssh/environment: %s", home, exc.strerror or exc)
+        log.warning("%s; the session starts without it", exc.strerror or exc)
         text = None
     motd: bytes | None = None
     if motd_path is not None and not (home / ".hushlogin").exists():
