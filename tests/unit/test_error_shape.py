@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from fastapi import FastAPI
 
@@ -30,3 +32,37 @@ async def test_unknown_routes_and_wrong_methods_say_where_the_api_is_described()
         assert r.status_code == 405 and r.headers["allow"] == "GET"
         assert r.json() == {"error": "method not allowed", "detail": "DELETE is not allowed here; use GET (see /api/v1/docs)"}
         assert (await c.get("/api/v1/things")).json() == []
+
+
+# ---- telling a full disk from an outage ---------------------------------------------------------
+
+
+def _wrapped(message: str) -> Exception:
+    import sqlite3
+
+    from sqlalchemy import exc as sa_exc
+
+    return sa_exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError(message))
+
+
+def test_a_full_sqlite_database_is_out_of_space_and_an_unopenable_one_is_not(tmp_path: Path) -> None:
+    from hatchway.server.errors import DB_FULL, DB_FULL_DETAIL, DB_UNAVAILABLE, DB_UNAVAILABLE_DETAIL, db_failure
+
+    full, unavailable = (DB_FULL, DB_FULL_DETAIL), (DB_UNAVAILABLE, DB_UNAVAILABLE_DETAIL)
+    assert db_failure(_wrapped("database or disk is full")) == full
+    assert db_failure(_wrapped("unable to open database file")) == unavailable
+    # "disk I/O error" counts as full only when the database's file system really has no room.
+    assert db_failure(_wrapped("disk I/O error"), str(tmp_path / "db.sqlite")) == unavailable
+    assert db_failure(ValueError("a bug")) is None
+
+
+def test_postgres_disk_full_is_recognised_by_its_sqlstate() -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from hatchway.server.errors import db_out_of_space
+
+    class DiskFullError(Exception):
+        sqlstate = "53100"
+
+    assert db_out_of_space(sa_exc.OperationalError("INSERT ...", {}, DiskFullError("could not write block")))
+    assert not db_out_of_space(sa_exc.OperationalError("INSERT ...", {}, ConnectionRefusedError(111, "refused")))

@@ -23,7 +23,7 @@ from hatchway.server.bus import LocalBus, PostgresBus
 from hatchway.server.cluster import Cluster
 from hatchway.server.context import ServerContext
 from hatchway.server.crypto import SecretBox, load_or_create_deployment_secret
-from hatchway.server.errors import install_error_handlers
+from hatchway.server.errors import db_out_of_space, db_unavailable, install_error_handlers, sqlite_file
 from hatchway.server.hub import AgentHub
 from hatchway.server.limits import BodyLimit
 from hatchway.server.relay import Relay
@@ -103,12 +103,39 @@ def build_supervisor(ctx: ServerContext, add_listener: Any) -> Supervisor:
     return Supervisor(ctx.sessions, ctx.hub, ctx.broadcast, {"local": local, "docker": docker})
 
 
+class StartupRefused(Exception):
+    """Start-up failed for a reason already logged in one line; uvicorn's traceback of it would
+    only bury that line (see ``hatchway.server.run``)."""
+
+
+def startup_problem(exc: BaseException, settings: Settings) -> str | None:
+    """What to tell the operator when start-up failed with ``exc`` for a reason outside the
+    code (a full disk, a database that is down), or None for a bug, whose traceback is wanted."""
+    driver = getattr(exc, "orig", None) or exc
+    said = (driver.strerror if isinstance(driver, OSError) else None) or str(driver).partition("\n")[0]
+    if db_out_of_space(exc, sqlite_file(settings.db_url)):
+        return (
+            f"the disk is full ({said}); free space on the disk that holds the data dir {settings.data_dir} "
+            "(and the database, if it is elsewhere), then start the server again"
+        )
+    if db_unavailable(exc):
+        return f"the database cannot be reached ({said}); check that it is running and that --db names it, then start the server again"
+    return None
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = await build_context(settings)
-        # SQLite is one process by construction: whatever an earlier run claimed is stale now.
-        await ctx.cluster.join(alone=ctx.engine.dialect.name == "sqlite")
+        try:
+            ctx = await build_context(settings)
+            # SQLite is one process by construction: whatever an earlier run claimed is stale now.
+            await ctx.cluster.join(alone=ctx.engine.dialect.name == "sqlite")
+        except Exception as exc:
+            problem = startup_problem(exc, settings)
+            if problem is None:
+                raise
+            log.error("cannot start: %s", problem)
+            raise StartupRefused(problem) from None
         await ctx.bus.start()
         app.state.ctx = ctx
         add_listener = getattr(app.state, "add_listener", None)

@@ -6,18 +6,30 @@ sentences a person can act on; stack traces never leave the server.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("hatchway.server")
 
 DB_UNAVAILABLE = "database unavailable"
 DB_UNAVAILABLE_DETAIL = "the server cannot reach its database right now; try again in a few seconds"
+DB_FULL = "database out of disk space"
+DB_FULL_DETAIL = (
+    "the server's database has no disk space left, so nothing was changed; try again once a site manager "
+    "has freed space on the database's disk (the server's log names the error)"
+)
+#: What SQLite (SQLITE_FULL) and PostgreSQL (SQLSTATE 53100 and its relatives) say when the disk
+#: holding the database is full.
+_FULL_MARKERS = ("database or disk is full", "no space left on device", "could not extend file")
 #: Modules whose frames in a traceback say an OSError came from talking to the database.
 _DB_MODULES = ("sqlalchemy.", "asyncpg.", "aiosqlite.")
 
@@ -72,6 +84,65 @@ def db_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def sqlite_file(db_url: str) -> str | None:
+    """The database file of a SQLite URL (None for any other database, or in-memory SQLite)."""
+    url = make_url(db_url)
+    return url.database or None if url.get_backend_name() == "sqlite" else None
+
+
+def _nearly_full(path: str) -> bool:
+    """Whether the file system holding ``path`` has (next to) no space left for this process."""
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1024 * 1024
+
+
+def db_failure(exc: BaseException, sqlite_path: str | None = None) -> tuple[str, str] | None:
+    """``(error, detail)`` for a request that failed because of the database, None for a bug.
+
+    A full disk is told apart from an outage: waiting a few seconds does not fix it, and the
+    person who can fix it needs to know that it is the disk, not the network.
+    """
+    if not db_unavailable(exc):
+        return None
+    return (DB_FULL, DB_FULL_DETAIL) if db_out_of_space(exc, sqlite_path) else (DB_UNAVAILABLE, DB_UNAVAILABLE_DETAIL)
+
+
+def db_out_of_space(exc: BaseException, sqlite_path: str | None = None) -> bool:
+    """Whether ``exc`` (or the driver error it wraps) says the database's disk is full.
+
+    SQLite says so ("database or disk is full") only when a write runs out of room; when it is
+    its write-ahead log that cannot grow, it says "disk I/O error", so for SQLite (given its
+    file) that counts as full when the file system has no space left.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):  # SQLAlchemy wraps the driver's error, which may chain further
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        text = str(seen).lower()
+        if getattr(seen, "sqlstate", None) == "53100" or any(m in text for m in _FULL_MARKERS):
+            return True
+        if sqlite_path and "disk i/o error" in text and _nearly_full(sqlite_path):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+def log_db_failure(where: str, exc: BaseException, sqlite_path: str | None = None) -> None:
+    """One log line for a request the database failed: a full disk is an error the operator
+    must act on, with the driver's own words; an outage is a warning (it passes)."""
+    if db_out_of_space(exc, sqlite_path):
+        driver = getattr(exc, "orig", None) or exc
+        log.error("%s: %s (%s: %s); free space on the disk that holds the database", where, DB_FULL,
+                  type(driver).__name__, str(driver).splitlines()[0] if str(driver) else "")
+    else:
+        log.warning("%s: %s (%s)", where, DB_UNAVAILABLE, type(exc).__name__)
+
+
 def _db_exception_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [sa_exc.DBAPIError, sa_exc.TimeoutError, OSError]
     try:
@@ -106,6 +177,12 @@ def _routing_detail(status: int, method: str, headers: dict[str, str] | None) ->
     return ""
 
 
+def app_sqlite_file(app: Any) -> str | None:
+    """The running server's SQLite file, if that is its database (see :func:`db_out_of_space`)."""
+    ctx = getattr(app.state, "ctx", None)
+    return sqlite_file(ctx.settings.db_url) if ctx is not None else None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
@@ -129,9 +206,10 @@ def install_error_handlers(app: FastAPI) -> None:
         # without Starlette re-raising it into a traceback for every request of the outage.
         if req.scope["type"] != "http":
             raise exc  # WebSockets: hatchway.server.guards.AcceptDeadline answers those
-        if db_unavailable(exc):
-            log.warning("%s %s: %s (%s)", req.method, req.url.path, DB_UNAVAILABLE, type(exc).__name__)
-            return error_response(503, DB_UNAVAILABLE, DB_UNAVAILABLE_DETAIL, {"Retry-After": "2"})
+        failure = db_failure(exc, app_sqlite_file(req.app))
+        if failure is not None:
+            log_db_failure(f"{req.method} {req.url.path}", exc, app_sqlite_file(req.app))
+            return error_response(503, *failure, {"Retry-After": "2"})
         return await _unexpected(req, exc)
 
     for exc_type in _db_exception_types():
@@ -139,7 +217,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
-        if db_unavailable(exc):
-            return error_response(503, DB_UNAVAILABLE, DB_UNAVAILABLE_DETAIL, {"Retry-After": "2"})
+        failure = db_failure(exc, app_sqlite_file(req.app))
+        if failure is not None:
+            return error_response(503, *failure, {"Retry-After": "2"})
         log.exception("unhandled error on %s %s", req.method, req.url.path)
         return error_response(500, "internal error", "the server hit an unexpected error; it has been logged")

@@ -393,7 +393,7 @@ class AcceptDeadline:
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
-        from hatchway.server.errors import DB_UNAVAILABLE_DETAIL, db_unavailable
+        from hatchway.server.errors import app_sqlite_file, db_failure, log_db_failure
 
         decided = False
         closed = False
@@ -417,11 +417,14 @@ class AcceptDeadline:
             log.warning("a WebSocket to %s was not accepted within %.0f s; refused", scope.get("path", "?"), self.timeout)
             await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
         except Exception as exc:
-            if not db_unavailable(exc) or closed:
+            sqlite_path = app_sqlite_file(scope["app"]) if "app" in scope else None
+            failure = db_failure(exc, sqlite_path)
+            if failure is None or closed:
                 raise
-            log.warning("WebSocket %s: database unavailable (%s)", scope.get("path", "?"), type(exc).__name__)
+            log_db_failure(f"WebSocket {scope.get('path', '?')}", exc, sqlite_path)
+            error, detail = failure
             with contextlib.suppress(Exception):  # the peer may be gone already
                 if decided:  # accepted: say why in the stream's own error format, then close
-                    text = json.dumps({"type": "error", "error": f"database unavailable: {DB_UNAVAILABLE_DETAIL}"})
+                    text = json.dumps({"type": "error", "error": f"{error}: {detail}"})
                     await send({"type": "websocket.send", "text": text})
-                await send({"type": "websocket.close", "code": 1013, "reason": "database unavailable"})
+                await send({"type": "websocket.close", "code": 1013, "reason": error})

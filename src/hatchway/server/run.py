@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -43,6 +44,14 @@ class _ClientFaultFilter(logging.Filter):
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+class _StartupRefusedFilter(logging.Filter):
+    """A start-up refused for a reason the server has already logged in one line (see
+    ``hatchway.server.app.StartupRefused``) reaches uvicorn as a traceback; that is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "StartupRefused" not in record.getMessage()
 
 
 class _Config(uvicorn.Config):
@@ -149,6 +158,7 @@ class _ExtraListener:
 
 def serve(settings: Settings) -> int:
     logging.getLogger("uvicorn.error").addFilter(_ClientFaultFilter())
+    logging.getLogger("uvicorn.error").addFilter(_StartupRefusedFilter())
     os.umask(0o077)  # the database and everything else in the data dir is the server's alone
     # Before anything else (database, workspaces, the port); held until the process ends.
     try:
@@ -157,7 +167,11 @@ def serve(settings: Settings) -> int:
         log.error("%s", exc)
         return 1
     except OSError as exc:
-        log.error("cannot take the data dir %s for this server: %s", settings.data_dir, exc)
+        if exc.errno == errno.ENOSPC:
+            log.error("cannot take the data dir %s for this server: the disk is full (%s); free space on it, "
+                      "then start the server again", settings.data_dir, exc.strerror)
+        else:
+            log.error("cannot take the data dir %s for this server: %s", settings.data_dir, exc)
         return 1
     ensure_open_files(log)
     app = create_app(settings)
