@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from hatchway.cli.common import (
@@ -14,7 +16,7 @@ from hatchway.cli.common import (
     session_or_fail,
 )
 from hatchway.cli.replies import LoginReply, User
-from hatchway.cli.session import StoredSession, clear_session, save_session
+from hatchway.cli.session import StoredSession, clear_session, config_dir, save_session
 from hatchway.names import shown
 
 
@@ -40,7 +42,15 @@ def login(url: str, username: str, email: str | None, first_user: bool, password
         )
     else:
         out = client.call("POST", "/auth/login", {"username": username, "password": password}, expect=LoginReply)
-    path = save_session(StoredSession(url=url, token=out["token"], username=out["user"]["username"]))
+    try:
+        path = save_session(StoredSession(url=url, token=out["token"], username=out["user"]["username"]))
+    except OSError as exc:
+        # The session exists on the server but nobody holds its token: end it there, or it would
+        # sit in `hatchway sessions list` until it expires.
+        with contextlib.suppress(SystemExit):
+            ApiClient(url, out["token"], username=username).call("POST", "/auth/logout")
+        fail(f"logged in, but could not save the session in {config_dir()}: {exc.strerror or exc}; that session was ended "
+             "again. Free space or fix that directory (or set HATCHWAY_CONFIG_DIR to another one), then log in again")
     role = out["user"]["role"]
     click.echo(shown(f"Logged in to {url} as {out['user']['username']} ({role}); session saved in {path}"))
 
