@@ -3,6 +3,7 @@ all but the caller's; nobody reaches anyone else's. Over the real API and the re
 
 from __future__ import annotations
 
+import re
 import socket
 import sqlite3
 from collections.abc import Iterator
@@ -140,6 +141,53 @@ def test_sign_out_everywhere_else(world: World) -> None:
     with api(world.srv.url, first_user_token(world)) as c:
         actions = [(e["action"], e["actor"]) for e in c.get("/audit").json()]
     assert ("session.revoke-others", "carol") in actions
+
+
+def sign_outs(world: World, session_id: str) -> list[dict]:
+    """The audit's records of ``session_id`` being signed out (logout or the web's Sign out)."""
+    with api(world.srv.url, first_user_token(world)) as c:
+        r = c.get("/audit", params={"actor": "bob"})
+        r.raise_for_status()
+    return [e for e in r.json() if e["action"] == "session.sign-out" and e["detail"].get("session") == session_id]
+
+
+def test_logging_out_is_audited_with_the_session_and_address_never_the_token(world: World) -> None:
+    token = login(world, "bob", "logging out")
+    session_id = next(r["id"] for r in sessions(world, token) if r["current"])
+    with api(world.srv.url, token) as c:
+        assert c.post("/auth/logout").json() == {"ok": True}
+        again = c.post("/auth/logout")
+    assert again.status_code == 401  # gone: a second logout signs nothing out, records nothing
+    [event] = sign_outs(world, session_id)
+    assert (event["actor"], event["target"], event["detail"]) == ("bob", "bob", {"session": session_id})
+    host, port = event["source"].split(" ")  # the address logging out, as other events give it
+    assert host == "127.0.0.1" and port.isdigit()
+    assert token not in repr(event) and token[4:] not in repr(event)
+
+
+def _csrf(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def test_signing_out_of_the_web_ui_is_audited_like_logging_out(world: World) -> None:
+    with httpx.Client(base_url=world.srv.url, follow_redirects=False, timeout=30) as browser:
+        form = {"csrf_token": _csrf(browser.get("/")), "username": "bob", "password": "bob-password"}
+        assert browser.post("/sign-in", data=form).status_code == 303
+        cookie = browser.cookies["hatchway_session"]
+        session_id = next(r["id"] for r in sessions(world, cookie) if r["current"])
+        csrf = _csrf(browser.get("/workspaces"))
+        signed_out = browser.post("/sign-out", data={"csrf_token": csrf})
+        assert (signed_out.status_code, signed_out.headers["location"]) == (303, "/")
+        # The same form sent again with the dead session's cookie signs nothing out.
+        browser.cookies.set("hatchway_session", cookie)
+        assert browser.post("/sign-out", data={"csrf_token": csrf}).status_code == 303
+    assert status(world, cookie) == 401
+    [event] = sign_outs(world, session_id)
+    assert (event["actor"], event["target"], event["detail"]) == ("bob", "bob", {"session": session_id})
+    assert event["source"].startswith("127.0.0.1 ")
+    assert cookie not in repr(event) and cookie[4:] not in repr(event)
 
 
 def first_user_token(world: World) -> str:

@@ -69,16 +69,23 @@ async def revoke_one(db: AsyncSession, broadcast: Broadcast, user: User, session
     return row.token_hash
 
 
-async def sign_out(db: AsyncSession, broadcast: Broadcast, token: str | None) -> None:
+async def sign_out(db: AsyncSession, broadcast: Broadcast, token: str | None, source: str) -> None:
     """Sign out the session ``token`` names (``hatchway logout``, the web UI's Sign out), and end
     the SSH connections it opened, as revoking it would: once it is gone from the list, nobody
-    could end them there any more."""
+    could end them there any more.
+
+    Audited like a revocation, in the same transaction: an investigation of a stolen token needs
+    to tell "the owner signed it out from here, then" from "it was never signed out". The
+    record names the session by its public id (the token is a secret, and only its hash is
+    kept). It says nothing of how many SSH connections ended: they are ended after the commit,
+    on whichever replicas relay them, and each one's own row in the connection log says so."""
     row = (
         await db.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token or "")))
     ).scalar_one_or_none()
     if row is None:
-        return
+        return  # nothing was signed in with it: nothing happened, nothing to record
     await db.delete(row)
+    record(db, row.user, "session.sign-out", row.user.username, source, session=row.id)
     await db.commit()
     await broadcast.end_sessions(StreamMatch(user_id=row.user_id, session_id=row.id), SIGNED_OUT)
 

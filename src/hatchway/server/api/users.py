@@ -163,7 +163,7 @@ async def logout(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> schemas.OkOut:
-    await sessions_api.sign_out(db, ctx.broadcast, bearer_token(request.headers))
+    await sessions_api.sign_out(db, ctx.broadcast, bearer_token(request.headers), client_source(request))
     return schemas.OkOut()
 
 

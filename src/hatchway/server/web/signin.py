@@ -12,7 +12,7 @@ from hatchway.db.models import User
 from hatchway.server.api import schemas
 from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api import users as users_api
-from hatchway.server.context import ServerContext, get_ctx, get_db
+from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
 from hatchway.server.web.base import (
     form_str,
@@ -136,7 +136,7 @@ async def setup(request: Request, ctx: ServerContext = Depends(get_ctx), db: Asy
 async def sign_out(request: Request, ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)) -> Response:
     token = get_cookie(request, SESSION_COOKIE)
     if token:
-        await sessions_api.sign_out(db, ctx.broadcast, token)
+        await sessions_api.sign_out(db, ctx.broadcast, token, client_source(request))
     response = redirect(request, "/", "info", "You are signed out.")
     clear_cookie(request, response, SESSION_COOKIE)
     return response
