@@ -67,8 +67,10 @@ class World:
 
 
 def build_world(tmp: Path, members: tuple[str, ...] = ("bob", "carol"), server_env: dict[str, str] | None = None,
-                db_url: str | None = None, start_agents: bool = True) -> World:
-    server = RunningServer(tmp / "data", db_url=db_url, extra_env=server_env)
+                db_url: str | None = None, start_agents: bool = True, server: RunningServer | None = None) -> World:
+    """The deployment described above; ``server`` (not started yet) replaces the plain server
+    process, for tests that start it differently (``db_url`` and ``server_env`` are then its)."""
+    server = server or RunningServer(tmp / "data", db_url=db_url, extra_env=server_env)
     server.start()
     w = World(server, tmp)
     try:

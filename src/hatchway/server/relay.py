@@ -143,8 +143,10 @@ class Relay:
         Over the per-user or per-workspace cap of connections being set up, the stream first
         waits its turn (at most the dial timeout). The stream is live from the moment it
         arrives: a policy that ends sessions while it waits or while the agent dials back
-        (External Connect off, a suspension, a deletion) ends this one at once, with its reason
-        as the :class:`DialError`. On success the caller must set the release when done with
+        (External Connect off, a suspension, a deletion, a sign-out) ends this one at once, with
+        its reason as the :class:`DialError`. What was committed before it arrived here (after
+        the caller checked the token) no sweep saw: the caller re-reads it once dialled
+        (hatchway.server.api.ssh). On success the caller must set the release when done with
         the agent socket, which lets the agent's request handler finish, and unregister the
         stream. The agent's control channel may be held by another replica (asked over HTTP to
         pass the dial on), and its dial-back may land on any replica (which hands it over here:

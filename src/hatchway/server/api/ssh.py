@@ -12,8 +12,9 @@ from fastapi import APIRouter, WebSocket
 from sqlalchemy import select
 
 from hatchway import peerjson
-from hatchway.db.models import SSHConnection, User, Workspace, new_id, utcnow
+from hatchway.db.models import ApiToken, SSHConnection, User, Workspace, new_id, utcnow
 from hatchway.names import check_username, check_workspace_name
+from hatchway.server.api.sessions import SIGNED_OUT
 from hatchway.server.auth import bearer_token, token_holder, user_and_session
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
 from hatchway.server.errors import APIError
@@ -191,9 +192,16 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         async with ctx.sessions() as db:
             if dialled:
                 # The stream has been live (and so ended by any policy change broadcast) since the
-                # dial began; what changed before that is seen here, in a fresh read.
+                # dial began; what changed before that, since the token was checked above, is seen
+                # here, in a fresh read of everything it was let in on: the user, the workspace and
+                # its provider, and the sign-in session. A logout or revoke committed in between
+                # found no live stream of the session to end, so it is refused here as that sweep
+                # would have ended it; one committed after this read finds it live. The shared
+                # database makes this hold whichever replica the session was signed out on.
                 now_user = await db.get(User, user.id)
                 refusal = "your account was deleted" if now_user is None else _refusal(now_user, await db.get(Workspace, ws.id), shown)
+                if refusal is None and await db.get(ApiToken, session_id) is None:
+                    refusal = SIGNED_OUT
             log_row.result = "open" if refusal is None else "refused"
             log_row.reason = refusal
             db.add(log_row)
