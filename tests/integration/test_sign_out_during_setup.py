@@ -299,6 +299,7 @@ def replicas(pg_url: str, tmp_path: Path) -> Iterator[tuple[World, HeldDialsServ
             assert "Traceback" not in s.log(), s.log()[-5000:]
 
 
+@pytest.mark.postgres
 async def test_a_logout_on_one_replica_takes_a_connection_being_set_up_on_another(
     replicas: tuple[World, HeldDialsServer],
 ) -> None:
