@@ -197,18 +197,18 @@ def test_a_session_that_cannot_be_saved_is_ended_again_and_said_so(deployment: D
     """Logging in with an unusable config dir (here a file stands where a directory is needed;
     a full disk takes the same path) used to end in a traceback, leaving a live session on the
     server that nobody held the token of."""
-    frank = Cli(deployment.tmp / "frank")
-    deployment.alice.ok("users", "create", "frank", "--email", "frank@example.com", "--password-stdin", stdin="frank-password\n")
-    frank.config_dir.parent.mkdir(parents=True)
-    frank.config_dir.parent.joinpath("hatchway").write_text("not a directory")
-    r = frank.run("login", deployment.server.url, "--username", "frank", "--password-stdin", stdin="frank-password\n")
+    hana = Cli(deployment.tmp / "hana")
+    deployment.alice.ok("users", "create", "hana", "--email", "hana@example.com", "--password-stdin", stdin="hana-password\n")
+    hana.config_dir.parent.mkdir(parents=True)
+    hana.config_dir.parent.joinpath("hatchway").write_text("not a directory")
+    r = hana.run("login", deployment.server.url, "--username", "hana", "--password-stdin", stdin="hana-password\n")
     assert (r.code, r.out) == (1, "")
     assert r.err == (
-        f"hatchway: logged in, but could not save the session in {frank.config_dir}: File exists; that session was "
+        f"hatchway: logged in, but could not save the session in {hana.config_dir}: File exists; that session was "
         "ended again. Free space or fix that directory (or set HATCHWAY_CONFIG_DIR to another one), then log in again\n"
     )
     with api(deployment.server.url) as c:
-        token = c.post("/auth/login", json={"username": "frank", "password": "frank-password"}).json()["token"]
+        token = c.post("/auth/login", json={"username": "hana", "password": "hana-password"}).json()["token"]
     with api(deployment.server.url, token) as c:
         live = c.get("/users/me/sessions").json()
     assert len(live) == 1 and live[0]["current"], live
