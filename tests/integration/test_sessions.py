@@ -165,6 +165,28 @@ def test_logging_out_is_audited_with_the_session_and_address_never_the_token(wor
     assert token not in repr(event) and token[4:] not in repr(event)
 
 
+def test_signing_in_is_audited_with_the_session_and_client_never_the_token(world: World) -> None:
+    """Every way a session comes to be (API login, the web form) is recorded with the id the
+    sessions list shows, so a token's life can be followed from sign-in to sign-out."""
+    token = login(world, "bob", "signing in")
+    session_id = next(r["id"] for r in sessions(world, token) if r["current"])
+    with httpx.Client(base_url=world.srv.url, follow_redirects=False, timeout=30) as browser:
+        form = {"csrf_token": _csrf(browser.get("/")), "username": "bob", "password": "bob-password"}
+        assert browser.post("/sign-in", data=form).status_code == 303
+        cookie = browser.cookies["hatchway_session"]
+    web_id = next(r["id"] for r in sessions(world, cookie) if r["current"])
+    with api(world.srv.url, first_user_token(world)) as c:
+        events = [e for e in c.get("/audit", params={"actor": "bob"}).json() if e["action"] == "session.sign-in"]
+    by_session = {e["detail"]["session"]: e for e in events}
+    for sid in (session_id, web_id):
+        event = by_session[sid]
+        assert (event["actor"], event["target"]) == ("bob", "bob")
+        assert event["source"].startswith("127.0.0.1 ")
+    assert by_session[session_id]["detail"]["client"] == "signing in"  # the User-Agent it signed in with
+    assert by_session[web_id]["detail"]["client"].startswith("python-httpx/")
+    assert all(secret not in repr(events) and secret[4:] not in repr(events) for secret in (token, cookie))
+
+
 def _csrf(page: httpx.Response) -> str:
     found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
     assert found, page.text

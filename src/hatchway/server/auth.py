@@ -12,8 +12,9 @@ from fastapi import Depends, Request
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hatchway.db.models import ApiToken, User, Workspace, utcnow
-from hatchway.server.context import get_db
+from hatchway.db.models import ApiToken, User, Workspace, new_id, utcnow
+from hatchway.server.audit import record
+from hatchway.server.context import client_source, get_db
 from hatchway.server.crypto import hash_token, new_token
 from hatchway.server.errors import APIError
 from hatchway.server.session_tokens import (
@@ -40,14 +41,23 @@ def bearer_token(headers: object) -> str | None:
 
 
 async def issue_session_token(db: AsyncSession, user: User, ttl_s: int, request: Request | None = None) -> str:
-    """A new session for ``user``; ``request`` (the sign-in) names its client and address."""
+    """A new session for ``user``; ``request`` (the sign-in) names its client and address.
+
+    Audited as ``session.sign-in`` in the caller's transaction, with the session's public id:
+    with the ``session.sign-out`` and ``session.revoke`` records it tells when a token came to
+    be and from where, which is what looking into a stolen one needs (never the token itself).
+    """
     token, digest = new_token(USER_TOKEN_PREFIX)
     now = utcnow()
-    db.add(ApiToken(
-        user_id=user.id, token_hash=digest, created_at=now, last_used_at=now, expires_at=now + timedelta(seconds=ttl_s),
-        client=client_label(request.headers.get("user-agent")) if request is not None else None,
+    client = client_label(request.headers.get("user-agent")) if request is not None else None
+    session = ApiToken(
+        id=new_id(), user_id=user.id, token_hash=digest, created_at=now, last_used_at=now,
+        expires_at=now + timedelta(seconds=ttl_s), client=client,
         source=printable(request.client.host, SOURCE_MAX) if request is not None and request.client else None,
-    ))
+    )
+    db.add(session)
+    record(db, user, "session.sign-in", user.username, client_source(request) if request is not None else None,
+           session=session.id, client=client)
     return token
 
 
