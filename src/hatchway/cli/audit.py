@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from hatchway.cli.common import api, print_json, print_table
+from hatchway.cli.common import api, json_option, print_json, print_table
 from hatchway.cli.replies import AuditEvent, Connection
 
 
@@ -25,9 +25,9 @@ def audit() -> None:
 
 
 @audit.command("list")
-@click.option("--limit", default=200, show_default=True)
+@click.option("--limit", default=200, show_default=True, help="At most this many, newest first.")
 @click.option("--actor", help="Only actions by this user.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def list_events(limit: int, actor: str | None, as_json: bool) -> None:
     """Admin actions, newest first (site managers only)."""
     params: dict[str, object] = {"limit": limit}
@@ -44,10 +44,10 @@ def list_events(limit: int, actor: str | None, as_json: bool) -> None:
 
 
 @audit.command("connections")
-@click.option("--limit", default=200, show_default=True)
+@click.option("--limit", default=200, show_default=True, help="At most this many, newest first.")
 @click.option("--user", "username", help="Only this user's connections.")
 @click.option("--workspace", help="Only connections to this workspace.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def connections(limit: int, username: str | None, workspace: str | None, as_json: bool) -> None:
     """SSH connections, accepted and refused, newest first (yours; everyone's for site managers)."""
     params: dict[str, object] = {"limit": limit}

@@ -22,6 +22,10 @@ from hatchway.names import quoted, shown
 from hatchway.unreachable import NOT_HATCHWAY_ADVICE, no_answer, why_unreachable
 
 
+#: ``--json`` of every command that lists or shows something: the API's own answer, for scripts.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's answer as JSON (for scripts).")
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """The one line every refusal ends in; escaped, since it often quotes the server."""
     click.echo(f"hatchway: {shown(message)}", err=True)

@@ -12,6 +12,7 @@ from hatchway.cli.common import (
     api,
     directory_problem,
     fail,
+    json_option,
     print_json,
     session_or_fail,
 )
@@ -138,8 +139,9 @@ def keys() -> None:
 
 
 @keys.command("show")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def show(as_json: bool) -> None:
+    """Show your public SSH key and its fingerprint."""
     k = api().call("GET", "/users/me/key", expect=Key)
     if as_json:
         print_json(k)
@@ -160,6 +162,7 @@ def current_key_path(client: ApiClient, url: str) -> Path:
     help="Where to write it [default ~/.ssh/hatchway_<server host>, plus _<port> for a non-default port].",
 )
 def download(output: Path | None) -> None:
+    """Write your private SSH key to a file (mode 0600)."""
     s = session_or_fail()
     client = ApiClient(s.url, s.token, username=s.username)
     path = (output or current_key_path(client, s.url)).expanduser().absolute()
@@ -171,6 +174,7 @@ def download(output: Path | None) -> None:
 @keys.command("regenerate")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def regenerate(yes: bool) -> None:
+    """Replace your SSH key pair; the old key stops working in every workspace within seconds."""
     if not yes:
         click.confirm("Regenerate your SSH key? The old key stops working in every workspace "
                       "(SSH sessions already open stay open; \"hatchway sessions revoke\" ends the ones "

@@ -10,6 +10,7 @@ from hatchway.cli.common import (
     ApiClient,
     api,
     fail,
+    json_option,
     print_json,
     prompt_secret,
     read_password_stdin,
@@ -22,7 +23,7 @@ from hatchway.names import shown
 
 @click.command()
 @click.argument("url")
-@click.option("--username", required=True)
+@click.option("--username", required=True, help="Your Hatchway user name.")
 @click.option("--email", help="Email of the first user (with --first-user).")
 @click.option("--first-user", is_flag=True, help="Create the first user (a site manager) on an empty deployment.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
@@ -65,7 +66,7 @@ def logout() -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def whoami(as_json: bool) -> None:
     """Show who you are logged in as."""
     s = session_or_fail()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hatchway.cli.common import api, name_segment, print_json, print_table
+from hatchway.cli.common import api, json_option, name_segment, print_json, print_table
 from hatchway.cli.replies import Provider
 from hatchway.names import check_provider_name
 
@@ -19,8 +19,9 @@ def providers() -> None:
 
 
 @providers.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def list_providers(as_json: bool) -> None:
+    """List workspace providers: kind, External Connect, workspaces on each."""
     rows = api().call("GET", "/providers", expect=list[Provider])
     if as_json:
         print_json(rows)
@@ -33,7 +34,10 @@ def list_providers(as_json: bool) -> None:
 
 @providers.command("create")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(["local", "manual", "docker"]), required=True)
+@click.option(
+    "--kind", type=click.Choice(["local", "manual", "docker"]), required=True,
+    help="local: on the server's machine; manual: you run the agent; docker: containers on an engine.",
+)
 @click.option(
     "--docker-host", metavar="unix:///PATH",
     help="docker: the engine's socket on the server's machine [default: the server's DOCKER_HOST, "
@@ -44,6 +48,7 @@ def list_providers(as_json: bool) -> None:
     help="docker: the network containers join [default: none, only their own loopback].",
 )
 def create(name: str, kind: str, docker_host: str | None, docker_network: str | None) -> None:
+    """Create a workspace provider (External Connect starts on)."""
     if kind != "docker" and (docker_host or docker_network):
         raise click.UsageError("--docker-host and --docker-network are for --kind docker")
     body: dict[str, object] = {"name": name, "kind": kind}
@@ -62,6 +67,7 @@ def create(name: str, kind: str, docker_host: str | None, docker_network: str | 
 @click.argument("name")
 @click.option("--external-connect", type=click.Choice(["on", "off"]), help="Allow SSH to this provider's workspaces.")
 def edit(name: str, external_connect: str | None) -> None:
+    """Change a provider: --external-connect off refuses SSH to its workspaces and ends live sessions."""
     body = {}
     if external_connect is not None:
         body["external_connect"] = external_connect == "on"

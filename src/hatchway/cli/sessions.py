@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hatchway.cli.common import api, fail, print_json, print_table
+from hatchway.cli.common import api, fail, json_option, print_json, print_table
 from hatchway.cli.replies import Revoked, Session
 from hatchway.cli.session import clear_session
 from hatchway.cli.urlpath import segment
@@ -16,7 +16,7 @@ def sessions() -> None:
 
 
 @sessions.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def list_sessions(as_json: bool) -> None:
     """List your unexpired sessions, the most recently used first (* marks this one)."""
     rows = api().call("GET", "/users/me/sessions", expect=list[Session])

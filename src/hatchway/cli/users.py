@@ -6,6 +6,7 @@ import click
 
 from hatchway.cli.common import (
     api,
+    json_option,
     name_segment,
     print_json,
     print_table,
@@ -26,8 +27,9 @@ def users() -> None:
 
 
 @users.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def list_users(as_json: bool) -> None:
+    """List every user: role, whether suspended, SSH key fingerprint."""
     rows = api().call("GET", "/users", expect=list[User])
     if as_json:
         print_json(rows)
@@ -41,10 +43,14 @@ def list_users(as_json: bool) -> None:
 
 @users.command("create")
 @click.argument("name")
-@click.option("--email", required=True)
-@click.option("--role", type=click.Choice(["member", "site-manager"]), default="member", show_default=True)
+@click.option("--email", required=True, help="Their email address.")
+@click.option(
+    "--role", type=click.Choice(["member", "site-manager"]), default="member", show_default=True,
+    help="Members reach their own workspaces; site managers administer everything.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the new user's password from standard input.")
 def create(name: str, email: str, role: str, password_stdin: bool) -> None:
+    """Create user NAME, with a platform SSH key of their own."""
     body = {"username": name, "email": email, "role": role}
     if password_stdin:
         body["password"] = read_password_stdin()
@@ -61,6 +67,7 @@ def create(name: str, email: str, role: str, password_stdin: bool) -> None:
 @users.command("suspend")
 @click.argument("name")
 def suspend(name: str) -> None:
+    """Suspend NAME: they cannot sign in or connect, and their sessions and SSH connections end."""
     api().call("POST", f"/users/{user_segment(name)}/suspend")
     click.echo(f"Suspended {name}: their sessions and SSH connections have ended")
 
@@ -68,6 +75,7 @@ def suspend(name: str) -> None:
 @users.command("activate")
 @click.argument("name")
 def activate(name: str) -> None:
+    """Let a suspended user sign in again."""
     api().call("POST", f"/users/{user_segment(name)}/activate")
     click.echo(f"Activated {name}: they can sign in again (sessions from before the suspension stay ended)")
 
@@ -76,6 +84,7 @@ def activate(name: str) -> None:
 @click.argument("name")
 @click.argument("role", type=click.Choice(["member", "site-manager"]))
 def set_role(name: str, role: str) -> None:
+    """Make NAME a member or a site manager."""
     api().call("PUT", f"/users/{user_segment(name)}/role", {"role": role})
     click.echo(f"{name} is now a {role}")
 

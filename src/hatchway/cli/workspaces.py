@@ -11,6 +11,7 @@ from hatchway.cli.common import (
     ApiClient,
     api,
     fail,
+    json_option,
     name_segment,
     print_json,
     print_table,
@@ -95,7 +96,7 @@ def wait_until_running(client: ApiClient, name: str, params: dict[str, str] | No
 
 @workspaces.command("create")
 @click.argument("name")
-@click.option("--provider", default="local", show_default=True)
+@click.option("--provider", default="local", show_default=True, help="The provider it runs on (hatchway providers list).")
 @click.option("--env", "env_items", multiple=True, metavar="NAME=VALUE", help="Image environment variable (repeatable).")
 @click.option("--openssh", is_flag=True, help="Local provider: also run OpenSSH's sshd on the workspace's own port 22.")
 @click.option("--image", metavar="IMAGE", help="Docker provider: the image (its ENV becomes the image environment).")
@@ -104,6 +105,7 @@ def wait_until_running(client: ApiClient, name: str, params: dict[str, str] | No
 def create(
     name: str, provider: str, env_items: tuple[str, ...], openssh: bool, image: str | None, cvm: bool, wait: bool
 ) -> None:
+    """Create workspace NAME on a provider (local by default) and, where Hatchway runs it, start it."""
     env: dict[str, str] = {}
     for item in env_items:
         try:
@@ -135,8 +137,9 @@ def create(
 
 @workspaces.command("list")
 @click.option("--all", "all_users", is_flag=True, help="Every user's workspaces (site managers).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def list_workspaces(all_users: bool, as_json: bool) -> None:
+    """List your workspaces: state, agent and how SSH is served."""
     rows = api().call("GET", "/workspaces", params={"all": "true"} if all_users else None, expect=list[Workspace])
     if as_json:
         print_json(rows)
@@ -149,7 +152,7 @@ def list_workspaces(all_users: bool, as_json: bool) -> None:
 
 @workspaces.command("show")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def show(name: str, as_json: bool) -> None:
     """Show a workspace (OWNER/NAME for another user's, site managers)."""
     ws, params = address(name)
@@ -188,6 +191,7 @@ def show(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete(name: str, yes: bool) -> None:
+    """Delete a workspace (OWNER/NAME for another user's, site managers); its SSH sessions end."""
     ws, params = address(name)
     if not yes:
         click.confirm(f"Delete workspace {name}? Live SSH sessions to it end", abort=True)
