@@ -111,9 +111,19 @@ def _refuse_controls(what: str, value: str) -> None:
             raise ValueError(f"{what} {value!r} is not valid Unicode (lone surrogate)")
 
 
+def valid_alias(alias: str) -> bool:
+    """Whether ``alias`` can be written as a ``Host``/``HostKeyAlias`` name (and a known_hosts host).
+
+    For callers that must leave one unusable name out, with a message of their own, before it
+    gets anywhere near the file: :func:`render_entry` and :func:`render_known_hosts` refuse the
+    same names with ValueError.
+    """
+    return isinstance(alias, str) and len(alias) <= MAX_ALIAS_LEN and _ALIAS_RE.fullmatch(alias) is not None
+
+
 def _check_alias(what: str, alias: str) -> None:
     _refuse_controls(what, alias)
-    if not _ALIAS_RE.fullmatch(alias) or len(alias) > MAX_ALIAS_LEN:
+    if not valid_alias(alias):
         raise ValueError(
             f"{what} {alias!r} is not allowed: use only letters, digits, '.', '_' and '-'"
         )
@@ -252,13 +262,48 @@ def _bare(line: str) -> str:
     return line.strip(" \t\r\n")
 
 
+#: What ends a token for OpenSSH's ``strdelim()`` (misc.c): its WHITESPACE, a quote, or ``=``.
+_DELIMITER_RE = re.compile('[ \t\r\n"=]')
+
+
+def _strdelim(text: str) -> tuple[str | None, str]:
+    """OpenSSH's ``strdelim()``, which readconf uses for a line's keyword: the first token of
+    ``text`` and the rest after it.
+
+    The token ends at a space, tab, CR, LF, ``=`` or ``"``. At a ``"`` the quote is dropped and
+    the token goes on to the next ``"`` (spaces and ``=`` included), so ``"Host" *`` is the
+    keyword ``Host`` (single quotes are not special here: OpenSSH 9.2 rejects ``'Host'`` as a
+    bad option). None for an unmatched quote, where OpenSSH ignores the line.
+    """
+    found = _DELIMITER_RE.search(text)
+    if found is None:
+        return text, ""
+    cut = found.start()
+    if text[cut] == '"':
+        close = text.find('"', cut + 1)
+        if close < 0:
+            return None, ""
+        return text[:cut] + text[cut + 1 : close], text[close + 1 :].lstrip(" \t\r\n")
+    rest = text[cut + 1 :].lstrip(" \t\r\n")
+    if text[cut] != "=" and rest.startswith("="):  # one "=" may follow the blanks
+        rest = rest[1:].lstrip(" \t\r\n")
+    return text[:cut], rest
+
+
 def _keyword(line: str) -> str:
-    """The lower-cased ssh_config keyword of ``line`` ("" for blank lines and comments)."""
-    stripped = line.lstrip(" \t")
-    if not stripped or stripped.startswith("#"):
+    """The lower-cased ssh_config keyword of ``line`` as OpenSSH reads it ("" for blank lines,
+    comments and lines it ignores).
+
+    Read with OpenSSH's own tokenizer (:func:`_strdelim`, an empty first token meaning "take the
+    next one") rather than a pattern: a quoted ``"Host" *`` that ssh honours but we missed would
+    put our block after it, and its options would then override our pinned host keys.
+    """
+    keyword, rest = _strdelim(line)
+    if keyword == "":
+        keyword = _strdelim(rest)[0]
+    if not keyword or keyword.startswith("#"):
         return ""
-    match = re.match(r"[^ \t=\r\n]*", stripped)
-    return match.group(0).lower() if match else ""
+    return keyword.lower()
 
 
 def _newline_of(line: str) -> str:
@@ -350,6 +395,11 @@ def _insert(text: str, block: str) -> str:
     return "".join([*lines, newline, newline, *block_lines])
 
 
+#: Lone surrogates: how an ssh config's bytes that are not UTF-8 are carried in its text
+#: (``surrogateescape``). The user's content may hold them; a block we write never does.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
 def _check_block(block: str) -> None:
     lines = block.split("\n")
     if (
@@ -358,6 +408,7 @@ def _check_block(block: str) -> None:
         or lines[-2] != END_MARKER
         or any(_bare(line) in (START_MARKER, END_MARKER) for line in lines[1:-2])
         or "\r" in block
+        or _SURROGATE_RE.search(block)
     ):
         raise ValueError("block must be the output of render_block()")
 

@@ -326,6 +326,28 @@ def test_hostile_values_refused(field: str, value: object) -> None:
         render_block([entry(**{field: value})])
 
 
+@pytest.mark.parametrize(
+    ("alias", "valid"),
+    [
+        ("hatchway.dev", True),
+        ("hatchway.Dev_2-x", True),
+        ("a" * 255, True),
+        ("a" * 256, False),
+        ("hatchway.dév", False),
+        ("hatchway.bad name\nHost *", False),
+        ("hatchway.a%h", False),
+        ("", False),
+    ],
+)
+def test_valid_alias_agrees_with_render_entry(alias: str, valid: bool) -> None:
+    assert sshconfig.valid_alias(alias) is valid
+    if valid:
+        render_block([entry(alias)])
+    else:
+        with pytest.raises(ValueError):
+            render_block([entry(alias)])
+
+
 @pytest.mark.parametrize("user", ["alice", "_svc", "a-b_c9", "machine$", "a" * 32, "root"])
 def test_valid_users(user: str) -> None:
     assert f"  User {user}\n" in render_block([entry(user=user)])
@@ -360,7 +382,10 @@ def test_inserted_before_a_top_level_include() -> None:
 
 @pytest.mark.parametrize(
     "include_line",
-    ["Include x", "include x", "INCLUDE x", "  Include x", "\tInclude\tx", "Include=x", "Include = x", "Include x\r"],
+    [
+        "Include x", "include x", "INCLUDE x", "  Include x", "\tInclude\tx", "Include=x", "Include = x",
+        "Include x\r", '"Include" x',
+    ],
 )
 def test_include_forms_are_recognised(include_line: str) -> None:
     user = f"# Include in a comment\nIncludes y\nIdentityFile ~/.ssh/include\n{include_line}\nHost a\n"
@@ -398,6 +423,15 @@ def test_host_as_first_line() -> None:
         "match host x",
         "  MATCH=exec true",
         "Host x\r",
+        # OpenSSH's strdelim() drops double quotes around (or inside) the keyword
+        '"Host" x',
+        '"HOST" x',
+        '  "Match" all',
+        'Ho"st" x',
+        '""Host x',
+        '"Host"=x',
+        ' = "Host" x',
+        "=Host x",
     ],
 )
 def test_host_and_match_forms_are_recognised(host_line: str) -> None:
@@ -406,6 +440,22 @@ def test_host_and_match_forms_are_recognised(host_line: str) -> None:
     before, after = out.split(BLOCK)
     assert before == "# comment mentioning Host y\nHostName z\nHostKeyAlias w\n\n"
     assert after == f"\n{host_line}\n  User u\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '"#Host" x',  # a quoted comment: OpenSSH ignores the line
+        '"Ho"st x',  # the keyword is "Ho"
+        '"Host x"',  # the keyword is "Host x"
+        '"Host x',  # an unmatched quote: OpenSSH ignores the line
+        '"HostName" h',
+        "'Host' x",  # single quotes are not OpenSSH's keyword quotes (a bad option for ssh)
+    ],
+)
+def test_quoted_lines_that_are_no_host_line_for_openssh_are_not_placement_points(line: str) -> None:
+    user = f"{line}\nHost a\n"
+    assert apply_block(user, BLOCK) == f"{line}\n\n" + BLOCK + "\nHost a\n"
 
 
 def test_no_host_appends_at_end() -> None:
@@ -495,6 +545,22 @@ def test_damaged_markers_are_refused_not_guessed(existing: str, message: str) ->
         apply_block(existing, BLOCK)
     with pytest.raises(ValueError):
         apply_block(existing, None)
+
+
+def test_bytes_that_are_not_utf8_outside_the_block_are_kept_exactly() -> None:
+    # The CLI decodes the file with surrogateescape, so its Latin-1 comment arrives as lone
+    # surrogates and must come back as the same bytes.
+    raw = b"# caf\xe9 config\nHost \xe9t\xe9\n  User b\n"
+    user = raw.decode("utf-8", "surrogateescape")
+    out = apply_block(user, BLOCK)
+    assert out.encode("utf-8", "surrogateescape") == b"# caf\xe9 config\n\n" + BLOCK.encode() + b"\nHost \xe9t\xe9\n  User b\n"
+    assert apply_block(out, None).encode("utf-8", "surrogateescape") == raw
+
+
+def test_a_block_holding_bytes_that_are_not_utf8_is_refused() -> None:
+    # Only the user's content may carry undecodable bytes; ours must be text through and through.
+    with pytest.raises(ValueError, match="render_block"):
+        apply_block("", BLOCK.replace("IdentitiesOnly yes", "IdentitiesOnly \udce9"))
 
 
 @pytest.mark.parametrize("block", ["", "Host x\n", START_MARKER + "\n", BLOCK[:-1], "x\n" + BLOCK])
@@ -726,6 +792,19 @@ def test_ssh_dash_g_ours_beats_an_included_host_star(tmp_path: Path) -> None:
 
 
 @needs_ssh
+@pytest.mark.parametrize("opener", ['"Host" *', '"Match" all', 'Ho"st" *'])
+def test_ssh_dash_g_ours_beats_a_quoted_host_star(tmp_path: Path, opener: str) -> None:
+    """OpenSSH honours a double-quoted keyword: placed after such a section, our entries would
+    get its StrictHostKeyChecking and known_hosts file instead of the pinned ones."""
+    config = tmp_path / "config"
+    config.write_text(apply_block(f"{opener}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n", BLOCK))
+    ours = _ssh_g(config)
+    assert ours["stricthostkeychecking"] == ["true"]
+    assert ours["userknownhostsfile"] == ["/home/me/.config/hatchway/known_hosts"]
+    assert _ssh_g(config, "elsewhere.example")["stricthostkeychecking"] == ["false"]
+
+
+@needs_ssh
 def test_ssh_dash_g_lines_appended_below_the_block_stay_global(tmp_path: Path) -> None:
     # A file without Host lines gets the block at its end; a person who later appends global
     # options below it must not find them silently scoped to our last workspace.
@@ -789,6 +868,10 @@ CONFIG_LINES = [
     "   ",
     "HostName h",
     "Hosts",
+    '"Host" q',
+    '"Ho"st q',
+    '"#Host" q',
+    '"Include x',
 ]
 text_line = st.text(
     alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=25
