@@ -133,7 +133,12 @@ def write_target(path: str | os.PathLike[str]) -> Path:
 
 
 def atomic_write(
-    path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *, follow_symlinks: bool = False
+    path: str | os.PathLike[str],
+    data: bytes,
+    mode: int = 0o600,
+    *,
+    follow_symlinks: bool = False,
+    keep_owner: bool = False,
 ) -> None:
     """Replace ``path`` with ``data`` atomically, the new file having exactly ``mode``.
 
@@ -150,11 +155,19 @@ def atomic_write(
     A device, FIFO or socket at the target is refused (:class:`NotRegularFileError`), never
     replaced: a ``~/.ssh/config`` linked to /dev/null, written by root, would otherwise take
     /dev/null away from the whole machine.
+
+    ``keep_owner`` is for a person's file that root may be editing for them (``sudo -E hatchway
+    config-ssh`` with their HOME): run as root, the new file gets the owner and group of the file
+    it replaces, which would otherwise become root's and unreadable to its owner. Only root can
+    give a file away, so for anyone else (and for a new file) the writer owns it, as always.
     """
     target = write_target(path) if follow_symlinks else Path(path)
     _refuse_special(target)
+    owner = _owner_to_keep(target) if keep_owner else None
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)  # before fchmod: a change of owner may clear mode bits
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -167,6 +180,18 @@ def atomic_write(
         except FileNotFoundError:
             pass
         raise
+
+
+def _owner_to_keep(target: Path) -> tuple[int, int] | None:
+    """(uid, gid) of the existing ``target`` when we run as root and it is someone else's; else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return None
+    owner = (st.st_uid, st.st_gid)
+    return None if owner == (os.geteuid(), os.getegid()) else owner
 
 
 def _refuse_special(target: Path) -> None:

@@ -216,6 +216,33 @@ def test_root_never_replaces_a_device_a_config_links_to(tmp_path: Path) -> None:
     assert stat.S_ISCHR(os.lstat(device).st_mode)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_root_keeps_the_owner_of_a_persons_file_it_replaces(dotfiles: tuple[Path, Path]) -> None:
+    """``sudo -E hatchway config-ssh``: the person must still own (and be able to read) their config."""
+    link, target = dotfiles
+    os.chown(target, 65534, 65533)
+    atomic_write(link, b"Host new\n", 0o640, follow_symlinks=True, keep_owner=True)
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65533, 0o640)
+    assert target.read_bytes() == b"Host new\n"
+    # without keep_owner (Hatchway's own files, the agent's) the writer owns what it writes
+    atomic_write(link, b"Host newer\n", 0o640, follow_symlinks=True)
+    assert (target.stat().st_uid, target.stat().st_gid) == (0, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_keep_owner_leaves_a_new_file_to_its_writer(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    atomic_write(path, b"Host new\n", 0o600, keep_owner=True)
+    assert (path.stat().st_uid, path.stat().st_gid) == (0, 0)
+
+
+def test_keep_owner_changes_nothing_for_a_file_the_writer_owns(dotfiles: tuple[Path, Path]) -> None:
+    link, target = dotfiles
+    atomic_write(link, b"Host new\n", 0o640, follow_symlinks=True, keep_owner=True)
+    assert (target.stat().st_uid, target.read_bytes()) == (os.geteuid(), b"Host new\n")
+
+
 def test_a_link_is_still_replaced_when_not_followed(tmp_path: Path) -> None:
     """Refusing special files must not stop the agent replacing a link planted at its path."""
     link = tmp_path / "authorized_keys"
