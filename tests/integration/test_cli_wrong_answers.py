@@ -337,6 +337,85 @@ def test_text_from_the_server_cannot_drive_the_terminal_or_add_lines(
     assert all("forged line" not in line or HOSTILE_SHOWN in line for line in r.out.splitlines())
 
 
+def _key_pair() -> tuple[str, str]:
+    """An Ed25519 key as the server hands it out: OpenSSH private key text, public key line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return private, public
+
+
+def workspaces_answer(names: list[str]) -> Callable[[bytes], bytes]:
+    """The answers config-ssh asks for: the account's key, and workspaces of these names, each
+    reachable (agent connected, with a host key of its own)."""
+    private, public = _key_pair()
+    answers = {
+        "/api/v1/users/me/key": {"public_key": public, "fingerprint": "SHA256:x"},
+        "/api/v1/users/me/key/private": {"private_key": private, "public_key": public, "fingerprint": "SHA256:x"},
+        "/api/v1/workspaces": [
+            {**WORKSPACE, "name": name, "os_user": "bob", "state_reason": None, "env": {}, "diagnostics": [],
+             "host_keys": [_key_pair()[1]]}
+            for name in names
+        ],
+    }
+
+    def answer(head: bytes) -> bytes:
+        path = head.split(b" ", 2)[1].decode().partition("?")[0]
+        return http("200 OK", json.dumps(answers[path]).encode())
+
+    return answer
+
+
+UNUSABLE_NAMES = {
+    "a line break": ("bad name\nHost *", "'bad name\\nHost *'"),
+    "non-ASCII": ("dév", '"dév"'),
+    "100 000 characters": ("a" * 100_000, repr("a" * 77 + "...")),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE_NAMES))
+def test_a_workspace_name_ssh_cannot_use_leaves_out_that_workspace_alone(
+    world: World, tmp_path: Path, case: str
+) -> None:
+    """Its host keys were collected before its name was checked: config-ssh ended in a traceback
+    and wrote no entries for anyone."""
+    name, shown = UNUSABLE_NAMES[case]
+    world.server.answer = workspaces_answer(["dev", name])
+    cli = Cli(tmp_path / "home")
+    cli.config_dir = world.cli.config_dir  # signed in to the answering server
+    config = tmp_path / "ssh_config"
+    r = cli.run("config-ssh", "--ssh-config", str(config), "-y")
+    rule = ("its name cannot be an ssh host name (only ASCII letters, digits, '.', '_' and '-', at most 246 "
+            "characters); to reach it with ssh, recreate it under such a name")
+    key = cli.home / ".ssh" / f"hatchway_127.0.0.1_{world.server.url.rsplit(':', 1)[1]}"
+    assert (r.code, r.out) == (0, f"You can now run: ssh -F {config} hatchway.dev   (configured: hatchway.dev)\n"), r
+    assert r.err == f"hatchway: left out workspace {shown}: {rule}\nDownloaded your Hatchway SSH key to {key}\n"
+    assert [line for line in config.read_text().splitlines() if line.startswith("Host ")] == ["Host hatchway.dev"]
+    known = (world.cli.config_dir / "known_hosts").read_text().splitlines()[1:]
+    assert [line.split()[0] for line in known] == ["hatchway.dev"]
+    # hatchway ssh says the same of that workspace, on one line
+    r = cli.run("ssh", name)
+    assert (r.code, r.out, r.err) == (1, "", f"hatchway: workspace {shown} cannot be reached with ssh: {rule}\n")
+
+
+def test_names_that_differ_only_in_case_configure_one_of_them(world: World, tmp_path: Path) -> None:
+    world.server.answer = workspaces_answer(["DEV", "dev"])
+    cli = Cli(tmp_path / "home")
+    cli.config_dir = world.cli.config_dir
+    config = tmp_path / "ssh_config"
+    r = cli.run("config-ssh", "--ssh-config", str(config), "-y")
+    assert (r.code, r.out) == (0, f"You can now run: ssh -F {config} hatchway.dev   (configured: hatchway.dev)\n"), r
+    assert r.err.splitlines()[0] == (
+        "hatchway: left out hatchway.DEV: ssh does not tell it apart from hatchway.dev (it ignores case), "
+        "so only hatchway.dev is configured; rename one of the two workspaces"
+    )
+    assert [line for line in config.read_text().splitlines() if line.startswith("Host ")] == ["Host hatchway.dev"]
+
+
 def test_a_refusal_quoting_the_server_is_one_escaped_line(world: World) -> None:
     failed = {**WORKSPACE, "state": "failed"}
     r = world.run(http("200 OK", json.dumps(failed).encode()), "workspaces", "start", "dev")

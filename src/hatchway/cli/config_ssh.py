@@ -33,14 +33,17 @@ from hatchway.fileutil import (
     make_private_dir,
     write_target,
 )
+from hatchway.names import quoted, shown
 from hatchway.server.policy import external_connect_off_message
 from hatchway.sshconfig import (
+    MAX_ALIAS_LEN,
     HostEntry,
     apply_block,
     render_block,
     render_entry,
     render_known_hosts,
     unified_diff,
+    valid_alias,
 )
 
 ALIAS_PREFIX = "hatchway."
@@ -67,12 +70,72 @@ class Plan:
     refusals: dict[str, str] = field(default_factory=dict)
 
 
+def _leave_out_unusable_name(plan: Plan, name: str) -> None:
+    """Leave out a workspace whose name no ssh config line can hold (a line break, non-ASCII, a
+    hundred thousand characters): before anything of it is collected, so that it cannot break
+    the other workspaces' entries. The name is shown escaped and cut short."""
+    why = (
+        "its name cannot be an ssh host name (only ASCII letters, digits, '.', '_' and '-', at most "
+        f"{MAX_ALIAS_LEN - len(ALIAS_PREFIX)} characters); to reach it with ssh, recreate it under such a name"
+    )
+    plan.refusals[ALIAS_PREFIX + name] = f"workspace {quoted(name)} cannot be reached with ssh: {why}"
+    plan.warnings.append(f"left out workspace {quoted(name)}: {why}")
+
+
+def _one_per_host_name(workspaces: list[Workspace], plan: Plan) -> list[Workspace]:
+    """The workspaces whose host names ssh can tell apart, in the server's order; the others are
+    left out with a warning.
+
+    ssh compares host names, and known_hosts names, ignoring case: to it ``hatchway.dev`` and
+    ``hatchway.DEV`` are one host, so only the first entry would ever be used and either
+    workspace's pinned host key would be accepted for the other. Exactly one of them is kept, the
+    same whatever order the server lists them in: the all-lowercase spelling (the only kind
+    Hatchway gives a workspace, and what ssh turns a typed host name into), else the name that
+    sorts first in code point order; of a name listed twice, the first. The others get neither
+    an entry nor a pinned key.
+    """
+    chosen: dict[str, tuple[bool, str, int]] = {}
+    for index, ws in enumerate(workspaces):
+        name = ws["name"]
+        host = name.lower()  # names are ASCII here, so this is ssh's lowercase()
+        rank = (name != host, name, index)
+        chosen[host] = min(chosen.get(host, rank), rank)
+    kept = []
+    for index, ws in enumerate(workspaces):
+        _, kept_name, kept_index = chosen[ws["name"].lower()]
+        alias = ALIAS_PREFIX + ws["name"]
+        if index == kept_index:
+            kept.append(ws)
+        elif ws["name"] == kept_name:
+            plan.warnings.append(f"the server listed {alias} more than once; it is configured once")
+        else:
+            plan.refusals[alias] = (
+                f'workspace "{ws["name"]}" cannot be reached with ssh: ssh does not tell its host name apart from '
+                f'that of workspace "{kept_name}" (it ignores case); rename one of the two'
+            )
+            plan.warnings.append(
+                f"left out {alias}: ssh does not tell it apart from {ALIAS_PREFIX + kept_name} (it ignores case), "
+                f"so only {ALIAS_PREFIX + kept_name} is configured; rename one of the two workspaces"
+            )
+    return kept
+
+
 def plan_entries(
     workspaces: list[Workspace], key_path: Path, known_hosts_path: Path, proxy_argv: list[str]
 ) -> Plan:
-    """Decide which workspaces get an entry and why the others do not (pure)."""
+    """Decide which workspaces get an entry and why the others do not (pure).
+
+    A workspace's name is checked before anything of it is collected (its host keys included):
+    one unusable report must leave out that workspace alone, never break everyone's entries.
+    """
     plan = Plan()
+    named = []
     for ws in workspaces:
+        if valid_alias(ALIAS_PREFIX + ws["name"]):
+            named.append(ws)
+        else:
+            _leave_out_unusable_name(plan, ws["name"])
+    for ws in _one_per_host_name(named, plan):
         alias = ALIAS_PREFIX + ws["name"]
         # Pinning is not access: keep every reported host key, so an entry written earlier (or
         # by another run) still verifies the moment SSH is switched back on.
@@ -138,6 +201,7 @@ class Prepared:
     session_dir: Path
     key_path: Path
     key_stale: bool  # missing, or not the account's current key (regenerated elsewhere)
+    block: str  # Hatchway's block for the user's ssh config
     files: dict[Path, bytes]  # Hatchway's known_hosts and standalone ssh_config, mode 0600
 
 
@@ -150,11 +214,17 @@ def prepare(session: StoredSession) -> Prepared:
     known = sdir / "known_hosts"
     workspaces = client.call("GET", "/workspaces", expect=list[Workspace])
     plan = plan_entries(workspaces, key_path, known.absolute(), proxy_argv_for(sdir))
-    files = {
-        known: render_known_hosts(plan.known_hosts).encode(),
-        standalone_path(sdir): render_block(plan.entries).encode(),
-    }
-    return Prepared(client, plan, sdir, key_path, not holds_key(key_path, public_key), files)
+    try:
+        # plan_entries has checked every value already; this is the last line of defence, so
+        # that no answer of the server's can end in a traceback.
+        block = render_block(plan.entries)
+        files = {known: render_known_hosts(plan.known_hosts).encode(), standalone_path(sdir): block.encode()}
+    except ValueError as exc:
+        fail(
+            f"the server's list of workspaces cannot be written as ssh config ({exc}); nothing was written; "
+            "check that the server at the URL you logged in to runs the same Hatchway version as this CLI"
+        )
+    return Prepared(client, plan, sdir, key_path, not holds_key(key_path, public_key), block, files)
 
 
 def standalone_path(sdir: Path) -> Path:
@@ -302,8 +372,8 @@ def config_ssh(ssh_config: Path | None, dry_run: bool, remove: bool, yes: bool) 
     prepared = None if remove else prepare(session_or_fail())
     if prepared is not None:
         for warning in prepared.plan.warnings:
-            click.echo(f"hatchway: {warning}", err=True)
-    new = new_config(path, existing, None if prepared is None else render_block(prepared.plan.entries))
+            click.echo(f"hatchway: {shown(warning)}", err=True)  # they quote what the server said
+    new = new_config(path, existing, None if prepared is None else prepared.block)
     if dry_run:
         show_dry_run(path, existing, new, prepared)
         return
