@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pty
+import resource
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -66,6 +67,12 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             content = None
         out[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns, content)
     return out
+
+
+def contents(root: Path) -> dict[str, tuple[object, ...]]:
+    """:func:`snapshot` less the mtimes: a write that failed still created and removed its temp
+    file in the directory (changing the directory's mtime), and must have left nothing else."""
+    return {path: (kind, mode, content) for path, (kind, mode, _, content) in snapshot(root).items()}
 
 
 def derived_public_key(private_key: Path) -> str:
@@ -212,6 +219,185 @@ def test_damaged_markers_give_their_advice_once_and_nothing_is_written(deploymen
             "remove the partial block by hand and retry\n"
         ), args
         assert snapshot(home) == before, args
+
+
+# ------------------------------------------------------------------------------------------
+# What is at ~/.ssh/config: FIFOs, devices, huge files, bytes that are not UTF-8, another owner
+
+NOT_REGULAR = (
+    "{what} is {kind}, not a regular file, so it cannot hold an ssh config; "
+    "use a regular file (or give one with --ssh-config), then run config-ssh again\n"
+)
+
+
+def run_limited(cli: Cli, *args: str, limit: tuple[int, int]) -> Result:
+    """``hatchway`` with one resource limit (``(resource.RLIMIT_…, value)``): what used to read
+    /dev/zero must fail with MemoryError, not take the test machine's memory."""
+    which, value = limit
+    p = subprocess.run([HATCHWAY, *args], capture_output=True, text=True, env=cli.env(), timeout=60,
+                       preexec_fn=lambda: resource.setrlimit(which, (value, value)), check=False)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.mark.parametrize("args", [["-y"], ["--dry-run"], ["--remove", "-y"]])
+def test_a_fifo_as_ssh_config_is_refused_without_waiting_on_it(
+    deployments: Deployments, tmp_path: Path, args: list[str]
+) -> None:
+    """Reading a FIFO blocks until someone writes to it: config-ssh used to hang for good."""
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    config = home / ".ssh" / "config"
+    config.parent.mkdir(mode=0o700)
+    os.mkfifo(config, 0o600)
+    before = snapshot(home)
+    r = cli.run("config-ssh", *args, timeout=30)
+    assert_clean_failure(r)
+    assert r.err == "hatchway: " + NOT_REGULAR.format(what=config, kind="a named pipe (FIFO)")
+    assert snapshot(home) == before
+
+
+def test_a_config_linked_to_an_endless_device_is_refused_unread(deployments: Deployments, tmp_path: Path) -> None:
+    """``~/.ssh/config -> /dev/zero`` used to be read until memory ran out (MemoryError)."""
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    link = home / ".ssh" / "config"
+    link.parent.mkdir(mode=0o700)
+    link.symlink_to("/dev/zero")
+    before = snapshot(home)
+    r = run_limited(cli, "config-ssh", "-y", limit=(resource.RLIMIT_AS, 2 * 1024**3))
+    assert_clean_failure(r)
+    what = f"{link} is a symbolic link to /dev/zero, which"
+    assert r.err == "hatchway: " + NOT_REGULAR.format(what=what, kind="a character device")
+    assert snapshot(home) == before
+    assert stat.S_ISCHR(os.stat("/dev/zero").st_mode)
+
+
+def test_an_ssh_config_over_the_read_limit_is_refused_unread(deployments: Deployments, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    config = home / "ssh_config"
+    with config.open("wb") as fh:
+        fh.truncate(16 * 1024 * 1024 + 1)  # sparse: costs no disk
+    before = snapshot(home)
+    r = cli.run("config-ssh", "--ssh-config", str(config), "-y")
+    assert_clean_failure(r)
+    assert r.err == f"hatchway: {config} is larger than 16 MiB; trim it to what is needed, then run config-ssh again\n"
+    assert snapshot(home) == before
+
+
+def test_a_fifo_in_place_of_the_public_key_is_refused_without_waiting_on_it(
+    deployments: Deployments, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    cli.ok("keys", "download")
+    pub = home / ".ssh" / f"hatchway_127.0.0.1_{deployments.a.port}.pub"
+    pub.unlink()
+    os.mkfifo(pub, 0o644)
+    r = cli.run("config-ssh", "--ssh-config", str(home / "ssh_config"), "-y", timeout=30)
+    assert_clean_failure(r)
+    assert r.err == (
+        f"hatchway: {pub} is a named pipe (FIFO), not a regular file; replace it with a regular file "
+        "(it was left unchanged), then try again\n"
+    )
+    assert stat.S_ISFIFO(pub.lstat().st_mode) and not (home / "ssh_config").exists()
+
+
+def test_an_ssh_config_that_is_not_utf8_keeps_its_bytes(deployments: Deployments, tmp_path: Path) -> None:
+    """OpenSSH reads bytes: a Latin-1 comment is fine for ssh, and config-ssh used to refuse the file."""
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    config = home / ".ssh" / "config"
+    config.parent.mkdir(mode=0o700)
+    mine = b"# Caf\xe9 du coin (Latin-1)\nHost caf\xe9\n  HostName 10.0.0.5\n"
+    config.write_bytes(mine)
+    dry = subprocess.run([HATCHWAY, "config-ssh", "--dry-run"], capture_output=True, env=cli.env(), timeout=60,
+                         check=False)
+    assert dry.returncode == 0, dry
+    assert b"\n # Caf\xe9 du coin (Latin-1)\n" in dry.stdout and b"\n Host caf\xe9\n" in dry.stdout, "diff -u's bytes"
+    cli.ok("config-ssh", "-y")
+    block = (cli.config_dir / "ssh_config").read_bytes()  # the same block, in a file of its own
+    assert config.read_bytes() == b"# Caf\xe9 du coin (Latin-1)\n\n" + block + b"\nHost caf\xe9\n  HostName 10.0.0.5\n"
+    assert cli.ok("config-ssh", "-y").out.startswith(f"{config} is up to date\n")
+    cli.ok("config-ssh", "--remove", "-y")
+    assert config.read_bytes() == mine
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can edit another user's file and give it back")
+def test_root_editing_a_persons_config_leaves_it_theirs(deployments: Deployments, tmp_path: Path) -> None:
+    """``sudo -E hatchway config-ssh``: the config used to become root:root 0600, unreadable to its owner."""
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    config = home / ".ssh" / "config"
+    config.parent.mkdir(mode=0o755)
+    config.write_text("Host mine\n")
+    os.chown(config, 65534, 65533)
+    config.chmod(0o644)
+    cli.ok("config-ssh", "-y")
+    st = config.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65533, 0o644)
+    assert config.read_text().endswith("\nHost mine\n") and "Host hatchway." not in config.read_text()[:10]
+    cli.ok("config-ssh", "--remove", "-y")
+    st = config.stat()
+    assert (st.st_uid, st.st_gid, config.read_text()) == (65534, 65533, "Host mine\n")
+
+
+# ------------------------------------------------------------------------------------------
+# Hatchway's own files: known_hosts and the standalone ssh_config
+
+
+def test_a_second_run_with_nothing_to_change_writes_nothing(deployments: Deployments, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    cli.ok("config-ssh", "-y")
+    before = snapshot(home)
+    r = cli.ok("config-ssh", "-y")
+    assert r.out.startswith(f"{home / '.ssh' / 'config'} is up to date\n")
+    assert snapshot(home) == before, "known_hosts and ssh_config were rewritten although unchanged"
+
+
+OWN_FILE_FAILURES = {
+    "a directory": (lambda p: p.mkdir(), "hatchway: cannot write {p}: Is a directory (it was left unchanged); "
+                    "fix that, then try again\n"),
+    "a FIFO": (lambda p: os.mkfifo(p), "hatchway: {p} is a named pipe (FIFO), not a regular file; replace it with a "
+               "regular file (it was left unchanged), then try again\n"),
+}
+
+
+@pytest.mark.parametrize("name", ["known_hosts", "ssh_config"])
+@pytest.mark.parametrize("case", list(OWN_FILE_FAILURES))
+def test_an_own_file_that_cannot_be_written_is_one_line_and_the_ssh_config_stays(
+    deployments: Deployments, tmp_path: Path, name: str, case: str
+) -> None:
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    cli.ok("config-ssh", "-y")
+    cli.ok("config-ssh", "--remove", "-y")  # so that the next run has the ssh config to change too
+    own = cli.config_dir / name
+    own.unlink()
+    make, said = OWN_FILE_FAILURES[case]
+    make(own)
+    before = contents(home)
+    for args in (["config-ssh", "-y"], ["ssh", "dev"]):  # hatchway ssh writes them too
+        r = cli.run(*args)
+        assert_clean_failure(r)
+        assert r.err == said.format(p=own), args
+        assert contents(home) == before, "the ssh config changed or a temp file was left behind"
+
+
+def test_a_write_that_fails_midway_is_one_line_and_leaves_the_old_file(deployments: Deployments, tmp_path: Path) -> None:
+    """As on a full disk: the write itself fails (here at a file size limit, EFBIG)."""
+    home = tmp_path / "home"
+    cli = signed_in(home, deployments.a)
+    cli.ok("config-ssh", "-y")
+    cli.ok("config-ssh", "--remove", "-y")  # so that the next run has the ssh config to change too
+    known = cli.config_dir / "known_hosts"
+    known.write_text("# an older version\n")
+    before = contents(home)
+    r = run_limited(cli, "config-ssh", "-y", limit=(resource.RLIMIT_FSIZE, 64))
+    assert_clean_failure(r)
+    assert r.err == f"hatchway: cannot write {known}: File too large (it was left unchanged); fix that, then try again\n"
+    assert contents(home) == before
 
 
 # ------------------------------------------------------------------------------------------

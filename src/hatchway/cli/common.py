@@ -18,6 +18,7 @@ from hatchway import __version__, peerjson
 from hatchway.cli.replies import ErrorReply, mismatch
 from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
 from hatchway.cli.urlpath import routable, segment
+from hatchway.fileutil import NotRegularFileError
 from hatchway.names import quoted, shown
 from hatchway.unreachable import NOT_HATCHWAY_ADVICE, no_answer, why_unreachable
 
@@ -30,6 +31,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """The one line every refusal ends in; escaped, since it often quotes the server."""
     click.echo(f"hatchway: {shown(message)}", err=True)
     raise SystemExit(code)
+
+
+def fail_write(path: Path, exc: OSError, then: str) -> NoReturn:
+    """The one line for a file that could not be written (``atomic_write`` has left the old one
+    in place, so it says so): what went wrong, and what to do ``then``."""
+    if isinstance(exc, NotRegularFileError):  # its message names the file and what to do
+        fail(f"{exc} (it was left unchanged), then {then}")
+    fail(f"cannot write {path}: {exc.strerror or exc} (it was left unchanged); fix that, then {then}")
 
 
 def user_agent() -> str:

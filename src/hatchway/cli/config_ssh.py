@@ -10,12 +10,18 @@ here) and works out everything it would write (the ssh config, the key download,
 known_hosts and standalone ssh_config) without writing anything, so that ``--dry-run``, a
 declined confirmation and those errors leave the disk exactly as it was. A symlinked ssh config
 (dotfiles managers) is written through the link.
+
+The ssh config is the person's: it is read only if it is a regular file (a FIFO would hang us, a
+link to /dev/zero exhaust memory), its bytes are kept exactly even where they are not UTF-8
+(OpenSSH does not mind), and root editing it for them (``sudo -E``) leaves it theirs.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +29,18 @@ from pathlib import Path
 import click
 
 from hatchway.agent.authorized_keys import validate_public_key
-from hatchway.cli.common import ApiClient, directory_problem, fail, session_or_fail
+from hatchway.cli.common import ApiClient, directory_problem, fail, fail_write, session_or_fail
 from hatchway.cli.keys import choose_key_path, download_key, holds_key, ssh_dir
 from hatchway.cli.replies import Key, Workspace
 from hatchway.cli.session import StoredSession, config_dir
 from hatchway.fileutil import (
     DanglingSymlinkError,
+    FileTooLargeError,
+    NotRegularFileError,
     atomic_write,
+    file_kind,
     make_private_dir,
+    read_regular,
     write_target,
 )
 from hatchway.names import quoted, shown
@@ -236,7 +246,7 @@ def changed_files(prepared: Prepared) -> list[Path]:
     changed = []
     for path, data in prepared.files.items():
         try:
-            same = path.read_bytes() == data
+            same = read_regular(path)[1] == data  # a FIFO put there must not hang a dry run
         except OSError:
             same = False
         if not same:
@@ -245,28 +255,36 @@ def changed_files(prepared: Prepared) -> list[Path]:
 
 
 def write_prepared(prepared: Prepared) -> None:
-    """Download the key when stale and write Hatchway's known_hosts and standalone ssh_config."""
+    """Download the key when stale and write Hatchway's known_hosts and standalone ssh_config
+    (the same entries as a file of their own, for ``ssh -F`` and ``hatchway ssh``).
+
+    Files whose content on disk is already the same are not rewritten: nothing to gain, and a
+    full disk or a read-only config dir need not stop a run that has nothing to change there.
+    A failure is one line naming the file, which :func:`atomic_write` has left as it was.
+    """
     if prepared.key_stale:
         download_key(prepared.client, prepared.key_path)
         click.echo(f"Downloaded your Hatchway SSH key to {prepared.key_path}", err=True)
-    make_private_dir(prepared.session_dir, parents=True)
-    for path, data in prepared.files.items():
-        atomic_write(path, data, 0o600)
+    changed = changed_files(prepared)
+    if not changed:
+        return
+    try:
+        make_private_dir(prepared.session_dir, parents=True)
+    except OSError as exc:
+        fail(f"cannot create {prepared.session_dir}: {exc.strerror or exc}; fix that, then try again")
+    for path in changed:
+        try:
+            atomic_write(path, prepared.files[path], 0o600)
+        except OSError as exc:
+            fail_write(path, exc, "try again")
 
 
 def build_plan(session: StoredSession) -> tuple[Plan, Path]:
-    """Fetch workspaces, make sure the key and Hatchway's files are on disk, plan the entries."""
+    """Fetch workspaces, make sure the key and Hatchway's files are on disk, plan the entries;
+    the plan and the standalone ssh_config that holds its entries (for ``hatchway ssh``)."""
     prepared = prepare(session)
     write_prepared(prepared)
-    return prepared.plan, prepared.session_dir
-
-
-def write_standalone(plan: Plan, sdir: Path) -> Path:
-    """The same entries as a complete file of their own, for ``ssh -F`` and ``hatchway ssh``
-    (which calls this after :func:`build_plan`; config-ssh writes it via :func:`write_prepared`)."""
-    path = standalone_path(sdir)
-    atomic_write(path, render_block(plan.entries).encode(), 0o600)
-    return path
+    return prepared.plan, standalone_path(prepared.session_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +295,8 @@ def config_target(path: Path) -> Path:
     """The file that holds ``path``'s content (a symlink's target), or a clear failure.
 
     Checked before anything is fetched or written, so a wrong ``--ssh-config`` costs nothing.
+    A FIFO, device or socket is refused here, by its type alone: reading one could hang or never
+    end, and replacing one (a config linked to /dev/null, run as root) would break the machine.
     """
     try:
         target = write_target(path)
@@ -284,10 +304,20 @@ def config_target(path: Path) -> Path:
         fail(f"{exc}, then run config-ssh again")
     except OSError as exc:
         fail(f"cannot update {path}: {exc.strerror or exc}; fix the link, then run config-ssh again")
-    if target.is_dir():
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return target  # missing (created on write), or unreadable: read_config says which
+    if stat.S_ISDIR(mode):
         fail(
             f"{path} is a directory, not an ssh config file; give the file itself, "
             f"for example: hatchway config-ssh --ssh-config {path / 'config'}"
+        )
+    if not stat.S_ISREG(mode):
+        what = path if target == path else f"{path} is a symbolic link to {target}, which"
+        fail(
+            f"{what} is {file_kind(mode)}, not a regular file, so it cannot hold an ssh config; "
+            "use a regular file (or give one with --ssh-config), then run config-ssh again"
         )
     return target
 
@@ -301,15 +331,27 @@ def check_config_directory(path: Path, target: Path) -> None:
 
 
 def read_config(path: Path) -> str:
-    """The current text of the ssh config ("" when it does not exist yet)."""
+    """The current text of the ssh config ("" when it does not exist yet).
+
+    Read as bytes (the user's CRLFs stay as they are) from a regular file only, and decoded with
+    ``surrogateescape``: OpenSSH reads bytes, so a Latin-1 comment is fine there and must be
+    kept exactly (:func:`config_bytes` gives the same bytes back). Our block never holds such
+    characters (:func:`hatchway.sshconfig.apply_block` refuses them).
+    """
     try:
-        return path.read_bytes().decode("utf-8")  # bytes: keep the user's CRLFs as they are
+        data = read_regular(path)[1]
     except FileNotFoundError:
         return ""
-    except UnicodeDecodeError:
-        fail(f"{path} is not valid UTF-8; fix or move it, then run config-ssh again")
+    except (NotRegularFileError, FileTooLargeError) as exc:  # their message says what to do
+        fail(f"{exc}, then run config-ssh again")
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror or exc}; fix that, then run config-ssh again")
+    return data.decode("utf-8", "surrogateescape")
+
+
+def config_bytes(text: str) -> bytes:
+    """The bytes of ssh config text from :func:`read_config`: the user's undecodable bytes as they were."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def new_config(path: Path, existing: str, block: str | None) -> str:
@@ -325,14 +367,20 @@ def write_config(path: Path, target: Path, new: str) -> None:
     """Write the ssh config through a symlink, keeping the file's mode (0600 when new).
 
     A missing ``~/.ssh`` is created 0700, as ssh and ssh-keygen do; no directory's mode is changed.
+    Run as root on someone else's file (``sudo -E``), the file stays theirs (owner and group).
     """
     try:
         if target.parent == ssh_dir():
             make_private_dir(target.parent)
         mode = target.stat().st_mode & 0o777 if target.exists() else 0o600
-        atomic_write(path, new.encode(), mode, follow_symlinks=True)
+        atomic_write(path, config_bytes(new), mode, follow_symlinks=True, keep_owner=True)
     except OSError as exc:
-        fail(f"cannot write {target}: {exc.strerror or exc} (it was left unchanged); fix that, then run config-ssh again")
+        fail_write(target, exc, "run config-ssh again")
+
+
+def show_diff(existing: str, new: str, path: Path) -> None:
+    """The change as ``diff -u`` prints it, the user's bytes as they are (not UTF-8 or not)."""
+    click.echo(config_bytes(unified_diff(existing, new, str(path))), nl=False)
 
 
 def dry_run_notes(prepared: Prepared | None) -> list[str]:
@@ -351,7 +399,7 @@ def show_dry_run(path: Path, existing: str, new: str, prepared: Prepared | None)
     if new == existing:
         click.echo(f"{path} is up to date")
     else:
-        click.echo(unified_diff(existing, new, str(path)), nl=False)
+        show_diff(existing, new, path)
     for note in dry_run_notes(prepared):
         click.echo(f"hatchway: --dry-run: {note}", err=True)
 
@@ -380,7 +428,7 @@ def config_ssh(ssh_config: Path | None, dry_run: bool, remove: bool, yes: bool) 
     if new == existing:
         click.echo(f"{path} is up to date")
     elif not yes and sys.stdin.isatty():
-        click.echo(unified_diff(existing, new, str(path)), nl=False)
+        show_diff(existing, new, path)
         click.confirm(f"Write these changes to {path}?", abort=True)
     if prepared is not None:
         write_prepared(prepared)

@@ -12,12 +12,13 @@ from hatchway.cli.common import (
     api,
     directory_problem,
     fail,
+    fail_write,
     json_option,
     print_json,
     session_or_fail,
 )
 from hatchway.cli.replies import Key, PrivateKey
-from hatchway.fileutil import atomic_write, make_private_dir
+from hatchway.fileutil import atomic_write, make_private_dir, read_regular
 from hatchway.names import shown
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -67,10 +68,14 @@ def default_key_path(url: str) -> Path:
 
 
 def holds_key(path: Path, public_key: str) -> bool:
-    """Whether ``path`` and its ``.pub`` exist and the .pub is ``public_key`` (type and data)."""
+    """Whether ``path`` and its ``.pub`` exist and the .pub is ``public_key`` (type and data).
+
+    Anything else (missing, unreadable, not text, or not a regular file: a FIFO must not hang
+    config-ssh) means the key is downloaded again, and writing it says what is wrong.
+    """
     try:
-        on_disk = path.with_name(path.name + ".pub").read_text().split()[:2]
-    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        on_disk = read_regular(path.with_name(path.name + ".pub"))[1].decode().split()[:2]
+    except (OSError, UnicodeDecodeError):
         return False
     return path.is_file() and on_disk == public_key.split()[:2]
 
@@ -129,7 +134,7 @@ def download_key(client: ApiClient, path: Path) -> PrivateKey:
         try:
             atomic_write(target, text.encode(), mode)
         except OSError as exc:
-            fail(f"cannot write {target}: {exc.strerror or exc}; fix that, then try again")
+            fail_write(target, exc, "try again")
     return data
 
 

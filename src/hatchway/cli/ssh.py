@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import click
 
 from hatchway.cli.common import fail, session_or_fail, split_owner
-from hatchway.cli.config_ssh import ALIAS_PREFIX, build_plan, write_standalone
+from hatchway.cli.config_ssh import ALIAS_PREFIX, build_plan
 
 #: ssh's option letters, those that take a value and those that do not (OpenSSH's getopt
 #: string, less -P: a flag in older versions, an option with a value in newer ones).
@@ -144,13 +144,12 @@ def ssh(args: tuple[str, ...]) -> None:
     if owner:
         fail("you can only connect to your own workspaces")
     session = session_or_fail()
-    plan, sdir = build_plan(session)
+    plan, config = build_plan(session)
     alias = ALIAS_PREFIX + name
     if alias in plan.refusals:
         fail(plan.refusals[alias])
     if alias not in (e.alias for e in plan.entries):
         fail(f'no workspace named "{name}" is yours; see "hatchway workspaces list"')
-    config = write_standalone(plan, sdir)
     ssh_bin = shutil.which("ssh")
     if ssh_bin is None:
         fail("OpenSSH's ssh client is not installed; install openssh-client")
