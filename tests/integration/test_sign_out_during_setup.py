@@ -192,6 +192,14 @@ def _end_by_new_password(world: World, _token: str, _session_id: str) -> None:
     world.people["bob"].token = sign_in(world.url, "bob", world.people["bob"].password)[0]  # for the next tests
 
 
+async def _released(world: World, server: HeldDialsServer, agent: Any, sweeps: int) -> asyncio.Task[bytes]:
+    """Once the sign-out's sweep has run (and found the held connection not yet live), let the
+    connection go on; the fake agent answers its dial, and what reaches it is the task's result."""
+    wait_swept(server, sweeps)
+    server.release()
+    return asyncio.create_task(answer_dial(world.url, world.agent_tokens["bob/held"], await next_dial(agent)))
+
+
 ENDINGS: dict[str, Callable[[World, str, str], None]] = {
     "hatchway logout": _end_by_logout,
     "hatchway sessions revoke": _end_by_revoke,
@@ -212,9 +220,7 @@ async def test_a_session_ended_between_authorisation_and_registration_takes_the_
             client = await open_stream(world.url, token, "held")
         try:
             ENDINGS[ending](world, token, session_id)
-            wait_swept(server, sweeps)
-            server.release()
-            answer = asyncio.create_task(answer_dial(world.url, world.agent_tokens["bob/held"], await next_dial(agent)))
+            answer = await _released(world, server, agent, sweeps)
             assert await refusal(client, 10) == SIGNED_OUT
             assert await answer == b"", "nothing of the client's reaches the workspace"
         finally:
@@ -239,9 +245,7 @@ async def test_signing_out_the_web_ui_between_authorisation_and_registration_tak
             try:
                 signed_out = browser.post("/sign-out", data={"csrf_token": _csrf(browser.get("/workspaces"))})
                 assert (signed_out.status_code, signed_out.headers["location"]) == (303, "/")
-                wait_swept(server, sweeps)
-                server.release()
-                answer = asyncio.create_task(answer_dial(world.url, world.agent_tokens["bob/held"], await next_dial(agent)))
+                answer = await _released(world, server, agent, sweeps)
                 assert await refusal(client, 10) == SIGNED_OUT
                 assert await answer == b""
             finally:
@@ -260,9 +264,7 @@ async def test_another_session_ended_meanwhile_leaves_the_connection_alone(world
             client = await open_stream(world.url, token, "held")
         try:
             _end_by_logout(world, other_token, other_id)
-            wait_swept(server, sweeps)
-            server.release()
-            answer = asyncio.create_task(answer_dial(world.url, world.agent_tokens["bob/held"], await next_dial(agent)))
+            answer = await _released(world, server, agent, sweeps)
             assert await asyncio.wait_for(client.recv(), 10) == b"SSH-2.0-fake\r\n"
             await client.send(b"SSH-2.0-client\r\n")
         finally:
