@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.server import RunningServer
+from tests.helpers.server import RunningServer, wait_for
 from tests.helpers.world import World, build_world
 
 pytestmark = [
@@ -52,6 +52,11 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def open_rows(world: World) -> list[dict]:
+    with world.api("alice") as c:
+        return list(c.get("/connections", params={"user": "bob"}).json())
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     with small_disk(tmp_path / "data"):
@@ -70,7 +75,18 @@ def test_a_full_data_disk_refuses_changes_clearly_keeps_serving_and_recovers(wor
     ssh = ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", "hatchway.dev"]
     assert subprocess.run([*ssh, "echo", "before"], env=bob.env(), capture_output=True, timeout=30).stdout == b"before\n"
 
-    filler = fill(world.tmp / "data")
+    live = subprocess.Popen([*ssh, "read line; echo got $line"], env=bob.env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert live.stdout is not None
+        wait_for(lambda: any(r["result"] == "open" and not r["ended_at"] for r in open_rows(world)), 20,
+                 what="the live session to be relayed")
+        filler = fill(world.tmp / "data")
+        out, _ = live.communicate(b"during\n", timeout=30)  # a session already open goes on
+        assert (live.returncode, out) == (0, b"got during\n")
+    finally:
+        if live.poll() is None:
+            live.kill()
     with world.api("alice") as c:
         r = c.post("/users", json={"username": "dave", "email": "dave@example.com", "password": "dave-password-1"})
         assert (r.status_code, r.json()) == (503, FULL)
@@ -84,6 +100,8 @@ def test_a_full_data_disk_refuses_changes_clearly_keeps_serving_and_recovers(wor
     assert b"database out of disk space" in refused.stderr, refused.stderr
     log = world.server.log()
     assert "database out of disk space (OperationalError: database or disk is full)" in log
+    # The session that ended during it could not complete its record: one line says so.
+    assert "ERROR hatchway.server: completing the record of SSH to bob/dev by bob: database out of disk space" in log
     assert "Traceback" not in log
 
     filler.unlink()  # space again: no restart needed

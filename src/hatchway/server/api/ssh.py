@@ -17,7 +17,7 @@ from hatchway.names import check_username, check_workspace_name
 from hatchway.server.api.sessions import SIGNED_OUT
 from hatchway.server.auth import bearer_token, token_holder, user_and_session
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
-from hatchway.server.errors import APIError
+from hatchway.server.errors import APIError, db_failure, log_db_failure, sqlite_file
 from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
 from hatchway.server.relay import DialError, LiveStream, splice
 from hatchway.server.session_tokens import printable
@@ -273,16 +273,23 @@ async def _relay(
             await websocket.close()
         with contextlib.suppress(Exception):
             await agent_ws.close()
-        async with ctx.sessions() as db:
-            row = await db.get(SSHConnection, row_id)
-            if row is not None:
-                row.mode = mode
-                row.ended_at = utcnow()
-                row.bytes_to_workspace = stream.to_workspace
-                row.bytes_from_workspace = stream.from_workspace
-                row.result = "ended" if reason else "closed"
-                row.reason = reason
-                await db.commit()
+        try:
+            async with ctx.sessions() as db:
+                row = await db.get(SSHConnection, row_id)
+                if row is not None:
+                    row.mode = mode
+                    row.ended_at = utcnow()
+                    row.bytes_to_workspace = stream.to_workspace
+                    row.bytes_from_workspace = stream.from_workspace
+                    row.result = "ended" if reason else "closed"
+                    row.reason = reason
+                    await db.commit()
+        except Exception as exc:
+            # The session itself is over either way: a database that is down or full only costs
+            # its record's last word, which the log line below still gives.
+            if db_failure(exc) is None:
+                raise
+            log_db_failure(f"completing the record of SSH to {label} by {username}", exc, sqlite_file(ctx.settings.db_url))
         log.info(
             "SSH to %s by %s ended: %d bytes in, %d bytes out%s",
             label, username, stream.to_workspace, stream.from_workspace, f" ({reason})" if reason else "",
