@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 
@@ -161,6 +160,8 @@ def atomic_write(
     it replaces, which would otherwise become root's and unreadable to its owner. Only root can
     give a file away, so for anyone else (and for a new file) the writer owns it, as always.
     """
+    import tempfile  # here, not at the top: hatchway proxy reads its session with read_regular
+
     target = write_target(path) if follow_symlinks else Path(path)
     _refuse_special(target)
     owner = _owner_to_keep(target) if keep_owner else None

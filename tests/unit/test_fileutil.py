@@ -59,7 +59,7 @@ def test_the_temp_file_lives_next_to_the_target(
         dirs.append(kw["dir"])
         return real_mkstemp(**kw)  # type: ignore[call-overload,no-any-return]
 
-    monkeypatch.setattr(fileutil.tempfile, "mkstemp", recording_mkstemp)
+    monkeypatch.setattr(tempfile, "mkstemp", recording_mkstemp)
     atomic_write(link, b"x\n", 0o600, follow_symlinks=True)
     assert [Path(d) for d in dirs] == [target.parent]
 

@@ -29,18 +29,36 @@ class StoredSession:
     username: str
 
 
+#: The most of session.json that is read; it holds three short strings.
+SESSION_MAX = 64 * 1024
+
+
 class NotLoggedIn(Exception):
+    """No usable stored session; ``problem`` says why the file could not be read, if it exists."""
+
+    def __init__(self, problem: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
     def __str__(self) -> str:
+        if self.problem:
+            return (f"cannot read your saved session: {self.problem}; then log in again: "
+                    "hatchway login URL --username NAME --password-stdin")
         return "you are not logged in; run: hatchway login URL --username NAME --password-stdin"
 
 
 def load_session(directory: Path | None = None) -> StoredSession:
+    from hatchway.fileutil import FileTooLargeError, NotRegularFileError, read_regular  # cheap: see fileutil
+
     path = (directory or config_dir()) / SESSION_FILE
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path, SESSION_MAX)[1])
         return StoredSession(url=data["url"], token=data["token"], username=data["username"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         raise NotLoggedIn() from None
+    except OSError as exc:  # a FIFO, a device, a huge file, no permission: say so, never hang on it
+        said = str(exc) if isinstance(exc, (NotRegularFileError, FileTooLargeError)) else f"{path}: {exc.strerror or exc}"
+        raise NotLoggedIn(said) from None
 
 
 def save_session(session: StoredSession, directory: Path | None = None) -> Path:
