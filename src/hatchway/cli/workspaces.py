@@ -101,7 +101,7 @@ def wait_until_running(client: ApiClient, name: str, params: dict[str, str] | No
 @click.option("--openssh", is_flag=True, help="Local provider: also run OpenSSH's sshd on the workspace's own port 22.")
 @click.option("--image", metavar="IMAGE", help="Docker provider: the image (its ENV becomes the image environment).")
 @click.option("--cvm", is_flag=True, help="Docker provider: run systemd as PID 1 (e.g. OpenSSH enabled in the image).")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until a local workspace is running.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until a workspace Hatchway starts (local, docker) is running.")
 def create(
     name: str, provider: str, env_items: tuple[str, ...], openssh: bool, image: str | None, cvm: bool, wait: bool
 ) -> None:

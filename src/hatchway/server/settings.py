@@ -32,7 +32,7 @@ class Settings:
     keep_alive_timeout_s: int = 5  # idle keep-alive HTTP connections are closed after
     max_handshaking_per_ip: int = 64  # connections of one address still sending headers
     # Load balancers: their X-Forwarded-For is believed, their connections are not capped per
-    # address. Empty: uvicorn's default (FORWARDED_ALLOW_IPS, else 127.0.0.1) for the header.
+    # address. Empty: no client's X-Forwarded-For is believed, not even from 127.0.0.1.
     trusted_proxies: tuple[str, ...] = ()
     max_pending_streams_per_user: int = 32  # SSH streams waiting for their agent, per user
     max_pending_streams_per_workspace: int = 32  # ... and per workspace

@@ -1,6 +1,6 @@
 """Settings of the built-in SSH server (pure: parsing only, no I/O).
 
-The built-in server reads no sshd_config (SPEC §3.4). What an operator may still want to tune
+The built-in server reads no sshd_config (it is not sshd, and the image's may not exist). What an operator may still want to tune
 comes from the agent: constructor arguments, or ``HATCHWAY_SSH_*`` variables in the agent's own
 environment (the workspace image sets them; sessions never see the agent's environment). Bad
 values are reported and replaced by the default instead of stopping the agent.
