@@ -263,6 +263,18 @@ def test_an_ssh_dir_owned_by_root_is_reported_with_the_command_that_fixes_it(nob
     assert sorted(ssh.iterdir()) == []
 
 
+def test_a_home_the_user_cannot_write_into_is_reported_with_the_command_that_fixes_it(nobody_home: Path) -> None:
+    os.chown(nobody_home, 0, 0)  # an image that made the home as root and never gave it away
+    out = _inject_as(NOBODY, nobody_home)
+    assert out == {
+        "diagnostics": [
+            f"could not create ~/.ssh: nobody may not write into the home directory {nobody_home}; as root, run "
+            f"install -d -m 700 -o nobody {nobody_home}/.ssh; authorized_keys and environment were not updated"
+        ],
+        "wrote": [],
+    }
+
+
 def test_a_fifo_or_endless_device_in_place_of_a_file_is_reported_and_the_other_file_written(tmp_path: Path) -> None:
     """A FIFO used to hang the agent before it served any SSH, and a link to /dev/zero ran it out
     of memory. Both are reported and left as they are; the other file is still written."""

@@ -134,6 +134,14 @@ def _ssh_dir_ready(ssh_dir: Path, home: Path, result: InjectionResult) -> bool:
     except FileExistsError:
         _io_problem(result, f"{shown} is not a directory; move it aside so it can be created; {not_updated}")
         return False
+    except PermissionError:
+        me = _user_name(os.getuid())
+        _io_problem(
+            result,
+            f"could not create {shown}: {me} may not write into the home directory {home}; as root, run "
+            f"install -d -m 700 -o {me} {ssh_dir}; {not_updated}",
+        )
+        return False
     except OSError as exc:
         _io_problem(result, f"could not create {shown} with mode 0700: {exc.strerror or exc}; {not_updated}")
         return False
