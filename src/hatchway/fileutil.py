@@ -60,9 +60,8 @@ class FileTooLargeError(OSError):
     """``path`` is larger than the reader's limit; it was not read."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        super().__init__(
-            errno.EFBIG, f"{path} is larger than {limit // (1024 * 1024)} MiB; trim it to what is needed", str(path)
-        )
+        size = f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit // 1024} KiB"
+        super().__init__(errno.EFBIG, f"{path} is larger than {size}; trim it to what is needed", str(path))
 
     def __str__(self) -> str:
         return str(self.strerror)

@@ -48,6 +48,16 @@ def test_a_session_linked_to_an_endless_device_is_refused_unread(tmp_path: Path)
         load_session(tmp_path)
 
 
+def test_an_oversized_session_file_is_refused_with_its_limit(tmp_path: Path) -> None:
+    (tmp_path / "session.json").write_bytes(b" " * (64 * 1024 + 1))
+    with pytest.raises(NotLoggedIn) as caught:
+        load_session(tmp_path)
+    assert str(caught.value) == (
+        f"cannot read your saved session: {tmp_path}/session.json is larger than 64 KiB; trim it to what is "
+        f"needed; then log in again: {LOGIN}"
+    )
+
+
 def test_the_proxy_reads_its_session_without_the_writing_half_of_fileutil(tmp_path: Path) -> None:
     """tempfile (and the random and shutil it pulls in) cost the proxy milliseconds per ssh."""
     code = (
