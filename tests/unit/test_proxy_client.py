@@ -185,6 +185,42 @@ def test_abrupt_end_is_eof() -> None:
     assert isinstance(error, EOFError)
 
 
+def writes_of_relay_down(initial: bytes) -> list[bytes]:
+    """Each write relay_down makes to stdout, as the messages of a SOCK_SEQPACKET pair (one
+    message per writev); ``initial`` is what arrived with the handshake response, one chunk,
+    followed by the server's close."""
+    a, b = socket.socketpair()
+    out_w, out_r = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b, out_w, out_r:
+        out_w.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        b.sendall(server_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+        writes: list[bytes] = []
+        reader = threading.Thread(target=lambda: writes.extend(iter(lambda: out_r.recv(1 << 20), b"")))
+        reader.start()
+        proxy.relay_down(a, initial, proxy._Sender(a), out_w.fileno())
+        out_w.shutdown(socket.SHUT_WR)
+        reader.join(10)
+    return writes
+
+
+def test_one_write_per_receive_whatever_frames_it_holds() -> None:
+    frames = [os.urandom(n) for n in (32 * 1024, 300, 32 * 1024, 7, 1000)]
+    initial = (
+        b"".join(server_frame(OP_BINARY, f) for f in frames[:3])
+        + server_frame(OP_PING, b"p")  # what came before a control frame goes first
+        + server_frame(OP_BINARY, frames[3], fin=False)
+        + server_frame(OP_CONT, frames[4])
+    )
+    assert writes_of_relay_down(initial) == [b"".join(frames[:3]), b"".join(frames[3:])]
+
+
+def test_a_receive_of_more_frames_than_one_writev_takes_is_written_whole() -> None:
+    payloads = [os.urandom(1 + i % 5) for i in range(3 * proxy.IOV_MAX + 5)]  # a hostile server's tiny frames
+    writes = writes_of_relay_down(b"".join(server_frame(OP_BINARY, p) for p in payloads))
+    assert b"".join(writes) == b"".join(payloads)
+    assert len(writes) == 4  # at most IOV_MAX buffers per call
+
+
 class FakeServer:
     """One loopback connection answered with a canned handshake response."""
 

@@ -21,9 +21,12 @@ may be used.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import fcntl
+import functools
 import hashlib
+import itertools
 import os
 import re
 import select
@@ -32,6 +35,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -63,6 +67,8 @@ EOF_GRACE_S = 5.0
 OPEN_TIMEOUT_S = 30.0
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1024 * 1024
+#: Buffers per sendmsg()/writev() call (the system's IOV_MAX on Linux).
+IOV_MAX = 1024
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE_HEAD = 64 * 1024
 #: The start of an HTTP/1.x status line, up to its three-digit code: ASCII digits only, since
@@ -181,35 +187,43 @@ class _Sender:
 
 def _send_all(sock: socket.socket, parts: list[bytes]) -> None:
     """Header and payload in one system call, without joining them into a third copy."""
-    views = [memoryview(p) for p in parts]
+    _gathered(sock.sendmsg, parts)
+
+
+def _gathered(write: Callable[[list[memoryview]], int], parts: list[Any]) -> None:
+    """All of ``parts`` through ``write`` (``sendmsg`` or ``writev``: as many buffers per call
+    as the system takes, partial writes resumed), without joining them into one copy."""
+    views = collections.deque(memoryview(p) for p in parts)
     while views:
-        sent = sock.sendmsg(views)
+        sent = write(list(itertools.islice(views, IOV_MAX)))
         while views and sent >= len(views[0]):
-            sent -= len(views.pop(0))
-        if views:
+            sent -= len(views.popleft())
+        if views and sent:
             views[0] = views[0][sent:]
-
-
-def _write_all(fd: int, data: memoryview | bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def relay_down(sock: socket.socket, initial: bytes, tx: _Sender, out_fd: int) -> None:
     """Server → stdout until the server closes the stream; :class:`Refused` for a text
     message (what the server says when it refuses or ends a connection). Binary payload goes to
-    stdout as it arrives, straight from the one receive buffer."""
+    stdout as it arrives, straight from the one receive buffer, in one write per receive
+    whatever frames it came in: the agent frames each read of the SSH server's output (about
+    32 KiB in a bulk transfer), and a write per frame woke ssh several times per receive."""
     reader = FrameReader(masked=False, max_size=MAX_FRAME)
     buf = memoryview(bytearray(CHUNK))
+    write = functools.partial(os.writev, out_fd)
     text: bytearray | None = None  # a text message being assembled
     chunk: memoryview | bytes = initial
     while True:
+        pieces: list[Any] = []  # what one receive holds of the stream: one write for all of it
         for event in reader.feed(chunk):
             kind = event[0]
             if kind == DATA:
-                _write_all(out_fd, event[1])
-            elif kind == TEXT:  # text frames carry no SSH bytes: only refusals
+                pieces.append(event[1])
+                continue
+            if pieces:  # what came before a control frame or a refusal goes first
+                _gathered(write, pieces)
+                pieces = []
+            if kind == TEXT:  # text frames carry no SSH bytes: only refusals
                 text = (text or bytearray()) + event[1]
                 if len(text) > MAX_TEXT:
                     raise ProtocolError("text message too long", 1009)
@@ -225,6 +239,8 @@ def relay_down(sock: socket.socket, initial: bytes, tx: _Sender, out_fd: int) ->
                 if text is not None:
                     raise Refused(message_text(text.decode(errors="replace")))
                 return
+        if pieces:
+            _gathered(write, pieces)
         n = sock.recv_into(buf)
         if not n:
             raise EOFError
