@@ -23,6 +23,7 @@ from hatchway.bytepath.frames import (
     VIOLATION,
     FrameReader,
     apply_mask,
+    close_reason,
     frame_header,
 )
 from hatchway.bytepath.splice import parser_idle
@@ -234,3 +235,20 @@ def test_skipping_to_the_next_frame_hands_back_exactly_what_follows(masked: bool
             expected = data if cut < header else second if cut < len(data) else b""
             assert handed == expected, (cut, more)
             assert reader.skip_frame(b"later") == b""  # stopped: nothing more to skip
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("", ""),
+    ("x" * 123, "x" * 123),  # the most a close frame carries: kept whole
+    ("x" * 124, "x" * 120 + "…"),
+    ("é" * 61, "é" * 61),  # 122 bytes
+    ("é" * 62, "é" * 60 + "…"),
+    ("x" + "€" * 41, "x" + "€" * 39 + "…"),  # cut inside a character: the whole character goes
+])
+def test_a_close_reason_fits_the_close_frame_and_shows_it_was_cut(text: str, reason: str) -> None:
+    assert close_reason(text) == reason
+    server = Protocol(SERVER)
+    server.send_close(4410, reason)  # websockets refuses a control frame over 125 bytes
+    client = Protocol(CLIENT)
+    client.receive_data(b"".join(server.data_to_send()))
+    assert client.close_rcvd is not None and (client.close_rcvd.code, client.close_rcvd.reason) == (4410, reason)

@@ -64,6 +64,17 @@ def apply_mask(data: Piece, mask: bytes) -> bytes:
     return _apply_mask(data, mask)
 
 
+def close_reason(text: str) -> str:
+    """``text`` as the reason of a close frame: the code takes 2 of its 125 bytes, so a longer
+    one is cut at a character boundary and ends in "…" (a reason too long for the frame makes
+    the WebSocket library refuse to send the close at all, and the peer sees none)."""
+    limit = MAX_CONTROL_PAYLOAD - 2
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - len("…".encode())].decode(errors="ignore") + "…"
+
+
 def frame_header(opcode: int, length: int, mask: bytes = b"") -> bytes:
     """The header of one final frame with a payload of ``length`` bytes, masked with ``mask``
     (4 bytes, a client's frames) or not (empty, a server's)."""

@@ -15,6 +15,7 @@ from fastapi import WebSocket
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from hatchway.bytepath.frames import close_reason
 from hatchway.db.models import Workspace
 from hatchway.server.manifest import build_manifest
 
@@ -52,7 +53,7 @@ class AgentConnection:
         try:
             async with self._lock:
                 await self.websocket.send_text(json.dumps({"type": "goodbye", "code": code, "reason": reason}))
-                await self.websocket.close(code=4000, reason=reason[:120])
+                await self.websocket.close(code=4000, reason=close_reason(reason))
         except Exception:
             pass
 
