@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.helpers.server import wait_for
 from tests.helpers.world import World
@@ -40,3 +42,35 @@ async def refusal(ws: ClientConnection, timeout: float = 10) -> str:
     message = await asyncio.wait_for(ws.recv(), timeout)
     assert isinstance(message, str), f"expected a refusal, got {len(message)} bytes"
     return json.loads(message)["error"]
+
+
+async def refusal_and_close_code(ws: ClientConnection, timeout: float = 10) -> tuple[str, int | None]:
+    """The error a client stream is refused with, and the close code the server ends it with."""
+    error = await refusal(ws, timeout)
+    await asyncio.wait_for(ws.wait_closed(), timeout)
+    return error, ws.close_code
+
+
+@dataclass(frozen=True)
+class DialAnswer:
+    """How the server ended a dial-back the test answered as the workspace's agent."""
+
+    code: int | None  # of the server's close frame; 1006 when it sent none
+    reason: str
+    got: bytes  # what the client's side sent through it
+
+
+async def answer_dial(base: str, agent_token: str, stream_id: str, hello: str = '{"mode": "built-in"}') -> DialAnswer:
+    """Dial back to ``base`` for ``stream_id`` as an agent would (its stream header ``hello``,
+    then an SSH banner), and read until the server ends the stream."""
+    url = base.replace("http://", "ws://") + f"/api/v1/agent/streams/{stream_id}"
+    got = b""
+    async with connect(url, additional_headers={"Authorization": f"Bearer {agent_token}"}) as data:
+        with contextlib.suppress(ConnectionClosed):
+            await data.send(hello)
+            await data.send(b"SSH-2.0-fake\r\n")
+            while True:
+                message = await asyncio.wait_for(data.recv(), 10)
+                if isinstance(message, bytes):
+                    got += message
+    return DialAnswer(data.close_code, data.close_reason or "", got)

@@ -10,21 +10,20 @@ dials back and what it says.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
-from tests.helpers.fakeagent import agent_ws_url, fake_agent, next_dial, refusal
+from tests.helpers.fakeagent import DialAnswer, answer_dial, fake_agent, next_dial, refusal, refusal_and_close_code
 from tests.helpers.server import wait_for
 from tests.helpers.sshclient import open_stream
 from tests.helpers.world import World, build_world
 
+#: The close code of a connection let in and then ended because its access was withdrawn: the
+#: same whether the change caught it while its agent dialled back or while it was relayed.
+ENDED = 4410
 OFF_MESSAGE = 'SSH access to workspaces on provider "byo" is disabled by a site manager (External Connect is off)'
 
 
@@ -50,22 +49,6 @@ def bobs_connections(world: World) -> list[dict]:
         return r.json()
 
 
-async def dial_back(world: World, stream_id: str, hello: str = '{"mode": "built-in"}') -> tuple[int | None, bytes]:
-    """Answer a dial as an agent would; returns the close code the server ends it with and the
-    bytes the client's side sent through it."""
-    headers = {"Authorization": f"Bearer {world.agent_tokens['bob']}"}
-    got = b""
-    async with connect(agent_ws_url(world, f"/api/v1/agent/streams/{stream_id}"), additional_headers=headers) as data:
-        with contextlib.suppress(ConnectionClosed):
-            await data.send(hello)
-            await data.send(b"SSH-2.0-fake\r\n")
-            while True:
-                message = await asyncio.wait_for(data.recv(), 10)
-                if isinstance(message, bytes):
-                    got += message
-        return data.close_code, got
-
-
 async def test_external_connect_off_while_the_agent_dials_back_refuses_the_connection(world: World) -> None:
     bob = world.people["bob"]
     async with fake_agent(world, world.agent_tokens["bob"], "bob", "dev") as agent:
@@ -74,11 +57,10 @@ async def test_external_connect_off_while_the_agent_dials_back_refuses_the_conne
         try:
             set_external_connect(world, False)
             t0 = time.monotonic()
-            assert await refusal(client, 10) == OFF_MESSAGE
+            assert await refusal_and_close_code(client, 10) == (OFF_MESSAGE, ENDED)
             assert time.monotonic() - t0 < 5, "refused when the toggle landed, not when the agent answered"
             # The agent's late dial-back finds no stream waiting: nothing is relayed.
-            code, _ = await dial_back(world, stream_id)
-            assert code == 4404
+            assert (await answer_dial(world.url, world.agent_tokens["bob"], stream_id)).code == 4404
         finally:
             await client.close()
             set_external_connect(world, True)
@@ -94,8 +76,8 @@ async def test_a_suspension_while_the_agent_dials_back_refuses_and_the_old_sessi
         with world.api("alice") as c:
             c.post("/users/bob/suspend").raise_for_status()
         try:
-            assert await refusal(client, 10) == 'user "bob" was suspended by a site manager'
-            assert (await dial_back(world, stream_id))[0] == 4404
+            assert await refusal_and_close_code(client, 10) == ('user "bob" was suspended by a site manager', ENDED)
+            assert (await answer_dial(world.url, world.agent_tokens["bob"], stream_id)).code == 4404
             # A suspended user's next attempt is refused and recorded as theirs.
             again = await open_stream(world.url, bob.token, "dev")
             assert await refusal(again, 10) == "account suspended: your account is suspended; ask a site manager to reactivate it"
@@ -126,12 +108,11 @@ async def test_the_record_starts_when_the_client_arrives_and_shows_the_agents_mo
         await asyncio.sleep(1.5)  # a slow agent
         answered = datetime.now().astimezone()
         hostile = json.dumps({"mode": "\x1b]0;PWNED\x07\x1b[31mOpenSSH_9.2\r\nfake line"})
-        answer = asyncio.create_task(dial_back(world, stream_id, hostile))
+        answer = asyncio.create_task(answer_dial(world.url, world.agent_tokens["bob"], stream_id, hostile))
         assert await asyncio.wait_for(client.recv(), 10) == b"SSH-2.0-fake\r\n"
         await client.send(b"SSH-2.0-client\r\n")
         await client.close()
-        code, got = await answer
-        assert got == b"SSH-2.0-client\r\n"
+        assert await answer == DialAnswer(1000, "", b"SSH-2.0-client\r\n"), "the client's goodbye ends the agent's side cleanly"
     row = wait_for(lambda: (r := bobs_connections(world)[0])["ended_at"] and r, 10, what="the record to be completed")
     started = datetime.fromisoformat(row["started_at"])
     assert arrived.timestamp() - 1 < started.timestamp() < answered.timestamp()

@@ -7,7 +7,8 @@ what the connection was let in on, and refuse it with the sweep's own message. T
 holds every dial to a workspace named "held" at exactly that point, after the token check and
 before the registration, until the test sends it SIGUSR1; it also logs each sweep and how many
 connections it ended, so the test knows the session's end was committed and swept while the
-connection was held. Bob's "held" workspace has a fake agent: the test answers its dial.
+connection was held. Bob's "held" workspace has a fake agent: the test answers its dial, and
+sees it closed with the same code and reason the sweep would have given it (4410).
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ import asyncio
 import contextlib
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,101 +24,20 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from hatchway.server.api.sessions import SIGNED_OUT
-from tests.helpers.fakeagent import next_dial, refusal
-from tests.helpers.server import RunningServer, api, wait_for
+from tests.helpers.fakeagent import DialAnswer, answer_dial, next_dial, refusal_and_close_code
+from tests.helpers.helddials import HeldDialsServer, held_before_live, wait_swept
+from tests.helpers.server import api, wait_for
 from tests.helpers.sshclient import open_stream
 from tests.helpers.world import World, build_world
 
-#: ``hatchway server`` whose dials to a workspace named "held" wait, once the client's token,
-#: workspace and policy were checked and before the stream is registered as live, until the
-#: process gets SIGUSR1; each sweep of live streams (what a sign-out broadcasts) is logged with
-#: what it matched and how many it ended.
-HELD_DIALS = r"""
-import asyncio, signal, sys
-
-from hatchway.server.relay import Relay
-
-real_dial, real_end_sessions = Relay.dial, Relay.end_sessions
-
-
-async def dial(self, stream, workspace_name, client):
-    if workspace_name == "held":
-        loop, released = asyncio.get_running_loop(), asyncio.Event()
-        loop.add_signal_handler(signal.SIGUSR1, released.set)
-        print(f"dial held for session {stream.session_id}", file=sys.stderr, flush=True)
-        try:
-            await released.wait()
-        finally:
-            loop.remove_signal_handler(signal.SIGUSR1)
-    return await real_dial(self, stream, workspace_name, client)
-
-
-async def end_sessions(self, match, reason):
-    n = await real_end_sessions(self, match, reason)
-    print(f"sweep of {match}: {n} ended", file=sys.stderr, flush=True)
-    return n
-
-
-Relay.dial, Relay.end_sessions = dial, end_sessions
-sys.argv = ["hatchway", *sys.argv[1:]]
-from hatchway.cli.main import main
-
-main()
-"""
-
-
-class HeldDialsServer(RunningServer):
-    """A real server that holds dials to "held" workspaces (see :data:`HELD_DIALS`)."""
-
-    def spawn(self, log: Any) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-c", HELD_DIALS, *self.argv()[1:]], stdout=log, stderr=log)
-
-    def held(self) -> list[str]:
-        return re.findall(r"^dial held for session (\w+)$", self.log(), re.M)
-
-    def sweeps(self) -> list[str]:
-        return [line for line in self.log().splitlines() if line.startswith("sweep of StreamMatch(")]
-
-    def release(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGUSR1)
-
-
-@contextlib.contextmanager
-def held_before_live(server: HeldDialsServer, session_id: str) -> Iterator[None]:
-    """Around opening a connection with ``session_id``'s token: left once ``server`` holds it
-    between its authorisation and its registration."""
-    held = len(server.held())
-    yield
-    wait_for(lambda: len(server.held()) > held, 10, what="the connection to be held before it is live")
-    assert server.held()[held:] == [session_id]
-
-
-def wait_swept(server: HeldDialsServer, sweeps_before: int) -> str:
-    """The sweep that ended the session, once ``server`` has run it; it found nothing to end."""
-    found = wait_for(lambda: server.sweeps()[sweeps_before:], 10, what="the sign-out to be swept")
-    assert len(found) == 1 and found[0].endswith(": 0 ended"), found
-    return str(found[0])
-
-
-async def answer_dial(base: str, agent_token: str, stream_id: str) -> bytes:
-    """Dial back as the agent of the workspace would, to ``base``; returns whatever the client's
-    side sent through it by the time the server ends it."""
-    url = base.replace("http://", "ws://") + f"/api/v1/agent/streams/{stream_id}"
-    got = b""
-    async with connect(url, additional_headers={"Authorization": f"Bearer {agent_token}"}) as data:
-        with contextlib.suppress(ConnectionClosed):
-            await data.send('{"mode": "built-in"}')
-            await data.send(b"SSH-2.0-fake\r\n")
-            while True:
-                message = await asyncio.wait_for(data.recv(), 10)
-                if isinstance(message, bytes):
-                    got += message
-    return got
-
+#: The close code of a connection let in and then ended because its access was withdrawn.
+ENDED = 4410
+#: What of SIGNED_OUT a close frame carries: 123 bytes at most, so cut, and marked as cut.
+SIGNED_OUT_CLOSE_REASON = SIGNED_OUT[:120] + "…"
+#: What the agent of a connection refused at the re-read is told: why, and nothing of the client's.
+REFUSED_AT_REREAD = DialAnswer(ENDED, SIGNED_OUT_CLOSE_REASON, b"")
 
 @contextlib.asynccontextmanager
 async def control_channel(url: str, agent_token: str, attached: Callable[[], bool]) -> Any:
@@ -192,9 +109,9 @@ def _end_by_new_password(world: World, _token: str, _session_id: str) -> None:
     world.people["bob"].token = sign_in(world.url, "bob", world.people["bob"].password)[0]  # for the next tests
 
 
-async def _released(world: World, server: HeldDialsServer, agent: Any, sweeps: int) -> asyncio.Task[bytes]:
+async def _released(world: World, server: HeldDialsServer, agent: Any, sweeps: int) -> asyncio.Task[DialAnswer]:
     """Once the sign-out's sweep has run (and found the held connection not yet live), let the
-    connection go on; the fake agent answers its dial, and what reaches it is the task's result."""
+    connection go on; the fake agent answers its dial, and how the server ends it is the task's result."""
     wait_swept(server, sweeps)
     server.release()
     return asyncio.create_task(answer_dial(world.url, world.agent_tokens["bob/held"], await next_dial(agent)))
@@ -221,8 +138,8 @@ async def test_a_session_ended_between_authorisation_and_registration_takes_the_
         try:
             ENDINGS[ending](world, token, session_id)
             answer = await _released(world, server, agent, sweeps)
-            assert await refusal(client, 10) == SIGNED_OUT
-            assert await answer == b"", "nothing of the client's reaches the workspace"
+            assert await refusal_and_close_code(client, 10) == (SIGNED_OUT, ENDED)
+            assert await answer == REFUSED_AT_REREAD
         finally:
             await client.close()
     row = newest_connection(world.url, world.people["alice"].token)
@@ -246,8 +163,8 @@ async def test_signing_out_the_web_ui_between_authorisation_and_registration_tak
                 signed_out = browser.post("/sign-out", data={"csrf_token": _csrf(browser.get("/workspaces"))})
                 assert (signed_out.status_code, signed_out.headers["location"]) == (303, "/")
                 answer = await _released(world, server, agent, sweeps)
-                assert await refusal(client, 10) == SIGNED_OUT
-                assert await answer == b""
+                assert await refusal_and_close_code(client, 10) == (SIGNED_OUT, ENDED)
+                assert await answer == REFUSED_AT_REREAD
             finally:
                 await client.close()
 
@@ -269,7 +186,7 @@ async def test_another_session_ended_meanwhile_leaves_the_connection_alone(world
             await client.send(b"SSH-2.0-client\r\n")
         finally:
             await client.close()
-        assert await answer == b"SSH-2.0-client\r\n"
+        assert (await answer).got == b"SSH-2.0-client\r\n"
     row = wait_for(lambda: (r := newest_connection(world.url, world.people["alice"].token))["ended_at"] and r, 10,
                    what="the record to be completed")
     assert (row["result"], row["reason"], row["workspace"]) == ("closed", None, "held")
@@ -319,8 +236,8 @@ async def test_a_logout_on_one_replica_takes_a_connection_being_set_up_on_anothe
             assert f"session_id='{session_id}'" in wait_swept(b, sweeps_b)  # what A told B
             b.release()
             answer = asyncio.create_task(answer_dial(b.url, world.agent_tokens["bob/held"], await next_dial(agent)))
-            assert await refusal(client, 10) == SIGNED_OUT
-            assert await answer == b""
+            assert await refusal_and_close_code(client, 10) == (SIGNED_OUT, ENDED)
+            assert await answer == REFUSED_AT_REREAD
         finally:
             await client.close()
     row = newest_connection(world.url, world.people["alice"].token)

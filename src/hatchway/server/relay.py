@@ -30,6 +30,11 @@ class DialError(Exception):
     """The agent could not be reached for this stream; the message is for the user."""
 
 
+class DialEnded(DialError):
+    """The stream was ended while its agent was being asked to dial back (a policy change, a
+    sign-out, the server shutting down): as it would have been had it been relayed already."""
+
+
 @dataclass(slots=True)
 class LiveStream:
     id: str
@@ -144,7 +149,7 @@ class Relay:
         waits its turn (at most the dial timeout). The stream is live from the moment it
         arrives: a policy that ends sessions while it waits or while the agent dials back
         (External Connect off, a suspension, a deletion, a sign-out) ends this one at once, with
-        its reason as the :class:`DialError`. What was committed before it arrived here (after
+        its reason as the :class:`DialEnded`. What was committed before it arrived here (after
         the caller checked the token) no sweep saw: the caller re-reads it once dialled
         (hatchway.server.api.ssh). On success the caller must set the release when done with
         the agent socket, which lets the agent's request handler finish, and unregister the
@@ -173,7 +178,7 @@ class Relay:
             except NoSlot as refused:
                 raise self._no_slot(refused, workspace_name) from None
             if stream.end_reason is not None:
-                raise DialError(stream.end_reason)
+                raise DialEnded(stream.end_reason)
             if waits:  # the agent may have moved or gone meanwhile
                 conn, holder = await self._route(workspace_id, workspace_name)
             self._pending[stream_id] = pending
@@ -187,7 +192,7 @@ class Relay:
             if not ended.done():
                 await asyncio.wait((pending.arrived, ended), timeout=self._dial_timeout, return_when=asyncio.FIRST_COMPLETED)
             if stream.end_reason is not None:
-                raise DialError(stream.end_reason)
+                raise DialEnded(stream.end_reason)
             if not pending.arrived.done():
                 raise DialError(
                     f'workspace "{workspace_name}": its agent did not answer within '

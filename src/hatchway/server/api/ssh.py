@@ -12,6 +12,7 @@ from fastapi import APIRouter, WebSocket
 from sqlalchemy import select
 
 from hatchway import peerjson
+from hatchway.bytepath.frames import close_reason
 from hatchway.db.models import ApiToken, SSHConnection, User, Workspace, new_id, utcnow
 from hatchway.names import check_username, check_workspace_name
 from hatchway.server.api.sessions import SIGNED_OUT
@@ -19,7 +20,7 @@ from hatchway.server.auth import bearer_token, token_holder, user_and_session
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
 from hatchway.server.errors import APIError, db_failure, log_db_failure, sqlite_file
 from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
-from hatchway.server.relay import DialError, LiveStream, splice
+from hatchway.server.relay import DialEnded, DialError, LiveStream, splice
 from hatchway.server.session_tokens import printable
 from hatchway.server.unidentified import Tally
 
@@ -28,10 +29,28 @@ log = logging.getLogger("hatchway.server.ssh")
 router = APIRouter(prefix="/api/v1/workspaces", tags=["ssh"])
 
 
-async def _refuse(websocket: WebSocket, message: str, code: int = 4403) -> None:
+#: Close codes of a client's stream (README, "Close codes"), by what happened rather than by
+#: when the server noticed: a sign-out or a policy change is one event, whether the sweep found
+#: the stream while its agent dialled back, the re-read after the dial did, or the sweep found it
+#: relaying. 4401 (not signed in) is the authentication's.
+REFUSED = 4403  # not let in: not allowed as things stood when it arrived, or not set up
+ENDED = 4410  # let in, then ended by the server: access withdrawn since, shutdown, a broken agent
+#: Why the agent's side of a stream is closed when setting it up failed in the server itself.
+SETUP_FAILED = "the server failed while setting up this connection; see the server's log"
+
+
+async def _refuse(websocket: WebSocket, message: str, code: int = REFUSED) -> None:
     with contextlib.suppress(Exception):
         await websocket.send_text(json.dumps({"type": "error", "error": message}))
         await websocket.close(code=code)
+
+
+async def _close_agent(agent_ws: WebSocket, code: int, reason: str) -> None:
+    """Close the agent's data socket with a close frame that says why. Before its release: the
+    agent's request handler returns then, and uvicorn drops a socket still open at that point
+    without a close frame (the agent saw 1006 and no reason)."""
+    with contextlib.suppress(Exception):  # the agent may be gone already
+        await agent_ws.close(code=code, reason=close_reason(reason))
 
 
 def _facts(user: User, ws: Workspace) -> SSHFacts:
@@ -125,8 +144,11 @@ async def _write_tally(ctx: ServerContext, tally: Tally) -> None:
                     tally.count, tally.source or "several addresses", exc)
 
 
-def _let_go(ctx: ServerContext, stream: LiveStream, released: asyncio.Event) -> None:
-    """A dialled stream that will not be spliced: the agent's side ends, the stream is no more."""
+async def _let_go(ctx: ServerContext, stream: LiveStream, released: asyncio.Event, agent_ws: WebSocket,
+                  code: int, reason: str) -> None:
+    """A dialled stream that will not be spliced: the agent's side is closed saying why (the
+    client's code and reason), then released; the stream is no more."""
+    await _close_agent(agent_ws, code, reason)
     released.set()
     ctx.relay.unregister(stream)
 
@@ -179,7 +201,7 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         refusal = _refusal(user, ws, shown)
     # No database session is held while the agent dials back: its own request needs one, and a
     # burst of connections would otherwise drain the pool and starve every dial-back.
-    dialled = False
+    dialled, code = False, REFUSED
     if refusal is None:
         assert ws is not None
         stream = LiveStream("", user.id, ws.id, ws.provider_id, session_id)
@@ -187,7 +209,7 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
             agent_ws, released = await ctx.relay.dial(stream, ws.name, source)
             dialled = True
         except DialError as exc:
-            refusal = str(exc)
+            refusal, code = str(exc), ENDED if isinstance(exc, DialEnded) else REFUSED
     try:
         async with ctx.sessions() as db:
             if dialled:
@@ -208,13 +230,14 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
             await db.commit()
     except BaseException:
         if dialled:
-            _let_go(ctx, stream, released)
+            await _let_go(ctx, stream, released, agent_ws, 1011, SETUP_FAILED)
         raise
     if refusal is not None:
-        if dialled:
-            _let_go(ctx, stream, released)
+        if dialled:  # it was let in: what refuses it now changed since, as for the sweep's end
+            code = ENDED
+            await _let_go(ctx, stream, released, agent_ws, code, refusal)
         log.info("SSH to %s by %s refused: %s", name, log_row.username, refusal)
-        await _refuse(websocket, refusal)
+        await _refuse(websocket, refusal, code)
         return
     # What the rest needs, as plain values: the rows stay out of the long-lived frame (an idle
     # relayed connection should cost a few sockets and buffers, not a graph of ORM objects).
@@ -266,13 +289,12 @@ async def _relay(
             reason = await splice(websocket, agent_ws, stream)
     finally:
         ctx.relay.unregister(stream)
-        released.set()
         if reason:
-            await _refuse(websocket, reason, 4410)
+            await _refuse(websocket, reason, ENDED)
         with contextlib.suppress(Exception):
             await websocket.close()
-        with contextlib.suppress(Exception):
-            await agent_ws.close()
+        await _close_agent(agent_ws, ENDED if reason else 1000, reason or "")
+        released.set()
         try:
             async with ctx.sessions() as db:
                 row = await db.get(SSHConnection, row_id)
