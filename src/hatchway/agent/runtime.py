@@ -479,7 +479,7 @@ class Agent:
                 await result.close()
             if ws is not None:
                 await close_ws(ws)
-            log.debug("stream %s: ended", stream_id[:8])
+            _log_end(stream_id, ws)
 
     async def _forward(self, ws: ClientConnection, result: ProbeResult) -> None:
         """Hand the connection to port 22, replaying the bytes the probe already read."""
@@ -502,6 +502,17 @@ class Agent:
             await self._builtin.handle(None, client, here, tunnel=tunnel)
         finally:
             await tunnel.wait_closed()
+
+
+def _log_end(stream_id: str, ws: ClientConnection | None) -> None:
+    """How a stream ended: one line when the server ended it saying why (its access withdrawn,
+    a shutdown), which is no fault here and so no warning; a normal end only when verbose."""
+    rcvd = ws.protocol.close_rcvd if ws is not None and ws.protocol.close_rcvd_then_sent else None
+    if rcvd is not None and rcvd.code != 1000:
+        log.info("stream %s: the server ended the connection (%d): %s", stream_id[:8], rcvd.code,
+                 rcvd.reason or "no reason given")
+    else:
+        log.debug("stream %s: ended", stream_id[:8])
 
 
 def _error_message(payload: dict[str, Any] | None) -> str:
