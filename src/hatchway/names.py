@@ -53,6 +53,14 @@ def _check(name: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
 _DNS_LABEL_RULE = "use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit"
 
 
+def stream_label(stream_id: str) -> str:
+    """How a relayed stream is named in log lines, by the server and its agent alike, so that
+    one connection's lines can be found in both logs. A stream id starts with the id of the
+    replica the client waits on, the same for every stream it relays, so the label is the id's
+    random end."""
+    return stream_id[-8:]
+
+
 def check_workspace_name(name: str) -> str:
     return _check(name, WORKSPACE_NAME, "workspace name", _DNS_LABEL_RULE)
 

@@ -52,6 +52,7 @@ from hatchway.agent.port22 import (
 from hatchway.agent.splice import close_ws, forward
 from hatchway.agent.sshd_keys import installed_host_keys
 from hatchway.fileutil import ensure_private_dir
+from hatchway.names import stream_label
 from hatchway.unreachable import why_unreachable
 
 log = logging.getLogger("hatchway.agent")
@@ -435,14 +436,14 @@ class Agent:
             log.warning("ignored a dial request with an invalid stream id")
             return
         client = protocol.parse_client(message.get("client"))
-        task = asyncio.create_task(self._serve_stream(stream_id, client), name=f"stream-{stream_id[:8]}")
+        task = asyncio.create_task(self._serve_stream(stream_id, client), name=f"stream-{stream_label(stream_id)}")
         self._streams.add(task)
         task.add_done_callback(self._streams.discard)
 
     async def _serve_stream(self, stream_id: str, client: tuple[str, int] | None) -> None:
         """Answer one dial: open the data WebSocket and splice it to the chosen SSH server."""
         label = f"{client[0]} port {client[1]}" if client else "unknown client"
-        log.debug("stream %s: dial for %s", stream_id[:8], label)
+        log.debug("stream %s: dial for %s", stream_label(stream_id), label)
         # Probe port 22 while the data WebSocket is being opened: connection setup time is what
         # users notice most, and the two do not depend on each other.
         probe_task = asyncio.create_task(probe(self.config.ssh_port, keep=True))
@@ -457,7 +458,7 @@ class Agent:
                     **WS_OPTIONS,
                 )
             except (TimeoutError, OSError, InvalidHandshake, InvalidURI) as exc:
-                log.warning("stream %s: could not open the data connection: %s", stream_id[:8], exc)
+                log.warning("stream %s: could not open the data connection: %s", stream_label(stream_id), exc)
                 return
             result = await probe_task
             if self._monitor is not None:
@@ -469,7 +470,7 @@ class Agent:
                 log.info("SSH connection from %s: built-in server", label)
                 await self._serve_builtin(ws, client)
         except ConnectionClosed:
-            log.debug("stream %s: data connection closed early", stream_id[:8])
+            log.debug("stream %s: data connection closed early", stream_label(stream_id))
         finally:
             if not probe_task.done():
                 probe_task.cancel()
@@ -509,10 +510,10 @@ def _log_end(stream_id: str, ws: ClientConnection | None) -> None:
     a shutdown), which is no fault here and so no warning; a normal end only when verbose."""
     rcvd = ws.protocol.close_rcvd if ws is not None and ws.protocol.close_rcvd_then_sent else None
     if rcvd is not None and rcvd.code != 1000:
-        log.info("stream %s: the server ended the connection (%d): %s", stream_id[:8], rcvd.code,
+        log.info("stream %s: the server ended the connection (%d): %s", stream_label(stream_id), rcvd.code,
                  rcvd.reason or "no reason given")
     else:
-        log.debug("stream %s: ended", stream_id[:8])
+        log.debug("stream %s: ended", stream_label(stream_id))
 
 
 def _error_message(payload: dict[str, Any] | None) -> str:

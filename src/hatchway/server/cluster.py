@@ -33,6 +33,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hatchway.db.models import Replica, SSHConnection, Workspace, utcnow
+from hatchway.names import stream_label
 
 log = logging.getLogger("hatchway.server.cluster")
 
@@ -292,10 +293,10 @@ class Cluster:
         try:
             r = await self._http.post(relay_url + path, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            log.warning("replica at %s did not take the dial for stream %s: %s", relay_url, stream_id[:24], exc)
+            log.warning("replica at %s did not take the dial for stream %s: %s", relay_url, stream_label(stream_id), exc)
             return False
         if r.status_code != 204:
-            log.info("replica at %s refused the dial for stream %s: HTTP %d", relay_url, stream_id[:24], r.status_code)
+            log.info("replica at %s refused the dial for stream %s: HTTP %d", relay_url, stream_label(stream_id), r.status_code)
         return r.status_code == 204
 
     def stream_request(self, relay_url: str, stream_id: str, workspace_id: str) -> tuple[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from fastapi import WebSocket
 
+from hatchway.names import stream_label
 from hatchway.server.dialslots import DialSlots, NoSlot
 from hatchway.server.fastsplice import FastSplice
 from hatchway.server.hub import AgentConnection, AgentHub
@@ -334,5 +335,5 @@ async def splice(client: WebSocket, agent: WebSocket, stream: LiveStream) -> str
                 await t
     for t in (up, down):
         if t.done() and not t.cancelled() and t.exception() is not None:
-            log.debug("stream %s: %s", stream.id, t.exception())
+            log.debug("stream %s: %s", stream_label(stream.id), t.exception())
     return stream.end_reason

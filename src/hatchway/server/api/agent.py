@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from hatchway import peerjson
 from hatchway.db.models import Workspace, utcnow
+from hatchway.names import stream_label
 from hatchway.server.auth import bearer_token, current_agent, workspace_for_agent_token
 from hatchway.server.cluster import origin_of
 from hatchway.server.handover import hand_over
@@ -150,7 +151,7 @@ async def data_stream(websocket: WebSocket, stream_id: str) -> None:
         relay_url = await ctx.cluster.replica_url(origin)
         if relay_url is not None:
             url, headers = ctx.cluster.stream_request(relay_url, stream_id, ws_id)
-            log.info("stream %s: dial-back of workspace %s handed over to replica %s", stream_id[16:24], found[1], origin)
+            log.info("stream %s: dial-back of workspace %s handed over to replica %s", stream_label(stream_id), found[1], origin)
             if await hand_over(websocket, url, headers):
                 return
     elif await ctx.relay.agent_arrived(stream_id, ws_id, websocket):
