@@ -132,15 +132,16 @@ def db_out_of_space(exc: BaseException, sqlite_path: str | None = None) -> bool:
     return False
 
 
-def log_db_failure(where: str, exc: BaseException, sqlite_path: str | None = None) -> None:
+def log_db_failure(where: str, exc: BaseException, sqlite_path: str | None = None, then: str = "") -> None:
     """One log line for a request the database failed: a full disk is an error the operator
-    must act on, with the driver's own words; an outage is a warning (it passes)."""
+    must act on, with the driver's own words; an outage is a warning (it passes). ``then`` ends
+    the line with what becomes of what was not written."""
     if db_out_of_space(exc, sqlite_path):
         driver = getattr(exc, "orig", None) or exc
-        log.error("%s: %s (%s: %s); free space on the disk that holds the database", where, DB_FULL,
-                  type(driver).__name__, str(driver).splitlines()[0] if str(driver) else "")
+        log.error("%s: %s (%s: %s); free space on the disk that holds the database%s", where, DB_FULL,
+                  type(driver).__name__, str(driver).splitlines()[0] if str(driver) else "", then)
     else:
-        log.warning("%s: %s (%s)", where, DB_UNAVAILABLE, type(exc).__name__)
+        log.warning("%s: %s (%s)%s", where, DB_UNAVAILABLE, type(exc).__name__, then)
 
 
 def _db_exception_types() -> tuple[type[BaseException], ...]:
