@@ -21,6 +21,7 @@ from hatchway.server.api import agent, audit, internal, keys, providers, session
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.bus import LocalBus, PostgresBus
 from hatchway.server.cluster import Cluster
+from hatchway.server.completions import RecordCompletions
 from hatchway.server.context import ServerContext
 from hatchway.server.crypto import SecretBox, load_or_create_deployment_secret
 from hatchway.server.errors import db_out_of_space, db_unavailable, install_error_handlers, sqlite_file
@@ -90,6 +91,7 @@ async def build_context(settings: Settings) -> ServerContext:
         cluster=cluster,
         bus=bus,
         broadcast=Broadcast(bus, hub, relay, throttle),
+        completions=RecordCompletions(sessions, sqlite_file(settings.db_url)),
     )
     await ensure_default_provider(ctx)
     return ctx
@@ -149,12 +151,14 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.supervisor.reassert()
 
         ctx.cluster.on_reclaim = reclaim
+        ctx.completions.start()  # stopped by close() below
         try:
             yield
         finally:
             await app.state.supervisor.shutdown()
             await ctx.hub.close_all("server shutting down")
             await ssh.write_tallies_now(ctx)
+            await ctx.completions.close()  # before leaving: that marks this replica's open records failed
             await ctx.bus.close()
             await ctx.cluster.leave()
             await ctx.engine.dispose()

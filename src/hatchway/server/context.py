@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hatchway.server.broadcast import Broadcast
     from hatchway.server.bus import LocalBus
     from hatchway.server.cluster import Cluster
+    from hatchway.server.completions import RecordCompletions
     from hatchway.server.hub import AgentHub
     from hatchway.server.relay import Relay
 
@@ -34,6 +35,7 @@ class ServerContext:
     cluster: "Cluster"
     bus: "LocalBus"
     broadcast: "Broadcast"
+    completions: "RecordCompletions"
     unidentified: UnidentifiedAttempts = field(default_factory=UnidentifiedAttempts)
 
 

@@ -18,7 +18,8 @@ from hatchway.names import check_username, check_workspace_name
 from hatchway.server.api.sessions import SIGNED_OUT
 from hatchway.server.auth import bearer_token, token_holder, user_and_session
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
-from hatchway.server.errors import APIError, db_failure, log_db_failure, sqlite_file
+from hatchway.server.completions import Completion
+from hatchway.server.errors import APIError
 from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
 from hatchway.server.relay import DialEnded, DialError, LiveStream, splice
 from hatchway.server.session_tokens import printable
@@ -295,23 +296,11 @@ async def _relay(
             await websocket.close()
         await _close_agent(agent_ws, ENDED if reason else 1000, reason or "")
         released.set()
-        try:
-            async with ctx.sessions() as db:
-                row = await db.get(SSHConnection, row_id)
-                if row is not None:
-                    row.mode = mode
-                    row.ended_at = utcnow()
-                    row.bytes_to_workspace = stream.to_workspace
-                    row.bytes_from_workspace = stream.from_workspace
-                    row.result = "ended" if reason else "closed"
-                    row.reason = reason
-                    await db.commit()
-        except Exception as exc:
-            # The session itself is over either way: a database that is down or full only costs
-            # its record's last word, which the log line below still gives.
-            if db_failure(exc) is None:
-                raise
-            log_db_failure(f"completing the record of SSH to {label} by {username}", exc, sqlite_file(ctx.settings.db_url))
+        # The session itself is over either way: a database that is down or full only delays
+        # its record's last word, which is kept and written once the database takes it.
+        await ctx.completions.complete(Completion(
+            row_id, f"SSH to {label} by {username}", utcnow(), mode, stream.to_workspace, stream.from_workspace, reason,
+        ))
         log.info(
             "SSH to %s by %s ended: %d bytes in, %d bytes out%s",
             label, username, stream.to_workspace, stream.from_workspace, f" ({reason})" if reason else "",
