@@ -13,7 +13,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
-from hatchway.server.unidentified import PER_SOURCE, WINDOW_S
+from hatchway.server.unidentified import PER_KEY, WINDOW_S
 from tests.helpers.server import RunningServer, api, first_user, wait_for
 
 NO_TOKEN = "not authenticated: log in first: hatchway login URL --username NAME"
@@ -49,7 +49,7 @@ def test_a_flood_of_unidentified_attempts_adds_a_bounded_number_of_rows(tmp_path
         said += asyncio.run(_attempts(srv, "hws_made-up", [f"w{i}" for i in range(150, 200)]))
         assert said == [NO_TOKEN] * 150 + [MADE_UP] * 50  # as before: nothing tells a counted one apart
 
-        counted = 200 - PER_SOURCE
+        counted = 200 - PER_KEY
 
         def settled() -> list[dict] | None:
             rows = _unidentified_rows(srv, alice)
@@ -57,14 +57,14 @@ def test_a_flood_of_unidentified_attempts_adds_a_bounded_number_of_rows(tmp_path
             return rows if tallies else None
 
         rows = wait_for(settled, 20, what="the tally's row with every attempt counted")
-        assert len(rows) == PER_SOURCE + 1, [r["reason"] for r in rows]
-        own = sorted(rows, key=lambda r: r["started_at"])[:PER_SOURCE]
+        assert len(rows) == PER_KEY + 1, [r["reason"] for r in rows]
+        own = sorted(rows, key=lambda r: r["started_at"])[:PER_KEY]
         assert all(r["reason"] == NO_TOKEN and r["source"].startswith("127.0.0.1 ") for r in own)
         tally = next(r for r in rows if r not in own)
         assert re.fullmatch(
             f'{counted} more unauthenticated attempts from this address to "nobody/w[0-9]+" and other workspaces, '
             f"from this row's start to its end, all refused; counted in this one row: one address gets at most "
-            f"{PER_SOURCE} rows of their own per {WINDOW_S:.0f} s", tally["reason"]
+            f"{PER_KEY} rows of their own per {WINDOW_S:.0f} s", tally["reason"]
         ), tally["reason"]
         assert (tally["source"], tally["result"], tally["owner"]) == ("127.0.0.1", "refused", "nobody")
         assert tally["started_at"] <= tally["ended_at"]
@@ -83,4 +83,4 @@ def test_a_flood_of_unidentified_attempts_adds_a_bounded_number_of_rows(tmp_path
         srv.stop()
     with sqlite3.connect(srv.data_dir / "hatchway.db") as db:
         reasons = [r for (r,) in db.execute("SELECT reason FROM ssh_connections WHERE user_id IS NULL")]
-    assert len(reasons) == PER_SOURCE + 1 and any(r.startswith(f"{counted + 10} more") for r in reasons), reasons
+    assert len(reasons) == PER_KEY + 1 and any(r.startswith(f"{counted + 10} more") for r in reasons), reasons

@@ -18,7 +18,7 @@ class Clock:
 
 
 def limiter(clock: Clock, **kw: int) -> UnidentifiedAttempts:
-    return UnidentifiedAttempts(**{"per_source": 3, "overall": 100, "window_s": 60, "max_sources": 1000, **kw}, clock=clock)
+    return UnidentifiedAttempts(**{"per_key": 3, "overall": 100, "window_s": 60, "max_keys": 1000, **kw}, clock=clock)
 
 
 def test_an_address_gets_a_few_rows_then_one_tally_per_window() -> None:
@@ -28,7 +28,7 @@ def test_an_address_gets_a_few_rows_then_one_tally_per_window() -> None:
     tallies = [u.admit("10.0.0.1", "dev" if i < 5 else "other", T0 + timedelta(seconds=i)) for i in range(10)]
     assert all(t is tallies[0] for t in tallies)
     t = tallies[0]
-    assert t is not None and (t.source, t.count, t.workspace, t.other_workspaces) == ("10.0.0.1", 10, "dev", True)
+    assert t is not None and (t.key, t.count, t.asked, t.asked_other) == ("10.0.0.1", 10, "dev", True)
     assert (t.first_at, t.last_at) == (T0, T0 + timedelta(seconds=9))
     assert t.reason() == (
         '10 more unauthenticated attempts from this address to "dev" and other workspaces, from this row\'s start '
@@ -44,25 +44,25 @@ def test_an_address_gets_a_few_rows_then_one_tally_per_window() -> None:
 
 def test_past_the_overall_cap_every_address_shares_one_tally() -> None:
     clock = Clock()
-    u = limiter(clock, per_source=2, overall=5)
+    u = limiter(clock, per_key=2, overall=5)
     assert [u.admit(a, "dev", T0) for a in ("a", "a", "b", "b", "c")] == [None] * 5
     shared = u.admit("c", "dev", T0)
-    assert shared is not None and shared.source is None
+    assert shared is not None and shared.key is None and shared.first_key == "c"
     assert u.admit("d", "dev", T0) is shared and u.admit("d", "dev", T0) is shared
-    assert (shared.count, shared.sources) == (3, 2)
+    assert (shared.count, shared.keys) == (3, 2)
     assert shared.reason() == (
         '3 more unauthenticated attempts from 2 addresses to "dev", from this row\'s start to its end, all refused; '
         "counted in this one row: all addresses together get at most 5 rows of their own per 60 s"
     )
     own = u.admit("a", "dev", T0)  # an address over its own cap is counted in its own tally
-    assert own is not None and own.source == "a"
+    assert own is not None and own.key == "a"
     clock.now += 60
     assert u.admit("e", "dev", T0) is None  # the overall allowance is back too
 
 
-def test_memory_holds_at_most_max_sources_addresses_and_forgets_windows_that_are_over() -> None:
+def test_memory_holds_at_most_max_keys_and_forgets_windows_that_are_over() -> None:
     clock = Clock()
-    u = limiter(clock, max_sources=50, overall=10**9)
+    u = limiter(clock, max_keys=50, overall=10**9)
     for i in range(10_000):
         assert u.admit(f"10.0.{i // 256}.{i % 256}", "dev", T0) is None
         assert u.remembered() <= 50
@@ -73,7 +73,7 @@ def test_memory_holds_at_most_max_sources_addresses_and_forgets_windows_that_are
 
 def test_tallies_are_handed_out_once_per_count_since() -> None:
     clock = Clock()
-    u = limiter(clock, per_source=0)
+    u = limiter(clock, per_key=0)
     a, b = u.admit("a", "dev", T0), u.admit("b", "dev", T0)
     u.admit("a", "dev", T0)
     assert u.take_unwritten() == [a, b]

@@ -78,11 +78,6 @@ def _refusal(user: User, ws: Workspace | None, shown: str) -> str | None:
     return ssh_refusal(_facts(user, ws))
 
 
-#: How often the rows of attempts counted together are rewritten with their counts: a flood of
-#: them costs a write per row this often, not one per attempt.
-TALLY_WRITE_S = 5.0
-
-
 def _counted_only(ctx: ServerContext, websocket: WebSocket, shown: str, at: datetime) -> bool:
     """Whether this attempt by someone not identified is only counted, in a row shared with
     others from its address, rather than given a row of its own (``hatchway.server.unidentified``)."""
@@ -93,41 +88,23 @@ def _counted_only(ctx: ServerContext, websocket: WebSocket, shown: str, at: date
     if tally.count == 1:
         log.warning(
             "unauthenticated SSH attempts from %s: more than %d in %.0f s; the rest are refused and counted "
-            "in one row of the connection log", address if tally.source else "all addresses together",
+            "in one row of the connection log", address if tally.key else "all addresses together",
             tally.limit, tally.window_s,
         )
-    if ctx.unidentified.writer is None or ctx.unidentified.writer.done():
-        ctx.unidentified.writer = asyncio.create_task(_write_tallies_while_counting(ctx), name="connection-log-tallies")
+    ctx.unidentified.keep_writing(lambda t: _write_tally(ctx, t), "connection-log-tallies")
     return True
-
-
-async def _write_tallies_while_counting(ctx: ServerContext) -> None:
-    """Every TALLY_WRITE_S, (re)write the rows of the tallies counted in since; ends when none
-    was, so no task runs while nobody floods."""
-    while True:
-        await asyncio.sleep(TALLY_WRITE_S)
-        tallies = ctx.unidentified.take_unwritten()
-        if not tallies:
-            return  # the flood is over; the next counted attempt starts another
-        for tally in tallies:
-            await _write_tally(ctx, tally)
 
 
 async def write_tallies_now(ctx: ServerContext) -> None:
     """At shutdown: the counts not written yet are written now, not lost with the process."""
-    writer = ctx.unidentified.writer
-    if writer is not None:
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
-    for tally in ctx.unidentified.take_unwritten():
-        await _write_tally(ctx, tally)
+    await ctx.unidentified.write_now(lambda t: _write_tally(ctx, t))
 
 
 async def _write_tally(ctx: ServerContext, tally: Tally) -> None:
     """Write a tally's row, or rewrite it with what was counted since."""
     row_id = tally.row_id or new_id()
     values = {
-        "workspace_name": tally.workspace, "source": tally.source, "result": "refused", "reason": tally.reason(),
+        "workspace_name": tally.asked, "source": tally.key, "result": "refused", "reason": tally.reason(),
         "started_at": tally.first_at, "ended_at": tally.last_at, "replica_id": ctx.cluster.id,
     }
     try:
@@ -142,7 +119,7 @@ async def _write_tally(ctx: ServerContext, tally: Tally) -> None:
         tally.row_id = row_id
     except Exception as exc:  # the database may be down: say what the log is missing
         log.warning("could not record in the connection log %d unauthenticated SSH attempts from %s: %s",
-                    tally.count, tally.source or "several addresses", exc)
+                    tally.count, tally.key or "several addresses", exc)
 
 
 async def _let_go(ctx: ServerContext, stream: LiveStream, released: asyncio.Event, agent_ws: WebSocket,
