@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,3 +120,10 @@ def first_user(url: str, username: str = "alice", password: str = "correct-horse
         return r.json()["token"]
 
 
+
+
+def csrf_token(page: httpx.Response) -> str:
+    """The CSRF token of a web UI form on ``page``, which a form post must send back."""
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert found, page.text
+    return found.group(1)

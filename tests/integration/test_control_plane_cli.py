@@ -154,7 +154,8 @@ def test_suspension_stops_tokens_at_once(deployment: Deployment) -> None:
     listed = {u["username"]: u for u in deployment.alice.ok("users", "list", "--json").json()}
     assert listed["carol"]["suspended"] is False
     actions = [e["action"] for e in deployment.alice.ok("audit", "list", "--json").json() if e["target"] == "carol"]
-    assert actions == ["session.sign-in", "user.activate", "user.suspend", "session.sign-in", "user.create"]
+    assert actions == [  # the refused sign-in while suspended is audited too
+        "session.sign-in", "user.activate", "session.sign-in-failed", "user.suspend", "session.sign-in", "user.create"]
 
 
 def test_set_role_and_last_site_manager(deployment: Deployment) -> None:

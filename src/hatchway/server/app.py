@@ -25,6 +25,7 @@ from hatchway.server.completions import RecordCompletions
 from hatchway.server.context import ServerContext
 from hatchway.server.crypto import SecretBox, load_or_create_deployment_secret
 from hatchway.server.errors import db_out_of_space, db_unavailable, install_error_handlers, sqlite_file
+from hatchway.server.failed_signins import FailedSignIns, write_tallies_now as write_sign_in_tallies
 from hatchway.server.hub import AgentHub
 from hatchway.server.limits import BodyLimit
 from hatchway.server.relay import Relay
@@ -92,6 +93,7 @@ async def build_context(settings: Settings) -> ServerContext:
         bus=bus,
         broadcast=Broadcast(bus, hub, relay, throttle),
         completions=RecordCompletions(sessions, sqlite_file(settings.db_url)),
+        failed_sign_ins=FailedSignIns(),
     )
     await ensure_default_provider(ctx)
     return ctx
@@ -158,6 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.supervisor.shutdown()
             await ctx.hub.close_all("server shutting down")
             await ssh.write_tallies_now(ctx)
+            await write_sign_in_tallies(ctx)
             await ctx.completions.close()  # before leaving: that marks this replica's open records failed
             await ctx.bus.close()
             await ctx.cluster.leave()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hatchway.server.bus import LocalBus
     from hatchway.server.cluster import Cluster
     from hatchway.server.completions import RecordCompletions
+    from hatchway.server.failed_signins import FailedSignIns
     from hatchway.server.hub import AgentHub
     from hatchway.server.relay import Relay
 
@@ -36,6 +37,7 @@ class ServerContext:
     bus: "LocalBus"
     broadcast: "Broadcast"
     completions: "RecordCompletions"
+    failed_sign_ins: "FailedSignIns"
     unidentified: UnidentifiedAttempts = field(default_factory=UnidentifiedAttempts)
 
 

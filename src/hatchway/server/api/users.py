@@ -20,6 +20,7 @@ from hatchway.server.auth import bearer_token, current_user, issue_session_token
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
+from hatchway.server.failed_signins import SUSPENDED, THROTTLED, failure_reason, record_failed_sign_in
 from hatchway.server.relay import StreamMatch
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
@@ -145,10 +146,17 @@ async def login(
     # The database connection goes back to the pool while Argon2 works (or waits its turn): a
     # burst of sign-ins must not hold every connection the rest of the server needs.
     await db.commit()
-    ok = await password_matches(ctx, user, body.username, body.password, source)
+    try:
+        ok = await password_matches(ctx, user, body.username, body.password, source)
+    except APIError as exc:
+        if exc.status == 429:  # refused unchecked: most of a guesser's flood is these
+            await record_failed_sign_in(ctx, db, request, source, body.username, THROTTLED, user)
+        raise
     if not ok or user is None:  # an unknown name never matches; this narrows the type
+        await record_failed_sign_in(ctx, db, request, source, body.username, failure_reason(user), user)
         raise APIError(401, "wrong username or password", "check both and try again")
     if user.suspended:
+        await record_failed_sign_in(ctx, db, request, source, body.username, SUSPENDED, user)
         raise APIError(403, "account suspended", "your account is suspended; ask a site manager to reactivate it")
     await ctx.broadcast.login_succeeded(body.username, source)
     token = await issue_session_token(db, user, ctx.settings.session_ttl_s, request)

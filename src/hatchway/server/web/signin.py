@@ -14,6 +14,7 @@ from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api import users as users_api
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
+from hatchway.server.failed_signins import TOO_LONG, record_failed_sign_in
 from hatchway.server.web.base import (
     form_str,
     page_router,
@@ -79,7 +80,9 @@ async def sign_in(
             out = await users_api.login(body=body, request=request, ctx=ctx, db=db)
         except ValidationError:
             error = "Wrong username or password. Check both and try again."
-            await ctx.broadcast.login_failed(username[:64], request.client.host if request.client else "unknown")
+            source = users_api.login_source(request)
+            await ctx.broadcast.login_failed(username[:64], source)
+            await record_failed_sign_in(ctx, db, request, source, username, TOO_LONG, None)
         except APIError as exc:
             status = exc.status
             if exc.status == 429:

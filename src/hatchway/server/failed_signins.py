@@ -1,0 +1,146 @@
+"""Failed sign-ins in the audit record, without letting a flood of them fill the database.
+
+A sign-in that fails (on the API's ``POST /auth/login``, which ``hatchway login`` and the web
+UI's sign-in form both use) is audited as ``session.sign-in-failed``: the name tried (escaped
+and cut, see :func:`stored_name`; ``name_length`` then says how long it was), the address, the
+client it names and why it failed (the reasons below); never the password. The client is told
+what it was told before: nothing here tells an unknown name from a wrong password.
+
+Which attempts get rows of their own is decided as for SSH attempts without a valid token
+(``hatchway.server.unidentified``), by two counts:
+
+- attempts with a name no account has (or one too long to be any) are counted per address:
+  someone trying made-up names from one address gets a few rows a minute, the rest are
+  counted in one row for that address;
+- attempts at an existing account are counted per account, apart from the others. These are
+  the ones a site manager looks into (someone is after alice, or alice forgot her password),
+  so a flood of made-up names from an address must not use up that address's rows and bury
+  them in a tally that names only the first name tried; and a flood aimed at alice must not
+  take bob's rows. Counted per account, a guesser spread over many addresses adds one tally
+  per account and minute rather than a few rows per address. They are bounded all the same,
+  suspended accounts' attempts included (unlike a suspended user's SSH attempts, each of
+  which needs a live session token): a script holding a password could otherwise add a row
+  per password check, about every 150 ms.
+
+The login throttle (``hatchway.server.throttle``) decides whether a password is checked at
+all; this decides whether a refusal gets a row of its own. Once a guesser is throttled, its
+attempts are refused unchecked, at once and cheaply: those are what floods, and each is
+recorded as ``throttled``, in the same bounded rows. The counts here are each replica's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hatchway.db.models import AuditEvent, User, utcnow
+from hatchway.names import shown
+from hatchway.server.audit import record
+from hatchway.server.context import ServerContext, client_source
+from hatchway.server.session_tokens import client_label
+from hatchway.server.unidentified import Tally, UnidentifiedAttempts, Wording
+
+log = logging.getLogger("hatchway.server.signin")
+
+ACTION = "session.sign-in-failed"
+
+UNKNOWN_USER = "unknown-user"
+WRONG_PASSWORD = "wrong-password"
+NO_PASSWORD = "no-password"  # the account has none yet: a site manager sets one
+SUSPENDED = "suspended"  # the right password, but the account is suspended
+THROTTLED = "throttled"  # refused without a look at the password (too many failures)
+TOO_LONG = "too-long"  # the web form's name or password is longer than any can be
+
+#: Characters of a name tried that the record keeps (the API takes names this long).
+NAME_MAX = 64
+
+BY_ADDRESS = Wording("failed sign-in", "address", "addresses", "from", "as", "other usernames")
+BY_ACCOUNT = Wording("failed sign-in", "account", "accounts", "to", "from", "other addresses")
+
+
+@dataclass
+class FailedSignIns:
+    """The two counts of the module's doc, one server's worth."""
+
+    by_address: UnidentifiedAttempts = field(default_factory=lambda: UnidentifiedAttempts(BY_ADDRESS))
+    by_account: UnidentifiedAttempts = field(default_factory=lambda: UnidentifiedAttempts(BY_ACCOUNT))
+
+
+def stored_name(name: str) -> str:
+    """A name tried, as the record keeps it: anything unprintable escaped (``\\n``, ``\\x1b``),
+    so it can neither split a line of a log or table nor drive a terminal, nor hold a NUL
+    PostgreSQL refuses; and cut to :data:`NAME_MAX` characters (ending "…"), so a huge one
+    costs nothing and fits the target column."""
+    text = shown(name[: NAME_MAX + 1])
+    return text if len(text) <= NAME_MAX else text[: NAME_MAX - 1] + "…"
+
+
+def failure_reason(user: User | None) -> str:
+    """Why a password check that did not match failed, for the record (never for the client)."""
+    if user is None:
+        return UNKNOWN_USER
+    return NO_PASSWORD if user.password_hash is None else WRONG_PASSWORD
+
+
+async def record_failed_sign_in(
+    ctx: ServerContext, db: AsyncSession, request: Request, address: str, username: str, reason: str,
+    account: User | None,
+) -> None:
+    """Audit a refused sign-in as ``username`` (``account``: the user of that name, if any) from
+    ``address`` (the host alone, as the throttle counts it) in a row of its own, committed now;
+    or count it in its tally's row, written within seconds."""
+    name = stored_name(username)
+    if account is not None:
+        counts, key, asked = ctx.failed_sign_ins.by_account, account.username, address
+    else:
+        counts, key, asked = ctx.failed_sign_ins.by_address, address, name
+    tally = counts.admit(key, asked, utcnow())
+    if tally is None:
+        detail: dict[str, object] = {"reason": reason, "client": client_label(request.headers.get("user-agent"))}
+        if name != username:  # escaped or cut: how long what was typed was
+            detail["name_length"] = len(username)
+        record(db, None, ACTION, name, client_source(request), **detail)
+        await db.commit()
+        return
+    if tally.count == 1:
+        whose = (f"to account {key}" if account else f"from {key}") if tally.key is not None else (
+            "to all accounts together" if account else "from all addresses together")
+        log.warning("failed sign-ins %s: more than %d in %.0f s; the rest are counted in one row of the audit record",
+                    whose, tally.limit, tally.window_s)
+    counts.keep_writing(lambda t: _write_tally(ctx, t, by_account=account is not None), "audit-sign-in-tallies")
+
+
+async def write_tallies_now(ctx: ServerContext) -> None:
+    """At shutdown: the counts not written yet are written now, not lost with the process."""
+    await ctx.failed_sign_ins.by_address.write_now(lambda t: _write_tally(ctx, t, by_account=False))
+    await ctx.failed_sign_ins.by_account.write_now(lambda t: _write_tally(ctx, t, by_account=True))
+
+
+def _tally_event(tally: Tally, by_account: bool) -> dict[str, object]:
+    """A tally's audit row: the account (or name) of its first attempt and the address, as a
+    row of its own gives them, and what it counted."""
+    target, source = (tally.first_key, tally.asked) if by_account else (tally.asked, tally.key)
+    detail = {"reason": "counted", "attempts": tally.count, "until": tally.last_at.isoformat(), "summary": tally.reason()}
+    return {"at": tally.first_at, "actor": None, "action": ACTION, "target": target, "source": source, "detail": detail}
+
+
+async def _write_tally(ctx: ServerContext, tally: Tally, by_account: bool) -> None:
+    """Write a tally's row, or rewrite it with what was counted since."""
+    values = _tally_event(tally, by_account)
+    try:
+        async with ctx.sessions() as db:
+            row = await db.get(AuditEvent, tally.row_id) if tally.row_id is not None else None
+            if row is None:
+                row = AuditEvent(**values)
+                db.add(row)
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+            await db.commit()
+        tally.row_id = row.id
+    except Exception as exc:  # the database may be down: say what the record is missing
+        log.warning("could not record in the audit record %d failed sign-ins %s %s: %s", tally.count,
+                    "to" if by_account else "from", tally.key or "several", exc)
