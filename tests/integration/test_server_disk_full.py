@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers.cli import Cli
@@ -122,6 +123,10 @@ def test_a_full_data_disk_refuses_changes_clearly_keeps_serving_and_recovers(wor
         r = c.post("/users", json={"username": "dave", "email": "dave@example.com", "password": "dave-password-1"})
         assert (r.status_code, r.json()) == (503, FULL)
         assert [u["username"] for u in c.get("/users").json()] == ["alice", "bob"]  # reads still work
+    # A failed sign-in is refused as ever, though its audit row cannot be written.
+    with httpx.Client(base_url=f"{world.url}/api/v1", timeout=30) as anyone:
+        r = anyone.post("/auth/login", json={"username": "bob", "password": "not bob's password"})
+    assert (r.status_code, r.json()) == (401, {"error": "wrong username or password", "detail": "check both and try again"})
     made = bob.run("workspaces", "create", "second", "--provider", "byo")
     assert made.code != 0
     assert "database out of disk space" in made.err and "Traceback" not in made.err
@@ -136,6 +141,11 @@ def test_a_full_data_disk_refuses_changes_clearly_keeps_serving_and_recovers(wor
         "ERROR hatchway.server: completing the record of SSH to bob/dev by bob: database out of disk space "
         "(OperationalError: database or disk is full); free space on the disk that holds the database; it is kept "
         "and written once the database takes it (1 waiting)\n"
+    ) in log
+    assert (
+        "ERROR hatchway.server: auditing a failed sign-in as bob from 127.0.0.1: database out of disk space "
+        "(OperationalError: database or disk is full); free space on the disk that holds the database; the attempt "
+        "is not in the audit record\n"
     ) in log
     assert "Traceback" not in log
     bytes_in, bytes_out = relayed_bytes(log, "SSH to bob/dev by bob")

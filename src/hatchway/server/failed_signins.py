@@ -30,6 +30,7 @@ recorded as ``throttled``, in the same bounded rows. The counts here are each re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ from hatchway.db.models import AuditEvent, User, utcnow
 from hatchway.names import shown
 from hatchway.server.audit import record
 from hatchway.server.context import ServerContext, client_source
+from hatchway.server.errors import db_failure, log_db_failure, sqlite_file
 from hatchway.server.session_tokens import client_label
 from hatchway.server.unidentified import Tally, UnidentifiedAttempts, Wording
 
@@ -91,7 +93,9 @@ async def record_failed_sign_in(
 ) -> None:
     """Audit a refused sign-in as ``username`` (``account``: the user of that name, if any) from
     ``address`` (the host alone, as the throttle counts it) in a row of its own, committed now;
-    or count it in its tally's row, written within seconds."""
+    or count it in its tally's row, written within seconds. A database that cannot take the
+    row (full, or down) does not change the refusal the client gets: the log says what the
+    record misses."""
     name = stored_name(username)
     if account is not None:
         counts, key, asked = ctx.failed_sign_ins.by_account, account.username, address
@@ -103,7 +107,16 @@ async def record_failed_sign_in(
         if name != username:  # escaped or cut: how long what was typed was
             detail["name_length"] = len(username)
         record(db, None, ACTION, name, client_source(request), **detail)
-        await db.commit()
+        try:
+            await db.commit()
+        except Exception as exc:  # the refusal stands as it is: its record is what is lost
+            sqlite_path = sqlite_file(ctx.settings.db_url)
+            if db_failure(exc, sqlite_path) is None:
+                raise
+            with contextlib.suppress(Exception):
+                await db.rollback()
+            log_db_failure(f"auditing a failed sign-in as {name} from {address}", exc, sqlite_path,
+                           then="; the attempt is not in the audit record")
         return
     if tally.count == 1:
         whose = (f"to account {key}" if account else f"from {key}") if tally.key is not None else (
