@@ -223,6 +223,9 @@ def test_external_connect_off_on_one_replica_ends_a_session_held_by_another(flee
             t0 = time.monotonic()
             c.patch("/providers/byo", json={"external_connect": False}).raise_for_status()
         assert expected in _ended_within(live, 2.5, t0).splitlines()
+        # The agent hears why from the replica it dialled back to, as from the client's own.
+        ended = f"the server ended the connection (4410): {expected.removeprefix('hatchway: ')}"
+        wait_for(lambda: ended in fleet.agents["w12"].log(), 5, what=f"the agent of w12 to log {ended!r}")
         for client in range(REPLICAS):  # refused everywhere
             r = fleet.ssh(client, "w00", "true")
             assert r.returncode == 255 and expected in r.stderr.decode().splitlines(), r.stderr

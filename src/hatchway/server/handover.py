@@ -2,7 +2,8 @@
 
 Behind a load balancer the agent's data WebSocket may land on any replica. The one it lands on
 opens a signed WebSocket to the replica named in the stream id, passes the agent's stream header
-on, and splices the two: SSH bytes are copied, never decrypted. Either side closing ends both.
+on, and splices the two: SSH bytes are copied, never decrypted. Either side closing ends both;
+the origin's reason for ending a stream reaches the agent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from hatchway.bytepath.frames import close_reason
 from hatchway.server.fastsplice import splice_to_replica
 
 log = logging.getLogger("hatchway.server.handover")
@@ -39,8 +41,18 @@ async def hand_over(agent: WebSocket, url: str, headers: dict[str, Any]) -> bool
     finally:
         await peer.close()
         with contextlib.suppress(Exception):
-            await agent.close()
+            await agent.close(*_passed_on(peer))
     return True
+
+
+def _passed_on(peer: ClientConnection) -> tuple[int, str]:
+    """The close code and reason for the agent: the origin's when it ended the stream saying
+    why (access withdrawn, say, 4410), so the agent hears what it would have from the origin
+    itself; else a normal close."""
+    rcvd = peer.protocol.close_rcvd
+    if rcvd is None or not 3000 <= rcvd.code < 5000:
+        return 1000, ""
+    return rcvd.code, close_reason(rcvd.reason)
 
 
 async def _agent_to_peer(agent: WebSocket, peer: ClientConnection) -> None:
