@@ -29,6 +29,7 @@ import pytest
 
 from hatchway.sshd.server import BuiltinSSHServer, SessionIdentity
 from tests.helpers.flood import HUGE_WINDOW, Counting, flood_command, settle, written_by
+from tests.helpers.server import wait_for
 
 SSH = "/usr/bin/ssh"
 pytestmark = pytest.mark.skipif(
@@ -446,6 +447,18 @@ def test_unknown_subsystem_refused_and_sftp_exits_zero(env: Env, srv: ServerThre
     # the sftp subsystem with a client that sends nothing and leaves: a clean end, status 0
     r = env.ssh(srv, "-s", "sftp")
     assert (r.returncode, r.stdout) == (0, b"")
+
+
+def test_the_connection_line_tells_a_refused_key_from_a_client_gone_before_authenticating(
+    env: Env, srv: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hatchway.sshd")
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+        assert c.recv(100).startswith(b"SSH-2.0-")  # then gone, as a stream the relay ended
+    assert env.ssh(srv, "true", key=env.key_b).returncode == 255  # a key not in authorized_keys
+    lines = wait_for(lambda: len(found := re.findall(r": connection (.*?) \(user ", caplog.text)) >= 2 and found,
+                     10, what="both connections' lines")
+    assert lines == ["ended before authentication: Connection lost", "refused: key not in authorized_keys"]
 
 
 def test_disabled_features_refused_cleanly(env: Env, srv: ServerThread, caplog: pytest.LogCaptureFixture) -> None:

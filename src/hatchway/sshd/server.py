@@ -557,8 +557,10 @@ class BuiltinSSHServer:
         except (TimeoutError, asyncssh.Error, OSError) as exc:
             if state.authenticated:
                 outcome = f"ended: {_describe(exc)}"
-            else:
-                outcome = f"refused: {state.refusal or _describe(exc)}"
+            elif state.refusal is not None:
+                outcome = f"refused: {state.refusal}"
+            else:  # gone before any key was refused: the client left, or the relay ended the stream
+                outcome = f"ended before authentication: {_describe(exc)}"
         except Exception as exc:  # a bug must not take the agent down with it
             outcome = f"failed: {exc.__class__.__name__}"
             log.exception("%s: connection failed", state.label)
