@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
+from hatchway.server.relay import NO_SUCH_STREAM
 from tests.helpers.fakeagent import DialAnswer, answer_dial, fake_agent, next_dial, refusal, refusal_and_close_code
 from tests.helpers.server import wait_for
 from tests.helpers.sshclient import open_stream
@@ -60,7 +61,8 @@ async def test_external_connect_off_while_the_agent_dials_back_refuses_the_conne
             assert await refusal_and_close_code(client, 10) == (OFF_MESSAGE, ENDED)
             assert time.monotonic() - t0 < 5, "refused when the toggle landed, not when the agent answered"
             # The agent's late dial-back finds no stream waiting: nothing is relayed.
-            assert (await answer_dial(world.url, world.agent_tokens["bob"], stream_id)).code == 4404
+            late = await answer_dial(world.url, world.agent_tokens["bob"], stream_id)
+            assert (late.code, late.reason) == (4404, NO_SUCH_STREAM)
         finally:
             await client.close()
             set_external_connect(world, True)
@@ -77,7 +79,8 @@ async def test_a_suspension_while_the_agent_dials_back_refuses_and_the_old_sessi
             c.post("/users/bob/suspend").raise_for_status()
         try:
             assert await refusal_and_close_code(client, 10) == ('user "bob" was suspended by a site manager', ENDED)
-            assert (await answer_dial(world.url, world.agent_tokens["bob"], stream_id)).code == 4404
+            late = await answer_dial(world.url, world.agent_tokens["bob"], stream_id)
+            assert (late.code, late.reason) == (4404, NO_SUCH_STREAM)
             # A suspended user's next attempt is refused and recorded as theirs.
             again = await open_stream(world.url, bob.token, "dev")
             assert await refusal(again, 10) == "account suspended: your account is suspended; ask a site manager to reactivate it"

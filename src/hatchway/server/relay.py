@@ -27,6 +27,10 @@ from hatchway.server.hub import AgentConnection, AgentHub
 log = logging.getLogger("hatchway.server.relay")
 
 
+#: Why a dial-back is closed (4404) when no client waits for its stream: it came too late.
+NO_SUCH_STREAM = "no client waits for this stream any more: it ended, or gave up waiting for the dial-back"
+
+
 class DialError(Exception):
     """The agent could not be reached for this stream; the message is for the user."""
 

@@ -22,6 +22,7 @@ from hatchway.server.context import ServerContext, get_ctx, get_ws_ctx
 from hatchway.server.errors import APIError
 from hatchway.server.hub import AgentConnection
 from hatchway.server.manifest import build_manifest
+from hatchway.server.relay import NO_SUCH_STREAM
 
 log = logging.getLogger("hatchway.server.agent")
 
@@ -156,5 +157,5 @@ async def data_stream(websocket: WebSocket, stream_id: str) -> None:
                 return
     elif await ctx.relay.agent_arrived(stream_id, ws_id, websocket):
         return
-    await websocket.send_text(json.dumps({"type": "error", "error": "no such stream", "detail": ""}))
-    await websocket.close(code=4404)
+    await websocket.send_text(json.dumps({"type": "error", "error": "no such stream", "detail": NO_SUCH_STREAM}))
+    await websocket.close(code=4404, reason=NO_SUCH_STREAM)

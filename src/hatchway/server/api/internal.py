@@ -20,6 +20,7 @@ from hatchway.providers.base import SetupError
 from hatchway.server.cluster import AUTH_HEADER, SIGNATURE_WINDOW_S, origin_of
 from hatchway.server.context import get_ctx, get_ws_ctx
 from hatchway.server.errors import APIError
+from hatchway.server.relay import NO_SUCH_STREAM
 from hatchway.server.supervision import SUPERVISE_PATH, command_args
 
 log = logging.getLogger("hatchway.server.internal")
@@ -109,4 +110,4 @@ async def handed_over_stream(websocket: WebSocket, stream_id: str) -> None:
         return
     await websocket.accept()
     if not await ctx.relay.agent_arrived(stream_id, workspace_id, websocket):
-        await websocket.close(code=4404)
+        await websocket.close(code=4404, reason=NO_SUCH_STREAM)
