@@ -66,3 +66,25 @@ def test_postgres_disk_full_is_recognised_by_its_sqlstate() -> None:
 
     assert db_out_of_space(sa_exc.OperationalError("INSERT ...", {}, DiskFullError("could not write block")))
     assert not db_out_of_space(sa_exc.OperationalError("INSERT ...", {}, ConnectionRefusedError(111, "refused")))
+
+
+async def test_a_database_error_is_one_line_of_the_drivers_words(tmp_path: Path) -> None:
+    """What SQLAlchemy raises, from a real database: its text runs over several lines, with the
+    statement, its parameters and a link; the log gets the driver's first line."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from hatchway.server.errors import db_error_text
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT * FROM replicas WHERE id = :id"), {"id": "secret-ish parameter"})
+    except Exception as exc:
+        raised = exc
+    finally:
+        await engine.dispose()
+    assert "\n" in str(raised) and "sqlalche.me" in str(raised)  # what used to be logged
+    assert db_error_text(raised) == "OperationalError: no such table: replicas"
+    assert db_error_text(ConnectionRefusedError(111, "Connection refused")) == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert db_error_text(TimeoutError()) == "TimeoutError"

@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hatchway import peerjson
+from hatchway.server.errors import db_error_text
 
 log = logging.getLogger("hatchway.server.bus")
 
@@ -103,7 +104,7 @@ class PostgresBus(LocalBus):
                 await conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
         except Exception as exc:
             log.error("could not tell the other replicas about %s (%s); they apply it only when "
-                      "they next check the database", kind, exc)
+                      "they next check the database", kind, db_error_text(exc))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen_forever(), name="bus-listener")
@@ -146,7 +147,7 @@ class PostgresBus(LocalBus):
             except Exception as exc:
                 self.listening.clear()
                 lost = True
-                log.error("lost the event connection to PostgreSQL (%s); retrying in %.1f s", exc, delay)
+                log.error("lost the event connection to PostgreSQL (%s); retrying in %.1f s", db_error_text(exc), delay)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):

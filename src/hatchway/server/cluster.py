@@ -33,6 +33,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hatchway.db.models import Replica, SSHConnection, Workspace, utcnow
+from hatchway.server.errors import db_error_text
 from hatchway.names import stream_label
 
 log = logging.getLogger("hatchway.server.cluster")
@@ -190,7 +191,7 @@ class Cluster:
         try:
             await self._forget([self.id])
         except Exception as exc:  # the database may be what is going away
-            log.warning("could not deregister replica %s: %s", self.id, exc)
+            log.warning("could not deregister replica %s: %s", self.id, db_error_text(exc))
 
     async def _heartbeat_forever(self) -> None:
         healthy_since: float | None = time.monotonic()  # join() just saw the database
@@ -217,7 +218,7 @@ class Cluster:
                     await self.forget_dead()
             except Exception as exc:
                 healthy_since = None
-                log.warning("replica heartbeat failed: %s", exc)
+                log.warning("replica heartbeat failed: %s", db_error_text(exc))
 
     async def forget_dead(self) -> list[str]:
         cutoff = utcnow() - timedelta(seconds=FORGET_AFTER_S)

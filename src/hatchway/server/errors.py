@@ -132,14 +132,22 @@ def db_out_of_space(exc: BaseException, sqlite_path: str | None = None) -> bool:
     return False
 
 
+def db_error_text(exc: BaseException) -> str:
+    """A database error in one line, for a log: the driver's type and its first line of words.
+    SQLAlchemy's own text goes on with the statement, its parameters and a link to its docs,
+    over several lines that split a log and hide what failed."""
+    driver = getattr(exc, "orig", None) or exc
+    lines = str(driver).strip().splitlines()
+    return f"{type(driver).__name__}: {lines[0]}" if lines else type(driver).__name__
+
+
 def log_db_failure(where: str, exc: BaseException, sqlite_path: str | None = None, then: str = "") -> None:
     """One log line for a request the database failed: a full disk is an error the operator
     must act on, with the driver's own words; an outage is a warning (it passes). ``then`` ends
     the line with what becomes of what was not written."""
     if db_out_of_space(exc, sqlite_path):
-        driver = getattr(exc, "orig", None) or exc
-        log.error("%s: %s (%s: %s); free space on the disk that holds the database%s", where, DB_FULL,
-                  type(driver).__name__, str(driver).splitlines()[0] if str(driver) else "", then)
+        log.error("%s: %s (%s); free space on the disk that holds the database%s", where, DB_FULL,
+                  db_error_text(exc), then)
     else:
         log.warning("%s: %s (%s)%s", where, DB_UNAVAILABLE, type(exc).__name__, then)
 

@@ -41,7 +41,7 @@ from hatchway.db.models import AuditEvent, User, utcnow
 from hatchway.names import shown
 from hatchway.server.audit import record
 from hatchway.server.context import ServerContext, client_source
-from hatchway.server.errors import db_failure, log_db_failure, sqlite_file
+from hatchway.server.errors import db_error_text, db_failure, log_db_failure, sqlite_file
 from hatchway.server.session_tokens import client_label
 from hatchway.server.unidentified import Tally, UnidentifiedAttempts, Wording
 
@@ -156,4 +156,4 @@ async def _write_tally(ctx: ServerContext, tally: Tally, by_account: bool) -> No
         tally.row_id = row.id
     except Exception as exc:  # the database may be down: say what the record is missing
         log.warning("could not record in the audit record %d failed sign-ins %s %s: %s", tally.count,
-                    "to" if by_account else "from", tally.key or "several", exc)
+                    "to" if by_account else "from", tally.key or "several", db_error_text(exc))

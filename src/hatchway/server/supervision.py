@@ -29,7 +29,7 @@ from hatchway.db.models import Replica, utcnow
 from hatchway.providers.base import SetupError, WorkspaceProvider
 from hatchway.providers.supervisor import Supervisor
 from hatchway.server.cluster import FORGET_AFTER_S, Cluster
-from hatchway.server.errors import APIError
+from hatchway.server.errors import APIError, db_error_text
 
 log = logging.getLogger("hatchway.server.supervision")
 
@@ -222,7 +222,7 @@ class SupervisionGate:
                 raise
             except Exception as exc:
                 if self._active is None:
-                    log.warning("cannot reach PostgreSQL for the supervision lock: %s", exc)
+                    log.warning("cannot reach PostgreSQL for the supervision lock: %s", db_error_text(exc))
                 else:
                     now = time.monotonic()
                     cut_off_at = cut_off_at or now

@@ -19,7 +19,7 @@ from hatchway.server.api.sessions import SIGNED_OUT
 from hatchway.server.auth import bearer_token, token_holder, user_and_session
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
 from hatchway.server.completions import Completion
-from hatchway.server.errors import APIError
+from hatchway.server.errors import APIError, db_error_text
 from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
 from hatchway.server.relay import DialEnded, DialError, LiveStream, splice
 from hatchway.server.session_tokens import printable
@@ -119,7 +119,7 @@ async def _write_tally(ctx: ServerContext, tally: Tally) -> None:
         tally.row_id = row_id
     except Exception as exc:  # the database may be down: say what the log is missing
         log.warning("could not record in the connection log %d unauthenticated SSH attempts from %s: %s",
-                    tally.count, tally.key or "several addresses", exc)
+                    tally.count, tally.key or "several addresses", db_error_text(exc))
 
 
 async def _let_go(ctx: ServerContext, stream: LiveStream, released: asyncio.Event, agent_ws: WebSocket,
