@@ -6,7 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from hatchway.server.policy import SSHFacts, external_connect_off_message, ssh_refusal, unknown_workspace_message
+from hatchway.server.policy import (
+    AGENT_UNREACHABLE, EXTERNAL_CONNECT_OFF, NO_ACCESS, NOT_RUNNING, SUSPENDED, SSHFacts, check_ssh, external_connect_off_message,
+    ssh_refusal, unknown_workspace_message,
+)
 
 OK = SSHFacts(
     requester="bob", requester_id="u1", requester_suspended=False, workspace="dev", owner="bob", owner_id="u1",
@@ -69,3 +72,18 @@ def test_external_connect_is_checked_before_state() -> None:
 
 def test_unknown_workspace() -> None:
     assert unknown_workspace_message("nope") == 'no workspace named "nope" is yours; see "hatchway workspaces list"'
+
+
+@pytest.mark.parametrize("facts,reason", [
+    (replace(OK, requester_suspended=True), SUSPENDED),
+    (replace(OK, requester="carol", requester_id="u3"), NO_ACCESS),
+    (replace(OK, requester="alice", requester_id="u2", requester_sees_all=True), NO_ACCESS),
+    (replace(OK, external_connect=False), EXTERNAL_CONNECT_OFF),
+    (replace(OK, state="starting"), NOT_RUNNING),
+    (replace(OK, state="stopped"), NOT_RUNNING),
+    (replace(OK, agent_connected=False), AGENT_UNREACHABLE),
+], ids=["suspended", "unknown", "someone-elses", "external-connect-off", "starting", "stopped", "no-agent"])
+def test_each_refusal_names_its_reason_for_the_metrics_with_the_same_message(facts: SSHFacts, reason: str) -> None:
+    refusal = check_ssh(facts)
+    assert refusal is not None and (refusal.reason, refusal.message) == (reason, ssh_refusal(facts))
+    assert check_ssh(OK) is None
