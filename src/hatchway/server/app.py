@@ -28,6 +28,7 @@ from hatchway.server.errors import db_out_of_space, db_unavailable, install_erro
 from hatchway.server.failed_signins import FailedSignIns, write_tallies_now as write_sign_in_tallies
 from hatchway.server.hub import AgentHub
 from hatchway.server.limits import BodyLimit
+from hatchway.server.metrics import ServerMetrics
 from hatchway.server.relay import Relay
 from hatchway.server.settings import Settings
 from hatchway.server.supervision import SupervisionGate
@@ -94,6 +95,7 @@ async def build_context(settings: Settings) -> ServerContext:
         broadcast=Broadcast(bus, hub, relay, throttle),
         completions=RecordCompletions(sessions, sqlite_file(settings.db_url)),
         failed_sign_ins=FailedSignIns(),
+        metrics=ServerMetrics(relay, hub, sessions),
     )
     await ensure_default_provider(ctx)
     return ctx

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from hatchway.server.completions import RecordCompletions
     from hatchway.server.failed_signins import FailedSignIns
     from hatchway.server.hub import AgentHub
+    from hatchway.server.metrics import ServerMetrics
     from hatchway.server.relay import Relay
 
 
@@ -38,6 +39,7 @@ class ServerContext:
     broadcast: "Broadcast"
     completions: "RecordCompletions"
     failed_sign_ins: "FailedSignIns"
+    metrics: "ServerMetrics"
     unidentified: UnidentifiedAttempts = field(default_factory=UnidentifiedAttempts)
 
 

@@ -23,6 +23,7 @@ from hatchway.names import stream_label
 from hatchway.server.dialslots import DialSlots, NoSlot
 from hatchway.server.fastsplice import FastSplice
 from hatchway.server.hub import AgentConnection, AgentHub
+from hatchway.server.policy import AGENT_UNREACHABLE, ENDED_DURING_SETUP, TOO_MANY
 
 log = logging.getLogger("hatchway.server.relay")
 
@@ -32,12 +33,20 @@ NO_SUCH_STREAM = "no client waits for this stream any more: it ended, or gave up
 
 
 class DialError(Exception):
-    """The agent could not be reached for this stream; the message is for the user."""
+    """The agent could not be reached for this stream; the message is for the user, ``reason``
+    (one of hatchway.server.policy.REFUSAL_REASONS) for the operator's count."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DialEnded(DialError):
     """The stream was ended while its agent was being asked to dial back (a policy change, a
     sign-out, the server shutting down): as it would have been had it been relayed already."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ENDED_DURING_SETUP)
 
 
 @dataclass(slots=True)
@@ -51,6 +60,7 @@ class LiveStream:
     end_reason: str | None = None
     to_workspace: int = 0
     from_workspace: int = 0
+    relaying: bool = False  # set when its splice starts: what the metrics call relayed now
     # Set by splice(): stops both copies at once when a policy ends the stream.
     interrupt: Callable[[], None] | None = None
 
@@ -115,6 +125,8 @@ class Relay:
         self._live: dict[str, LiveStream] = {}
         self._none_live = asyncio.Event()
         self._none_live.set()
+        # Bytes of the streams that are no longer live, so totals survive them (bytes_relayed).
+        self._ended_to_workspace = self._ended_from_workspace = 0
         self.slots = DialSlots(max_pending_per_user, max_pending_per_workspace, max_queued)
 
     def pending_count(self) -> int:
@@ -129,7 +141,8 @@ class Relay:
         if conn is None and holder is None:
             raise DialError(
                 f'workspace "{workspace_name}" is not reachable: its agent is not connected; '
-                f'start the agent in the workspace (see "hatchway workspaces show {workspace_name}")'
+                f'start the agent in the workspace (see "hatchway workspaces show {workspace_name}")',
+                AGENT_UNREACHABLE,
             )
         return conn, holder
 
@@ -140,10 +153,12 @@ class Relay:
         else:
             what, cap = f'too many SSH connections to workspace "{workspace_name}" are being set up at once', slots.per_workspace
         if refused.waited is None:
-            return DialError(f"{what} (at most {cap}, and {slots.max_queued} more waiting); wait for them to finish and try again")
+            return DialError(f"{what} (at most {cap}, and {slots.max_queued} more waiting); wait for them to finish and try again",
+                             TOO_MANY)
         return DialError(
             f"{what} (at most {cap}): this one waited {refused.waited:.0f} s for its turn; "
-            "wait for them to finish and try again"
+            "wait for them to finish and try again",
+            TOO_MANY,
         )
 
     async def dial(self, stream: LiveStream, workspace_name: str, client: str) -> tuple[WebSocket, asyncio.Event]:
@@ -193,7 +208,7 @@ class Relay:
                 assert holder is not None
                 sent = await self._peers.request_dial(holder, workspace_id, stream_id, client)
             if not sent:
-                raise DialError(f'workspace "{workspace_name}": lost the connection to its agent; try again')
+                raise DialError(f'workspace "{workspace_name}": lost the connection to its agent; try again', AGENT_UNREACHABLE)
             if not ended.done():
                 await asyncio.wait((pending.arrived, ended), timeout=self._dial_timeout, return_when=asyncio.FIRST_COMPLETED)
             if stream.end_reason is not None:
@@ -201,7 +216,8 @@ class Relay:
             if not pending.arrived.done():
                 raise DialError(
                     f'workspace "{workspace_name}": its agent did not answer within '
-                    f"{self._dial_timeout:.0f} s; check the agent's log in the workspace"
+                    f"{self._dial_timeout:.0f} s; check the agent's log in the workspace",
+                    AGENT_UNREACHABLE,
                 )
             agent_ws = pending.arrived.result()
         finally:
@@ -246,7 +262,10 @@ class Relay:
         self._none_live.clear()
 
     def _drop_live(self, stream_id: str) -> None:
-        self._live.pop(stream_id, None)
+        stream = self._live.pop(stream_id, None)
+        if stream is not None:
+            self._ended_to_workspace += stream.to_workspace
+            self._ended_from_workspace += stream.from_workspace
         if not self._live:
             self._none_live.set()
 
@@ -259,6 +278,20 @@ class Relay:
 
     def live_count(self) -> int:
         return len(self._live)
+
+    def relaying_count(self) -> int:
+        """Live streams whose splice has started."""
+        return sum(1 for s in self._live.values() if s.relaying)
+
+    def bytes_relayed(self) -> tuple[int, int]:
+        """Bytes copied to workspaces and from them by every stream this process has relayed:
+        the ended streams' totals plus the live ones' counters. Summed when asked (a metrics
+        scrape), so the byte path keeps counting per stream only, as it does for the log."""
+        up, down = self._ended_to_workspace, self._ended_from_workspace
+        for s in self._live.values():
+            up += s.to_workspace
+            down += s.from_workspace
+        return up, down
 
     async def end_sessions(self, match: StreamMatch, reason: str) -> int:
         """End every live stream ``match`` selects; returns how many."""

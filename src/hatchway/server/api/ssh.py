@@ -20,7 +20,8 @@ from hatchway.server.auth import bearer_token, token_holder, user_and_session
 from hatchway.server.context import ServerContext, client_source, get_ws_ctx
 from hatchway.server.completions import Completion
 from hatchway.server.errors import APIError, db_error_text
-from hatchway.server.policy import SSHFacts, ssh_refusal, unknown_workspace_message
+from hatchway.server.metrics import ConnectionSetup
+from hatchway.server.policy import BAD_REQUEST, NO_ACCESS, SUSPENDED, UNAUTHENTICATED, Refusal, SSHFacts, check_ssh, unknown_workspace_message
 from hatchway.server.relay import DialEnded, DialError, LiveStream, splice
 from hatchway.server.session_tokens import printable
 from hatchway.server.unidentified import Tally
@@ -71,11 +72,11 @@ def _facts(user: User, ws: Workspace) -> SSHFacts:
     )
 
 
-def _refusal(user: User, ws: Workspace | None, shown: str) -> str | None:
+def _refusal(user: User, ws: Workspace | None, shown: str) -> Refusal | None:
     """Why ``user`` may not reach ``ws`` (None: they may); ``shown`` names a missing one."""
     if ws is None:
-        return unknown_workspace_message(shown)
-    return ssh_refusal(_facts(user, ws))
+        return Refusal(NO_ACCESS, unknown_workspace_message(shown))
+    return check_ssh(_facts(user, ws))
 
 
 def _counted_only(ctx: ServerContext, websocket: WebSocket, shown: str, at: datetime) -> bool:
@@ -85,6 +86,7 @@ def _counted_only(ctx: ServerContext, websocket: WebSocket, shown: str, at: date
     tally = ctx.unidentified.admit(address, shown, at)
     if tally is None:
         return False
+    ctx.metrics.unidentified_tallied.inc()
     if tally.count == 1:
         log.warning(
             "unauthenticated SSH attempts from %s: more than %d in %.0f s; the rest are refused and counted "
@@ -137,12 +139,24 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
     owner = websocket.query_params.get("owner")
     source = client_source(websocket)
     await websocket.accept()
+    setup = ctx.metrics.setup()
+    try:
+        await _serve_stream(ctx, websocket, name, owner, source, setup)
+    finally:
+        setup.close()
+
+
+async def _serve_stream(
+    ctx: ServerContext, websocket: WebSocket, name: str, owner: str | None, source: str, setup: ConnectionSetup,
+) -> None:
+    """Check, dial, record and relay one accepted SSH stream; ``setup`` learns how it went."""
     try:  # names reach the log, the record and messages: only well-formed ones go further
         check_workspace_name(name)
         if owner is not None:
             check_username(owner)
     except ValueError as exc:
         log.info("SSH refused: %s", exc)
+        setup.refused(BAD_REQUEST)
         await _refuse(websocket, str(exc))
         return
     shown = f"{owner}/{name}" if owner else name
@@ -154,17 +168,18 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
         try:
             user, session_id = await user_and_session(db, token)
         except APIError as exc:
-            refusal = f"{exc.error}: {exc.detail}"
+            message = f"{exc.error}: {exc.detail}"
             holder = await token_holder(db, token)  # a suspended user's attempt is theirs
+            setup.refused(SUSPENDED if exc.status == 403 else UNAUTHENTICATED)
             if holder is None and _counted_only(ctx, websocket, shown, log_row.started_at):
-                await _refuse(websocket, refusal, 4401)  # the same answer as a recorded attempt's
+                await _refuse(websocket, message, 4401)  # the same answer as a recorded attempt's
                 return
-            log_row.reason = refusal  # recorded too: failed attempts are what an audit is for
+            log_row.reason = message  # recorded too: failed attempts are what an audit is for
             if holder is not None:
                 log_row.user_id, log_row.username = holder.id, holder.username
             db.add(log_row)
             await db.commit()
-            await _refuse(websocket, refusal, 4401)
+            await _refuse(websocket, message, 4401)
             return
         log_row.user_id, log_row.username = user.id, user.username
         ws = (
@@ -187,7 +202,7 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
             agent_ws, released = await ctx.relay.dial(stream, ws.name, source)
             dialled = True
         except DialError as exc:
-            refusal, code = str(exc), ENDED if isinstance(exc, DialEnded) else REFUSED
+            refusal, code = Refusal(exc.reason, str(exc)), ENDED if isinstance(exc, DialEnded) else REFUSED
     try:
         async with ctx.sessions() as db:
             if dialled:
@@ -199,11 +214,14 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
                 # would have ended it; one committed after this read finds it live. The shared
                 # database makes this hold whichever replica the session was signed out on.
                 now_user = await db.get(User, user.id)
-                refusal = "your account was deleted" if now_user is None else _refusal(now_user, await db.get(Workspace, ws.id), shown)
+                refusal = (
+                    Refusal(UNAUTHENTICATED, "your account was deleted") if now_user is None
+                    else _refusal(now_user, await db.get(Workspace, ws.id), shown)
+                )
                 if refusal is None and await db.get(ApiToken, session_id) is None:
-                    refusal = SIGNED_OUT
+                    refusal = Refusal(UNAUTHENTICATED, SIGNED_OUT)
             log_row.result = "open" if refusal is None else "refused"
-            log_row.reason = refusal
+            log_row.reason = None if refusal is None else refusal.message
             db.add(log_row)
             await db.commit()
     except BaseException:
@@ -213,15 +231,16 @@ async def ssh_stream(websocket: WebSocket, name: str) -> None:
     if refusal is not None:
         if dialled:  # it was let in: what refuses it now changed since, as for the sweep's end
             code = ENDED
-            await _let_go(ctx, stream, released, agent_ws, code, refusal)
-        log.info("SSH to %s by %s refused: %s", name, log_row.username, refusal)
-        await _refuse(websocket, refusal, code)
+            await _let_go(ctx, stream, released, agent_ws, code, refusal.message)
+        log.info("SSH to %s by %s refused: %s", name, log_row.username, refusal.message)
+        setup.refused(refusal.reason)
+        await _refuse(websocket, refusal.message, code)
         return
     # What the rest needs, as plain values: the rows stay out of the long-lived frame (an idle
     # relayed connection should cost a few sockets and buffers, not a graph of ORM objects).
     label, username, row_id = f"{ws.owner.username}/{ws.name}", user.username, log_row.id
     del ws, user, log_row
-    await _relay(ctx, websocket, agent_ws, released, stream, label, username, row_id)
+    await _relay(ctx, websocket, agent_ws, released, stream, label, username, row_id, setup)
 
 
 #: Why a stream ends whose agent opened it with a header of JSON nested too deeply to parse.
@@ -245,10 +264,11 @@ def _header_mode(text: str) -> str | None:
 
 async def _relay(
     ctx: ServerContext, websocket: WebSocket, agent_ws: WebSocket, released: asyncio.Event,
-    stream: LiveStream, label: str, username: str, row_id: str,
+    stream: LiveStream, label: str, username: str, row_id: str, setup: ConnectionSetup,
 ) -> None:
     """Splice an accepted stream to its agent (live since its dial), then close both and
-    complete the record."""
+    complete the record. An agent that hangs up before its header, or sends one nested too
+    deeply, leaves ``setup`` uncounted: a failure, not a decision."""
     reason = mode = None
     try:
         hello = await agent_ws.receive()
@@ -264,6 +284,8 @@ async def _relay(
             await websocket.send_bytes(hello["bytes"])
         if hello["type"] == "websocket.receive" and reason is None:
             log.info("SSH to %s by %s: relaying (%s)", label, username, mode)
+            stream.relaying = True
+            setup.accepted()
             reason = await splice(websocket, agent_ws, stream)
     finally:
         ctx.relay.unregister(stream)
