@@ -14,7 +14,8 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 from hatchway.server.unidentified import PER_KEY, WINDOW_S
-from tests.helpers.server import RunningServer, api, first_user, wait_for
+from tests.helpers.metrics import connections, refused, scrape
+from tests.helpers.server import RunningServer, api, first_user, free_port, wait_for
 
 NO_TOKEN = "not authenticated: log in first: hatchway login URL --username NAME"
 MADE_UP = "session expired or revoked: log in again: hatchway login URL --username NAME"
@@ -41,7 +42,8 @@ def _unidentified_rows(srv: RunningServer, token: str) -> list[dict]:
 
 
 def test_a_flood_of_unidentified_attempts_adds_a_bounded_number_of_rows(tmp_path: Path) -> None:
-    srv = RunningServer(tmp_path / "data")
+    metrics_port = free_port()
+    srv = RunningServer(tmp_path / "data", extra_env={"HATCHWAY_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"})
     srv.start()
     try:
         alice = first_user(srv.url, "alice", "alice-password")
@@ -69,6 +71,11 @@ def test_a_flood_of_unidentified_attempts_adds_a_bounded_number_of_rows(tmp_path
         assert (tally["source"], tally["result"], tally["owner"]) == ("127.0.0.1", "refused", "nobody")
         assert tally["started_at"] <= tally["ended_at"]
         assert srv.log().count("unauthenticated SSH attempts from 127.0.0.1: more than") == 1
+        # Every attempt is counted in the metrics, those past the log's limits told apart.
+        samples = scrape(metrics_port)
+        assert connections(samples) == {"accepted": 0, "refused": 200, "failed": 0}
+        assert {k: v for k, v in refused(samples).items() if v} == {"unauthenticated": 200}
+        assert samples[("hatchway_ssh_unidentified_attempts_tallied_total", ())] == counted
 
         # A signed-in user's attempts are theirs to answer for: every one is recorded.
         assert asyncio.run(_attempts(srv, alice, [f"a{i}" for i in range(20)])) == [
@@ -76,6 +83,9 @@ def test_a_flood_of_unidentified_attempts_adds_a_bounded_number_of_rows(tmp_path
         ]
         with api(srv.url, alice) as c:
             assert len(c.get("/connections", params={"user": "alice", "limit": 5000}).json()) == 20
+        samples = scrape(metrics_port)
+        assert {k: v for k, v in refused(samples).items() if v} == {"unauthenticated": 200, "no_access": 20}
+        assert samples[("hatchway_ssh_unidentified_attempts_tallied_total", ())] == counted
 
         # Counted just before the server stops: written as it stops, not lost.
         asyncio.run(_attempts(srv, None, [f"late{i}" for i in range(10)]))

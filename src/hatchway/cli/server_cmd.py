@@ -30,11 +30,14 @@ from hatchway.logs import setup_logging
               help="SSH connections waiting for their turn to be set up, per user and per workspace; more are refused.")
 @click.option("--dial-timeout", envvar="HATCHWAY_DIAL_TIMEOUT", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds an SSH connection waits for the workspace's agent to answer.")
+@click.option("--metrics-listen", envvar="HATCHWAY_METRICS_LISTEN", default="",
+              help="HOST:PORT to serve Prometheus metrics on (GET /metrics only) [default: off]. Anyone who reaches "
+                   "it reads them without credentials: keep it on a private address, never a public one.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
 @click.pass_context
 def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str | None, access_url: str, internal_url: str, trusted_proxies: tuple[str, ...], handshake_timeout: float,
            max_handshaking_per_ip: int, max_pending_streams: int, max_queued_streams: int, dial_timeout: float,
-           verbose: bool) -> None:
+           metrics_listen: str, verbose: bool) -> None:
     """Run the Hatchway control plane (API, web UI, relay)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -45,6 +48,7 @@ def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str |
     setup_logging(verbose)
     try:
         host, port = parse_listen(listen)
+        metrics = parse_listen(metrics_listen, "--metrics-listen", "127.0.0.1:2112") if metrics_listen else None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     data = (data_dir or default_data_dir()).expanduser().resolve()
@@ -62,6 +66,7 @@ def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str |
         max_pending_streams_per_user=max_pending_streams,
         max_pending_streams_per_workspace=max_pending_streams,
         max_queued_streams=max_queued_streams,
+        metrics_listen=metrics,
     )
     raise SystemExit(serve(settings))
 

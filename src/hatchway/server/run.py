@@ -14,7 +14,7 @@ import uvicorn
 from hatchway.eventloop import loop_factory
 from hatchway.fdlimit import ensure_open_files
 from hatchway.malloc import keep_large_buffers
-from hatchway.server import datadir
+from hatchway.server import datadir, metrics_listener
 from hatchway.server.app import create_app
 from hatchway.server.guards import AcceptDeadline, ConnectionGuard, guard_protocol
 from hatchway.server.relay import StreamMatch
@@ -66,7 +66,7 @@ class _Config(uvicorn.Config):
         self.http_protocol_class = guard_protocol(self.http_protocol_class, self.guard)
 
 
-def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+def uvicorn_config(app: object, settings: Settings) -> _Config:
     guard = ConnectionGuard(settings.handshake_timeout_s, settings.max_handshaking_per_ip, frozenset(settings.trusted_proxies))
     # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise, and every local
     # workspace reaches the server from its own 127.0.0.1: only named proxies are believed.
@@ -93,13 +93,26 @@ def uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
     )
 
 
+def metrics_config(app: metrics_listener.MetricsApp, main: _Config) -> uvicorn.Config:
+    """uvicorn's config for the metrics listener: plain HTTP (no WebSockets, no lifespan) under
+    the API listener's guard on slow clients and its keep-alive timeout."""
+    config = _Config(
+        app, main.guard, http="httptools", ws="none", lifespan="off", log_config=None, access_log=False,
+        proxy_headers=False, timeout_keep_alive=main.timeout_keep_alive,
+    )
+    config.load()
+    return config
+
+
 class _Server(uvicorn.Server):
     """Announce readiness only once the socket is bound, so scripts can wait for the line."""
 
-    def __init__(self, config: uvicorn.Config, settings: Settings, app: Any = None) -> None:
+    def __init__(self, config: uvicorn.Config, settings: Settings, app: Any = None,
+                 metrics: tuple[socket.socket, uvicorn.Config] | None = None) -> None:
         super().__init__(config)
         self._settings = settings
         self._app = app
+        self._metrics = metrics  # the bound socket of --metrics-listen and its config
         self._extra: set[asyncio.base_events.Server] = set()
 
     async def add_listener(self, sock: socket.socket) -> _ExtraListener:
@@ -109,7 +122,10 @@ class _Server(uvicorn.Server):
         namespace (its agent's only way out). Connections accepted here are ordinary uvicorn
         connections: they take part in graceful shutdown like the main listener's.
         """
-        config = self.config
+        return await self._serve_on(sock, self.config)
+
+    async def _serve_on(self, sock: socket.socket, config: uvicorn.Config) -> _ExtraListener:
+        """Serve ``config``'s app on ``sock`` as one of this server's listeners (see add_listener)."""
 
         def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
             return config.http_protocol_class(  # type: ignore[call-arg]
@@ -138,6 +154,11 @@ class _Server(uvicorn.Server):
         if self.started:
             from hatchway import __version__
 
+            if self._metrics is not None:  # served once the app is ready, with the API
+                sock, config = self._metrics
+                await self._serve_on(sock, config)
+                log.info("serving metrics at %s (no credentials asked: keep this address private)", metrics_listener.url(sock))
+
             log.info("Hatchway %s ready at %s", __version__, self._settings.url)
 
 
@@ -154,6 +175,22 @@ class _ExtraListener:
     def close(self) -> None:
         self._registry.discard(self._server)
         self._server.close()
+
+
+def _build_server(settings: Settings, metrics_sock: socket.socket | None) -> _Server:
+    """The uvicorn server of the app, with the metrics listener on ``metrics_sock`` if given."""
+    app = create_app(settings)
+    config = uvicorn_config(app, settings)
+    metrics = None
+    if metrics_sock is not None:
+
+        async def scrape(accept: str) -> tuple[bytes, str]:
+            return await app.state.ctx.metrics.exposition(accept)
+
+        metrics = (metrics_sock, metrics_config(metrics_listener.MetricsApp(scrape), config))
+    server = _Server(config, settings, app, metrics)
+    app.state.add_listener = server.add_listener  # see hatchway.providers.local
+    return server
 
 
 def serve(settings: Settings) -> int:
@@ -174,12 +211,21 @@ def serve(settings: Settings) -> int:
             log.error("cannot take the data dir %s for this server: %s", settings.data_dir, exc)
         return 1
     ensure_open_files(log)
-    app = create_app(settings)
-    server = _Server(uvicorn_config(app, settings), settings, app)
-    app.state.add_listener = server.add_listener  # see hatchway.providers.local
-    keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(server.serve())
+    metrics_sock = None
+    if settings.metrics_listen is not None:
+        try:
+            metrics_sock = metrics_listener.bind(*settings.metrics_listen)
+        except metrics_listener.MetricsAddressError as exc:
+            log.error("%s", exc)
+            return 1
+    try:
+        server = _build_server(settings, metrics_sock)
+        keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(server.serve())
+    finally:
+        if metrics_sock is not None:
+            metrics_sock.close()  # never served (a failed start), or already closed with the server
     if server.started:
         log.info("stopped")
     return 0 if server.started else 1

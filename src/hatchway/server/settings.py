@@ -37,6 +37,8 @@ class Settings:
     max_pending_streams_per_user: int = 32  # SSH streams waiting for their agent, per user
     max_pending_streams_per_workspace: int = 32  # ... and per workspace
     max_queued_streams: int = 1024  # more wait their turn, per user and per workspace, up to this
+    # Where GET /metrics is served without credentials (hatchway.server.metrics_listener); None: off.
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def agent_url(self) -> str:
@@ -63,12 +65,13 @@ class Settings:
         return f"http://{host}:{self.listen_port}"
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:7080`` for IPv6) with a message people can act on."""
+def parse_listen(value: str, option: str = "--listen", example: str = "127.0.0.1:7080") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:7080`` for IPv6) with a message people can act on; ``option``
+    and ``example`` are what the message names."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise ValueError(f"invalid --listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:7080")
+        raise ValueError(f"invalid {option} {value!r}: expected HOST:PORT, e.g. {example}")
     p = int(port)
     if not 0 <= p <= 65535:
-        raise ValueError(f"invalid --listen port {p}: must be 0-65535")
+        raise ValueError(f"invalid {option} port {p}: must be 0-65535")
     return host.strip("[]"), p
