@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.metrics import Key, connections, refused, scrape
+from tests.helpers.metrics import connections, refused, relayed_bytes, scrape
 from tests.helpers.server import HATCHWAY, RunningServer, free_port, wait_for
 from tests.helpers.world import children
 
@@ -32,10 +32,6 @@ pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the O
 
 UNISOLATED = {"HATCHWAY_LOCAL_ISOLATION": "off"}
 UP, DOWN = 3 * 1024 * 1024, 5_000_000  # bytes sent to the workspace, and back
-
-
-def relayed_bytes(samples: dict[Key, float]) -> tuple[float, float]:
-    return tuple(samples[("hatchway_ssh_relayed_bytes_total", (("direction", d),))] for d in ("to_workspace", "to_client"))  # type: ignore[return-value]
 
 
 @pytest.fixture
