@@ -21,7 +21,9 @@ from hatchway.server.context import ServerContext, client_source, get_ws_ctx
 from hatchway.server.completions import Completion
 from hatchway.server.errors import APIError, db_error_text
 from hatchway.server.metrics import ConnectionSetup
-from hatchway.server.policy import BAD_REQUEST, NO_ACCESS, SUSPENDED, UNAUTHENTICATED, Refusal, SSHFacts, check_ssh, unknown_workspace_message
+from hatchway.server.policy import (
+    BAD_REQUEST, NO_ACCESS, SUSPENDED, UNAUTHENTICATED, Refusal, SSHFacts, check_ssh, unknown_workspace_message,
+)
 from hatchway.server.relay import DialEnded, DialError, LiveStream, splice
 from hatchway.server.session_tokens import printable
 from hatchway.server.unidentified import Tally
