@@ -159,7 +159,7 @@ def test_a_metrics_address_in_use_stops_the_server_at_once_with_one_line(tmp_pat
     lines = [line.split(" ", 2)[2] for line in r.stderr.splitlines()]
     assert (r.returncode, lines) == (1, [
         f"ERROR hatchway.server: cannot serve metrics on 127.0.0.1:{port} (--metrics-listen): Address already in use; "
-        "stop what uses that address or choose another one"
+        "stop what uses that address or choose another one with --metrics-listen"
     ])
     assert not (data / "hatchway.db").exists()  # refused before the database was touched
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.server import RunningServer, free_port
+from tests.helpers.server import HATCHWAY, RunningServer, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (scripts/setup installs it)")
 
@@ -112,6 +112,27 @@ def test_a_second_server_on_the_same_data_dir_refuses_and_touches_nothing(
     r = running.ssh("echo untouched")
     assert (r.returncode, r.stdout) == (0, "untouched\n"), r.stderr
     assert first.proc.poll() is None
+
+
+def test_a_server_on_a_port_in_use_refuses_at_once_in_one_line(running: Running, tmp_path: Path) -> None:
+    """Before, it set up a database and started its workspaces, then failed in uvicorn's words."""
+    first = running.server
+    data = tmp_path / "other-data"
+    r = subprocess.run([HATCHWAY, "server", "--listen", f"127.0.0.1:{first.port}", "--data-dir", str(data)],
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, [line.split(" ", 2)[2] for line in r.stderr.splitlines()]) == (1, [
+        f"ERROR hatchway.server: cannot listen on 127.0.0.1:{first.port} (--listen): Address already in use; "
+        "stop what uses that address or choose another one with --listen"
+    ])
+    assert not (data / "hatchway.db").exists()
+    # An address of no interface here (binding sends nothing anywhere).
+    r = subprocess.run([HATCHWAY, "server", "--listen", "192.0.2.1:7080", "--data-dir", str(data)],
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, [line.split(" ", 2)[2] for line in r.stderr.splitlines()]) == (1, [
+        "ERROR hatchway.server: cannot listen on 192.0.2.1:7080 (--listen): Cannot assign requested address; "
+        "no network interface here has that address; choose one that does (e.g. 127.0.0.1) with --listen"
+    ])
+    assert first.proc is not None and first.proc.poll() is None
 
 
 def test_a_killed_server_does_not_keep_the_next_one_from_starting(tmp_path: Path) -> None:

@@ -40,31 +40,6 @@ class MetricsApp:
         await send({"type": "http.response.body", "body": body})
 
 
-class MetricsAddressError(Exception):
-    """The metrics address cannot be listened on; the message says why and what to do."""
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``, bound before the server starts anything, so an
-    address in use stops it at once with one line (like ``--listen``'s), not after migrations
-    and workspaces."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise MetricsAddressError(
-            f"cannot serve metrics on {shown} (--metrics-listen): {exc.strerror or exc}; "
-            "stop what uses that address or choose another one"
-        ) from None
-    return sock
-
-
 def url(sock: socket.socket) -> str:
     """Where a bound metrics socket serves, for the log (port 0 resolved)."""
     host, port = sock.getsockname()[:2]

@@ -14,7 +14,7 @@ import uvicorn
 from hatchway.eventloop import loop_factory
 from hatchway.fdlimit import ensure_open_files
 from hatchway.malloc import keep_large_buffers
-from hatchway.server import datadir, metrics_listener
+from hatchway.server import datadir, listening, metrics_listener
 from hatchway.server.app import create_app
 from hatchway.server.guards import AcceptDeadline, ConnectionGuard, guard_protocol
 from hatchway.server.relay import StreamMatch
@@ -212,12 +212,13 @@ def serve(settings: Settings) -> int:
         return 1
     ensure_open_files(log)
     metrics_sock = None
-    if settings.metrics_listen is not None:
-        try:
-            metrics_sock = metrics_listener.bind(*settings.metrics_listen)
-        except metrics_listener.MetricsAddressError as exc:
-            log.error("%s", exc)
-            return 1
+    try:
+        listening.check_free(settings.listen_host, settings.listen_port, "--listen")
+        if settings.metrics_listen is not None:
+            metrics_sock = listening.bind(*settings.metrics_listen, "--metrics-listen", "serve metrics on")
+    except listening.AddressError as exc:
+        log.error("%s", exc)
+        return 1
     try:
         server = _build_server(settings, metrics_sock)
         keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
