@@ -102,6 +102,12 @@ def test_each_kind_of_failed_sign_in_is_one_row_saying_why(srv: RunningServer, t
         ("-", "session.sign-in-failed", "mallory", "reason=unknown-user"),
         ("-", "session.sign-in-failed", "bob", "reason=wrong-password"),
     ]
+    # Who tried to sign in as bob: no actor to filter by, so by action and target.
+    bobs = cli.ok("audit", "list", "--action", "session.sign-in-failed", "--target", "bob", "--json").json()
+    assert [(e["action"], e["target"], e["detail"]["reason"]) for e in bobs] == [
+        ("session.sign-in-failed", "bob", "wrong-password"), ("session.sign-in-failed", "bob", "wrong-password"),
+    ]
+    assert cli.ok("audit", "list", "--action", "session.sign-in", "--target", "bob", "--json").json() == []
 
 
 def test_a_hostile_name_is_kept_short_and_escaped_and_shown_so(srv: RunningServer, tmp_path: Path) -> None:

@@ -27,12 +27,19 @@ def audit() -> None:
 @audit.command("list")
 @click.option("--limit", default=200, show_default=True, help="At most this many, newest first.")
 @click.option("--actor", help="Only actions by this user.")
+@click.option("--action", help="Only this action, e.g. session.sign-in-failed.")
+@click.option("--target", help="Only actions on this user, workspace or provider (failed sign-ins: the name tried).")
 @json_option
-def list_events(limit: int, actor: str | None, as_json: bool) -> None:
-    """Admin actions, newest first (site managers only)."""
+def list_events(limit: int, actor: str | None, action: str | None, target: str | None, as_json: bool) -> None:
+    """Admin actions, newest first (site managers only).
+
+    \b
+    Examples:
+      hatchway audit list --actor alice
+      hatchway audit list --action session.sign-in-failed --target bob
+    """
     params: dict[str, object] = {"limit": limit}
-    if actor:
-        params["actor"] = actor
+    params.update({k: v for k, v in (("actor", actor), ("action", action), ("target", target)) if v})
     rows = api().call("GET", "/audit", params=params, expect=list[AuditEvent])
     if as_json:
         print_json(rows)

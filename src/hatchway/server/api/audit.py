@@ -21,13 +21,17 @@ async def list_audit(
     limit: int = Query(200, ge=1, le=5000),
     offset: int = Query(0, ge=0),
     actor: str | None = Query(None, max_length=64, description="only actions by this user"),
+    action: str | None = Query(None, max_length=60, description="only this action, e.g. session.sign-in-failed"),
+    target: str | None = Query(None, max_length=200, description="only actions on this target (a user, workspace or provider name)"),
     _sm: User = Depends(site_manager),
     db: AsyncSession = Depends(get_db),
 ) -> list[schemas.AuditOut]:
-    """Newest first."""
+    """Newest first. Failed sign-ins have no actor (nobody signed in): find those against an
+    account by ``action`` and ``target``."""
     q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
-    if actor:
-        q = q.where(AuditEvent.actor == actor)
+    for column, value in ((AuditEvent.actor, actor), (AuditEvent.action, action), (AuditEvent.target, target)):
+        if value:
+            q = q.where(column == value)
     return [audit_out(e) for e in (await db.execute(q)).scalars()]
 
 
