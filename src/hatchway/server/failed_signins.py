@@ -1,10 +1,11 @@
 """Failed sign-ins in the audit record, without letting a flood of them fill the database.
 
 A sign-in that fails (on the API's ``POST /auth/login``, which ``hatchway login`` and the web
-UI's sign-in form both use) is audited as ``session.sign-in-failed``: the name tried (escaped
-and cut, see :func:`stored_name`; ``name_length`` then says how long it was), the address, the
-client it names and why it failed (the reasons below); never the password. The client is told
-what it was told before: nothing here tells an unknown name from a wrong password.
+UI's sign-in form both use) is audited as ``session.sign-in-failed``: the account tried, the
+address, the client it names and why it failed (the reasons below); never the password. A name
+no account has is not kept either, only its length (``name_length``): people type their
+password into the username field, and the record would hold it in the clear. The client is
+told what it was told before: nothing here tells an unknown name from a wrong password.
 
 Which attempts get rows of their own is decided as for SSH attempts without a valid token
 (``hatchway.server.unidentified``), by two counts:
@@ -15,7 +16,7 @@ Which attempts get rows of their own is decided as for SSH attempts without a va
 - attempts at an existing account are counted per account, apart from the others. These are
   the ones a site manager looks into (someone is after alice, or alice forgot her password),
   so a flood of made-up names from an address must not use up that address's rows and bury
-  them in a tally that names only the first name tried; and a flood aimed at alice must not
+  them in one tally row; and a flood aimed at alice must not
   take bob's rows. Counted per account, a guesser spread over many addresses adds one tally
   per account and minute rather than a few rows per address. They are bounded all the same,
   suspended accounts' attempts included (unlike a suspended user's SSH attempts, each of
@@ -38,7 +39,6 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.models import AuditEvent, User, utcnow
-from hatchway.names import shown
 from hatchway.server.audit import record
 from hatchway.server.context import ServerContext, client_source
 from hatchway.server.errors import db_error_text, db_failure, log_db_failure, sqlite_file
@@ -56,10 +56,10 @@ SUSPENDED = "suspended"  # the right password, but the account is suspended
 THROTTLED = "throttled"  # refused without a look at the password (too many failures)
 TOO_LONG = "too-long"  # the web form's name or password is longer than any can be
 
-#: Characters of a name tried that the record keeps (the API takes names this long).
-NAME_MAX = 64
+#: The target of a failed sign-in with a name no account has (the name itself is not kept).
+UNKNOWN_NAME = "(unknown name)"
 
-BY_ADDRESS = Wording("failed sign-in", "address", "addresses", "from", "as", "other usernames")
+BY_ADDRESS = Wording("failed sign-in", "address", "addresses", "from", "as", "others")
 BY_ACCOUNT = Wording("failed sign-in", "account", "accounts", "to", "from", "other addresses")
 
 
@@ -69,15 +69,6 @@ class FailedSignIns:
 
     by_address: UnidentifiedAttempts = field(default_factory=lambda: UnidentifiedAttempts(BY_ADDRESS))
     by_account: UnidentifiedAttempts = field(default_factory=lambda: UnidentifiedAttempts(BY_ACCOUNT))
-
-
-def stored_name(name: str) -> str:
-    """A name tried, as the record keeps it: anything unprintable escaped (``\\n``, ``\\x1b``),
-    so it can neither split a line of a log or table nor drive a terminal, nor hold a NUL
-    PostgreSQL refuses; and cut to :data:`NAME_MAX` characters (ending "…"), so a huge one
-    costs nothing and fits the target column."""
-    text = shown(name[: NAME_MAX + 1])
-    return text if len(text) <= NAME_MAX else text[: NAME_MAX - 1] + "…"
 
 
 def failure_reason(user: User | None) -> str:
@@ -96,17 +87,16 @@ async def record_failed_sign_in(
     or count it in its tally's row, written within seconds. A database that cannot take the
     row (full, or down) does not change the refusal the client gets: the log says what the
     record misses."""
-    name = stored_name(username)
     if account is not None:
-        counts, key, asked = ctx.failed_sign_ins.by_account, account.username, address
+        counts, key, asked, target = ctx.failed_sign_ins.by_account, account.username, address, account.username
     else:
-        counts, key, asked = ctx.failed_sign_ins.by_address, address, name
+        counts, key, asked, target = ctx.failed_sign_ins.by_address, address, UNKNOWN_NAME, UNKNOWN_NAME
     tally = counts.admit(key, asked, utcnow())
     if tally is None:
         detail: dict[str, object] = {"reason": reason, "client": client_label(request.headers.get("user-agent"))}
-        if name != username:  # escaped or cut: how long what was typed was
+        if account is None:
             detail["name_length"] = len(username)
-        record(db, None, ACTION, name, client_source(request), **detail)
+        record(db, None, ACTION, target, client_source(request), **detail)
         try:
             await db.commit()
         except Exception as exc:  # the refusal stands as it is: its record is what is lost
@@ -115,7 +105,7 @@ async def record_failed_sign_in(
                 raise
             with contextlib.suppress(Exception):
                 await db.rollback()
-            log_db_failure(f"auditing a failed sign-in as {name} from {address}", exc, sqlite_path,
+            log_db_failure(f"auditing a failed sign-in as {target} from {address}", exc, sqlite_path,
                            then="; the attempt is not in the audit record")
         return
     if tally.count == 1:
