@@ -453,11 +453,18 @@ def test_the_connection_line_tells_a_refused_key_from_a_client_gone_before_authe
     env: Env, srv: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="hatchway.sshd")
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+    client = "127.0.0.2"  # this test's connections, told apart from any other's still ending
+
+    def outcomes(n: int) -> list[str] | None:
+        found = re.findall(rf"{re.escape(client)}:\d+: connection (.*?) \(user ", caplog.text)
+        return found if len(found) >= n else None
+
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10, source_address=(client, 0)) as c:
         assert c.recv(100).startswith(b"SSH-2.0-")  # then gone, as a stream the relay ended
-    assert env.ssh(srv, "true", key=env.key_b).returncode == 255  # a key not in authorized_keys
-    lines = wait_for(lambda: len(found := re.findall(r": connection (.*?) \(user ", caplog.text)) >= 2 and found,
-                     10, what="both connections' lines")
+    wait_for(lambda: outcomes(1), 10, what="the first connection's line")
+    r = env.ssh(srv, "-o", f"BindAddress={client}", "true", key=env.key_b)  # a key not in authorized_keys
+    assert r.returncode == 255, r.stderr
+    lines = wait_for(lambda: outcomes(2), 10, what="the second connection's line")
     assert lines == ["ended before authentication: Connection lost", "refused: key not in authorized_keys"]
 
 
