@@ -119,3 +119,14 @@ def test_a_members_log_does_not_tell_which_of_another_users_workspaces_exist(wor
     assert [(c["workspace"], c["owner"], c["result"], c["reason"]) for c in managers] == [
         (c["workspace"], "bob", "refused", c["reason"]) for c in seen
     ]
+
+
+@pytest.mark.parametrize("path", ["/connections", "/audit"])
+def test_an_offset_past_what_the_database_counts_is_refused_not_a_server_error(world: tuple, path: str) -> None:
+    srv, tokens, _ = world
+    with api(srv.url, tokens["alice"]) as c:
+        last = c.get(path, params={"offset": 2**63 - 1})
+        assert (last.status_code, last.json()) == (200, [])
+        r = c.get(path, params={"offset": 2**80})  # schemathesis found this one: a 500 before
+    assert r.status_code == 422 and "less than or equal to 9223372036854775807" in r.text, r.text
+    assert "Traceback" not in srv.log()

@@ -15,11 +15,14 @@ from hatchway.server.context import get_db
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
+#: The largest offset the databases take (their 64-bit integers); a larger one is a 422, not a 500.
+MAX_OFFSET = 2**63 - 1
+
 
 @router.get("/audit", response_model=list[schemas.AuditOut])
 async def list_audit(
     limit: int = Query(200, ge=1, le=5000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     actor: str | None = Query(None, max_length=64, description="only actions by this user"),
     action: str | None = Query(None, max_length=60, description="only this action, e.g. session.sign-in-failed"),
     target: str | None = Query(None, max_length=200, description="only actions on this target (a user, workspace or provider name)"),
@@ -38,7 +41,7 @@ async def list_audit(
 @router.get("/connections", response_model=list[schemas.ConnectionOut])
 async def list_connections(
     limit: int = Query(200, ge=1, le=5000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     username: str | None = Query(None, alias="user", max_length=64, description="only this user's connections"),
     workspace: str | None = Query(
         None, max_length=200,
