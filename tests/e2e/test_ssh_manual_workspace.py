@@ -4,7 +4,6 @@ workspace whose agent runs as its own process with its own HOME, served by the b
 from __future__ import annotations
 
 import json
-import re
 import socket
 import stat
 import subprocess
@@ -20,7 +19,7 @@ from hatchway.cli.session import StoredSession, save_session
 from hatchway.server.api.sessions import SIGNED_OUT
 from tests.helpers.agent import AgentProcess
 from tests.helpers.cli import Cli
-from tests.helpers.server import HATCHWAY, RunningServer, api, free_port, wait_for
+from tests.helpers.server import HATCHWAY, RunningServer, api, csrf_token, free_port, wait_for
 
 USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO5Rl4u0wzqfDtRlUOVnrz0bE8aNoTqUZ3dzCqNfH0KG my-laptop"
 ENV_START = "# --------- START HATCHWAY ENVIRONMENT VARIABLES ----------"
@@ -358,23 +357,17 @@ def test_logging_out_ends_the_ssh_connections_of_that_session(world: World) -> N
         _stop(kept, lost)
 
 
-def _csrf(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
-    assert found, page.text
-    return found.group(1)
-
-
 def test_signing_out_of_the_web_ui_ends_the_ssh_connections_of_that_session(world: World) -> None:
     """The web UI's Sign out is the browser's logout: SSH connections opened with that browser
     session's token end as on a revoke, and the user's other connections go on."""
     with httpx.Client(base_url=world.server.url, follow_redirects=False, timeout=30) as browser:
-        form = {"csrf_token": _csrf(browser.get("/")), "username": "bob", "password": "bob-password"}
+        form = {"csrf_token": csrf_token(browser.get("/")), "username": "bob", "password": "bob-password"}
         assert browser.post("/sign-in", data=form).status_code == 303
         tab = Cli(world.tmp / "bob-browser")  # a proxy using the browser's session
         save_session(StoredSession(world.server.url, browser.cookies["hatchway_session"], "bob"), tab.config_dir)
         kept, lost = world.live_session(), world.live_session(tab)
         try:
-            signed_out = browser.post("/sign-out", data={"csrf_token": _csrf(browser.get("/workspaces"))})
+            signed_out = browser.post("/sign-out", data={"csrf_token": csrf_token(browser.get("/workspaces"))})
             assert (signed_out.status_code, signed_out.headers["location"]) == (303, "/")
             _ended_signed_out(lost)
             assert _still_relays(kept), "only the signed-out browser session's connection ends"

@@ -3,7 +3,6 @@ all but the caller's; nobody reaches anyone else's. Over the real API and the re
 
 from __future__ import annotations
 
-import re
 import socket
 import sqlite3
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.server import RunningServer, api, first_user
+from tests.helpers.server import RunningServer, api, csrf_token, first_user
 
 
 @dataclass
@@ -171,7 +170,7 @@ def test_signing_in_is_audited_with_the_session_and_client_never_the_token(world
     token = login(world, "bob", "signing in")
     session_id = next(r["id"] for r in sessions(world, token) if r["current"])
     with httpx.Client(base_url=world.srv.url, follow_redirects=False, timeout=30) as browser:
-        form = {"csrf_token": _csrf(browser.get("/")), "username": "bob", "password": "bob-password"}
+        form = {"csrf_token": csrf_token(browser.get("/")), "username": "bob", "password": "bob-password"}
         assert browser.post("/sign-in", data=form).status_code == 303
         cookie = browser.cookies["hatchway_session"]
     web_id = next(r["id"] for r in sessions(world, cookie) if r["current"])
@@ -187,19 +186,13 @@ def test_signing_in_is_audited_with_the_session_and_client_never_the_token(world
     assert all(secret not in repr(events) and secret[4:] not in repr(events) for secret in (token, cookie))
 
 
-def _csrf(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
-    assert found, page.text
-    return found.group(1)
-
-
 def test_signing_out_of_the_web_ui_is_audited_like_logging_out(world: World) -> None:
     with httpx.Client(base_url=world.srv.url, follow_redirects=False, timeout=30) as browser:
-        form = {"csrf_token": _csrf(browser.get("/")), "username": "bob", "password": "bob-password"}
+        form = {"csrf_token": csrf_token(browser.get("/")), "username": "bob", "password": "bob-password"}
         assert browser.post("/sign-in", data=form).status_code == 303
         cookie = browser.cookies["hatchway_session"]
         session_id = next(r["id"] for r in sessions(world, cookie) if r["current"])
-        csrf = _csrf(browser.get("/workspaces"))
+        csrf = csrf_token(browser.get("/workspaces"))
         signed_out = browser.post("/sign-out", data={"csrf_token": csrf})
         assert (signed_out.status_code, signed_out.headers["location"]) == (303, "/")
         # The same form sent again with the dead session's cookie signs nothing out.

@@ -5,7 +5,6 @@ while they are held, the server still answers, and what cannot wait is told when
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ import httpx
 
 from hatchway.server import passwords
 from hatchway.server.web.signin import SETUP_DONE
-from tests.helpers.server import RunningServer, api, first_user, running_server, wait_for
+from tests.helpers.server import RunningServer, api, csrf_token, first_user, running_server, wait_for
 
 #: ``hatchway server`` with every password check held until the file named first exists, and
 #: each check saying in the log whether it runs on the event loop. A check on the loop stalls
@@ -92,19 +91,13 @@ def test_racing_first_user_requests_make_one_site_manager(tmp_path: Path, db_url
         assert [(u["username"], u["role"]) for u in users] == [(f"racer{winner}", "site-manager")]
 
 
-def _csrf(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
-    assert found, page.text
-    return found.group(1)
-
-
 def test_racing_setup_forms_make_one_site_manager_and_send_the_others_to_sign_in(tmp_path: Path, db_url: str) -> None:
     """The web UI's setup form is the same first-user request: one browser wins, and every other
     is told the deployment is set up and taken to the sign-in page, not shown the form again."""
     with running_server(tmp_path, db_url=db_url) as srv:
         browsers = [httpx.Client(base_url=srv.url, follow_redirects=False, timeout=30) for _ in range(10)]
         try:
-            forms = [_csrf(b.get("/")) for b in browsers]  # each its own setup page and pre-session
+            forms = [csrf_token(b.get("/")) for b in browsers]  # each its own setup page and pre-session
 
             def submit(i: int) -> httpx.Response:
                 return browsers[i].post("/setup", data={
@@ -125,7 +118,7 @@ def test_racing_setup_forms_make_one_site_manager_and_send_the_others_to_sign_in
             # A form left open and sent afterwards is told the same.
             late = httpx.Client(base_url=srv.url, follow_redirects=False, timeout=30)
             browsers.append(late)
-            form = {"csrf_token": _csrf(late.get("/")), "username": "late", "email": "late@example.com",
+            form = {"csrf_token": csrf_token(late.get("/")), "username": "late", "email": "late@example.com",
                     "password": "correct-horse-1", "password_confirm": "correct-horse-1"}
             r = late.post("/setup", data=form)
             assert (r.status_code, r.headers["location"]) == (303, "/")
@@ -197,7 +190,7 @@ def test_sign_ins_beyond_what_may_wait_are_told_when_to_try_again(tmp_path: Path
             assert (refused.status_code, refused.headers["Retry-After"]) == (503, "2")
             assert refused.json()["detail"] == f"the server is checking {passwords.WORKERS} passwords; try again in 2 seconds"
             with httpx.Client(base_url=srv.url, timeout=30) as browser:
-                form = {"csrf_token": _csrf(browser.get("/")), "username": "alice", "password": "correct-horse-1"}
+                form = {"csrf_token": csrf_token(browser.get("/")), "username": "alice", "password": "correct-horse-1"}
                 page = browser.post("/sign-in", data=form)
             assert (page.status_code, page.headers["Retry-After"]) == (503, "2")
             assert "The server is checking too many passwords at once. Please try again in 2 seconds." in page.text

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from websockets.asyncio.client import connect
 from hatchway.server.api.sessions import SIGNED_OUT
 from tests.helpers.fakeagent import DialAnswer, answer_dial, next_dial, refusal_and_close_code
 from tests.helpers.helddials import HeldDialsServer, held_before_live, wait_swept
-from tests.helpers.server import api, wait_for
+from tests.helpers.server import api, csrf_token, wait_for
 from tests.helpers.sshclient import open_stream
 from tests.helpers.world import World, build_world
 
@@ -56,12 +55,6 @@ def sign_in(url: str, username: str, password: str) -> tuple[str, str]:
         token = str(r.json()["token"])
     with api(url, token) as c:
         return token, next(s["id"] for s in c.get("/users/me/sessions").json() if s["current"])
-
-
-def _csrf(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
-    assert found, page.text
-    return found.group(1)
 
 
 def newest_connection(url: str, alice: str) -> dict:
@@ -150,7 +143,7 @@ async def test_signing_out_the_web_ui_between_authorisation_and_registration_tak
     server = world.server
     assert isinstance(server, HeldDialsServer)
     with httpx.Client(base_url=world.url, follow_redirects=False, timeout=30) as browser:
-        form = {"csrf_token": _csrf(browser.get("/")), "username": "bob", "password": world.people["bob"].password}
+        form = {"csrf_token": csrf_token(browser.get("/")), "username": "bob", "password": world.people["bob"].password}
         assert browser.post("/sign-in", data=form).status_code == 303
         cookie = browser.cookies["hatchway_session"]
         with api(world.url, cookie) as c:
@@ -160,7 +153,7 @@ async def test_signing_out_the_web_ui_between_authorisation_and_registration_tak
             with held_before_live(server, session_id):
                 client = await open_stream(world.url, cookie, "held")
             try:
-                signed_out = browser.post("/sign-out", data={"csrf_token": _csrf(browser.get("/workspaces"))})
+                signed_out = browser.post("/sign-out", data={"csrf_token": csrf_token(browser.get("/workspaces"))})
                 assert (signed_out.status_code, signed_out.headers["location"]) == (303, "/")
                 answer = await _released(world, server, agent, sweeps)
                 assert await refusal_and_close_code(client, 10) == (SIGNED_OUT, ENDED)
