@@ -25,6 +25,7 @@ USER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO5Rl4u0wzqfDtRlUOVnrz0bE8aNoTqU
 ENV_START = "# --------- START HATCHWAY ENVIRONMENT VARIABLES ----------"
 ENV_END = "# ----------------- END HATCHWAY -----------------------"
 PINNED = ": Hatchway sets it, to take the connection through Hatchway and check the workspace's pinned host key"
+SUSPENDED = "your account is suspended; ask a site manager to reactivate it"
 
 
 @dataclass
@@ -288,9 +289,12 @@ def test_suspended_user_is_refused_and_live_session_ends(world: World) -> None:
     try:
         world.alice.ok("users", "suspend", "bob")
         live.wait(timeout=5)
+        # The live session is told what the next attempt is told.
+        assert live.stderr is not None
+        assert f"hatchway: {SUSPENDED}" in live.stderr.read().decode().splitlines()
         r = world.ssh("hatchway.dev", "true")
         assert r.returncode == 255
-        assert "hatchway: account suspended: your account is suspended; ask a site manager to reactivate it" in r.stderr.decode()
+        assert f"hatchway: account suspended: {SUSPENDED}" in r.stderr.decode()
     finally:
         world.alice.ok("users", "activate", "bob")
         live.kill()

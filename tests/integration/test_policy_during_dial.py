@@ -22,6 +22,8 @@ from tests.helpers.server import wait_for
 from tests.helpers.sshclient import open_stream
 from tests.helpers.world import World, build_world
 
+SUSPENDED = "your account is suspended; ask a site manager to reactivate it"
+
 #: The close code of a connection let in and then ended because its access was withdrawn: the
 #: same whether the change caught it while its agent dialled back or while it was relayed.
 ENDED = 4410
@@ -78,7 +80,7 @@ async def test_a_suspension_while_the_agent_dials_back_refuses_and_the_old_sessi
         with world.api("alice") as c:
             c.post("/users/bob/suspend").raise_for_status()
         try:
-            assert await refusal_and_close_code(client, 10) == ('user "bob" was suspended by a site manager', ENDED)
+            assert await refusal_and_close_code(client, 10) == (SUSPENDED, ENDED)
             late = await answer_dial(world.url, world.agent_tokens["bob"], stream_id)
             assert (late.code, late.reason) == (4404, NO_SUCH_STREAM)
             # A suspended user's next attempt is refused and recorded as theirs.
@@ -91,7 +93,7 @@ async def test_a_suspension_while_the_agent_dials_back_refuses_and_the_old_sessi
                 c.post("/users/bob/activate").raise_for_status()
     rows = bobs_connections(world)
     assert rows[0]["username"] == "bob" and rows[0]["reason"].startswith("account suspended")
-    assert rows[1]["reason"] == 'user "bob" was suspended by a site manager' and rows[1]["result"] == "refused"
+    assert rows[1]["reason"] == SUSPENDED and rows[1]["result"] == "refused"
     # Reactivation does not bring the sessions of before back: a stolen token stays dead.
     with world.api("bob") as c:
         r = c.get("/users/me")

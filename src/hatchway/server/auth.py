@@ -17,6 +17,7 @@ from hatchway.server.audit import record
 from hatchway.server.context import client_source, get_db
 from hatchway.server.crypto import hash_token, new_token
 from hatchway.server.errors import APIError
+from hatchway.server.policy import SUSPENDED_MESSAGE
 from hatchway.server.session_tokens import (
     SOURCE_MAX,
     client_label,
@@ -26,8 +27,6 @@ from hatchway.server.session_tokens import (
 
 USER_TOKEN_PREFIX = "hws_"
 AGENT_TOKEN_PREFIX = "hwa_"
-
-SUSPENDED_DETAIL = "your account is suspended; ask a site manager to reactivate it"
 
 
 def bearer_token(headers: object) -> str | None:
@@ -84,7 +83,7 @@ async def user_and_session(db: AsyncSession, token: str | None) -> tuple[User, s
     row = await _session(db, token)
     user, session_id = row.user, row.id
     if user.suspended:
-        raise APIError(403, "account suspended", SUSPENDED_DETAIL)
+        raise APIError(403, "account suspended", SUSPENDED_MESSAGE)
     now = utcnow()
     if due_for_touch(row.last_used_at, now):
         await db.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))

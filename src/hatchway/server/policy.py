@@ -26,6 +26,11 @@ REFUSAL_REASONS = (
 )
 
 
+#: What a suspended user is told, whichever check notices: a refused sign-in, a refused
+#: connection, or a live one the suspension ends.
+SUSPENDED_MESSAGE = "your account is suspended; ask a site manager to reactivate it"
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """An SSH connection refused: ``message`` is the line its user reads, ``reason`` which of
@@ -78,7 +83,7 @@ def check_ssh(f: SSHFacts) -> Refusal | None:
     else's home is not an administrative action.
     """
     if f.requester_suspended:
-        return Refusal(SUSPENDED, "your account is suspended; ask a site manager to reactivate it")
+        return Refusal(SUSPENDED, SUSPENDED_MESSAGE)
     if not f.known_to_requester:
         return Refusal(NO_ACCESS, unknown_workspace_message(f"{f.owner}/{f.workspace}"))
     if f.owner_id != f.requester_id:

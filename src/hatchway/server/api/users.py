@@ -21,6 +21,7 @@ from hatchway.server.broadcast import Broadcast
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
 from hatchway.server.failed_signins import SUSPENDED, THROTTLED, failure_reason, record_failed_sign_in
+from hatchway.server.policy import SUSPENDED_MESSAGE
 from hatchway.server.relay import StreamMatch
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
@@ -157,7 +158,7 @@ async def login(
         raise APIError(401, "wrong username or password", "check both and try again")
     if user.suspended:
         await record_failed_sign_in(ctx, db, request, source, body.username, SUSPENDED, user)
-        raise APIError(403, "account suspended", "your account is suspended; ask a site manager to reactivate it")
+        raise APIError(403, "account suspended", SUSPENDED_MESSAGE)
     await ctx.broadcast.login_succeeded(body.username, source)
     token = await issue_session_token(db, user, ctx.settings.session_ttl_s, request)
     await db.commit()
@@ -288,7 +289,7 @@ async def _set_suspended(
     record(db, sm, "user.suspend" if suspended else "user.activate", user.username, client_source(request))
     await db.commit()
     if suspended:
-        await ctx.broadcast.end_sessions(StreamMatch(user_id=user.id), f'user "{user.username}" was suspended by a site manager')
+        await ctx.broadcast.end_sessions(StreamMatch(user_id=user.id), SUSPENDED_MESSAGE)
     return user_out(user)
 
 
