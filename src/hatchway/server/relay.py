@@ -188,7 +188,7 @@ class Relay:
                 ended.set_result(None)
 
         stream.interrupt = interrupt
-        self._add_live(stream_id, stream)
+        self.register(stream)
         agent_ws: WebSocket | None = None
         slot = False
         try:
@@ -228,7 +228,7 @@ class Relay:
             if not pending.arrived.done():
                 pending.arrived.cancel()
             if agent_ws is None:  # failed or cancelled: no stream, and an agent that came goes
-                self._drop_live(stream_id)
+                self.unregister(stream)
                 pending.released.set()
         return agent_ws, pending.released
 
@@ -252,20 +252,16 @@ class Relay:
     # ---- live streams -----------------------------------------------------------------------
 
     def register(self, stream: LiveStream) -> None:
-        self._add_live(stream.id, stream)
-
-    def unregister(self, stream: LiveStream) -> None:
-        self._drop_live(stream.id)
-
-    def _add_live(self, stream_id: str, stream: LiveStream) -> None:
-        self._live[stream_id] = stream
+        """Make ``stream`` (its id set) one that policy sweeps, metrics and drains see."""
+        self._live[stream.id] = stream
         self._none_live.clear()
 
-    def _drop_live(self, stream_id: str) -> None:
-        stream = self._live.pop(stream_id, None)
-        if stream is not None:
-            self._ended_to_workspace += stream.to_workspace
-            self._ended_from_workspace += stream.from_workspace
+    def unregister(self, stream: LiveStream) -> None:
+        """Forget ``stream``, keeping its byte counts in the ended streams' totals."""
+        live = self._live.pop(stream.id, None)  # None when already forgotten: count it once
+        if live is not None:
+            self._ended_to_workspace += live.to_workspace
+            self._ended_from_workspace += live.from_workspace
         if not self._live:
             self._none_live.set()
 
