@@ -114,6 +114,8 @@ async def test_each_connection_is_counted_once_by_how_its_setup_ended(tmp_path: 
     assert refused(scraped) == {r: 1 if r == TOO_MANY else 0 for r in REFUSAL_REASONS}
     assert scraped[("hatchway_ssh_connection_setup_seconds_count", ())] == 1  # accepted ones only
     assert 0 < scraped[("hatchway_ssh_connection_setup_seconds_sum", ())] < 1
+    # No _created series beside each counter and histogram: no rate() needs them.
+    assert [name for name, _ in scraped if name.endswith("_created")] == []
 
 
 def test_workspaces_by_state_and_none_when_the_database_could_not_say() -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -132,6 +132,10 @@ class ServerMetrics:
 
     def __init__(self, relay: Relay, hub: AgentHub, sessions: async_sessionmaker[Any]) -> None:
         self._sessions = sessions
+        # A ``_created`` timestamp per counter and histogram series doubles what every replica
+        # stores for nothing a rate() needs (a restart shows as the process_start_time_seconds
+        # jump). Process-wide in prometheus_client; this process has no other registry.
+        disable_created_metrics()
         self.registry = registry = CollectorRegistry()
         self.connections = Counter(
             "hatchway_ssh_connections", "SSH connections this server received, by how their setup ended "
