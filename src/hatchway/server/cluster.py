@@ -25,7 +25,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -133,6 +133,12 @@ def verify(
     return replica_id if seen.first_use(nonce, int(ts), now) else None
 
 
+def _silent(rows: list[Replica]) -> list[Replica]:
+    """The replicas whose last beat is older than FORGET_AFTER_S: dead, or cut off by an outage."""
+    cutoff = utcnow() - timedelta(seconds=FORGET_AFTER_S)
+    return [r for r in rows if r.heartbeat_at < cutoff]
+
+
 def origin_of(stream_id: str) -> str:
     """Stream ids start with the id of the replica where the client waits."""
     return stream_id[:REPLICA_ID_LEN]
@@ -156,30 +162,80 @@ class Cluster:
     # ---- membership -------------------------------------------------------------------------
 
     async def join(self, alone: bool = False) -> None:
-        """Forget replicas that are gone, check the secret matches the live ones, register.
+        """Clear what a dead predecessor left, check the secret matches the others', register.
 
-        ``alone`` (SQLite: one process by construction) forgets every earlier registration at
-        once, so what a crashed predecessor claimed is cleared before the first request."""
-        await self.forget_dead()
+        Forgotten here are only registrations that cannot be alive: every earlier one when
+        ``alone`` (SQLite: one process by construction), so what a crashed predecessor claimed
+        is cleared before the first request; else a row with our own hand-over address (a
+        predecessor that died without deregistering). Another replica's old beat proves nothing
+        yet: the database may just be back from an outage that silenced every replica, and
+        forgetting a live one marks its agents disconnected and its live SSH connections failed.
+        The heartbeat loop forgets it if it stays silent while the database is reachable for
+        FORGET_AFTER_S, counted from here, as after an outage of this replica's own."""
+        rows = await self._registered()
+        healthy_since = time.monotonic()  # the database answered: the heartbeat loop's guard starts now
+        gone = [r.id for r in rows if alone or r.relay_url == self.relay_url]
+        await self._forget(gone, unclaimed=True)
+        others = [r for r in rows if r.id not in gone]
+        await self._check_secrets(others, healthy_since)
         async with self._sessions() as db:
-            rows = (await db.execute(select(Replica))).scalars().all()
-        # A row with our own address is a predecessor that died without deregistering.
-        stale = [r.id for r in rows if alone or r.relay_url == self.relay_url]
-        await self._forget(stale, unclaimed=True)
-        others = [r for r in rows if r.id not in stale]
-        async with self._sessions() as db:
-            mismatched = [r for r in others if not hmac.compare_digest(r.secret_check, self._secret_check)]
-            if mismatched:
-                raise ClusterError(
-                    f"this server's deployment secret differs from the one replica {mismatched[0].id} "
-                    f"({mismatched[0].relay_url}) uses; every replica needs the same secret: copy "
-                    "deployment.secret from a running replica's data dir into this one's"
-                )
             db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
             await db.commit()
         self._http = httpx.AsyncClient(timeout=5.0)
-        self._task = asyncio.create_task(self._heartbeat_forever(), name="replica-heartbeat")
-        log.info("replica %s registered (hand-over address %s; %d other replica(s))", self.id, self.relay_url, len(others))
+        self._task = asyncio.create_task(self._heartbeat_forever(healthy_since), name="replica-heartbeat")
+        silent = len(_silent(others))
+        log.info("replica %s registered (hand-over address %s; %d other replica(s)%s)", self.id, self.relay_url,
+                 len(others) - silent, f", and {silent} silent one(s), forgotten if they stay silent" if silent else "")
+
+    async def _registered(self, ids: list[str] | None = None) -> list[Replica]:
+        """The replicas' rows (only those of ``ids`` when given)."""
+        query = select(Replica) if ids is None else select(Replica).where(Replica.id.in_(ids))
+        async with self._sessions() as db:
+            return list((await db.execute(query)).scalars().all())
+
+    async def _check_secrets(self, others: list[Replica], healthy_since: float) -> None:
+        """Raise :class:`ClusterError` when a live replica uses another deployment secret.
+
+        One beating now refuses the join at once. One silent for FORGET_AFTER_S cannot be judged
+        from its row: it may be long dead (left from before the secret was rotated, say; it must
+        not stop this one from starting), or alive and just cut off by a database outage. So
+        join waits for it, until the database has been reachable for FORGET_AFTER_S (the
+        heartbeat loop's rule): if it beats again it is alive and the join is refused; if it is
+        forgotten, or stays silent, it is taken for dead. The wait costs a start at most
+        FORGET_AFTER_S, and only when such a row is there."""
+        mismatched = [r for r in others if not hmac.compare_digest(r.secret_check, self._secret_check)]
+        silent = _silent(mismatched)
+        beating = [r for r in mismatched if r not in silent]
+        if beating:
+            raise self._secret_error(beating[0])
+        if silent:
+            await self._outwait({r.id: r.heartbeat_at for r in silent}, healthy_since)
+
+    async def _outwait(self, silent: dict[str, datetime], healthy_since: float) -> None:
+        """Wait until each replica of ``silent`` (id: the beat its row showed) beats again, which
+        raises :class:`ClusterError`, or is forgotten, or stays silent until the database has been
+        reachable for FORGET_AFTER_S since ``healthy_since``."""
+        log.info("replica(s) %s use another deployment secret but have been silent for over %.0f s: waiting up to "
+                 "%.0f s to see whether they are alive (this server would then not start) or stopped (then ignored)",
+                 ", ".join(silent), FORGET_AFTER_S, FORGET_AFTER_S)
+        while True:
+            rows = await self._registered(list(silent))
+            beat_again = [r for r in rows if r.heartbeat_at != silent[r.id]]
+            if beat_again:
+                raise self._secret_error(beat_again[0])
+            if not rows or time.monotonic() - healthy_since >= FORGET_AFTER_S:
+                break
+            await asyncio.sleep(HEARTBEAT_S / 4)
+        if rows:
+            log.info("replica(s) %s stayed silent: taken for stopped; they will be forgotten",
+                     ", ".join(r.id for r in rows))
+
+    def _secret_error(self, other: Replica) -> ClusterError:
+        return ClusterError(
+            f"this server's deployment secret differs from the one replica {other.id} "
+            f"({other.relay_url}) uses; every replica needs the same secret: copy "
+            "deployment.secret from a running replica's data dir into this one's"
+        )
 
     async def leave(self) -> None:
         """Stop beating and remove this replica and its claims at once, not after a timeout."""
@@ -193,8 +249,10 @@ class Cluster:
         except Exception as exc:  # the database may be what is going away
             log.warning("could not deregister replica %s: %s", self.id, db_error_text(exc))
 
-    async def _heartbeat_forever(self) -> None:
-        healthy_since: float | None = time.monotonic()  # join() just saw the database
+    async def _heartbeat_forever(self, healthy_since: float | None) -> None:
+        """Beat every HEARTBEAT_S; forget the replicas whose beat is old, but only once the
+        database has been reachable for FORGET_AFTER_S (since ``healthy_since``, when join()
+        first read it, or since the end of an outage)."""
         beats = 0
         while True:
             await asyncio.sleep(HEARTBEAT_S)
@@ -221,6 +279,8 @@ class Cluster:
                 log.warning("replica heartbeat failed: %s", db_error_text(exc))
 
     async def forget_dead(self) -> list[str]:
+        """Forget the replicas silent for FORGET_AFTER_S. Only for a caller that has seen the
+        database reachable for as long: right after an outage every beat is old."""
         cutoff = utcnow() - timedelta(seconds=FORGET_AFTER_S)
         async with self._sessions() as db:
             dead = list((await db.execute(select(Replica.id).where(Replica.heartbeat_at < cutoff))).scalars())
