@@ -1,0 +1,227 @@
+"""A replica joining the others (``Cluster.join``), on SQLite and PostgreSQL, with replicas as
+``Cluster`` objects in one process: a live replica whose beat is old only because the database
+was out must keep its row and claims (agent, open SSH connection records); one that is really
+dead is forgotten with its claims once the database has been reachable for FORGET_AFTER_S, even
+with another deployment secret; a silent one with another secret that beats again still refuses
+the join.
+
+An outage is played per replica: its session factory refuses while ``down``, and its row's beat
+is set back, as the database finds it when it comes back. So a joining replica sees exactly
+that, with no race against the silenced replica's next beat."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from hatchway.db.engine import create_engine, migrate, sessionmaker
+from hatchway.db.models import Provider, Replica, SSHConnection, User, Workspace, utcnow
+from hatchway.server.cluster import FORGET_AFTER_S, HEARTBEAT_S, LOST_REPLICA_REASON, Cluster, ClusterError
+from tests.helpers.migrations import ON_BOTH_DATABASES
+
+pytestmark = ON_BOTH_DATABASES
+
+SECRET = b"\x01" * 32
+OTHER_SECRET = b"\x02" * 32
+#: How far back an outage leaves a replica's last beat: well past FORGET_AFTER_S.
+OUTAGE_S = 3 * FORGET_AFTER_S
+
+
+class Outage:
+    """A replica's session factory that refuses while ``down``, as an unreachable database does."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self.down = False
+
+    def __call__(self) -> AsyncSession:
+        if self.down:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused (the test's outage)")
+        return self._sessions()
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a replica claims: a workspace's agent and an open SSH connection's record."""
+
+    workspace_id: str
+    connection_id: str
+
+
+@dataclass
+class Rig:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    joined: list[Cluster] = field(default_factory=list)
+    outages: dict[str, Outage] = field(default_factory=dict)
+
+    def replica(self, secret: bytes = SECRET) -> Cluster:
+        """A replica on its own loopback address (never dialled: join sends no traffic)."""
+        outage = Outage(self.sessions)
+        cluster = Cluster(outage, secret, f"http://127.0.0.1:{7100 + len(self.outages)}")  # type: ignore[arg-type]
+        self.outages[cluster.id] = outage
+        return cluster
+
+    async def join(self, cluster: Cluster) -> Cluster:
+        await cluster.join()
+        self.joined.append(cluster)
+        return cluster
+
+    async def cut_off(self, cluster: Cluster) -> None:
+        """The database is out for ``cluster``: its beats fail, and its row's last beat is old."""
+        self.outages[cluster.id].down = True
+        async with self.sessions() as db:
+            await db.execute(
+                update(Replica).where(Replica.id == cluster.id).values(heartbeat_at=utcnow() - timedelta(seconds=OUTAGE_S))
+            )
+            await db.commit()
+
+    async def claim(self, replica_id: str) -> Claims:
+        """An agent connected through ``replica_id`` and an SSH connection open on it."""
+        async with self.sessions() as db:
+            user = User(username=f"u{secrets.token_hex(4)}", email="u@example.com", role="member", ssh_public_key="",
+                        ssh_private_key_sealed="", ssh_key_fingerprint="")
+            provider = Provider(name=f"p{secrets.token_hex(4)}", kind="manual")
+            db.add_all([user, provider])
+            await db.flush()
+            ws = Workspace(name="dev", owner_id=user.id, provider_id=provider.id, state="running",
+                           agent_connected=True, agent_replica_id=replica_id)
+            conn = SSHConnection(workspace_name="dev", username=user.username, result="open", replica_id=replica_id)
+            db.add_all([ws, conn])
+            await db.commit()
+            return Claims(ws.id, conn.id)
+
+    async def claims_of(self, claims: Claims) -> tuple[bool, str | None, str, str | None]:
+        """(agent connected, through which replica, the connection's result, its reason)."""
+        async with self.sessions() as db:
+            ws = await db.get(Workspace, claims.workspace_id)
+            conn = await db.get(SSHConnection, claims.connection_id)
+            assert ws is not None and conn is not None
+            return ws.agent_connected, ws.agent_replica_id, conn.result, conn.reason
+
+    async def registered(self, replica_id: str) -> bool:
+        async with self.sessions() as db:
+            return await db.get(Replica, replica_id) is not None
+
+
+@pytest.fixture
+async def rig(db_url: str) -> AsyncIterator[Rig]:
+    engine = create_engine(db_url)
+    await migrate(engine)
+    made = Rig(engine, sessionmaker(engine))
+    try:
+        yield made
+    finally:
+        for outage in made.outages.values():
+            outage.down = False
+        for cluster in made.joined:
+            await cluster.leave()
+        await engine.dispose()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+def count_forget_passes(cluster: Cluster) -> list[list[str]]:
+    """The replicas each of ``cluster``'s forget passes forgot, one list per pass, as they end."""
+    passes: list[list[str]] = []
+    forget_dead = cluster.forget_dead
+
+    async def counted() -> list[str]:
+        dead = await forget_dead()
+        passes.append(dead)
+        return dead
+
+    cluster.forget_dead = counted  # type: ignore[method-assign]
+    return passes
+
+
+def stop_beating(cluster: Cluster) -> None:
+    """Crash ``cluster``: no more beats and no goodbye; its row and claims stay behind."""
+    assert cluster._task is not None
+    cluster._task.cancel()
+    cluster._task = None
+
+
+async def test_a_replica_joining_as_the_database_comes_back_leaves_the_live_replicas_and_their_claims(rig: Rig) -> None:
+    live = await rig.join(rig.replica())
+    claims = await rig.claim(live.id)
+    await rig.cut_off(live)
+    joining = rig.replica()
+    passes = count_forget_passes(joining)
+    await rig.join(joining)
+    assert await rig.claims_of(claims) == (True, live.id, "open", None)
+    assert await rig.registered(live.id)
+    rig.outages[live.id].down = False  # the live replica's next beat gets through
+    # The joining replica's heartbeat loop forgets nobody before the database has been up for
+    # FORGET_AFTER_S; by its first forget pass the live replica has beaten again.
+    async def forget_pass_done() -> bool:
+        return bool(passes)
+
+    await until(forget_pass_done, FORGET_AFTER_S + 10 * HEARTBEAT_S, "a forget pass")
+    assert passes[0] == []
+    assert await rig.claims_of(claims) == (True, live.id, "open", None)
+    assert await rig.registered(live.id)
+
+
+@pytest.mark.parametrize("secret", [SECRET, OTHER_SECRET], ids=["same-secret", "another-secret"])
+async def test_a_replica_dead_before_the_join_is_forgotten_with_its_claims_once_the_database_stayed_up(
+    rig: Rig, secret: bytes,
+) -> None:
+    """Forgotten after FORGET_AFTER_S of reachable database (the joining replica cannot tell it
+    from a live one cut off by an outage before that), within two beats more; and a dead one
+    with another deployment secret does not stop the new replica from starting."""
+    dead = await rig.join(rig.replica(secret))
+    claims = await rig.claim(dead.id)
+    stop_beating(dead)
+    await rig.cut_off(dead)
+    started = time.monotonic()
+    joining = await rig.join(rig.replica(SECRET))
+    assert await rig.registered(joining.id)
+
+    async def forgotten() -> bool:
+        return not await rig.registered(dead.id)
+
+    await until(forgotten, FORGET_AFTER_S + 10 * HEARTBEAT_S, "the dead replica forgotten")
+    took = time.monotonic() - started
+    assert FORGET_AFTER_S <= took <= FORGET_AFTER_S + 2 * HEARTBEAT_S + 1.0, took
+    assert await rig.claims_of(claims) == (False, None, "failed", LOST_REPLICA_REASON)
+
+
+async def test_a_silent_replica_with_another_secret_that_beats_again_refuses_the_join(
+    rig: Rig, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hatchway.server.cluster")
+    live = await rig.join(rig.replica(OTHER_SECRET))
+    await rig.cut_off(live)
+    joining = rig.replica(SECRET)
+    join = asyncio.create_task(joining.join())
+
+    async def waiting() -> bool:
+        return join.done() or any("use another deployment secret but have been silent" in m for m in caplog.messages)
+
+    await until(waiting, FORGET_AFTER_S, "the joining replica waiting for the silent one")
+    rig.outages[live.id].down = False  # it beats again
+    with pytest.raises(ClusterError) as refused:
+        await join
+    assert str(refused.value) == (
+        f"this server's deployment secret differs from the one replica {live.id} ({live.relay_url}) uses; every replica "
+        "needs the same secret: copy deployment.secret from a running replica's data dir into this one's"
+    )
+    assert not await rig.registered(joining.id)
+    assert await rig.registered(live.id)
