@@ -61,6 +61,10 @@ def test_prefixes_of_a_banner_need_more(partial: bytes) -> None:
         b"SSH-2.0-Op\xc3\xa9nSSH\r\n",  # not ASCII
         b"SSH-2.0\r\n",  # no software version
         b"SSH--x\r\n",  # no protocol version
+        b"SSH-1.5-OldServer\r\n",  # SSH 1 only: every OpenSSH client would fail against it
+        b"SSH-1.0-x\r\n",
+        b"SSH-3.0-x\r\n",
+        b"SSH-2.00-x\r\n",
     ],
 )
 def test_not_ssh(data: bytes) -> None:
@@ -72,6 +76,25 @@ def test_banner_of_exactly_255_bytes_including_crlf_is_accepted() -> None:
     assert len(line) == 255
     status, banner = parse_banner(line)
     assert status is BannerStatus.SSH and banner is not None and len(banner.line) == 253
+
+
+async def test_an_ssh1_only_listener_is_not_trusted_and_reported() -> None:
+    """A server greeting ``SSH-1.5-`` is a listener we cannot forward to (clients would see
+    "Protocol major versions differ: 2 vs. 1"): the built-in server serves and a warning says so."""
+
+    async def ssh1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-1.5-OldServer\r\n")
+        await writer.drain()
+        await reader.read(1)
+
+    async with listener(ssh1) as port:
+        result = await probe(port, keep=True)
+        assert (result.state, result.writer) == (PortState.NOT_SSH, None)
+        assert result.detail == "greeting is not an SSH banner: b'SSH-1.5-OldServer\\r\\n'"
+        monitor = Port22Monitor(port, on_change=lambda: None)
+        assert await monitor.refresh() is True
+        assert monitor.status.diagnostics == (NOT_SSH_DIAGNOSTIC,)
+        assert not monitor.status.is_ssh
 
 
 # ---- probe against real listeners ----------------------------------------------------------

@@ -37,6 +37,10 @@ _READ_CHUNK = 4096
 #: Host-key algorithms asked for one by one, so every key type the server has is reported.
 HOST_KEY_ALGORITHMS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512")
 HOST_KEY_TIMEOUT = 3.0
+#: Protocol versions an OpenSSH client can talk to (RFC 4253 5.1: "1.99" is a server that also
+#: speaks 2.0). An SSH-1-only server would greet, then fail every client with "Protocol major
+#: versions differ", so it is not trusted: the built-in server answers instead.
+SSH2_PROTOCOLS = frozenset({"2.0", "1.99"})
 
 NOT_SSH_DIAGNOSTIC = "port 22 answers but is not an SSH server; using the built-in server"
 
@@ -70,9 +74,9 @@ def parse_banner(data: bytes) -> tuple[BannerStatus, Banner | None]:
     """Decide from the first bytes a server sent whether it is an SSH server.
 
     ``NEED_MORE`` while the bytes so far could still become a banner line; ``SSH`` with the parsed
-    :class:`Banner` once a complete line starting ``SSH-`` arrived; ``NOT_SSH`` as soon as the
-    bytes cannot be one (wrong prefix, no line end within 255 bytes, non-printable or non-ASCII
-    characters). Deliberately stricter than RFC 4253, which lets a server send other lines first:
+    :class:`Banner` once a complete ``SSH-2.0-`` (or ``SSH-1.99-``) line arrived; ``NOT_SSH`` as
+    soon as the bytes cannot be one (wrong prefix, a protocol other than SSH 2 such as
+    ``SSH-1.5-``, no line end within 255 bytes, non-printable or non-ASCII characters). Deliberately stricter than RFC 4253, which lets a server send other lines first:
     OpenSSH never does, and the line ends up in reports and logs, so it has to be clean text.
     """
     prefix = b"SSH-"
@@ -95,7 +99,7 @@ def parse_banner(data: bytes) -> tuple[BannerStatus, Banner | None]:
         return BannerStatus.NOT_SSH, None
     proto, _, rest = line[len("SSH-") :].partition("-")
     software, _, comments = rest.partition(" ")
-    if not proto or not software:
+    if proto not in SSH2_PROTOCOLS or not software:
         return BannerStatus.NOT_SSH, None
     return BannerStatus.SSH, Banner(line=line, proto=proto, software=software, comments=comments)
 
