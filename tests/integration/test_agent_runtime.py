@@ -108,8 +108,8 @@ def agents() -> Iterator[list[Agent]]:
 
 def expected_environment(d: Deployment, *extra: str) -> str:
     lines = [
-        "HATCHWAY_USER_NAME=alice",
         "HATCHWAY_USER_EMAIL=alice@example.com",
+        "HATCHWAY_USER_NAME=alice",
         "HATCHWAY_WORKSPACE_NAME=dev",
         f"HATCHWAY_WORKSPACE_ID={d.workspace_id}",
         "HATCHWAY_PROVIDER_NAME=byo",
