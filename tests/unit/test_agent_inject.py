@@ -263,6 +263,23 @@ def test_an_ssh_dir_owned_by_root_is_reported_with_the_command_that_fixes_it(nob
     assert sorted(ssh.iterdir()) == []
 
 
+def test_a_shared_writable_ssh_dir_of_someone_else_is_reported_for_strict_modes(nobody_home: Path) -> None:
+    """A Dockerfile's ``mkdir -m 777 ~/.ssh`` as root: the files go in, but OpenSSH's StrictModes
+    refuses a ~/.ssh that others may write into, so the agent says so instead of staying silent."""
+    ssh = nobody_home / ".ssh"
+    ssh.mkdir()
+    os.chmod(ssh, 0o777)
+    out = _inject_as(NOBODY, nobody_home)
+    assert out == {
+        "diagnostics": [
+            f"~/.ssh belongs to root and is writable by group or others: OpenSSH (StrictModes) will ignore "
+            f"~/.ssh/authorized_keys; as root, run chown nobody: {ssh} && chmod 700 {ssh}"
+        ],
+        "wrote": ["~/.ssh/authorized_keys", "~/.ssh/environment"],
+    }
+    assert (ssh / "authorized_keys").stat().st_uid == NOBODY
+
+
 def test_a_home_the_user_cannot_write_into_is_reported_with_the_command_that_fixes_it(nobody_home: Path) -> None:
     os.chown(nobody_home, 0, 0)  # an image that made the home as root and never gave it away
     out = _inject_as(NOBODY, nobody_home)

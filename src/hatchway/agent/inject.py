@@ -154,6 +154,15 @@ def _ssh_dir_ready(ssh_dir: Path, home: Path, result: InjectionResult) -> bool:
                 f"run chown {_user_name(me)}: {ssh_dir} as root; {not_updated}",
             )
             return False
+        if st.st_mode & 0o022:
+            # Writable to us only through its group or world bits, which StrictModes refuses: the
+            # files would be written and then ignored by an sshd on port 22, with no word why.
+            _problem(
+                result,
+                f"{shown} belongs to {_user_name(st.st_uid)} and is writable by group or others: OpenSSH "
+                f"(StrictModes) will ignore ~/.ssh/authorized_keys; as root, run chown {_user_name(me)}: "
+                f"{ssh_dir} && chmod 700 {ssh_dir}",
+            )
         return True
     if stat.S_IMODE(st.st_mode) != 0o700:
         try:
