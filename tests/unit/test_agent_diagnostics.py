@@ -184,3 +184,18 @@ def test_collect_finds_an_executable_xauth_location(tmp_path: Path) -> None:
     os.chmod(xauth, 0o755)
     (tmp_path / "sshd_config").write_text(f"PermitUserEnvironment yes\nX11Forwarding yes\nXAuthLocation {xauth}\n")
     assert d.collect(str(tmp_path / "sshd_config"), str(tmp_path / "environment")) == []
+
+
+def test_an_xauth_only_on_path_is_not_one_sshd_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sshd runs xauth from its built-in path (or XAuthLocation), never from PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "xauth").write_text("#!/bin/sh\n")
+    os.chmod(bin_dir / "xauth", 0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(d, "DEFAULT_XAUTH", str(tmp_path / "usr-bin-xauth"))
+    (tmp_path / "sshd_config").write_text("PermitUserEnvironment yes\nX11Forwarding yes\n")
+    assert d.collect(str(tmp_path / "sshd_config"), str(tmp_path / "environment")) == [X11]
+    (tmp_path / "usr-bin-xauth").write_text("#!/bin/sh\n")
+    os.chmod(tmp_path / "usr-bin-xauth", 0o755)
+    assert d.collect(str(tmp_path / "sshd_config"), str(tmp_path / "environment")) == []

@@ -17,7 +17,6 @@ import glob
 import os
 import re
 import shlex
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,10 +170,9 @@ def filesystem_loader(base: str) -> IncludeLoader:
 
 
 def _xauth_available(settings: dict[str, str] | None) -> bool:
-    location = (settings or {}).get("xauthlocation")
-    if location:
-        return os.access(location, os.X_OK)
-    return os.access(DEFAULT_XAUTH, os.X_OK) or shutil.which("xauth") is not None
+    """Whether sshd will find xauth: at XAuthLocation, else at its built-in path. Not on PATH:
+    sshd runs the path it has, so an xauth only in /usr/local/bin does not help it."""
+    return os.access((settings or {}).get("xauthlocation") or DEFAULT_XAUTH, os.X_OK)
 
 
 def _sets_variables(path: str) -> bool:
