@@ -245,8 +245,15 @@ def test_external_connect_off_refuses_and_ends_live_sessions(world: World) -> No
         shortcut = world.bob.run("ssh", "dev", "true")
         assert (shortcut.code, shortcut.err.strip()) == (1, expected)
         # config-ssh leaves the workspace out and says why.
-        cs = world.bob.run("config-ssh", "--ssh-config", str(world.tmp / "other_config"), "-y")
-        assert 'SSH is not enabled for workspace provider "byo"' in cs.err
+        # Bob's only workspace is on it: a dry run ends as the real run does, with exit status 1.
+        for dry in (["--dry-run"], []):
+            cs = world.bob.run("config-ssh", "--ssh-config", str(world.tmp / "other_config"), "-y", *dry)
+            assert cs.code == 1, cs.err
+            assert cs.err.splitlines() == [
+                'hatchway: SSH is not enabled for workspace provider "byo": left out hatchway.dev '
+                "(External Connect is off; ask a site manager if you need it)",
+                "hatchway: SSH is disabled or not available for any workspaces in your deployment",
+            ]
         assert "Host hatchway.dev" not in (world.tmp / "other_config").read_text()
         assert world.workspace()["agent_connected"], "turning SSH off does not touch the workspace"
     finally:

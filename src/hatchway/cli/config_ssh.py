@@ -404,6 +404,10 @@ def show_dry_run(path: Path, existing: str, new: str, prepared: Prepared | None)
         click.echo(f"hatchway: --dry-run: {note}", err=True)
 
 
+#: Coder v1's words when nothing can be configured because SSH is off for every workspace.
+ALL_DISABLED = "SSH is disabled or not available for any workspaces in your deployment"
+
+
 @click.command("config-ssh")
 @click.option("--ssh-config", "ssh_config", type=click.Path(path_type=Path), default=None, help="The ssh config file to edit [default ~/.ssh/config].")
 @click.option("--dry-run", is_flag=True, help="Show the change as a diff and write nothing.")
@@ -424,6 +428,8 @@ def config_ssh(ssh_config: Path | None, dry_run: bool, remove: bool, yes: bool) 
     new = new_config(path, existing, None if prepared is None else prepared.block)
     if dry_run:
         show_dry_run(path, existing, new, prepared)
+        if prepared is not None and not prepared.plan.entries and prepared.plan.disabled:
+            fail(ALL_DISABLED)  # what the real run would end with, exit status included
         return
     if new == existing:
         click.echo(f"{path} is up to date")
@@ -448,6 +454,6 @@ def summarise(plan: Plan, path: Path | None) -> None:
         ssh = "ssh" if path is None or path == Path.home() / ".ssh" / "config" else f"ssh -F {shlex.quote(str(path))}"
         click.echo(f"You can now run: {ssh} {plan.entries[0].alias}   (configured: {names})")
     elif plan.disabled:
-        fail("SSH is disabled or not available for any workspaces in your deployment")
+        fail(ALL_DISABLED)
     else:
         click.echo("No workspaces to configure yet; create one with: hatchway workspaces create NAME")
