@@ -206,6 +206,41 @@ def error_page(request: Request, status: int, title: str, detail: str = "") -> H
     return render(request, "error.html", status=status, status_code=status, title=title, detail=detail)
 
 
+#: Paths that are never pages: the API, the agents' and replicas' endpoints, static files.
+NOT_PAGES = ("/api/", "/internal/", "/static/")
+
+#: What a browser is told when no page answers its request (the API answers JSON instead).
+ROUTING_ERRORS = {
+    404: ("There is no page at this address", "Check the address for a typo, or go on from here."),
+    405: (
+        "This address cannot be opened directly",
+        "It only takes what a Hatchway form sends when you press its button. Go back to the page "
+        "with the form and use it there.",
+    ),
+}
+
+
+def wants_page(request: Request) -> bool:
+    """Whether a request no route answers came from a browser navigating the UI (a typed or
+    reloaded address, an old bookmark): it asked for HTML, so it gets a page, not JSON."""
+    path = request.url.path
+    return not path.startswith(NOT_PAGES) and "text/html" in request.headers.get("accept", "")
+
+
+async def routing_error_page(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
+    """The UI's page for a 404 or 405 of the router, with the header of whoever is signed in."""
+    async with request.app.state.ctx.sessions() as db:
+        try:
+            await session_user(request, db)
+        except AccountSuspended:
+            pass  # the page says nothing about the account; signing in says it is suspended
+    response = error_page(request, status, *ROUTING_ERRORS[status])
+    if headers:
+        response.headers.update(headers)  # a 405's Allow
+    add_security_headers(response)
+    return response
+
+
 def redirect(request: Request, url: str, kind: str | None = None, message: str | None = None) -> RedirectResponse:
     response = RedirectResponse(url, status_code=303)
     if kind and message:

@@ -8,11 +8,13 @@ Sign-in goes through the API's login function too, so brute-force throttling is 
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from hatchway.server.web import account, manage, signin, workspaces
-from hatchway.server.web.base import STATIC
+from hatchway.server.web.base import ROUTING_ERRORS, STATIC, routing_error_page, wants_page
 
 
 def install(app: FastAPI) -> None:
@@ -20,3 +22,18 @@ def install(app: FastAPI) -> None:
     for pages in (signin, workspaces, account, manage):
         app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="web-static")
+    _install_page_errors(app)
+
+
+def _install_page_errors(app: FastAPI) -> None:
+    """A browser sent to an address no page answers (a typo, ``/manage``, reloading the address
+    a form was posted to) gets a page it can go on from; everything else keeps the API's JSON."""
+    api_answer = app.exception_handlers[StarletteHTTPException]
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code in ROUTING_ERRORS and wants_page(request):
+            return await routing_error_page(request, exc.status_code, exc.headers)
+        return await api_answer(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, answer)

@@ -60,6 +60,14 @@ async def home(request: Request, db: AsyncSession = Depends(get_db)) -> Response
     return response
 
 
+@router.get("/sign-in")
+@router.get("/setup")
+async def form_address() -> Response:
+    """The address a failed sign-in or setup form leaves in the address bar: opening it again
+    (a reload, a new tab) goes back to the form rather than to a "method not allowed"."""
+    return RedirectResponse("/", status_code=303)
+
+
 @router.post("/sign-in")
 async def sign_in(
     request: Request, ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)

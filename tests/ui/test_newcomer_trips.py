@@ -1,0 +1,51 @@
+"""What a newcomer trips over in the web UI, walked through in a real browser: addresses no
+page answers, destructive clicks without a second look, long values, forms that forget."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+
+from tests.ui.conftest import SignedIn, UIServer
+
+
+def test_a_browser_at_an_address_no_page_answers_gets_a_page_not_json(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    resp = page.goto(srv.url + "/manage")
+    assert resp is not None and resp.status == 404
+    assert page.title() == "There is no page at this address · Hatchway"
+    assert page.get_by_role("heading", level=1).inner_text() == "There is no page at this address"
+    assert page.get_by_role("button", name="Manage").is_visible()  # still signed in, header and all
+    page.get_by_role("link", name="Go to your workspaces").click()
+    page.wait_for_url(re.compile(r".*/workspaces$"))
+
+    resp = page.goto(srv.url + "/account/key/download")  # a form's address, opened directly
+    assert resp is not None and resp.status == 405 and resp.headers["allow"] == "POST"
+    assert page.get_by_role("heading", level=1).inner_text() == "This address cannot be opened directly"
+    assert resp.headers["content-security-policy"].startswith("default-src 'self'")
+
+    # The API, and anything not asking for HTML, keep the JSON error.
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        r = c.get("/api/v1/nope", headers={"Accept": "text/html"})
+        assert r.status_code == 404 and r.json()["error"] == "not found"
+        r = c.get("/manage", headers={"Accept": "application/json"})
+        assert r.status_code == 404 and r.json()["error"] == "not found"
+
+
+def test_opening_the_address_a_failed_sign_in_left_goes_back_to_the_form(anon_page: Any, ui_server: UIServer) -> None:
+    page = anon_page
+    page.goto(ui_server.url + "/")
+    page.get_by_label("Username").fill("nobody-here")
+    page.get_by_label("Password").fill("not-a-password")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("alert").inner_text() == "Wrong username or password. Check both and try again."
+    assert page.url == ui_server.url + "/sign-in"
+    resp = page.goto(page.url)  # Enter in the address bar, or the address in a new tab
+    assert resp is not None and resp.status == 200
+    assert page.url == ui_server.url + "/"
+    assert page.get_by_role("heading", name="Sign in to Hatchway").is_visible()
+    page.goto(ui_server.url + "/setup")  # the setup form's address, once set up: sign-in too
+    assert page.url == ui_server.url + "/"
+    assert page.get_by_role("heading", name="Sign in to Hatchway").is_visible()
