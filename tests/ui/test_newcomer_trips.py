@@ -49,3 +49,42 @@ def test_opening_the_address_a_failed_sign_in_left_goes_back_to_the_form(anon_pa
     page.goto(ui_server.url + "/setup")  # the setup form's address, once set up: sign-in too
     assert page.url == ui_server.url + "/"
     assert page.get_by_role("heading", name="Sign in to Hatchway").is_visible()
+
+
+def test_suspending_a_user_asks_first_and_cancel_changes_nothing(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    with srv.api() as c:
+        c.post("/users", json={"username": "frank", "email": "frank@example.com", "password": "frank-password-1"}).raise_for_status()
+
+    def suspended() -> bool:
+        with srv.api() as c:
+            return next(u for u in c.get("/users").json() if u["username"] == "frank")["suspended"]
+
+    def open_suspend() -> None:
+        page.goto(srv.url + "/manage/users")
+        row = page.locator('tr[data-user="frank"]')
+        row.get_by_role("button", name="Actions for user frank").click()
+        row.get_by_role("menuitem", name="Suspend…").click()
+        page.wait_for_url(re.compile(r".*/manage/users/frank/suspend$"))
+        assert page.get_by_role("heading", level=1).inner_text() == 'Suspend user "frank"?'
+
+    open_suspend()
+    assert suspended() is False  # a look first, nothing done yet
+    page.get_by_role("link", name="Cancel").click()
+    page.wait_for_url(re.compile(r".*/manage/users$"))
+    assert suspended() is False
+    assert page.locator('tr[data-user="frank"] td[data-label="Status"]').inner_text().strip() == "Active"
+
+    open_suspend()
+    page.get_by_role("button", name="Suspend user").click()
+    page.wait_for_url(re.compile(r".*/manage/users$"))
+    assert page.locator(".flash").inner_text() == (
+        'User "frank" suspended: they cannot sign in or connect, and their live sessions were ended.')
+    assert suspended() is True
+
+    # The confirmation page is a site manager's, like the action.
+    resp = manager_page.page.context.request.get(srv.url + "/manage/users/nobody/suspend")
+    assert resp.status == 404
+    with httpx.Client(base_url=srv.url, timeout=30, cookies={"hatchway_session": srv.member_token}) as c:
+        r = c.get("/manage/users/frank/suspend")
+        assert r.status_code == 403 and "Only site managers can open this page" in r.text

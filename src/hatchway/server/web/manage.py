@@ -146,6 +146,29 @@ async def _user_action(request: Request, fn: Any, done: str, **kw: Any) -> Respo
     return redirect(request, "/manage/users", "success", done.format(u=out))
 
 
+@router.get("/manage/users/{username}/suspend")
+async def user_suspend_confirm(
+    username: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+) -> Response:
+    """Suspending cuts someone off mid-work (their shells end at once): one look before it."""
+    target = await _user_row(db, username)
+    return render(
+        request,
+        "confirm.html",
+        section="manage",
+        title=f'Suspend user "{target.username}"?',
+        body=[
+            (f'{target.username} ({target.email}) can no longer sign in or open SSH connections. Their sign-in '
+             "sessions and live SSH connections end now, work in progress in those shells included."),
+            "Activate them again from the same menu; they then sign in once more (their old sessions stay ended).",
+        ],
+        action=f"/manage/users/{target.username}/suspend",
+        confirm_label="Suspend user",
+        danger=True,
+        cancel="/manage/users",
+    )
+
+
 @router.post("/manage/users/{username}/suspend")
 async def user_suspend(
     username: str, request: Request, sm: User = Depends(web_manager),
