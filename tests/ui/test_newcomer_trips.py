@@ -7,8 +7,12 @@ import re
 from typing import Any
 
 import httpx
+from playwright.sync_api import expect
 
-from tests.ui.conftest import SignedIn, UIServer
+from tests.helpers.server import api, wait_for
+from tests.ui import flows
+from tests.ui.conftest import LAB, SignedIn, UIServer
+from tests.ui.fake_agent import FakeAgent
 
 
 def test_a_browser_at_an_address_no_page_answers_gets_a_page_not_json(manager_page: SignedIn) -> None:
@@ -88,3 +92,56 @@ def test_suspending_a_user_asks_first_and_cancel_changes_nothing(manager_page: S
     with httpx.Client(base_url=srv.url, timeout=30, cookies={"hatchway_session": srv.member_token}) as c:
         r = c.get("/manage/users/frank/suspend")
         assert r.status_code == 403 and "Only site managers can open this page" in r.text
+
+
+def _page_width(page: Any) -> int:
+    """How wide the page's content is: wider than the window means sideways scrolling."""
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
+def _sticking_out(page: Any) -> list[str]:
+    """The elements of the page's main part that reach past the window's right edge."""
+    return page.evaluate("""() => [...document.querySelectorAll('main *')]
+        .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+        .map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : ''))""")
+
+
+def test_long_unbroken_values_stay_inside_the_window(browser: Any, manager_page: SignedIn) -> None:
+    """The longest legal workspace name, and what agents and clients report (a diagnostic, a
+    User-Agent, an environment value) with no place to break, wrap inside their cells and cards
+    instead of stretching the page sideways, on a desktop and on a phone."""
+    srv = manager_page.srv
+    name, unbroken = "w" * 63, "x" * 200  # 200: what an agent may report fits
+    with srv.api() as c:
+        c.post("/users", json={"username": "gina", "email": "gina@example.com", "password": "gina-password-1"}).raise_for_status()
+    with api(srv.url) as c:  # a client with an absurd User-Agent: in her sessions and the audit
+        c.post("/auth/login", json={"username": "gina", "password": "gina-password-1"},
+               headers={"User-Agent": "Agent/" + unbroken}).raise_for_status()
+        token = c.post("/auth/login", json={"username": "gina", "password": "gina-password-1"}).json()["token"]
+    with srv.api(token) as c:
+        out = c.post("/workspaces", json={"name": name, "provider": LAB, "env": {"BLOB": unbroken}})
+        out.raise_for_status()
+    agent_token = out.json()["agent_command"].split()[0].split("=", 1)[1]
+    report = {"version": "0.1.0", "os_user": "gina", "ssh_mode": "openssh", "ssh_server_version": "OpenSSH_" + unbroken,
+              "diagnostics": ["warning: " + unbroken], "host_keys": ["ssh-ed25519 " + unbroken]}
+    agent = FakeAgent(srv.url, agent_token, report).start()
+    try:
+        with srv.api(token) as c:
+            wait_for(lambda: c.get(f"/workspaces/{name}").json()["diagnostics"], 10, what="the agent's report")
+        for viewport in (flows.DESKTOP, flows.PHONE):
+            with flows.signed_in_page(browser, srv.url, "gina", "gina-password-1", viewport) as page:
+                for path in ("/workspaces", f"/workspaces/gina/{name}", "/account/sessions"):
+                    page.goto(srv.url + path)
+                    expect(page.locator("main")).to_contain_text(unbroken[:50])
+                    assert _sticking_out(page) == [], (path, viewport)
+                    assert _page_width(page) == viewport["width"], (path, viewport)
+        page = manager_page.page
+        for path in ("/manage/audit?view=admin&user=gina", "/workspaces?all=1"):
+            page.goto(srv.url + path)
+            expect(page.locator("main")).to_contain_text(unbroken[:50])
+            assert _sticking_out(page) == [], path
+            assert _page_width(page) == flows.DESKTOP["width"], path
+    finally:
+        agent.stop()
+        with srv.api(token) as c:
+            c.delete(f"/workspaces/{name}")
