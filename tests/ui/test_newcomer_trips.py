@@ -145,3 +145,26 @@ def test_long_unbroken_values_stay_inside_the_window(browser: Any, manager_page:
         agent.stop()
         with srv.api(token) as c:
             c.delete(f"/workspaces/{name}")
+
+
+def test_a_refused_new_provider_form_keeps_external_connect_as_it_was_left(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    page.goto(srv.url + "/manage/providers")
+    page.locator("#new-provider > summary").click()
+    form = page.locator("#new-provider form")
+    form.get_by_label("Name").fill("Edge Lab")  # not a valid name: refused
+    form.evaluate("f => { f.noValidate = true; }")
+    form.get_by_role("switch", name="External Connect").set_checked(False)
+    with page.expect_response(lambda r: r.url.endswith("/manage/providers") and r.request.method == "POST") as resp:
+        form.get_by_role("button", name="Add provider").click()
+    assert resp.value.status == 400
+    assert page.get_by_role("alert").inner_text().startswith("Invalid provider name 'Edge Lab'")
+    assert form.get_by_label("Name").input_value() == "Edge Lab"
+    expect(form.get_by_role("switch", name="External Connect")).not_to_be_checked()
+
+    form.get_by_label("Name").fill("edge-lab")
+    form.get_by_role("button", name="Add provider").click()
+    assert page.locator(".flash").inner_text() == 'Provider "edge-lab" created.'
+    assert flows.external_connect_badge(page, "edge-lab") == "Off"  # created as it was left
+    page.locator("#new-provider > summary").click()
+    expect(form.get_by_role("switch", name="External Connect")).to_be_checked()  # a fresh form: the default

@@ -52,8 +52,10 @@ async def providers_page(request: Request, _sm: User = Depends(web_manager), db:
 async def provider_create(request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
     form = await request.form()
     values = {k: form_str(form, k) for k in ("name", "kind")}
+    # Kept as sent, so a refused form shows the switch as it was left, not back at its default.
+    values["external_connect"] = "on" if form.get("external_connect") == "on" else "off"
     try:
-        body = schemas.ProviderCreateIn(name=values["name"], kind=values["kind"] or "manual", external_connect=form.get("external_connect") == "on")  # type: ignore[arg-type]
+        body = schemas.ProviderCreateIn(name=values["name"], kind=values["kind"] or "manual", external_connect=values["external_connect"] == "on")  # type: ignore[arg-type]
         out = await providers_api.create_provider(body=body, request=request, sm=sm, db=db)
     except ValidationError as exc:
         error = validation_message(exc)
