@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from tests.helpers.server import api, wait_for
 from tests.ui import flows
 from tests.ui.conftest import LAB, SignedIn, UIServer
-from tests.ui.fake_agent import FakeAgent
+from tests.ui.fake_agent import FakeAgent, ssh_stream
 
 
 def test_a_browser_at_an_address_no_page_answers_gets_a_page_not_json(manager_page: SignedIn) -> None:
@@ -168,3 +168,18 @@ def test_a_refused_new_provider_form_keeps_external_connect_as_it_was_left(manag
     assert flows.external_connect_badge(page, "edge-lab") == "Off"  # created as it was left
     page.locator("#new-provider > summary").click()
     expect(form.get_by_role("switch", name="External Connect")).to_be_checked()  # a fresh form: the default
+
+
+#: A record's time as the Audit page shows it: how long ago, then the exact time and its zone.
+RECORD_TIME = re.compile(r"(just now|\d+ s ago|\d+ min ago)\n\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
+
+
+def test_audit_records_show_their_exact_time_and_zone(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    ssh_stream(srv.url, srv.manager_token, "no-such-workspace", b"x")  # a refused connection, recorded
+    page.goto(srv.url + "/manage/audit")
+    when = page.get_by_role("table", name="SSH connections").locator('tbody tr td[data-label="When"]').first
+    assert RECORD_TIME.fullmatch(when.inner_text()), when.inner_text()
+    page.goto(srv.url + "/manage/audit?view=admin")
+    when = page.get_by_role("table", name="Admin actions").locator('tbody tr td[data-label="When"]').first
+    assert RECORD_TIME.fullmatch(when.inner_text()), when.inner_text()
