@@ -6,6 +6,7 @@ adds a bounded number of rows. Over a real server, its API, its web form and the
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,7 +24,10 @@ SUSPENDED = {"error": "account suspended", "detail": "your account is suspended;
 WRONG_PAGE = "Wrong username or password. Check both and try again."
 #: Every password these tests try; none may be found in the database or the server's log.
 TRIED = ("guess-Zq8v-wrong", "carol-Kx3p-right", "dave-Yw2m-any", "web-Hn5t-wrong", "hostile-Pc7r-pw", "flood-Jd4s-pw",
-         "bob-password-1")
+         "bob-password-1", "long-Vb8q-pw")
+#: A password longer than any can be (PASSWORD_MAX is 1024): refused unchecked, as too long.
+LONG_PASSWORD = "long-Vb8q-pw" + "p" * 1024
+WAIT = re.compile(r"wait \d+ seconds before trying again")
 UNKNOWN = "(unknown name)"
 
 
@@ -193,3 +197,61 @@ def test_a_flood_of_failed_sign_ins_adds_a_bounded_number_of_rows(srv: RunningSe
             "SELECT detail FROM audit_events WHERE action = 'session.sign-in-failed' AND target != 'bob' ORDER BY id")]
     assert sum(d.get("attempts", 1) for d in recorded) == names + 3, recorded
     _assert_no_password_kept(srv)
+
+
+def test_an_over_long_name_or_password_on_the_api_is_a_failed_sign_in_like_any_other(srv: RunningServer) -> None:
+    """Not a 422 before the login code runs: answered as a wrong password is, byte for byte,
+    and audited as too-long, a name no account has by its length only. The hard bound is the
+    body limit: a larger body is refused with 413 before it is read, and is no attempt."""
+    alice = _manager(srv)
+    long_names = ["name-Tk3w" + "n" * 56, "name-Tk3w" + "n" * 500_000]  # 65 characters; 500 KB
+    replies = [_login(srv, long_names[0], "hostile-Pc7r-pw"), _login(srv, long_names[1], "hostile-Pc7r-pw"),
+               _login(srv, "bob", LONG_PASSWORD), _login(srv, long_names[0], LONG_PASSWORD)]
+    control = _login(srv, "mallory", "guess-Zq8v-wrong")
+    assert (control.status_code, control.json()) == (401, WRONG)
+    said = [(r.status_code, r.headers["content-type"], r.content) for r in replies]
+    assert said == [(401, control.headers["content-type"], control.content)] * 4
+    page = _web_sign_in(srv, "bob", LONG_PASSWORD)  # the form: the same login, so the same row
+    assert page.status_code == 401 and WRONG_PAGE in page.text
+
+    with api(srv.url) as c:
+        body = json.dumps({"username": "bob", "password": "x" * (1024 * 1024)})
+        huge = c.post("/auth/login", content=body, headers={"Content-Type": "application/json"})
+    assert (huge.status_code, huge.json()) == (
+        413, {"error": "request too large", "detail": "request bodies are limited to 1048576 bytes"})
+
+    rows = _failures(srv, alice)
+    client = rows[0]["detail"]["client"]
+    assert client.startswith("python-httpx/")
+    assert [(e["actor"], e["target"], e["detail"]) for e in rows] == [
+        (None, UNKNOWN, {"reason": "too-long", "client": client, "name_length": 65}),
+        (None, UNKNOWN, {"reason": "too-long", "client": client, "name_length": len(long_names[1])}),
+        (None, "bob", {"reason": "too-long", "client": client}),
+        (None, UNKNOWN, {"reason": "too-long", "client": client, "name_length": 65}),
+        (None, UNKNOWN, {"reason": "unknown-user", "client": client, "name_length": 7}),
+        (None, "bob", {"reason": "too-long", "client": client}),
+    ]
+    _assert_no_password_kept(srv)
+    stored = b"".join(p.read_bytes() for p in srv.data_dir.glob("hatchway.db*"))
+    assert b"name-Tk3w" not in stored and "name-Tk3w" not in srv.log()
+
+
+def test_over_long_attempts_are_counted_by_the_throttle(srv: RunningServer) -> None:
+    """Five too-long passwords at bob from one address are five failures: his right password
+    then waits, and a too-long attempt throttled is refused as any throttled one is. Over-long
+    names count against the address, as made-up names do."""
+    alice = _manager(srv)
+    assert [_login(srv, "bob", LONG_PASSWORD).status_code for _ in range(5)] == [401] * 5
+    waits = [_login(srv, "bob", "bob-password-1"), _login(srv, "bob", LONG_PASSWORD)]
+    assert [(r.status_code, r.json()["error"]) for r in waits] == [(429, "too many failed logins")] * 2
+    assert all(WAIT.fullmatch(r.json()["detail"]) and r.headers["Retry-After"].isdigit() for r in waits)
+    # The address's allowance across names is 20 failures: bob's 5, and 15 over-long names.
+    names = [_login(srv, f"name-Tk3w{i}" + "n" * 64, "hostile-Pc7r-pw").status_code for i in range(15)]
+    assert names == [401] * 15
+    assert [_login(srv, "mallory", "guess-Zq8v-wrong").status_code,
+            _login(srv, "name-Tk3w" + "n" * 64, "hostile-Pc7r-pw").status_code] == [429, 429]
+
+    own = [(e["target"], e["detail"]["reason"]) for e in _failures(srv, alice) if e["detail"]["reason"] != "counted"]
+    assert own == [("bob", "too-long")] * PER_KEY + [(UNKNOWN, "too-long")] * PER_KEY
+    assert srv.log().count("failed sign-ins to account bob: more than 5 in 60 s") == 1
+    assert srv.log().count("failed sign-ins from 127.0.0.1: more than 5 in 60 s") == 1

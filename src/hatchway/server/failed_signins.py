@@ -5,7 +5,10 @@ UI's sign-in form both use) is audited as ``session.sign-in-failed``: the accoun
 address, the client it names and why it failed (the reasons below); never the password. A name
 no account has is not kept either, only its length (``name_length``): people type their
 password into the username field, and the record would hold it in the clear. The client is
-told what it was told before: nothing here tells an unknown name from a wrong password.
+told what it was told before: nothing here tells an unknown name from a wrong password. A name
+or password longer than any can be is such an attempt too (``too-long``), on the API as on the
+form: refused unchecked, counted by the throttle, recorded as the others are (a name that
+long by its length only).
 
 Which attempts get rows of their own is decided as for SSH attempts without a valid token
 (``hatchway.server.unidentified``), by two counts:
@@ -54,7 +57,7 @@ WRONG_PASSWORD = "wrong-password"
 NO_PASSWORD = "no-password"  # the account has none yet: a site manager sets one
 SUSPENDED = "suspended"  # the right password, but the account is suspended
 THROTTLED = "throttled"  # refused without a look at the password (too many failures)
-TOO_LONG = "too-long"  # the web form's name or password is longer than any can be
+TOO_LONG = "too-long"  # the name or password is longer than any can be: refused unchecked
 
 #: The target of a failed sign-in with a name no account has (the name itself is not kept).
 UNKNOWN_NAME = "(unknown name)"

@@ -11,6 +11,9 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+#: The request body limit (``Settings.max_body_bytes``) unless a deployment sets another.
+MAX_BODY_BYTES = 1024 * 1024
+
 
 class _TooLarge(Exception):
     pass

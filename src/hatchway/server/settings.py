@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hatchway.server.limits import MAX_BODY_BYTES
+
 
 def default_data_dir() -> Path:
     env = os.environ.get("HATCHWAY_DATA_DIR")
@@ -22,7 +24,7 @@ class Settings:
     listen_port: int = 7080
     access_url: str = ""
     internal_url: str = ""  # how other replicas reach this one; default: the listen address
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = MAX_BODY_BYTES
     login_failures_allowed: int = 5
     login_failure_window_s: float = 300.0
     session_ttl_s: int = 30 * 24 * 3600

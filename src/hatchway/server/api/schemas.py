@@ -8,10 +8,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hatchway import names
+from hatchway.server.limits import MAX_BODY_BYTES
 
 _STRICT = ConfigDict(extra="forbid")
 
 PASSWORD_MIN, PASSWORD_MAX = 8, 1024
+#: A name tried at sign-in longer than this is no account's (names have at most 32 characters:
+#: ``names.USERNAME``); it is refused unchecked as too long (see :class:`LoginIn`).
+LOGIN_NAME_MAX = 64
 
 
 def _check_new_password(v: str | None) -> str | None:
@@ -35,9 +39,23 @@ class FirstUserIn(BaseModel):
 
 
 class LoginIn(BaseModel):
+    """A sign-in attempt. A name longer than :data:`LOGIN_NAME_MAX` or a password longer than
+    :data:`PASSWORD_MAX` is no account's, but it is an attempt all the same: the login refuses
+    it as it refuses any other (401, counted by the throttle, audited as ``too-long``), so no
+    bound here may refuse it first: a 422 would be neither throttled nor audited, and would
+    tell it apart from other failures.
+
+    What is accepted at all is bounded by the request body limit (``BodyLimit``, 1 MiB): a
+    larger body is refused with 413 as it streams in, before anything parses it. That is the
+    cheap refusal; a bound on the fields could not be one, since by the time they are checked
+    the body has been read and parsed. The fields' own bound is that same size: it changes
+    nothing while the body limit stands, and still holds should a deployment raise it. A name
+    or password that long costs the login a length check and a 64-character slice (the throttle
+    counts the name's first :data:`LOGIN_NAME_MAX` characters): no database lookup, no Argon2."""
+
     model_config = _STRICT
-    username: str = Field(max_length=64)
-    password: str = Field(max_length=PASSWORD_MAX)
+    username: str = Field(max_length=MAX_BODY_BYTES)
+    password: str = Field(max_length=MAX_BODY_BYTES)
 
 
 class TokenOut(BaseModel):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
+
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +23,13 @@ from hatchway.server.auth import bearer_token, current_user, issue_session_token
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
-from hatchway.server.failed_signins import SUSPENDED, THROTTLED, failure_reason, record_failed_sign_in
+from hatchway.server.failed_signins import (
+    SUSPENDED,
+    THROTTLED,
+    TOO_LONG,
+    failure_reason,
+    record_failed_sign_in,
+)
 from hatchway.server.policy import SUSPENDED_MESSAGE
 from hatchway.server.relay import StreamMatch
 
@@ -61,17 +70,47 @@ def _refuse_if_throttled(ctx: ServerContext, username: str, source: str) -> None
         )
 
 
+def too_long(username: str, password: str) -> bool:
+    """Whether the name or the password is longer than any can be (see ``schemas.LoginIn``)."""
+    return len(username) > schemas.LOGIN_NAME_MAX or len(password) > schemas.PASSWORD_MAX
+
+
 async def password_matches(ctx: ServerContext, user: User | None, username: str, password: str, source: str) -> bool:
     """The one password check (login, and changing your own password): refused without a look
     at the password while ``username`` is throttled, as slow for an unknown name or a user
-    without a password as for a wrong one, and every failure counted on every replica."""
-    _refuse_if_throttled(ctx, username, source)
+    without a password as for a wrong one, and every failure counted on every replica. A name
+    or password longer than any can be fails unchecked (Argon2 could only say no, slowly), and
+    is counted all the same, under the name's first ``LOGIN_NAME_MAX`` characters (the
+    throttle keeps its counts in memory: a megabyte of name must not be a key)."""
+    counted_as = username[:schemas.LOGIN_NAME_MAX]
+    _refuse_if_throttled(ctx, counted_as, source)
     stored = user.password_hash if user is not None else None
-    ok = await passwords.verify_password(stored or crypto.DUMMY_PASSWORD_HASH, password)
+    ok = not too_long(username, password) and await passwords.verify_password(
+        stored or crypto.DUMMY_PASSWORD_HASH, password)
     if not ok or not stored:
-        await ctx.broadcast.login_failed(username, source)
+        await ctx.broadcast.login_failed(counted_as, source)
         return False
     return True
+
+
+#: Audits a refused password check, given why it was refused (the reasons of failed_signins).
+AuditRefusal = Callable[[str], Awaitable[None]]
+
+
+async def audited_password_matches(
+    ctx: ServerContext, user: User | None, username: str, password: str, source: str, audit: AuditRefusal,
+) -> bool:
+    """:func:`password_matches`, each refusal (throttled ones included) audited by ``audit``
+    with its reason: the record says why, the client is told only that it failed."""
+    try:
+        ok = await password_matches(ctx, user, username, password, source)
+    except APIError as exc:
+        if exc.status == 429:  # refused unchecked: most of a guesser's flood is these
+            await audit(THROTTLED)
+        raise
+    if not ok:
+        await audit(TOO_LONG if too_long(username, password) else failure_reason(user))
+    return ok
 
 
 async def _user_count(db: AsyncSession) -> int:
@@ -143,18 +182,15 @@ async def login(
     db: AsyncSession = Depends(get_db),
 ) -> schemas.TokenOut:
     source = login_source(request)
-    user = (await db.execute(select(User).where(User.username == body.username))).scalar_one_or_none()
+    # A name longer than any is no account's: not worth a query (it may be a megabyte long).
+    user = None if len(body.username) > schemas.LOGIN_NAME_MAX else (
+        await db.execute(select(User).where(User.username == body.username))).scalar_one_or_none()
     # The database connection goes back to the pool while Argon2 works (or waits its turn): a
     # burst of sign-ins must not hold every connection the rest of the server needs.
     await db.commit()
-    try:
-        ok = await password_matches(ctx, user, body.username, body.password, source)
-    except APIError as exc:
-        if exc.status == 429:  # refused unchecked: most of a guesser's flood is these
-            await record_failed_sign_in(ctx, db, request, source, body.username, THROTTLED, user)
-        raise
+    audit = partial(record_failed_sign_in, ctx, db, request, source, body.username, account=user)
+    ok = await audited_password_matches(ctx, user, body.username, body.password, source, audit)
     if not ok or user is None:  # an unknown name never matches; this narrows the type
-        await record_failed_sign_in(ctx, db, request, source, body.username, failure_reason(user), user)
         raise APIError(401, "wrong username or password", "check both and try again")
     if user.suspended:
         await record_failed_sign_in(ctx, db, request, source, body.username, SUSPENDED, user)
@@ -206,7 +242,8 @@ async def change_own_password(
     """What PUT /users/me/password and Account > Password do. The current password is checked
     (and throttled) exactly as a login is, so a stolen session cannot be turned into the
     account for good, nor used to guess the password faster than the sign-in page allows."""
-    if not await password_matches(ctx, user, user.username, body.current_password, login_source(request)):
+    source = login_source(request)
+    if not await password_matches(ctx, user, user.username, body.current_password, source):
         raise APIError(
             403, "current password is wrong",
             "type the password you sign in with now and try again; if you forgot it, ask a site manager "
@@ -214,7 +251,7 @@ async def change_own_password(
         )
     if body.new_password == body.current_password:
         raise APIError(422, "the new password is the same as the current one", "choose a different new password")
-    await ctx.broadcast.login_succeeded(user.username, login_source(request))
+    await ctx.broadcast.login_succeeded(user.username, source)
     return await _store_password(db, ctx.broadcast, user, user, body.new_password, current_token, client_source(request))
 
 

@@ -14,7 +14,6 @@ from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api import users as users_api
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
-from hatchway.server.failed_signins import TOO_LONG, record_failed_sign_in
 from hatchway.server.web.base import (
     form_str,
     page_router,
@@ -84,13 +83,10 @@ async def sign_in(
     else:
         try:
             body = schemas.LoginIn(username=username, password=password)
-            # The API's own login: same password check, same throttle, same suspension rule.
+            # The API's own login: same password check, same throttle, same suspension rule, and
+            # the same audit (a name or password longer than any included: the form's body is
+            # held to the same size as the API's, so it always fits LoginIn).
             out = await users_api.login(body=body, request=request, ctx=ctx, db=db)
-        except ValidationError:
-            error = "Wrong username or password. Check both and try again."
-            source = users_api.login_source(request)
-            await ctx.broadcast.login_failed(username[:64], source)
-            await record_failed_sign_in(ctx, db, request, source, username, TOO_LONG, None)
         except APIError as exc:
             status = exc.status
             if exc.status == 429:
