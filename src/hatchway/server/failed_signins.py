@@ -30,6 +30,12 @@ The login throttle (``hatchway.server.throttle``) decides whether a password is 
 all; this decides whether a refusal gets a row of its own. Once a guesser is throttled, its
 attempts are refused unchecked, at once and cheaply: those are what floods, and each is
 recorded as ``throttled``, in the same bounded rows. The counts here are each replica's own.
+
+A signed-in user's password change refused for a wrong current password (``PUT
+/api/v1/users/me/password``, Account > Password) goes through the same check and throttle, and
+is audited as ``user.password-failed``: the user as actor and target, why (the same reasons),
+never a password. Its rows are bounded per account as sign-ins at accounts are, in a count of
+their own: a script holding a session gets a few rows a minute, not one per guess.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,6 +58,9 @@ from hatchway.server.unidentified import Tally, UnidentifiedAttempts, Wording
 log = logging.getLogger("hatchway.server.signin")
 
 ACTION = "session.sign-in-failed"
+#: A signed-in user's password change refused: the current password given is not theirs (the
+#: counterpart of ``user.password``, as ``session.sign-in-failed`` is of ``session.sign-in``).
+PASSWORD_CHANGE_ACTION = "user.password-failed"
 
 UNKNOWN_USER = "unknown-user"
 WRONG_PASSWORD = "wrong-password"
@@ -64,14 +74,35 @@ UNKNOWN_NAME = "(unknown name)"
 
 BY_ADDRESS = Wording("failed sign-in", "address", "addresses", "from", "as", "others")
 BY_ACCOUNT = Wording("failed sign-in", "account", "accounts", "to", "from", "other addresses")
+CHANGES_BY_ACCOUNT = Wording("failed password change", "account", "accounts", "of", "from", "other addresses")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What one count's rows are: their action, how a tally words them, and whose attempts they
+    count (an account's, else an address's; made by the account's own signed-in user, else by
+    nobody signed in)."""
+
+    action: str
+    wording: Wording
+    by_account: bool
+    signed_in: bool
+
+
+SIGN_IN_BY_ADDRESS = Kind(ACTION, BY_ADDRESS, by_account=False, signed_in=False)
+SIGN_IN_BY_ACCOUNT = Kind(ACTION, BY_ACCOUNT, by_account=True, signed_in=False)
+#: Counted apart from sign-ins: a script holding alice's session, guessing her password here,
+#: must neither add a row per guess nor use up the rows of attempts to sign in as her.
+PASSWORD_CHANGE = Kind(PASSWORD_CHANGE_ACTION, CHANGES_BY_ACCOUNT, by_account=True, signed_in=True)
+KINDS = (SIGN_IN_BY_ADDRESS, SIGN_IN_BY_ACCOUNT, PASSWORD_CHANGE)
 
 
 @dataclass
 class FailedSignIns:
-    """The two counts of the module's doc, one server's worth."""
+    """The counts of the module's doc (and of refused password changes), one server's worth."""
 
-    by_address: UnidentifiedAttempts = field(default_factory=lambda: UnidentifiedAttempts(BY_ADDRESS))
-    by_account: UnidentifiedAttempts = field(default_factory=lambda: UnidentifiedAttempts(BY_ACCOUNT))
+    counts: dict[Kind, UnidentifiedAttempts] = field(
+        default_factory=lambda: {kind: UnidentifiedAttempts(kind.wording) for kind in KINDS})
 
 
 def failure_reason(user: User | None) -> str:
@@ -91,15 +122,33 @@ async def record_failed_sign_in(
     row (full, or down) does not change the refusal the client gets: the log says what the
     record misses."""
     if account is not None:
-        counts, key, asked, target = ctx.failed_sign_ins.by_account, account.username, address, account.username
+        await _record(ctx, db, request, SIGN_IN_BY_ACCOUNT, account.username, address, reason, None)
     else:
-        counts, key, asked, target = ctx.failed_sign_ins.by_address, address, UNKNOWN_NAME, UNKNOWN_NAME
+        await _record(ctx, db, request, SIGN_IN_BY_ADDRESS, address, UNKNOWN_NAME, reason, None,
+                      name_length=len(username))
+
+
+async def record_failed_password_change(
+    ctx: ServerContext, db: AsyncSession, request: Request, address: str, user: User, reason: str,
+) -> None:
+    """Audit ``user``'s own refused password change (a wrong current password, or one refused
+    unchecked) as :data:`PASSWORD_CHANGE_ACTION`, bounded per account as failed sign-ins are:
+    a script holding a session must not add a row per guess."""
+    await _record(ctx, db, request, PASSWORD_CHANGE, user.username, address, reason, user)
+
+
+async def _record(
+    ctx: ServerContext, db: AsyncSession, request: Request, kind: Kind, key: str, asked: str, reason: str,
+    actor: User | None, **extra: object,
+) -> None:
+    """A row of its own for an attempt under ``key`` (an account, or an address), committed now,
+    or a count in its tally. ``asked`` is the other of the two: the address, or the name tried."""
+    counts = ctx.failed_sign_ins.counts[kind]
     tally = counts.admit(key, asked, utcnow())
+    target, address = (key, asked) if kind.by_account else (asked, key)
     if tally is None:
-        detail: dict[str, object] = {"reason": reason, "client": client_label(request.headers.get("user-agent"))}
-        if account is None:
-            detail["name_length"] = len(username)
-        record(db, None, ACTION, target, client_source(request), **detail)
+        detail = {"reason": reason, "client": client_label(request.headers.get("user-agent")), **extra}
+        record(db, actor, kind.action, target, client_source(request), **detail)
         try:
             await db.commit()
         except Exception as exc:  # the refusal stands as it is: its record is what is lost
@@ -108,34 +157,38 @@ async def record_failed_sign_in(
                 raise
             with contextlib.suppress(Exception):
                 await db.rollback()
-            log_db_failure(f"auditing a failed sign-in as {target} from {address}", exc, sqlite_path,
-                           then="; the attempt is not in the audit record")
+            log_db_failure(f"auditing a {kind.wording.attempt} {'of' if kind.signed_in else 'as'} {target} from {address}",
+                           exc, sqlite_path, then="; the attempt is not in the audit record")
         return
     if tally.count == 1:
-        whose = (f"to account {key}" if account else f"from {key}") if tally.key is not None else (
-            "to all accounts together" if account else "from all addresses together")
-        log.warning("failed sign-ins %s: more than %d in %.0f s; the rest are counted in one row of the audit record",
-                    whose, tally.limit, tally.window_s)
-    counts.keep_writing(lambda t: _write_tally(ctx, t, by_account=account is not None), "audit-sign-in-tallies")
+        w = kind.wording
+        whose = f"{w.by_key} {'account ' if kind.by_account else ''}{key}" if tally.key is not None else (
+            f"{w.by_key} all {w.keys} together")
+        log.warning("%ss %s: more than %d in %.0f s; the rest are counted in one row of the audit record",
+                    w.attempt, whose, tally.limit, tally.window_s)
+    counts.keep_writing(partial(_write_tally, ctx, kind=kind), "audit-sign-in-tallies")
 
 
 async def write_tallies_now(ctx: ServerContext) -> None:
     """At shutdown: the counts not written yet are written now, not lost with the process."""
-    await ctx.failed_sign_ins.by_address.write_now(lambda t: _write_tally(ctx, t, by_account=False))
-    await ctx.failed_sign_ins.by_account.write_now(lambda t: _write_tally(ctx, t, by_account=True))
+    for kind, counts in ctx.failed_sign_ins.counts.items():
+        await counts.write_now(partial(_write_tally, ctx, kind=kind))
 
 
-def _tally_event(tally: Tally, by_account: bool) -> dict[str, object]:
+def _tally_event(tally: Tally, kind: Kind) -> dict[str, object]:
     """A tally's audit row: the account (or name) of its first attempt and the address, as a
-    row of its own gives them, and what it counted."""
-    target, source = (tally.first_key, tally.asked) if by_account else (tally.asked, tally.key)
+    row of its own gives them (and its actor: the account's own user, when signed in), and what
+    it counted."""
+    target, source = (tally.first_key, tally.asked) if kind.by_account else (tally.asked, tally.key)
+    actor = tally.first_key if kind.signed_in else None
     detail = {"reason": "counted", "attempts": tally.count, "until": tally.last_at.isoformat(), "summary": tally.reason()}
-    return {"at": tally.first_at, "actor": None, "action": ACTION, "target": target, "source": source, "detail": detail}
+    return {"at": tally.first_at, "actor": actor, "action": kind.action, "target": target, "source": source,
+            "detail": detail}
 
 
-async def _write_tally(ctx: ServerContext, tally: Tally, by_account: bool) -> None:
+async def _write_tally(ctx: ServerContext, tally: Tally, kind: Kind) -> None:
     """Write a tally's row, or rewrite it with what was counted since."""
-    values = _tally_event(tally, by_account)
+    values = _tally_event(tally, kind)
     try:
         async with ctx.sessions() as db:
             row = await db.get(AuditEvent, tally.row_id) if tally.row_id is not None else None
@@ -148,5 +201,5 @@ async def _write_tally(ctx: ServerContext, tally: Tally, by_account: bool) -> No
             await db.commit()
         tally.row_id = row.id
     except Exception as exc:  # the database may be down: say what the record is missing
-        log.warning("could not record in the audit record %d failed sign-ins %s %s: %s", tally.count,
-                    "to" if by_account else "from", tally.key or "several", db_error_text(exc))
+        log.warning("could not record in the audit record %d %ss %s %s: %s", tally.count, kind.wording.attempt,
+                    kind.wording.by_key, tally.key or "several", db_error_text(exc))

@@ -28,6 +28,7 @@ from hatchway.server.failed_signins import (
     THROTTLED,
     TOO_LONG,
     failure_reason,
+    record_failed_password_change,
     record_failed_sign_in,
 )
 from hatchway.server.policy import SUSPENDED_MESSAGE
@@ -243,7 +244,8 @@ async def change_own_password(
     (and throttled) exactly as a login is, so a stolen session cannot be turned into the
     account for good, nor used to guess the password faster than the sign-in page allows."""
     source = login_source(request)
-    if not await password_matches(ctx, user, user.username, body.current_password, source):
+    audit = partial(record_failed_password_change, ctx, db, request, source, user)
+    if not await audited_password_matches(ctx, user, user.username, body.current_password, source, audit):
         raise APIError(
             403, "current password is wrong",
             "type the password you sign in with now and try again; if you forgot it, ask a site manager "
