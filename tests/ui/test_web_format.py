@@ -44,6 +44,10 @@ def test_detail_text() -> None:
 def test_ssh_mode_text() -> None:
     ws = SimpleNamespace(external_connect=True, ssh_mode="openssh", ssh_server_version="OpenSSH_9.2p1")
     assert fmt.ssh_mode_text(ws) == "openssh (OpenSSH_9.2p1)"
+    ws.ssh_server_version = "dropbear_2022.83"  # another SSH-2 server on port 22 is not called OpenSSH
+    assert fmt.ssh_mode_text(ws) == "SSH server on port 22 (dropbear_2022.83)"
+    ws.ssh_server_version = None
+    assert fmt.ssh_mode_text(ws) == "openssh (unknown version)"
     ws.ssh_mode = "built-in"
     assert fmt.ssh_mode_text(ws) == "built-in"
     ws.ssh_mode = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hatchway.cli.common import print_table
+from hatchway.cli.workspaces import ssh_mode_text
 from hatchway.names import shown
 
 
@@ -31,3 +32,12 @@ def test_terminal_control_from_the_server_is_shown_escaped(capsys: pytest.Captur
 )
 def test_shown(text: str, expected: str) -> None:
     assert shown(text) == expected
+
+
+def test_the_ssh_column_names_the_port_22_server_as_the_ui_does() -> None:
+    base = {"external_connect": True, "ssh_mode": "openssh"}
+    assert ssh_mode_text({**base, "ssh_server_version": "OpenSSH_9.2p1 Debian-2+deb12u3"}) == (
+        "openssh (OpenSSH_9.2p1 Debian-2+deb12u3)"
+    )
+    assert ssh_mode_text({**base, "ssh_server_version": "dropbear_2022.83"}) == "SSH server on port 22 (dropbear_2022.83)"
+    assert ssh_mode_text({**base, "ssh_mode": "built-in"}) == "built-in"

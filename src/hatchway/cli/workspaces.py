@@ -20,6 +20,7 @@ from hatchway.cli.common import (
 from hatchway.cli.replies import AgentToken, CreatedWorkspace, Workspace
 from hatchway.cli.urlpath import segment
 from hatchway.names import check_username, check_workspace_name, parse_env_assignment, shown
+from hatchway.sshmode import port22_server_text
 
 #: What to do about a workspace argument no workspace can have (as ``hatchway proxy`` says it).
 NAME_ADVICE = "name a workspace as NAME or OWNER/NAME (see: hatchway workspaces list)"
@@ -30,7 +31,7 @@ def ssh_mode_text(ws: Workspace) -> str:
         return "disabled by a site manager (External Connect is off)"
     mode = ws.get("ssh_mode")
     if mode == "openssh":
-        return f"openssh ({ws.get('ssh_server_version') or 'unknown version'})"
+        return port22_server_text(ws.get("ssh_server_version"))
     if mode:
         return mode
     return "unknown (agent has not reported yet)"

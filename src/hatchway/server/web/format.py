@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hatchway.sshmode import port22_server_text
+
 SSH_DISABLED = "SSH disabled by a site manager"
 
 
@@ -130,7 +132,7 @@ def ssh_mode_text(ws: Any) -> str:
     if not ws.external_connect:
         return SSH_DISABLED
     if ws.ssh_mode == "openssh":
-        return f"openssh ({ws.ssh_server_version or 'unknown version'})"
+        return port22_server_text(ws.ssh_server_version)
     if ws.ssh_mode:
         return ws.ssh_mode
     return "not reported yet"
