@@ -20,6 +20,19 @@ MAX_ENV_VALUE = 64 * 1024
 MAX_ENV_VARS = 256
 
 
+class Refused(ValueError):
+    """A refused value that a form can name by its own label for the field: ``str()`` is the
+    sentence the API and CLI show ("invalid workspace name 'X': ..."), :meth:`for_label` the
+    same refusal on a form whose field is labelled otherwise ("Name "X" is not valid: ...")."""
+
+    def __init__(self, message: str, form_message: str) -> None:
+        super().__init__(message)
+        self.form_message = form_message
+
+    def for_label(self, label: str) -> str:
+        return self.form_message.replace("{label}", label, 1)
+
+
 def _show(value: str) -> str:
     """Quote a rejected value for an error message without letting it add lines."""
     shown = value if len(value) <= 80 else value[:77] + "..."
@@ -46,7 +59,7 @@ def shown(text: str) -> str:
 
 def _check(name: str, pattern: re.Pattern[str], what: str, rule: str) -> str:
     if not isinstance(name, str) or not pattern.fullmatch(name):
-        raise ValueError(f"invalid {what} {_show(str(name))}: {rule}")
+        raise Refused(f"invalid {what} {_show(str(name))}: {rule}", f"{{label}} {quoted(str(name))} is not valid: {rule}")
     return name
 
 
@@ -83,13 +96,19 @@ def check_new_username(name: str) -> str:
     """A username for a user being created: valid, and not one the API reserves."""
     check_username(name)
     if name in RESERVED_USERNAMES:
-        raise ValueError(f'the username "{name}" is reserved (/api/v1/users/{name} is the signed-in user); choose another')
+        raise Refused(
+            f'the username "{name}" is reserved (/api/v1/users/{name} is the signed-in user); choose another',
+            f'{{label}} "{name}" is reserved; choose another',
+        )
     return name
 
 
 def check_email(email: str) -> str:
     if not isinstance(email, str) or len(email) > 320 or not EMAIL.fullmatch(email):
-        raise ValueError(f"invalid email address {_show(str(email))}")
+        raise Refused(
+            f"invalid email address {_show(str(email))}",
+            f"{{label}} {quoted(str(email))} is not an email address: write it as name@example.com",
+        )
     return email
 
 

@@ -158,7 +158,7 @@ def test_a_refused_new_provider_form_keeps_external_connect_as_it_was_left(manag
     with page.expect_response(lambda r: r.url.endswith("/manage/providers") and r.request.method == "POST") as resp:
         form.get_by_role("button", name="Add provider").click()
     assert resp.value.status == 400
-    assert page.get_by_role("alert").inner_text().startswith("Invalid provider name 'Edge Lab'")
+    assert page.get_by_role("alert").inner_text().startswith('Name "Edge Lab" is not valid: ')
     assert form.get_by_label("Name").input_value() == "Edge Lab"
     expect(form.get_by_role("switch", name="External Connect")).not_to_be_checked()
 

@@ -235,7 +235,7 @@ def test_changing_your_own_password_in_account_password(browser: Any, ui_server:
         with _cookie_client(SignedIn(page, ui_server, user, old)) as c:  # below the form's own minlength
             r = c.post("/account/password", data={"csrf_token": _csrf(page), "current_password": old,
                                                   "new_password": "short", "new_password_confirm": "short"})
-        assert r.status_code == 400 and "New password: String should have at least 8 characters" in r.text
+        assert r.status_code == 400 and "New password must have at least 8 characters." in r.text
         assert _api_status(ui_server, laptop) == 200  # nothing changed yet
 
         assert submit(old, new, new) == 303
@@ -579,7 +579,7 @@ def test_member_creates_inspects_and_deletes_a_workspace(member_page: SignedIn) 
         page.locator("#new-workspace > summary").click()
     page.get_by_label("Name").fill("Bad Name")
     page.get_by_role("button", name="Create workspace").click()
-    assert page.get_by_role("alert").inner_text().startswith("Invalid workspace name 'Bad Name': use 1-63 lowercase")
+    assert page.get_by_role("alert").inner_text().startswith('Name "Bad Name" is not valid: use 1-63 lowercase')
     assert page.get_by_label("Name").input_value() == "Bad Name"  # kept for fixing
 
     page.get_by_label("Name").fill("bobdev")

@@ -143,7 +143,11 @@ def _check_docker_network(v: str | None) -> str | None:
     import re
 
     if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
-        raise ValueError(f"invalid Docker network name {v[:100]!r}")
+        raise names.Refused(
+            f"invalid Docker network name {v[:100]!r}",
+            f"{{label}} {names.quoted(v)} is not valid: name a network of the Docker engine "
+            "(letters, digits, '_', '.' and '-'), or leave it empty for none",
+        )
     return v
 
 

@@ -151,6 +151,10 @@ def _own_password_refusal(exc: APIError) -> str:
     return f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}."
 
 
+#: The password form's labels, for its refusals (:func:`validation_message`).
+PASSWORD_LABELS = {"current_password": "Current password", "new_password": "New password"}
+
+
 @router.post("/account/password")
 async def password_change(
     request: Request, user: User = Depends(web_user), ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)
@@ -164,7 +168,7 @@ async def password_change(
         # The API's own change: same password check and throttle as sign-in, same audit event.
         ended = await users_api.change_own_password(ctx, db, user, body, request.state.session_token, request)
     except ValidationError as exc:
-        return _password_page(request, 400, validation_message(exc, {"new_password": "New password"}))
+        return _password_page(request, 400, validation_message(exc, PASSWORD_LABELS))
     except APIError as exc:
         response = _password_page(request, exc.status, _own_password_refusal(exc))
         if exc.headers:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from hatchway import __version__
+from hatchway import __version__, names
 from hatchway.db.models import User
 from hatchway.server.auth import user_for_token
 from hatchway.server.context import get_db
@@ -253,18 +253,53 @@ def form_str(form: FormData, key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+#: How the form says what pydantic refused, by the kind of refusal: ``{label}`` is the field's
+#: label on the form, the rest comes from the limit the value broke. Pydantic's own wording
+#: ("String should have at least 8 characters") names neither the field nor what to do.
+_REFUSALS = {
+    "missing": "{label} is required",
+    "string_too_short": "{label} must have at least {min_length} characters",
+    "string_too_long": "{label} must have at most {max_length} characters",
+    "literal_error": "{label} must be {expected}",
+}
+
+
+def _field_label(loc: tuple[Any, ...], labels: dict[str, str]) -> str:
+    """The form's label for the refused field; a field without one is named after it
+    ("docker_host": "Docker host")."""
+    key = str(loc[0]) if loc else ""
+    if key in labels:
+        return labels[key]
+    words = key.replace("_", " ").strip()
+    return words[:1].upper() + words[1:] if words else "This field"
+
+
+def _refusal_sentence(err: Any, labels: dict[str, str]) -> str:
+    ctx = err.get("ctx") or {}
+    label = _field_label(tuple(err.get("loc", ())), labels)
+    if isinstance(ctx.get("error"), names.Refused):
+        msg = ctx["error"].for_label(label)
+    elif err.get("type") == "value_error":
+        # Our other checks (environment, images, Docker hosts) name what they refuse and say
+        # what is allowed.
+        msg = str(ctx.get("error") or err.get("msg", "")).removeprefix("Value error, ")
+    else:
+        template = _REFUSALS.get(str(err.get("type")))
+        if template is None:
+            msg = f"{label}: {err.get('msg', 'not valid')}"
+        elif err.get("type") == "string_too_short" and ctx.get("min_length") == 1:
+            msg = f"{label} cannot be empty"
+        else:
+            msg = template.format(label=label, **ctx)
+    msg = msg[:1].upper() + msg[1:]
+    return msg if msg.endswith(".") else msg + "."
+
+
 def validation_message(exc: ValidationError, labels: dict[str, str] | None = None) -> str:
-    """The model's refusals as sentences; ``labels`` names fields as the form's labels do."""
-    parts = []
-    for err in exc.errors()[:5]:
-        msg = str(err.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ")
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        loc = (labels or {}).get(loc, loc)
-        if "at least" in msg and loc:
-            msg = f"{loc}: {msg}"
-        parts.append(msg[:1].upper() + msg[1:])
-    return "; ".join(parts)
+    """The model's refusals as sentences of the form: ``labels`` maps each field to its label
+    on the form, so the message names the field the person sees ("Initial password must have
+    at least 8 characters.", not "password: String should have at least 8 characters")."""
+    return " ".join(_refusal_sentence(err, labels or {}) for err in exc.errors()[:5])
 
 
 def safe_next(value: str | None) -> str:

@@ -48,6 +48,10 @@ async def providers_page(request: Request, _sm: User = Depends(web_manager), db:
     return render(request, "providers.html", section="manage", providers=await providers_api.provider_rows(db), form={}, error=None)
 
 
+#: The Add provider form's labels, for its refusals (:func:`validation_message`).
+PROVIDER_LABELS = {"name": "Name", "kind": "Kind", "docker_host": "Docker host", "docker_network": "Docker network"}
+
+
 @router.post("/manage/providers")
 async def provider_create(request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
     form = await request.form()
@@ -58,7 +62,7 @@ async def provider_create(request: Request, sm: User = Depends(web_manager), db:
         body = schemas.ProviderCreateIn(name=values["name"], kind=values["kind"] or "manual", external_connect=values["external_connect"] == "on")  # type: ignore[arg-type]
         out = await providers_api.create_provider(body=body, request=request, sm=sm, db=db)
     except ValidationError as exc:
-        error = validation_message(exc)
+        error = validation_message(exc, PROVIDER_LABELS)
     except APIError as exc:
         await db.rollback()
         error = f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}"
@@ -119,6 +123,10 @@ async def users_page(request: Request, sm: User = Depends(web_manager), db: Asyn
     return await _users_page(request, sm, db)
 
 
+#: The New user form's labels, for its refusals (:func:`validation_message`).
+USER_LABELS = {"username": "Username", "email": "Email", "role": "Role", "password": "Initial password"}
+
+
 @router.post("/manage/users")
 async def user_create(
     request: Request, sm: User = Depends(web_manager), ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)
@@ -133,7 +141,7 @@ async def user_create(
         )
         out = await users_api.create_user(body=body, request=request, sm=sm, ctx=ctx, db=db)
     except ValidationError as exc:
-        return await _users_page(request, sm, db, 400, values, validation_message(exc))
+        return await _users_page(request, sm, db, 400, values, validation_message(exc, USER_LABELS))
     except APIError as exc:
         await db.rollback()
         return await _users_page(request, sm, db, exc.status, values, f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
@@ -218,6 +226,10 @@ async def user_password_page(
     return _user_password_page(request, await _user_row(db, username))
 
 
+#: The Set password form's labels, for its refusals (:func:`validation_message`).
+SET_PASSWORD_LABELS = {"password": "New password"}
+
+
 @router.post("/manage/users/{username}/password")
 async def user_password_set(
     username: str, request: Request, sm: User = Depends(web_manager), ctx: ServerContext = Depends(get_ctx),
@@ -231,7 +243,7 @@ async def user_password_set(
     try:
         body = schemas.PasswordSetIn(password=password)
     except ValidationError as exc:
-        return _user_password_page(request, target, 400, validation_message(exc, {"password": "New password"}))
+        return _user_password_page(request, target, 400, validation_message(exc, SET_PASSWORD_LABELS))
     # The API's own reset: every session of theirs ends (the caller's kept if it is their own), audited.
     ended = await users_api.reset_password(
         db, ctx.broadcast, sm, target.username, body.password, request.state.session_token, client_source(request)

@@ -110,6 +110,10 @@ async def sign_in(
     return response
 
 
+#: The setup form's labels, for its refusals (:func:`validation_message`).
+SETUP_LABELS = {"username": "Username", "email": "Email", "password": "Password"}
+
+
 @router.post("/setup")
 async def setup(request: Request, ctx: ServerContext = Depends(get_ctx), db: AsyncSession = Depends(get_db)) -> Response:
     form = await request.form()
@@ -123,7 +127,7 @@ async def setup(request: Request, ctx: ServerContext = Depends(get_ctx), db: Asy
             body = schemas.FirstUserIn(username=values["username"], email=values["email"], password=password or "")
             out = await users_api.first_user(body=body, request=request, ctx=ctx, db=db)
         except ValidationError as exc:
-            error = validation_message(exc)
+            error = validation_message(exc, SETUP_LABELS)
         except APIError as exc:
             await db.rollback()
             if exc.status == 409:

@@ -124,13 +124,22 @@ async def workspaces_page(request: Request, user: User = Depends(web_user), db: 
 
 
 def _parse_env(text: str) -> dict[str, str]:
+    """The Image environment box's ``NAME=value`` lines. A line without "=" is named by its
+    number, as the person sees the box (the CLI's ``--env`` wording would not fit); names and
+    values are checked with the rest of the form (``WorkspaceCreateIn``)."""
     env: dict[str, str] = {}
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        k, v = names.parse_env_assignment(line.strip())
-        env[k] = v
+        key, sep, value = line.strip().partition("=")
+        if not sep:
+            raise ValueError(f"Image environment line {number} ({names.quoted(line.strip())}) has no \"=\": write one NAME=value per line.")
+        env[key] = value
     return env
+
+
+#: The New workspace form's labels, for its refusals (:func:`validation_message`).
+WORKSPACE_LABELS = {"name": "Name", "provider": "Provider", "env": "Image environment", "image": "Image"}
 
 
 @router.post("/workspaces")
@@ -158,7 +167,7 @@ async def create_workspace(
         )
         out = await ws_api.create_workspace(body=body, request=request, user=user, ctx=ctx, db=db)
     except ValueError as exc:  # ValidationError is a ValueError too
-        msg = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+        msg = validation_message(exc, WORKSPACE_LABELS) if isinstance(exc, ValidationError) else str(exc)
         return await _workspaces_page(request, user, db, 400, values, msg)
     except APIError as exc:
         await db.rollback()

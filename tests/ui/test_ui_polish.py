@@ -1,0 +1,95 @@
+"""Second newcomer walk-through, in a real browser: refusals in the form's own words, error
+pages that say what to do, every provider kind on offer, values that cannot disguise
+themselves, and a second look before taking someone's administration away."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import expect
+
+from tests.helpers.server import running_server
+from tests.ui.conftest import LAB, SignedIn
+
+
+def _submit_unchecked(page: Any, form: Any, button: str, path: str) -> int:
+    """Press ``button`` with the browser's own checks (minlength, required) off, as a form
+    filled by something else would arrive: the server's refusal is what is tested."""
+    form.evaluate("f => { f.noValidate = true; }")
+    with page.expect_response(lambda r: r.url.endswith(path) and r.request.method == "POST") as resp:
+        form.get_by_role("button", name=button).click()
+    return resp.value.status
+
+
+# --- 1. refusals name the field as its label does ---------------------------------------
+
+
+def test_refusals_name_each_field_by_its_label_in_plain_words(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    page.goto(srv.url + "/manage/users")
+    page.locator("#new-user > summary").click()
+    form = page.locator("#new-user form")
+    form.get_by_label("Username").fill("Quinn Q")
+    form.get_by_label("Email").fill("quinn@example.com")
+    form.get_by_label("Initial password").fill("short")
+    assert _submit_unchecked(page, form, "Create user", "/manage/users") == 400
+    assert page.get_by_role("alert").inner_text() == (
+        'Username "Quinn Q" is not valid: use 1-32 characters, lowercase letters, digits, \'_\' and \'-\', '
+        "starting with a letter. Initial password must have at least 8 characters.")
+    assert form.get_by_label("Username").input_value() == "Quinn Q"
+
+    form.get_by_label("Username").fill("me")
+    form.get_by_label("Email").fill("not-an-address")
+    form.get_by_label("Initial password").fill("quinn-password-1")
+    assert _submit_unchecked(page, form, "Create user", "/manage/users") == 400
+    assert page.get_by_role("alert").inner_text() == (
+        'Username "me" is reserved; choose another. '
+        'Email "not-an-address" is not an email address: write it as name@example.com.')
+
+    page.goto(srv.url + f"/manage/users/{srv.member}/password")
+    form = page.locator("#user-password-form")
+    form.get_by_label("New password", exact=True).fill("short")
+    form.get_by_label("Repeat new password").fill("short")
+    assert _submit_unchecked(page, form, "Set password", f"/manage/users/{srv.member}/password") == 400
+    assert page.get_by_role("alert").inner_text() == "New password must have at least 8 characters."
+
+    page.goto(srv.url + "/manage/providers")
+    page.locator("#new-provider > summary").click()
+    form = page.locator("#new-provider form")
+    form.get_by_label("Name").fill("Edge Lab")
+    assert _submit_unchecked(page, form, "Add provider", "/manage/providers") == 400
+    assert page.get_by_role("alert").inner_text() == (
+        'Name "Edge Lab" is not valid: use 1-63 lowercase letters, digits and \'-\', starting and ending '
+        "with a letter or digit.")
+
+    page.goto(srv.url + "/workspaces")
+    if page.locator("#new-workspace").get_attribute("open") is None:
+        page.locator("#new-workspace > summary").click()
+    form = page.locator("#new-workspace form")
+    form.get_by_label("Name").fill("envs")
+    form.get_by_label("Provider", exact=True).select_option(LAB)
+    form.get_by_label("Image environment").fill("EDITOR=vim\nLANG C.UTF-8")
+    assert _submit_unchecked(page, form, "Create workspace", "/workspaces") == 400
+    assert page.get_by_role("alert").inner_text() == (
+        'Image environment line 2 ("LANG C.UTF-8") has no "=": write one NAME=value per line.')
+    assert form.get_by_label("Image environment").input_value() == "EDITOR=vim\nLANG C.UTF-8"
+
+
+def test_the_setup_form_names_its_fields_as_labelled(browser: Any, tmp_path: Path) -> None:
+    with running_server(tmp_path) as srv:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.set_default_timeout(10_000)
+            page.goto(srv.url + "/")
+            form = page.locator("form")
+            form.get_by_label("Username").fill("root")
+            form.get_by_label("Email").fill("root@example.com")
+            form.get_by_label("Password", exact=True).fill("short")
+            form.get_by_label("Repeat password").fill("short")
+            assert _submit_unchecked(page, form, "Create site manager account", "/setup") == 400
+            assert page.get_by_role("alert").inner_text() == "Password must have at least 8 characters."
+            expect(form.get_by_label("Username")).to_have_value("root")
+        finally:
+            context.close()
