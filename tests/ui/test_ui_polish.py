@@ -93,3 +93,43 @@ def test_the_setup_form_names_its_fields_as_labelled(browser: Any, tmp_path: Pat
             expect(form.get_by_label("Username")).to_have_value("root")
         finally:
             context.close()
+
+
+# --- 2. a refused page says what happened and what to do ---------------------------------
+
+
+NOT_YOURS = (
+    'Workspaces under "{owner}" can be opened only by that user and by site managers. Yours are on the '
+    "Workspaces page; if you need access to this one, ask a site manager.")
+
+
+def test_another_users_workspace_says_it_is_not_yours_and_not_whether_it_exists(member_page: SignedIn) -> None:
+    page, srv = member_page.page, member_page.srv
+    with srv.api() as c:
+        c.post("/workspaces", json={"name": "alices", "provider": LAB}).raise_for_status()
+    try:
+        seen = []
+        # Her real workspace, one she does not have, and a user nobody has: the same answer,
+        # as the API gives (403 before any lookup).
+        for owner, name in ((srv.manager, "alices"), (srv.manager, "nothing-here"), ("nobody", "alices")):
+            for path in (f"/workspaces/{owner}/{name}", f"/workspaces/{owner}/{name}/delete"):
+                resp = page.goto(srv.url + path)
+                assert resp is not None and resp.status == 403, path
+                assert page.get_by_role("heading", level=1).inner_text() == "This workspace is not yours"
+                assert page.locator(".error-state p.muted").inner_text() == NOT_YOURS.format(owner=owner)
+                assert page.title() == "This workspace is not yours · Hatchway"
+                seen.append(page.locator("main").inner_text().replace(owner, "OWNER"))
+            with srv.api(srv.member_token) as c:
+                assert c.get(f"/workspaces/{name}", params={"owner": owner}).status_code == 403
+        assert len(set(seen)) == 1
+        page.get_by_role("link", name="Go to your workspaces").click()
+        expect(page).to_have_url(srv.url + "/workspaces")
+
+        resp = page.goto(srv.url + "/manage/users")
+        assert resp is not None and resp.status == 403
+        assert page.get_by_role("heading", level=1).inner_text() == "Only site managers can open this page"
+        assert page.locator(".error-state p.muted").inner_text() == (
+            "It is for administering this deployment. Ask one of your site managers if you need access or a change here.")
+    finally:
+        with srv.api() as c:
+            c.delete("/workspaces/alices")

@@ -171,7 +171,11 @@ async def web_user(request: Request, db: AsyncSession = Depends(get_db)) -> User
 
 async def web_manager(request: Request, user: User = Depends(web_user)) -> User:
     if user.role != "site-manager":
-        raise APIError(403, "Only site managers can open this page", "Ask one of your site managers if you need a change here.")
+        raise APIError(
+            403,
+            "Only site managers can open this page",
+            "It is for administering this deployment. Ask one of your site managers if you need access or a change here.",
+        )
     return user
 
 

@@ -76,13 +76,27 @@ def _not_ready(w: schemas.WorkspaceOut) -> str | None:
     return None
 
 
+def _refusal_page(exc: APIError, owner: str, name: str) -> APIError:
+    """The API's refusal of a workspace's address, said for someone in a browser. Another
+    user's address is refused as the API refuses it (403 before any lookup), so the page
+    tells a member nothing about whether such a workspace, or such a user, exists."""
+    if exc.status == 404:
+        return APIError(404, f"No workspace {names.quoted(f'{owner}/{name}')}", "It may have been deleted. See the Workspaces page.")
+    if exc.status == 403 and exc.error == "forbidden":
+        return APIError(
+            403,
+            "This workspace is not yours",
+            f"Workspaces under {names.quoted(owner)} can be opened only by that user and by site managers. "
+            "Yours are on the Workspaces page; if you need access to this one, ask a site manager.",
+        )
+    return exc
+
+
 async def _show_workspace(db: AsyncSession, user: User, owner: str, name: str) -> schemas.WorkspaceOut:
     try:
         return await ws_api.show_workspace(name=name, owner=owner, user=user, db=db)
     except APIError as exc:
-        if exc.status == 404:
-            raise APIError(404, f'No workspace "{owner}/{name}"', "It may have been deleted. See the Workspaces page.") from None
-        raise
+        raise _refusal_page(exc, owner, name) from None
 
 
 def _managed(request: Request, kind: str) -> bool:
@@ -237,7 +251,10 @@ async def workspace_delete(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> Response:
-    await ws_api.delete_workspace(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
+    try:
+        await ws_api.delete_workspace(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
+    except APIError as exc:
+        raise _refusal_page(exc, owner, name) from None
     back = "/workspaces" if owner == user.username else "/workspaces?all=1"
     return redirect(request, back, "success", f'Workspace "{owner}/{name}" deleted.')
 
@@ -272,7 +289,10 @@ async def agent_token(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> Response:
-    out = await ws_api.rotate_agent_token(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
+    try:
+        out = await ws_api.rotate_agent_token(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
+    except APIError as exc:
+        raise _refusal_page(exc, owner, name) from None
     w = await ws_api.show_workspace(name=name, owner=owner, user=user, db=db)
     return render(request, "agent_token.html", section="workspaces", ws=w, agent_command=out.agent_command, created=False)
 
@@ -291,6 +311,7 @@ def _lifecycle_route(action: ws_api.Lifecycle) -> None:
         try:
             out = await ws_api.change_state(action, name, owner, request, user, db)
         except APIError as exc:
+            exc = _refusal_page(exc, owner, name)
             return redirect(request, back, "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
         label = f'"{owner}/{name}"'
         if out.state == "failed":
