@@ -133,3 +133,77 @@ def test_another_users_workspace_says_it_is_not_yours_and_not_whether_it_exists(
     finally:
         with srv.api() as c:
             c.delete("/workspaces/alices")
+
+
+# --- 3. every provider kind the API accepts, docker's own fields with it ------------------
+
+
+def test_add_provider_offers_docker_with_its_fields_and_a_refusal_keeps_them(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    page.goto(srv.url + "/manage/providers")
+    page.locator("#new-provider > summary").click()
+    form = page.locator("#new-provider form")
+    kind = form.get_by_label("Kind")
+    assert kind.locator("option").evaluate_all("os => os.map(o => o.value)") == ["manual", "local", "docker"]
+    assert form.locator("#provider-kind-hint").inner_text() == (
+        "Docker workspaces are created from the image chosen with each one; the server must run as root.")
+    host, network = form.get_by_label("Docker host"), form.get_by_label("Docker network")
+    expect(host).to_be_hidden()  # manual, the default: the docker-only fields are out of the way
+    kind.select_option("docker")
+    expect(host).to_be_visible()
+    expect(network).to_be_visible()
+
+    form.get_by_label("Name").fill("dock-polish")
+    host.fill("tcp://127.0.0.1:2375")
+    network.fill("dev-net")
+    form.get_by_role("switch", name="External Connect").set_checked(False)
+    assert _submit_unchecked(page, form, "Add provider", "/manage/providers") == 400
+    assert page.get_by_role("alert").inner_text() == (
+        "Docker host 'tcp://127.0.0.1:2375' is not supported: the docker provider needs the engine on the server's "
+        "own machine, reached through its Unix socket (unix:///var/run/docker.sock), not tcp.")
+    expect(form.get_by_label("Name")).to_have_value("dock-polish")
+    expect(kind).to_have_value("docker")
+    expect(host).to_have_value("tcp://127.0.0.1:2375")
+    expect(network).to_have_value("dev-net")
+    expect(form.get_by_role("switch", name="External Connect")).not_to_be_checked()
+
+    host.fill("unix:///run/hatchway-polish-none.sock")  # created without reaching the engine
+    form.get_by_role("button", name="Add provider").click()
+    try:
+        expect(page.locator(".flash")).to_have_text('Provider "dock-polish" created.')
+        assert page.locator('tr[data-provider="dock-polish"] td[data-label="Kind"]').inner_text() == (
+            "docker\nunix:///run/hatchway-polish-none.sock · network dev-net")
+        with srv.api() as c:
+            made = next(p for p in c.get("/providers").json() if p["name"] == "dock-polish")
+        assert (made["kind"], made["docker_host"], made["docker_network"], made["external_connect"]) == (
+            "docker", "unix:///run/hatchway-polish-none.sock", "dev-net", False)
+    finally:
+        with srv.api() as c:
+            c.delete("/providers/dock-polish")
+
+
+def test_without_javascript_the_docker_fields_stay_and_say_whom_they_are_for(browser: Any, manager_page: SignedIn) -> None:
+    srv = manager_page.srv
+    context = browser.new_context(java_script_enabled=False, storage_state=manager_page.page.context.storage_state())
+    try:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(srv.url + "/manage/providers")
+        page.locator("#new-provider > summary").click()
+        form = page.locator("#new-provider form")
+        expect(form.get_by_label("Docker host")).to_be_visible()
+        assert form.locator("#provider-docker-network-hint").inner_text().startswith("For docker providers only: ")
+        form.get_by_label("Name").fill("nojs-polish")
+        form.get_by_label("Docker network").fill("dev-net")  # while the kind is still manual
+        with page.expect_response(lambda r: r.url.endswith("/manage/providers") and r.request.method == "POST") as resp:
+            form.get_by_role("button", name="Add provider").click()
+        assert resp.value.status == 400
+        assert page.get_by_role("alert").inner_text() == (
+            "Docker host and Docker network are for docker providers only: clear them, or choose the docker kind "
+            "instead of manual.")
+        expect(form.get_by_label("Name")).to_have_value("nojs-polish")
+        expect(form.get_by_label("Docker network")).to_have_value("dev-net")
+        with srv.api() as c:
+            assert "nojs-polish" not in [p["name"] for p in c.get("/providers").json()]
+    finally:
+        context.close()

@@ -55,14 +55,25 @@ PROVIDER_LABELS = {"name": "Name", "kind": "Kind", "docker_host": "Docker host",
 @router.post("/manage/providers")
 async def provider_create(request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
     form = await request.form()
-    values = {k: form_str(form, k) for k in ("name", "kind")}
+    values = {k: form_str(form, k) for k in ("name", "kind", "docker_host", "docker_network")}
     # Kept as sent, so a refused form shows the switch as it was left, not back at its default.
     values["external_connect"] = "on" if form.get("external_connect") == "on" else "off"
     try:
-        body = schemas.ProviderCreateIn(name=values["name"], kind=values["kind"] or "manual", external_connect=values["external_connect"] == "on")  # type: ignore[arg-type]
+        body = schemas.ProviderCreateIn(
+            name=values["name"], kind=values["kind"] or "manual",  # type: ignore[arg-type]
+            external_connect=values["external_connect"] == "on",
+            docker_host=values["docker_host"] or None, docker_network=values["docker_network"] or None,
+        )
+        if body.kind != "docker" and (body.docker_host or body.docker_network):
+            # Without JS the Docker fields stay on the form whatever the kind (the API's own
+            # refusal names the CLI's options).
+            raise ValueError(
+                f"Docker host and Docker network are for docker providers only: clear them, or choose the docker kind "
+                f"instead of {body.kind}."
+            )
         out = await providers_api.create_provider(body=body, request=request, sm=sm, db=db)
-    except ValidationError as exc:
-        error = validation_message(exc, PROVIDER_LABELS)
+    except ValueError as exc:  # a ValidationError too
+        error = validation_message(exc, PROVIDER_LABELS) if isinstance(exc, ValidationError) else str(exc)
     except APIError as exc:
         await db.rollback()
         error = f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}"

@@ -123,6 +123,21 @@
     });
   }
 
+  /* ---- fields for one choice of a select only (data-shown-for="SELECT_ID:VALUE"): hidden, and
+     not sent, while another is chosen. Without JS they stay, their hint saying whom they are for. */
+  document.querySelectorAll("[data-shown-for]").forEach(function (field) {
+    var spec = field.getAttribute("data-shown-for").split(":");
+    var select = document.getElementById(spec[0]);
+    if (!select) return;
+    function sync() {
+      var shown = select.value === spec[1];
+      field.hidden = !shown;
+      field.querySelectorAll("input, select, textarea").forEach(function (el) { el.disabled = !shown; });
+    }
+    select.addEventListener("change", sync);
+    sync();
+  });
+
   document.querySelectorAll("[data-copy]").forEach(function (button) {
     button.addEventListener("click", function () {
       var source = document.getElementById(button.getAttribute("data-copy"));
