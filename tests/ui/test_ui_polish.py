@@ -207,3 +207,47 @@ def test_without_javascript_the_docker_fields_stay_and_say_whom_they_are_for(bro
             assert "nojs-polish" not in [p["name"] for p in c.get("/providers").json()]
     finally:
         context.close()
+
+
+# --- 4. characters that would disguise a value are shown, not obeyed ----------------------
+
+
+RLO, ZWSP, LRI, PDI = "\u202e", "\u200b", "\u2066", "\u2069"
+
+
+def test_invisible_and_reordering_characters_are_shown_as_code_points(manager_page: SignedIn) -> None:
+    """A right-to-left override makes "evil\u202etxt.exe" read as "evilexe.txt"; a zero-width
+    space makes two values look alike. Wherever the UI shows what users or clients sent, such
+    characters appear as their code points, marked, and reorder nothing. (What agents report
+    and User-Agents are stored without them already: the filter covers them all the same.)"""
+    page, srv = manager_page.page, manager_page.srv
+    with srv.api() as c:
+        c.post("/users", json={"username": "rita", "email": f"rita{RLO}moc.elpmaxe@example.com",
+                               "password": "rita-password-1"}).raise_for_status()
+        c.post("/workspaces", json={"name": "masks", "provider": LAB,
+                                    "env": {"GREETING": f"hi{ZWSP}there{RLO}cba", "ISOLATED": f"{LRI}x{PDI}"}}).raise_for_status()
+        c.post("/providers", json={"name": "masked", "kind": "docker",
+                                   "docker_host": f"unix:///run/{RLO}kcos.rekcod"}).raise_for_status()
+    try:
+        page.goto(srv.url + "/workspaces/alice/masks")
+        env = page.get_by_role("table", name="Image environment variables").locator("tbody td.break")
+        assert env.all_inner_texts() == ["hi<U+200B>there<U+202E>cba", "<U+2066>x<U+2069>"]
+        assert env.locator(".unseen").evaluate_all("es => es.map(e => e.title)") == [
+            "invisible character U+200B", "invisible character U+202E",
+            "invisible character U+2066", "invisible character U+2069"]
+
+        page.goto(srv.url + "/manage/users")
+        assert page.locator('tr[data-user="rita"] td[data-label="User"] .muted').inner_text() == (
+            "rita<U+202E>moc.elpmaxe@example.com")
+        page.goto(srv.url + "/manage/providers")
+        assert page.locator('tr[data-provider="masked"] td[data-label="Kind"] .mono').inner_text() == (
+            "unix:///run/<U+202E>kcos.rekcod")
+        page.goto(srv.url + "/manage/audit?view=admin")
+        rows = page.get_by_role("table", name="Admin actions").locator("tbody tr")
+        created = rows.filter(has=page.get_by_text("provider.create", exact=True)).first
+        expect(created.locator('td[data-label="Details"]')).to_contain_text("docker host: unix:///run/<U+202E>kcos.rekcod;")
+        assert RLO not in page.locator("main").inner_text()  # nothing on the page obeys one
+    finally:
+        with srv.api() as c:
+            c.delete("/workspaces/masks")
+            c.delete("/providers/masked")

@@ -113,3 +113,19 @@ def test_until() -> None:
 )
 def test_sign_in_redirects_only_to_this_site(value: str | None, target: str) -> None:
     assert safe_next(value) == target
+
+
+@pytest.mark.parametrize(
+    ("value", "html", "plain"),
+    [
+        ("plain <text> é 日本", "plain <text> é 日本", "plain <text> é 日本"),  # as is: Jinja escapes it
+        (None, "", ""),
+        ("a\u202eb<", 'a<span class="unseen" title="invisible character U+202E">&lt;U+202E&gt;</span>b&lt;',
+         "a<U+202E>b<"),
+        ("\u200b\t\u2028\ufeff\u00ad", None, "<U+200B><U+0009><U+2028><U+FEFF><U+00AD>"),
+    ],
+)
+def test_revealed_shows_invisible_characters_as_code_points(value: str | None, html: str | None, plain: str) -> None:
+    if html is not None:
+        assert str(fmt.revealed(value)) == html
+    assert fmt.revealed(value, markup=False) == plain

@@ -59,6 +59,7 @@ templates.env.filters.update(
     ssh_mode=fmt.ssh_mode_text,
     detail=fmt.detail_text,
     source=fmt.source_text,
+    reveal=fmt.revealed,
 )
 templates.env.globals.update(version=__version__, SSH_DISABLED=fmt.SSH_DISABLED)
 

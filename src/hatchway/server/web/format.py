@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from markupsafe import Markup, escape
 
 from hatchway.sshmode import port22_server_text
 
@@ -162,3 +165,31 @@ def _val(v: Any) -> str:
     if v is None:
         return "—"
     return str(v)
+
+
+#: Unicode categories of characters that act on the text around them without showing
+#: themselves: controls, format characters (bidirectional overrides and isolates, zero-width
+#: spaces and joiners, marks), line and paragraph separators, lone surrogates.
+_UNSEEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def _unseen(ch: str) -> bool:
+    return unicodedata.category(ch) in _UNSEEN_CATEGORIES
+
+
+def revealed(value: Any, markup: bool = True) -> Markup | str:
+    """``value`` with every invisible character shown as its code point (``<U+202E>``).
+
+    Escaping keeps such characters out of the HTML but not off the screen: a right-to-left
+    override in a User-Agent or an environment value still reverses what follows it, a
+    zero-width space still makes two different values look the same. Values that came from
+    users, agents or clients are shown through this filter; in markup each such character is
+    a ``.unseen`` span, so it stands out; ``markup=False`` gives plain text, for attributes
+    (``title``, ``aria-label``)."""
+    text = "" if value is None else str(value)
+    if not any(_unseen(ch) for ch in text):
+        return text
+    if not markup:
+        return "".join(f"<U+{ord(ch):04X}>" if _unseen(ch) else ch for ch in text)
+    span = Markup('<span class="unseen" title="invisible character U+{0:04X}">&lt;U+{0:04X}&gt;</span>')
+    return Markup("").join(span.format(ord(ch)) if _unseen(ch) else escape(ch) for ch in text)
