@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.sync_api import expect
 
 from tests.helpers.server import running_server
@@ -251,3 +252,50 @@ def test_invisible_and_reordering_characters_are_shown_as_code_points(manager_pa
         with srv.api() as c:
             c.delete("/workspaces/masks")
             c.delete("/providers/masked")
+
+
+# --- 5. a second look before taking someone's administration away -------------------------
+
+
+def test_make_member_asks_first_and_cancel_changes_nothing(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    with srv.api() as c:
+        c.post("/users", json={"username": "sam", "email": "sam@example.com", "role": "site-manager",
+                               "password": "sam-password-1"}).raise_for_status()
+
+    def role() -> str:
+        with srv.api() as c:
+            return next(u for u in c.get("/users").json() if u["username"] == "sam")["role"]
+
+    def open_confirm() -> None:
+        page.goto(srv.url + "/manage/users")
+        row = page.locator('tr[data-user="sam"]')
+        row.get_by_role("button", name="Actions for user sam").click()
+        row.get_by_role("menuitem", name="Make member…").click()
+        expect(page).to_have_url(srv.url + "/manage/users/sam/make-member")
+        assert page.get_by_role("heading", level=1).inner_text() == 'Make "sam" a member?'
+        assert page.locator(".confirm-card p").all_inner_texts() == [
+            "sam (sam@example.com) stops being a site manager: they can no longer administer users, providers or "
+            "other users' workspaces, nor see the audit log.",
+            "Their own workspaces, SSH key and sessions stay as they are."]
+
+    open_confirm()
+    assert role() == "site-manager"  # a look first, nothing done yet
+    page.get_by_role("link", name="Cancel").click()
+    expect(page).to_have_url(srv.url + "/manage/users")
+    assert role() == "site-manager"
+
+    open_confirm()
+    with page.expect_response(lambda r: r.url.endswith("/manage/users/sam/role") and r.request.method == "POST") as resp:
+        page.get_by_role("button", name="Make member").click()
+    assert resp.value.status == 303
+    expect(page.locator(".flash")).to_have_text('User "sam" is now a member.')
+    assert role() == "member"
+    assert page.locator('tr[data-user="sam"] td[data-label="Role"]').inner_text().strip() == "member"
+
+    # Your own demotion says it is yours; a member cannot open the page at all.
+    page.goto(srv.url + f"/manage/users/{srv.manager}/make-member")
+    assert page.locator(".confirm-card p").first.inner_text().startswith("You stop being a site manager at once")
+    with httpx.Client(base_url=srv.url, timeout=30, cookies={"hatchway_session": srv.member_token}) as c:
+        r = c.get(f"/manage/users/{srv.manager}/make-member")
+        assert r.status_code == 403 and "Only site managers can open this page" in r.text

@@ -209,6 +209,34 @@ async def user_activate(
     return await _user_action(request, users_api.activate_user, 'User "{u.username}" activated: they can sign in again (sessions from before the suspension stay ended).', username=username, sm=sm, ctx=ctx, db=db)
 
 
+@router.get("/manage/users/{username}/make-member")
+async def user_make_member_confirm(
+    username: str, request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+) -> Response:
+    """Making a site manager a member takes their administration away (yours, if it is you):
+    one look before it. The button posts the same role change as before."""
+    target = await _user_row(db, username)
+    whose = "Your" if target.id == sm.id else "Their"
+    if target.id == sm.id:
+        who = ("You stop being a site manager at once: Manage and everything under it close for you, and only "
+               "another site manager can make you one again.")
+    else:
+        who = (f"{target.username} ({target.email}) stops being a site manager: they can no longer administer "
+               "users, providers or other users' workspaces, nor see the audit log.")
+    return render(
+        request,
+        "confirm.html",
+        section="manage",
+        title=f'Make "{target.username}" a member?',
+        body=[who, f"{whose} own workspaces, SSH key and sessions stay as they are."],
+        action=f"/manage/users/{target.username}/role",
+        fields={"role": "member"},
+        confirm_label="Make member",
+        danger=True,
+        cancel="/manage/users",
+    )
+
+
 @router.post("/manage/users/{username}/role")
 async def user_role(username: str, request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
     form = await request.form()
