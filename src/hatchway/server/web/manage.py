@@ -164,7 +164,7 @@ async def _user_action(request: Request, fn: Any, done: str, **kw: Any) -> Respo
         out = await fn(request=request, **kw)
     except APIError as exc:
         return redirect(request, "/manage/users", "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
-    return redirect(request, "/manage/users", "success", done.format(u=out))
+    return redirect(request, "/manage/users", "success", done.format(u=out, role=out.role.replace("-", " ")))
 
 
 @router.get("/manage/users/{username}/suspend")
@@ -244,7 +244,7 @@ async def user_role(username: str, request: Request, sm: User = Depends(web_mana
         body = schemas.RoleIn(role=form_str(form, "role"))  # type: ignore[arg-type]
     except ValidationError:
         return redirect(request, "/manage/users", "error", "Choose a role: member or site-manager.")
-    return await _user_action(request, users_api.set_role, 'User "{u.username}" is now a {u.role}.', username=username, body=body, sm=sm, db=db)
+    return await _user_action(request, users_api.set_role, 'User "{u.username}" is now a {role}.', username=username, body=body, sm=sm, db=db)
 
 
 async def _user_row(db: AsyncSession, username: str) -> User:
