@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway import __version__
 from hatchway.db.models import User, new_id, utcnow
-from hatchway.names import quoted
 from hatchway.server import crypto, passwords
 from hatchway.server.api import schemas
 from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api.convert import user_out
+from hatchway.server.api.lookup import get_user
 from hatchway.server.api.workspaces import refuse_demoting_unisolated_owner
 from hatchway.server.audit import record
 from hatchway.server.auth import bearer_token, current_user, issue_session_token, site_manager
@@ -304,14 +304,6 @@ async def create_user(
     except IntegrityError:
         raise APIError(409, f'user "{body.username}" already exists', "pick another username") from None
     return user_out(user)
-
-
-async def get_user(db: AsyncSession, username: str) -> User:
-    """The user named ``username``, or a 404 that says where to find the names."""
-    user = (await db.execute(select(User).where(User.username == username))).scalar_one_or_none()
-    if user is None:
-        raise APIError(404, f"no user named {quoted(username)}", "see hatchway users list")
-    return user
 
 
 async def _set_suspended(
