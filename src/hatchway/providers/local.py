@@ -63,6 +63,7 @@ from typing import Any, Protocol
 
 import hatchway
 from hatchway.fdlimit import started_with
+from hatchway.names import quoted
 from hatchway.providers import netns as nsutil
 from hatchway.providers import proc, userns
 from hatchway.providers.base import (
@@ -739,14 +740,20 @@ def launcher_env(plan: dict[str, Any], agent_env: dict[str, str]) -> dict[str, s
     }
 
 
-def members_refused(why: str, hint: str) -> str:
+def members_refused(why: str, hint: str, member: str | None = None) -> str:
     """Why a member may not own a local workspace on a server that cannot isolate one: it would
     run as the server's own user, who can read the deployment secret and the database (every
-    user's private key, every session). A site manager is trusted with the deployment already."""
+    user's private key, every session). A site manager is trusted with the deployment already.
+
+    ``member`` names the member when a site manager asked for them: the way out is then theirs
+    to take, not a site manager's to be asked for."""
+    way_out = (
+        f"To give {quoted(member)} one, {hint}, or create theirs on another provider" if member is not None
+        else f"Ask a site manager to {hint}, or to give you a workspace on another provider"
+    )
     return (
         f"local workspaces on this server are not isolated: {why}; one would run as the server's own user, "
-        f"with its access to the deployment's secrets and database, so only a site manager may own one. "
-        f"Ask a site manager to {hint}, or to give you a workspace on another provider"
+        f"with its access to the deployment's secrets and database, so only a site manager may own one. {way_out}"
     )
 
 

@@ -14,6 +14,7 @@ from hatchway.db.models import Provider, User, Workspace
 from hatchway.names import quoted
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import workspace_fields, workspace_out
+from hatchway.server.api.lookup import get_user
 from hatchway.server.api.providers import get_provider
 from hatchway.server.audit import record
 from hatchway.server.auth import AGENT_TOKEN_PREFIX, current_user
@@ -43,11 +44,16 @@ def agent_command(url: str, token: str) -> str:
     return f"HATCHWAY_AGENT_TOKEN={shlex.quote(token)} hatchway agent --url {shlex.quote(url)}"
 
 
+def _refuse_others(user: User, owner_name: str, doing: str) -> None:
+    """Only a site manager acts on another user's workspaces: ``doing`` says what was refused."""
+    if owner_name != user.username and user.role != "site-manager":
+        raise APIError(403, "forbidden", f"only a site manager can {doing}")
+
+
 async def find_workspace(db: AsyncSession, user: User, name: str, owner: str | None) -> Workspace:
     """The caller's workspace ``name``, or (site managers only) ``owner``'s."""
     owner_name = owner or user.username
-    if owner_name != user.username and user.role != "site-manager":
-        raise APIError(403, "forbidden", "only a site manager can manage other users' workspaces")
+    _refuse_others(user, owner_name, "manage other users' workspaces")
     ws = (
         await db.execute(
             select(Workspace).join(Workspace.owner).where(Workspace.name == name, User.username == owner_name)
@@ -73,14 +79,32 @@ async def list_workspaces(
     return [workspace_out(w) for w in (await db.execute(q)).scalars()]
 
 
+async def new_workspace_owner(db: AsyncSession, user: User, owner: str | None) -> User:
+    """Whose workspace a create makes: the caller's own, or (site managers only) ``owner``'s,
+    addressed by ``?owner=`` as every other workspace endpoint addresses another user's.
+
+    A suspended owner is accepted: suspension already keeps them from signing in and from every
+    SSH connection, so a workspace prepared for them grants nothing until a site manager
+    activates them, and a platform team can set up a returning (or not yet started) developer's
+    workspace before switching their account on, without a window in which they are active."""
+    if not owner or owner == user.username:  # an empty ?owner= is the caller, as in find_workspace
+        return user
+    _refuse_others(user, owner, "create workspaces for other users")
+    return await get_user(db, owner, "create the user first (hatchway users create NAME --email EMAIL), or see hatchway users list")
+
+
 @router.post("", response_model=schemas.WorkspaceCreatedOut, status_code=201)
 async def create_workspace(
     body: schemas.WorkspaceCreateIn,
     request: Request,
+    owner: str | None = Query(None, description="The user it is for (site managers); you when left out."),
     user: User = Depends(current_user),
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> schemas.WorkspaceCreatedOut:
+    """Create a workspace: yours, or with ``?owner=NAME`` (site managers) another user's, who
+    then owns it in every respect (their key, their environment defaults, their OS user)."""
+    owner_user = await new_workspace_owner(db, user, owner)
     provider = await get_provider(db, body.provider)
     supervisor = _supervisor(request)
     managed = supervisor is not None and supervisor.manages(provider.kind)
@@ -89,13 +113,13 @@ async def create_workspace(
             422, "--openssh is only for local workspaces",
             f'provider "{provider.name}" is {provider.kind}: run OpenSSH in that workspace yourself',
         )
-    if provider.kind == "local" and user.role != "site-manager":
-        _refuse_unisolated(supervisor)
-    env = await _image_environment(body, provider, user, supervisor)
+    if provider.kind == "local" and owner_user.role != "site-manager":
+        _refuse_unisolated(supervisor, owner_user, user)
+    env = await _image_environment(body, provider, owner_user, supervisor)
     token, digest = new_token(AGENT_TOKEN_PREFIX)
     ws = Workspace(
         name=body.name,
-        owner_id=user.id,
+        owner_id=owner_user.id,
         provider_id=provider.id,
         env=env,
         agent_token_hash=digest,
@@ -114,12 +138,12 @@ async def create_workspace(
         ws.state = "pending"
         ws.state_reason = f'waiting for provider "{provider.name}" to start it'
     db.add(ws)
-    record(db, user, "workspace.create", f"{user.username}/{body.name}", client_source(request), provider=provider.name)
+    record(db, user, "workspace.create", f"{owner_user.username}/{body.name}", client_source(request), provider=provider.name)
     try:
         await db.commit()
     except IntegrityError:
-        raise APIError(409, f'workspace "{body.name}" already exists', "pick another name or delete the old one") from None
-    ws = await find_workspace(db, user, body.name, None)
+        raise _already_exists(user, owner_user, body.name) from None
+    ws = await find_workspace(db, user, body.name, owner_user.username)
     if managed:
         assert supervisor is not None
         await supervisor.start(ws.id)
@@ -131,6 +155,16 @@ async def create_workspace(
     return out
 
 
+def _already_exists(user: User, owner: User, name: str) -> APIError:
+    """Names are unique per owner: the clash is in the owner's workspaces, not the caller's."""
+    if owner.id == user.id:
+        return APIError(409, f"workspace {quoted(name)} already exists", "pick another name or delete the old one")
+    return APIError(
+        409, f"{quoted(owner.username)} already has a workspace named {quoted(name)}",
+        f"pick another name, or delete theirs first: hatchway workspaces delete {owner.username}/{name}",
+    )
+
+
 def _unisolated(supervisor: Any) -> tuple[str, str] | None:
     """Why this server's local workspaces would run as the server's own user, and what would
     isolate them; None when they are isolated. Only a replica whose local provider has started
@@ -140,11 +174,19 @@ def _unisolated(supervisor: Any) -> tuple[str, str] | None:
     return local.unisolated() if isinstance(local, LocalProvider) and local.started else None
 
 
-def _refuse_unisolated(supervisor: Any) -> None:
-    """Refuse a member's local workspace where it would run as the server's own user."""
+def _refuse_unisolated(supervisor: Any, owner: User, caller: User) -> None:
+    """Refuse a member's local workspace where it would run as the server's own user. The
+    owner's role decides, not the caller's: a site manager handing a member one would hand them
+    a shell as the server."""
     unisolated = _unisolated(supervisor)
-    if unisolated is not None:
+    if unisolated is None:
+        return
+    if owner.id == caller.id:
         raise APIError(403, "local workspaces on this server are only for site managers", members_refused(*unisolated))
+    raise APIError(
+        403, f"local workspaces on this server are only for site managers, and {quoted(owner.username)} is a member",
+        members_refused(*unisolated, member=owner.username),
+    )
 
 
 async def refuse_demoting_unisolated_owner(db: AsyncSession, request: Request, user: User) -> None:
@@ -168,8 +210,9 @@ async def refuse_demoting_unisolated_owner(db: AsyncSession, request: Request, u
         )
 
 
-async def _image_environment(body: schemas.WorkspaceCreateIn, provider: Provider, user: User, supervisor: Any) -> dict[str, str]:
-    """The workspace's variables: its image's ENV (container providers) overlaid with ``--env``."""
+async def _image_environment(body: schemas.WorkspaceCreateIn, provider: Provider, owner: User, supervisor: Any) -> dict[str, str]:
+    """The workspace's variables: its image's ENV (container providers) overlaid with ``--env``;
+    the image is read as the workspace's ``owner`` would run it."""
     if provider.kind != "docker":
         if body.image or body.cvm:
             raise APIError(422, "--image and --cvm are for docker workspaces", f'provider "{provider.name}" is {provider.kind}')
@@ -180,7 +223,7 @@ async def _image_environment(body: schemas.WorkspaceCreateIn, provider: Provider
     if docker is None:
         raise APIError(409, "this server does not run docker workspaces", "start it with `hatchway server`")
     spec = WorkspaceSpec(
-        id="", name=body.name, owner=user.username, image=body.image, cvm=body.cvm,
+        id="", name=body.name, owner=owner.username, image=body.image, cvm=body.cvm,
         docker_host=provider.docker_host, docker_network=provider.docker_network,
     )
     try:
