@@ -52,16 +52,23 @@ def _owner_params(owner: str | None) -> dict[str, str] | None:
     return {"owner": owner} if owner else None
 
 
-def address(name: str) -> tuple[str, dict[str, str] | None]:
-    """NAME (yours) or OWNER/NAME (another user's, site managers) as the API path segment of
-    the workspace and the query naming its owner; both reach the server exactly as typed.
+def owner_and_name(name: str) -> tuple[str, dict[str, str] | None]:
+    """NAME (yours) or OWNER/NAME (another user's, site managers) as the workspace's name and
+    the query naming its owner (``?owner=``, as every workspace endpoint takes it).
 
     An empty OWNER ("/dev") is refused, not taken as your own dev.
     """
     ws_name, owner = split_owner(name)
     if owner == "":
         name_segment(owner, check_username, NAME_ADVICE)  # fails: "" is nobody's username
-    return name_segment(ws_name, check_workspace_name, NAME_ADVICE), _owner_params(owner)
+    return ws_name, _owner_params(owner)
+
+
+def address(name: str) -> tuple[str, dict[str, str] | None]:
+    """:func:`owner_and_name` with the name as the API path segment of the workspace; both
+    reach the server exactly as typed."""
+    ws_name, params = owner_and_name(name)
+    return name_segment(ws_name, check_workspace_name, NAME_ADVICE), params
 
 
 @click.group()
@@ -95,8 +102,9 @@ def wait_until_running(client: ApiClient, name: str, params: dict[str, str] | No
         time.sleep(0.25)
 
 
-@workspaces.command("create")
-@click.argument("name")
+@workspaces.command("create", epilog="A site manager creates one for another user with OWNER/NAME (hatchway "
+                    "workspaces create bob/dev): it is theirs, reached with their key once they run hatchway config-ssh.")
+@click.argument("name", metavar="[OWNER/]NAME")
 @click.option("--provider", default="local", show_default=True, help="The provider it runs on (hatchway providers list).")
 @click.option("--env", "env_items", multiple=True, metavar="NAME=VALUE", help="Image environment variable (repeatable).")
 @click.option("--openssh", is_flag=True, help="Local provider: also run OpenSSH's sshd on the workspace's own port 22.")
@@ -106,7 +114,8 @@ def wait_until_running(client: ApiClient, name: str, params: dict[str, str] | No
 def create(
     name: str, provider: str, env_items: tuple[str, ...], openssh: bool, image: str | None, cvm: bool, wait: bool
 ) -> None:
-    """Create workspace NAME on a provider (local by default) and, where Hatchway runs it, start it."""
+    """Create workspace NAME on a provider (local by default) and, where Hatchway runs it, start it.
+    OWNER/NAME: for another user (site managers)."""
     env: dict[str, str] = {}
     for item in env_items:
         try:
@@ -114,7 +123,8 @@ def create(
         except ValueError as exc:
             fail(str(exc))
         env[key] = value
-    body: dict[str, Any] = {"name": name, "provider": provider, "env": env}
+    ws_name, params = owner_and_name(name)
+    body: dict[str, Any] = {"name": ws_name, "provider": provider, "env": env}
     if openssh:
         body["openssh"] = True
     if image:
@@ -124,16 +134,23 @@ def create(
             raise click.UsageError("--cvm needs --image")
         body["cvm"] = True
     client = api()
-    ws = client.call("POST", "/workspaces", body, expect=CreatedWorkspace)
-    click.echo(shown(f"Created workspace {ws['name']} on provider {ws['provider']} ({ws['state']})"))
+    ws = client.call("POST", "/workspaces", body, params, expect=CreatedWorkspace)
+    theirs = params is not None and ws["owner"] != client.username
+    label = f"{ws['owner']}/{ws['name']}" if theirs else ws["name"]
+    owned = f" for {ws['owner']}" if theirs else ""
+    click.echo(shown(f"Created workspace {ws['name']}{owned} on provider {ws['provider']} ({ws['state']})"))
     if ws["state"] == "starting" and wait:
-        click.echo(f"Starting workspace {name}...", err=True)
-        wait_until_running(client, name, None)
-        click.echo(f"Workspace {name} is running (agent connected); connect with: ssh hatchway.{name}")
+        click.echo(shown(f"Starting workspace {label}..."), err=True)
+        wait_until_running(client, ws["name"], params)
+        connect = "" if theirs else f"; connect with: ssh hatchway.{ws['name']}"
+        click.echo(shown(f"Workspace {label} is running (agent connected){connect}"))
     elif ws.get("agent_command"):  # an agent Hatchway does not run (manual provider): its token is in it
         click.echo("Run the agent on the workspace machine, as the user SSH sessions should run as:")
         click.echo(f"  {shown(ws['agent_command'])}")
-        click.echo("The token is shown only now; get a new one with: hatchway workspaces agent-token " + name)
+        click.echo(shown("The token is shown only now; get a new one with: hatchway workspaces agent-token " + label))
+    if theirs:
+        # Site managers do not enter other people's workspaces (policy.check_ssh): say who does, and how.
+        click.echo(shown(f'Only {ws["owner"]} can connect: they run "hatchway config-ssh", then "ssh hatchway.{ws["name"]}"'))
 
 
 @workspaces.command("list")
