@@ -16,6 +16,7 @@ from hatchway import names
 from hatchway.db.models import SSHConnection, User
 from hatchway.server.api import providers as providers_api
 from hatchway.server.api import schemas
+from hatchway.server.api import users as users_api
 from hatchway.server.api import workspaces as ws_api
 from hatchway.server.api.convert import connection_out
 from hatchway.server.context import ServerContext, get_ctx, get_db
@@ -110,9 +111,12 @@ async def _workspaces_page(
     request: Request, user: User, db: AsyncSession, status: int = 200, form: dict[str, str] | None = None,
     error: str | None = None, created: schemas.WorkspaceCreatedOut | None = None,
 ) -> Response:
-    show_all = user.role == "site-manager" and request.query_params.get("all") == "1"
+    manager = user.role == "site-manager"
+    show_all = manager and request.query_params.get("all") == "1"
     rows = await ws_api.list_workspaces(all_users=show_all, user=user, db=db)
     providers = await providers_api.provider_rows(db)
+    # Site managers create workspaces for anyone (the API's ?owner=); members only their own.
+    owners = await users_api.list_users(_sm=user, db=db) if manager else []
     return render(
         request,
         "workspaces.html",
@@ -121,7 +125,8 @@ async def _workspaces_page(
         workspaces=[_workspace_view(user, w, _managed(request, w.provider_kind)) for w in rows],
         providers=providers,
         show_all=show_all,
-        form=form or {"provider": "local" if any(p.name == "local" for p in providers) else ""},
+        form=form or {"provider": "local" if any(p.name == "local" for p in providers) else "", "owner": user.username},
+        owners=owners,
         error=error,
         created=created,
         supports_openssh=_SUPPORTS_OPENSSH,
@@ -164,7 +169,7 @@ async def create_workspace(
     db: AsyncSession = Depends(get_db),
 ) -> Response:
     form = await request.form()
-    values = {k: form_str(form, k) for k in ("name", "provider")}
+    values = {k: form_str(form, k) for k in ("name", "provider", "owner")}
     env_raw = form.get("env")
     values["env"] = env_raw if isinstance(env_raw, str) else ""
     extra: dict[str, Any] = {}
@@ -179,7 +184,8 @@ async def create_workspace(
             name=values["name"], provider=values["provider"] or "local", env=_parse_env(values["env"]),
             image=values["image"] or None, **extra,
         )
-        out = await ws_api.create_workspace(body=body, request=request, user=user, ctx=ctx, db=db)
+        # A member's form has no Owner field; one sent all the same is refused by the API (403).
+        out = await ws_api.create_workspace(body=body, request=request, owner=values["owner"] or None, user=user, ctx=ctx, db=db)
     except ValueError as exc:  # ValidationError is a ValueError too
         msg = validation_message(exc, WORKSPACE_LABELS) if isinstance(exc, ValidationError) else str(exc)
         return await _workspaces_page(request, user, db, 400, values, msg)
@@ -190,6 +196,13 @@ async def create_workspace(
     if out.agent_command:
         # A manual provider's agent token is shown exactly once, so render it now.
         return render(request, "agent_token.html", section="workspaces", ws=out, agent_command=out.agent_command, created=True)
+    if out.owner != user.username:
+        # Another user's workspace is not on "Mine": land on its own page, which says who connects.
+        return redirect(
+            request, f"/workspaces/{out.owner}/{out.name}", "success",
+            f'Workspace "{out.owner}/{out.name}" created for {out.owner} on provider "{out.provider}". '
+            f"{out.owner} connects after running hatchway config-ssh.",
+        )
     return redirect(request, "/workspaces", "success", f'Workspace "{out.name}" created on provider "{out.provider}".')
 
 
