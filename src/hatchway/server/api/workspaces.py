@@ -138,12 +138,13 @@ async def create_workspace(
         ws.state = "pending"
         ws.state_reason = f'waiting for provider "{provider.name}" to start it'
     db.add(ws)
-    record(db, user, "workspace.create", f"{owner_user.username}/{body.name}", client_source(request), provider=provider.name)
+    owner_name, for_another = owner_user.username, owner_user.id != user.id  # a failed commit expires the rows
+    record(db, user, "workspace.create", f"{owner_name}/{body.name}", client_source(request), provider=provider.name)
     try:
         await db.commit()
     except IntegrityError:
-        raise _already_exists(user, owner_user, body.name) from None
-    ws = await find_workspace(db, user, body.name, owner_user.username)
+        raise _already_exists(owner_name if for_another else None, body.name) from None
+    ws = await find_workspace(db, user, body.name, owner_name)
     if managed:
         assert supervisor is not None
         await supervisor.start(ws.id)
@@ -155,13 +156,14 @@ async def create_workspace(
     return out
 
 
-def _already_exists(user: User, owner: User, name: str) -> APIError:
-    """Names are unique per owner: the clash is in the owner's workspaces, not the caller's."""
-    if owner.id == user.id:
+def _already_exists(other_owner: str | None, name: str) -> APIError:
+    """Names are unique per owner: the clash is in the owner's workspaces (``other_owner``
+    when they are not the caller), not the caller's."""
+    if other_owner is None:
         return APIError(409, f"workspace {quoted(name)} already exists", "pick another name or delete the old one")
     return APIError(
-        409, f"{quoted(owner.username)} already has a workspace named {quoted(name)}",
-        f"pick another name, or delete theirs first: hatchway workspaces delete {owner.username}/{name}",
+        409, f"{quoted(other_owner)} already has a workspace named {quoted(name)}",
+        f"pick another name, or delete theirs first: hatchway workspaces delete {other_owner}/{name}",
     )
 
 
