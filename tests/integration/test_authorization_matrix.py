@@ -122,6 +122,12 @@ ROWS = [
     Row("GET", "/api/v1/workspaces", "/workspaces", ANY_USER),
     Row("POST", "/api/v1/workspaces", "/workspaces", ANY_USER, ok=201,
         body=lambda: {"name": unique("w"), "provider": "byo"}),
+    # For bob (?owner=): bob himself and site managers; for nobody at all, only a site manager
+    # learns that no such user exists.
+    Row("POST", "/api/v1/workspaces", "/workspaces?owner=bob", {**USER_ONLY, "member": None, "other": 403, "manager": None},
+        ok=201, body=lambda: {"name": unique("w"), "provider": "byo"}),
+    Row("POST", "/api/v1/workspaces", "/workspaces?owner=nobody", {**USER_ONLY, "member": 403, "other": 403, "manager": 404},
+        body=lambda: {"name": unique("w"), "provider": "byo"}),
     # Bob's workspace "a", addressed by its owner: only bob and site managers.
     Row("GET", "/api/v1/workspaces/{name}", ws_path("bob"), {**USER_ONLY, "member": None, "other": 403, "manager": None}),
     Row("POST", "/api/v1/workspaces/{name}/start", "/workspaces/a/start?owner=bob", {**USER_ONLY, "member": 409, "other": 403, "manager": 409}),

@@ -202,3 +202,31 @@ def test_only_a_site_manager_may_own_an_unisolated_workspace(solo: Solo, tmp_pat
     assert {u["username"]: u["role"] for u in solo.cli.ok("users", "list", "--json").json()}["bob"] == "site-manager"
     solo.cli.ok("workspaces", "delete", "bob/dev", "--yes")
     solo.cli.ok("users", "set-role", "bob", "member")
+
+
+def test_a_site_manager_cannot_hand_a_member_an_unisolated_workspace(solo: Solo) -> None:
+    """The owner's role decides, not the caller's: a workspace a site manager creates for a
+    member would be the member's shell as the server's own user all the same."""
+    solo.cli.ok("users", "create", "bob", "--email", "bob@example.com", "--password-stdin", stdin="bob-password\n")
+    refused = solo.cli.run("workspaces", "create", "bob/dev")
+    assert (refused.code, refused.out) == (1, "")
+    assert refused.err.strip() == (
+        'hatchway: local workspaces on this server are only for site managers, and "bob" is a member: local '
+        "workspaces on this server are not isolated: isolation is turned off (HATCHWAY_LOCAL_ISOLATION=off); one "
+        "would run as the server's own user, with its access to the deployment's secrets and database, so only a "
+        'site manager may own one. To give "bob" one, run the server as root for isolated workspaces, or create '
+        "theirs on another provider"
+    )
+    assert [w["owner"] for w in solo.cli.ok("workspaces", "list", "--all", "--json").json()] == ["solo"]
+    # A site manager may own one, whoever creates it.
+    solo.cli.ok("users", "set-role", "bob", "site-manager")
+    r = solo.cli.run("workspaces", "create", "bob/dev", "--no-wait")
+    assert (r.code, r.out.splitlines()[0]) == (0, "Created workspace dev for bob on provider local (starting)"), r.err
+    ws_id = solo.cli.ok("workspaces", "show", "bob/dev", "--json").json()["id"]
+    try:
+        wait_for(lambda: solo.cli.ok("workspaces", "show", "bob/dev", "--json").json()["agent_connected"], 30,
+                 what="bob's workspace to run")
+    finally:
+        solo.cli.ok("workspaces", "delete", "bob/dev", "-y")
+        for pid in processes_with(f"HATCHWAY_WORKSPACE_ID={ws_id}"):
+            os.kill(pid, 9)

@@ -1,0 +1,115 @@
+"""The new-workspace form's Owner field: a site manager creates a workspace for another user in
+the browser and lands on its page; a member has no such field, and one forged into the post is
+refused (403) while the CSRF check stays in force."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+import httpx
+
+from tests.helpers.server import wait_for
+from tests.ui.conftest import LAB, SignedIn
+
+
+def _open_form(page: Any, url: str) -> None:
+    page.goto(url + "/workspaces")
+    if page.locator("#new-workspace").get_attribute("open") is None:
+        page.locator("#new-workspace > summary").click()
+
+
+def _csrf(page: Any) -> str:
+    return page.locator('input[name="csrf_token"]').first.get_attribute("value")
+
+
+def _cookie_client(s: SignedIn) -> httpx.Client:
+    return httpx.Client(base_url=s.url, cookies={"hatchway_session": s.session_cookie()}, follow_redirects=False, timeout=30)
+
+
+def test_a_site_manager_creates_a_local_workspace_for_a_member_and_lands_on_its_page(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    name = "onboard-" + secrets.token_hex(3)  # its Unix user is hw-bob-<name>: unique per run
+    _open_form(page, srv.url)
+    owner = page.get_by_label("Owner")
+    assert owner.input_value() == srv.manager  # yourself unless you pick someone
+    labels = [t.strip() for t in owner.locator("option").all_inner_texts()]
+    assert f"{srv.manager} (you)" in labels and srv.member in labels
+    owner.select_option(srv.member)
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Provider", exact=True).select_option("local")
+    page.get_by_role("button", name="Create workspace").click()
+    try:
+        page.wait_for_url(re.compile(rf".*/workspaces/{srv.member}/{name}$"))
+        assert page.locator(".flash-success").inner_text() == (
+            f'Workspace "{srv.member}/{name}" created for {srv.member} on provider "local". '
+            f"{srv.member} connects after running hatchway config-ssh."
+        )
+        assert page.get_by_role("heading", name=name).first.is_visible()
+        assert page.get_by_text(f"Owned by {srv.member} · provider local (local)").is_visible()
+        connect = page.get_by_role("region", name="Connect", exact=True).inner_text()
+        assert connect.splitlines()[-1] == (
+            f"Only {srv.member} can connect to this workspace: they run hatchway config-ssh once on their machine, "
+            f"then ssh hatchway.{name}."
+        )
+        with srv.api(srv.member_token) as c:
+            mine = {w["name"]: w for w in c.get("/workspaces").json()}
+        assert mine[name]["owner"] == srv.member and mine[name]["provider"] == "local"
+        with srv.api() as c:
+            assert name not in [w["name"] for w in c.get("/workspaces").json()]  # not the site manager's
+            events = [e for e in c.get("/audit").json() if e["target"] == f"{srv.member}/{name}"]
+            assert [(e["actor"], e["action"], e["detail"]) for e in events] == [
+                (srv.manager, "workspace.create", {"provider": "local"})
+            ]
+
+            def running() -> bool:
+                w = c.get(f"/workspaces/{name}", params={"owner": srv.member}).json()
+                return bool(w["state"] == "running" and w["agent_connected"])
+
+            wait_for(running, 60, what="the member's local workspace to run")
+            # It runs as the member's Unix user for it, not the site manager's.
+            assert c.get(f"/workspaces/{name}", params={"owner": srv.member}).json()["os_user"] == f"hw-{srv.member}-{name}"
+    finally:
+        with srv.api() as c:
+            c.delete(f"/workspaces/{name}", params={"owner": srv.member})
+
+
+def test_a_manual_workspace_for_a_member_shows_its_agent_command_to_the_site_manager(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    _open_form(page, srv.url)
+    page.get_by_label("Owner").select_option(srv.member)
+    page.get_by_label("Name").fill("handed-over")
+    page.get_by_label("Provider", exact=True).select_option(LAB)
+    page.get_by_role("button", name="Create workspace").click()
+    try:
+        assert page.get_by_role("heading", name=f"Workspace “handed-over” created for {srv.member}").is_visible()
+        assert page.locator("#agent-cmd").inner_text().startswith("HATCHWAY_AGENT_TOKEN=hwa_")
+        page.get_by_role("link", name="Go to the workspace").click()
+        page.wait_for_url(re.compile(rf".*/workspaces/{srv.member}/handed-over$"))
+        assert page.get_by_text(f"Owned by {srv.member} · provider {LAB} (manual)").is_visible()
+    finally:
+        with srv.api(srv.member_token) as c:
+            c.delete("/workspaces/handed-over")
+
+
+def test_a_member_has_no_owner_field_and_a_forged_one_is_refused(member_page: SignedIn) -> None:
+    page, srv = member_page.page, member_page.srv
+    _open_form(page, srv.url)
+    assert page.locator("#ws-owner").count() == 0
+    assert page.locator('[name="owner"]').count() == 0
+    with _cookie_client(member_page) as c:
+        r = c.post("/workspaces", data={"csrf_token": _csrf(page), "name": "planted", "provider": LAB, "owner": srv.manager})
+        assert r.status_code == 403
+        assert "Forbidden: only a site manager can create workspaces for other users" in r.text
+        # Without the form's token it is the CSRF refusal, as for every form.
+        r = c.post("/workspaces", data={"name": "planted", "provider": LAB, "owner": srv.manager})
+        assert r.status_code == 403 and "This form could not be verified" in r.text
+        # Naming yourself is your own workspace, as without the field.
+        r = c.post("/workspaces", data={"csrf_token": _csrf(page), "name": "self-named", "provider": LAB, "owner": srv.member})
+        assert r.status_code == 200 and "Workspace “self-named” created" in r.text
+    with srv.api() as c:
+        assert c.get("/workspaces/planted").status_code == 404
+        assert c.get("/workspaces/planted", params={"owner": srv.member}).status_code == 404
+    with srv.api(srv.member_token) as c:
+        assert c.delete("/workspaces/self-named").status_code == 200
