@@ -254,7 +254,8 @@ def test_a_provider_without_workspaces_can_be_deleted(deployment: Deployment) ->
 
 @pytest.mark.parametrize(
     "name",
-    ["Dev", "dev_1", "-dev", "dev-", "a" * 64, "dev box", "dev\nHost *", "dév", "dev;rm", "", "x/y", "%h"],
+    # "bob/x/y" is bob's own workspace "x/y" (OWNER/NAME); plain "x/y" would be user x's "y".
+    ["Dev", "dev_1", "-dev", "dev-", "a" * 64, "dev box", "dev\nHost *", "dév", "dev;rm", "", "bob/x/y", "%h"],
 )
 def test_workspace_name_validation(deployment: Deployment, name: str) -> None:
     r = deployment.bob.run("workspaces", "create", "--provider", "local", "--", name)
