@@ -65,10 +65,12 @@ class Rig:
     joined: list[Cluster] = field(default_factory=list)
     outages: dict[str, Outage] = field(default_factory=dict)
 
-    def replica(self, secret: bytes = SECRET) -> Cluster:
-        """A replica on its own loopback address (never dialled: join sends no traffic)."""
+    def replica(self, secret: bytes = SECRET, address: str | None = None) -> Cluster:
+        """A replica on its own loopback address, or on ``address`` (never dialled: join sends
+        no traffic)."""
         outage = Outage(self.sessions)
-        cluster = Cluster(outage, secret, f"http://127.0.0.1:{7100 + len(self.outages)}")  # type: ignore[arg-type]
+        address = address or f"http://127.0.0.1:{7100 + len(self.outages)}"
+        cluster = Cluster(outage, secret, address)  # type: ignore[arg-type]
         self.outages[cluster.id] = outage
         return cluster
 
@@ -225,3 +227,40 @@ async def test_a_silent_replica_with_another_secret_that_beats_again_refuses_the
     )
     assert not await rig.registered(joining.id)
     assert await rig.registered(live.id)
+
+
+async def test_a_live_replica_at_the_same_address_with_another_secret_refuses_the_join_and_keeps_its_claims(
+    rig: Rig,
+) -> None:
+    """Two replicas given one hand-over address (the default 127.0.0.1:7080 on two hosts): the
+    row at the joining replica's own address is not a dead predecessor's while it beats, so one
+    with another deployment secret neither starts beside it nor forgets it and its claims."""
+    live = await rig.join(rig.replica(OTHER_SECRET))
+    claims = await rig.claim(live.id)
+    joining = rig.replica(SECRET, address=live.relay_url)
+    with pytest.raises(ClusterError) as refused:
+        await asyncio.wait_for(joining.join(), FORGET_AFTER_S + 5 * HEARTBEAT_S)
+    assert str(refused.value) == (
+        f"this server's deployment secret differs from the one replica {live.id} ({live.relay_url}) uses; every replica "
+        "needs the same secret: copy deployment.secret from a running replica's data dir into this one's"
+    )
+    assert not await rig.registered(joining.id)
+    assert await rig.registered(live.id)
+    assert await rig.claims_of(claims) == (True, live.id, "open", None)
+
+
+async def test_a_predecessor_that_died_at_the_same_address_with_another_secret_is_forgotten_at_the_join(
+    rig: Rig,
+) -> None:
+    """A restart at the same address with another secret: the dead predecessor's row (its beat
+    still fresh) does not beat again, so the join goes on within FORGET_AFTER_S and clears it."""
+    dead = await rig.join(rig.replica(OTHER_SECRET))
+    claims = await rig.claim(dead.id)
+    stop_beating(dead)
+    joining = rig.replica(SECRET, address=dead.relay_url)
+    started = time.monotonic()
+    await rig.join(joining)
+    assert time.monotonic() - started <= FORGET_AFTER_S + 2 * HEARTBEAT_S
+    assert await rig.registered(joining.id)
+    assert not await rig.registered(dead.id)
+    assert await rig.claims_of(claims) == (False, None, "failed", LOST_REPLICA_REASON)

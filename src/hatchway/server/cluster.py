@@ -175,9 +175,13 @@ class Cluster:
         rows = await self._registered()
         healthy_since = time.monotonic()  # the database answered: the heartbeat loop's guard starts now
         gone = [r.id for r in rows if alone or r.relay_url == self.relay_url]
-        await self._forget(gone, unclaimed=True)
         others = [r for r in rows if r.id not in gone]
-        await self._check_secrets(others, healthy_since)
+        # A row at our own address is taken for a dead predecessor's, but not unchecked: two
+        # replicas given one address (the default 127.0.0.1:7080 on two hosts) would otherwise
+        # let one with another secret start beside a live one, after forgetting it.
+        predecessors = [] if alone else [r for r in rows if r.id in gone]
+        await self._check_secrets(others, healthy_since, predecessors)
+        await self._forget(gone, unclaimed=True)
         async with self._sessions() as db:
             db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
             await db.commit()
@@ -193,7 +197,7 @@ class Cluster:
         async with self._sessions() as db:
             return list((await db.execute(query)).scalars().all())
 
-    async def _check_secrets(self, others: list[Replica], healthy_since: float) -> None:
+    async def _check_secrets(self, others: list[Replica], healthy_since: float, predecessors: list[Replica]) -> None:
         """Raise :class:`ClusterError` when a live replica uses another deployment secret.
 
         One beating now refuses the join at once. One silent for FORGET_AFTER_S cannot be judged
@@ -202,7 +206,11 @@ class Cluster:
         join waits for it, until the database has been reachable for FORGET_AFTER_S (the
         heartbeat loop's rule): if it beats again it is alive and the join is refused; if it is
         forgotten, or stays silent, it is taken for dead. The wait costs a start at most
-        FORGET_AFTER_S, and only when such a row is there."""
+        FORGET_AFTER_S, and only when such a row is there.
+
+        ``predecessors`` (rows at this replica's own address) are waited for in the same way
+        whatever the age of their beat when their secret differs: a predecessor that died a
+        moment ago (a restart) does not beat again, another replica given the same address does."""
         mismatched = [r for r in others if not hmac.compare_digest(r.secret_check, self._secret_check)]
         silent = _silent(mismatched)
         beating = [r for r in mismatched if r not in silent]
@@ -210,14 +218,19 @@ class Cluster:
             raise self._secret_error(beating[0])
         if silent:
             await self._outwait({r.id: r.heartbeat_at for r in silent}, healthy_since)
+        at_our_address = [r for r in predecessors if not hmac.compare_digest(r.secret_check, self._secret_check)]
+        if at_our_address:
+            await self._outwait({r.id: r.heartbeat_at for r in at_our_address}, healthy_since,
+                                f"are registered at this server's own hand-over address {self.relay_url}")
 
-    async def _outwait(self, silent: dict[str, datetime], healthy_since: float) -> None:
+    async def _outwait(self, silent: dict[str, datetime], healthy_since: float, why: str = "") -> None:
         """Wait until each replica of ``silent`` (id: the beat its row showed) beats again, which
         raises :class:`ClusterError`, or is forgotten, or stays silent until the database has been
         reachable for FORGET_AFTER_S since ``healthy_since``."""
-        log.info("replica(s) %s use another deployment secret but have been silent for over %.0f s: waiting up to "
+        why = why or f"have been silent for over {FORGET_AFTER_S:.0f} s"
+        log.info("replica(s) %s use another deployment secret but %s: waiting up to "
                  "%.0f s to see whether they are alive (this server would then not start) or stopped (then ignored)",
-                 ", ".join(silent), FORGET_AFTER_S, FORGET_AFTER_S)
+                 ", ".join(silent), why, FORGET_AFTER_S)
         while True:
             rows = await self._registered(list(silent))
             beat_again = [r for r in rows if r.heartbeat_at != silent[r.id]]
