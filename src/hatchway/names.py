@@ -82,6 +82,18 @@ def check_provider_name(name: str) -> str:
     return _check(name, PROVIDER_NAME, "provider name", _DNS_LABEL_RULE)
 
 
+def could_be_username(name: object) -> bool:
+    """Whether some account could have ``name``: a name no account can have (a NUL, a lone
+    surrogate, a megabyte) is no account's, and is not worth a database query, which PostgreSQL
+    would answer with an error (it cannot hold a NUL in text) rather than no row."""
+    return isinstance(name, str) and USERNAME.fullmatch(name) is not None
+
+
+def could_be_workspace_name(name: object) -> bool:
+    """:func:`could_be_username` for workspace names."""
+    return isinstance(name, str) and WORKSPACE_NAME.fullmatch(name) is not None
+
+
 def check_username(name: str) -> str:
     return _check(
         name, USERNAME, "username", "use 1-32 characters, lowercase letters, digits, '_' and '-', starting with a letter"

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway import __version__
 from hatchway.db.models import User, new_id, utcnow
+from hatchway.names import could_be_username
 from hatchway.server import crypto, passwords
 from hatchway.server.api import schemas
 from hatchway.server.api import sessions as sessions_api
@@ -183,8 +184,9 @@ async def login(
     db: AsyncSession = Depends(get_db),
 ) -> schemas.TokenOut:
     source = login_source(request)
-    # A name longer than any is no account's: not worth a query (it may be a megabyte long).
-    user = None if len(body.username) > schemas.LOGIN_NAME_MAX else (
+    # A name no account can have is not worth a query: it may be a megabyte long, or hold a NUL
+    # that PostgreSQL refuses with an error (a 500, neither throttled nor audited).
+    user = None if not could_be_username(body.username) else (
         await db.execute(select(User).where(User.username == body.username))).scalar_one_or_none()
     # The database connection goes back to the pool while Argon2 works (or waits its turn): a
     # burst of sign-ins must not hold every connection the rest of the server needs.

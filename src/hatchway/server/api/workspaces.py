@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.models import Provider, User, Workspace
-from hatchway.names import quoted
+from hatchway.names import could_be_username, could_be_workspace_name, quoted
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import workspace_fields, workspace_out
 from hatchway.server.api.lookup import get_user
@@ -58,7 +58,7 @@ async def find_workspace(db: AsyncSession, user: User, name: str, owner: str | N
         await db.execute(
             select(Workspace).join(Workspace.owner).where(Workspace.name == name, User.username == owner_name)
         )
-    ).scalar_one_or_none()
+    ).scalar_one_or_none() if could_be_workspace_name(name) and could_be_username(owner_name) else None
     if ws is None:
         who = "you have" if owner_name == user.username else f"{quoted(owner_name)} has"
         raise APIError(404, f"no workspace named {quoted(name)}", f'{who} no such workspace; see "hatchway workspaces list"')

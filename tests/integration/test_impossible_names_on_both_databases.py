@@ -1,0 +1,63 @@
+"""Names no account or workspace can have (here, with a NUL) on SQLite and PostgreSQL.
+
+PostgreSQL cannot hold a NUL in text: a query comparing a column with such a name fails with an
+error instead of finding no row. So a sign-in with one was a 500, every time: neither throttled
+nor audited, as a failed sign-in must be; and a site manager's ``?owner=`` (creating a
+workspace for another user, or opening one) was a 500 with a traceback in the log. Such a name
+is now no account's, as any unknown name is."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.migrations import ON_BOTH_DATABASES
+from tests.helpers.server import api
+from tests.helpers.world import World, build_world
+
+pytestmark = ON_BOTH_DATABASES
+
+WRONG = {"error": "wrong username or password", "detail": "check both and try again"}
+IMPOSSIBLE = ("bo\x00b", "b\x00")
+
+
+@pytest.fixture
+def world(tmp_path: Path, db_url: str) -> Iterator[World]:
+    w = build_world(tmp_path, members=("bob",), start_agents=False, db_url=None if db_url.startswith("sqlite") else db_url)
+    try:
+        yield w
+    finally:
+        w.close()
+        log = w.server.log()
+        assert "Traceback" not in log, log[-4000:]
+
+
+def test_a_sign_in_with_a_name_no_account_can_have_is_a_failed_sign_in_throttled_and_audited(world: World) -> None:
+    for name in IMPOSSIBLE:
+        with api(world.url) as c:
+            replies = [c.post("/auth/login", json={"username": name, "password": "guess-Wq3z-pw"}) for _ in range(6)]
+        assert [r.status_code for r in replies] == [401] * 5 + [429], [(r.status_code, r.text[:200]) for r in replies]
+        assert [r.json() for r in replies[:5]] == [WRONG] * 5
+    with world.api("alice") as c:
+        rows = c.get("/audit", params={"action": "session.sign-in-failed", "limit": 5000}).json()
+    own = [(e["actor"], e["target"], e["detail"]["reason"], e["detail"].get("name_length")) for e in reversed(rows)
+           if e["detail"]["reason"] != "counted"]
+    assert own[:5] == [(None, "(unknown name)", "unknown-user", 4)] * 5  # bo\x00b's, each with a row of its own
+
+
+def test_a_site_manager_naming_an_owner_no_account_can_have_gets_a_404(world: World) -> None:
+    with world.api("alice") as c:
+        created = c.post("/workspaces", params={"owner": "bo\x00b"}, json={"name": "dev", "provider": "byo"})
+        assert (created.status_code, created.json()) == (404, {
+            "error": "no user named 'bo\\x00b'",
+            "detail": "create the user first (hatchway users create NAME --email EMAIL), or see hatchway users list",
+        })
+        shown = c.get("/workspaces/dev", params={"owner": "bo\x00b"})
+        assert (shown.status_code, shown.json()["error"]) == (404, 'no workspace named "dev"')
+        assert c.get("/workspaces/d%00v").status_code == 404
+        assert c.post("/users/bo%00b/suspend").status_code == 404
+    with world.api("bob") as c:  # a member is refused before any lookup, as for any other name
+        refused = c.post("/workspaces", params={"owner": "bo\x00b"}, json={"name": "dev", "provider": "byo"})
+        assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
