@@ -51,6 +51,16 @@ def test_docker_host_refuses_remote_or_relative(value: str) -> None:
     assert "docker" in str(e.value).lower()
 
 
+@pytest.mark.parametrize("value", ["/run/docker\x00.sock", "unix:///run/docker\x00.sock", "/" + "d" * 107, "unix:///" + "d" * 107])
+def test_docker_host_refuses_a_socket_path_no_socket_can_have_bare_or_as_a_url(value: str) -> None:
+    """A NUL, or a path too long for a Unix socket address: refused as the provider is created
+    (a site manager's form), not stored for every workspace create to fail on (or, with a NUL,
+    for PostgreSQL to refuse with a 500)."""
+    with pytest.raises(api.DockerHostError) as e:
+        api.parse_docker_host(value)
+    assert str(e.value) == f"invalid Docker host {value!r}: use unix:///absolute/path/to/docker.sock"
+
+
 def test_remote_engines_are_refused_with_the_reason() -> None:
     with pytest.raises(api.DockerHostError, match="server's own machine"):
         api.parse_docker_host("tcp://127.0.0.1:2375")

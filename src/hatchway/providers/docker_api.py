@@ -68,13 +68,12 @@ def parse_docker_host(value: str | None) -> str:
     machine and listens inside each container's network namespace, so the engine must run here.
     """
     host = (value or "").strip() or DEFAULT_DOCKER_HOST
-    if host.startswith("unix://"):
-        path = host[len("unix://"):]
-        if path.startswith("/") and "\0" not in path and len(path) < 108:
+    if host.startswith(("unix://", "/")):
+        # A bare path is held to what a unix:// one is: no NUL, short enough for a socket address.
+        path = host.removeprefix("unix://")
+        if path.startswith("/") and "\0" not in path and len(path.encode("utf-8", "surrogatepass")) < 108:
             return path
         raise DockerHostError(f"invalid Docker host {host!r}: use unix:///absolute/path/to/docker.sock")
-    if host.startswith("/"):
-        return host
     scheme = host.split("://", 1)[0] if "://" in host else host
     raise DockerHostError(
         f"Docker host {host!r} is not supported: the docker provider needs the engine on the server's own "
