@@ -3,8 +3,9 @@
 PostgreSQL cannot hold a NUL in text: a query comparing a column with such a name fails with an
 error instead of finding no row. So a sign-in with one was a 500, every time: neither throttled
 nor audited, as a failed sign-in must be; and a site manager's ``?owner=`` (creating a
-workspace for another user, or opening one) was a 500 with a traceback in the log. Such a name
-is now no account's, as any unknown name is."""
+workspace for another user, or opening one) was a 500 with a traceback in the log, and so were the
+audit and connection-log filters. Such a name is now no account's, as any unknown name is, and
+such a filter matches nothing."""
 
 from __future__ import annotations
 
@@ -61,3 +62,14 @@ def test_a_site_manager_naming_an_owner_no_account_can_have_gets_a_404(world: Wo
     with world.api("bob") as c:  # a member is refused before any lookup, as for any other name
         refused = c.post("/workspaces", params={"owner": "bo\x00b"}, json={"name": "dev", "provider": "byo"})
         assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
+
+
+def test_audit_and_connection_filters_holding_a_nul_match_nothing(world: World) -> None:
+    """A NUL no stored row can hold: the filter matches nothing (on PostgreSQL it was a 500)."""
+    with world.api("alice") as c:
+        for path, params in (("/audit", {"actor": "ali\x00ce"}), ("/audit", {"action": "user.\x00create"}),
+                             ("/audit", {"target": "b\x00ob"}), ("/connections", {"user": "b\x00ob"}),
+                             ("/connections", {"workspace": "bob/d\x00ev"})):
+            r = c.get(path, params=params)
+            assert (path, params, r.status_code, r.json()) == (path, params, 200, [])
+        assert c.get("/audit", params={"actor": "alice"}).json() != []  # the same filter without a NUL matches

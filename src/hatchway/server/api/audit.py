@@ -19,6 +19,12 @@ router = APIRouter(prefix="/api/v1", tags=["audit"])
 MAX_OFFSET = 2**63 - 1
 
 
+def _unstorable(*values: str | None) -> bool:
+    """Whether a filter holds what no stored row can (a NUL: PostgreSQL text cannot hold one,
+    and would answer the query with an error, a 500): such a filter matches nothing."""
+    return any(v is not None and "\x00" in v for v in values)
+
+
 @router.get("/audit", response_model=list[schemas.AuditOut])
 async def list_audit(
     limit: int = Query(200, ge=1, le=5000),
@@ -31,6 +37,8 @@ async def list_audit(
 ) -> list[schemas.AuditOut]:
     """Newest first. Failed sign-ins have no actor (nobody signed in): find those against an
     account by ``action`` and ``target``."""
+    if _unstorable(actor, action, target):
+        return []
     q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
     for column, value in ((AuditEvent.actor, actor), (AuditEvent.action, action), (AuditEvent.target, target)):
         if value:
@@ -51,6 +59,8 @@ async def list_connections(
     db: AsyncSession = Depends(get_db),
 ) -> list[schemas.ConnectionOut]:
     """Newest first. Site managers see every connection; members see their own."""
+    if _unstorable(username, workspace):
+        return []
     q = select(SSHConnection).order_by(SSHConnection.started_at.desc()).limit(limit).offset(offset)
     if user.role != "site-manager":
         q = q.where(SSHConnection.user_id == user.id)
