@@ -94,6 +94,18 @@ def could_be_workspace_name(name: object) -> bool:
     return isinstance(name, str) and WORKSPACE_NAME.fullmatch(name) is not None
 
 
+#: Every character a username, workspace or provider name can hold.
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def name_fragment(text: str) -> str | None:
+    """``text`` typed into a filter on names, as names hold it: lowercased (names are, so "Ali"
+    finds "alice"), or None when no name can contain it (a space, a NUL): nothing matches then,
+    and the database is not asked (PostgreSQL answers a NUL in text with an error, not no row)."""
+    fragment = text.strip().lower()
+    return fragment if set(fragment) <= _NAME_CHARS else None
+
+
 def check_username(name: str) -> str:
     return _check(
         name, USERNAME, "username", "use 1-32 characters, lowercase letters, digits, '_' and '-', starting with a letter"

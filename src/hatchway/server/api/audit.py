@@ -17,6 +17,8 @@ router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 #: The largest offset the databases take (their 64-bit integers); a larger one is a 422, not a 500.
 MAX_OFFSET = 2**63 - 1
+#: The most rows one list request returns.
+MAX_LIMIT = 5000
 
 
 def _unstorable(*values: str | None) -> bool:
@@ -27,7 +29,7 @@ def _unstorable(*values: str | None) -> bool:
 
 @router.get("/audit", response_model=list[schemas.AuditOut])
 async def list_audit(
-    limit: int = Query(200, ge=1, le=5000),
+    limit: int = Query(200, ge=1, le=MAX_LIMIT),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     actor: str | None = Query(None, max_length=64, description="only actions by this user"),
     action: str | None = Query(None, max_length=60, description="only this action, e.g. session.sign-in-failed"),
@@ -48,7 +50,7 @@ async def list_audit(
 
 @router.get("/connections", response_model=list[schemas.ConnectionOut])
 async def list_connections(
-    limit: int = Query(200, ge=1, le=5000),
+    limit: int = Query(200, ge=1, le=MAX_LIMIT),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     username: str | None = Query(None, alias="user", max_length=64, description="only this user's connections"),
     workspace: str | None = Query(

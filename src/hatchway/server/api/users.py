@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from fastapi import APIRouter, Depends, Request
-from sqlalchemy import func, select, text
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,7 +17,8 @@ from hatchway.server import crypto, passwords
 from hatchway.server.api import schemas
 from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api.convert import user_out
-from hatchway.server.api.lookup import get_user
+from hatchway.server.api.audit import MAX_LIMIT, MAX_OFFSET
+from hatchway.server.api.lookup import get_user, name_contains
 from hatchway.server.api.workspaces import refuse_demoting_unisolated_owner
 from hatchway.server.audit import record
 from hatchway.server.auth import bearer_token, current_user, issue_session_token, site_manager
@@ -284,9 +285,23 @@ async def change_password(
     return schemas.RevokedOut(revoked=ended)
 
 
+def users_query(search: str | None = None) -> Select[tuple[User]]:
+    """Users by name, narrowed to names containing ``search``: the API's list and Manage >
+    Users, which pages it (a deployment can have thousands)."""
+    q = select(User).order_by(User.username)
+    return q.where(name_contains(User.username, search)) if search else q
+
+
 @router.get("/users", response_model=list[schemas.UserOut])
-async def list_users(_sm: User = Depends(site_manager), db: AsyncSession = Depends(get_db)) -> list[schemas.UserOut]:
-    rows = (await db.execute(select(User).order_by(User.username))).scalars()
+async def list_users(
+    limit: int | None = Query(None, ge=1, le=MAX_LIMIT, description="at most this many (default: all)"),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description="skip this many first"),
+    search: str | None = Query(None, max_length=64, description="only users whose name contains this, in any case"),
+    _sm: User = Depends(site_manager),
+    db: AsyncSession = Depends(get_db),
+) -> list[schemas.UserOut]:
+    """By name. Without ``limit``, every user (as before paging existed)."""
+    rows = (await db.execute(users_query(search).limit(limit).offset(offset))).scalars()
     return [user_out(u) for u in rows]
 
 

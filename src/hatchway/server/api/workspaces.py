@@ -6,7 +6,7 @@ import shlex
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,7 +14,8 @@ from hatchway.db.models import Provider, User, Workspace
 from hatchway.names import could_be_username, could_be_workspace_name, quoted
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import workspace_fields, workspace_out
-from hatchway.server.api.lookup import get_user
+from hatchway.server.api.audit import MAX_LIMIT, MAX_OFFSET
+from hatchway.server.api.lookup import get_user, workspace_search
 from hatchway.server.api.providers import get_provider
 from hatchway.server.audit import record
 from hatchway.server.auth import AGENT_TOKEN_PREFIX, current_user
@@ -65,17 +66,31 @@ async def find_workspace(db: AsyncSession, user: User, name: str, owner: str | N
     return ws
 
 
-@router.get("", response_model=list[schemas.WorkspaceOut])
-async def list_workspaces(
-    all_users: bool = Query(False, alias="all"),
-    user: User = Depends(current_user),
-    db: AsyncSession = Depends(get_db),
-) -> list[schemas.WorkspaceOut]:
+def workspaces_query(user: User, all_users: bool = False, search: str | None = None) -> Select[tuple[Workspace]]:
+    """The caller's workspaces, or (site managers) everyone's, by owner and name, narrowed to
+    those whose name or owner contains ``search``: the API's list and the Workspaces page,
+    which pages it."""
     q = select(Workspace).join(Workspace.owner).order_by(User.username, Workspace.name)
     if not all_users:
         q = q.where(Workspace.owner_id == user.id)
     elif user.role != "site-manager":
         raise APIError(403, "forbidden", "only a site manager can list every user's workspaces")
+    return q.where(workspace_search(search)) if search else q
+
+
+@router.get("", response_model=list[schemas.WorkspaceOut])
+async def list_workspaces(
+    all_users: bool = Query(False, alias="all"),
+    limit: int | None = Query(None, ge=1, le=MAX_LIMIT, description="at most this many (default: all)"),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description="skip this many first"),
+    search: str | None = Query(
+        None, max_length=100, description="only workspaces whose name or owner contains this, in any case; OWNER/NAME for both",
+    ),
+    user: User = Depends(current_user),
+    db: AsyncSession = Depends(get_db),
+) -> list[schemas.WorkspaceOut]:
+    """By owner, then name. Without ``limit``, all of them (as before paging existed)."""
+    q = workspaces_query(user, all_users, search).limit(limit).offset(offset)
     return [workspace_out(w) for w in (await db.execute(q)).scalars()]
 
 

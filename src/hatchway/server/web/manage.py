@@ -125,7 +125,7 @@ async def provider_edit(
 
 
 async def _users_page(request: Request, sm: User, db: AsyncSession, status: int = 200, form: dict[str, str] | None = None, error: str | None = None) -> Response:
-    users = await users_api.list_users(_sm=sm, db=db)
+    users = await users_api.list_users(limit=None, offset=0, search=None, _sm=sm, db=db)
     return render(request, "users.html", status=status, section="manage", users=users, form=form or {"role": "member"}, error=error)
 
 

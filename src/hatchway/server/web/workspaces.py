@@ -113,10 +113,10 @@ async def _workspaces_page(
 ) -> Response:
     manager = user.role == "site-manager"
     show_all = manager and request.query_params.get("all") == "1"
-    rows = await ws_api.list_workspaces(all_users=show_all, user=user, db=db)
+    rows = await ws_api.list_workspaces(all_users=show_all, limit=None, offset=0, search=None, user=user, db=db)
     providers = await providers_api.provider_rows(db)
     # Site managers create workspaces for anyone (the API's ?owner=); members only their own.
-    owners = await users_api.list_users(_sm=user, db=db) if manager else []
+    owners = await users_api.list_users(limit=None, offset=0, search=None, _sm=user, db=db) if manager else []
     return render(
         request,
         "workspaces.html",
