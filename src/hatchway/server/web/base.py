@@ -5,7 +5,8 @@ checks CSRF, who is signed in, rendering, redirects and form fields.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+import math
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -318,3 +320,55 @@ def form_secret(form: FormData, key: str) -> str:
     """A password field exactly as typed: unlike names, passwords are never trimmed."""
     value = form.get(key)
     return value if isinstance(value, str) else ""
+
+
+# --- long lists -----------------------------------------------------------------------------
+
+#: Rows per page of every long list (the audit log, users, everyone's workspaces).
+PAGE_SIZE = 25
+
+
+def page_number(request: Request) -> int:
+    """The ``?page=`` asked for: 1 for anything that is not a whole number from 1 up."""
+    try:
+        return max(1, int(request.query_params.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+def list_filter(request: Request) -> str:
+    """A list's filter box as typed (``?search=``); the query decides what it can match."""
+    return (request.query_params.get("search") or "").strip()[:100]
+
+
+def pager(request: Request, page: int, total: int) -> dict[str, Any]:
+    """Where this page of ``total`` rows is and links to the others (the ``pager`` macro),
+    each keeping the page's other parameters (its filters, its tab); a page past the last is
+    the last."""
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    page = min(page, pages)
+    params = {k: v for k, v in request.query_params.items() if k != "page" and v}
+
+    def link(p: int) -> str:
+        return request.url.path + "?" + urlencode({**params, "page": str(p)})
+
+    return {
+        "page": page,
+        "pages": pages,
+        "total": total,
+        "first": (page - 1) * PAGE_SIZE + 1 if total else 0,
+        "last": min(page * PAGE_SIZE, total),
+        "start": link(1) if page > 1 else None,
+        "prev": link(page - 1) if page > 1 else None,
+        "next": link(page + 1) if page < pages else None,
+        "end": link(pages) if page < pages else None,
+    }
+
+
+async def paged(request: Request, db: AsyncSession, stmt: Select[Any]) -> tuple[Sequence[Any], dict[str, Any]]:
+    """The page asked for of ``stmt``'s rows, and its :func:`pager`: the database counts the
+    rows and returns one page, so a list of thousands costs a page's rendering."""
+    total = (await db.execute(select(func.count()).select_from(stmt.order_by(None).subquery()))).scalar_one()
+    where = pager(request, page_number(request), total)
+    rows = (await db.execute(stmt.offset((where["page"] - 1) * PAGE_SIZE).limit(PAGE_SIZE))).scalars().all()
+    return rows, where

@@ -4,13 +4,12 @@ of SSH connections and admin actions.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 from pydantic import ValidationError
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
@@ -19,7 +18,7 @@ from hatchway.db.models import AuditEvent, SSHConnection, User
 from hatchway.server.api import providers as providers_api
 from hatchway.server.api import schemas
 from hatchway.server.api import users as users_api
-from hatchway.server.api.convert import audit_out, connection_out
+from hatchway.server.api.convert import audit_out, connection_out, user_out
 from hatchway.server.connlog import workspace_filter
 from hatchway.server.context import ServerContext, client_source, get_ctx, get_db
 from hatchway.server.errors import APIError
@@ -27,15 +26,14 @@ from hatchway.server.web import format as fmt
 from hatchway.server.web.base import (
     form_secret,
     form_str,
+    list_filter,
     page_router,
+    paged,
     redirect,
     render,
     validation_message,
     web_manager,
 )
-
-#: Rows per page of the audit log.
-PAGE_SIZE = 25
 
 router = page_router()
 
@@ -125,8 +123,12 @@ async def provider_edit(
 
 
 async def _users_page(request: Request, sm: User, db: AsyncSession, status: int = 200, form: dict[str, str] | None = None, error: str | None = None) -> Response:
-    users = await users_api.list_users(limit=None, offset=0, search=None, _sm=sm, db=db)
-    return render(request, "users.html", status=status, section="manage", users=users, form=form or {"role": "member"}, error=error)
+    search = list_filter(request)
+    rows, pager = await paged(request, db, users_api.users_query(search))
+    return render(
+        request, "users.html", status=status, section="manage", users=[user_out(u) for u in rows], pager=pager,
+        search=search, form=form or {"role": "member"}, error=error,
+    )
 
 
 @router.get("/manage/users")
@@ -294,39 +296,12 @@ async def user_password_set(
 # --- manage: audit ------------------------------------------------------------------------
 
 
-def _page_number(request: Request) -> int:
-    try:
-        return max(1, int(request.query_params.get("page", "1")))
-    except ValueError:
-        return 1
-
-
-def _pager(request: Request, page: int, total: int) -> dict[str, Any]:
-    pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = min(page, pages)
-    params = {k: v for k, v in request.query_params.items() if k != "page" and v}
-
-    def link(p: int) -> str:
-        return "/manage/audit?" + urlencode({**params, "page": str(p)})
-
-    return {
-        "page": page,
-        "pages": pages,
-        "total": total,
-        "first": (page - 1) * PAGE_SIZE + 1 if total else 0,
-        "last": min(page * PAGE_SIZE, total),
-        "newer": link(page - 1) if page > 1 else None,
-        "older": link(page + 1) if page < pages else None,
-    }
-
-
 @router.get("/manage/audit")
 async def audit_page(request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
     q = request.query_params
     view = "admin" if q.get("view") == "admin" else "connections"
     user_f = (q.get("user") or "").strip()
     ws_f = (q.get("workspace") or "").strip()
-    page = _page_number(request)
 
     if view == "connections":
         stmt = select(SSHConnection)
@@ -346,9 +321,7 @@ async def audit_page(request: Request, _sm: User = Depends(web_manager), db: Asy
             stmt = stmt.where(and_(AuditEvent.action.startswith("workspace."), target))
         order = (AuditEvent.id.desc(),)
 
-    total = (await db.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
-    pager = _pager(request, page, total)
-    rows = (await db.execute(stmt.order_by(*order).offset((pager["page"] - 1) * PAGE_SIZE).limit(PAGE_SIZE))).scalars().all()
+    rows, pager = await paged(request, db, stmt.order_by(*order))
     if view == "connections":
         items = [
             {"c": connection_out(r), "duration": fmt.connection_duration(r.started_at, r.ended_at)} for r in rows

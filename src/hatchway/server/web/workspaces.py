@@ -18,14 +18,16 @@ from hatchway.server.api import providers as providers_api
 from hatchway.server.api import schemas
 from hatchway.server.api import users as users_api
 from hatchway.server.api import workspaces as ws_api
-from hatchway.server.api.convert import connection_out
+from hatchway.server.api.convert import connection_out, workspace_out
 from hatchway.server.context import ServerContext, get_ctx, get_db
 from hatchway.server.errors import APIError
 from hatchway.server.policy import SSHFacts, external_connect_off_message, ssh_refusal
 from hatchway.server.web import format as fmt
 from hatchway.server.web.base import (
     form_str,
+    list_filter,
     page_router,
+    paged,
     redirect,
     render,
     validation_message,
@@ -113,16 +115,21 @@ async def _workspaces_page(
 ) -> Response:
     manager = user.role == "site-manager"
     show_all = manager and request.query_params.get("all") == "1"
-    rows = await ws_api.list_workspaces(all_users=show_all, limit=None, offset=0, search=None, user=user, db=db)
+    search = list_filter(request) if show_all else ""  # the filter box is Everyone's
+    rows, pager = await paged(request, db, ws_api.workspaces_query(user, show_all, search))
     providers = await providers_api.provider_rows(db)
     # Site managers create workspaces for anyone (the API's ?owner=); members only their own.
-    owners = await users_api.list_users(limit=None, offset=0, search=None, _sm=user, db=db) if manager else []
+    owners = (await db.execute(users_api.users_query())).scalars().all() if manager else []
     return render(
         request,
         "workspaces.html",
         status=status,
         section="workspaces",
-        workspaces=[_workspace_view(user, w, _managed(request, w.provider_kind)) for w in rows],
+        workspaces=[_workspace_view(user, workspace_out(w), _managed(request, w.provider.kind)) for w in rows],
+        pager=pager,
+        search=search,
+        # Start, Stop and Restart come back to this very page: its page of the list, its filter.
+        back=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         providers=providers,
         show_all=show_all,
         form=form or {"provider": "local" if any(p.name == "local" for p in providers) else "", "owner": user.username},
