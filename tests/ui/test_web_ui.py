@@ -669,7 +669,9 @@ def test_container_workspaces_take_an_image_and_cvm_from_the_form(member_page: S
     page.locator("#ws-image").fill("debian:12")
     page.get_by_label("CVM: systemd as PID 1").check()
     page.get_by_role("button", name="Create workspace").click()
-    assert page.get_by_role("alert").inner_text() == f'--image and --cvm are for docker workspaces: provider "{LAB}" is manual'
+    assert page.get_by_role("alert").inner_text() == (
+        f'Image and the “CVM: systemd as PID 1” switch are only for docker providers, and provider "{LAB}" is manual: '
+        "clear them, or choose a docker provider.")
     assert page.locator("#ws-image").input_value() == "debian:12"  # kept for fixing
     assert page.get_by_label("CVM: systemd as PID 1").is_checked()
     # On the Docker provider the image reaches the engine, whose absence is said plainly.

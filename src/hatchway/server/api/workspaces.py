@@ -28,6 +28,12 @@ from hatchway.providers.local import LocalProvider, members_refused
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
 
+#: Refusals of a field another provider kind takes, in the CLI's words (its options); the web
+#: UI's form says them with its own labels (``web/workspaces.py``), matching on these.
+OPENSSH_NOT_LOCAL = "--openssh is only for local workspaces"
+IMAGE_NOT_DOCKER = "--image and --cvm are for docker workspaces"
+DOCKER_NEEDS_IMAGE = "a docker workspace needs an image"
+
 
 def _supervisor(request: Request) -> Any:
     """The supervisor of server-managed workspaces (None when the app runs without one)."""
@@ -125,7 +131,7 @@ async def create_workspace(
     managed = supervisor is not None and supervisor.manages(provider.kind)
     if body.openssh and provider.kind != "local":
         raise APIError(
-            422, "--openssh is only for local workspaces",
+            422, OPENSSH_NOT_LOCAL,
             f'provider "{provider.name}" is {provider.kind}: run OpenSSH in that workspace yourself',
         )
     if provider.kind == "local" and owner_user.role != "site-manager":
@@ -232,10 +238,10 @@ async def _image_environment(body: schemas.WorkspaceCreateIn, provider: Provider
     the image is read as the workspace's ``owner`` would run it."""
     if provider.kind != "docker":
         if body.image or body.cvm:
-            raise APIError(422, "--image and --cvm are for docker workspaces", f'provider "{provider.name}" is {provider.kind}')
+            raise APIError(422, IMAGE_NOT_DOCKER, f'provider "{provider.name}" is {provider.kind}')
         return dict(body.env)
     if not body.image:
-        raise APIError(422, "a docker workspace needs an image", "give --image IMAGE (an image on the provider's Docker engine)")
+        raise APIError(422, DOCKER_NEEDS_IMAGE, "give --image IMAGE (an image on the provider's Docker engine)")
     docker = supervisor.provider(provider.kind) if supervisor is not None else None
     if docker is None:
         raise APIError(409, "this server does not run docker workspaces", "start it with `hatchway server`")

@@ -165,7 +165,38 @@ def _parse_env(text: str) -> dict[str, str]:
 
 
 #: The New workspace form's labels, for its refusals (:func:`validation_message`).
-WORKSPACE_LABELS = {"name": "Name", "provider": "Provider", "env": "Image environment", "image": "Image"}
+WORKSPACE_LABELS = {
+    "name": "Name", "provider": "Provider", "env": "Image environment", "image": "Image",
+    "openssh": "the “OpenSSH on port 22” switch", "cvm": "the “CVM: systemd as PID 1” switch",
+}
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _other_kinds_field(values: dict[str, str], kind: str, fields: list[str], wanted: str) -> str:
+    """A refusal of ``fields`` (set on the form) that only ``wanted`` providers take."""
+    labels = [WORKSPACE_LABELS[f] for f in fields]
+    if len(labels) > 1:
+        are, undo = "are", "clear them"
+    else:
+        are, undo = "is", "clear it" if fields == ["image"] else "turn it off"
+    return (f"{_capital(' and '.join(labels))} {are} only for {wanted} providers, and provider "
+            f"{names.quoted(values['provider'] or 'local')} is {kind}: {undo}, or choose a {wanted} provider.")
+
+
+def _form_refusal(exc: APIError, values: dict[str, str], kind: str) -> str:
+    """The API's refusal as the form says it: the API names the CLI's options (``--image``),
+    the form names its fields by their labels. Other refusals keep the API's words."""
+    if exc.error == ws_api.OPENSSH_NOT_LOCAL:
+        return _other_kinds_field(values, kind, ["openssh"], "local")
+    if exc.error == ws_api.IMAGE_NOT_DOCKER:
+        return _other_kinds_field(values, kind, [f for f in ("image", "cvm") if values[f]], "docker")
+    if exc.error == ws_api.DOCKER_NEEDS_IMAGE:
+        return ("Image is required for docker providers: give an image on the provider's Docker engine, "
+                "registry.example.com/dev:latest say.")
+    return f"{_capital(exc.error)}: {exc.detail}"
 
 
 @router.post("/workspaces")
@@ -199,7 +230,9 @@ async def create_workspace(
     except APIError as exc:
         await db.rollback()
         await db.refresh(user)  # the rollback expired it; the page below reads it again
-        return await _workspaces_page(request, user, db, exc.status, values, f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+        provider = values["provider"] or "local"
+        kind = next((p.kind for p in await providers_api.provider_rows(db) if p.name == provider), "")
+        return await _workspaces_page(request, user, db, exc.status, values, _form_refusal(exc, values, kind))
     if out.agent_command:
         # A manual provider's agent token is shown exactly once, so render it now.
         return render(request, "agent_token.html", section="workspaces", ws=out, agent_command=out.agent_command, created=True)
