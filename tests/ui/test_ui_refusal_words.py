@@ -75,3 +75,44 @@ def test_a_docker_provider_without_an_image_asks_for_the_image_field(manager_pag
     finally:
         with srv.api() as c:
             c.delete("/providers/crates")
+
+
+def _forge(page: Any, action: str, fields: dict[str, str]) -> None:
+    """Submit a form as a page left open from before a demotion would: the signed-in member's
+    CSRF token, a site manager's fields."""
+    page.evaluate(
+        """([action, fields]) => {
+            const f = document.createElement("form");
+            f.method = "post"; f.action = action;
+            const token = document.querySelector('input[name="csrf_token"]').cloneNode();
+            f.append(token);
+            for (const [k, v] of Object.entries(fields)) {
+                const i = document.createElement("input"); i.type = "hidden"; i.name = k; i.value = v; f.append(i);
+            }
+            document.body.append(f); f.submit();
+        }""",
+        [action, fields],
+    )
+
+
+def test_a_member_at_a_site_managers_action_is_told_what_happened(member_page: SignedIn) -> None:
+    page, srv = member_page.page, member_page.srv
+    page.goto(srv.url + "/workspaces")
+    _forge(page, "/workspaces", {"name": "for-alice", "provider": LAB, "owner": srv.manager})
+    expect(page.get_by_role("alert")).to_have_text(
+        "Only site managers can create a workspace for another user, and you are a member: create your own "
+        f"(reload this page for a form without Owner), or ask a site manager to create it for {srv.manager}.")
+    expect(page.get_by_label("Name")).to_have_value("for-alice")
+
+    for action, fields in ((f"/manage/providers/{LAB}/edit", {"external_connect": "on"}),
+                           (f"/manage/users/{srv.member}/role", {"role": "site-manager"})):
+        with page.expect_response(lambda r: r.url.endswith(action)) as resp:
+            _forge(page, action, fields)
+        assert resp.value.status == 403
+        expect(page.get_by_role("heading", level=1)).to_have_text("Only site managers can do this")
+        expect(page.locator(".error-state p.muted")).to_have_text(
+            "It is for administering this deployment. Ask one of your site managers if you need access or a change here.")
+        page.goto(srv.url + "/workspaces")
+    with srv.api() as c:
+        assert c.get("/workspaces/for-alice").status_code == 404
+        assert next(u["role"] for u in c.get("/users").json() if u["username"] == srv.member) == "member"

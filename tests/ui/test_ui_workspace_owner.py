@@ -101,7 +101,7 @@ def test_a_member_has_no_owner_field_and_a_forged_one_is_refused(member_page: Si
     with _cookie_client(member_page) as c:
         r = c.post("/workspaces", data={"csrf_token": _csrf(page), "name": "planted", "provider": LAB, "owner": srv.manager})
         assert r.status_code == 403
-        assert "Forbidden: only a site manager can create workspaces for other users" in r.text
+        assert "Only site managers can create a workspace for another user, and you are a member" in r.text
         # Without the form's token it is the CSRF refusal, as for every form.
         r = c.post("/workspaces", data={"name": "planted", "provider": LAB, "owner": srv.manager})
         assert r.status_code == 403 and "This form could not be verified" in r.text

@@ -109,6 +109,7 @@ class WebRoute(APIRoute):
                     "and try again.",
                 )
             except APIError as exc:
+                exc = page_refusal(request, exc)
                 response = error_page(request, exc.status, exc.error, exc.detail)
                 if exc.headers:
                     response.headers.update(exc.headers)
@@ -172,13 +173,27 @@ async def web_user(request: Request, db: AsyncSession = Depends(get_db)) -> User
     return user
 
 
+#: What a member who reaches a site manager's page or button is told to do next.
+MANAGERS_ONLY_DETAIL = (
+    "It is for administering this deployment. Ask one of your site managers if you need access or a change here.")
+
+
+def managers_only(request: Request) -> APIError:
+    """A member at a site manager's page (an old bookmark), or pressing one of its buttons (a
+    page left open while they were made a member): what happened and what to do next."""
+    what = "open this page" if request.method == "GET" else "do this"
+    return APIError(403, f"Only site managers can {what}", MANAGERS_ONLY_DETAIL)
+
+
+def page_refusal(request: Request, exc: APIError) -> APIError:
+    """The API's bare 403 "forbidden" (a site manager's action, by a member) said as a page
+    says it; every other refusal already says what happened."""
+    return managers_only(request) if exc.status == 403 and exc.error == "forbidden" else exc
+
+
 async def web_manager(request: Request, user: User = Depends(web_user)) -> User:
     if user.role != "site-manager":
-        raise APIError(
-            403,
-            "Only site managers can open this page",
-            "It is for administering this deployment. Ask one of your site managers if you need access or a change here.",
-        )
+        raise managers_only(request)
     return user
 
 
