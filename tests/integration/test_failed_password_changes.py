@@ -14,7 +14,7 @@ import pytest
 
 from hatchway.server.unidentified import PER_KEY, WINDOW_S
 from tests.helpers.cli import Cli
-from tests.helpers.server import RunningServer, api, csrf_token, first_user, wait_for
+from tests.helpers.server import RunningServer, api, csrf_token, first_user, running_server, wait_for
 
 ACTION = "user.password-failed"
 WRONG = {
@@ -28,12 +28,8 @@ TRIED = ("api-Wq4z-guess", "cli-Lm7c-guess", "web-Rt2x-guess", "flood-Gh6n-guess
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[RunningServer]:
-    server = RunningServer(tmp_path / "data")
-    server.start()
-    try:
+    with running_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _bob(srv: RunningServer) -> tuple[str, str]:

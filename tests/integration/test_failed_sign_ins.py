@@ -17,7 +17,7 @@ import pytest
 
 from hatchway.server.unidentified import PER_KEY, WINDOW_S
 from tests.helpers.cli import Cli
-from tests.helpers.server import RunningServer, api, csrf_token, first_user, wait_for
+from tests.helpers.server import RunningServer, api, csrf_token, first_user, running_server, wait_for
 
 WRONG = {"error": "wrong username or password", "detail": "check both and try again"}
 SUSPENDED = {"error": "account suspended", "detail": "your account is suspended; ask a site manager to reactivate it"}
@@ -33,12 +33,8 @@ UNKNOWN = "(unknown name)"
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[RunningServer]:
-    server = RunningServer(tmp_path / "data")
-    server.start()
-    try:
+    with running_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _manager(srv: RunningServer) -> str:
