@@ -379,3 +379,28 @@ def test_data_survives_restart(deployment: Deployment) -> None:
     assert "gina" in names
     assert deployment.bob.ok("keys", "show", "--json").json() == key_before
     deployment.bob.ok("keys", "download", "--output", str(deployment.tmp / "after-restart"))
+
+
+def test_list_search_keeps_matching_users_and_workspaces(deployment: Deployment) -> None:
+    """A deployment with thousands of users: `--search` finds the few, in any case, on the server."""
+    alice, bob = deployment.alice, deployment.bob
+    for name in ("srch-ann", "srch-bea"):
+        alice.ok("users", "create", name, "--email", f"{name}@example.com")
+    alice.ok("providers", "create", "srchprov", "--kind", "manual")
+    alice.ok("workspaces", "create", "srch-one", "--provider", "srchprov")
+    alice.ok("workspaces", "create", "bob/srch-two", "--provider", "srchprov")
+
+    assert [u["username"] for u in alice.ok("users", "list", "--search", "SRCH-", "--json").json()] == ["srch-ann", "srch-bea"]
+    table = alice.ok("users", "list", "--search", "bea").out.splitlines()
+    assert [line.split()[0] for line in table] == ["USERNAME", "srch-bea"]
+
+    def found(cli: Cli, *args: str) -> list[tuple[str, str]]:
+        return [(w["owner"], w["name"]) for w in cli.ok("workspaces", "list", *args, "--json").json()]
+
+    assert found(alice, "--all", "--search", "Srch") == [("alice", "srch-one"), ("bob", "srch-two")]
+    assert found(alice, "--all", "--search", "bob/srch") == [("bob", "srch-two")]
+    assert found(alice, "--search", "srch") == [("alice", "srch-one")]  # without --all: her own
+    assert found(bob, "--search", "two") == [("bob", "srch-two")]
+    assert found(alice, "--all", "--search", "no such") == []
+    rows = alice.ok("workspaces", "list", "--all", "--search", "bob/srch-t").out.splitlines()
+    assert [line.split()[:2] for line in rows] == [["NAME", "OWNER"], ["srch-two", "bob"]]

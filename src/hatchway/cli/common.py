@@ -25,6 +25,10 @@ from hatchway.unreachable import NOT_HATCHWAY_ADVICE, no_answer, why_unreachable
 
 #: ``--json`` of every command that lists or shows something: the API's own answer, for scripts.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's answer as JSON (for scripts).")
+def search_option(which: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--search`` of the lists that grow with a deployment (users, everyone's workspaces);
+    ``which`` says what it keeps."""
+    return click.option("--search", metavar="TEXT", default=None, help=f"Only {which}, in any case.")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -12,6 +12,7 @@ from hatchway.cli.common import (
     print_table,
     prompt_secret,
     read_password_stdin,
+    search_option,
 )
 from hatchway.cli.replies import Revoked, User
 from hatchway.names import check_username
@@ -27,10 +28,11 @@ def users() -> None:
 
 
 @users.command("list")
+@search_option("users whose name contains TEXT")
 @json_option
-def list_users(as_json: bool) -> None:
-    """List every user: role, whether suspended, SSH key fingerprint."""
-    rows = api().call("GET", "/users", expect=list[User])
+def list_users(search: str | None, as_json: bool) -> None:
+    """List every user (or those whose name contains --search): role, status, password."""
+    rows = api().call("GET", "/users", params={"search": search} if search else None, expect=list[User])
     if as_json:
         print_json(rows)
         return

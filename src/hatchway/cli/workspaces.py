@@ -15,6 +15,7 @@ from hatchway.cli.common import (
     name_segment,
     print_json,
     print_table,
+    search_option,
     split_owner,
 )
 from hatchway.cli.replies import AgentToken, CreatedWorkspace, Workspace
@@ -155,10 +156,12 @@ def create(
 
 @workspaces.command("list")
 @click.option("--all", "all_users", is_flag=True, help="Every user's workspaces (site managers).")
+@search_option("workspaces whose name or owner contains TEXT (OWNER/NAME: both)")
 @json_option
-def list_workspaces(all_users: bool, as_json: bool) -> None:
+def list_workspaces(all_users: bool, search: str | None, as_json: bool) -> None:
     """List your workspaces: state, agent and how SSH is served."""
-    rows = api().call("GET", "/workspaces", params={"all": "true"} if all_users else None, expect=list[Workspace])
+    params = {k: v for k, v in (("all", "true" if all_users else None), ("search", search)) if v}
+    rows = api().call("GET", "/workspaces", params=params or None, expect=list[Workspace])
     if as_json:
         print_json(rows)
         return
