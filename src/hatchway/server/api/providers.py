@@ -89,7 +89,14 @@ async def delete_provider(
     name: str, request: Request, sm: User = Depends(site_manager), db: AsyncSession = Depends(get_db)
 ) -> schemas.OkOut:
     """Delete a provider that has no workspaces (a mistyped Docker host, say)."""
-    p = await get_provider(db, name)
+    await remove_provider(db, sm, name, client_source(request))
+    return schemas.OkOut()
+
+
+async def refuse_deletion(db: AsyncSession, p: Provider) -> None:
+    """Raise the refusal if ``p`` may not be deleted: the built-in provider, or one that still
+    has workspaces (deleting it would strand them). The web UI asks this before its
+    confirmation page, so nobody confirms a deletion that is then refused."""
     if p.name == "local":
         raise APIError(
             409, 'the built-in "local" provider cannot be deleted',
@@ -101,13 +108,18 @@ async def delete_provider(
             409, f"provider {quoted(p.name)} still has {count} workspace{'s' if count != 1 else ''}",
             "delete them first; see hatchway workspaces list --all",
         )
+
+
+async def remove_provider(db: AsyncSession, sm: User, name: str, source: str) -> None:
+    """Shared by the API and the web UI so both refuse, delete and audit identically."""
+    p = await get_provider(db, name)
+    await refuse_deletion(db, p)
     await db.delete(p)
-    record(db, sm, "provider.delete", p.name, client_source(request), kind=p.kind)
+    record(db, sm, "provider.delete", p.name, source, kind=p.kind)
     try:
         await db.commit()
     except IntegrityError:  # a workspace created meanwhile
         raise APIError(409, f"provider {quoted(p.name)} got a workspace meanwhile", "delete it first") from None
-    return schemas.OkOut()
 
 
 async def apply_provider_edit(
