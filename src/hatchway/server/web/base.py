@@ -270,6 +270,12 @@ def redirect(request: Request, url: str, kind: str | None = None, message: str |
     return response
 
 
+def refusal_message(exc: APIError) -> str:
+    """The API's refusal as a page shows it (a flash, a form's alert): the API's own words,
+    what happened and then what to do next, so the UI and the CLI say the same."""
+    return f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}"
+
+
 def form_str(form: FormData, key: str) -> str:
     value = form.get(key)
     return value.strip() if isinstance(value, str) else ""

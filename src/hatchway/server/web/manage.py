@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from hatchway import names
-from hatchway.db.models import AuditEvent, SSHConnection, User
+from hatchway.db.models import AuditEvent, Provider, SSHConnection, User
 from hatchway.server.api import providers as providers_api
 from hatchway.server.api import schemas
 from hatchway.server.api import users as users_api
@@ -30,6 +30,7 @@ from hatchway.server.web.base import (
     page_router,
     paged,
     redirect,
+    refusal_message,
     render,
     validation_message,
     web_manager,
@@ -74,17 +75,29 @@ async def provider_create(request: Request, sm: User = Depends(web_manager), db:
         error = validation_message(exc, PROVIDER_LABELS) if isinstance(exc, ValidationError) else str(exc)
     except APIError as exc:
         await db.rollback()
-        error = f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}"
+        error = refusal_message(exc)
     else:
         return redirect(request, "/manage/providers", "success", f'Provider "{out.name}" created.')
     return render(request, "providers.html", status=400, section="manage", providers=await providers_api.provider_rows(db), form=values, error=error)
+
+
+def _no_provider(name: str) -> APIError:
+    """A page's address naming no provider (an old bookmark, one deleted meanwhile)."""
+    return APIError(404, f'No provider named "{name}"', "See Manage > Providers for the providers of this deployment.")
 
 
 async def _provider_row(db: AsyncSession, name: str) -> schemas.ProviderOut:
     for p in await providers_api.provider_rows(db):
         if p.name == name:
             return p
-    raise APIError(404, f'No provider named "{name}"', "See Manage > Providers for the providers of this deployment.")
+    raise _no_provider(name)
+
+
+async def _provider(db: AsyncSession, name: str) -> Provider:
+    try:
+        return await providers_api.get_provider(db, name)
+    except APIError:
+        raise _no_provider(name) from None
 
 
 @router.get("/manage/providers/{name}/edit")
@@ -117,6 +130,47 @@ async def provider_edit(
             "workspaces are refused and live sessions were ended."
         )
     return redirect(request, "/manage/providers", "success", msg)
+
+
+@router.get("/manage/providers/{name}/delete")
+async def provider_delete_confirm(
+    name: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+) -> Response:
+    """One look before deleting. A provider that may not be deleted (the built-in one, one that
+    still has workspaces) is refused here, in the API's words, rather than after the click."""
+    p = await _provider(db, name)
+    try:
+        await providers_api.refuse_deletion(db, p)
+    except APIError as exc:
+        return redirect(request, "/manage/providers", "error", refusal_message(exc))
+    return render(
+        request,
+        "confirm.html",
+        section="manage",
+        title=f'Delete provider "{p.name}"?',
+        body=[
+            f'Provider "{p.name}" ({p.kind}) will be deleted. It has no workspaces, so no one loses access to anything.',
+            ("Workspaces can no longer be created on it; its past SSH connections and admin actions stay in the "
+             "audit log. To use it again, add it again with Add provider."),
+        ],
+        action=f"/manage/providers/{p.name}/delete",
+        confirm_label="Delete provider",
+        danger=True,
+        cancel="/manage/providers",
+    )
+
+
+@router.post("/manage/providers/{name}/delete")
+async def provider_delete(
+    name: str, request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+) -> Response:
+    try:
+        # The API's own delete: the same refusals (a workspace created since the confirmation
+        # page opened, too), the same audit event.
+        await providers_api.remove_provider(db, sm, name, client_source(request))
+    except APIError as exc:
+        return redirect(request, "/manage/providers", "error", refusal_message(exc))
+    return redirect(request, "/manage/providers", "success", f'Provider "{name}" deleted.')
 
 
 # --- manage: users ------------------------------------------------------------------------
