@@ -795,7 +795,10 @@ def test_site_manager_creates_promotes_suspends_and_activates_users(manager_page
         with srv.api() as c:
             return next(u for u in c.get("/users").json() if u["username"] == "dave")
 
-    assert act("Make site manager") == 'User "dave" is now a site manager.'
+    page.locator('tr[data-user="dave"]').get_by_role("button", name="Actions for user dave").click()
+    page.locator('tr[data-user="dave"]').get_by_role("menuitem", name="Make site manager…").click()
+    page.get_by_role("button", name="Make site manager").click()  # on its confirmation page
+    assert page.locator(".flash").inner_text() == 'User "dave" is now a site manager.'
     assert dave()["role"] == "site-manager"
     page.locator('tr[data-user="dave"]').get_by_role("button", name="Actions for user dave").click()
     page.locator('tr[data-user="dave"]').get_by_role("menuitem", name="Make member…").click()

@@ -293,6 +293,30 @@ async def user_make_member_confirm(
     )
 
 
+@router.get("/manage/users/{username}/make-site-manager")
+async def user_make_site_manager_confirm(
+    username: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+) -> Response:
+    """Making someone a site manager hands them every user, workspace and provider: one look
+    before it, as before taking that away. The button posts the same role change as before."""
+    target = await _user_row(db, username)
+    return render(
+        request,
+        "confirm.html",
+        section="manage",
+        title=f'Make "{target.username}" a site manager?',
+        body=[
+            (f"{target.username} ({target.email}) becomes a site manager: they can administer every user, workspace "
+             "and provider (suspend users, set their passwords, turn SSH off for a provider) and see the audit log."),
+            "Their own workspaces, SSH key and sessions stay as they are. Make them a member again from the same menu.",
+        ],
+        action=f"/manage/users/{target.username}/role",
+        fields={"role": "site-manager"},
+        confirm_label="Make site manager",
+        cancel="/manage/users",
+    )
+
+
 @router.post("/manage/users/{username}/role")
 async def user_role(username: str, request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)) -> Response:
     form = await request.form()
