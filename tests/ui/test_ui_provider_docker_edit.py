@@ -9,8 +9,8 @@ from tests.ui.conftest import LAB, SignedIn
 
 CHANGE = (
     "These cannot be changed: this provider's containers run on that engine and network. To use others, add a "
-    "docker provider with them (Manage > Providers > New provider) and create workspaces there; once this one has "
-    "no workspaces left, delete it with hatchway providers delete rack.")
+    "docker provider with them (Manage > Providers > Add provider) and create workspaces there; once this one has "
+    "no workspaces left, delete it (its ⋮ menu > Delete…, or hatchway providers delete rack).")
 
 
 def test_docker_host_and_network_are_shown_read_only_with_how_to_change_them(manager_page: SignedIn) -> None:
