@@ -97,6 +97,37 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
         s.server.stop()
 
 
+#: The crowded deployment's users besides alice (site manager) and bob (member): 57 in all, three
+#: pages of the users list.
+CROWD = [f"dev-{i:02}" for i in range(55)]
+#: Its workspaces (owner, name), one each for the first 30 of them: two pages of Everyone's.
+CROWD_WORKSPACES = [(f"dev-{i:02}", f"ws-{i:02}") for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
+    """A server of its own for each module that asks, with lists long enough to page (``CROWD``,
+    ``CROWD_WORKSPACES``): what one module changes in them no other module sees."""
+    flows.require_browser()
+    srv = start_ui_server(tmp_path_factory.mktemp("crowded") / "data")
+    try:
+        with srv.api() as c:
+            for name in CROWD:
+                c.post("/users", json={"username": name, "email": f"{name}@example.com"}).raise_for_status()
+            for owner, name in CROWD_WORKSPACES:
+                c.post("/workspaces", params={"owner": owner}, json={"name": name, "provider": LAB}).raise_for_status()
+        yield srv
+    finally:
+        srv.server.stop()
+
+
+@pytest.fixture
+def crowded_page(browser: Any, crowded: UIServer) -> Iterator[Any]:
+    """A 1280 px page signed in as the crowded deployment's site manager."""
+    with flows.signed_in_page(browser, crowded.url, crowded.manager, crowded.manager_password) as p:
+        yield p
+
+
 @pytest.fixture(scope="module")
 def _signed_in_states(browser: Any, ui_server: UIServer) -> dict[str, Any]:
     """Sign in through the UI once per user; later pages start from the saved cookies."""

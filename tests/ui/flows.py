@@ -107,6 +107,22 @@ def external_connect_badge(page: Any, provider: str) -> str:
     return page.locator(f'tr[data-provider="{provider}"] td[data-label="External Connect"]').inner_text().strip()
 
 
+def expect_list_page(page: Any, rows: Any, count: int, where: str, page_of: str) -> None:
+    """A long list shows ``count`` ``rows``, says which of them ("26–50 of 57") and which page
+    ("Page 2 of 3") in its pager."""
+    from playwright.sync_api import expect
+
+    expect(rows).to_have_count(count)
+    expect(page.locator(".pager > span.muted")).to_have_text(where)
+    expect(page.locator(".pager-links > span.muted")).to_have_text(page_of)
+
+
+def filter_list(page: Any, label: str, text: str) -> None:
+    """Type ``text`` into a long list's filter box (labelled ``label``) and press Filter."""
+    page.get_by_label(label).fill(text)
+    page.get_by_role("button", name="Filter").click()
+
+
 def screenshot(page: Any, name: str, full_page: bool = True) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"

@@ -1,120 +1,85 @@
 """Long lists in a real browser: Manage > Users and Workspaces > Everyone show a page of 25 at
 a time, as the audit log does, with first and last page jumps and a filter box that keeps its
-filter from page to page. Its own server: the shared one's lists are other tests' business."""
+filter from page to page. Its own server (``crowded``): the shared one's lists are other tests'
+business."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from playwright.sync_api import expect
 
-from tests.ui import flows
-from tests.ui.conftest import LAB, UIServer, start_ui_server
-
-#: Users besides alice (site manager) and bob (member): 57 in all, three pages.
-EXTRA_USERS = [f"dev-{i:02}" for i in range(55)]
-#: Workspaces, one each for the first 30 of them: two pages.
-WORKSPACES = [(f"dev-{i:02}", f"ws-{i:02}") for i in range(30)]
+from tests.ui.conftest import UIServer
+from tests.ui.flows import expect_list_page, filter_list
 
 
-@pytest.fixture(scope="module")
-def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
-    flows.require_browser()
-    srv = start_ui_server(tmp_path_factory.mktemp("long-lists") / "data")
-    try:
-        with srv.api() as c:
-            for name in EXTRA_USERS:
-                c.post("/users", json={"username": name, "email": f"{name}@example.com"}).raise_for_status()
-            for owner, name in WORKSPACES:
-                c.post("/workspaces", params={"owner": owner}, json={"name": name, "provider": LAB}).raise_for_status()
-        yield srv
-    finally:
-        srv.server.stop()
-
-
-@pytest.fixture
-def page(browser: Any, crowded: UIServer) -> Iterator[Any]:
-    with flows.signed_in_page(browser, crowded.url, crowded.manager, crowded.manager_password) as p:
-        yield p
-
-
-def _expect_page(page: Any, rows: Any, count: int, where: str, page_of: str) -> None:
-    expect(rows).to_have_count(count)
-    expect(page.locator(".pager > span.muted")).to_have_text(where)
-    expect(page.locator(".pager-links > span.muted")).to_have_text(page_of)
-
-
-def _filter(page: Any, label: str, text: str) -> None:
-    page.get_by_label(label).fill(text)
-    page.get_by_role("button", name="Filter").click()
-
-
-def test_users_come_a_page_at_a_time_and_the_filter_stays(page: Any, crowded: UIServer) -> None:
+def test_users_come_a_page_at_a_time_and_the_filter_stays(crowded_page: Any, crowded: UIServer) -> None:
+    page = crowded_page
     page.goto(crowded.url + "/manage/users")
     rows = page.get_by_role("table", name="Users").locator("tbody tr")
-    _expect_page(page, rows, 25, "1–25 of 57", "Page 1 of 3")
+    expect_list_page(page, rows, 25, "1–25 of 57", "Page 1 of 3")
     expect(rows.first).to_have_attribute("data-user", "alice")
     expect(page.locator('.pager [aria-disabled="true"]')).to_have_text(["« First", "← Previous"])
 
     page.get_by_role("link", name="Last »").click()
-    _expect_page(page, rows, 7, "51–57 of 57", "Page 3 of 3")
+    expect_list_page(page, rows, 7, "51–57 of 57", "Page 3 of 3")
     expect(rows.last).to_have_attribute("data-user", "dev-54")
     expect(page.locator('.pager [aria-disabled="true"]')).to_have_text(["Next →", "Last »"])
     page.get_by_role("link", name="← Previous").click()
-    _expect_page(page, rows, 25, "26–50 of 57", "Page 2 of 3")
+    expect_list_page(page, rows, 25, "26–50 of 57", "Page 2 of 3")
     page.get_by_role("link", name="« First").click()
-    _expect_page(page, rows, 25, "1–25 of 57", "Page 1 of 3")
+    expect_list_page(page, rows, 25, "1–25 of 57", "Page 1 of 3")
 
-    _filter(page, "Filter users", "DEV-1")
-    _expect_page(page, rows, 10, "1–10 of 10", "Page 1 of 1")
+    filter_list(page, "Filter users", "DEV-1")
+    expect_list_page(page, rows, 10, "1–10 of 10", "Page 1 of 1")
     expect(rows.locator('td[data-label="User"] .strong')).to_have_text([f"dev-1{i}" for i in range(10)])
 
-    _filter(page, "Filter users", "dev")
-    _expect_page(page, rows, 25, "1–25 of 55", "Page 1 of 3")
+    filter_list(page, "Filter users", "dev")
+    expect_list_page(page, rows, 25, "1–25 of 55", "Page 1 of 3")
     page.get_by_role("link", name="Next →").click()
-    _expect_page(page, rows, 25, "26–50 of 55", "Page 2 of 3")
+    expect_list_page(page, rows, 25, "26–50 of 55", "Page 2 of 3")
     expect(rows.first).to_have_attribute("data-user", "dev-25")
     expect(page.get_by_label("Filter users")).to_have_value("dev")
 
-    _filter(page, "Filter users", "nobody")
+    filter_list(page, "Filter users", "nobody")
     expect(page.get_by_role("heading", level=2)).to_have_text("No user’s name contains “nobody”")
     page.get_by_role("link", name="Clear", exact=True).click()
-    _expect_page(page, rows, 25, "1–25 of 57", "Page 1 of 3")
+    expect_list_page(page, rows, 25, "1–25 of 57", "Page 1 of 3")
     expect(page.get_by_label("Filter users")).to_have_value("")
 
 
-def test_everyones_workspaces_page_and_filter_by_name_or_owner(page: Any, crowded: UIServer) -> None:
+def test_everyones_workspaces_page_and_filter_by_name_or_owner(crowded_page: Any, crowded: UIServer) -> None:
+    page = crowded_page
     page.goto(crowded.url + "/workspaces")
     expect(page.get_by_label("Filter workspaces")).to_have_count(0)  # Mine: a member's few
     page.get_by_role("link", name="Everyone").click()
     rows = page.get_by_role("table", name="Workspaces").locator("tbody tr")
-    _expect_page(page, rows, 25, "1–25 of 30", "Page 1 of 2")
+    expect_list_page(page, rows, 25, "1–25 of 30", "Page 1 of 2")
     page.get_by_role("link", name="Last »").click()
-    _expect_page(page, rows, 5, "26–30 of 30", "Page 2 of 2")
+    expect_list_page(page, rows, 5, "26–30 of 30", "Page 2 of 2")
     names = rows.locator('td[data-label="Name"]')
     expect(names).to_have_text([f"ws-{i}\nowner dev-{i}" for i in range(25, 30)])
     expect(page).to_have_url(crowded.url + "/workspaces?all=1&page=2")
 
-    _filter(page, "Filter workspaces", "DEV-0")  # owners
-    _expect_page(page, rows, 10, "1–10 of 10", "Page 1 of 1")
-    _filter(page, "Filter workspaces", "ws-2")  # names
+    filter_list(page, "Filter workspaces", "DEV-0")  # owners
+    expect_list_page(page, rows, 10, "1–10 of 10", "Page 1 of 1")
+    filter_list(page, "Filter workspaces", "ws-2")  # names
     expect(names).to_have_text([f"ws-2{i}\nowner dev-2{i}" for i in range(10)])
-    _filter(page, "Filter workspaces", "dev-01/ws")  # both
+    filter_list(page, "Filter workspaces", "dev-01/ws")  # both
     expect(names).to_have_text(["ws-01\nowner dev-01"])
-    _filter(page, "Filter workspaces", "ws")
+    filter_list(page, "Filter workspaces", "ws")
     page.get_by_role("link", name="Next →").click()
-    _expect_page(page, rows, 5, "26–30 of 30", "Page 2 of 2")
+    expect_list_page(page, rows, 5, "26–30 of 30", "Page 2 of 2")
     expect(page).to_have_url(crowded.url + "/workspaces?all=1&search=ws&page=2")
-    _filter(page, "Filter workspaces", "zzz")
+    filter_list(page, "Filter workspaces", "zzz")
     expect(page.get_by_role("heading", level=2)).to_have_text("No workspace’s name or owner contains “zzz”")
     page.get_by_role("link", name="Clear", exact=True).click()
     expect(page).to_have_url(crowded.url + "/workspaces?all=1")
-    _expect_page(page, rows, 25, "1–25 of 30", "Page 1 of 2")
+    expect_list_page(page, rows, 25, "1–25 of 30", "Page 1 of 2")
 
 
-def test_the_audit_log_jumps_to_its_oldest_page_with_the_same_pager(page: Any, crowded: UIServer) -> None:
+def test_the_audit_log_jumps_to_its_oldest_page_with_the_same_pager(crowded_page: Any, crowded: UIServer) -> None:
+    page = crowded_page
     page.goto(crowded.url + "/manage/audit?view=admin")
     rows = page.get_by_role("table", name="Admin actions").locator("tbody tr")
     expect(rows).to_have_count(25)

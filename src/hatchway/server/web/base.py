@@ -357,9 +357,13 @@ def page_number(request: Request) -> int:
         return 1
 
 
+#: The longest filter a list's box takes (its ``maxlength``); the rest of a longer one is dropped.
+SEARCH_MAX = 100
+
+
 def list_filter(request: Request) -> str:
     """A list's filter box as typed (``?search=``); the query decides what it can match."""
-    return (request.query_params.get("search") or "").strip()[:100]
+    return (request.query_params.get("search") or "").strip()[:SEARCH_MAX]
 
 
 def pager(request: Request, page: int, total: int) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from hatchway.server.web.base import (
     validation_message,
     web_manager,
 )
+from hatchway.server.web.listback import USERS
 
 router = page_router()
 
@@ -179,9 +180,11 @@ async def provider_delete(
 async def _users_page(request: Request, sm: User, db: AsyncSession, status: int = 200, form: dict[str, str] | None = None, error: str | None = None) -> Response:
     search = list_filter(request)
     rows, pager = await paged(request, db, users_api.users_query(search))
+    # Every action in a row comes back to this page of the list, with its filter.
+    back = USERS.link({"search": search, "page": str(pager["page"])})
     return render(
         request, "users.html", status=status, section="manage", users=[user_out(u) for u in rows], pager=pager,
-        search=search, form=form or {"role": "member"}, error=error,
+        search=search, form=form or {"role": "member"}, error=error, back=back, back_query=USERS.query(back),
     )
 
 
@@ -216,11 +219,13 @@ async def user_create(
 
 
 async def _user_action(request: Request, fn: Any, done: str, **kw: Any) -> Response:
+    """The API's change, then back to the page of the list the action was taken from."""
+    back = USERS.back((await request.form()).get("next"))
     try:
         out = await fn(request=request, **kw)
     except APIError as exc:
-        return redirect(request, "/manage/users", "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
-    return redirect(request, "/manage/users", "success", done.format(u=out, role=out.role.replace("-", " ")))
+        return redirect(request, back, "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+    return redirect(request, back, "success", done.format(u=out, role=out.role.replace("-", " ")))
 
 
 @router.get("/manage/users/{username}/suspend")
@@ -229,6 +234,7 @@ async def user_suspend_confirm(
 ) -> Response:
     """Suspending cuts someone off mid-work (their shells end at once): one look before it."""
     target = await _user_row(db, username)
+    back = USERS.back(request.query_params.get("next"))
     return render(
         request,
         "confirm.html",
@@ -240,9 +246,10 @@ async def user_suspend_confirm(
             "Activate them again from the same menu; they then sign in once more (their old sessions stay ended).",
         ],
         action=f"/manage/users/{target.username}/suspend",
+        fields={"next": back},
         confirm_label="Suspend user",
         danger=True,
-        cancel="/manage/users",
+        cancel=back,
     )
 
 
@@ -272,6 +279,7 @@ async def user_make_member_confirm(
     """Making a site manager a member takes their administration away (yours, if it is you):
     one look before it. The button posts the same role change as before."""
     target = await _user_row(db, username)
+    back = USERS.back(request.query_params.get("next"))
     whose = "Your" if target.id == sm.id else "Their"
     if target.id == sm.id:
         who = ("You stop being a site manager at once: Manage and everything under it close for you, and only "
@@ -286,10 +294,10 @@ async def user_make_member_confirm(
         title=f'Make "{target.username}" a member?',
         body=[who, f"{whose} own workspaces, SSH key and sessions stay as they are."],
         action=f"/manage/users/{target.username}/role",
-        fields={"role": "member"},
+        fields={"role": "member", "next": back},
         confirm_label="Make member",
         danger=True,
-        cancel="/manage/users",
+        cancel=back,
     )
 
 
@@ -300,6 +308,7 @@ async def user_make_site_manager_confirm(
     """Making someone a site manager hands them every user, workspace and provider: one look
     before it, as before taking that away. The button posts the same role change as before."""
     target = await _user_row(db, username)
+    back = USERS.back(request.query_params.get("next"))
     return render(
         request,
         "confirm.html",
@@ -311,9 +320,9 @@ async def user_make_site_manager_confirm(
             "Their own workspaces, SSH key and sessions stay as they are. Make them a member again from the same menu.",
         ],
         action=f"/manage/users/{target.username}/role",
-        fields={"role": "site-manager"},
+        fields={"role": "site-manager", "next": back},
         confirm_label="Make site manager",
-        cancel="/manage/users",
+        cancel=back,
     )
 
 
@@ -323,7 +332,7 @@ async def user_role(username: str, request: Request, sm: User = Depends(web_mana
     try:
         body = schemas.RoleIn(role=form_str(form, "role"))  # type: ignore[arg-type]
     except ValidationError:
-        return redirect(request, "/manage/users", "error", "Choose a role: member or site-manager.")
+        return redirect(request, USERS.back(form.get("next")), "error", "Choose a role: member or site-manager.")
     return await _user_action(request, users_api.set_role, 'User "{u.username}" is now a {role}.', username=username, body=body, sm=sm, db=db)
 
 
@@ -334,15 +343,16 @@ async def _user_row(db: AsyncSession, username: str) -> User:
         raise APIError(404, f"No user named {names.quoted(username)}", "See Manage > Users for the users of this deployment.") from None
 
 
-def _user_password_page(request: Request, target: User, status: int = 200, error: str | None = None) -> Response:
-    return render(request, "user_password.html", status=status, section="manage", target=target, error=error)
+def _user_password_page(request: Request, target: User, back: str, status: int = 200, error: str | None = None) -> Response:
+    """The Set password form; ``back`` is the page of the users list it was opened from."""
+    return render(request, "user_password.html", status=status, section="manage", target=target, back=back, error=error)
 
 
 @router.get("/manage/users/{username}/password")
 async def user_password_page(
     username: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
 ) -> Response:
-    return _user_password_page(request, await _user_row(db, username))
+    return _user_password_page(request, await _user_row(db, username), USERS.back(request.query_params.get("next")))
 
 
 #: The Set password form's labels, for its refusals (:func:`validation_message`).
@@ -356,19 +366,20 @@ async def user_password_set(
 ) -> Response:
     target = await _user_row(db, username)
     form = await request.form()
+    back = USERS.back(form.get("next"))
     password = form_secret(form, "password")
     if password != form_secret(form, "password_confirm"):
-        return _user_password_page(request, target, 400, "The two passwords do not match.")
+        return _user_password_page(request, target, back, 400, "The two passwords do not match.")
     try:
         body = schemas.PasswordSetIn(password=password)
     except ValidationError as exc:
-        return _user_password_page(request, target, 400, validation_message(exc, SET_PASSWORD_LABELS))
+        return _user_password_page(request, target, back, 400, validation_message(exc, SET_PASSWORD_LABELS))
     # The API's own reset: every session of theirs ends (the caller's kept if it is their own), audited.
     ended = await users_api.reset_password(
         db, ctx.broadcast, sm, target.username, body.password, request.state.session_token, client_source(request)
     )
     sessions = f"{ended} sign-in session{'' if ended == 1 else 's'} of theirs ended"
-    return redirect(request, "/manage/users", "success", f'Password of "{target.username}" set; {sessions}.')
+    return redirect(request, back, "success", f'Password of "{target.username}" set; {sessions}.')
 
 
 # --- manage: audit ------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from hatchway.server.web.base import (
     validation_message,
     web_user,
 )
+from hatchway.server.web.listback import WORKSPACES
 
 router = page_router()
 
@@ -120,6 +121,8 @@ async def _workspaces_page(
     providers = await providers_api.provider_rows(db)
     # Site managers create workspaces for anyone (the API's ?owner=); members only their own.
     owners = (await db.execute(users_api.users_query())).scalars().all() if manager else []
+    # Start, Stop, Restart and Delete come back to this very page: its tab, its filter, its page.
+    back = WORKSPACES.link({"all": "1" if show_all else "", "search": search, "page": str(pager["page"])})
     return render(
         request,
         "workspaces.html",
@@ -128,8 +131,8 @@ async def _workspaces_page(
         workspaces=[_workspace_view(user, workspace_out(w), _managed(request, w.provider.kind)) for w in rows],
         pager=pager,
         search=search,
-        # Start, Stop and Restart come back to this very page: its page of the list, its filter.
-        back=request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+        back=back,
+        back_query=WORKSPACES.query(back),
         providers=providers,
         show_all=show_all,
         form=form or {"provider": "local" if any(p.name == "local" for p in providers) else "", "owner": user.username},
@@ -282,10 +285,13 @@ async def workspace_delete_confirm(
     owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
 ) -> Response:
     w = await _show_workspace(db, user, owner, name)
-    return render(request, "confirm.html", section="workspaces", **_delete_confirm_text(w))
+    back = WORKSPACES.parse(request.query_params.get("next"))
+    return render(request, "confirm.html", section="workspaces", **_delete_confirm_text(w, back))
 
 
-def _delete_confirm_text(w: schemas.WorkspaceOut) -> dict[str, Any]:
+def _delete_confirm_text(w: schemas.WorkspaceOut, back: str | None) -> dict[str, Any]:
+    """Asked from a page of a list (``back``), Cancel and the deletion go back to it; from the
+    workspace's own page, Cancel stays there and the deletion goes to the list."""
     return {
         "title": f'Delete workspace "{w.name}"?',
         "body": [
@@ -293,9 +299,10 @@ def _delete_confirm_text(w: schemas.WorkspaceOut) -> dict[str, Any]:
             "Live SSH sessions to it end now and its agent is disconnected. This cannot be undone.",
         ],
         "action": f"/workspaces/{w.owner}/{w.name}/delete",
+        "fields": {"next": back} if back else {},
         "confirm_label": "Delete workspace",
         "danger": True,
-        "cancel": f"/workspaces/{w.owner}/{w.name}",
+        "cancel": back or f"/workspaces/{w.owner}/{w.name}",
     }
 
 
@@ -308,11 +315,13 @@ async def workspace_delete(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> Response:
+    back = WORKSPACES.parse((await request.form()).get("next"))
     try:
         await ws_api.delete_workspace(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
     except APIError as exc:
         raise _refusal_page(exc, owner, name) from None
-    back = "/workspaces" if owner == user.username else "/workspaces?all=1"
+    # A page of a list past its end shows the list's last page (base.pager).
+    back = back or ("/workspaces" if owner == user.username else "/workspaces?all=1")
     return redirect(request, back, "success", f'Workspace "{owner}/{name}" deleted.')
 
 
@@ -361,10 +370,8 @@ def _lifecycle_route(action: ws_api.Lifecycle) -> None:
     async def endpoint(
         owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db),
     ) -> Response:
-        form = await request.form()
-        back = form_str(form, "next")
-        if not back.startswith("/workspaces") or back.startswith("//"):
-            back = f"/workspaces/{owner}/{name}"
+        # The button's page of a list, or (from the workspace's own page) that page.
+        back = WORKSPACES.parse((await request.form()).get("next")) or f"/workspaces/{owner}/{name}"
         try:
             out = await ws_api.change_state(action, name, owner, request, user, db)
         except APIError as exc:

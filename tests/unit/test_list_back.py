@@ -1,0 +1,59 @@
+"""Where an action taken from a long list goes back to (``web/listback``): the list's own page
+and filter as the browser sent them, written anew, and nothing else: never another site or page."""
+
+from __future__ import annotations
+
+import pytest
+
+from hatchway.server.web.listback import USERS, WORKSPACES
+
+
+@pytest.mark.parametrize(
+    ("sent", "back"),
+    [
+        ("/manage/users", "/manage/users"),
+        ("/manage/users?search=dev&page=2", "/manage/users?search=dev&page=2"),
+        ("/manage/users?page=2&search=dev", "/manage/users?search=dev&page=2"),  # the pager's order
+        ("/manage/users?page=1&search=", "/manage/users"),
+        ("/manage/users?page=007", "/manage/users?page=7"),
+        ("/manage/users?search=+a+b+", "/manage/users?search=a+b"),
+        ("/manage/users?search=" + "x" * 150, "/manage/users?search=" + "x" * 100),
+        ("/manage/users?search=dev&search=other", "/manage/users?search=dev"),  # the first, as the page reads it
+        ("/manage/users?page=2&all=1&next=//evil.example&view=admin", "/manage/users?page=2"),  # unknown ones dropped
+        ("/manage/users?page=-3", "/manage/users"),
+        ("/manage/users?page=2.5", "/manage/users"),
+        ("/manage/users?page=%C2%B2", "/manage/users"),  # a superscript two is no page number
+        ("/manage/users?page=9999999999", "/manage/users"),
+        ("/manage/users?search=%0d%0aSet-Cookie:x", "/manage/users?search=Set-Cookie%3Ax"),
+        ("/manage/users#top", "/manage/users"),
+    ],
+)
+def test_a_users_list_page_is_written_anew_from_its_known_parameters(sent: str, back: str) -> None:
+    assert USERS.back(sent) == back
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        None, "", 42, "https://evil.example/manage/users", "//evil.example/manage/users", "///evil.example/manage/users",
+        "/\\evil.example/manage/users", "http:/manage/users", "javascript:alert(1)", "/manage/users/", "/manage/users/bob/suspend",
+        "/manage/usersx", "/workspaces?all=1", "manage/users", "/manage/audit?user=bob", "//[evil/manage/users",
+    ],
+)
+def test_anything_but_the_users_list_goes_to_its_first_page(sent: object) -> None:
+    assert USERS.parse(sent) is None
+    assert USERS.back(sent) == "/manage/users"
+
+
+def test_the_workspaces_lists_keep_their_tab_filter_and_page() -> None:
+    assert WORKSPACES.back("/workspaces?page=2&search=ws&all=1") == "/workspaces?all=1&search=ws&page=2"
+    assert WORKSPACES.back("/workspaces?all=yes&page=3") == "/workspaces?page=3"  # "Mine", page 3
+    assert WORKSPACES.parse("/workspaces/bob/dev") is None  # a workspace's own page is not the list
+    assert WORKSPACES.parse("/workspaces?all=1") == "/workspaces?all=1"
+
+
+def test_a_link_carries_next_only_where_it_is_not_the_first_page() -> None:
+    assert USERS.query("/manage/users") == ""
+    assert USERS.query("/manage/users?search=dev&page=2") == "?next=%2Fmanage%2Fusers%3Fsearch%3Ddev%26page%3D2"
+    assert WORKSPACES.query("/workspaces?all=1") == "?next=%2Fworkspaces%3Fall%3D1"
+    assert USERS.link({"search": "dev", "page": "1", "other": "x"}) == "/manage/users?search=dev"
