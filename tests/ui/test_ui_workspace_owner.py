@@ -1,6 +1,7 @@
-"""The new-workspace form's Owner field: a site manager creates a workspace for another user in
-the browser and lands on its page; a member has no such field, and one forged into the post is
-refused (403) while the CSRF check stays in force."""
+"""The new-workspace form's Owner field: a site manager types another user's name (suggested
+while the deployment is small enough to list everyone) and lands on the workspace's page; a name
+no user has is refused naming the field, keeping what was typed; a member has no such field,
+and one forged into the post is refused (403) while the CSRF check stays in force."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 
 from tests.helpers.server import wait_for
-from tests.ui.conftest import LAB, SignedIn
+from tests.ui.conftest import CROWD, LAB, SignedIn, UIServer
 
 
 def _open_form(page: Any, url: str) -> None:
@@ -33,10 +34,16 @@ def test_a_site_manager_creates_a_local_workspace_for_a_member_and_lands_on_its_
     name = "onboard-" + secrets.token_hex(3)  # its Unix user is hw-bob-<name>: unique per run
     _open_form(page, srv.url)
     owner = page.get_by_label("Owner")
-    assert owner.input_value() == srv.manager  # yourself unless you pick someone
-    labels = [t.strip() for t in owner.locator("option").all_inner_texts()]
-    assert f"{srv.manager} (you)" in labels and srv.member in labels
-    owner.select_option(srv.member)
+    assert owner.input_value() == srv.manager  # yourself unless you type someone else
+    # Every user is suggested, by name, the signed-in one marked as you.
+    with srv.api() as c:
+        everyone = [u["username"] for u in c.get("/users").json()]
+    assert owner.get_attribute("list") == "ws-owner-names"
+    options = page.locator("#ws-owner-names option")
+    assert [o.get_attribute("value") for o in options.all()] == everyone
+    assert page.locator(f'#ws-owner-names option[value="{srv.manager}"]').get_attribute("label") == "you"
+    assert page.locator(f'#ws-owner-names option[value="{srv.member}"]').get_attribute("label") is None
+    owner.fill(srv.member)
     page.get_by_label("Name").fill(name)
     page.get_by_label("Provider", exact=True).select_option("local")
     page.get_by_role("button", name="Create workspace").click()
@@ -78,7 +85,7 @@ def test_a_site_manager_creates_a_local_workspace_for_a_member_and_lands_on_its_
 def test_a_manual_workspace_for_a_member_shows_its_agent_command_to_the_site_manager(manager_page: SignedIn) -> None:
     page, srv = manager_page.page, manager_page.srv
     _open_form(page, srv.url)
-    page.get_by_label("Owner").select_option(srv.member)
+    page.get_by_label("Owner").fill(srv.member)
     page.get_by_label("Name").fill("handed-over")
     page.get_by_label("Provider", exact=True).select_option(LAB)
     page.get_by_role("button", name="Create workspace").click()
@@ -113,3 +120,59 @@ def test_a_member_has_no_owner_field_and_a_forged_one_is_refused(member_page: Si
         assert c.get("/workspaces/planted", params={"owner": srv.member}).status_code == 404
     with srv.api(srv.member_token) as c:
         assert c.delete("/workspaces/self-named").status_code == 200
+
+
+def test_an_owner_no_user_has_is_refused_by_the_fields_label_keeping_what_was_typed(manager_page: SignedIn) -> None:
+    page, srv = manager_page.page, manager_page.srv
+    _open_form(page, srv.url)
+    owner, alert = page.get_by_label("Owner"), page.get_by_role("alert")
+    page.get_by_label("Name").fill("for-nobody")
+    page.get_by_label("Provider", exact=True).select_option(LAB)
+    for typed, said in (
+        ("nobody-here", 'Owner: no user named "nobody-here"; type an existing user\'s name (Manage > Users lists them).'),
+        ("Bob Smith", "Owner \"Bob Smith\" is not valid: use 1-32 characters, lowercase letters, digits, '_' and '-', "
+                      "starting with a letter."),
+    ):
+        owner.fill(typed)
+        with page.expect_response(lambda r: r.url == srv.url + "/workspaces" and r.request.method == "POST") as resp:
+            page.get_by_role("button", name="Create workspace").click()
+        assert resp.value.status == 400
+        assert alert.inner_text() == said
+        assert page.locator("#new-workspace").get_attribute("open") is not None
+        assert (owner.input_value(), page.get_by_label("Name").input_value()) == (typed, "for-nobody")
+        assert page.get_by_label("Provider", exact=True).input_value() == LAB
+    with srv.api() as c:
+        assert [w for w in c.get("/workspaces", params={"all": "1"}).json() if w["name"] == "for-nobody"] == []
+
+    owner.fill("")  # left empty: the site manager's own, as when left as it was
+    page.get_by_role("button", name="Create workspace").click()
+    try:
+        assert page.get_by_role("heading", name="Workspace “for-nobody” created", exact=True).is_visible()
+        with srv.api() as c:
+            assert c.get("/workspaces/for-nobody").json()["owner"] == srv.manager
+    finally:
+        with srv.api() as c:
+            c.delete("/workspaces/for-nobody")
+
+
+def test_with_more_users_than_it_suggests_the_owner_field_lists_no_one_and_takes_a_typed_name(
+    crowded_page: Any, crowded: UIServer
+) -> None:
+    """57 users: the page carries none of their names, and typing the last of them works."""
+    page = crowded_page
+    _open_form(page, crowded.url)
+    owner = page.get_by_label("Owner")
+    assert owner.input_value() == crowded.manager
+    assert owner.get_attribute("list") is None and page.locator("datalist").count() == 0
+    assert CROWD[-1] not in page.content()
+    owner.fill(CROWD[-1])
+    page.get_by_label("Name").fill("handed")
+    page.get_by_label("Provider", exact=True).select_option(LAB)
+    page.get_by_role("button", name="Create workspace").click()
+    try:
+        assert page.get_by_role("heading", name=f"Workspace “handed” created for {CROWD[-1]}").is_visible()
+        with crowded.api() as c:
+            assert c.get("/workspaces/handed", params={"owner": CROWD[-1]}).json()["owner"] == CROWD[-1]
+    finally:
+        with crowded.api() as c:
+            c.delete("/workspaces/handed", params={"owner": CROWD[-1]})

@@ -119,8 +119,6 @@ async def _workspaces_page(
     search = list_filter(request) if show_all else ""  # the filter box is Everyone's
     rows, pager = await paged(request, db, ws_api.workspaces_query(user, show_all, search))
     providers = await providers_api.provider_rows(db)
-    # Site managers create workspaces for anyone (the API's ?owner=); members only their own.
-    owners = (await db.execute(users_api.users_query())).scalars().all() if manager else []
     # Start, Stop, Restart and Delete come back to this very page: its tab, its filter, its page.
     back = WORKSPACES.link({"all": "1" if show_all else "", "search": search, "page": str(pager["page"])})
     return render(
@@ -136,7 +134,8 @@ async def _workspaces_page(
         providers=providers,
         show_all=show_all,
         form=form or {"provider": "local" if any(p.name == "local" for p in providers) else "", "owner": user.username},
-        owners=owners,
+        owner_field=manager,
+        owner_names=await _owner_suggestions(db, user) if manager else [],
         error=error,
         created=created,
         supports_openssh=_SUPPORTS_OPENSSH,
@@ -172,6 +171,40 @@ WORKSPACE_LABELS = {
     "name": "Name", "provider": "Provider", "env": "Image environment", "image": "Image",
     "openssh": "the “OpenSSH on port 22” switch", "cvm": "the “CVM: systemd as PID 1” switch",
 }
+
+
+#: Users the Owner box suggests (its <datalist>), when the deployment has no more than this: a
+#: <select> of every user made a page of megabytes on a deployment of thousands, and a part of
+#: them would only hide who is missing, so a larger deployment's box suggests no one and takes
+#: the name typed.
+OWNER_SUGGESTIONS = 50
+
+
+async def _owner_suggestions(db: AsyncSession, user: User) -> list[tuple[str, str]]:
+    """Every user's name for the Owner box, each with a note (you, suspended), or none when
+    there are more than it suggests."""
+    stmt = users_api.users_query().with_only_columns(User.username, User.suspended).limit(OWNER_SUGGESTIONS + 1)
+    found = (await db.execute(stmt)).all()
+    if len(found) > OWNER_SUGGESTIONS:
+        return []
+    return [(name, "you" if name == user.username else "suspended" if suspended else "") for name, suspended in found]
+
+
+async def _owner_refusal(db: AsyncSession, user: User, owner: str) -> str | None:
+    """Why the form's Owner cannot be used, said with its label; None when it can (left empty
+    or yourself: your own workspace). A member's form has no Owner: one forged into the post is
+    left to the API, which refuses it (403) whoever it names."""
+    if not owner or owner == user.username or user.role != "site-manager":
+        return None
+    try:
+        names.check_username(owner)
+    except names.Refused as exc:
+        return exc.for_label("Owner") + "."
+    try:
+        await users_api.get_user(db, owner)
+    except APIError:
+        return f"Owner: no user named {names.quoted(owner)}; type an existing user's name (Manage > Users lists them)."
+    return None
 
 
 def _capital(text: str) -> str:
@@ -224,6 +257,9 @@ async def create_workspace(
     values["image"] = form_str(form, "image")
     extra["cvm"] = form.get("cvm") == "on"
     values["cvm"] = "on" if extra["cvm"] else ""
+    refusal = await _owner_refusal(db, user, values["owner"])
+    if refusal:
+        return await _workspaces_page(request, user, db, 400, values, refusal)
     try:
         body = schemas.WorkspaceCreateIn(
             name=values["name"], provider=values["provider"] or "local", env=_parse_env(values["env"]),
