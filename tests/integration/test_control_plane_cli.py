@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.server import RunningServer, api
+from tests.helpers.server import RunningServer, api, free_port
 
 ALICE_PW = "alice-password-1"
 BOB_PW = "bob-password-1"
@@ -404,3 +404,71 @@ def test_list_search_keeps_matching_users_and_workspaces(deployment: Deployment)
     assert found(alice, "--all", "--search", "no such") == []
     rows = alice.ok("workspaces", "list", "--all", "--search", "bob/srch-t").out.splitlines()
     assert [line.split()[:2] for line in rows] == [["NAME", "OWNER"], ["srch-two", "bob"]]
+
+
+def test_list_limit_and_offset_page_users_and_workspaces(deployment: Deployment) -> None:
+    """`--limit`/`--offset` page the lists as the API does: users by name, workspaces by owner
+    and name, with or without --search."""
+    alice = deployment.alice
+    for name in ("pgn-a", "pgn-b", "pgn-c"):
+        alice.ok("users", "create", name, "--email", f"{name}@example.com")
+    alice.ok("providers", "create", "pgnprov", "--kind", "manual")
+    for owner in ("pgn-c", "pgn-a", "pgn-b"):
+        alice.ok("workspaces", "create", f"{owner}/box", "--provider", "pgnprov")
+
+    def users(*args: str) -> list[str]:
+        return [u["username"] for u in alice.ok("users", "list", *args, "--json").json()]
+
+    def workspaces(*args: str) -> list[str]:
+        return [f'{w["owner"]}/{w["name"]}' for w in alice.ok("workspaces", "list", "--all", *args, "--json").json()]
+
+    assert users("--search", "pgn-", "--limit", "2") == ["pgn-a", "pgn-b"]
+    assert users("--search", "pgn-", "--offset", "2") == ["pgn-c"]
+    assert users("--search", "pgn-", "--limit", "1", "--offset", "1") == ["pgn-b"]
+    assert users("--search", "pgn-", "--offset", "3") == []
+    everyone = users()
+    assert users("--limit", "2", "--offset", "1") == everyone[1:3]
+    assert users("--limit", "5000") == everyone
+    table = alice.ok("users", "list", "--search", "pgn", "--limit", "1", "--offset", "2").out.splitlines()
+    assert [line.split()[0] for line in table] == ["USERNAME", "pgn-c"]
+
+    assert workspaces("--search", "pgn-", "--limit", "2", "--offset", "1") == ["pgn-b/box", "pgn-c/box"]
+    assert workspaces("--search", "/box", "--limit", "1") == ["pgn-a/box"]
+    assert workspaces("--offset", str(2**63 - 1)) == []
+    every_workspace = workspaces()
+    assert workspaces("--limit", "3", "--offset", "1") == every_workspace[1:4]
+    rows = alice.ok("workspaces", "list", "--all", "--search", "pgn-", "--offset", "2").out.splitlines()
+    assert [line.split()[:2] for line in rows] == [["NAME", "OWNER"], ["box", "pgn-c"]]
+
+
+#: Each refused value and the last line of what the CLI says about it.
+BAD_PAGING = [
+    (("--limit", "0"), "Error: Invalid value for '--limit': \"0\" is not a whole number from 1 to 5000: give how many to list at most."),
+    (("--limit", "-1"), "Error: Invalid value for '--limit': \"-1\" is not a whole number from 1 to 5000: give how many to list at most."),
+    (("--limit", "5001"),
+     "Error: Invalid value for '--limit': \"5001\" is not a whole number from 1 to 5000: give how many to list at most."),
+    (("--limit", "ten"), "Error: Invalid value for '--limit': \"ten\" is not a whole number from 1 to 5000: give how many to list at most."),
+    (("--limit", "2.5"), "Error: Invalid value for '--limit': \"2.5\" is not a whole number from 1 to 5000: give how many to list at most."),
+    (("--offset", "-1"), "Error: Invalid value for '--offset': \"-1\" is not a whole number from 0 to 2^63-1: give how many to skip first."),
+    (("--offset", str(2**63)),
+     f"Error: Invalid value for '--offset': \"{2**63}\" is not a whole number from 0 to 2^63-1: give how many to skip first."),
+    (("--offset", "+3"), "Error: Invalid value for '--offset': \"+3\" is not a whole number from 0 to 2^63-1: give how many to skip first."),
+]
+
+
+@pytest.mark.parametrize("command", [("users", "list"), ("workspaces", "list", "--all")])
+def test_bad_limit_or_offset_is_refused_before_any_request(deployment: Deployment, command: tuple[str, ...]) -> None:
+    """The CLI refuses what the API would answer with a 422, without asking it: a session whose
+    server is gone says the same, where a good value tries the server and finds it gone."""
+    gone = Cli(deployment.tmp / f"gone-{command[0]}")
+    gone.config_dir.mkdir(parents=True, exist_ok=True)
+    session = json.loads((deployment.alice.config_dir / "session.json").read_text())
+    (gone.config_dir / "session.json").write_text(json.dumps({**session, "url": f"http://127.0.0.1:{free_port()}"}))
+    (gone.config_dir / "session.json").chmod(0o600)
+    for cli in (deployment.alice, gone):
+        for args, said in BAD_PAGING:
+            r = cli.run(*command, *args)
+            assert (r.code, r.out, r.err.splitlines()[-1]) == (2, "", said), (command, args, r)
+    assert deployment.alice.ok(*command, "--limit", "1", "--offset", "0", "--json").json() != []
+    r = gone.run(*command, "--limit", "1")
+    assert r.code == 1 and r.err.startswith("hatchway: "), r

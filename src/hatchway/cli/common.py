@@ -20,6 +20,7 @@ from hatchway.cli.session import NotLoggedIn, StoredSession, load_session
 from hatchway.cli.urlpath import routable, segment
 from hatchway.fileutil import NotRegularFileError
 from hatchway.names import quoted, shown
+from hatchway.paging import MAX_LIMIT, MAX_OFFSET
 from hatchway.unreachable import NOT_HATCHWAY_ADVICE, no_answer, why_unreachable
 
 
@@ -29,6 +30,37 @@ def search_option(which: str) -> Callable[[Callable[..., Any]], Callable[..., An
     """``--search`` of the lists that grow with a deployment (users, everyone's workspaces);
     ``which`` says what it keeps."""
     return click.option("--search", metavar="TEXT", default=None, help=f"Only {which}, in any case.")
+
+
+class WholeNumber(click.ParamType):
+    """A whole number from ``low`` to ``high``, refused in words before any request is made
+    (click's IntRange says "0 is not in the range 1<=x<=5000"); ``meaning`` says what to give."""
+
+    name = "N"
+
+    def __init__(self, low: int, high: int, high_text: str, meaning: str) -> None:
+        self.low, self.high, self.high_text, self.meaning = low, high, high_text, meaning
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        # Digits only (int() takes "+1", " 1_0" and "١"), and not so many that int() refuses them.
+        number = int(text) if text.isascii() and text.isdigit() and len(text) <= 40 else None
+        if number is not None and self.low <= number <= self.high:
+            return number
+        self.fail(f"{quoted(text)} is not a whole number from {self.low} to {self.high_text}: give {self.meaning}.", param, ctx)
+
+
+def paging_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--limit`` and ``--offset`` of the lists that grow with a deployment, passed to the API
+    as its ``limit`` and ``offset``, within the same bounds (:mod:`hatchway.paging`)."""
+    command = click.option(
+        "--offset", type=WholeNumber(0, MAX_OFFSET, "2^63-1", "how many to skip first"), default=None,
+        help="Skip the first N (with --limit: the next page).",
+    )(command)
+    return click.option(
+        "--limit", type=WholeNumber(1, MAX_LIMIT, str(MAX_LIMIT), "how many to list at most"), default=None,
+        help=f"List at most N, from 1 to {MAX_LIMIT} (all of them when left out).",
+    )(command)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -8,6 +8,7 @@ from hatchway.cli.common import (
     api,
     json_option,
     name_segment,
+    paging_options,
     print_json,
     print_table,
     prompt_secret,
@@ -29,10 +30,12 @@ def users() -> None:
 
 @users.command("list")
 @search_option("users whose name contains TEXT")
+@paging_options
 @json_option
-def list_users(search: str | None, as_json: bool) -> None:
-    """List every user (or those whose name contains --search): role, status, password."""
-    rows = api().call("GET", "/users", params={"search": search} if search else None, expect=list[User])
+def list_users(search: str | None, limit: int | None, offset: int | None, as_json: bool) -> None:
+    """List every user (or those whose name contains --search), by name: role, status, password."""
+    params = {k: v for k, v in (("search", search), ("limit", limit), ("offset", offset)) if v}
+    rows = api().call("GET", "/users", params=params or None, expect=list[User])
     if as_json:
         print_json(rows)
         return

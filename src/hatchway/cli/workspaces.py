@@ -13,6 +13,7 @@ from hatchway.cli.common import (
     fail,
     json_option,
     name_segment,
+    paging_options,
     print_json,
     print_table,
     search_option,
@@ -157,10 +158,12 @@ def create(
 @workspaces.command("list")
 @click.option("--all", "all_users", is_flag=True, help="Every user's workspaces (site managers).")
 @search_option("workspaces whose name or owner contains TEXT (OWNER/NAME: both)")
+@paging_options
 @json_option
-def list_workspaces(all_users: bool, search: str | None, as_json: bool) -> None:
-    """List your workspaces: state, agent and how SSH is served."""
-    params = {k: v for k, v in (("all", "true" if all_users else None), ("search", search)) if v}
+def list_workspaces(all_users: bool, search: str | None, limit: int | None, offset: int | None, as_json: bool) -> None:
+    """List your workspaces, by owner and name: state, agent and how SSH is served."""
+    given = (("all", "true" if all_users else None), ("search", search), ("limit", limit), ("offset", offset))
+    params = {k: v for k, v in given if v}
     rows = api().call("GET", "/workspaces", params=params or None, expect=list[Workspace])
     if as_json:
         print_json(rows)

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.models import AuditEvent, SSHConnection, User
+from hatchway.paging import MAX_LIMIT, MAX_OFFSET
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import audit_out, connection_out
 from hatchway.server.auth import current_user, site_manager
@@ -14,11 +15,6 @@ from hatchway.server.connlog import workspace_filter
 from hatchway.server.context import get_db
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
-
-#: The largest offset the databases take (their 64-bit integers); a larger one is a 422, not a 500.
-MAX_OFFSET = 2**63 - 1
-#: The most rows one list request returns.
-MAX_LIMIT = 5000
 
 
 def _unstorable(*values: str | None) -> bool:

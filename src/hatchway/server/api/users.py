@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hatchway import __version__
 from hatchway.db.models import User, new_id, utcnow
 from hatchway.names import could_be_username
+from hatchway.paging import MAX_LIMIT, MAX_OFFSET
 from hatchway.server import crypto, passwords
 from hatchway.server.api import schemas
 from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api.convert import user_out
-from hatchway.server.api.audit import MAX_LIMIT, MAX_OFFSET
 from hatchway.server.api.lookup import get_user, name_contains
 from hatchway.server.api.workspaces import refuse_demoting_unisolated_owner
 from hatchway.server.audit import record

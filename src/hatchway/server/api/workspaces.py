@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.models import Provider, User, Workspace
 from hatchway.names import could_be_username, could_be_workspace_name, quoted
+from hatchway.paging import MAX_LIMIT, MAX_OFFSET
 from hatchway.server.api import schemas
 from hatchway.server.api.convert import workspace_fields, workspace_out
-from hatchway.server.api.audit import MAX_LIMIT, MAX_OFFSET
 from hatchway.server.api.lookup import get_user, workspace_search
 from hatchway.server.api.providers import get_provider
 from hatchway.server.audit import record
