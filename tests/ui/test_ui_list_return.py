@@ -83,7 +83,13 @@ def test_user_actions_come_back_to_the_page_and_filter_they_were_taken_from(crow
 def test_make_site_manager_comes_back_to_the_page_and_filter(crowded_page: Any, crowded: UIServer) -> None:
     page, url = crowded_page, crowded.url
     rows = _users_page_2(page, url)
-    _pick(page, "dev-33", "Make site manager")
+    _pick(page, "dev-33", "Make site manager…")
+    expect(page).to_have_url(url + "/manage/users/dev-33/make-site-manager?next=" + quote(USERS_PAGE_2, safe=""))
+    page.get_by_role("link", name="Cancel").click()
+    expect(page).to_have_url(url + USERS_PAGE_2)
+    expect(page.locator('tr[data-user="dev-33"] td[data-label="Role"]')).to_have_text("member")
+    _pick(page, "dev-33", "Make site manager…")
+    page.get_by_role("button", name="Make site manager").click()
     _still_on_page_2(page, url, rows, 'User "dev-33" is now a site manager.')
     expect(page.locator('tr[data-user="dev-33"] td[data-label="Role"]')).to_have_text("site manager")
 
