@@ -21,6 +21,7 @@ from hatchway.server.web.base import (
     form_secret,
     page_router,
     redirect,
+    refusal_message,
     render,
     validation_message,
     web_user,
@@ -148,7 +149,7 @@ def _own_password_refusal(exc: APIError) -> str:
                 "ask a site manager to set a new one for you.")
     if exc.status == 429:
         return f"Too many wrong passwords. Please {exc.detail}."
-    return f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}."
+    return refusal_message(exc) + "."
 
 
 #: The password form's labels, for its refusals (:func:`validation_message`).

@@ -214,7 +214,7 @@ async def user_create(
         return await _users_page(request, sm, db, 400, values, validation_message(exc, USER_LABELS))
     except APIError as exc:
         await db.rollback()
-        return await _users_page(request, sm, db, exc.status, values, f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+        return await _users_page(request, sm, db, exc.status, values, refusal_message(exc))
     return redirect(request, "/manage/users", "success", f'User "{out.username}" created as {out.role}.')
 
 
@@ -224,7 +224,7 @@ async def _user_action(request: Request, fn: Any, done: str, **kw: Any) -> Respo
     try:
         out = await fn(request=request, **kw)
     except APIError as exc:
-        return redirect(request, back, "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+        return redirect(request, back, "error", refusal_message(exc))
     return redirect(request, back, "success", done.format(u=out, role=out.role.replace("-", " ")))
 
 

@@ -29,6 +29,7 @@ from hatchway.server.web.base import (
     page_router,
     paged,
     redirect,
+    refusal_message,
     render,
     validation_message,
     web_user,
@@ -412,7 +413,7 @@ def _lifecycle_route(action: ws_api.Lifecycle) -> None:
             out = await ws_api.change_state(action, name, owner, request, user, db)
         except APIError as exc:
             exc = _refusal_page(exc, owner, name)
-            return redirect(request, back, "error", f"{exc.error[:1].upper()}{exc.error[1:]}: {exc.detail}")
+            return redirect(request, back, "error", refusal_message(exc))
         label = f'"{owner}/{name}"'
         if out.state == "failed":
             return redirect(request, back, "error", f"Workspace {label} failed: {out.state_reason or 'see its details'}")
