@@ -3,7 +3,8 @@
 was out must keep its row and claims (agent, open SSH connection records); one that is really
 dead is forgotten with its claims once the database has been reachable for FORGET_AFTER_S, even
 with another deployment secret; a silent one with another secret that beats again still refuses
-the join.
+the join; and a live one at the joining replica's own hand-over address refuses it too, keeping
+its row, while a dead predecessor's there is forgotten.
 
 An outage is played per replica: its session factory refuses while ``down``, and its row's beat
 is set back, as the database finds it when it comes back. So a joining replica sees exactly
@@ -249,12 +250,12 @@ async def test_a_live_replica_at_the_same_address_with_another_secret_refuses_th
     assert await rig.claims_of(claims) == (True, live.id, "open", None)
 
 
-async def test_a_predecessor_that_died_at_the_same_address_with_another_secret_is_forgotten_at_the_join(
-    rig: Rig,
-) -> None:
-    """A restart at the same address with another secret: the dead predecessor's row (its beat
-    still fresh) does not beat again, so the join goes on within FORGET_AFTER_S and clears it."""
-    dead = await rig.join(rig.replica(OTHER_SECRET))
+@pytest.mark.parametrize("secret", [SECRET, OTHER_SECRET], ids=["same-secret", "another-secret"])
+async def test_a_predecessor_that_died_at_the_same_address_is_forgotten_at_the_join(rig: Rig, secret: bytes) -> None:
+    """A restart at the same address, with the same secret or another one: the dead
+    predecessor's row (its beat still fresh) does not beat again, so the join goes on within
+    FORGET_AFTER_S and clears it."""
+    dead = await rig.join(rig.replica(secret))
     claims = await rig.claim(dead.id)
     stop_beating(dead)
     joining = rig.replica(SECRET, address=dead.relay_url)
@@ -264,3 +265,37 @@ async def test_a_predecessor_that_died_at_the_same_address_with_another_secret_i
     assert await rig.registered(joining.id)
     assert not await rig.registered(dead.id)
     assert await rig.claims_of(claims) == (False, None, "failed", LOST_REPLICA_REASON)
+
+
+async def test_a_live_replica_at_the_same_address_with_the_same_secret_refuses_the_join_and_keeps_its_row(
+    rig: Rig,
+) -> None:
+    """A second server started by mistake with the settings of a running one: the running one's
+    row, and what it claims, are there at every moment of the join, and the new one is refused
+    with the address and what to do about it."""
+    live = await rig.join(rig.replica())
+    claims = await rig.claim(live.id)
+    joining = rig.replica(address=live.relay_url)
+    missing_at: list[float] = []
+
+    async def watch_row() -> None:
+        while True:
+            if not await rig.registered(live.id):
+                missing_at.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch_row())
+    try:
+        with pytest.raises(ClusterError) as refused:
+            await asyncio.wait_for(joining.join(), FORGET_AFTER_S + 5 * HEARTBEAT_S)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert str(refused.value) == (
+        f"another Hatchway server, replica {live.id}, is running with this server's hand-over address "
+        f"{live.relay_url}: stop it before starting this one, or give each server its own address with "
+        "--internal-url (or --listen)"
+    )
+    assert missing_at == []
+    assert not await rig.registered(joining.id)
+    assert await rig.claims_of(claims) == (True, live.id, "open", None)

@@ -20,7 +20,7 @@ from hatchway.providers.supervisor import Supervisor
 from hatchway.server.api import agent, audit, internal, keys, providers, sessions, ssh, users, workspaces
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.bus import LocalBus, PostgresBus
-from hatchway.server.cluster import Cluster
+from hatchway.server.cluster import Cluster, ClusterError
 from hatchway.server.completions import RecordCompletions
 from hatchway.server.context import ServerContext
 from hatchway.server.crypto import SecretBox, load_or_create_deployment_secret
@@ -116,7 +116,10 @@ class StartupRefused(Exception):
 
 def startup_problem(exc: BaseException, settings: Settings) -> str | None:
     """What to tell the operator when start-up failed with ``exc`` for a reason outside the
-    code (a full disk, a database that is down), or None for a bug, whose traceback is wanted."""
+    code (a full disk, a database that is down, a clash with the other replicas), or None for a
+    bug, whose traceback is wanted."""
+    if isinstance(exc, ClusterError):
+        return str(exc)  # it says what to fix
     driver = getattr(exc, "orig", None) or exc
     said = (driver.strerror if isinstance(driver, OSError) else None) or str(driver).partition("\n")[0]
     if db_out_of_space(exc, sqlite_file(settings.db_url)):

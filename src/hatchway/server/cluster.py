@@ -166,22 +166,26 @@ class Cluster:
 
         Forgotten here are only registrations that cannot be alive: every earlier one when
         ``alone`` (SQLite: one process by construction), so what a crashed predecessor claimed
-        is cleared before the first request; else a row with our own hand-over address (a
-        predecessor that died without deregistering). Another replica's old beat proves nothing
-        yet: the database may just be back from an outage that silenced every replica, and
-        forgetting a live one marks its agents disconnected and its live SSH connections failed.
-        The heartbeat loop forgets it if it stays silent while the database is reachable for
-        FORGET_AFTER_S, counted from here, as after an outage of this replica's own."""
+        is cleared before the first request; else a row with our own hand-over address, once it
+        has shown it is a dead predecessor's (see :meth:`_outwait`): another server running with
+        this address makes this one refuse to start, its row untouched. Another replica's old
+        beat proves nothing yet: the database may just be back from an outage that silenced
+        every replica, and forgetting a live one marks its agents disconnected and its live SSH
+        connections failed. The heartbeat loop forgets it if it stays silent while the database
+        is reachable for FORGET_AFTER_S, counted from here, as after an outage of this replica's own."""
         rows = await self._registered()
         healthy_since = time.monotonic()  # the database answered: the heartbeat loop's guard starts now
-        gone = [r.id for r in rows if alone or r.relay_url == self.relay_url]
-        others = [r for r in rows if r.id not in gone]
-        # A row at our own address is taken for a dead predecessor's, but not unchecked: two
-        # replicas given one address (the default 127.0.0.1:7080 on two hosts) would otherwise
-        # let one with another secret start beside a live one, after forgetting it.
-        predecessors = [] if alone else [r for r in rows if r.id in gone]
-        await self._check_secrets(others, healthy_since, predecessors)
-        await self._forget(gone, unclaimed=True)
+        predecessors = [] if alone else [r for r in rows if r.relay_url == self.relay_url]
+        others = [] if alone else [r for r in rows if r not in predecessors]
+        await self._check_secrets(others, healthy_since)
+        if predecessors:
+            await self._outwait(
+                {r.id: r.heartbeat_at for r in predecessors}, healthy_since, self._predecessor_error,
+                f"registered at this server's own hand-over address {self.relay_url}: waiting up to "
+                f"{FORGET_AFTER_S:.0f} s to see whether they are alive (this server would then not start) "
+                "or a stopped predecessor's (then forgotten)",
+            )
+        await self._forget([r.id for r in rows if alone or r in predecessors], unclaimed=True)
         async with self._sessions() as db:
             db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
             await db.commit()
@@ -197,45 +201,42 @@ class Cluster:
         async with self._sessions() as db:
             return list((await db.execute(query)).scalars().all())
 
-    async def _check_secrets(self, others: list[Replica], healthy_since: float, predecessors: list[Replica]) -> None:
+    async def _check_secrets(self, others: list[Replica], healthy_since: float) -> None:
         """Raise :class:`ClusterError` when a live replica uses another deployment secret.
 
         One beating now refuses the join at once. One silent for FORGET_AFTER_S cannot be judged
         from its row: it may be long dead (left from before the secret was rotated, say; it must
         not stop this one from starting), or alive and just cut off by a database outage. So
-        join waits for it, until the database has been reachable for FORGET_AFTER_S (the
-        heartbeat loop's rule): if it beats again it is alive and the join is refused; if it is
-        forgotten, or stays silent, it is taken for dead. The wait costs a start at most
-        FORGET_AFTER_S, and only when such a row is there.
-
-        ``predecessors`` (rows at this replica's own address) are waited for in the same way
-        whatever the age of their beat when their secret differs: a predecessor that died a
-        moment ago (a restart) does not beat again, another replica given the same address does."""
+        join waits for it (see :meth:`_outwait`): if it beats again it is alive and the join is
+        refused; if it is forgotten, or stays silent, it is taken for dead. The wait costs a
+        start at most FORGET_AFTER_S, and only when such a row is there."""
         mismatched = [r for r in others if not hmac.compare_digest(r.secret_check, self._secret_check)]
         silent = _silent(mismatched)
         beating = [r for r in mismatched if r not in silent]
         if beating:
             raise self._secret_error(beating[0])
         if silent:
-            await self._outwait({r.id: r.heartbeat_at for r in silent}, healthy_since)
-        at_our_address = [r for r in predecessors if not hmac.compare_digest(r.secret_check, self._secret_check)]
-        if at_our_address:
-            await self._outwait({r.id: r.heartbeat_at for r in at_our_address}, healthy_since,
-                                f"are registered at this server's own hand-over address {self.relay_url}")
+            await self._outwait(
+                {r.id: r.heartbeat_at for r in silent}, healthy_since, self._secret_error,
+                f"use another deployment secret but have been silent for over {FORGET_AFTER_S:.0f} s: waiting up "
+                f"to {FORGET_AFTER_S:.0f} s to see whether they are alive (this server would then not start) or "
+                "stopped (then ignored)",
+            )
 
-    async def _outwait(self, silent: dict[str, datetime], healthy_since: float, why: str = "") -> None:
+    async def _outwait(
+        self, silent: dict[str, datetime], healthy_since: float, refusal: Callable[[Replica], ClusterError], why: str,
+    ) -> None:
         """Wait until each replica of ``silent`` (id: the beat its row showed) beats again, which
-        raises :class:`ClusterError`, or is forgotten, or stays silent until the database has been
-        reachable for FORGET_AFTER_S since ``healthy_since``."""
-        why = why or f"have been silent for over {FORGET_AFTER_S:.0f} s"
-        log.info("replica(s) %s use another deployment secret but %s: waiting up to "
-                 "%.0f s to see whether they are alive (this server would then not start) or stopped (then ignored)",
-                 ", ".join(silent), why, FORGET_AFTER_S)
+        raises ``refusal(it)``, or is forgotten, or stays silent until the database has been
+        reachable for FORGET_AFTER_S since ``healthy_since``: what the heartbeat loop takes for
+        dead. A live replica beats every HEARTBEAT_S, so one is told from a dead one within a
+        beat or two; a dead one costs the start FORGET_AFTER_S at most."""
+        log.info("replica(s) %s %s", ", ".join(silent), why)
         while True:
             rows = await self._registered(list(silent))
             beat_again = [r for r in rows if r.heartbeat_at != silent[r.id]]
             if beat_again:
-                raise self._secret_error(beat_again[0])
+                raise refusal(beat_again[0])
             if not rows or time.monotonic() - healthy_since >= FORGET_AFTER_S:
                 break
             await asyncio.sleep(HEARTBEAT_S / 4)
@@ -248,6 +249,16 @@ class Cluster:
             f"this server's deployment secret differs from the one replica {other.id} "
             f"({other.relay_url}) uses; every replica needs the same secret: copy "
             "deployment.secret from a running replica's data dir into this one's"
+        )
+
+    def _predecessor_error(self, other: Replica) -> ClusterError:
+        """Why this server cannot start beside ``other``, live at its own hand-over address."""
+        if not hmac.compare_digest(other.secret_check, self._secret_check):
+            return self._secret_error(other)
+        return ClusterError(
+            f"another Hatchway server, replica {other.id}, is running with this server's hand-over address "
+            f"{self.relay_url}: stop it before starting this one, or give each server its own address with "
+            "--internal-url (or --listen)"
         )
 
     async def leave(self) -> None:
