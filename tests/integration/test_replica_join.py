@@ -27,10 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hatchway.db.engine import create_engine, migrate, sessionmaker
 from hatchway.db.models import Provider, Replica, SSHConnection, User, Workspace, utcnow
-from hatchway.server.cluster import FORGET_AFTER_S, HEARTBEAT_S, LOST_REPLICA_REASON, Cluster, ClusterError
+from hatchway.server import presence
+from hatchway.server.cluster import (
+    FORGET_AFTER_S, HEARTBEAT_S, LOST_REPLICA_REASON, Cluster, ClusterError, new_replica_id,
+)
 from tests.helpers.migrations import ON_BOTH_DATABASES
 
-pytestmark = ON_BOTH_DATABASES
+ON_POSTGRESQL = pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 SECRET = b"\x01" * 32
 OTHER_SECRET = b"\x02" * 32
@@ -61,24 +64,35 @@ class Claims:
 
 @dataclass
 class Rig:
+    db_url: str
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     joined: list[Cluster] = field(default_factory=list)
     outages: dict[str, Outage] = field(default_factory=dict)
+    engines: dict[str, AsyncEngine] = field(default_factory=dict)
 
     def replica(self, secret: bytes = SECRET, address: str | None = None) -> Cluster:
         """A replica on its own loopback address, or on ``address`` (never dialled: join sends
-        no traffic)."""
-        outage = Outage(self.sessions)
+        no traffic), with an engine of its own whose connections carry its name, as a server's do."""
+        replica_id = new_replica_id()
+        engine = create_engine(self.db_url, application_name=presence.application_name(replica_id))
+        outage = Outage(sessionmaker(engine))
         address = address or f"http://127.0.0.1:{7100 + len(self.outages)}"
-        cluster = Cluster(outage, secret, address)  # type: ignore[arg-type]
+        cluster = Cluster(outage, secret, address, replica_id)  # type: ignore[arg-type]
         self.outages[cluster.id] = outage
+        self.engines[cluster.id] = engine
         return cluster
 
     async def join(self, cluster: Cluster) -> Cluster:
         await cluster.join()
         self.joined.append(cluster)
         return cluster
+
+    async def kill(self, cluster: Cluster) -> None:
+        """Kill ``cluster``: it stops beating, and its database connections close, as those of a
+        process that exits do (its kernel closes them)."""
+        stop_beating(cluster)
+        await self.engines[cluster.id].dispose()
 
     async def cut_off(self, cluster: Cluster) -> None:
         """The database is out for ``cluster``: its beats fail, and its row's last beat is old."""
@@ -121,7 +135,7 @@ class Rig:
 async def rig(db_url: str) -> AsyncIterator[Rig]:
     engine = create_engine(db_url)
     await migrate(engine)
-    made = Rig(engine, sessionmaker(engine))
+    made = Rig(db_url, engine, sessionmaker(engine))
     try:
         yield made
     finally:
@@ -129,6 +143,8 @@ async def rig(db_url: str) -> AsyncIterator[Rig]:
             outage.down = False
         for cluster in made.joined:
             await cluster.leave()
+        for replica_engine in made.engines.values():
+            await replica_engine.dispose()
         await engine.dispose()
 
 
@@ -155,12 +171,15 @@ def count_forget_passes(cluster: Cluster) -> list[list[str]]:
 
 
 def stop_beating(cluster: Cluster) -> None:
-    """Crash ``cluster``: no more beats and no goodbye; its row and claims stay behind."""
+    """Hang ``cluster``: no more beats and no goodbye; its row and claims stay behind, and so do
+    its database connections, as those of a process that hangs, or of a host cut off from the
+    network, stay open on PostgreSQL's side."""
     assert cluster._task is not None
     cluster._task.cancel()
     cluster._task = None
 
 
+@ON_BOTH_DATABASES
 async def test_a_replica_joining_as_the_database_comes_back_leaves_the_live_replicas_and_their_claims(rig: Rig) -> None:
     live = await rig.join(rig.replica())
     claims = await rig.claim(live.id)
@@ -182,13 +201,15 @@ async def test_a_replica_joining_as_the_database_comes_back_leaves_the_live_repl
     assert await rig.registered(live.id)
 
 
+@ON_BOTH_DATABASES
 @pytest.mark.parametrize("secret", [SECRET, OTHER_SECRET], ids=["same-secret", "another-secret"])
 async def test_a_replica_dead_before_the_join_is_forgotten_with_its_claims_once_the_database_stayed_up(
     rig: Rig, secret: bytes,
 ) -> None:
-    """Forgotten after FORGET_AFTER_S of reachable database (the joining replica cannot tell it
-    from a live one cut off by an outage before that), within two beats more; and a dead one
-    with another deployment secret does not stop the new replica from starting."""
+    """One that stopped beating with its database connections still open (hung, or its host
+    cut off) is forgotten after FORGET_AFTER_S of reachable database (the joining replica cannot
+    tell it from a live one cut off by an outage before that), within two beats more; and a
+    dead one with another deployment secret does not stop the new replica from starting."""
     dead = await rig.join(rig.replica(secret))
     claims = await rig.claim(dead.id)
     stop_beating(dead)
@@ -206,6 +227,7 @@ async def test_a_replica_dead_before_the_join_is_forgotten_with_its_claims_once_
     assert await rig.claims_of(claims) == (False, None, "failed", LOST_REPLICA_REASON)
 
 
+@ON_BOTH_DATABASES
 async def test_a_silent_replica_with_another_secret_that_beats_again_refuses_the_join(
     rig: Rig, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -230,6 +252,7 @@ async def test_a_silent_replica_with_another_secret_that_beats_again_refuses_the
     assert await rig.registered(live.id)
 
 
+@ON_BOTH_DATABASES
 async def test_a_live_replica_at_the_same_address_with_another_secret_refuses_the_join_and_keeps_its_claims(
     rig: Rig,
 ) -> None:
@@ -250,6 +273,7 @@ async def test_a_live_replica_at_the_same_address_with_another_secret_refuses_th
     assert await rig.claims_of(claims) == (True, live.id, "open", None)
 
 
+@ON_BOTH_DATABASES
 @pytest.mark.parametrize("secret", [SECRET, OTHER_SECRET], ids=["same-secret", "another-secret"])
 async def test_a_predecessor_that_died_at_the_same_address_is_forgotten_at_the_join(rig: Rig, secret: bytes) -> None:
     """A restart at the same address, with the same secret or another one: the dead
@@ -267,6 +291,7 @@ async def test_a_predecessor_that_died_at_the_same_address_is_forgotten_at_the_j
     assert await rig.claims_of(claims) == (False, None, "failed", LOST_REPLICA_REASON)
 
 
+@ON_BOTH_DATABASES
 async def test_a_live_replica_at_the_same_address_with_the_same_secret_refuses_the_join_and_keeps_its_row(
     rig: Rig,
 ) -> None:
@@ -299,3 +324,26 @@ async def test_a_live_replica_at_the_same_address_with_the_same_secret_refuses_t
     assert missing_at == []
     assert not await rig.registered(joining.id)
     assert await rig.claims_of(claims) == (True, live.id, "open", None)
+
+
+@ON_POSTGRESQL
+async def test_a_replica_postgresql_shows_is_gone_is_forgotten_at_the_join_and_one_still_connected_is_not(
+    rig: Rig,
+) -> None:
+    """A replica killed (its connections closed) and silent for FORGET_AFTER_S is gone, as
+    PostgreSQL shows: the joining replica forgets it and its claims at once, not FORGET_AFTER_S
+    later. One silent as long whose connections are still open (cut off by a network outage,
+    say) may be alive: it is kept, with its claims."""
+    dead = await rig.join(rig.replica())
+    cut_off = await rig.join(rig.replica())
+    dead_claims = await rig.claim(dead.id)
+    cut_off_claims = await rig.claim(cut_off.id)
+    await rig.kill(dead)
+    await rig.cut_off(dead)  # its last beat is OUTAGE_S old
+    await rig.cut_off(cut_off)
+    joining = await rig.join(rig.replica())
+    assert await rig.registered(joining.id)
+    assert not await rig.registered(dead.id)
+    assert await rig.claims_of(dead_claims) == (False, None, "failed", LOST_REPLICA_REASON)
+    assert await rig.registered(cut_off.id)
+    assert await rig.claims_of(cut_off_claims) == (True, cut_off.id, "open", None)

@@ -1,5 +1,5 @@
 """Replicas as real ``hatchway server`` processes on one PostgreSQL: a second server started with
-a running one's hand-over address.
+a running one's hand-over address; a replica started after the supervising one died.
 
 The database is watched from the test on a connection of its own while the servers start, so a
 row that goes missing for a moment is seen."""
@@ -7,14 +7,18 @@ row that goes missing for a moment is seen."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
+from hatchway.server.cluster import FORGET_AFTER_S
 from tests.helpers.server import RunningServer
 
 pytestmark = pytest.mark.postgres
@@ -102,3 +106,54 @@ async def test_a_second_server_with_a_running_ones_hand_over_address_is_refused_
     assert seen and all(ids == [running_id] for ids in seen), [ids for ids in seen if ids != [running_id]]
     assert await registered(db) == [running_id]
     assert "had been forgotten by the others" not in running.log()
+
+
+async def replicas(db: asyncpg.Connection) -> dict[str, bool]:
+    """Each registered replica: whether it supervises."""
+    return {r["id"]: r["supervises"] for r in await db.fetch("SELECT id, supervises FROM replicas")}
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_new_replica_supervises_as_it_starts_when_postgresql_shows_the_supervisor_is_gone(
+    fleet: Fleet, db: asyncpg.Connection,
+) -> None:
+    """The supervising replica was killed and has been silent for FORGET_AFTER_S: PostgreSQL
+    holds no connection of it and has been up all along, so it is dead, and a replica started
+    now supervises before it reports ready (it used to wait FORGET_AFTER_S more, answering
+    workspace commands with "no replica supervises"). A replica frozen as long beside it (its
+    connections open: it may be alive, cut off by a network outage) is not forgotten."""
+    supervisor = fleet.server("supervisor")
+    await asyncio.to_thread(supervisor.start)
+    supervisor_id = replica_id(supervisor)
+    frozen = fleet.server("frozen")
+    await asyncio.to_thread(frozen.start)
+    frozen_id = replica_id(frozen)
+    assert await replicas(db) == {supervisor_id: True, frozen_id: False}
+    assert frozen.proc is not None
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        supervisor.stop(signal.SIGKILL)
+
+        async def both_silent() -> bool:
+            return await db.fetchval(
+                "SELECT count(*) FROM replicas WHERE heartbeat_at < now() - make_interval(secs => $1)", FORGET_AFTER_S + 0.5,
+            ) == 2
+
+        await until(both_silent, FORGET_AFTER_S + 5, "both replicas silent for FORGET_AFTER_S")
+        newcomer = fleet.server("newcomer")
+        await asyncio.to_thread(newcomer.start)
+        newcomer_id = replica_id(newcomer)
+        assert await replicas(db) == {newcomer_id: True, frozen_id: False}
+        said_by_newcomer = said(newcomer)
+        assert said_by_newcomer.index("this replica supervises server-managed workspaces") < next(
+            i for i, line in enumerate(said_by_newcomer) if line.startswith("Hatchway ") and " ready at " in line
+        ), said_by_newcomer
+    finally:
+        frozen.stop(signal.SIGKILL)

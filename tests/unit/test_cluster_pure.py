@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hatchway.db.models import Replica
 from hatchway.server.bus import MAX_FIELD, decode_event, encode_event
-from hatchway.server.cluster import SIGNATURE_WINDOW_S, SeenNonces, derive_key, origin_of, sign, verify
+from hatchway.server.cluster import (
+    FORGET_AFTER_S, SIGNATURE_WINDOW_S, SeenNonces, derive_key, origin_of, proven_dead, sign, verify,
+)
+from hatchway.server.presence import DatabaseView
 from hatchway.server.supervision import command_args
 
 KEY = derive_key(b"\x07" * 32, b"replica-relay/v1")
@@ -125,3 +130,26 @@ def test_forwarded_supervisor_commands_are_checked() -> None:
             assert getattr(exc, "status", None) == 400
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_a_replica_is_proven_dead_only_silent_unconnected_and_with_postgresql_up_since_well_before_its_beat() -> None:
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+
+    def silent_for(replica_id: str, seconds: float) -> Replica:
+        return Replica(id=replica_id, relay_url="http://127.0.0.1:7080", secret_check="",
+                       heartbeat_at=now - timedelta(seconds=seconds))
+
+    rows = [
+        silent_for("gone", FORGET_AFTER_S + 1),
+        silent_for("beating", FORGET_AFTER_S - 0.5),  # not silent long enough
+        silent_for("connected", 60),  # a connection of its own is open: cut off, maybe alive
+        silent_for("since-restart", 60),  # silent since before PostgreSQL's last start
+    ]
+    up_s = 30.0
+    assert proven_dead(rows, DatabaseView(frozenset({"connected", "beating"}), up_s), now) == ["gone"]
+    assert proven_dead(rows, None, now) == []  # SQLite: nobody to judge
+    # PostgreSQL must have been up FORGET_AFTER_S longer than the replica has been silent: its
+    # clock stamped the beat, PostgreSQL's measures the uptime.
+    edge = FORGET_AFTER_S + 1 + FORGET_AFTER_S
+    assert proven_dead(rows[:1], DatabaseView(frozenset(), edge), now) == ["gone"]
+    assert proven_dead(rows[:1], DatabaseView(frozenset(), edge - 0.1), now) == []

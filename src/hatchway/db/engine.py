@@ -37,7 +37,9 @@ def sqlite_url_for(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'hatchway.db'}"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, application_name: str | None = None) -> AsyncEngine:
+    """An engine on ``url``; on PostgreSQL its connections are named ``application_name``, which
+    is how PostgreSQL tells whose they are (see hatchway.server.presence)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
@@ -51,7 +53,8 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    named = {"server_settings": {"application_name": application_name}} if application_name else {}
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=named)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:

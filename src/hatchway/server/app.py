@@ -17,10 +17,11 @@ from hatchway.fileutil import ensure_private_dir
 from hatchway.providers.docker import DockerProvider
 from hatchway.providers.local import LocalProvider, isolation_override
 from hatchway.providers.supervisor import Supervisor
+from hatchway.server import presence
 from hatchway.server.api import agent, audit, internal, keys, providers, sessions, ssh, users, workspaces
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.bus import LocalBus, PostgresBus
-from hatchway.server.cluster import Cluster, ClusterError
+from hatchway.server.cluster import Cluster, ClusterError, new_replica_id
 from hatchway.server.completions import RecordCompletions
 from hatchway.server.context import ServerContext
 from hatchway.server.crypto import SecretBox, load_or_create_deployment_secret
@@ -71,11 +72,12 @@ async def reclaim_agents(ctx: ServerContext) -> None:
 async def build_context(settings: Settings) -> ServerContext:
     ensure_private_dir(settings.data_dir)
     secret = load_or_create_deployment_secret(settings.data_dir)
-    engine = create_engine(settings.db_url)
+    replica_id = new_replica_id()
+    engine = create_engine(settings.db_url, application_name=presence.application_name(replica_id))
     await migrate(engine)
     sessions = sessionmaker(engine)
     hub = AgentHub(sessions, settings.url)
-    cluster = Cluster(sessions, secret, settings.relay_url)
+    cluster = Cluster(sessions, secret, settings.relay_url, replica_id)
     bus = PostgresBus(cluster.id, engine) if engine.dialect.name == "postgresql" else LocalBus(cluster.id)
     relay = Relay(
         hub, cluster, settings.dial_timeout_s, settings.max_pending_streams_per_user, settings.max_pending_streams_per_workspace,

@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hatchway import peerjson
+from hatchway.server import presence
 from hatchway.server.errors import db_error_text
 
 log = logging.getLogger("hatchway.server.bus")
@@ -91,7 +92,6 @@ class PostgresBus(LocalBus):
     def __init__(self, origin: str, engine: AsyncEngine) -> None:
         super().__init__(origin)
         self._engine = engine
-        self._dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._task: asyncio.Task[None] | None = None
         self._applying: set[asyncio.Task[None]] = set()
         self.listening = asyncio.Event()
@@ -126,13 +126,11 @@ class PostgresBus(LocalBus):
         task.add_done_callback(self._applying.discard)
 
     async def _listen_forever(self) -> None:
-        import asyncpg  # the PostgreSQL driver; only replicas on PostgreSQL load it
-
         delay, lost = 0.2, False
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=10)
+                conn = await presence.connect(self._engine, self.origin)
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.listening.set()
                 if lost:

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hatchway.db.models import Replica, SSHConnection, Workspace, utcnow
 from hatchway.server.errors import db_error_text
+from hatchway.server.presence import DatabaseView, look
 from hatchway.names import stream_label
 
 log = logging.getLogger("hatchway.server.cluster")
@@ -47,6 +48,7 @@ SIGNATURE_WINDOW_S = 30
 AUTH_HEADER = "X-Hatchway-Replica"
 REPLICA_ID_LEN = 16
 LOST_REPLICA_REASON = "the Hatchway server process relaying it stopped"
+PROVEN_GONE = "forgot stopped replica(s) %s and what they held: PostgreSQL shows they are gone"
 
 
 class ClusterError(Exception):
@@ -139,14 +141,37 @@ def _silent(rows: list[Replica]) -> list[Replica]:
     return [r for r in rows if r.heartbeat_at < cutoff]
 
 
+def proven_dead(rows: list[Replica], view: DatabaseView | None, now: datetime | None = None) -> list[str]:
+    """The replicas of ``rows`` that PostgreSQL's ``view`` shows are gone, not cut off: silent for
+    FORGET_AFTER_S with no connection open, PostgreSQL up since well before their last beat (a
+    PostgreSQL restart silences live replicas and drops their connections; the margin of
+    FORGET_AFTER_S covers a replica's clock, which stamped the beat, a few seconds off the
+    database's). None of them on SQLite (``view`` None). See hatchway.server.presence."""
+    if view is None:
+        return []
+    now = now or utcnow()
+    dead = []
+    for r in rows:
+        silent_s = (now - r.heartbeat_at).total_seconds()
+        if silent_s >= FORGET_AFTER_S and r.id not in view.connected and view.up_s >= silent_s + FORGET_AFTER_S:
+            dead.append(r.id)
+    return dead
+
+
+def new_replica_id() -> str:
+    return secrets.token_hex(REPLICA_ID_LEN // 2)
+
+
 def origin_of(stream_id: str) -> str:
     """Stream ids start with the id of the replica where the client waits."""
     return stream_id[:REPLICA_ID_LEN]
 
 
 class Cluster:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], deployment_secret: bytes, relay_url: str) -> None:
-        self.id = secrets.token_hex(REPLICA_ID_LEN // 2)
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], deployment_secret: bytes, relay_url: str, replica_id: str,
+    ) -> None:
+        self.id = replica_id  # new_replica_id(); its database connections are named after it (presence.py)
         self.relay_url = relay_url.rstrip("/")
         self._sessions = sessions
         self._key = derive_key(deployment_secret, b"replica-relay/v1")
@@ -166,15 +191,19 @@ class Cluster:
 
         Forgotten here are only registrations that cannot be alive: every earlier one when
         ``alone`` (SQLite: one process by construction), so what a crashed predecessor claimed
-        is cleared before the first request; else a row with our own hand-over address, once it
-        has shown it is a dead predecessor's (see :meth:`_outwait`): another server running with
-        this address makes this one refuse to start, its row untouched. Another replica's old
-        beat proves nothing yet: the database may just be back from an outage that silenced
-        every replica, and forgetting a live one marks its agents disconnected and its live SSH
-        connections failed. The heartbeat loop forgets it if it stays silent while the database
-        is reachable for FORGET_AFTER_S, counted from here, as after an outage of this replica's own."""
-        rows = await self._registered()
+        is cleared before the first request; the ones PostgreSQL shows are gone
+        (:func:`proven_dead`), so a replica that died before this one started does not keep its
+        claims, and supervision, for FORGET_AFTER_S more; and a row with our own hand-over
+        address, once it has shown it is a dead predecessor's (see :meth:`_outwait`): another
+        server running with this address makes this one refuse to start, its row untouched.
+        Another replica's old beat alone proves nothing yet: the database may just be back from
+        an outage that silenced every replica, and forgetting a live one marks its agents
+        disconnected and its live SSH connections failed. The heartbeat loop forgets it if it
+        stays silent while the database is reachable for FORGET_AFTER_S, counted from here, as
+        after an outage of this replica's own."""
+        rows, dead = await self._survey()
         healthy_since = time.monotonic()  # the database answered: the heartbeat loop's guard starts now
+        rows = [r for r in rows if alone or r.id not in dead]
         predecessors = [] if alone else [r for r in rows if r.relay_url == self.relay_url]
         others = [] if alone else [r for r in rows if r not in predecessors]
         await self._check_secrets(others, healthy_since)
@@ -185,21 +214,28 @@ class Cluster:
                 f"{FORGET_AFTER_S:.0f} s to see whether they are alive (this server would then not start) "
                 "or a stopped predecessor's (then forgotten)",
             )
-        await self._forget([r.id for r in rows if alone or r in predecessors], unclaimed=True)
+        await self._forget(dead + [r.id for r in rows if alone or r in predecessors], unclaimed=True)
         async with self._sessions() as db:
             db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
             await db.commit()
         self._http = httpx.AsyncClient(timeout=5.0)
         self._task = asyncio.create_task(self._heartbeat_forever(healthy_since), name="replica-heartbeat")
+        if dead:
+            log.warning(PROVEN_GONE, ", ".join(dead))
         silent = len(_silent(others))
         log.info("replica %s registered (hand-over address %s; %d other replica(s)%s)", self.id, self.relay_url,
                  len(others) - silent, f", and {silent} silent one(s), forgotten if they stay silent" if silent else "")
 
-    async def _registered(self, ids: list[str] | None = None) -> list[Replica]:
-        """The replicas' rows (only those of ``ids`` when given)."""
-        query = select(Replica) if ids is None else select(Replica).where(Replica.id.in_(ids))
+    async def _survey(self, ids: list[str] | None = None) -> tuple[list[Replica], list[str]]:
+        """The other replicas' rows (only those of ``ids`` when given), and the ids of those
+        PostgreSQL shows are gone (:func:`proven_dead`)."""
+        query = select(Replica).where(Replica.id != self.id)
+        if ids is not None:
+            query = query.where(Replica.id.in_(ids))
         async with self._sessions() as db:
-            return list((await db.execute(query)).scalars().all())
+            rows = list((await db.execute(query)).scalars().all())
+            view = await look(db) if _silent(rows) else None
+        return rows, proven_dead(rows, view)
 
     async def _check_secrets(self, others: list[Replica], healthy_since: float) -> None:
         """Raise :class:`ClusterError` when a live replica uses another deployment secret.
@@ -233,11 +269,11 @@ class Cluster:
         beat or two; a dead one costs the start FORGET_AFTER_S at most."""
         log.info("replica(s) %s %s", ", ".join(silent), why)
         while True:
-            rows = await self._registered(list(silent))
+            rows, dead = await self._survey(list(silent))
             beat_again = [r for r in rows if r.heartbeat_at != silent[r.id]]
             if beat_again:
                 raise refusal(beat_again[0])
-            if not rows or time.monotonic() - healthy_since >= FORGET_AFTER_S:
+            if len(dead) == len(rows) or time.monotonic() - healthy_since >= FORGET_AFTER_S:
                 break
             await asyncio.sleep(HEARTBEAT_S / 4)
         if rows:
@@ -295,9 +331,12 @@ class Cluster:
                     await self.on_reclaim()
                 healthy_since = healthy_since or time.monotonic()
                 # Right after an outage of our own, the others' beats are old because the
-                # database was down, not because they are: give them time to beat again.
+                # database was down, not because they are: give them time to beat again, and
+                # meanwhile forget only those PostgreSQL shows are gone.
                 if time.monotonic() - healthy_since >= FORGET_AFTER_S:
                     await self.forget_dead()
+                else:
+                    await self.forget_proven_dead()
             except Exception as exc:
                 healthy_since = None
                 log.warning("replica heartbeat failed: %s", db_error_text(exc))
@@ -311,6 +350,15 @@ class Cluster:
         if dead:
             await self._forget(dead)
             log.warning("forgot stopped replica(s) %s and what they held", ", ".join(dead))
+        return dead
+
+    async def forget_proven_dead(self) -> list[str]:
+        """Forget the replicas PostgreSQL shows are gone (:func:`proven_dead`): for a caller
+        that has not yet seen the database reachable for FORGET_AFTER_S."""
+        _, dead = await self._survey()
+        if dead:
+            await self._forget(dead)
+            log.warning(PROVEN_GONE, ", ".join(dead))
         return dead
 
     async def _forget(self, ids: list[str], unclaimed: bool = False) -> None:

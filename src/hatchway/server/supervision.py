@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from hatchway.db.models import Replica, utcnow
 from hatchway.providers.base import SetupError, WorkspaceProvider
 from hatchway.providers.supervisor import Supervisor
+from hatchway.server import presence
 from hatchway.server.cluster import FORGET_AFTER_S, Cluster
 from hatchway.server.errors import APIError, db_error_text
 
@@ -190,14 +191,11 @@ class SupervisionGate:
         While PostgreSQL is unreachable nobody else can take the lock either, so the agents keep
         running. Once it is back the lock is taken again; only if another replica got it
         meanwhile (or the outage outlasts STEP_DOWN_AFTER_S) does this one stop supervising."""
-        import asyncpg
-
-        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         cut_off_at: float | None = None
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(dsn, timeout=10)
+                conn = await presence.connect(self._engine, self._cluster.id)
                 # A replica that supervised before a database outage takes the lock back first:
                 # the others wait until it has been forgotten (dead), so a PostgreSQL restart
                 # does not move, and restart, every workspace.
