@@ -502,7 +502,7 @@ def test_replicas_starting_together_on_a_fresh_database_all_come_up_and_a_wrong_
         assert psql(db_url, "SELECT count(*) FROM replicas WHERE supervises") == "1"
         with pytest.raises(RuntimeError) as err:
             servers[REPLICAS].start()
-        assert "this server's deployment secret differs from the one replica" in str(err.value)
+        assert "cannot start: this server's deployment secret differs from the one this deployment's database was set up with" in str(err.value)
         assert "copy deployment.secret from a running replica's data dir into this one's" in str(err.value)
     finally:
         for s in servers:

@@ -2,9 +2,11 @@
 ``Cluster`` objects in one process: a live replica whose beat is old only because the database
 was out must keep its row and claims (agent, open SSH connection records); one that is really
 dead is forgotten with its claims once the database has been reachable for FORGET_AFTER_S, even
-with another deployment secret; a silent one with another secret that beats again still refuses
-the join; and a live one at the joining replica's own hand-over address refuses it too, keeping
-its row, while a dead predecessor's there is forgotten.
+with the secret from before a rotation, and at once when PostgreSQL shows it is gone; a replica
+with another secret than the one the database records is refused whatever the others' state,
+and of two joining at once with different secrets one is; and a live one at the joining
+replica's own hand-over address refuses it too, keeping its row, while a dead predecessor's
+there is forgotten.
 
 An outage is played per replica: its session factory refuses while ``down``, and its row's beat
 is set back, as the database finds it when it comes back. So a joining replica sees exactly
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hatchway.db.engine import create_engine, migrate, sessionmaker
 from hatchway.db.models import Provider, Replica, SSHConnection, User, Workspace, utcnow
-from hatchway.server import presence
+from hatchway.server import presence, secret_record
 from hatchway.server.cluster import (
     FORGET_AFTER_S, HEARTBEAT_S, LOST_REPLICA_REASON, Cluster, ClusterError, new_replica_id,
 )
@@ -39,6 +40,12 @@ SECRET = b"\x01" * 32
 OTHER_SECRET = b"\x02" * 32
 #: How far back an outage leaves a replica's last beat: well past FORGET_AFTER_S.
 OUTAGE_S = 3 * FORGET_AFTER_S
+WRONG_SECRET = (
+    "this server's deployment secret differs from the one this deployment's database was set up with; every "
+    "replica needs the same secret: copy deployment.secret from a running replica's data dir into this one's, "
+    "or put back the one this database was set up with (to change the secret, stop every replica and run "
+    "hatchway server rotate-secret)"
+)
 
 
 class Outage:
@@ -87,6 +94,12 @@ class Rig:
         await cluster.join()
         self.joined.append(cluster)
         return cluster
+
+    async def rotate(self, secret: bytes) -> None:
+        """Make ``secret`` the deployment's, as ``hatchway server rotate-secret`` records it."""
+        async with self.sessions() as db:
+            await secret_record.record(db, secret_record.check_value(secret))
+            await db.commit()
 
     async def kill(self, cluster: Cluster) -> None:
         """Kill ``cluster``: it stops beating, and its database connections close, as those of a
@@ -202,17 +215,18 @@ async def test_a_replica_joining_as_the_database_comes_back_leaves_the_live_repl
 
 
 @ON_BOTH_DATABASES
-@pytest.mark.parametrize("secret", [SECRET, OTHER_SECRET], ids=["same-secret", "another-secret"])
+@pytest.mark.parametrize("secret", [SECRET, OTHER_SECRET], ids=["same-secret", "secret-rotated-since"])
 async def test_a_replica_dead_before_the_join_is_forgotten_with_its_claims_once_the_database_stayed_up(
     rig: Rig, secret: bytes,
 ) -> None:
     """One that stopped beating with its database connections still open (hung, or its host
     cut off) is forgotten after FORGET_AFTER_S of reachable database (the joining replica cannot
     tell it from a live one cut off by an outage before that), within two beats more; and a
-    dead one with another deployment secret does not stop the new replica from starting."""
+    dead one with the secret from before a rotation does not stop the new replica from starting."""
     dead = await rig.join(rig.replica(secret))
     claims = await rig.claim(dead.id)
     stop_beating(dead)
+    await rig.rotate(SECRET)
     await rig.cut_off(dead)
     started = time.monotonic()
     joining = await rig.join(rig.replica(SECRET))
@@ -228,60 +242,66 @@ async def test_a_replica_dead_before_the_join_is_forgotten_with_its_claims_once_
 
 
 @ON_BOTH_DATABASES
-async def test_a_silent_replica_with_another_secret_that_beats_again_refuses_the_join(
-    rig: Rig, caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="hatchway.server.cluster")
-    live = await rig.join(rig.replica(OTHER_SECRET))
-    await rig.cut_off(live)
-    joining = rig.replica(SECRET)
-    join = asyncio.create_task(joining.join())
-
-    async def waiting() -> bool:
-        return join.done() or any("use another deployment secret but have been silent" in m for m in caplog.messages)
-
-    await until(waiting, FORGET_AFTER_S, "the joining replica waiting for the silent one")
-    rig.outages[live.id].down = False  # it beats again
-    with pytest.raises(ClusterError) as refused:
-        await join
-    assert str(refused.value) == (
-        f"this server's deployment secret differs from the one replica {live.id} ({live.relay_url}) uses; every replica "
-        "needs the same secret: copy deployment.secret from a running replica's data dir into this one's"
-    )
-    assert not await rig.registered(joining.id)
-    assert await rig.registered(live.id)
-
-
-@ON_BOTH_DATABASES
-async def test_a_live_replica_at_the_same_address_with_another_secret_refuses_the_join_and_keeps_its_claims(
-    rig: Rig,
-) -> None:
-    """Two replicas given one hand-over address (the default 127.0.0.1:7080 on two hosts): the
-    row at the joining replica's own address is not a dead predecessor's while it beats, so one
-    with another deployment secret neither starts beside it nor forgets it and its claims."""
-    live = await rig.join(rig.replica(OTHER_SECRET))
+async def test_a_replica_with_another_secret_is_refused_while_the_deployments_replicas_are_cut_off(rig: Rig) -> None:
+    """The database records the deployment's secret, so one with another is refused whatever
+    the live replicas look like: here cut off, silent through the whole join, which used to let
+    it start beside them (they were taken for stopped)."""
+    live = await rig.join(rig.replica(SECRET))
     claims = await rig.claim(live.id)
-    joining = rig.replica(SECRET, address=live.relay_url)
+    await rig.cut_off(live)
+    joining = rig.replica(OTHER_SECRET)
     with pytest.raises(ClusterError) as refused:
         await asyncio.wait_for(joining.join(), FORGET_AFTER_S + 5 * HEARTBEAT_S)
-    assert str(refused.value) == (
-        f"this server's deployment secret differs from the one replica {live.id} ({live.relay_url}) uses; every replica "
-        "needs the same secret: copy deployment.secret from a running replica's data dir into this one's"
-    )
+    assert str(refused.value) == WRONG_SECRET
     assert not await rig.registered(joining.id)
     assert await rig.registered(live.id)
     assert await rig.claims_of(claims) == (True, live.id, "open", None)
 
 
 @ON_BOTH_DATABASES
-@pytest.mark.parametrize("secret", [SECRET, OTHER_SECRET], ids=["same-secret", "another-secret"])
+async def test_of_two_replicas_with_different_secrets_joining_at_once_on_a_new_database_one_is_refused(
+    rig: Rig,
+) -> None:
+    """Neither can see the other's row when both look: the database's record of the secret,
+    which only one can make, refuses the other."""
+    first, second = rig.replica(SECRET), rig.replica(OTHER_SECRET)
+    results = await asyncio.gather(first.join(), second.join(), return_exceptions=True)
+    joined = [c for c, result in zip((first, second), results) if result is None]
+    rig.joined.extend(joined)
+    refusals = [result for result in results if result is not None]
+    assert len(joined) == 1 and len(refusals) == 1, results
+    assert isinstance(refusals[0], ClusterError) and str(refusals[0]) == WRONG_SECRET
+    assert [await rig.registered(c.id) for c in (first, second)] == [c in joined for c in (first, second)]
+
+
+@ON_BOTH_DATABASES
+async def test_a_live_replica_at_the_same_address_with_another_secret_refuses_the_join_and_keeps_its_claims(
+    rig: Rig,
+) -> None:
+    """Two replicas given one hand-over address (the default 127.0.0.1:7080 on two hosts): one
+    with another deployment secret neither starts beside the live one nor forgets it and its
+    claims."""
+    live = await rig.join(rig.replica(OTHER_SECRET))
+    claims = await rig.claim(live.id)
+    joining = rig.replica(SECRET, address=live.relay_url)
+    with pytest.raises(ClusterError) as refused:
+        await asyncio.wait_for(joining.join(), FORGET_AFTER_S + 5 * HEARTBEAT_S)
+    assert str(refused.value) == WRONG_SECRET
+    assert not await rig.registered(joining.id)
+    assert await rig.registered(live.id)
+    assert await rig.claims_of(claims) == (True, live.id, "open", None)
+
+
+@ON_BOTH_DATABASES
+@pytest.mark.parametrize("secret", [SECRET, OTHER_SECRET], ids=["same-secret", "secret-rotated-since"])
 async def test_a_predecessor_that_died_at_the_same_address_is_forgotten_at_the_join(rig: Rig, secret: bytes) -> None:
-    """A restart at the same address, with the same secret or another one: the dead
+    """A restart at the same address, with the same secret or a rotated one: the dead
     predecessor's row (its beat still fresh) does not beat again, so the join goes on within
     FORGET_AFTER_S and clears it."""
     dead = await rig.join(rig.replica(secret))
     claims = await rig.claim(dead.id)
     stop_beating(dead)
+    await rig.rotate(SECRET)
     joining = rig.replica(SECRET, address=dead.relay_url)
     started = time.monotonic()
     await rig.join(joining)

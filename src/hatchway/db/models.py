@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -181,8 +182,9 @@ class SSHConnection(Base):
 class Replica(Base):
     """A running ``hatchway server`` process; forgotten by the others when its heartbeat stops.
 
-    ``relay_url`` is how other replicas reach it for stream hand-over; ``secret_check`` lets a
-    new replica notice it was started with a different deployment secret than the others."""
+    ``relay_url`` is how other replicas reach it for stream hand-over; ``secret_check`` is the
+    check of its deployment secret (see :class:`DeploymentSecret`), which replicas of earlier
+    versions compare with theirs, and from which migration 0006 took the deployment's."""
 
     __tablename__ = "replicas"
 
@@ -193,3 +195,17 @@ class Replica(Base):
     supervises: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class DeploymentSecret(Base):
+    """The check of the deployment secret this database belongs to (one row, id 1): recorded by
+    the first server to start on it (or by migration 0006 from the replicas of an earlier
+    version) and by ``hatchway server rotate-secret``, and compared with every starting
+    server's (hatchway.server.secret_record). Its key lets only one be recorded, so of two
+    servers starting at once with different secrets one is refused."""
+
+    __tablename__ = "deployment_secret"
+    __table_args__ = (CheckConstraint("id = 1", name="ck_deployment_secret_one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    secret_check: Mapped[str] = mapped_column(String(64))

@@ -33,6 +33,8 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hatchway.db.models import Replica, SSHConnection, Workspace, utcnow
+from hatchway.server import secret_record
+from hatchway.server.crypto import derive_key
 from hatchway.server.errors import db_error_text
 from hatchway.server.presence import DatabaseView, look
 from hatchway.names import stream_label
@@ -53,10 +55,6 @@ PROVEN_GONE = "forgot stopped replica(s) %s and what they held: PostgreSQL shows
 
 class ClusterError(Exception):
     """This replica cannot join the others; the message says what to fix."""
-
-
-def derive_key(deployment_secret: bytes, purpose: bytes) -> bytes:
-    return hmac.new(deployment_secret, b"hatchway/" + purpose, hashlib.sha256).digest()
 
 
 #: Nonces remembered at once. Only a replica holding the key can add one, and each is forgotten
@@ -175,7 +173,7 @@ class Cluster:
         self.relay_url = relay_url.rstrip("/")
         self._sessions = sessions
         self._key = derive_key(deployment_secret, b"replica-relay/v1")
-        self._secret_check = derive_key(deployment_secret, b"replica-check/v1").hex()
+        self._secret_check = secret_record.check_value(deployment_secret)
         self._seen = SeenNonces()
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -187,7 +185,10 @@ class Cluster:
     # ---- membership -------------------------------------------------------------------------
 
     async def join(self, alone: bool = False) -> None:
-        """Clear what a dead predecessor left, check the secret matches the others', register.
+        """Check the secret is the deployment's, clear what a dead predecessor left, register.
+
+        The deployment secret is compared with the one the database records (see
+        hatchway.server.secret_record), not with the live replicas': those cannot all be seen.
 
         Forgotten here are only registrations that cannot be alive: every earlier one when
         ``alone`` (SQLite: one process by construction), so what a crashed predecessor claimed
@@ -201,19 +202,20 @@ class Cluster:
         disconnected and its live SSH connections failed. The heartbeat loop forgets it if it
         stays silent while the database is reachable for FORGET_AFTER_S, counted from here, as
         after an outage of this replica's own."""
+        if not hmac.compare_digest(await secret_record.claim(self._sessions, self._secret_check), self._secret_check):
+            raise ClusterError(
+                "this server's deployment secret differs from the one this deployment's database was set up "
+                "with; every replica needs the same secret: copy deployment.secret from a running replica's "
+                "data dir into this one's, or put back the one this database was set up with (to change the "
+                "secret, stop every replica and run hatchway server rotate-secret)"
+            )
         rows, dead = await self._survey()
         healthy_since = time.monotonic()  # the database answered: the heartbeat loop's guard starts now
         rows = [r for r in rows if alone or r.id not in dead]
         predecessors = [] if alone else [r for r in rows if r.relay_url == self.relay_url]
         others = [] if alone else [r for r in rows if r not in predecessors]
-        await self._check_secrets(others, healthy_since)
         if predecessors:
-            await self._outwait(
-                {r.id: r.heartbeat_at for r in predecessors}, healthy_since, self._predecessor_error,
-                f"registered at this server's own hand-over address {self.relay_url}: waiting up to "
-                f"{FORGET_AFTER_S:.0f} s to see whether they are alive (this server would then not start) "
-                "or a stopped predecessor's (then forgotten)",
-            )
+            await self._outwait({r.id: r.heartbeat_at for r in predecessors}, healthy_since)
         await self._forget(dead + [r.id for r in rows if alone or r in predecessors], unclaimed=True)
         async with self._sessions() as db:
             db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
@@ -237,65 +239,31 @@ class Cluster:
             view = await look(db) if _silent(rows) else None
         return rows, proven_dead(rows, view)
 
-    async def _check_secrets(self, others: list[Replica], healthy_since: float) -> None:
-        """Raise :class:`ClusterError` when a live replica uses another deployment secret.
-
-        One beating now refuses the join at once. One silent for FORGET_AFTER_S cannot be judged
-        from its row: it may be long dead (left from before the secret was rotated, say; it must
-        not stop this one from starting), or alive and just cut off by a database outage. So
-        join waits for it (see :meth:`_outwait`): if it beats again it is alive and the join is
-        refused; if it is forgotten, or stays silent, it is taken for dead. The wait costs a
-        start at most FORGET_AFTER_S, and only when such a row is there."""
-        mismatched = [r for r in others if not hmac.compare_digest(r.secret_check, self._secret_check)]
-        silent = _silent(mismatched)
-        beating = [r for r in mismatched if r not in silent]
-        if beating:
-            raise self._secret_error(beating[0])
-        if silent:
-            await self._outwait(
-                {r.id: r.heartbeat_at for r in silent}, healthy_since, self._secret_error,
-                f"use another deployment secret but have been silent for over {FORGET_AFTER_S:.0f} s: waiting up "
-                f"to {FORGET_AFTER_S:.0f} s to see whether they are alive (this server would then not start) or "
-                "stopped (then ignored)",
-            )
-
-    async def _outwait(
-        self, silent: dict[str, datetime], healthy_since: float, refusal: Callable[[Replica], ClusterError], why: str,
-    ) -> None:
-        """Wait until each replica of ``silent`` (id: the beat its row showed) beats again, which
-        raises ``refusal(it)``, or is forgotten, or stays silent until the database has been
+    async def _outwait(self, predecessors: dict[str, datetime], healthy_since: float) -> None:
+        """Wait until each replica of ``predecessors`` (registered at this server's own
+        hand-over address; id: the beat its row showed) beats again, which refuses the join, or
+        is forgotten or shown gone by PostgreSQL, or stays silent until the database has been
         reachable for FORGET_AFTER_S since ``healthy_since``: what the heartbeat loop takes for
         dead. A live replica beats every HEARTBEAT_S, so one is told from a dead one within a
         beat or two; a dead one costs the start FORGET_AFTER_S at most."""
-        log.info("replica(s) %s %s", ", ".join(silent), why)
+        log.info("replica(s) %s registered at this server's own hand-over address %s: waiting up to %.0f s to see "
+                 "whether they are alive (this server would then not start) or a stopped predecessor's (then forgotten)",
+                 ", ".join(predecessors), self.relay_url, FORGET_AFTER_S)
         while True:
-            rows, dead = await self._survey(list(silent))
-            beat_again = [r for r in rows if r.heartbeat_at != silent[r.id]]
+            rows, dead = await self._survey(list(predecessors))
+            beat_again = [r for r in rows if r.heartbeat_at != predecessors[r.id]]
             if beat_again:
-                raise refusal(beat_again[0])
+                raise ClusterError(
+                    f"another Hatchway server, replica {beat_again[0].id}, is running with this server's hand-over "
+                    f"address {self.relay_url}: stop it before starting this one, or give each server its own "
+                    "address with --internal-url (or --listen)"
+                )
             if len(dead) == len(rows) or time.monotonic() - healthy_since >= FORGET_AFTER_S:
                 break
             await asyncio.sleep(HEARTBEAT_S / 4)
         if rows:
             log.info("replica(s) %s stayed silent: taken for stopped; they will be forgotten",
                      ", ".join(r.id for r in rows))
-
-    def _secret_error(self, other: Replica) -> ClusterError:
-        return ClusterError(
-            f"this server's deployment secret differs from the one replica {other.id} "
-            f"({other.relay_url}) uses; every replica needs the same secret: copy "
-            "deployment.secret from a running replica's data dir into this one's"
-        )
-
-    def _predecessor_error(self, other: Replica) -> ClusterError:
-        """Why this server cannot start beside ``other``, live at its own hand-over address."""
-        if not hmac.compare_digest(other.secret_check, self._secret_check):
-            return self._secret_error(other)
-        return ClusterError(
-            f"another Hatchway server, replica {other.id}, is running with this server's hand-over address "
-            f"{self.relay_url}: stop it before starting this one, or give each server its own address with "
-            "--internal-url (or --listen)"
-        )
 
     async def leave(self) -> None:
         """Stop beating and remove this replica and its claims at once, not after a timeout."""

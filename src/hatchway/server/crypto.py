@@ -52,6 +52,12 @@ def load_or_create_deployment_secret(data_dir: Path) -> bytes:
     return secret
 
 
+def derive_key(deployment_secret: bytes, purpose: bytes) -> bytes:
+    """A key of its own for each ``purpose``, from the deployment secret (one key's leak gives
+    away neither the secret nor the others)."""
+    return hmac.new(deployment_secret, b"hatchway/" + purpose, hashlib.sha256).digest()
+
+
 class SecretBox:
     """AES-256-GCM sealing with a key derived from the deployment secret."""
 

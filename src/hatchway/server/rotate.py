@@ -7,7 +7,9 @@ nothing and running the command again finishes the job:
 1. the current secret is copied to ``deployment.secret.old`` (the backup) and the new one is
    written to ``deployment.secret.new``, both 0600 and fsynced;
 2. one database transaction opens every user's sealed key with the old secret and seals it with
-   the new one (each checked by opening it again) — all of them or none;
+   the new one (each checked by opening it again) — all of them or none — and records the new
+   secret's check, which every server starting on the database compares with its own
+   (hatchway.server.secret_record);
 3. ``deployment.secret.new`` is renamed over ``deployment.secret``, and only then is the backup
    removed.
 
@@ -31,6 +33,7 @@ from sqlalchemy import select
 from hatchway.db.engine import create_engine, migrate, sessionmaker
 from hatchway.db.models import User
 from hatchway.fileutil import atomic_write
+from hatchway.server import secret_record
 from hatchway.server.crypto import SECRET_FILE, SecretBox
 
 NEW_SUFFIX = ".new"
@@ -122,6 +125,7 @@ async def rotate_secret(data_dir: Path, db_url: str, new_secret: bytes | None = 
                 u.ssh_private_key_sealed = new_box.seal(pem, _key_context(u))
                 if new_box.open(u.ssh_private_key_sealed, _key_context(u)) != pem:  # pragma: no cover
                     raise RotationError(f're-sealing the key of "{u.username}" failed; nothing was changed')
+            await secret_record.record(db, secret_record.check_value(fresh))
             await db.commit()
     finally:
         await engine.dispose()
