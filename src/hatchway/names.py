@@ -94,6 +94,11 @@ def could_be_workspace_name(name: object) -> bool:
     return isinstance(name, str) and WORKSPACE_NAME.fullmatch(name) is not None
 
 
+def could_be_provider_name(name: object) -> bool:
+    """:func:`could_be_username` for provider names."""
+    return isinstance(name, str) and PROVIDER_NAME.fullmatch(name) is not None
+
+
 #: Every character a username, workspace or provider name can hold.
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 

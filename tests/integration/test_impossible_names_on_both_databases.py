@@ -4,18 +4,22 @@ PostgreSQL cannot hold a NUL in text: a query comparing a column with such a nam
 error instead of finding no row. So a sign-in with one was a 500, every time: neither throttled
 nor audited, as a failed sign-in must be; and a site manager's ``?owner=`` (creating a
 workspace for another user, or opening one) was a 500 with a traceback in the log, and so were the
-audit and connection-log filters. Such a name is now no account's, as any unknown name is, and
-such a filter matches nothing."""
+audit and connection-log filters, and so was a provider's name in the API's and the web UI's
+addresses (Manage > Providers > Delete…) or in a new workspace. Such a name is now no account's
+(no provider's), as any unknown name is, and such a filter matches nothing."""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers.migrations import ON_BOTH_DATABASES
-from tests.helpers.server import api
+from tests.helpers.server import api, csrf_token
 from tests.helpers.world import World, build_world
 
 pytestmark = ON_BOTH_DATABASES
@@ -73,3 +77,24 @@ def test_audit_and_connection_filters_holding_a_nul_match_nothing(world: World) 
             r = c.get(path, params=params)
             assert (path, params, r.status_code, r.json()) == (path, params, 200, [])
         assert c.get("/audit", params={"actor": "alice"}).json() != []  # the same filter without a NUL matches
+
+
+def test_a_provider_name_no_provider_can_have_is_a_404_in_the_api_and_the_web_ui(world: World) -> None:
+    nobody = {"error": "no provider named 'by\\x00o'", "detail": "see hatchway providers list"}
+    with world.api("alice") as c:
+        for r in (c.delete("/providers/by%00o"), c.patch("/providers/by%00o", json={"external_connect": False})):
+            assert (r.status_code, r.json()) == (404, nobody)
+        created = c.post("/workspaces", json={"name": "nul", "provider": "by\x00o"})
+        assert (created.status_code, created.json()) == (404, nobody)
+        assert [p["name"] for p in c.get("/providers").json()] == ["byo", "local"]
+    with httpx.Client(base_url=world.url, follow_redirects=False, timeout=30) as browser:
+        form = {"csrf_token": csrf_token(browser.get("/")), "username": "alice", "password": "alice-password-1"}
+        assert browser.post("/sign-in", data=form).status_code == 303
+        page = browser.get("/manage/providers/by%00o/delete")
+        assert page.status_code == 404
+        assert [html.unescape(t) for t in re.findall(r"<h1>(.*?)</h1>", page.text)] == ["No provider named 'by\\x00o'"]
+        posted = browser.post("/manage/providers/by%00o/delete", data={"csrf_token": csrf_token(page)})
+        assert (posted.status_code, posted.headers["location"]) == (303, "/manage/providers")
+        listed = browser.get("/manage/providers")
+        flashes = re.findall(r'role="alert">\s*<span[^>]*></span>\s*<p>(.*?)</p>', listed.text)
+        assert [html.unescape(t) for t in flashes] == ["No provider named 'by\\x00o': see hatchway providers list"]

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.models import Provider, User, Workspace
-from hatchway.names import quoted
+from hatchway.names import could_be_provider_name, quoted
 from hatchway.server.api import schemas
 from hatchway.server.audit import record
 from hatchway.server.auth import current_user, site_manager
@@ -35,7 +35,10 @@ async def provider_rows(db: AsyncSession) -> list[schemas.ProviderOut]:
 
 
 async def get_provider(db: AsyncSession, name: str) -> Provider:
-    p = (await db.execute(select(Provider).where(Provider.name == name))).scalar_one_or_none()
+    """The provider named ``name``, or a 404. A name no provider can have (a NUL, say) is not
+    looked up: PostgreSQL would answer such a query with an error (a 500), not with no row."""
+    p = (await db.execute(select(Provider).where(Provider.name == name))).scalar_one_or_none() if (
+        could_be_provider_name(name)) else None
     if p is None:
         raise APIError(404, f"no provider named {quoted(name)}", "see hatchway providers list")
     return p

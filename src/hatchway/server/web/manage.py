@@ -84,7 +84,7 @@ async def provider_create(request: Request, sm: User = Depends(web_manager), db:
 
 def _no_provider(name: str) -> APIError:
     """A page's address naming no provider (an old bookmark, one deleted meanwhile)."""
-    return APIError(404, f'No provider named "{name}"', "See Manage > Providers for the providers of this deployment.")
+    return APIError(404, f"No provider named {names.quoted(name)}", "See Manage > Providers for the providers of this deployment.")
 
 
 async def _provider_row(db: AsyncSession, name: str) -> schemas.ProviderOut:
