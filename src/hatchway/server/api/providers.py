@@ -117,12 +117,14 @@ async def remove_provider(db: AsyncSession, sm: User, name: str, source: str) ->
     """Shared by the API and the web UI so both refuse, delete and audit identically."""
     p = await get_provider(db, name)
     await refuse_deletion(db, p)
+    shown = quoted(p.name)  # a failed commit expires p: reading it then would be a 500
     await db.delete(p)
     record(db, sm, "provider.delete", p.name, source, kind=p.kind)
     try:
         await db.commit()
-    except IntegrityError:  # a workspace created meanwhile
-        raise APIError(409, f"provider {quoted(p.name)} got a workspace meanwhile", "delete it first") from None
+    except IntegrityError:  # a workspace created since refuse_deletion counted them (its foreign key)
+        await db.rollback()
+        raise APIError(409, f"provider {shown} got a workspace meanwhile", "delete it first") from None
 
 
 async def apply_provider_edit(
