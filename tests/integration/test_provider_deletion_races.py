@@ -4,8 +4,9 @@
 workspaces, then deletes it; a workspace created between the two is caught by its foreign key
 when the deletion commits. That refusal read the provider's name after the failed commit had
 expired it: a 500 with a traceback (the web UI's "Something went wrong") instead of the 409 it
-was written to be. Here the other side holds its transaction open in the database itself, so
-the race is taken every time rather than by luck."""
+was written to be. The other way round, a create whose provider was deleted after it was found
+was told that the workspace's name was taken. Here the other side holds its transaction open in
+the database itself, so the race is taken every time rather than by luck."""
 
 from __future__ import annotations
 
@@ -159,3 +160,18 @@ def test_a_workspace_created_between_the_count_and_the_delete_is_refused_by_the_
         browser.close()
     assert [html.unescape(t) for t in flashes] == ['Provider "spare" got a workspace meanwhile: delete it first']
     assert _spare_state(world) == (["byo", "local", "spare"], ["bob/raced"], ["provider.create"])
+
+
+def test_a_provider_deleted_while_a_workspace_is_created_on_it_is_said_so_not_a_name_clash(
+    world: World, held: HeldTransaction
+) -> None:
+    """The other way round: the create found the provider, and its insert then met the foreign
+    key of a deletion committed meanwhile. It was told 'workspace "late" already exists'."""
+    with world.api("bob") as c:
+        r = _during(held, "DELETE FROM providers WHERE name = 'spare'",
+                    lambda: c.post("/workspaces", json={"name": "late", "provider": "spare"}))
+        assert (r.status_code, r.json()) == (404, {
+            "error": 'no provider named "spare"', "detail": "it was deleted meanwhile; see hatchway providers list"})
+        assert [w["name"] for w in c.get("/workspaces").json()] == ["dev"]
+    with world.api("alice") as c:
+        assert [e["action"] for e in c.get("/audit", params={"target": "bob/late"}).json()] == []

@@ -160,10 +160,16 @@ async def create_workspace(
         ws.state_reason = f'waiting for provider "{provider.name}" to start it'
     db.add(ws)
     owner_name, for_another = owner_user.username, owner_user.id != user.id  # a failed commit expires the rows
+    provider_id, provider_name = provider.id, provider.name
     record(db, user, "workspace.create", f"{owner_name}/{body.name}", client_source(request), provider=provider.name)
     try:
         await db.commit()
     except IntegrityError:
+        await db.rollback()
+        if (await db.execute(select(Provider.id).where(Provider.id == provider_id))).scalar_one_or_none() is None:
+            # Deleted since get_provider found it (its foreign key): not a name clash.
+            raise APIError(404, f"no provider named {quoted(provider_name)}",
+                           "it was deleted meanwhile; see hatchway providers list") from None
         raise _already_exists(owner_name if for_another else None, body.name) from None
     ws = await find_workspace(db, user, body.name, owner_name)
     if managed:
