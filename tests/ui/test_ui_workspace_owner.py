@@ -5,6 +5,7 @@ and one forged into the post is refused (403) while the CSRF check stays in forc
 
 from __future__ import annotations
 
+import html
 import re
 import secrets
 from typing import Any
@@ -23,6 +24,13 @@ def _open_form(page: Any, url: str) -> None:
 
 def _csrf(page: Any) -> str:
     return page.locator('input[name="csrf_token"]').first.get_attribute("value")
+
+
+def _alert(page: httpx.Response) -> str:
+    """The form's refusal on a page answered to a post, as the browser shows it."""
+    found = re.findall(r'<div class="alert alert-error[^"]*" role="alert">(.*?)</div>', page.text, re.S)
+    assert len(found) == 1, page.text
+    return html.unescape(found[0])
 
 
 def _cookie_client(s: SignedIn) -> httpx.Client:
@@ -108,7 +116,15 @@ def test_a_member_has_no_owner_field_and_a_forged_one_is_refused(member_page: Si
     with _cookie_client(member_page) as c:
         r = c.post("/workspaces", data={"csrf_token": _csrf(page), "name": "planted", "provider": LAB, "owner": srv.manager})
         assert r.status_code == 403
-        assert "Only site managers can create a workspace for another user, and you are a member" in r.text
+        assert _alert(r) == (
+            "Only site managers can create a workspace for another user, and you are a member: create your own "
+            f'(reload this page for a form without Owner), or ask a site manager to create it for "{srv.manager}".')
+        # Whatever is forged into it is quoted as any refused name is: bounded, and a NUL or a line
+        # break shown, not written into the page.
+        for forged, shown in (("x" * 100_000, "'" + "x" * 77 + "...'"), ("a\x00b\nc", "'a\\x00b\\nc'")):
+            r = c.post("/workspaces", data={"csrf_token": _csrf(page), "name": "planted", "provider": LAB, "owner": forged})
+            assert r.status_code == 403 and len(r.text) < 20_000
+            assert _alert(r).endswith(f"ask a site manager to create it for {shown}.")
         # Without the form's token it is the CSRF refusal, as for every form.
         r = c.post("/workspaces", data={"name": "planted", "provider": LAB, "owner": srv.manager})
         assert r.status_code == 403 and "This form could not be verified" in r.text

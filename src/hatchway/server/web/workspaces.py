@@ -233,7 +233,7 @@ def _form_refusal(exc: APIError, values: dict[str, str], kind: str) -> str:
     if exc.status == 403 and exc.error == "forbidden":  # an Owner field a member's form does not have
         return (f"Only site managers can create a workspace for another user, and you are a member: create "
                 f"your own (reload this page for a form without Owner), or ask a site manager to create it for "
-                f"{values['owner']}.")
+                f"{names.quoted(values['owner'])}.")
     if exc.error == ws_api.DOCKER_NEEDS_IMAGE:
         return ("Image is required for docker providers: give an image on the provider's Docker engine, "
                 "registry.example.com/dev:latest say.")
