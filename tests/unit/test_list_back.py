@@ -4,6 +4,7 @@ and filter as the browser sent them, written anew, and nothing else: never anoth
 from __future__ import annotations
 
 import pytest
+from starlette.datastructures import QueryParams
 
 from hatchway.server.web.listback import USERS, WORKSPACES
 
@@ -18,7 +19,8 @@ from hatchway.server.web.listback import USERS, WORKSPACES
         ("/manage/users?page=007", "/manage/users?page=7"),
         ("/manage/users?search=+a+b+", "/manage/users?search=a+b"),
         ("/manage/users?search=" + "x" * 150, "/manage/users?search=" + "x" * 100),
-        ("/manage/users?search=dev&search=other", "/manage/users?search=dev"),  # the first, as the page reads it
+        ("/manage/users?search=dev&search=other", "/manage/users?search=other"),  # the last, as the page reads it
+        ("/manage/users?page=2&page=3", "/manage/users?page=3"),
         ("/manage/users?page=2&all=1&next=//evil.example&view=admin", "/manage/users?page=2"),  # unknown ones dropped
         ("/manage/users?page=-3", "/manage/users"),
         ("/manage/users?page=2.5", "/manage/users"),
@@ -43,6 +45,14 @@ def test_a_users_list_page_is_written_anew_from_its_known_parameters(sent: str, 
 def test_anything_but_the_users_list_goes_to_its_first_page(sent: object) -> None:
     assert USERS.parse(sent) is None
     assert USERS.back(sent) == "/manage/users"
+
+
+def test_a_repeated_parameter_is_read_as_the_list_page_itself_reads_it() -> None:
+    """The page a ``next`` names is the page the list shows for that address, parameter by parameter."""
+    sent = "/workspaces?all=0&search=a&page=2&all=1&search=b&page=3"
+    shown = QueryParams(sent.partition("?")[2])
+    assert WORKSPACES.back(sent) == WORKSPACES.link({k: shown.get(k, "") for k in ("all", "search", "page")})
+    assert WORKSPACES.back(sent) == "/workspaces?all=1&search=b&page=3"
 
 
 def test_the_workspaces_lists_keep_their_tab_filter_and_page() -> None:

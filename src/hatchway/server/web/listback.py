@@ -63,10 +63,8 @@ class ListPage:
             return None
         if parts.scheme or parts.netloc or parts.path != self.path:
             return None
-        params: dict[str, str] = {}
-        for key, item in parse_qsl(parts.query):
-            params.setdefault(key, item)  # the first of a repeated parameter, as the pages read it
-        return self.link(params)
+        # The last of a repeated parameter, as the pages read it (Starlette's query_params.get).
+        return self.link(dict(parse_qsl(parts.query)))
 
     def back(self, value: object) -> str:
         """Where to go after an action: the list page ``value`` names, or the list's first page."""
