@@ -5,7 +5,8 @@ workspaces, then deletes it; a workspace created between the two is caught by it
 when the deletion commits. That refusal read the provider's name after the failed commit had
 expired it: a 500 with a traceback (the web UI's "Something went wrong") instead of the 409 it
 was written to be. The other way round, a create whose provider was deleted after it was found
-was told that the workspace's name was taken. Here the other side holds its transaction open in
+was told that the workspace's name was taken; and a deletion whose provider someone else
+deleted first was answered and audited as if it had deleted it. Here the other side holds its transaction open in
 the database itself, so the race is taken every time rather than by luck."""
 
 from __future__ import annotations
@@ -175,3 +176,16 @@ def test_a_provider_deleted_while_a_workspace_is_created_on_it_is_said_so_not_a_
         assert [w["name"] for w in c.get("/workspaces").json()] == ["dev"]
     with world.api("alice") as c:
         assert [e["action"] for e in c.get("/audit", params={"target": "bob/late"}).json()] == []
+
+
+def test_a_provider_deleted_by_someone_else_meanwhile_is_neither_answered_nor_audited_as_this_deletion(
+    world: World, held: HeldTransaction
+) -> None:
+    """Two deletions of one provider (two site managers, a second click): the one whose delete
+    found no row any more deleted nothing. It was answered 200 and audited, the session's delete
+    only warning that no row matched: two provider.delete events for one deletion."""
+    with world.api("alice") as c:
+        r = _during(held, "DELETE FROM providers WHERE name = 'spare'", lambda: c.delete("/providers/spare"))
+    assert (r.status_code, r.json()) == (404, {
+        "error": 'no provider named "spare"', "detail": "it was deleted meanwhile; see hatchway providers list"})
+    assert _spare_state(world) == (["byo", "local"], [], ["provider.create"])

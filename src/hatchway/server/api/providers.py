@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -117,14 +117,21 @@ async def remove_provider(db: AsyncSession, sm: User, name: str, source: str) ->
     """Shared by the API and the web UI so both refuse, delete and audit identically."""
     p = await get_provider(db, name)
     await refuse_deletion(db, p)
-    shown = quoted(p.name)  # a failed commit expires p: reading it then would be a 500
-    await db.delete(p)
-    record(db, sm, "provider.delete", p.name, source, kind=p.kind)
+    provider_id, provider_name, kind = p.id, p.name, p.kind  # a rollback expires p: reading it then would be a 500
     try:
-        await db.commit()
+        # A statement of its own, not the session's delete, for its row count: the session's
+        # only warns when the row is gone, and would answer and audit a deletion made by someone else.
+        deleted = (await db.execute(
+            delete(Provider).where(Provider.id == provider_id).execution_options(synchronize_session=False)
+        )).rowcount
     except IntegrityError:  # a workspace created since refuse_deletion counted them (its foreign key)
         await db.rollback()
-        raise APIError(409, f"provider {shown} got a workspace meanwhile", "delete it first") from None
+        raise APIError(409, f"provider {quoted(provider_name)} got a workspace meanwhile", "delete it first") from None
+    if not deleted:  # deleted meanwhile (another site manager, a second click): theirs is the audited one
+        await db.rollback()
+        raise APIError(404, f"no provider named {quoted(provider_name)}", "it was deleted meanwhile; see hatchway providers list")
+    record(db, sm, "provider.delete", provider_name, source, kind=kind)
+    await db.commit()
 
 
 async def apply_provider_edit(
