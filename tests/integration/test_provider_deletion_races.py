@@ -77,7 +77,8 @@ class HeldTransaction:
         waiting; SQLite cannot, so it is given ample time to get there (its write waits up to
         the server's busy_timeout of 30 s)."""
         if self.postgres:
-            waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            waiting = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND wait_event_type = 'Lock'")
             wait_for(lambda: self.execute(waiting)[0][0] > 0, 15, what="the server to wait on the held lock")
         else:
             time.sleep(2)
