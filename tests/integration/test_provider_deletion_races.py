@@ -143,7 +143,7 @@ def test_a_workspace_created_between_the_count_and_the_delete_is_a_409_from_the_
 ) -> None:
     with world.api("alice") as c:
         r = _during(held, RACED_WORKSPACE, lambda: c.delete("/providers/spare"))
-    assert (r.status_code, r.json()) == (409, {"error": 'provider "spare" got a workspace meanwhile', "detail": "delete it first"})
+    assert (r.status_code, r.json()) == (409, {"error": 'provider "spare" got a workspace meanwhile', "detail": "delete it first; see hatchway workspaces list --all"})
     assert _spare_state(world) == (["byo", "local", "spare"], ["bob/raced"], ["provider.create"])
 
 
@@ -160,7 +160,7 @@ def test_a_workspace_created_between_the_count_and_the_delete_is_refused_by_the_
         flashes = re.findall(r'role="alert">\s*<span[^>]*></span>\s*<p>(.*?)</p>', browser.get("/manage/providers").text)
     finally:
         browser.close()
-    assert [html.unescape(t) for t in flashes] == ['Provider "spare" got a workspace meanwhile: delete it first']
+    assert [html.unescape(t) for t in flashes] == ['Provider "spare" got a workspace meanwhile: delete it first; see hatchway workspaces list --all']
     assert _spare_state(world) == (["byo", "local", "spare"], ["bob/raced"], ["provider.create"])
 
 

@@ -126,7 +126,7 @@ async def remove_provider(db: AsyncSession, sm: User, name: str, source: str) ->
         )).rowcount
     except IntegrityError:  # a workspace created since refuse_deletion counted them (its foreign key)
         await db.rollback()
-        raise APIError(409, f"provider {quoted(provider_name)} got a workspace meanwhile", "delete it first") from None
+        raise APIError(409, f"provider {quoted(provider_name)} got a workspace meanwhile", "delete it first; see hatchway workspaces list --all") from None
     if not deleted:  # deleted meanwhile (another site manager, a second click): theirs is the audited one
         await db.rollback()
         raise APIError(404, f"no provider named {quoted(provider_name)}", "it was deleted meanwhile; see hatchway providers list")
