@@ -45,7 +45,7 @@ async def regenerate(
     db: AsyncSession = Depends(get_db),
 ) -> schemas.KeyOut:
     old = user.ssh_key_fingerprint
-    set_user_key(ctx, user)
+    set_user_key(ctx.box, user)
     record(db, user, "key.regenerate", user.username, client_source(request), old=old, new=user.ssh_key_fingerprint)
     await db.commit()
     # Running agents rewrite authorized_keys now, so the old key stops working everywhere.

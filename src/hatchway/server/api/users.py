@@ -43,15 +43,17 @@ async def new_user(ctx: ServerContext, username: str, email: str, role: str, pas
     """A user row with a fresh platform key pair, its private half sealed at rest."""
     user = User(username=username, email=email, role=role)
     user.id = new_id()  # needed now: the sealed key is bound to it
-    set_user_key(ctx, user)
+    set_user_key(ctx.box, user)
     user.password_hash = await passwords.hash_password(password) if password else None
     return user
 
 
-def set_user_key(ctx: ServerContext, user: User) -> None:
+def set_user_key(box: crypto.SecretBox, user: User) -> None:
+    """Give ``user`` a fresh platform key pair, its private half sealed with ``box`` (the
+    server's; ``hatchway server rotate-secret --old-secret-lost`` passes the new secret's)."""
     pair = crypto.generate_ssh_keypair(f"hatchway-{user.username}")
     user.ssh_public_key = pair.public_key
-    user.ssh_private_key_sealed = ctx.box.seal(pair.private_key_pem, context=f"user-key:{user.id}")
+    user.ssh_private_key_sealed = box.seal(pair.private_key_pem, context=f"user-key:{user.id}")
     user.ssh_key_fingerprint = pair.fingerprint
     user.ssh_key_updated_at = utcnow()
 
