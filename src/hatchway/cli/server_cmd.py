@@ -74,29 +74,55 @@ def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str |
 @server.command("rotate-secret")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="State directory [env HATCHWAY_DATA_DIR, default ~/.local/share/hatchway].")
 @click.option("--db", "db_url", envvar="HATCHWAY_DB", help="Database URL [default: SQLite in the data dir].")
-def rotate_secret_cmd(data_dir: Path | None, db_url: str | None) -> None:
+@click.option("--old-secret-lost", is_flag=True,
+              help="Last resort when no data dir, replica or backup holds the secret this database was set up "
+                   "with: make a new one and give every user a new SSH key pair (their old keys cannot be opened).")
+@click.option("--replace-every-users-key", "confirmed", is_flag=True,
+              help="Confirm --old-secret-lost: every user's key is replaced and each must run hatchway config-ssh again.")
+def rotate_secret_cmd(data_dir: Path | None, db_url: str | None, old_secret_lost: bool, confirmed: bool) -> None:
     """Replace the deployment secret, re-sealing every user's private key (server stopped).
 
     The old secret stays in deployment.secret.old until the new one is in place; if this is
     interrupted, run it again to finish.
+
+    With --old-secret-lost (every server stopped, and only when the secret this database was set
+    up with is gone for good), every user gets a new key pair sealed with the new secret instead.
     """
     import asyncio
 
     from hatchway.db.engine import sqlite_url_for
     from hatchway.server import datadir
-    from hatchway.server.rotate import RotationError, rotate_secret
+    from hatchway.server.rotate import CONFIRM_FLAG, RotationError, replace_lost_secret, rotate_secret
     from hatchway.server.settings import default_data_dir
 
+    if confirmed and not old_secret_lost:
+        raise click.UsageError(f"{CONFIRM_FLAG} confirms --old-secret-lost; without it, nothing is replaced but the secret")
     data = (data_dir or default_data_dir()).expanduser().resolve()
     try:  # the server must be stopped: it holds the data dir while it runs
         datadir.take(data)
     except (datadir.DataDirInUse, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    url = db_url or sqlite_url_for(data)
     try:
-        result = asyncio.run(rotate_secret(data, db_url or sqlite_url_for(data)))
+        if old_secret_lost:
+            result = asyncio.run(replace_lost_secret(data, url, confirmed))
+        else:
+            result = asyncio.run(rotate_secret(data, url))
     except RotationError as exc:
         raise click.ClickException(str(exc)) from None
     if result.finished_earlier_run:
         click.echo("Finished the interrupted rotation: the new deployment secret is in place.")
+    elif old_secret_lost:
+        click.echo(
+            f"Made a new deployment secret and gave {result.keys_replaced} user(s) a new SSH key pair "
+            "(their old private keys cannot be opened any more).\n"
+            "Next:\n"
+            f"  1. With several replicas, copy {data / 'deployment.secret'} into each one's data dir; then start "
+            "the server(s).\n"
+            "  2. Every user runs hatchway config-ssh again to download their new key (or hatchway keys download).\n"
+            "  3. Running workspaces' agents keep retrying the stopped server and, once it is back, rewrite "
+            "authorized_keys with the new public key as they reconnect (within seconds): until then the old "
+            "key is the one they accept. Stopped workspaces get the new key when they start."
+        )
     else:
         click.echo(f"Rotated the deployment secret; re-sealed {result.keys_resealed} private key(s). Start the server again.")

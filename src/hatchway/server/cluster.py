@@ -207,7 +207,9 @@ class Cluster:
                 "this server's deployment secret differs from the one this deployment's database was set up "
                 "with; every replica needs the same secret: copy deployment.secret from a running replica's "
                 "data dir into this one's, or put back the one this database was set up with (to change the "
-                "secret, stop every replica and run hatchway server rotate-secret)"
+                "secret, stop every replica and run hatchway server rotate-secret). Last resort, if no data "
+                "dir, replica or backup holds that secret any more: stop every replica and run hatchway server "
+                "rotate-secret --old-secret-lost, which gives every user a new SSH key pair"
             )
         rows, dead = await self._survey()
         healthy_since = time.monotonic()  # the database answered: the heartbeat loop's guard starts now
