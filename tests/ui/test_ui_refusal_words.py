@@ -101,7 +101,7 @@ def test_a_member_at_a_site_managers_action_is_told_what_happened(member_page: S
     _forge(page, "/workspaces", {"name": "for-alice", "provider": LAB, "owner": srv.manager})
     expect(page.get_by_role("alert")).to_have_text(
         "Only site managers can create a workspace for another user, and you are a member: create your own "
-        f"(reload this page for a form without Owner), or ask a site manager to create it for {srv.manager}.")
+        f"(reload this page for a form without Owner), or ask a site manager to create it for \"{srv.manager}\".")
     expect(page.get_by_label("Name")).to_have_value("for-alice")
 
     for action, fields in ((f"/manage/providers/{LAB}/edit", {"external_connect": "on"}),
