@@ -228,17 +228,27 @@ async def _user_action(request: Request, fn: Any, done: str, **kw: Any) -> Respo
     return redirect(request, back, "success", done.format(u=out, role=out.role.replace("-", " ")))
 
 
+def _confirm_user_action(
+    request: Request, *, title: str, body: list[str], action: str, confirm_label: str,
+    fields: dict[str, str] | None = None, danger: bool = False,
+) -> Response:
+    """The look before an action on a user, taken from a page of Manage > Users: confirming or
+    cancelling goes back to that page and its filter (``next``)."""
+    back = USERS.back(request.query_params.get("next"))
+    return render(
+        request, "confirm.html", section="manage", title=title, body=body, action=action,
+        fields={**(fields or {}), "next": back}, confirm_label=confirm_label, danger=danger, cancel=back,
+    )
+
+
 @router.get("/manage/users/{username}/suspend")
 async def user_suspend_confirm(
     username: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
 ) -> Response:
     """Suspending cuts someone off mid-work (their shells end at once): one look before it."""
     target = await _user_row(db, username)
-    back = USERS.back(request.query_params.get("next"))
-    return render(
+    return _confirm_user_action(
         request,
-        "confirm.html",
-        section="manage",
         title=f'Suspend user "{target.username}"?',
         body=[
             (f'{target.username} ({target.email}) can no longer sign in or open SSH connections. Their sign-in '
@@ -246,10 +256,8 @@ async def user_suspend_confirm(
             "Activate them again from the same menu; they then sign in once more (their old sessions stay ended).",
         ],
         action=f"/manage/users/{target.username}/suspend",
-        fields={"next": back},
         confirm_label="Suspend user",
         danger=True,
-        cancel=back,
     )
 
 
@@ -279,7 +287,6 @@ async def user_make_member_confirm(
     """Making a site manager a member takes their administration away (yours, if it is you):
     one look before it. The button posts the same role change as before."""
     target = await _user_row(db, username)
-    back = USERS.back(request.query_params.get("next"))
     whose = "Your" if target.id == sm.id else "Their"
     if target.id == sm.id:
         who = ("You stop being a site manager at once: Manage and everything under it close for you, and only "
@@ -287,17 +294,14 @@ async def user_make_member_confirm(
     else:
         who = (f"{target.username} ({target.email}) stops being a site manager: they can no longer administer "
                "users, providers or other users' workspaces, nor see the audit log.")
-    return render(
+    return _confirm_user_action(
         request,
-        "confirm.html",
-        section="manage",
         title=f'Make "{target.username}" a member?',
         body=[who, f"{whose} own workspaces, SSH key and sessions stay as they are."],
         action=f"/manage/users/{target.username}/role",
-        fields={"role": "member", "next": back},
+        fields={"role": "member"},
         confirm_label="Make member",
         danger=True,
-        cancel=back,
     )
 
 
@@ -308,11 +312,8 @@ async def user_make_site_manager_confirm(
     """Making someone a site manager hands them every user, workspace and provider: one look
     before it, as before taking that away. The button posts the same role change as before."""
     target = await _user_row(db, username)
-    back = USERS.back(request.query_params.get("next"))
-    return render(
+    return _confirm_user_action(
         request,
-        "confirm.html",
-        section="manage",
         title=f'Make "{target.username}" a site manager?',
         body=[
             (f"{target.username} ({target.email}) becomes a site manager: they can administer every user, workspace "
@@ -320,9 +321,8 @@ async def user_make_site_manager_confirm(
             "Their own workspaces, SSH key and sessions stay as they are. Make them a member again from the same menu.",
         ],
         action=f"/manage/users/{target.username}/role",
-        fields={"role": "site-manager", "next": back},
+        fields={"role": "site-manager"},
         confirm_label="Make site manager",
-        cancel=back,
     )
 
 
