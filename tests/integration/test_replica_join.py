@@ -18,7 +18,7 @@ import asyncio
 import errno
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -33,6 +33,7 @@ from hatchway.server.cluster import (
     FORGET_AFTER_S, HEARTBEAT_S, LOST_REPLICA_REASON, Cluster, ClusterError, new_replica_id,
 )
 from tests.helpers.migrations import ON_BOTH_DATABASES
+from tests.helpers.polling import until
 
 ON_POSTGRESQL = pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
@@ -161,14 +162,6 @@ async def rig(db_url: str) -> AsyncIterator[Rig]:
         for replica_engine in made.engines.values():
             await replica_engine.dispose()
         await engine.dispose()
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def count_forget_passes(cluster: Cluster) -> list[list[str]]:

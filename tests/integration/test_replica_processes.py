@@ -10,8 +10,7 @@ import asyncio
 import os
 import shutil
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from hatchway.server.cluster import FORGET_AFTER_S
+from tests.helpers.polling import until
 from tests.helpers.server import RunningServer
 
 pytestmark = pytest.mark.postgres
@@ -111,14 +111,6 @@ async def test_a_second_server_with_a_running_ones_hand_over_address_is_refused_
 async def replicas(db: asyncpg.Connection) -> dict[str, bool]:
     """Each registered replica: whether it supervises."""
     return {r["id"]: r["supervises"] for r in await db.fetch("SELECT id, supervises FROM replicas")}
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_new_replica_supervises_as_it_starts_when_postgresql_shows_the_supervisor_is_gone(
