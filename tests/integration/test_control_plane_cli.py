@@ -139,6 +139,7 @@ def test_suspension_stops_tokens_at_once(deployment: Deployment) -> None:
     carol.login(deployment.server.url, "carol", "carol-password")
     carol.ok("whoami")
     deployment.alice.ok("users", "suspend", "carol")
+    deployment.alice.ok("users", "suspend", "carol")  # a second time (two site managers at once): no second record
     r = carol.run("whoami")
     assert r.code == 1
     assert r.err.strip() == "hatchway: account suspended: your account is suspended; ask a site manager to reactivate it"
@@ -146,6 +147,7 @@ def test_suspension_stops_tokens_at_once(deployment: Deployment) -> None:
     assert again.code == 1 and "account suspended" in again.err
     activated = deployment.alice.ok("users", "activate", "carol")
     assert activated.out == "Activated carol: they can sign in again (sessions from before the suspension stay ended)\n"
+    deployment.alice.ok("users", "activate", "carol")
     stale = carol.run("whoami")  # a token from before the suspension never comes back
     assert stale.err.strip() == (  # the CLI fills in where and as whom it was signed in
         f"hatchway: session expired or revoked: log in again: hatchway login {deployment.server.url} --username carol")

@@ -331,7 +331,9 @@ async def _set_suspended(
     user = await get_user(db, username)
     if user.id == sm.id and suspended:
         raise APIError(409, "you cannot suspend yourself", "ask another site manager")
-    if user.suspended and not suspended:
+    if user.suspended == suspended:
+        return user_out(user)  # already so (a second click, another site manager first): nothing to record
+    if not suspended:
         # Sign-in sessions from before the suspension stay refused (a stolen token must not come
         # back to life): they were refused while it lasted, so that a suspended user is told so.
         await sessions_api.end_sessions(db, user)
