@@ -22,7 +22,7 @@ from tests.helpers.server import RunningServer, api, csrf_token, first_user, run
 #: the whole server, so the hold also ends 20 s after the first check: such a server fails the
 #: test rather than hanging it. A number after the file replaces passwords.MAX_WAITING.
 HELD_CHECKS = r"""
-import asyncio, sys, time
+import asyncio, os, sys, time
 from pathlib import Path
 
 from hatchway.server import crypto, passwords
@@ -39,7 +39,9 @@ def held(password_hash, password):
         where = "ON the event loop"
     except RuntimeError:
         where = "off the event loop"
-    print(f"password check held, {where}", file=sys.stderr, flush=True)
+    # One write() for the whole line: print() writes the text and its newline separately, and
+    # the server's log lines, written by other threads to the same file, landed in between.
+    os.write(2, f"password check held, {where}\n".encode())
     release_by.append(time.monotonic() + 20)
     while not gate.exists() and time.monotonic() < release_by[0]:
         time.sleep(0.01)
