@@ -6,12 +6,13 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway import __version__
 from hatchway.db.models import User, new_id, utcnow
+from hatchway.db.turns import take_turns
 from hatchway.names import could_be_username
 from hatchway.paging import MAX_LIMIT, MAX_OFFSET
 from hatchway.server import crypto, passwords
@@ -19,6 +20,7 @@ from hatchway.server.api import schemas
 from hatchway.server.api import sessions as sessions_api
 from hatchway.server.api.convert import user_out
 from hatchway.server.api.lookup import get_user, name_contains
+from hatchway.server.api.standing import change_standing
 from hatchway.server.api.workspaces import refuse_demoting_unisolated_owner
 from hatchway.server.audit import record
 from hatchway.server.auth import bearer_token, current_user, issue_session_token, site_manager
@@ -144,7 +146,7 @@ async def first_user(
         "this deployment already has users",
         "--first-user only works on an empty deployment; log in with hatchway login URL --username NAME",
     )
-    await _one_first_user_at_a_time(db)
+    await take_turns(db, FIRST_USER_LOCK)
     if await _user_count(db) > 0:
         raise taken
     user = await new_user(ctx, body.username, body.email, "site-manager", body.password)
@@ -171,12 +173,6 @@ async def first_user(
 FIRST_USER_LOCK = 0x48415443  # "HATC"
 
 
-async def _one_first_user_at_a_time(db: AsyncSession) -> None:
-    """Serialise first-user requests for the rest of the transaction. SQLite needs nothing here:
-    it has one writer at a time, and the count after the insert sees any user committed first.
-    PostgreSQL's transactions would each count only their own new user, so they take turns."""
-    if db.get_bind().dialect.name == "postgresql":
-        await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FIRST_USER_LOCK})
 
 
 @router.post("/auth/login", response_model=schemas.TokenOut)
@@ -331,13 +327,12 @@ async def _set_suspended(
     user = await get_user(db, username)
     if user.id == sm.id and suspended:
         raise APIError(409, "you cannot suspend yourself", "ask another site manager")
-    if user.suspended == suspended:
+    if not await change_standing(db, user, sm, suspended=suspended):
         return user_out(user)  # already so (a second click, another site manager first): nothing to record
     if not suspended:
         # Sign-in sessions from before the suspension stay refused (a stolen token must not come
         # back to life): they were refused while it lasted, so that a suspended user is told so.
         await sessions_api.end_sessions(db, user)
-    user.suspended = suspended
     record(db, sm, "user.suspend" if suspended else "user.activate", user.username, client_source(request))
     await db.commit()
     if suspended:
@@ -376,20 +371,13 @@ async def set_role(
     db: AsyncSession = Depends(get_db),
 ) -> schemas.UserOut:
     user = await get_user(db, username)
-    if user.id == sm.id and body.role != "site-manager":
-        managers = (
-            await db.execute(
-                select(func.count()).select_from(User).where(User.role == "site-manager", User.suspended.is_(False))
-            )
-        ).scalar_one()
-        if managers <= 1:
-            raise APIError(409, "you are the last site manager", "make someone else a site manager first")
     if user.role == body.role:
         return user_out(user)  # nothing changed: nothing to record
     if body.role != "site-manager":
         await refuse_demoting_unisolated_owner(db, request, user)
     old = user.role
-    user.role = body.role
+    if not await change_standing(db, user, sm, role=body.role):
+        return user_out(user)  # another site manager made the same change first
     record(db, sm, "user.set-role", user.username, client_source(request), old=old, new=body.role)
     await db.commit()
     return user_out(user)
