@@ -24,7 +24,7 @@ RUNTIME = [
     "xauth", "python3-venv",
 ]
 TESTS_ONLY = [
-    "postgresql", "postgresql-client", "nginx-light", "chromium", "xvfb", "x11-utils", "curl", "docker.io",
+    "postgresql", "postgresql-client", "iptables", "nginx-light", "chromium", "xvfb", "x11-utils", "curl", "docker.io",
     "debootstrap",
 ]
 NOT_ROOT = "==> Not root: skipping Debian packages ("
