@@ -1,5 +1,6 @@
 """Replicas as real ``hatchway server`` processes on one PostgreSQL: a second server started with
-a running one's hand-over address; a replica started after the supervising one died.
+a running one's hand-over address; a replica started after the supervising one died; the
+supervising one's host lost (no FIN or RST ever reaching PostgreSQL).
 
 The database is watched from the test on a connection of its own while the servers start, so a
 row that goes missing for a moment is seen."""
@@ -10,14 +11,20 @@ import asyncio
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
+from hatchway.db.keepalive import DEAD_PEER_S
+from hatchway.server import presence
 from hatchway.server.cluster import FORGET_AFTER_S
+from hatchway.server.supervision import STEP_DOWN_AFTER_S
+from tests.helpers import packetdrop
 from tests.helpers.polling import until
 from tests.helpers.server import RunningServer
 
@@ -149,3 +156,54 @@ async def test_a_new_replica_supervises_as_it_starts_when_postgresql_shows_the_s
         ), said_by_newcomer
     finally:
         frozen.stop(signal.SIGKILL)
+
+
+async def test_the_lock_of_a_supervisor_whose_host_vanished_goes_to_another_replica_within_dead_peer_s(
+    fleet: Fleet, db: asyncpg.Connection, pg_url: str,
+) -> None:
+    """The supervising replica's host is lost: its process frozen (no beat, no goodbye) and every
+    packet of its PostgreSQL connections dropped (its kernel answers no keepalive probe either).
+    PostgreSQL ends its sessions, the supervision lock's among them, DEAD_PEER_S after their last
+    packet, and another replica supervises at once; it used to wait for Linux's keepalive
+    defaults, over two hours. Not sooner either: a supervisor only cut off from the database
+    must have stopped its workspaces (STEP_DOWN_AFTER_S) before another may start them."""
+    reason = packetdrop.missing_reason()
+    if reason:
+        pytest.fail(reason)
+    url = make_url(pg_url)
+    assert url.host == "127.0.0.1", "the packets are dropped on loopback: the test's PostgreSQL must be local"
+    supervisor = fleet.server("supervisor")
+    await asyncio.to_thread(supervisor.start)
+    supervisor_id = replica_id(supervisor)
+    other = fleet.server("other")
+    await asyncio.to_thread(other.start)
+    other_id = replica_id(other)
+    assert await replicas(db) == {supervisor_id: True, other_id: False}
+
+    async def sessions_of_supervisor() -> list[int]:
+        return [r["client_port"] for r in await db.fetch(
+            "SELECT client_port FROM pg_stat_activity WHERE application_name = $1",
+            presence.application_name(supervisor_id),
+        )]
+
+    async def supervisor_sessions_ended() -> bool:
+        return not await sessions_of_supervisor()
+
+    async def other_supervises() -> bool:
+        return await replicas(db) == {other_id: True}
+
+    assert supervisor.proc is not None
+    try:
+        os.kill(supervisor.proc.pid, signal.SIGSTOP)
+        ports = await sessions_of_supervisor()
+        assert ports, "the supervising replica holds connections (the lock's, the listener's, its pool's)"
+        with packetdrop.dropped(ports, url.port or 5432):
+            lost_at = time.monotonic()
+            await until(other_supervises, DEAD_PEER_S + 10, "the other replica supervises")
+            took_s = time.monotonic() - lost_at
+            # The others end as theirs do (their last packet may be a little later than the lock's).
+            await until(supervisor_sessions_ended, DEAD_PEER_S, "PostgreSQL ended every session of the lost replica")
+    finally:
+        supervisor.stop(signal.SIGKILL)
+    assert STEP_DOWN_AFTER_S < DEAD_PEER_S - 2 <= took_s <= DEAD_PEER_S + 5, took_s
+    assert "this replica supervises server-managed workspaces" in said(other)

@@ -15,6 +15,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from hatchway.db import keepalive
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: PostgreSQL advisory lock key serialising migrations across replicas ("hatchway" in ASCII).
 MIGRATION_LOCK_KEY = 0x6861746368776179
@@ -39,7 +41,8 @@ def sqlite_url_for(data_dir: Path) -> str:
 
 def create_engine(url: str, application_name: str | None = None) -> AsyncEngine:
     """An engine on ``url``; on PostgreSQL its connections are named ``application_name``, which
-    is how PostgreSQL tells whose they are (see hatchway.server.presence)."""
+    is how PostgreSQL tells whose they are (see hatchway.server.presence), and each end drops
+    the other once it has stayed silent too long (hatchway.db.keepalive)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
@@ -53,8 +56,18 @@ def create_engine(url: str, application_name: str | None = None) -> AsyncEngine:
             cur.close()
 
         return engine
-    named = {"server_settings": {"application_name": application_name}} if application_name else {}
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=named)
+    settings = keepalive.server_settings()
+    if application_name:
+        settings["application_name"] = application_name
+    engine = create_async_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args={"server_settings": settings},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _watch_peer(dbapi_conn: Any, _record: Any) -> None:
+        keepalive.watch_peer(dbapi_conn.driver_connection)
+
+    return engine
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:

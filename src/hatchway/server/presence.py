@@ -5,7 +5,9 @@ row cannot tell the two apart: that is why a replica forgets another only after 
 reached the database for FORGET_AFTER_S (hatchway.server.cluster). PostgreSQL can tell them
 apart sooner. Every connection a replica opens carries its id in ``application_name``; a
 connection ends when the process at its other end exits (its kernel closes the socket), but it
-outlives a network outage, and PostgreSQL's own outage shows as a recent start. So a replica
+outlives a network outage (one longer than keepalive.DEAD_PEER_S ends it, as the loss of the
+replica's host does, long after the replica's silence had it forgotten anyway), and
+PostgreSQL's own outage shows as a recent start. So a replica
 silent for FORGET_AFTER_S with no connection open, on a PostgreSQL up since well before its last
 beat, is gone: its successor need not wait to see that.
 """
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from hatchway.db import keepalive
 
 if TYPE_CHECKING:
     import asyncpg
@@ -31,11 +35,16 @@ def application_name(replica_id: str) -> str:
 
 async def connect(engine: AsyncEngine, replica_id: str, timeout: float = 10) -> asyncpg.Connection:
     """A long-lived connection of the replica's own (the event listener's, the supervision
-    lock's) to ``engine``'s database, named like the replica's pooled connections."""
+    lock's) to ``engine``'s database, named like the replica's pooled connections, and like
+    them dropped by either end when the other vanishes (hatchway.db.keepalive): so the lock of a
+    supervising replica whose host is lost goes within a minute."""
     import asyncpg  # the PostgreSQL driver; only replicas on PostgreSQL load it
 
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return await asyncpg.connect(dsn, timeout=timeout, server_settings={"application_name": application_name(replica_id)})
+    settings = {**keepalive.server_settings(), "application_name": application_name(replica_id)}
+    conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=settings)
+    keepalive.watch_peer(conn)
+    return conn
 
 
 @dataclass(frozen=True)
