@@ -6,7 +6,7 @@ with the secret from before a rotation, and at once when PostgreSQL shows it is 
 with another secret than the one the database records is refused whatever the others' state,
 and of two joining at once with different secrets one is; and a live one at the joining
 replica's own hand-over address refuses it too, keeping its row, while a dead predecessor's
-there is forgotten.
+there is forgotten; and of two joining at once at one address, one is refused.
 
 An outage is played per replica: its session factory refuses while ``down``, and its row's beat
 is set back, as the database finds it when it comes back. So a joining replica sees exactly
@@ -339,6 +339,70 @@ async def test_a_live_replica_at_the_same_address_with_the_same_secret_refuses_t
     assert missing_at == []
     assert not await rig.registered(joining.id)
     assert await rig.claims_of(claims) == (True, live.id, "open", None)
+
+
+@ON_BOTH_DATABASES
+async def test_of_two_replicas_joining_at_once_at_one_address_one_registers_and_the_other_is_refused(rig: Rig) -> None:
+    """Two servers started at the same instant with one hand-over address: each has looked and
+    found no one there (a barrier holds each after its check until the other has checked too),
+    then both register; only the first can, and the other is refused naming it."""
+    first, second = rig.replica(address="http://127.0.0.1:7080"), rig.replica(address="http://127.0.0.1:7080")
+    both_checked = asyncio.Barrier(2)
+    for cluster in (first, second):
+        hold_after_check(cluster, both_checked)
+    results = await asyncio.gather(first.join(), second.join(), return_exceptions=True)
+    joined = [c for c, result in zip((first, second), results) if result is None]
+    rig.joined.extend(joined)
+    refusals = [result for result in results if result is not None]
+    assert len(joined) == 1 and len(refusals) == 1, results
+    assert isinstance(refusals[0], ClusterError) and str(refusals[0]) == (
+        f"another Hatchway server, replica {joined[0].id}, is running with this server's hand-over address "
+        "http://127.0.0.1:7080: stop it before starting this one, or give each server its own address with "
+        "--internal-url (or --listen)"
+    )
+    assert [await rig.registered(c.id) for c in (first, second)] == [c in joined for c in (first, second)]
+
+
+@ON_BOTH_DATABASES
+async def test_a_replica_back_from_an_outage_does_not_register_again_where_another_took_its_address(
+    rig: Rig, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cut off long enough to be forgotten, and meanwhile another server started with its
+    address: back, it cannot register beside that one, and says why at every beat."""
+    cut_off = await rig.join(rig.replica())
+    await rig.cut_off(cut_off)
+    successor = await rig.join(rig.replica(address=cut_off.relay_url))
+    assert not await rig.registered(cut_off.id)
+    rig.outages[cut_off.id].down = False
+    refusal = (
+        f"replica {cut_off.id} cannot register again: another Hatchway server, replica {successor.id}, is running "
+        f"with this server's hand-over address {cut_off.relay_url}: stop it before starting this one, or give each "
+        "server its own address with --internal-url (or --listen)"
+    )
+
+    async def refused_twice() -> bool:
+        return [r.getMessage() for r in caplog.records].count(refusal) >= 2
+
+    with caplog.at_level("ERROR", logger="hatchway.server.cluster"):
+        await until(refused_twice, 5 * HEARTBEAT_S, "the returning replica says at each beat why it cannot register")
+    assert await rig.registered(successor.id)
+    assert not await rig.registered(cut_off.id)
+
+
+def hold_after_check(cluster: Cluster, barrier: asyncio.Barrier) -> None:
+    """Make ``cluster``'s join wait at ``barrier`` once it has checked who is registered and
+    cleared what the dead left (its last step before registering)."""
+    forget = cluster._forget
+    held = False
+
+    async def then_wait(ids: list[str], unclaimed: bool = False) -> None:
+        nonlocal held
+        await forget(ids, unclaimed)
+        if not held:
+            held = True
+            await asyncio.wait_for(barrier.wait(), FORGET_AFTER_S + 5 * HEARTBEAT_S)
+
+    cluster._forget = then_wait  # type: ignore[method-assign]
 
 
 @ON_POSTGRESQL

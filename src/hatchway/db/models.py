@@ -182,14 +182,15 @@ class SSHConnection(Base):
 class Replica(Base):
     """A running ``hatchway server`` process; forgotten by the others when its heartbeat stops.
 
-    ``relay_url`` is how other replicas reach it for stream hand-over; ``secret_check`` is the
+    ``relay_url`` is how other replicas reach it for stream hand-over, one replica's at a time (so
+    of two servers started at once with one address, only one can register); ``secret_check`` is the
     check of its deployment secret (see :class:`DeploymentSecret`), which replicas of earlier
     versions compare with theirs, and from which migration 0006 took the deployment's."""
 
     __tablename__ = "replicas"
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
-    relay_url: Mapped[str] = mapped_column(String(255))
+    relay_url: Mapped[str] = mapped_column(String(255), unique=True, index=True)
     secret_check: Mapped[str] = mapped_column(String(64))
     # Holds the supervision lock: starts and keeps server-managed workspaces running.
     supervises: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())

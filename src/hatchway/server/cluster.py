@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hatchway.db.models import Replica, SSHConnection, Workspace, utcnow
@@ -219,9 +220,7 @@ class Cluster:
         if predecessors:
             await self._outwait({r.id: r.heartbeat_at for r in predecessors}, healthy_since)
         await self._forget(dead + [r.id for r in rows if alone or r in predecessors], unclaimed=True)
-        async with self._sessions() as db:
-            db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
-            await db.commit()
+        await self._register()
         self._http = httpx.AsyncClient(timeout=5.0)
         self._task = asyncio.create_task(self._heartbeat_forever(healthy_since), name="replica-heartbeat")
         if dead:
@@ -255,17 +254,39 @@ class Cluster:
             rows, dead = await self._survey(list(predecessors))
             beat_again = [r for r in rows if r.heartbeat_at != predecessors[r.id]]
             if beat_again:
-                raise ClusterError(
-                    f"another Hatchway server, replica {beat_again[0].id}, is running with this server's hand-over "
-                    f"address {self.relay_url}: stop it before starting this one, or give each server its own "
-                    "address with --internal-url (or --listen)"
-                )
+                raise self._address_taken(beat_again[0].id)
             if len(dead) == len(rows) or time.monotonic() - healthy_since >= FORGET_AFTER_S:
                 break
             await asyncio.sleep(HEARTBEAT_S / 4)
         if rows:
             log.info("replica(s) %s stayed silent: taken for stopped; they will be forgotten",
                      ", ".join(r.id for r in rows))
+
+    def _address_taken(self, replica_id: str) -> ClusterError:
+        return ClusterError(
+            f"another Hatchway server, replica {replica_id}, is running with this server's hand-over "
+            f"address {self.relay_url}: stop it before starting this one, or give each server its own "
+            "address with --internal-url (or --listen)"
+        )
+
+    async def _register(self) -> None:
+        """Add this replica's row. The database keeps one row per hand-over address: of servers
+        started at the same instant with one address, each finding no one there when it looked,
+        the first to register does and the others are refused here, naming it."""
+        while True:
+            try:
+                async with self._sessions() as db:
+                    db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
+                    await db.commit()
+                return
+            except IntegrityError:
+                async with self._sessions() as db:
+                    holder = (await db.execute(
+                        select(Replica.id).where(Replica.relay_url == self.relay_url)
+                    )).scalar_one_or_none()
+                if holder is not None:
+                    raise self._address_taken(holder) from None
+                # it left again meanwhile: the address is free
 
     async def leave(self) -> None:
         """Stop beating and remove this replica and its claims at once, not after a timeout."""
@@ -291,9 +312,9 @@ class Cluster:
                     n = (await db.execute(
                         update(Replica).where(Replica.id == self.id).values(heartbeat_at=utcnow())
                     )).rowcount
-                    if not n:  # forgotten while the database was unreachable: come back
-                        db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
                     await db.commit()
+                if not n:  # forgotten while the database was unreachable: come back
+                    await self._register()
                 beats += 1
                 if not n:
                     log.warning("replica %s had been forgotten by the others (database outage?); registered again", self.id)
@@ -307,6 +328,9 @@ class Cluster:
                     await self.forget_dead()
                 else:
                     await self.forget_proven_dead()
+            except ClusterError as exc:  # another server registered at this address meanwhile
+                healthy_since = None
+                log.error("replica %s cannot register again: %s", self.id, exc)
             except Exception as exc:
                 healthy_since = None
                 log.warning("replica heartbeat failed: %s", db_error_text(exc))
