@@ -131,6 +131,7 @@ def test_deleting_from_everyones_workspaces_comes_back_to_the_page_or_the_last_o
     expect(names).to_have_text(["ws-29"])
     delete("ws-29")
     page.get_by_role("button", name="Delete workspace").click()
+    expect(page).to_have_url(url + "/workspaces?all=1&search=ws&page=1")  # not page 2, which is gone
     expect(page.locator(".flash")).to_have_text('Workspace "dev-29/ws-29" deleted.')
     expect_list_page(page, rows, 25, "1–25 of 25", "Page 1 of 1")
     expect(names.first).to_have_text("ws-00")

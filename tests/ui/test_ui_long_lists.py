@@ -90,3 +90,29 @@ def test_the_audit_log_jumps_to_its_oldest_page_with_the_same_pager(crowded_page
     page.get_by_role("link", name="« Newest").click()
     expect(pages).to_have_text("Page 1 of 4")
     expect(page).to_have_url(crowded.url + "/manage/audit?view=admin&page=1")
+
+
+def test_a_page_past_the_last_goes_to_the_last_on_every_list(crowded_page: Any, crowded: UIServer) -> None:
+    """An address naming a page the list no longer has (its last rows gone, an old bookmark, a
+    filter that now matches fewer) lands on the page that is now its last, and says so."""
+    page, url = crowded_page, crowded.url
+    users = page.get_by_role("table", name="Users").locator("tbody tr")
+    page.goto(url + "/manage/users?search=dev&page=9")
+    expect(page).to_have_url(url + "/manage/users?search=dev&page=3")
+    expect_list_page(page, users, 5, "51–55 of 55", "Page 3 of 3")
+    expect(page.get_by_label("Filter users")).to_have_value("dev")
+    page.goto(url + "/manage/users?page=2&search=nobody")
+    expect(page).to_have_url(url + "/manage/users?search=nobody&page=1")
+    expect(page.get_by_role("heading", level=2)).to_have_text("No user’s name contains “nobody”")
+
+    workspaces = page.get_by_role("table", name="Workspaces").locator("tbody tr")
+    page.goto(url + "/workspaces?all=1&search=ws&page=5")
+    expect(page).to_have_url(url + "/workspaces?all=1&search=ws&page=2")
+    expect_list_page(page, workspaces, 5, "26–30 of 30", "Page 2 of 2")
+    page.goto(url + "/workspaces?page=2")  # Mine: alice has none
+    expect(page).to_have_url(url + "/workspaces?page=1")
+    expect(page.get_by_role("heading", level=2)).to_have_text("You have no workspaces yet")
+
+    page.goto(url + "/manage/audit?view=admin&page=40")
+    expect(page).to_have_url(url + "/manage/audit?view=admin&page=4")
+    expect(page.locator(".pager-links > span.muted")).to_have_text("Page 4 of 4")

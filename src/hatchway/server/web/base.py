@@ -4,6 +4,7 @@ checks CSRF, who is signed in, rendering, redirects and form fields.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Coroutine, Sequence
@@ -80,6 +81,15 @@ class AccountSuspended(Exception):
     pass
 
 
+class PageGone(Exception):
+    """A long list's page past its last (its last rows deleted since, an old bookmark): the
+    browser is sent to ``url``, the page that is now its last, so the address says the page shown."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__("page past the last")
+        self.url = url
+
+
 class WebRoute(APIRoute):
     """Routes of the UI answer in HTML: errors become pages, anonymous users go to sign-in,
     every unsafe request must carry the CSRF token, and every page gets security headers."""
@@ -95,6 +105,8 @@ class WebRoute(APIRoute):
             except SignInRequired as exc:
                 target = "/" if exc.next_url in ("/", "") else "/?" + urlencode({"next": exc.next_url})
                 response = RedirectResponse(target, status_code=303)
+            except PageGone as exc:
+                response = RedirectResponse(exc.url, status_code=303)  # the flash cookie rides along
             except AccountSuspended:
                 response = error_page(
                     request, 403, "Your account is suspended", "Ask a site manager to reactivate it, then sign in again."
@@ -366,17 +378,19 @@ def list_filter(request: Request) -> str:
     return (request.query_params.get("search") or "").strip()[:SEARCH_MAX]
 
 
+def page_link(request: Request, page: int) -> str:
+    """Page ``page`` of the list ``request`` shows, with its other parameters (filters, tab)."""
+    params = {k: v for k, v in request.query_params.items() if k != "page" and v}
+    return request.url.path + "?" + urlencode({**params, "page": str(page)})
+
+
 def pager(request: Request, page: int, total: int) -> dict[str, Any]:
     """Where this page of ``total`` rows is and links to the others (the ``pager`` macro),
     each keeping the page's other parameters (its filters, its tab); a page past the last is
     the last."""
     pages = max(1, math.ceil(total / PAGE_SIZE))
     page = min(page, pages)
-    params = {k: v for k, v in request.query_params.items() if k != "page" and v}
-
-    def link(p: int) -> str:
-        return request.url.path + "?" + urlencode({**params, "page": str(p)})
-
+    link = functools.partial(page_link, request)
     return {
         "page": page,
         "pages": pages,
@@ -392,8 +406,13 @@ def pager(request: Request, page: int, total: int) -> dict[str, Any]:
 
 async def paged(request: Request, db: AsyncSession, stmt: Select[Any]) -> tuple[Sequence[Any], dict[str, Any]]:
     """The page asked for of ``stmt``'s rows, and its :func:`pager`: the database counts the
-    rows and returns one page, so a list of thousands costs a page's rendering."""
+    rows and returns one page, so a list of thousands costs a page's rendering. A page past the
+    last is not shown under its number: the browser goes to the last one (:class:`PageGone`)."""
     total = (await db.execute(select(func.count()).select_from(stmt.order_by(None).subquery()))).scalar_one()
-    where = pager(request, page_number(request), total)
+    asked = page_number(request)
+    where = pager(request, asked, total)
+    if asked > where["page"] and request.method in ("GET", "HEAD"):
+        # Not on a form's refusal (a POST): its page keeps what was typed.
+        raise PageGone(page_link(request, where["page"]))
     rows = (await db.execute(stmt.offset((where["page"] - 1) * PAGE_SIZE).limit(PAGE_SIZE))).scalars().all()
     return rows, where
