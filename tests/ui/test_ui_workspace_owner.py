@@ -1,5 +1,6 @@
 """The new-workspace form's Owner field: a site manager types another user's name (suggested
-while the deployment is small enough to list everyone) and lands on the workspace's page; a name
+while the deployment is small enough to list everyone) and comes back to the list, told where
+the workspace is listed; a name
 no user has is refused naming the field, keeping what was typed; a member has no such field,
 and one forged into the post is refused (403) while the CSRF check stays in force."""
 
@@ -37,7 +38,7 @@ def _cookie_client(s: SignedIn) -> httpx.Client:
     return httpx.Client(base_url=s.url, cookies={"hatchway_session": s.session_cookie()}, follow_redirects=False, timeout=30)
 
 
-def test_a_site_manager_creates_a_local_workspace_for_a_member_and_lands_on_its_page(manager_page: SignedIn) -> None:
+def test_a_site_manager_creates_a_local_workspace_for_a_member_from_mine(manager_page: SignedIn) -> None:
     page, srv = manager_page.page, manager_page.srv
     name = "onboard-" + secrets.token_hex(3)  # its Unix user is hw-bob-<name>: unique per run
     _open_form(page, srv.url)
@@ -56,11 +57,14 @@ def test_a_site_manager_creates_a_local_workspace_for_a_member_and_lands_on_its_
     page.get_by_label("Provider", exact=True).select_option("local")
     page.get_by_role("button", name="Create workspace").click()
     try:
-        page.wait_for_url(re.compile(rf".*/workspaces/{srv.member}/{name}$"))
+        page.wait_for_url(re.compile(r".*/workspaces$"))  # the list it was created from: Mine
         assert page.locator(".flash-success").inner_text() == (
             f'Workspace "{srv.member}/{name}" created for {srv.member} on provider "local". '
-            f"{srv.member} connects after running hatchway config-ssh."
+            f"{srv.member} connects after running hatchway config-ssh. Everyone lists it."
         )
+        page.get_by_role("link", name="Everyone").click()
+        page.locator(f'tr[data-workspace="{srv.member}/{name}"]').get_by_role("link", name=name).click()
+        page.wait_for_url(re.compile(rf".*/workspaces/{srv.member}/{name}$"))
         assert page.get_by_role("heading", name=name).first.is_visible()
         assert page.get_by_text(f"Owned by {srv.member} · provider local (local)").is_visible()
         connect = page.get_by_role("region", name="Connect", exact=True).inner_text()

@@ -214,8 +214,12 @@ async def user_create(
         return await _users_page(request, sm, db, 400, values, validation_message(exc, USER_LABELS))
     except APIError as exc:
         await db.rollback()
+        # The rollback expired the signed-in user, whom the page's header reads: unless the page
+        # lists them (a filter, a page past the first) that read was a lazy load, and a 500.
+        await db.refresh(sm)
         return await _users_page(request, sm, db, exc.status, values, refusal_message(exc))
-    return redirect(request, "/manage/users", "success", f'User "{out.username}" created as {out.role}.')
+    # The form posts to the page of the list it is on (its ``back``): back there, filter and all.
+    return redirect(request, USERS.link(request.query_params), "success", f'User "{out.username}" created as {out.role}.')
 
 
 async def _user_action(request: Request, fn: Any, done: str, **kw: Any) -> Response:

@@ -116,12 +116,12 @@ async def _workspaces_page(
     error: str | None = None, created: schemas.WorkspaceCreatedOut | None = None,
 ) -> Response:
     manager = user.role == "site-manager"
-    show_all = manager and request.query_params.get("all") == "1"
-    search = list_filter(request) if show_all else ""  # the filter box is Everyone's
+    show_all, search = _tab(request, user)
     rows, pager = await paged(request, db, ws_api.workspaces_query(user, show_all, search))
     providers = await providers_api.provider_rows(db)
-    # Start, Stop, Restart and Delete come back to this very page: its tab, its filter, its page.
-    back = WORKSPACES.link({"all": "1" if show_all else "", "search": search, "page": str(pager["page"])})
+    # Start, Stop, Restart, Delete and New workspace come back to this very page: its tab, its
+    # filter, its page.
+    back = _list_page(request, user, str(pager["page"]))
     return render(
         request,
         "workspaces.html",
@@ -141,6 +141,19 @@ async def _workspaces_page(
         created=created,
         supports_openssh=_SUPPORTS_OPENSSH,
     )
+
+
+def _tab(request: Request, user: User) -> tuple[bool, str]:
+    """Which list ``request`` asks for: Everyone's (site managers only) or Mine, and the
+    filter, which only Everyone's has."""
+    show_all = user.role == "site-manager" and request.query_params.get("all") == "1"
+    return show_all, list_filter(request) if show_all else ""
+
+
+def _list_page(request: Request, user: User, page: str) -> str:
+    """The address of page ``page`` of the list ``request`` asks for, written anew (listback)."""
+    show_all, search = _tab(request, user)
+    return WORKSPACES.link({"all": "1" if show_all else "", "search": search, "page": page})
 
 
 # Newer APIs let a local workspace run OpenSSH on its port 22; offer it when this one does.
@@ -277,17 +290,20 @@ async def create_workspace(
         provider = values["provider"] or "local"
         kind = next((p.kind for p in await providers_api.provider_rows(db) if p.name == provider), "")
         return await _workspaces_page(request, user, db, exc.status, values, _form_refusal(exc, values, kind))
+    # The form posts to the page of the list it is on: back there, as after a user is created.
+    back = _list_page(request, user, request.query_params.get("page", ""))
     if out.agent_command:
         # A manual provider's agent token is shown exactly once, so render it now.
-        return render(request, "agent_token.html", section="workspaces", ws=out, agent_command=out.agent_command, created=True)
-    if out.owner != user.username:
-        # Another user's workspace is not on "Mine": land on its own page, which says who connects.
-        return redirect(
-            request, f"/workspaces/{out.owner}/{out.name}", "success",
-            f'Workspace "{out.owner}/{out.name}" created for {out.owner} on provider "{out.provider}". '
-            f"{out.owner} connects after running hatchway config-ssh.",
-        )
-    return redirect(request, "/workspaces", "success", f'Workspace "{out.name}" created on provider "{out.provider}".')
+        return render(request, "agent_token.html", section="workspaces", ws=out, agent_command=out.agent_command,
+                      created=True, back=back)
+    if out.owner == user.username:
+        return redirect(request, back, "success", f'Workspace "{out.name}" created on provider "{out.provider}".')
+    where = "" if _tab(request, user)[0] else " Everyone lists it."  # "Mine" never will
+    return redirect(
+        request, back, "success",
+        f'Workspace "{out.owner}/{out.name}" created for {out.owner} on provider "{out.provider}". '
+        f"{out.owner} connects after running hatchway config-ssh.{where}",
+    )
 
 
 @router.get("/workspaces/{owner}/{name}")
