@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import quote
 
 from playwright.sync_api import expect
 
+from tests.helpers.server import wait_for
 from tests.ui.conftest import LAB, UIServer
 from tests.ui.flows import expect_list_page, filter_list
 
@@ -88,7 +90,80 @@ def test_a_workspace_created_from_a_page_of_everyones_comes_back_to_that_page(cr
         expect(page.get_by_role("heading", level=1)).to_have_text("Workspace “ws-handed” created for dev-41")
         crumbs = page.get_by_role("navigation", name="Breadcrumb")
         expect(crumbs.get_by_role("link", name="Workspaces")).to_have_attribute("href", EVERYONE_PAGE_2)
+        expect(page.get_by_role("link", name="Go to the workspace")).to_have_attribute(
+            "href", "/workspaces/dev-41/ws-handed?next=" + quote(EVERYONE_PAGE_2, safe=""))
     finally:
         with crowded.api() as c:
             c.delete(f"/workspaces/{name}", params={"owner": "dev-40"})
             c.delete("/workspaces/ws-handed", params={"owner": "dev-41"})
+
+
+def test_a_workspace_opened_from_a_page_of_everyones_keeps_it_through_its_buttons(
+    crowded_page: Any, crowded: UIServer
+) -> None:
+    page, url = crowded_page, crowded.url
+    name = "ws-" + secrets.token_hex(3)  # runs as hw-dev-42-<name>: unique per run
+    own = f"/workspaces/dev-42/{name}?next=" + quote(EVERYONE_PAGE_2, safe="")
+    crumb = page.get_by_role("navigation", name="Breadcrumb").get_by_role("link", name="Workspaces")
+    flash = page.locator(".flash")
+
+    def state() -> tuple[str, bool]:
+        with crowded.api() as c:
+            w = c.get(f"/workspaces/{name}", params={"owner": "dev-42"}).json()
+        return w["state"], w["agent_connected"]
+
+    def open_from_page_2() -> None:
+        _open(page, url, "/workspaces?all=1", "Filter workspaces", "ws")
+        page.locator(f'tr[data-workspace="dev-42/{name}"]').get_by_role("link", name=name).click()
+        expect(page).to_have_url(url + own)
+
+    with crowded.api() as c:
+        c.post("/workspaces", params={"owner": "dev-42"}, json={"name": name, "provider": "local"}).raise_for_status()
+    try:
+        open_from_page_2()
+        expect(crumb).to_have_attribute("href", EVERYONE_PAGE_2)
+        crumb.click()
+        expect(page).to_have_url(url + EVERYONE_PAGE_2)
+        expect(page.get_by_label("Filter workspaces")).to_have_value("ws")
+
+        wait_for(lambda: state() == ("running", True), 60, what="the local workspace to run")
+        open_from_page_2()
+        page.get_by_role("button", name="Stop", exact=True).click()
+        expect(flash).to_have_text(f'Workspace "dev-42/{name}" stopped.')
+        expect(page).to_have_url(url + own)  # its own page, still remembering the list's
+        expect(crumb).to_have_attribute("href", EVERYONE_PAGE_2)
+        page.get_by_role("button", name="Start", exact=True).click()
+        expect(flash).to_have_text(f'Starting workspace "dev-42/{name}".')
+        expect(page).to_have_url(url + own)
+
+        page.get_by_role("link", name="Delete…").click()
+        expect(page).to_have_url(url + f"/workspaces/dev-42/{name}/delete?next=" + quote(own, safe=""))
+        page.get_by_role("link", name="Cancel").click()
+        expect(page).to_have_url(url + own)
+        page.get_by_role("link", name="Delete…").click()
+        page.get_by_role("button", name="Delete workspace").click()
+        expect(page).to_have_url(url + EVERYONE_PAGE_2)
+        expect(flash).to_have_text(f'Workspace "dev-42/{name}" deleted.')
+        expect(page.get_by_label("Filter workspaces")).to_have_value("ws")
+    finally:
+        with crowded.api() as c:
+            c.delete(f"/workspaces/{name}", params={"owner": "dev-42"})
+
+
+def test_a_manual_workspaces_new_agent_token_keeps_the_list_page(crowded_page: Any, crowded: UIServer) -> None:
+    page, url = crowded_page, crowded.url
+    own = "/workspaces/dev-26/ws-26?next=" + quote(EVERYONE_PAGE_2, safe="")
+    _open(page, url, "/workspaces?all=1", "Filter workspaces", "ws")
+    page.locator('tr[data-workspace="dev-26/ws-26"]').get_by_role("button", name="Actions for workspace ws-26").click()
+    page.get_by_role("menuitem", name="Details").click()
+    expect(page).to_have_url(url + own)
+    page.get_by_role("link", name="New agent token…").click()
+    page.get_by_role("link", name="Cancel").click()
+    expect(page).to_have_url(url + own)
+    page.get_by_role("link", name="New agent token…").click()
+    page.get_by_role("button", name="Generate new token").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("New agent token for “ws-26”")
+    crumbs = page.get_by_role("navigation", name="Breadcrumb")
+    expect(crumbs.get_by_role("link", name="Workspaces")).to_have_attribute("href", EVERYONE_PAGE_2)
+    page.get_by_role("link", name="Go to the workspace").click()
+    expect(page).to_have_url(url + own)

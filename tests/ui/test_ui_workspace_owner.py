@@ -64,7 +64,7 @@ def test_a_site_manager_creates_a_local_workspace_for_a_member_from_mine(manager
         )
         page.get_by_role("link", name="Everyone").click()
         page.locator(f'tr[data-workspace="{srv.member}/{name}"]').get_by_role("link", name=name).click()
-        page.wait_for_url(re.compile(rf".*/workspaces/{srv.member}/{name}$"))
+        page.wait_for_url(re.compile(rf".*/workspaces/{srv.member}/{name}\?next=%2Fworkspaces%3Fall%3D1$"))
         assert page.get_by_role("heading", name=name).first.is_visible()
         assert page.get_by_text(f"Owned by {srv.member} · provider local (local)").is_visible()
         connect = page.get_by_role("region", name="Connect", exact=True).inner_text()

@@ -67,3 +67,44 @@ def test_a_link_carries_next_only_where_it_is_not_the_first_page() -> None:
     assert USERS.query("/manage/users?search=dev&page=2") == "?next=%2Fmanage%2Fusers%3Fsearch%3Ddev%26page%3D2"
     assert WORKSPACES.query("/workspaces?all=1") == "?next=%2Fworkspaces%3Fall%3D1"
     assert USERS.link({"search": "dev", "page": "1", "other": "x"}) == "/manage/users?search=dev"
+
+
+OWN = "/workspaces/bob/dev"
+
+
+def test_a_workspaces_own_page_remembers_the_list_page_it_was_opened_from() -> None:
+    assert WORKSPACES.opened(OWN, "/workspaces?all=1&search=ws&page=2") == (
+        "/workspaces/bob/dev?next=%2Fworkspaces%3Fall%3D1%26search%3Dws%26page%3D2")
+    assert WORKSPACES.opened(OWN, "/workspaces") == OWN  # the first page of Mine: nothing to carry
+    assert WORKSPACES.opened(OWN, None) == OWN
+    opened = WORKSPACES.opened(OWN, "/workspaces?all=1&page=3")
+    assert WORKSPACES.parse_opened(OWN, opened) == opened
+    assert WORKSPACES.remembered(opened) == "/workspaces?all=1&page=3"
+    assert WORKSPACES.remembered(OWN) is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "back"),
+    [
+        (OWN, OWN),
+        ("/workspaces/bob/dev?next=%2Fworkspaces%3Fpage%3D2%26search%3Dx%26all%3D1&x=1",
+         "/workspaces/bob/dev?next=%2Fworkspaces%3Fall%3D1%26search%3Dx%26page%3D2"),  # written anew
+        ("/workspaces/bob/dev?next=https%3A%2F%2Fevil.example%2Fworkspaces", OWN),  # the list's rules for its next
+        ("/workspaces/bob/dev?next=%2Fmanage%2Fusers%3Fpage%3D2", OWN),
+        ("/workspaces/bob/dev#top", OWN),
+    ],
+)
+def test_a_link_to_the_workspaces_own_page_is_written_anew(sent: str, back: str) -> None:
+    assert WORKSPACES.parse_opened(OWN, sent) == back
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        None, "", 42, "https://evil.example/workspaces/bob/dev", "//evil.example/workspaces/bob/dev",
+        "/workspaces/bob/other", "/workspaces/bob/dev/", "/workspaces/bob/dev/delete", "/workspaces?all=1",
+        "/workspaces/bob/../bob/dev",
+    ],
+)
+def test_anything_but_the_workspaces_own_page_is_no_link_to_it(sent: object) -> None:
+    assert WORKSPACES.parse_opened(OWN, sent) is None

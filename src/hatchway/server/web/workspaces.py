@@ -5,6 +5,7 @@ deleting it, and a manual workspace's agent token.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 from pydantic import ValidationError
@@ -294,8 +295,7 @@ async def create_workspace(
     back = _list_page(request, user, request.query_params.get("page", ""))
     if out.agent_command:
         # A manual provider's agent token is shown exactly once, so render it now.
-        return render(request, "agent_token.html", section="workspaces", ws=out, agent_command=out.agent_command,
-                      created=True, back=back)
+        return _agent_token_page(request, out, out.agent_command, True, back)
     if out.owner == user.username:
         return redirect(request, back, "success", f'Workspace "{out.name}" created on provider "{out.provider}".')
     where = "" if _tab(request, user)[0] else " Everyone lists it."  # "Mine" never will
@@ -313,7 +313,42 @@ async def workspace_page(
     w = await _show_workspace(db, user, owner, name)
     view = _workspace_view(user, w, _managed(request, w.provider_kind))
     view["connections"] = await _recent_connections(db, user, w.id)
-    return render(request, "workspace.html", section="workspaces", view=view)
+    # Opened from a page of a list, it remembers it: its way back, and (through ``here``, the
+    # ``next`` of its buttons) where its Delete goes and where its other buttons come back to.
+    back = WORKSPACES.parse(request.query_params.get("next"))
+    here = WORKSPACES.opened(view["path"], back)
+    return render(
+        request, "workspace.html", section="workspaces", view=view, list_back=back or _list_of(user, w.owner),
+        back=here, here_query="?" + urlencode({"next": here}),
+    )
+
+
+def _list_of(viewer: User, owner: str) -> str:
+    """The list a workspace is on when its page remembers none: Mine, or a site manager's Everyone."""
+    return "/workspaces" if owner == viewer.username else "/workspaces?all=1"
+
+
+def _list_in(back: str | None) -> str | None:
+    """The page of a list ``back`` (from :func:`_return_to`) is, or remembers."""
+    return None if back is None else WORKSPACES.parse(back) or WORKSPACES.remembered(back)
+
+
+def _agent_token_page(
+    request: Request, w: schemas.WorkspaceOut, command: str, created: bool, back: str
+) -> Response:
+    """A manual workspace's agent command, shown once; ``back`` is the page of a list the
+    workspace was created or opened from, which the page's links keep."""
+    return render(
+        request, "agent_token.html", section="workspaces", ws=w, agent_command=command, created=created,
+        list_back=back, ws_page=WORKSPACES.opened(f"/workspaces/{w.owner}/{w.name}", back),
+    )
+
+
+def _return_to(value: object, owner: str, name: str) -> str | None:
+    """Where an action on a workspace goes back to: the page its button was on (``next``), a
+    page of a list or the workspace's own page (remembering its list), written anew; None for
+    anything else."""
+    return WORKSPACES.parse(value) or WORKSPACES.parse_opened(f"/workspaces/{owner}/{name}", value)
 
 
 #: SSH connections shown on a workspace's page (the Audit page has them all, for site managers).
@@ -338,13 +373,13 @@ async def workspace_delete_confirm(
     owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
 ) -> Response:
     w = await _show_workspace(db, user, owner, name)
-    back = WORKSPACES.parse(request.query_params.get("next"))
+    back = _return_to(request.query_params.get("next"), owner, name)
     return render(request, "confirm.html", section="workspaces", **_delete_confirm_text(w, back))
 
 
 def _delete_confirm_text(w: schemas.WorkspaceOut, back: str | None) -> dict[str, Any]:
     """Asked from a page of a list (``back``), Cancel and the deletion go back to it; from the
-    workspace's own page, Cancel stays there and the deletion goes to the list."""
+    workspace's own page, Cancel stays there and the deletion goes to the list it remembers."""
     return {
         "title": f'Delete workspace "{w.name}"?',
         "body": [
@@ -368,14 +403,14 @@ async def workspace_delete(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> Response:
-    back = WORKSPACES.parse((await request.form()).get("next"))
+    back = _return_to((await request.form()).get("next"), owner, name)
     try:
         await ws_api.delete_workspace(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
     except APIError as exc:
         raise _refusal_page(exc, owner, name) from None
-    # A page of a list past its end shows the list's last page (base.pager).
-    back = back or ("/workspaces" if owner == user.username else "/workspaces?all=1")
-    return redirect(request, back, "success", f'Workspace "{owner}/{name}" deleted.')
+    # Its own page is gone: the list it was on. A page of a list past its end sends the browser
+    # to the list's last page (base.paged).
+    return redirect(request, _list_in(back) or _list_of(user, owner), "success", f'Workspace "{owner}/{name}" deleted.')
 
 
 @router.get("/workspaces/{owner}/{name}/agent-token")
@@ -383,6 +418,7 @@ async def agent_token_confirm(
     owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db)
 ) -> Response:
     w = await _show_workspace(db, user, owner, name)
+    back = _return_to(request.query_params.get("next"), owner, name) or f"/workspaces/{w.owner}/{w.name}"
     return render(
         request,
         "confirm.html",
@@ -393,9 +429,10 @@ async def agent_token_confirm(
             "running with it is disconnected until you restart it with the new one."),
         ],
         action=f"/workspaces/{w.owner}/{w.name}/agent-token",
+        fields={"next": back},
         confirm_label="Generate new token",
         danger=False,
-        cancel=f"/workspaces/{w.owner}/{w.name}",
+        cancel=back,
     )
 
 
@@ -408,12 +445,13 @@ async def agent_token(
     ctx: ServerContext = Depends(get_ctx),
     db: AsyncSession = Depends(get_db),
 ) -> Response:
+    back = _return_to((await request.form()).get("next"), owner, name)
     try:
         out = await ws_api.rotate_agent_token(name=name, request=request, owner=owner, user=user, ctx=ctx, db=db)
     except APIError as exc:
         raise _refusal_page(exc, owner, name) from None
     w = await ws_api.show_workspace(name=name, owner=owner, user=user, db=db)
-    return render(request, "agent_token.html", section="workspaces", ws=w, agent_command=out.agent_command, created=False)
+    return _agent_token_page(request, w, out.agent_command, False, _list_in(back) or _list_of(user, owner))
 
 
 def _lifecycle_route(action: ws_api.Lifecycle) -> None:
@@ -423,8 +461,8 @@ def _lifecycle_route(action: ws_api.Lifecycle) -> None:
     async def endpoint(
         owner: str, name: str, request: Request, user: User = Depends(web_user), db: AsyncSession = Depends(get_db),
     ) -> Response:
-        # The button's page of a list, or (from the workspace's own page) that page.
-        back = WORKSPACES.parse((await request.form()).get("next")) or f"/workspaces/{owner}/{name}"
+        # The button's page: a page of a list, or the workspace's own page (remembering its list).
+        back = _return_to((await request.form()).get("next"), owner, name) or f"/workspaces/{owner}/{name}"
         try:
             out = await ws_api.change_state(action, name, owner, request, user, db)
         except APIError as exc:
