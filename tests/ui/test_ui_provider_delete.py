@@ -151,7 +151,7 @@ def test_the_delete_form_needs_its_csrf_token(manager_page: SignedIn, spare: str
     token = form.locator('input[name="csrf_token"]').get_attribute("value")
     for fields in ({}, {"csrf_token": "0" * 64}):
         r = page.context.request.post(srv.url + "/manage/providers/spare/delete", form=fields, max_redirects=0)
-        assert r.status == 403 and "This form could not be verified" in r.text(), fields
+        assert r.status == 403 and "This form was out of date" in r.text(), fields
     assert spare in _provider_names(srv)
     r = page.context.request.post(srv.url + "/manage/providers/spare/delete", form={"csrf_token": token}, max_redirects=0)
     assert (r.status, r.headers["location"]) == (303, "/manage/providers")

@@ -299,7 +299,7 @@ def test_site_manager_sets_a_users_password(manager_page: SignedIn, browser: Any
     assert page.get_by_role("heading", name='No user named "nobody"').is_visible()
     with _cookie_client(manager_page) as c:  # no CSRF token: refused, nothing changed
         r = c.post("/manage/users/quinn/password", data={"password": "csrf-less-pass", "password_confirm": "csrf-less-pass"})
-    assert r.status_code == 403 and "This form could not be verified" in r.text
+    assert r.status_code == 403 and "This form was out of date" in r.text
     assert _api_login(srv, "quinn", "csrf-less-pass").status_code == 401
 
     with flows.signed_in_page(browser, srv.url, srv.member, srv.member_password) as member:
@@ -467,7 +467,7 @@ def test_posts_without_the_csrf_token_are_refused_and_change_nothing(manager_pag
         for data in ({}, {"csrf_token": ""}, {"csrf_token": "0" * 64}):
             r = c.post("/manage/providers/local/edit", data=data)
             assert r.status_code == 403, data
-            assert "This form could not be verified" in r.text
+            assert "This form was out of date" in r.text
         assert _provider(srv, "local")["external_connect"] is True
         # ... nor any other form.
         assert c.post("/manage/users", data={"username": "mallory", "email": "m@example.com", "password": "12345678"}).status_code == 403
@@ -509,7 +509,7 @@ def test_a_pre_session_token_is_refused_on_a_signed_in_request(member_page: Sign
     cookie = f"hatchway_session={member_page.session_cookie()}; {pre}"
     with httpx.Client(base_url=srv.url, follow_redirects=False) as victim:
         r = victim.post("/workspaces", data={"name": "planted", "provider": LAB, "csrf_token": token}, headers={"Cookie": cookie})
-        assert r.status_code == 403 and "This form could not be verified" in r.text
+        assert r.status_code == 403 and "This form was out of date" in r.text
         r = victim.post("/sign-out", data={"csrf_token": token}, headers={"Cookie": cookie})
         assert r.status_code == 403
     with srv.api(srv.member_token) as c:
@@ -549,7 +549,7 @@ def test_session_cookie_is_secure_and_host_only_when_the_access_url_is_https(tmp
             # The same value under a name anyone may plant is not this browser's pre-session cookie...
             planted = "hatchway_pre=" + pre.split("=", 1)[1]
             r = c.post("/sign-in", data=form, headers={"Cookie": planted})
-            assert r.status_code == 403 and "This form could not be verified" in r.text
+            assert r.status_code == 403 and "This form was out of date" in r.text
             # ... nor is a session under the old name anyone's session.
             r = c.get("/workspaces", headers={"Cookie": f"hatchway_session={root_token}"}, follow_redirects=False)
             assert r.status_code == 303 and r.headers["location"] == "/?next=%2Fworkspaces"

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -113,13 +113,7 @@ class WebRoute(APIRoute):
                 )
                 clear_cookie(request, response, SESSION_COOKIE)
             except CSRFRefused:
-                response = error_page(
-                    request,
-                    403,
-                    "This form could not be verified",
-                    "It has expired or was not sent from a Hatchway page. Go back, reload the page "
-                    "and try again.",
-                )
+                response = await stale_form_page(request)
             except APIError as exc:
                 exc = page_refusal(request, exc)
                 response = error_page(request, exc.status, exc.error, exc.detail)
@@ -261,18 +255,53 @@ def wants_page(request: Request) -> bool:
     return not path.startswith(NOT_PAGES) and "text/html" in request.headers.get("accept", "")
 
 
-async def routing_error_page(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
-    """The UI's page for a 404 or 405 of the router, with the header of whoever is signed in."""
+async def _who_is_asking(request: Request) -> None:
+    """Sign the request's page in as whoever is signed in, for a page shown before (or instead
+    of) the route's own dependencies: its header, its links, its forms' tokens."""
     async with request.app.state.ctx.sessions() as db:
         try:
             await session_user(request, db)
         except AccountSuspended:
             pass  # the page says nothing about the account; signing in says it is suspended
+
+
+async def routing_error_page(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
+    """The UI's page for a 404 or 405 of the router, with the header of whoever is signed in."""
+    await _who_is_asking(request)
     response = error_page(request, status, *ROUTING_ERRORS[status])
     if headers:
         response.headers.update(headers)  # a 405's Allow
     add_security_headers(response)
     return response
+
+
+async def stale_form_page(request: Request) -> HTMLResponse:
+    """A form post whose CSRF token does not check: nothing was done. Most often the page was
+    opened before the deployment secret the tokens derive from changed (``rotate-secret``), and
+    the session itself is fine, so the page shows who is signed in (a bare 403 looked signed
+    out) and links back to the form's page for a fresh token. The form is not re-filled: a post
+    from another site looks the same, and its values must not become a form a click away."""
+    await _who_is_asking(request)
+    return render(
+        request, "error.html", status=403, status_code=403, title="This form was out of date",
+        detail=("Nothing was done. The page it was on was opened before the server's keys changed (a secret "
+                "rotation or a reinstall), or it was not sent from a Hatchway page. Reload the page and try again."),
+        retry=_form_page(request),
+    )
+
+
+def _form_page(request: Request) -> str | None:
+    """The path of the page the refused form was on (its Referer), when that page is on this
+    site; None otherwise, so a post from another site is offered no way back to it."""
+    try:
+        came_from = urlsplit(request.headers.get("referer", ""))
+    except ValueError:
+        return None
+    ours = {request.headers.get("host", ""), urlsplit(request.app.state.ctx.settings.url).netloc}
+    if came_from.scheme not in ("http", "https") or came_from.netloc not in ours - {""}:
+        return None
+    path = came_from.path + ("?" + came_from.query if came_from.query else "")
+    return path if safe_next(path) == path else None
 
 
 def redirect(request: Request, url: str, kind: str | None = None, message: str | None = None) -> RedirectResponse:
