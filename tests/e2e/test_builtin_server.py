@@ -357,6 +357,16 @@ def test_1_exec_with_and_without_pty(world: World) -> None:
     assert re.fullmatch(r"/dev/pts/\d+", out[0]) and out[1:] == ["vt220", ""], out
 
 
+def test_1_a_client_without_term_gets_no_term_variable(world: World) -> None:
+    """``ssh -t`` where TERM is unset or empty (cron, an IDE's task runner) asks for a terminal
+    of type "": sshd then sets no TERM, and so does the built-in server (it exported TERM="")."""
+    without_term = {k: v for k, v in world.env().items() if k != "TERM"}
+    for client_env in (world.env(TERM=""), without_term):
+        r = world.ssh("-tt", "hatchway.dev", "printenv TERM || echo no-TERM; tty >/dev/null && echo a-tty",
+                      env=client_env)
+        assert (r.returncode, r.stdout) == (0, b"no-TERM\r\na-tty\r\n"), r.stderr
+
+
 def test_1_stdin_round_trip_100mib(world: World) -> None:
     src = world.tmp / "stdin-100m"
     digest = random_file(src, 100 * MIB)

@@ -97,6 +97,14 @@ def test_term_from_base_env_kept_without_pty_replaced_with_pty() -> None:
     )
 
 
+def test_an_empty_terminal_type_sets_no_term() -> None:
+    """ssh run without TERM (a cron job, an IDE's task) asks for a PTY of type "": sshd then
+    sets no TERM, so the image's own TERM, if any, stays."""
+    env = build(term="", tty_path="/dev/pts/0")
+    assert "TERM" not in env and env["SSH_TTY"] == "/dev/pts/0"
+    assert build(base_env={"TERM": "xterm"}, term="", tty_path="/dev/pts/0")["TERM"] == "xterm"
+
+
 def test_unknown_addresses_use_placeholders() -> None:
     env = build(client_addr=None, server_addr=None)
     assert env["SSH_CONNECTION"] == "127.0.0.1 0 127.0.0.1 0"

@@ -10,7 +10,8 @@ same whether port 22 is OpenSSH or us. Layers, later ones win:
 2. variables the client sent (SendEnv/SetEnv), only ``LANG``, ``LC_*`` and names the operator
    accepted (like OpenSSH's ``AcceptEnv``), so a client cannot inject ``LD_PRELOAD``;
 3. what sshd itself always sets: USER, LOGNAME, HOME, SHELL, PATH, MAIL, SSH_CLIENT,
-   SSH_CONNECTION and, with a PTY only, SSH_TTY and TERM; then what this session forwards
+   SSH_CONNECTION and, with a PTY only, SSH_TTY and TERM (not an empty one: a client whose own
+   TERM is unset sends "", and sshd then sets none); then what this session forwards
    (DISPLAY for ``ssh -X``, SSH_AUTH_SOCK for ``ssh -A``), only in the session that asked;
 4. ``environment="..."`` options of the authorized_keys line that authenticated;
 5. ``~/.ssh/environment`` (the user may override anything, as with OpenSSH).
@@ -151,7 +152,7 @@ def build_session_env(
     )
     if tty_path is not None:
         env["SSH_TTY"] = tty_path
-    if term is not None:
+    if term:
         env["TERM"] = term
     # A session without -A must not get someone else's agent socket (DISPLAY may legitimately
     # come from the image, e.g. a virtual desktop).
