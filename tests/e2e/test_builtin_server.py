@@ -938,6 +938,43 @@ def test_4_agent_forwarding(world: World, ssh_agent: tuple[str, str]) -> None:
     assert (without.returncode, without.stdout) == (2, b"[]\n")
 
 
+@contextlib.contextmanager
+def users_own_key(world: World, options: str) -> Iterator[Path]:
+    """A key the user added to authorized_keys below the managed block, with ``options``."""
+    key = world.tmp / "own_key"
+    key.unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "backup@laptop", "-f", str(key)], check=True)
+    authorized = world.home / ".ssh" / "authorized_keys"
+    before = authorized.read_bytes()
+    authorized.write_bytes(before + f"{options} {key.with_suffix('.pub').read_text()}".encode())
+    try:
+        yield key
+    finally:
+        authorized.write_bytes(before)
+
+
+def test_4_a_restricted_key_runs_its_forced_command_and_nothing_else(world: World, ssh_agent: tuple[str, str]) -> None:
+    """A key added as ``restrict,command="..."`` (a backup job's, a CI deploy key) is held to its
+    options as sshd holds it: its command runs, with the client's in SSH_ORIGINAL_COMMAND (what
+    rrsync and gitolite read), and it gets no terminal, no tunnel and no agent. The built-in
+    server left SSH_ORIGINAL_COMMAND out, and ignored ``restrict``: the key could forward ports."""
+    forced = 'restrict,command="echo forced: $SSH_ORIGINAL_COMMAND; tty; echo agent=[$SSH_AUTH_SOCK]"'
+    with EchoServer() as echo, users_own_key(world, forced) as key:
+        use = ["-o", f"IdentityFile={key}"]  # tried before the platform key of the ssh config
+        r = world.ssh(*use, "-A", "hatchway.dev", "echo hi", env=world.env(SSH_AUTH_SOCK=ssh_agent[0]))
+        assert (r.returncode, r.stdout) == (0, b"forced: echo hi\nnot a tty\nagent=[]\n"), r.stderr
+        r = world.ssh(*use, "-tt", "hatchway.dev", "echo hi")
+        assert (r.returncode, r.stdout) == (255, b""), r.stderr
+        assert b"PTY allocation request failed on channel 0" in r.stderr
+        r = world.ssh(*use, "-W", f"127.0.0.1:{echo.port}", "hatchway.dev")
+        assert (r.returncode, r.stdout) == (255, b""), r.stderr
+        assert b"open failed: administratively prohibited: Port forwarding not permitted" in r.stderr
+        r = world.ssh(*use, "-o", "ExitOnForwardFailure=yes", "-R", f"0:127.0.0.1:{echo.port}", "hatchway.dev", "echo hi")
+        assert (r.returncode, r.stdout) == (255, b""), r.stderr
+        assert b"remote port forwarding failed" in r.stderr
+        assert echo.accepted == 0
+
+
 # ---- 5. X11 forwarding -------------------------------------------------------------------------
 
 

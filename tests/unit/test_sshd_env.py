@@ -105,6 +105,14 @@ def test_an_empty_terminal_type_sets_no_term() -> None:
     assert build(base_env={"TERM": "xterm"}, term="", tty_path="/dev/pts/0")["TERM"] == "xterm"
 
 
+def test_the_command_a_key_replaced_is_in_ssh_original_command() -> None:
+    """Set by the server itself, so a client's SetEnv of the same name (accepted or not) never wins."""
+    env = build(original_command="rsync --server .", client_env={"SSH_ORIGINAL_COMMAND": "x"},
+                accepted_client_env=("SSH_*",))
+    assert env["SSH_ORIGINAL_COMMAND"] == "rsync --server ."
+    assert "SSH_ORIGINAL_COMMAND" not in build()
+
+
 def test_unknown_addresses_use_placeholders() -> None:
     env = build(client_addr=None, server_addr=None)
     assert env["SSH_CONNECTION"] == "127.0.0.1 0 127.0.0.1 0"

@@ -89,6 +89,21 @@ def test_authorized_keys_options_kept(tmp_path: Path) -> None:
     )
 
 
+def test_restrict_turns_every_permission_off_except_those_named_again() -> None:
+    """asyncssh does not know ``restrict``: the options it checks come out as OpenSSH means them."""
+    k1, l1 = _pub()
+    k2, l2 = _pub()
+    k3, l3 = _pub()
+    keys = parse_authorized_keys(f'restrict,command="rrsync -ro /b" {l1}\nrestrict,pty {l2}\nno-x11-forwarding {l3}\n')
+    assert keys is not None
+    no = {"no-port-forwarding": True, "no-agent-forwarding": True, "no-X11-forwarding": True, "no-pty": True}
+    assert keys.validate(k1.convert_to_public(), "", "127.0.0.1") == {"restrict": True, "command": "rrsync -ro /b", **no}
+    assert keys.validate(k2.convert_to_public(), "", "127.0.0.1") == {
+        "restrict": True, "pty": True, "no-port-forwarding": True, "no-agent-forwarding": True, "no-X11-forwarding": True}
+    # flag names are case-insensitive in OpenSSH; asyncssh checks "no-X11-forwarding" exactly
+    assert keys.validate(k3.convert_to_public(), "", "127.0.0.1") == {"no-x11-forwarding": True, "no-X11-forwarding": True}
+
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\r"])
 def test_a_restricted_keys_comment_is_never_a_key_of_its_own(separator: str) -> None:
     """Lines end at LF only, as OpenSSH reads them: what follows a Unicode line separator in a

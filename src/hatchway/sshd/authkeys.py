@@ -4,19 +4,55 @@ The file is re-read for every connection (off the event loop): when the platform
 regenerated the agent rewrites it, and the old key must stop working for the next connection,
 not after an agent restart. Parsing is per line and tolerant like OpenSSH's: one line the user
 mistyped outside the managed block must not lock everybody out, so it is skipped and reported.
+
+A line's options mean what they mean to OpenSSH (see :func:`effective_options`): a key the user
+added as ``restrict,command="rrsync -ro /backup"`` must not open a terminal or a tunnel here
+either. asyncssh enforces ``no-pty`` and ``no-port-forwarding`` itself (the server checks the
+agent and X11 permissions, which it handles per session), but does not know ``restrict``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
 from hatchway.fileutil import read_regular
 
 log = logging.getLogger("hatchway.sshd")
+
+#: What ``restrict`` turns off that this server offers; an option of the same name turns each back on.
+RESTRICTABLE = ("port-forwarding", "agent-forwarding", "X11-forwarding", "pty")
+
+
+def effective_options(options: Mapping[str, object]) -> dict[str, object]:
+    """A key line's options as OpenSSH applies them, in the ``no-<permission>`` form asyncssh
+    checks (``check_key_permission``): ``restrict`` turns every permission off except those
+    the line turns back on (``restrict,pty``); flag names are case-insensitive, as in OpenSSH
+    (``no-x11-forwarding``)."""
+    out = dict(options)
+    flags = {name.lower() for name, value in options.items() if value is True}
+    for permission in RESTRICTABLE:
+        name = permission.lower()
+        if f"no-{name}" in flags or ("restrict" in flags and name not in flags):
+            out[f"no-{permission}"] = True
+    return out
+
+
+class _OpenSSHKeys(asyncssh.SSHAuthorizedKeys):
+    """asyncssh's authorized keys, answering a match with the options OpenSSH would apply."""
+
+    def validate(self, *args: Any, **kwargs: Any) -> dict[str, object] | None:
+        options = super().validate(*args, **kwargs)
+        return None if options is None else effective_options(options)
+
+    def validate_x509(self, *args: Any, **kwargs: Any) -> tuple[dict[str, object] | None, Any]:
+        options, cert = super().validate_x509(*args, **kwargs)
+        return (None if options is None else effective_options(options)), cert
 
 
 def parse_authorized_keys(
@@ -47,7 +83,7 @@ def parse_authorized_keys(
             _warn_once(source, lineno, reason)
             continue
         good.append(line)
-    return asyncssh.import_authorized_keys("\n".join(good)) if good else None
+    return _OpenSSHKeys("\n".join(good)) if good else None
 
 
 def load_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys | None:

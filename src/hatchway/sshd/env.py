@@ -11,7 +11,8 @@ same whether port 22 is OpenSSH or us. Layers, later ones win:
    accepted (like OpenSSH's ``AcceptEnv``), so a client cannot inject ``LD_PRELOAD``;
 3. what sshd itself always sets: USER, LOGNAME, HOME, SHELL, PATH, MAIL, SSH_CLIENT,
    SSH_CONNECTION and, with a PTY only, SSH_TTY and TERM (not an empty one: a client whose own
-   TERM is unset sends "", and sshd then sets none); then what this session forwards
+   TERM is unset sends "", and sshd then sets none), SSH_ORIGINAL_COMMAND when a key's
+   ``command="..."`` replaced the client's; then what this session forwards
    (DISPLAY for ``ssh -X``, SSH_AUTH_SOCK for ``ssh -A``), only in the session that asked;
 4. ``environment="..."`` options of the authorized_keys line that authenticated;
 5. ``~/.ssh/environment`` (the user may override anything, as with OpenSSH).
@@ -124,6 +125,7 @@ def build_session_env(
     key_env: Mapping[str, str] | None = None,
     user_environment: str | None = None,
     forwarded_env: Mapping[str, str] | None = None,
+    original_command: str | None = None,
 ) -> dict[str, str]:
     """Compute a session's environment; see the module docstring for the layering.
 
@@ -154,6 +156,8 @@ def build_session_env(
         env["SSH_TTY"] = tty_path
     if term:
         env["TERM"] = term
+    if original_command is not None:
+        env["SSH_ORIGINAL_COMMAND"] = original_command
     # A session without -A must not get someone else's agent socket (DISPLAY may legitimately
     # come from the image, e.g. a virtual desktop).
     env.pop("SSH_AUTH_SOCK", None)

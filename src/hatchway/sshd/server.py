@@ -381,6 +381,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
             server_addr=state.server_addr,
             label=state.label,
             key_env=key_env,
+            key_permits=lambda permission: (
+                conn.check_key_permission(permission) and conn.check_certificate_permission(permission)
+            ),
             child_started=server._child_started,
             child_exited=server._child_exited,
             track_task=state.track,

@@ -97,6 +97,9 @@ class SessionContext:
     server_addr: tuple[str, int] | None
     label: str
     key_env: Callable[[], Mapping[str, str]] = dict
+    # Whether the authenticating key's authorized_keys line (or certificate) allows a permission
+    # such as "agent-forwarding" (see hatchway.sshd.authkeys).
+    key_permits: Callable[[str], bool] = lambda permission: True
     child_started: Callable[[Child], None] = lambda child: None
     child_exited: Callable[[Child], None] = lambda child: None
     track_task: Callable[[asyncio.Task[None]], None] = lambda task: None
@@ -179,7 +182,15 @@ class SessionChannel(asyncssh.SSHServerChannel):  # type: ignore[type-arg]
         shell's argv unchanged (os.fsencode restores them)."""
         command = packet.get_string().decode("utf-8", "surrogateescape")
         packet.check_end()
+        if self.owner is not None and self._command_forced():
+            self.owner.original_command = command  # SSH_ORIGINAL_COMMAND, as sshd sets it
         return bool(self._start_session(command=command))
+
+    def _command_forced(self) -> bool:
+        """Whether a ``command="..."`` key option (or a certificate's force-command) replaces
+        the client's command: the rule asyncssh's ``_start_session`` applies."""
+        conn = self._conn
+        return conn.get_certificate_option("force-command") is not None or conn.get_key_option("command") is not None
 
     def _process_eow_at_openssh_dot_com_request(self, packet: Any) -> bool:
         """The client can no longer write what it receives (``ssh host cmd | head -1``, once
@@ -231,6 +242,7 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._term_size: tuple[int, int, int, int] = (80, 24, 0, 0)
         self._term_modes: dict[int, int] = {}
         self._command: str | None = None
+        self.original_command: str | None = None  # the client's, when a key forces another
         self._task: asyncio.Task[None] | None = None
         self._spawned: SpawnedSession | None = None
         self._master: int | None = None
@@ -355,6 +367,9 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         if not ctx.config.allow_agent_forwarding:
             log.info("%s: agent forwarding refused (disabled)", ctx.label)
             return False
+        if not ctx.key_permits("agent-forwarding"):
+            log.info("%s: agent forwarding refused by the key's authorized_keys options", ctx.label)
+            return False
         if self._agent is not None:
             return True
         agent = AgentForward(
@@ -375,6 +390,9 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         ctx = self._ctx
         if not ctx.config.allow_x11_forwarding:
             log.info("%s: X11 forwarding refused (disabled)", ctx.label)
+            return False
+        if not ctx.key_permits("X11-forwarding"):
+            log.info("%s: X11 forwarding refused by the key's authorized_keys options", ctx.label)
             return False
         if self._x11 is not None:
             return False  # OpenSSH: "X11 forwarding already active"
@@ -527,6 +545,7 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
                 term=self._term,
                 tty_path=tty_path,
                 key_env=ctx.key_env(),
+                original_command=self.original_command,
                 user_environment=files.environment,
                 forwarded_env=forwarded,
             )
