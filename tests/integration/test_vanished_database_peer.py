@@ -93,8 +93,8 @@ async def test_a_pooled_connection_whose_peer_vanished_ends_on_both_sides_within
                 await until(backend_ended, keepalive.DEAD_PEER_S + 10 - (time.monotonic() - lost_at),
                             "PostgreSQL ended the backend of the vanished client")
                 ended_s = time.monotonic() - lost_at
-            assert keepalive.DEAD_PEER_S - 2 <= noticed_s <= keepalive.DEAD_PEER_S + 5, noticed_s
-            assert keepalive.DEAD_PEER_S - 2 <= ended_s <= keepalive.DEAD_PEER_S + 5, ended_s
+            assert keepalive.DEAD_PEER_S - 5 <= noticed_s <= keepalive.DEAD_PEER_S + 10, noticed_s
+            assert keepalive.DEAD_PEER_S - 5 <= ended_s <= keepalive.DEAD_PEER_S + 10, ended_s
     finally:
         await watcher.close()
         await engine.dispose()
