@@ -94,6 +94,24 @@ def _put_in_place(new_path: Path, current_path: Path) -> None:
     _fsync_dir(current_path.parent)
 
 
+@dataclass(frozen=True)
+class _SecretFiles:
+    """The data dir's secret and the two files a rotation keeps beside it until it is done."""
+
+    current: Path
+    new: Path
+    old: Path
+
+    @classmethod
+    def of(cls, data_dir: Path) -> _SecretFiles:
+        return cls(data_dir / SECRET_FILE, data_dir / (SECRET_FILE + NEW_SUFFIX), data_dir / (SECRET_FILE + OLD_SUFFIX))
+
+    def finish(self) -> None:
+        """After the commit: the new secret in place, then the old one's backup gone."""
+        _put_in_place(self.new, self.current)
+        self.old.unlink(missing_ok=True)
+
+
 def _key_context(user: User) -> str:
     return f"user-key:{user.id}"  # as hatchway.server.api.users seals them
 
@@ -108,9 +126,8 @@ def _opens_all(box: SecretBox, users: list[User]) -> bool:
 
 
 async def rotate_secret(data_dir: Path, db_url: str, new_secret: bytes | None = None) -> RotationResult:
-    current_path = data_dir / SECRET_FILE
-    new_path = data_dir / (SECRET_FILE + NEW_SUFFIX)
-    old_path = data_dir / (SECRET_FILE + OLD_SUFFIX)
+    files = _SecretFiles.of(data_dir)
+    current_path, new_path, old_path = files.current, files.new, files.old
     if not current_path.exists():
         raise RotationError(f"no deployment secret at {current_path}: is --data-dir the server's data directory?")
     current = _read_secret(current_path)
@@ -124,8 +141,7 @@ async def rotate_secret(data_dir: Path, db_url: str, new_secret: bytes | None = 
                 pending = _read_secret(new_path)
                 if users and _opens_all(SecretBox(pending), users):
                     # An earlier run committed the re-sealed keys and stopped before the rename.
-                    _put_in_place(new_path, current_path)
-                    old_path.unlink(missing_ok=True)
+                    files.finish()
                     return RotationResult(0, finished_earlier_run=True)
                 new_path.unlink()  # it never reached the database: start again
             old_box = SecretBox(current)
@@ -148,8 +164,7 @@ async def rotate_secret(data_dir: Path, db_url: str, new_secret: bytes | None = 
             await db.commit()
     finally:
         await engine.dispose()
-    _put_in_place(new_path, current_path)
-    old_path.unlink(missing_ok=True)
+    files.finish()
     return RotationResult(len(users))
 
 
@@ -186,9 +201,8 @@ async def replace_lost_secret(
     :func:`rotate_secret`, it runs in one transaction between the ``.old``/``.new`` files, and a
     run cut short after its commit is finished by running it again (plain ``rotate-secret``
     finishes it too)."""
-    current_path = data_dir / SECRET_FILE
-    new_path = data_dir / (SECRET_FILE + NEW_SUFFIX)
-    old_path = data_dir / (SECRET_FILE + OLD_SUFFIX)
+    files = _SecretFiles.of(data_dir)
+    current_path, new_path, old_path = files.current, files.new, files.old
     current = _read_secret(current_path) if current_path.exists() else None
     engine = create_engine(db_url)
     try:
@@ -200,8 +214,7 @@ async def replace_lost_secret(
                 pending = secret_record.check_value(_read_secret(new_path))
                 if recorded is not None and hmac.compare_digest(recorded, pending):
                     # An earlier run committed the new keys and secret's check, and stopped before the rename.
-                    _put_in_place(new_path, current_path)
-                    old_path.unlink(missing_ok=True)
+                    files.finish()
                     return RotationResult(0, finished_earlier_run=True)
                 new_path.unlink()  # it never reached the database: start again
             users = list((await db.execute(select(User).order_by(User.id))).scalars())
@@ -238,6 +251,5 @@ async def replace_lost_secret(
             await db.commit()
     finally:
         await engine.dispose()
-    _put_in_place(new_path, current_path)
-    old_path.unlink(missing_ok=True)
+    files.finish()
     return RotationResult(0, keys_replaced=len(users))
