@@ -104,6 +104,44 @@ def test_restrict_turns_every_permission_off_except_those_named_again() -> None:
     assert keys.validate(k3.convert_to_public(), "", "127.0.0.1") == {"no-x11-forwarding": True, "no-X11-forwarding": True}
 
 
+def test_option_names_are_read_in_any_case_as_sshd_reads_them() -> None:
+    """sshd matches every option name case-insensitively; asyncssh only lower-case value
+    options, and kept ``FROM="..."`` or ``Command="..."`` as unknown names: such a key was
+    accepted from anywhere, or ran any command, where sshd holds it to its options."""
+    k1, l1 = _pub()
+    k2, l2 = _pub()
+    keys = parse_authorized_keys(f'FROM="10.9.9.9" {l1}\nRestrict,Command="rrsync -ro /b",PermitOpen="127.0.0.1:80" {l2}\n')
+    assert keys is not None
+    assert keys.validate(k1.convert_to_public(), "", "192.0.2.7") is None
+    assert list(keys.validate(k1.convert_to_public(), "", "10.9.9.9") or {}) == ["from"]
+    assert keys.validate(k2.convert_to_public(), "", "192.0.2.7") == {
+        "restrict": True, "command": "rrsync -ro /b", "permitopen": {("127.0.0.1", 80)},
+        "no-port-forwarding": True, "no-agent-forwarding": True, "no-X11-forwarding": True, "no-pty": True,
+    }
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    ("no-ptty", 'unknown option "no-ptty" (sshd refuses the key too)'),
+    ('restrict="yes"', 'option "restrict" takes no value (sshd refuses the key too)'),
+    ("command", 'option "command" needs a value, as in command="..." (sshd refuses the key too)'),
+    ("pty,,no-pty", 'unknown option "" (sshd refuses the key too)'),
+    ('expiry-time="20300101"', 'option "expiry-time" cannot be checked by the built-in server, so the key is not used'),
+    ("verify-required", 'option "verify-required" cannot be checked by the built-in server, so the key is not used'),
+])
+def test_a_line_with_an_option_sshd_would_refuse_is_not_used(
+    options: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sshd refuses a key whose options it cannot read (a typo such as ``no-ptty`` included);
+    asyncssh kept such a key and ignored the option, so the key had every permission. Options
+    the built-in server cannot hold a key to (an expiry, user verification) refuse it too."""
+    k1, l1 = _pub()
+    with caplog.at_level(logging.WARNING, logger="hatchway.sshd"):
+        assert parse_authorized_keys(f"{options} {l1}\n", source=f"test-{options}") is None
+    assert caplog.messages == [
+        f"test-{options} line 1 ignored: {reason}; correct or remove the option"
+    ]
+
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\r"])
 def test_a_restricted_keys_comment_is_never_a_key_of_its_own(separator: str) -> None:
     """Lines end at LF only, as OpenSSH reads them: what follows a Unicode line separator in a

@@ -9,6 +9,9 @@ A line's options mean what they mean to OpenSSH (see :func:`effective_options`):
 added as ``restrict,command="rrsync -ro /backup"`` must not open a terminal or a tunnel here
 either. asyncssh enforces ``no-pty`` and ``no-port-forwarding`` itself (the server checks the
 agent and X11 permissions, which it handles per session), but does not know ``restrict``.
+Nor does it read option names in any case as sshd does (``FROM="..."`` is sshd's ``from``), and
+it keeps a key whose options sshd would refuse (``no-ptty``) with the option ignored: so each
+line's options are first read as sshd reads them (see :func:`as_sshd_reads`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,85 @@ log = logging.getLogger("hatchway.sshd")
 
 #: What ``restrict`` turns off that this server offers; an option of the same name turns each back on.
 RESTRICTABLE = ("port-forwarding", "agent-forwarding", "X11-forwarding", "pty")
+
+
+#: sshd(8)'s key options (AUTHORIZED_KEYS FILE FORMAT) by lower-case name: True for a flag,
+#: False for one that takes a value. sshd refuses a key whose line has any other.
+SSHD_OPTIONS = {
+    **dict.fromkeys((
+        "agent-forwarding", "cert-authority", "no-agent-forwarding", "no-port-forwarding", "no-pty", "no-touch-required",
+        "no-user-rc", "no-x11-forwarding", "port-forwarding", "pty", "restrict", "user-rc", "verify-required",
+        "x11-forwarding",
+    ), True),
+    **dict.fromkeys(
+        ("command", "environment", "expiry-time", "from", "permitlisten", "permitopen", "principals", "tunnel"), False
+    ),
+}
+#: Options that, under sshd, refuse the key at times this server cannot tell (past an expiry,
+#: without the security key's user verification): a key with one is not used rather than let in then.
+UNCHECKED = ("expiry-time", "verify-required")
+
+
+def _split_options(line: str) -> list[str]:
+    """The comma-separated options that start ``line``, as asyncssh splits them: a blank or a
+    comma outside double quotes ends one, and a backslash escapes the character after it."""
+    options: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in line:
+        if not (quoted or escaped) and ch in " \t,":
+            options.append("".join(current))
+            current = []
+            if ch != ",":
+                return options
+            continue
+        current.append(ch)
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+    return [*options, "".join(current)]
+
+
+def _is_bare_key(line: str) -> bool:
+    """Whether ``line`` is a key or certificate with no options before it (as sshd, and
+    asyncssh, try it first)."""
+    for read in (asyncssh.import_public_key, asyncssh.import_certificate):
+        try:
+            read(line)
+            return True
+        except (asyncssh.KeyImportError, ValueError):
+            pass
+    return False
+
+
+def as_sshd_reads(line: str) -> str:
+    """``line`` (an authorized_keys line) with its option names in lower case, the only case
+    asyncssh knows; ValueError, saying why and what to do, for a line sshd would refuse for its
+    options or whose options this server cannot check (:data:`UNCHECKED`)."""
+    if _is_bare_key(line):
+        return line  # no options: the line starts with the key's type
+    options = _split_options(line)
+    written = []
+    for option in options:
+        name, eq, value = option.partition("=")
+        name = name.lower()
+        flag = SSHD_OPTIONS.get(name)
+        if flag is None:
+            problem = f'unknown option "{name}" (sshd refuses the key too)'
+        elif flag and eq:
+            problem = f'option "{name}" takes no value (sshd refuses the key too)'
+        elif not flag and not eq:
+            problem = f'option "{name}" needs a value, as in {name}="..." (sshd refuses the key too)'
+        elif name in UNCHECKED:
+            problem = f'option "{name}" cannot be checked by the built-in server, so the key is not used'
+        else:
+            written.append(name + eq + value)
+            continue
+        raise ValueError(f"{problem}; correct or remove the option")
+    return ",".join(written) + line[len(",".join(options)):]
 
 
 def effective_options(options: Mapping[str, object]) -> dict[str, object]:
@@ -75,6 +157,7 @@ def parse_authorized_keys(
             _warn_once(source, lineno, "a line separator other than a newline inside the line")
             continue
         try:
+            line = as_sshd_reads(line)
             asyncssh.import_authorized_keys(line)  # raises for an unusable line
         except (ValueError, asyncssh.KeyImportError) as exc:
             reason = (
