@@ -449,6 +449,21 @@ def test_unknown_subsystem_refused_and_sftp_exits_zero(env: Env, srv: ServerThre
     assert (r.returncode, r.stdout) == (0, b"")
 
 
+def test_a_forced_command_runs_for_sftp_with_its_program_in_ssh_original_command(
+    env: Env, srv: ServerThread, restore_authorized_keys: None
+) -> None:
+    """sshd runs a key's forced command for a subsystem it serves, with the subsystem's program
+    in SSH_ORIGINAL_COMMAND (``internal-sftp`` for a built-in sftp, as this one is): what a
+    wrapper checks before it lets sftp through. Any other subsystem stays refused. The forced
+    command ran for any subsystem name, with no SSH_ORIGINAL_COMMAND."""
+    env.authorized_keys.write_text(f'command="echo forced: [$SSH_ORIGINAL_COMMAND]" {env.pub(env.key_b)}')
+    r = env.ssh(srv, "-s", "sftp", key=env.key_b)
+    assert (r.returncode, r.stdout) == (0, b"forced: [internal-sftp]\n"), r.stderr
+    r = env.ssh(srv, "-s", "no-such-subsystem", key=env.key_b)
+    assert (r.returncode, r.stdout) == (255, b""), r.stderr
+    assert b"subsystem request failed" in r.stderr
+
+
 def test_the_connection_line_tells_a_refused_key_from_a_client_gone_before_authenticating(
     env: Env, srv: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:

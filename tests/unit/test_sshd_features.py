@@ -370,7 +370,7 @@ def test_asyncssh_internals_we_use() -> None:
 
     assert callable(run_sftp_server) and SSHServerStreamSession
     for name in ("_process_auth_agent_req_at_openssh_dot_com_request", "_process_x11_req_request",
-                 "_process_exec_request", "_start_session", "_report_response"):
+                 "_process_exec_request", "_process_subsystem_request", "_start_session", "_report_response"):
         assert hasattr(SSHServerChannel, name), name
     for name in ("create_agent_channel", "create_x11_connection", "create_connection", "create_unix_connection",
                  "create_server_channel", "_report_global_response", "_process_global_request"):
@@ -381,6 +381,7 @@ def test_asyncssh_internals_we_use() -> None:
     assert not set(vars(SessionChannel)) - {"owner", "_defer", "_command_forced", "__module__", "__doc__", "__annotations__",
                                             "_process_auth_agent_req_at_openssh_dot_com_request",
                                             "_process_x11_req_request", "_process_exec_request",
+                                            "_process_subsystem_request",
                                             "_process_eow_at_openssh_dot_com_request",
                                             "__parameters__", "__orig_bases__"}
     # A request asyncssh does not handle reaches a method named after it (eow@openssh.com).

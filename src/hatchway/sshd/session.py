@@ -69,6 +69,8 @@ STDIN_LOW_WATER = 64 * 1024
 # output came for this long (background jobs that keep the terminal open would hang us forever).
 PTY_LINGER = 0.5
 MOTD_MAX = 64 * 1024  # a runaway /etc/motd is cut, not streamed into every login
+#: SSH_ORIGINAL_COMMAND of an sftp session under a forced command: sshd's, with its sftp built in.
+INTERNAL_SFTP = "internal-sftp"
 
 
 class ConnectionServices:
@@ -186,6 +188,20 @@ class SessionChannel(asyncssh.SSHServerChannel):  # type: ignore[type-arg]
             self.owner.original_command = command  # SSH_ORIGINAL_COMMAND, as sshd sets it
         return bool(self._start_session(command=command))
 
+    def _process_subsystem_request(self, packet: Any) -> bool:
+        """Under a forced command, sshd runs it for a subsystem it serves, with the subsystem's
+        program in SSH_ORIGINAL_COMMAND (``internal-sftp`` for a built-in sftp, as ours is: what
+        a wrapper checks before it lets sftp through), and refuses any other subsystem; asyncssh
+        would run the forced command for any name, with no SSH_ORIGINAL_COMMAND."""
+        if self.owner is None or not self._command_forced():
+            return bool(super()._process_subsystem_request(packet))
+        subsystem = packet.get_string().decode("utf-8", "replace")
+        packet.check_end()
+        if not self.owner.serves(subsystem):
+            return False
+        self.owner.original_command = INTERNAL_SFTP
+        return bool(self._start_session(subsystem=subsystem))
+
     def _command_forced(self) -> bool:
         """Whether a ``command="..."`` key option (or a certificate's force-command) replaces
         the client's command: the rule asyncssh's ``_start_session`` applies."""
@@ -297,8 +313,12 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._command = command
         return True
 
+    def serves(self, subsystem: str) -> bool:
+        """Whether this server has ``subsystem``: only sftp, when it has a pool for its file I/O."""
+        return subsystem == "sftp" and self._ctx.io_executor is not None
+
     def subsystem_requested(self, subsystem: str) -> bool:
-        if subsystem == "sftp" and self._ctx.io_executor is not None:
+        if self.serves(subsystem):
             self._subsystem = subsystem
             return True
         log.debug("%s: subsystem %r refused (only sftp exists)", self._ctx.label, subsystem)
