@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import hashlib
 import json
 import os
@@ -345,7 +346,23 @@ def test_1_login_shell_with_pty(world: World) -> None:
     assert r.returncode == 3, r.stderr
     lines = r.stdout.replace(b"\r\n", b"\n").decode()
     assert f"ARGV0=-bash\nCWD={world.home}\nLOGIN=yes\n" in lines
-    assert re.search(r"^/dev/pts/\d+\n24 80\n", lines, re.MULTILINE), lines
+    # ssh's stdin is no terminal here, so it asks for a 0x0 one: sshd keeps that size
+    assert re.search(r"^/dev/pts/\d+\n0 0\n", lines, re.MULTILINE), lines
+
+
+def test_1_the_terminal_is_sized_owned_and_writable_as_under_sshd(world: World) -> None:
+    """What ``ssh -tt`` without a terminal of its own asks for (0 columns, 0 rows) stays 0x0, as
+    under sshd, instead of becoming 80x24; and the terminal device is the user's with group
+    ``tty`` and mode 0620 (what ``write`` and ``mesg`` rely on), or 0600 and the user's group where no ``tty``
+    group exists, as sshd's pty_setowner makes it, whatever devpts' own default is."""
+    try:
+        group, mode = "tty", "620"
+        grp.getgrnam(group)
+    except KeyError:
+        group, mode = grp.getgrgid(os.getgid()).gr_name, "600"
+    r = world.ssh("-tt", "hatchway.dev", 'stty size; stat -c "%a %U %G" "$(tty)"')
+    user = world.bob.ok("workspaces", "show", "dev", "--json").json()["os_user"]
+    assert (r.returncode, r.stdout) == (0, f"0 0\r\n{mode} {user} {group}\r\n".encode()), r.stderr
 
 
 def test_1_exec_with_and_without_pty(world: World) -> None:

@@ -56,6 +56,7 @@ from hatchway.sshd.process import (
     is_eio,
     spawn,
 )
+from hatchway.sshd.ptyowner import set_pty_owner
 from hatchway.sshd.sftp import SFTP_VERSION, HatchwaySFTPServer
 from hatchway.sshd.ttymodes import apply_tty_modes
 from hatchway.sshd.x11 import X11Forward, find_xauth, valid_auth
@@ -555,6 +556,7 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             if self._term is not None:
                 self._master, slave = os.openpty()
                 tty_path = self._setup_pty(slave)
+                await asyncio.to_thread(set_pty_owner, tty_path)
             env = build_session_env(
                 base_env=ctx.base_env,
                 identity=ident,
@@ -656,7 +658,8 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             log.debug("%s: cannot apply terminal modes: %s", self._ctx.label, exc)
         width, height, pixwidth, pixheight = self._term_size
         assert self._master is not None
-        _set_winsize(self._master, width or 80, height or 24, pixwidth, pixheight)
+        # As given, 0x0 too (what `ssh -tt` sends without a terminal of its own), as sshd does.
+        _set_winsize(self._master, width, height, pixwidth, pixheight)
         return os.ttyname(slave)
 
     def _start_pumps(self, spawned: SpawnedSession) -> None:
