@@ -730,6 +730,36 @@ def test_3_scp_sftp_mode_1gib_and_legacy_mode(world: World) -> None:
         path.unlink()
 
 
+def test_3_tilde_paths_expand_like_sftp_server(world: World) -> None:
+    """``scp f host:~user/x`` (scp speaks SFTP by default) asks the server to expand the path
+    with ``expand-path@openssh.com``, which OpenSSH's sftp-server offers: the built-in server
+    lacked it and scp failed with "server expand-path extension is required". The workspace
+    user's own ``~user`` is the home directory; another name is refused in sftp-server's words."""
+    user = world.bob.ok("workspaces", "show", "dev", "--json").json()["os_user"]
+    local = world.tmp / "tilde.txt"
+    local.write_bytes(b"tilde\n")
+    (world.home / "tilde-dir").mkdir()
+    try:
+        r = world.run(world.argv(str(local), f"hatchway.dev:~{user}/tilde-dir/up.txt", tool="scp"))
+        assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+        assert (world.home / "tilde-dir" / "up.txt").read_bytes() == b"tilde\n"
+        r = world.run(world.argv(f"hatchway.dev:~{user}/tilde-dir/up.txt", str(world.tmp / "down.txt"), tool="scp"))
+        assert (r.returncode, r.stderr) == (0, b"") and (world.tmp / "down.txt").read_bytes() == b"tilde\n"
+        other = "nobody" if user != "nobody" else "daemon"
+        r = world.run(world.argv(str(local), f"hatchway.dev:~{other}/x", tool="scp"))
+        assert (r.returncode, r.stdout) == (255, b""), r.stderr
+        assert r.stderr.decode().splitlines() == [f"scp: expand ~{other}/x: no such user"]
+        # sftp itself sees the extension announced, as sftp-server announces it
+        (world.tmp / "tilde-batch").write_text("pwd\n")
+        r = world.run(world.argv("-vv", "-b", str(world.tmp / "tilde-batch"), "hatchway.dev", tool="sftp"))
+        assert r.returncode == 0, r.stderr
+        assert b'debug2: Server supports extension "expand-path@openssh.com" revision 1\r\n' in r.stderr
+    finally:
+        shutil.rmtree(world.home / "tilde-dir")
+        for name in ("tilde.txt", "down.txt", "tilde-batch"):
+            (world.tmp / name).unlink(missing_ok=True)
+
+
 def _tree(root: Path) -> dict[str, tuple[str, int, str]]:
     """Every entry under root: (kind, mode, content or link target)."""
     out = {}

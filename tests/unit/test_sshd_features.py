@@ -29,6 +29,7 @@ from hatchway.sshd.sftp import (
     _realpath,
     _rename,
     _setstat,
+    expand_path,
     open_flags,
 )
 from hatchway.sshd.x11 import valid_auth, xauth_commands
@@ -236,11 +237,17 @@ def test_sftp_server_paths_relative_to_home_and_io_off_the_loop(tmp_path: Path) 
         import threading
 
         loop_thread.append(threading.get_ident())
-        server = HatchwaySFTPServer(_FakeChan(), home=home, executor=pool)
+        server = HatchwaySFTPServer(_FakeChan(), user="dev", home=home, executor=pool)
         assert server.map_path(b"") == bytes(home)
         assert server.map_path(b"a/b") == bytes(home / "a" / "b")
         assert server.map_path(b"/etc") == b"/etc"
         assert await server.realpath(b".") == bytes(home)
+        (home / "sub").mkdir()
+        assert await server.expand_path(b"~dev/sub/../new") == bytes(home / "new")
+        with pytest.raises(asyncssh.SFTPNoSuchFile, match="^no such user$"):
+            await server.expand_path(b"~root/x")
+        with pytest.raises(FileNotFoundError):
+            await server.expand_path(b"~/missing/x")  # only the last part may be missing
         from asyncssh.sftp import FXF_CREAT, FXF_READ, FXF_WRITE
 
         f = await server.open(b"file", FXF_READ | FXF_WRITE | FXF_CREAT, asyncssh.SFTPAttrs(permissions=0o600))
@@ -250,7 +257,7 @@ def test_sftp_server_paths_relative_to_home_and_io_off_the_loop(tmp_path: Path) 
         assert (attrs.size, stat.S_IMODE(attrs.permissions or 0)) == (11, 0o600)
         await server.close(f)
         names = [n.filename async for n in server.scandir(b".")]
-        assert sorted(names) == [b".", b"..", b"file"]
+        assert sorted(names) == [b".", b"..", b"file", b"sub"]
         longnames = [n.longname async for n in server.scandir(b".")]
         assert any(ln.endswith(b" file") and ln.startswith(b"-rw-------") for ln in longnames)
         await server.symlink(b"file", b"link")
@@ -274,6 +281,27 @@ def test_sftp_server_paths_relative_to_home_and_io_off_the_loop(tmp_path: Path) 
         os.pread = real_pread  # type: ignore[assignment]
         pool.shutdown()
     assert io_threads and loop_thread[0] not in io_threads
+
+
+@pytest.mark.parametrize(("path", "expanded"), [
+    (b"", b"/home/dev"),  # sftp-server's "." in the home directory
+    (b"~", b"/home/dev"),
+    (b"~/", b"/home/dev/"),
+    (b"~//x/y", b"/home/dev/x/y"),
+    (b"~dev", b"/home/dev/"),  # tilde_expand adds the slash; realpath takes it away again
+    (b"~dev/", b"/home/dev/"),
+    (b"~dev/x", b"/home/dev/x"),
+    (b"~dev//x", b"/home/dev/x"),
+    (b"x/y", b"/home/dev/x/y"),
+    (b"/etc/~dev", b"/etc/~dev"),
+    (b"./~dev", b"/home/dev/./~dev"),
+    (b"~root", None),  # another user: "no such user", as sftp-server says of an unknown one
+    (b"~root/x", None),
+    (b"~devx/x", None),
+    (b"~de", None),
+])
+def test_expand_path_like_sftp_server(path: bytes, expanded: bytes | None) -> None:
+    assert expand_path(path, b"dev", b"/home/dev") == expanded
 
 
 # ---- forwarding sockets -------------------------------------------------------------------------

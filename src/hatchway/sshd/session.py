@@ -57,7 +57,7 @@ from hatchway.sshd.process import (
     spawn,
 )
 from hatchway.sshd.ptyowner import set_pty_owner
-from hatchway.sshd.sftp import SFTP_VERSION, HatchwaySFTPServer
+from hatchway.sshd.sftp import HatchwaySFTPServer, run_sftp
 from hatchway.sshd.ttymodes import apply_tty_modes
 from hatchway.sshd.x11 import X11Forward, find_xauth, valid_auth
 
@@ -339,7 +339,8 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             if self._hold.held:
                 self._sftp_stream.pause_writing()
             self._sftp_server = HatchwaySFTPServer(
-                self._chan, home=self._ctx.identity.home, executor=self._ctx.io_executor
+                self._chan, user=self._ctx.identity.user, home=self._ctx.identity.home,
+                executor=self._ctx.io_executor,
             )
             self._task = self._loop.create_task(
                 self._run_sftp(), name=f"hatchway-sshd-sftp {self._ctx.label}"
@@ -882,16 +883,12 @@ class HatchwaySession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     async def _run_sftp(self) -> None:
         """Serve SFTP on this channel until the client closes it (asyncssh speaks the protocol)."""
-        from asyncssh.sftp import run_sftp_server
-
         ctx = self._ctx
         chan, stream, server = self._chan, self._sftp_stream, self._sftp_server
         assert chan is not None and stream is not None and server is not None
         try:
             log.debug("%s: sftp session", ctx.label)
-            await run_sftp_server(
-                server, asyncssh.SSHReader(stream, chan), _ExitingWriter(stream, chan), SFTP_VERSION
-            )
+            await run_sftp(server, asyncssh.SSHReader(stream, chan), _ExitingWriter(stream, chan))
         except asyncio.CancelledError:
             raise
         except (asyncio.IncompleteReadError, EOFError):

@@ -2,7 +2,9 @@
 
 asyncssh implements the SFTP protocol (``SFTPServerHandler``: packets, handles, extensions such
 as ``statvfs@openssh.com``, ``posix-rename@openssh.com``, ``hardlink@openssh.com``,
-``fsync@openssh.com`` and ``limits@openssh.com``); this class supplies the file system side. Its
+``fsync@openssh.com`` and ``limits@openssh.com``); :class:`HatchwaySFTPHandler` adds
+``expand-path@openssh.com`` (what ``scp`` in its default SFTP mode needs for ``host:~user/x``),
+and :class:`HatchwaySFTPServer` supplies the file system side. Its
 default implementation calls ``os`` functions directly, which would block the event loop that
 also carries every other session of the agent. Here every method is a coroutine and every
 system call that touches the file system runs on a small bounded thread pool owned by the
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
+from asyncssh.packet import SSHPacket
 from asyncssh.sftp import (
     FXF_APPEND,
     FXF_CREAT,
@@ -34,6 +37,8 @@ from asyncssh.sftp import (
     FXF_READ,
     FXF_TRUNC,
     FXF_WRITE,
+    FXP_NAME,
+    SFTPServerHandler,
 )
 
 log = logging.getLogger("hatchway.sshd")
@@ -78,6 +83,22 @@ def open_flags(pflags: int) -> int:
     if pflags & FXF_EXCL:
         flags |= os.O_EXCL
     return flags | os.O_CLOEXEC | os.O_NOCTTY
+
+
+def expand_path(path: bytes, user: bytes, home: bytes) -> bytes | None:
+    """``expand-path@openssh.com``'s path before it is made canonical, as sftp-server expands
+    it: ``~``, ``~/x``, ``~USER`` and ``~USER/x`` for the workspace's own user name are in the
+    home directory (where a session starts, so relative paths are too); None for any other
+    ``~name``: this server serves one user, and answers like sftp-server for an unknown one."""
+    if not path:
+        return home
+    if not path.startswith(b"~"):
+        return posixpath.join(home, path)  # an absolute path stays as it is
+    name, slash, rest = path[1:].partition(b"/")
+    if name not in (b"", user):
+        return None
+    rest = rest.lstrip(b"/")
+    return home if not slash and not name else posixpath.join(home, rest) if rest else home + b"/"
 
 
 # ---- the blocking parts (run on the pool) -----------------------------------------------------
@@ -170,11 +191,38 @@ def _close_all(fds: list[int]) -> None:
             os.close(fd)
 
 
+class HatchwaySFTPHandler(SFTPServerHandler):
+    """asyncssh's SFTP protocol handler plus ``expand-path@openssh.com``, which OpenSSH's
+    sftp-server offers and its ``scp`` requires for ``~user`` paths."""
+
+    _extensions = [*SFTPServerHandler._extensions, (b"expand-path@openssh.com", b"1")]
+    _return_types = {**SFTPServerHandler._return_types, b"expand-path@openssh.com": FXP_NAME}
+
+    async def _process_expand_path(self, packet: SSHPacket) -> tuple[list[asyncssh.SFTPName], bool]:
+        path = packet.get_string()
+        packet.check_end()
+        server = self._server
+        assert isinstance(server, HatchwaySFTPServer)
+        resolved = await server.expand_path(path)
+        # sftp-server names it twice (file name and long name) and sends no attributes
+        return [asyncssh.SFTPName(resolved, resolved)], False
+
+    _packet_handlers = {**SFTPServerHandler._packet_handlers, b"expand-path@openssh.com": _process_expand_path}
+
+
+async def run_sftp(server: HatchwaySFTPServer, reader: asyncssh.SSHReader[bytes],
+                   writer: asyncssh.SSHWriter[bytes]) -> None:
+    """Serve SFTP on a session's streams until the client ends it (what asyncssh's
+    ``run_sftp_server`` does, with our handler)."""
+    await HatchwaySFTPHandler(server, reader, writer, SFTP_VERSION).run()
+
+
 class HatchwaySFTPServer(asyncssh.SFTPServer):
     """File system operations for one SFTP session, all off the event loop."""
 
-    def __init__(self, chan: Any, *, home: Path, executor: concurrent.futures.Executor) -> None:
+    def __init__(self, chan: Any, *, user: str, home: Path, executor: concurrent.futures.Executor) -> None:
         super().__init__(chan)
+        self._user = os.fsencode(user)
         self._home = os.fsencode(str(home))
         self._executor = executor
         self._files: set[OpenFile] = set()
@@ -299,6 +347,13 @@ class HatchwaySFTPServer(asyncssh.SFTPServer):
 
     async def realpath(self, path: bytes) -> bytes:
         return await self._io(_realpath, self.map_path(path))
+
+    async def expand_path(self, path: bytes) -> bytes:
+        """``expand-path@openssh.com``: ``~`` expanded (see :func:`expand_path`), then canonical."""
+        expanded = expand_path(path, self._user, self._home)
+        if expanded is None:
+            raise asyncssh.SFTPNoSuchFile("no such user")  # sftp-server's words
+        return await self._io(_realpath, expanded)
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self._io(_rename, self.map_path(oldpath), self.map_path(newpath))
