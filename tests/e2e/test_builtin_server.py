@@ -1022,6 +1022,98 @@ def test_4_a_restricted_key_runs_its_forced_command_and_nothing_else(world: Worl
         assert echo.accepted == 0
 
 
+def remote_forward(world: World, key: Path, spec: str) -> tuple[int, bytes]:
+    """``ssh -R spec`` with ``key`` that must get its forward (ExitOnForwardFailure=yes):
+    (exit status, the one line of ssh's own complaint, if any)."""
+    r = world.ssh("-o", f"IdentityFile={key}", "-o", "ExitOnForwardFailure=yes", "-R", spec, "hatchway.dev",
+                  "echo forwarded")
+    assert r.stdout == (b"forwarded\n" if r.returncode == 0 else b""), r.stderr
+    return r.returncode, r.stderr.strip()
+
+
+def test_4_permitlisten_limits_remote_forwards_as_sshd_does(world: World) -> None:
+    """``permitlisten`` on a key's line limits ``-R`` as sshd(8) describes: the listen host as the
+    client sends it (a bare ``-R PORT`` asks for "localhost", not "127.0.0.1") and the port (port 0
+    only with ``*``); a bare port allows any host. Refused, ``-R`` fails on the client as under
+    sshd. ``restrict`` and ``no-port-forwarding`` still win; ``restrict,port-forwarding`` keeps the
+    limit. The built-in server ignored permitlisten: such a key could listen on any port."""
+    port, other = free_port(), free_port()
+    target = f"127.0.0.1:{free_port()}"
+    refused = (255, f"Error: remote port forwarding failed for listen port {port}".encode())
+    with users_own_key(world, f'permitlisten="127.0.0.1:{port}"') as key:
+        assert remote_forward(world, key, f"127.0.0.1:{port}:{target}") == (0, b"")
+        assert remote_forward(world, key, f"{port}:{target}") == refused  # "localhost"
+        assert remote_forward(world, key, f"127.0.0.1:{other}:{target}")[0] == 255
+        assert remote_forward(world, key, f"127.0.0.1:0:{target}")[0] == 255
+    with users_own_key(world, f'permitlisten="{port}",permitlisten="localhost:{other}"') as key:
+        assert remote_forward(world, key, f"{port}:{target}") == (0, b"")
+        assert remote_forward(world, key, f"127.0.0.1:{port}:{target}") == (0, b"")
+        assert remote_forward(world, key, f"{other}:{target}") == (0, b"")
+        assert remote_forward(world, key, f"127.0.0.1:{other}:{target}")[0] == 255
+    with users_own_key(world, 'permitlisten="localhost:*"') as key:
+        status, said = remote_forward(world, key, f"0:{target}")
+        assert status == 0 and said.startswith(b"Allocated port "), said
+        assert remote_forward(world, key, f"127.0.0.1:{port}:{target}") == refused
+    with users_own_key(world, 'permitlisten="*"') as key:
+        status, said = remote_forward(world, key, f"127.0.0.1:0:{target}")
+        assert status == 0 and said.startswith(b"Allocated port "), said
+    with users_own_key(world, f'restrict,port-forwarding,permitlisten="127.0.0.1:{port}"') as key:
+        assert remote_forward(world, key, f"127.0.0.1:{port}:{target}") == (0, b"")
+        assert remote_forward(world, key, f"{port}:{target}") == refused
+    for options in (f'restrict,permitlisten="127.0.0.1:{port}"', f'no-port-forwarding,permitlisten="{port}"'):
+        with users_own_key(world, options) as key:
+            assert remote_forward(world, key, f"127.0.0.1:{port}:{target}") == refused, options
+    # a value sshd rejects makes the whole line unusable: ssh falls back to the platform key
+    with users_own_key(world, 'command="echo own key",permitlisten="127.0.0.1:0"') as key:
+        r = world.ssh("-o", f"IdentityFile={key}", "hatchway.dev", "echo platform key")
+        assert (r.returncode, r.stdout) == (0, b"platform key\n"), r.stderr
+
+
+def test_4_permitopen_limits_local_dynamic_and_stdio_forwards(world: World) -> None:
+    """``permitopen`` limits ``-L``, ``-D`` and ``-W`` to the named destinations, the host taken
+    literally ("localhost" is not "127.0.0.1"), ``*`` as the port for any port and, as sshd
+    takes it, ``*`` as the host for any host (asyncssh refused every destination then)."""
+    with EchoServer() as echo, EchoServer() as other:
+        def stdio(key: Path, dest: str) -> subprocess.CompletedProcess[bytes]:
+            return world.ssh("-o", f"IdentityFile={key}", "-W", dest, "hatchway.dev", stdin=b"ping")
+
+        with users_own_key(world, f'permitopen="127.0.0.1:{echo.port}"') as key:
+            assert stdio(key, f"127.0.0.1:{echo.port}").stdout == b"ping"
+            for dest in (f"127.0.0.1:{other.port}", f"localhost:{echo.port}"):
+                r = stdio(key, dest)
+                host, _, port_text = dest.rpartition(":")
+                assert (r.returncode, r.stdout) == (255, b""), r.stderr
+                assert (b"open failed: administratively prohibited: Port forwarding not permitted to "
+                        + f"{host} port {port_text}".encode()) in r.stderr
+            # -L and -D: the listener is there, a connection to a destination not permitted fails
+            lport, dport = free_port(), free_port()
+            client = subprocess.Popen(
+                world.argv("-N", "-o", f"IdentityFile={key}", "-L", f"127.0.0.1:{lport}:127.0.0.1:{other.port}",
+                           "-D", f"127.0.0.1:{dport}", "hatchway.dev"),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=world.env(),
+            )
+            try:
+                wait_for(lambda: listening(lport) and listening(dport), 20, what="ssh to listen")
+                with socket.create_connection(("127.0.0.1", lport)) as s:
+                    with contextlib.suppress(ConnectionResetError):  # ssh closes it, maybe unread
+                        assert echo_roundtrip(s, b"not permitted") == b""
+                with socket.create_connection(("127.0.0.1", dport)) as s:
+                    s.settimeout(20)
+                    s.sendall(b"\x05\x01\x00")
+                    assert s.recv(2) == b"\x05\x00"
+                    s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", other.port))
+                    assert s.recv(10)[:2] != b"\x05\x00"
+            finally:
+                client.terminate()
+                client.communicate(timeout=20)
+        with users_own_key(world, f'permitopen="*:{other.port}"') as key:
+            assert stdio(key, f"localhost:{other.port}").stdout == b"ping"
+            assert stdio(key, f"127.0.0.1:{echo.port}").returncode == 255
+        with users_own_key(world, 'permitopen="127.0.0.1:*"') as key:
+            assert stdio(key, f"127.0.0.1:{other.port}").stdout == b"ping"
+        assert (echo.accepted, other.accepted) == (1, 2)
+
+
 # ---- 5. X11 forwarding -------------------------------------------------------------------------
 
 

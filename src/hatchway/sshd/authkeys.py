@@ -8,9 +8,10 @@ mistyped outside the managed block must not lock everybody out, so it is skipped
 A line's options mean what they mean to OpenSSH (see :func:`effective_options`): a key the user
 added as ``restrict,command="rrsync -ro /backup"`` must not open a terminal or a tunnel here
 either. asyncssh enforces ``no-pty`` and ``no-port-forwarding`` itself (the server checks the
-agent and X11 permissions, which it handles per session), but does not know ``restrict``.
-Nor does it read option names in any case as sshd does (``FROM="..."`` is sshd's ``from``), and
-it keeps a key whose options sshd would refuse (``no-ptty``) with the option ignored: so each
+agent and X11 permissions, which it handles per session), but does not know ``restrict``;
+``permitopen`` and ``permitlisten`` are the server's (:mod:`hatchway.sshd.permits`).
+Nor does asyncssh read option names in any case as sshd does (``FROM="..."`` is sshd's ``from``),
+and it keeps a key whose options sshd would refuse (``no-ptty``) with the option ignored: so each
 line's options are first read as sshd reads them (see :func:`as_sshd_reads`).
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import asyncssh
 
 from hatchway.fileutil import read_regular
+from hatchway.sshd.permits import check_permits, take_permits
 
 log = logging.getLogger("hatchway.sshd")
 
@@ -115,8 +117,10 @@ def effective_options(options: Mapping[str, object]) -> dict[str, object]:
     """A key line's options as OpenSSH applies them, in the ``no-<permission>`` form asyncssh
     checks (``check_key_permission``): ``restrict`` turns every permission off except those
     the line turns back on (``restrict,pty``); flag names are case-insensitive, as in OpenSSH
-    (``no-x11-forwarding``)."""
+    (``no-x11-forwarding``); ``permitopen``/``permitlisten`` become what the server enforces
+    (:mod:`hatchway.sshd.permits`)."""
     out = dict(options)
+    take_permits(out)
     flags = {name.lower() for name, value in options.items() if value is True}
     for permission in RESTRICTABLE:
         name = permission.lower()
@@ -135,6 +139,31 @@ class _OpenSSHKeys(asyncssh.SSHAuthorizedKeys):
     def validate_x509(self, *args: Any, **kwargs: Any) -> tuple[dict[str, object] | None, Any]:
         options, cert = super().validate_x509(*args, **kwargs)
         return (None if options is None else effective_options(options)), cert
+
+
+def option_pairs(line: str) -> list[tuple[str, str]]:
+    """The ``name=value`` options at the start of an authorized_keys line, unquoted, read as
+    asyncssh reads them (up to the first blank outside quotes; a backslash escapes a character).
+    A line starting with its key type has none (a key type holds no "=")."""
+    pairs: list[tuple[str, str]] = []
+    option, quoted, escaped = "", False, False
+    for ch in line + " ":
+        if escaped:
+            option, escaped = option + ch, False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif quoted or ch not in " \t,":
+            option += ch
+        else:
+            name, sep, value = option.partition("=")
+            if sep:
+                pairs.append((name, value))
+            if ch != ",":
+                break
+            option = ""
+    return pairs
 
 
 def parse_authorized_keys(
@@ -159,6 +188,8 @@ def parse_authorized_keys(
         try:
             line = as_sshd_reads(line)
             asyncssh.import_authorized_keys(line)  # raises for an unusable line
+            options = option_pairs(line)
+            check_permits(options)
         except (ValueError, asyncssh.KeyImportError) as exc:
             reason = (
                 "unrecognized key" if str(exc) == "No valid entries found" else str(exc)

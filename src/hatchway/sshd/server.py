@@ -52,6 +52,7 @@ from hatchway.sshd.forward import (
     peer_of,
 )
 from hatchway.sshd.hostkey import load_or_create_host_key
+from hatchway.sshd.permits import PERMIT_LISTEN, PERMIT_OPEN, Permit, listen_permitted, open_permitted
 from hatchway.sshd.process import Child
 from hatchway.sshd.session import (
     ConnectionServices,
@@ -419,6 +420,12 @@ class _ConnectionHandler(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding is disabled on this server"
             )
+        if not open_permitted(self._key_permits(PERMIT_OPEN), dest_host, dest_port):
+            log.info("%s: direct-tcpip to %s:%d refused: not in the key's permitopen", self._state.label,
+                     _printable(dest_host), dest_port)
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"Port forwarding not permitted to {dest_host} port {dest_port}"
+            )
         bridge = self._state.outbound(f"direct-tcpip to {dest_host}:{dest_port}")
 
         async def connect() -> asyncssh.SSHTCPSession[bytes]:
@@ -445,7 +452,17 @@ class _ConnectionHandler(asyncssh.SSHServer):
     def server_requested(self, listen_host: str, listen_port: int) -> Awaitable[Listener | bool] | bool:
         if not self._forwarding_allowed("tcpip-forward"):
             return False
+        if not listen_permitted(self._key_permits(PERMIT_LISTEN), listen_host, listen_port):
+            log.info("%s: remote forward %s:%d refused: not in the key's permitlisten", self._state.label,
+                     _printable(listen_host), listen_port)
+            return False
         return self._state.listen_tcp(listen_host, listen_port)
+
+    def _key_permits(self, name: str) -> tuple[Permit, ...] | None:
+        """The authenticated key's permitopen/permitlisten (None: that kind is not limited)."""
+        conn = self._state.conn
+        assert conn is not None
+        return conn.get_key_option(name)  # type: ignore[no-any-return]
 
     def unix_server_requested(self, listen_path: str) -> Awaitable[Listener | bool] | bool:
         if not self._forwarding_allowed("streamlocal-forward"):
