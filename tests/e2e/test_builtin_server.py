@@ -1114,6 +1114,23 @@ def test_4_permitopen_limits_local_dynamic_and_stdio_forwards(world: World) -> N
         assert (echo.accepted, other.accepted) == (1, 2)
 
 
+def test_4_from_is_checked_against_the_clients_address_as_ssh_client_names_it(world: World) -> None:
+    """``from="…"`` on a key's line is matched against the address SSH_CLIENT reports (the
+    developer's, as the control plane saw it; here 127.0.0.1), not the relayed stream's own, and,
+    as under sshd without UseDNS, host names are matched against the address only. A line that
+    does not match is skipped, so ssh goes on to the platform key. ``FROM=`` means ``from=`` to
+    sshd, and here: it limits the key as well."""
+    own = 'command="echo own key from ${SSH_CLIENT%% *}"'
+    for pattern, used in (("127.0.0.1", True), ("127.0.0.0/8,!10.0.0.1", True), ("127.0.0.?", True),
+                          ("10.0.0.0/8,192.0.2.*", False), ("*,!127.0.0.1", False), ("localhost", False)):
+        with users_own_key(world, f'{own},from="{pattern}"') as key:
+            r = world.ssh("-o", f"IdentityFile={key}", "hatchway.dev", "echo platform key")
+            assert (r.returncode, r.stdout) == (0, b"own key from 127.0.0.1\n" if used else b"platform key\n"), pattern
+    with users_own_key(world, f'{own},FROM="10.0.0.0/8"') as key:
+        r = world.ssh("-o", f"IdentityFile={key}", "hatchway.dev", "echo platform key")
+        assert (r.returncode, r.stdout) == (0, b"platform key\n"), r.stderr
+
+
 # ---- 5. X11 forwarding -------------------------------------------------------------------------
 
 

@@ -842,6 +842,44 @@ def test_socketpair_with_relayed_addresses(env: Env, srv: ServerThread) -> None:
     )
 
 
+def test_from_is_matched_against_the_relayed_address_or_not_used_without_one(
+    env: Env, srv: ServerThread, restore_authorized_keys: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent's stream is a socketpair (or no socket at all); the client's address is what the
+    relay reported, and ``from=`` is matched against it (asyncssh compared the socket's peer).
+    Without a reported address, a line with ``from=`` cannot be checked: it is not used, and the
+    agent's log says why; the same key on a plain line still works."""
+    import asyncssh
+
+    async def login(client: tuple[str, int] | None) -> str:
+        ours, theirs = socket.socketpair()
+        handler = asyncio.create_task(srv.server.handle(theirs, client, ("10.1.2.3", 22)))
+        try:
+            async with asyncssh.connect(sock=ours, host="workspace", username=USER, client_keys=[str(env.key_b)],
+                                        known_hosts=None, config=None, agent_path=None) as conn:
+                return str((await conn.run("echo plain", check=True)).stdout)
+        except asyncssh.PermissionDenied:
+            return "denied"
+        finally:
+            await asyncio.wait_for(handler, 10)
+
+    forced = 'command="echo from=${SSH_CLIENT%% *}"'
+    relayed = ("203.0.113.9", 40001)
+    for pattern, expected in (("203.0.113.0/24", "from=203.0.113.9\n"), ("203.0.113.9", "from=203.0.113.9\n"),
+                              ("127.0.0.1", "denied"), ("*,!203.0.113.9", "denied")):
+        env.authorized_keys.write_text(env.pub(env.key_a) + f'{forced},from="{pattern}" ' + env.pub(env.key_b))
+        assert srv.call(login(relayed)) == expected, pattern
+    caplog.set_level(logging.WARNING, logger="hatchway.sshd")
+    env.authorized_keys.write_text(env.pub(env.key_a) + f'{forced},from="*" ' + env.pub(env.key_b))
+    assert srv.call(login(None)) == "denied"
+    assert [r.getMessage() for r in caplog.records if "from=" in r.getMessage()] == [
+        f"{env.authorized_keys} line 2 not used for this connection: it limits the key with from=, and the "
+        "client's address is unknown (the control plane did not send it)"
+    ]
+    env.authorized_keys.write_text(f'{forced},from="*" ' + env.pub(env.key_b) + env.pub(env.key_b))
+    assert srv.call(login(None)) == "plain\n"
+
+
 def test_garbage_instead_of_ssh_is_dropped(env: Env, srv: ServerThread) -> None:
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
         banner = s.recv(256)

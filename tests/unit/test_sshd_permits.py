@@ -91,6 +91,17 @@ def test_a_keys_permits_as_the_server_gets_them() -> None:
 def test_a_line_sshd_would_read_otherwise_is_not_used(options: str, caplog: pytest.LogCaptureFixture) -> None:
     k1, l1 = _pub()
     _, l2 = _pub()
-    keys = parse_authorized_keys(f"{options} {l1}\n{l2}\n", f"test-{options}")
+    keys = parse_authorized_keys(f"{options} {l1}\n{l2}\n", f"test-{options}", client_ip="10.1.1.1")
     assert keys is not None and keys.validate(k1, "", "") is None
     assert len([r for r in caplog.records if r.getMessage().startswith(f"test-{options} line 1 ignored: ")]) == 1
+
+
+def test_from_uses_the_connections_address_not_asyncssh_s() -> None:
+    k1, l1 = _pub()
+    text = f'from="192.0.2.0/24,!192.0.2.66" {l1}\n'
+    for client_ip, accepted in (("192.0.2.7", True), ("192.0.2.66", False), ("127.0.0.1", False)):
+        keys = parse_authorized_keys(text, client_ip=client_ip)
+        assert keys is not None
+        # what asyncssh passes (the stream's own peer) does not count
+        assert (keys.validate(k1, "192.0.2.7", "192.0.2.7") is not None) is accepted, client_ip
+    assert parse_authorized_keys(text, client_ip=None) is None  # no address: the line is not used

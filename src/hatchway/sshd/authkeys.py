@@ -9,10 +9,12 @@ A line's options mean what they mean to OpenSSH (see :func:`effective_options`):
 added as ``restrict,command="rrsync -ro /backup"`` must not open a terminal or a tunnel here
 either. asyncssh enforces ``no-pty`` and ``no-port-forwarding`` itself (the server checks the
 agent and X11 permissions, which it handles per session), but does not know ``restrict``;
-``permitopen`` and ``permitlisten`` are the server's (:mod:`hatchway.sshd.permits`).
-Nor does asyncssh read option names in any case as sshd does (``FROM="..."`` is sshd's ``from``),
-and it keeps a key whose options sshd would refuse (``no-ptty``) with the option ignored: so each
-line's options are first read as sshd reads them (see :func:`as_sshd_reads`).
+``permitopen`` and ``permitlisten`` are the server's (:mod:`hatchway.sshd.permits`). ``from=`` is
+matched against the client's address as the relay reported it (what SSH_CLIENT shows), and a
+line with it is not used when there is no such address. Nor does asyncssh read option names in
+any case as sshd does (``FROM="..."`` is sshd's ``from``), and it keeps a key whose options sshd
+would refuse (``no-ptty``) with the option ignored: so each line's options are first read as
+sshd reads them (see :func:`as_sshd_reads`).
 """
 
 from __future__ import annotations
@@ -130,15 +132,29 @@ def effective_options(options: Mapping[str, object]) -> dict[str, object]:
 
 
 class _OpenSSHKeys(asyncssh.SSHAuthorizedKeys):
-    """asyncssh's authorized keys, answering a match with the options OpenSSH would apply."""
+    """asyncssh's authorized keys, answering a match with the options OpenSSH would apply, and
+    checking ``from=`` against the client's address as the relay reported it (what
+    SSH_CLIENT names: asyncssh would compare the relayed stream's own, meaningless, peer)."""
 
-    def validate(self, *args: Any, **kwargs: Any) -> dict[str, object] | None:
-        options = super().validate(*args, **kwargs)
+    def __init__(self, text: str, client_ip: str | None) -> None:
+        super().__init__(text)
+        self._client_ip = client_ip
+
+    def validate(self, key: asyncssh.SSHKey, client_host: str, client_addr: str,
+                 cert_principals: Any = None, ca: bool = False) -> dict[str, object] | None:
+        host, addr = self._address(client_host, client_addr)
+        options = super().validate(key, host, addr, cert_principals, ca)
         return None if options is None else effective_options(options)
 
-    def validate_x509(self, *args: Any, **kwargs: Any) -> tuple[dict[str, object] | None, Any]:
-        options, cert = super().validate_x509(*args, **kwargs)
-        return (None if options is None else effective_options(options)), cert
+    def validate_x509(self, cert: Any, client_host: str, client_addr: str) -> tuple[dict[str, object] | None, Any]:
+        options, found = super().validate_x509(cert, *self._address(client_host, client_addr))
+        return (None if options is None else effective_options(options)), found
+
+    def _address(self, client_host: str, client_addr: str) -> tuple[str, str]:
+        # sshd's default (UseDNS no): host name patterns are matched against the address too.
+        # Without an address no line with from= was kept (parse_authorized_keys).
+        ip = self._client_ip
+        return (ip, ip) if ip is not None else (client_host, client_addr)
 
 
 def option_pairs(line: str) -> list[tuple[str, str]]:
@@ -167,12 +183,14 @@ def option_pairs(line: str) -> list[tuple[str, str]]:
 
 
 def parse_authorized_keys(
-    text: str, source: str = "authorized_keys"
+    text: str, source: str = "authorized_keys", client_ip: str | None = None
 ) -> asyncssh.SSHAuthorizedKeys | None:
-    """Parse authorized_keys text; None when it holds no usable entry.
+    """Parse authorized_keys text for a connection from ``client_ip``; None when it holds no
+    usable entry.
 
     asyncssh's own loader rejects the whole file on one bad option, hence the per-line check
-    (a key is a few hundred bytes; parsing it twice costs microseconds).
+    (a key is a few hundred bytes; parsing it twice costs microseconds). ``from=`` needs the
+    client's address: when it is not known (None), a line with one is not used, and says so.
     """
     good: list[str] = []
     # Lines end at LF only, as OpenSSH reads them. str.splitlines() (asyncssh's too) also ends
@@ -196,12 +214,17 @@ def parse_authorized_keys(
             )
             _warn_once(source, lineno, reason)
             continue
+        if client_ip is None and any(name == "from" for name, _ in options):
+            log.warning("%s line %d not used for this connection: it limits the key with from=, and the "
+                        "client's address is unknown (the control plane did not send it)", source, lineno)
+            continue
         good.append(line)
-    return _OpenSSHKeys("\n".join(good)) if good else None
+    return _OpenSSHKeys("\n".join(good), client_ip) if good else None
 
 
-def load_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys | None:
-    """Read and parse ``path``. Blocking: call it through ``asyncio.to_thread``."""
+def load_authorized_keys(path: Path, client_ip: str | None = None) -> asyncssh.SSHAuthorizedKeys | None:
+    """Read and parse ``path`` for a connection from ``client_ip`` (None: unknown). Blocking:
+    call it through ``asyncio.to_thread``."""
     try:
         text = read_regular(path)[1].decode("utf-8", errors="replace")
     except FileNotFoundError:
@@ -210,7 +233,7 @@ def load_authorized_keys(path: Path) -> asyncssh.SSHAuthorizedKeys | None:
     except OSError as exc:
         log.warning("cannot read %s: %s; refusing every key", path, exc.strerror or exc)
         return None
-    return parse_authorized_keys(text, str(path))
+    return parse_authorized_keys(text, str(path), client_ip)
 
 
 @functools.lru_cache(maxsize=256)

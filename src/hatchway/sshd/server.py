@@ -316,8 +316,9 @@ class _ConnectionHandler(asyncssh.SSHServer):
             self._state.refusal = f"user {username!r} not accepted"
             conn.set_authorized_keys(None)
             return True
+        client = self._state.client_addr
         keys = await asyncio.to_thread(
-            load_authorized_keys, self._server.authorized_keys_path
+            load_authorized_keys, self._server.authorized_keys_path, client[0] if client else None
         )
         if keys is None:
             self._state.refusal = "no usable authorized_keys"
