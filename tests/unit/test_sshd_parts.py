@@ -16,6 +16,7 @@ import pytest
 
 from hatchway.sshd.authkeys import load_authorized_keys, parse_authorized_keys
 from hatchway.sshd.hostkey import HostKeyError, load_or_create_host_key
+from hatchway.sshd.permits import PERMIT_OPEN
 from hatchway.sshd.process import describe_status
 from hatchway.sshd.ttymodes import apply_tty_modes
 
@@ -110,12 +111,13 @@ def test_option_names_are_read_in_any_case_as_sshd_reads_them() -> None:
     accepted from anywhere, or ran any command, where sshd holds it to its options."""
     k1, l1 = _pub()
     k2, l2 = _pub()
-    keys = parse_authorized_keys(f'FROM="10.9.9.9" {l1}\nRestrict,Command="rrsync -ro /b",PermitOpen="127.0.0.1:80" {l2}\n')
-    assert keys is not None
-    assert keys.validate(k1.convert_to_public(), "", "192.0.2.7") is None
-    assert list(keys.validate(k1.convert_to_public(), "", "10.9.9.9") or {}) == ["from"]
-    assert keys.validate(k2.convert_to_public(), "", "192.0.2.7") == {
-        "restrict": True, "command": "rrsync -ro /b", "permitopen": {("127.0.0.1", 80)},
+    text = f'FROM="10.9.9.9" {l1}\nRestrict,Command="rrsync -ro /b",PermitOpen="127.0.0.1:80" {l2}\n'
+    elsewhere, there = parse_authorized_keys(text, client_ip="192.0.2.7"), parse_authorized_keys(text, client_ip="10.9.9.9")
+    assert elsewhere is not None and there is not None
+    assert elsewhere.validate(k1.convert_to_public(), "", "") is None
+    assert list(there.validate(k1.convert_to_public(), "", "") or {}) == ["from"]
+    assert elsewhere.validate(k2.convert_to_public(), "", "") == {
+        "restrict": True, "command": "rrsync -ro /b", PERMIT_OPEN: (("127.0.0.1", 80),),
         "no-port-forwarding": True, "no-agent-forwarding": True, "no-X11-forwarding": True, "no-pty": True,
     }
 
