@@ -105,3 +105,16 @@ def test_from_uses_the_connections_address_not_asyncssh_s() -> None:
         # what asyncssh passes (the stream's own peer) does not count
         assert (keys.validate(k1, "192.0.2.7", "192.0.2.7") is not None) is accepted, client_ip
     assert parse_authorized_keys(text, client_ip=None) is None  # no address: the line is not used
+
+
+@pytest.mark.parametrize("client_ip", [None, "", "testclient", "127.0.0.1 9", "::ffff:zz"])
+def test_a_from_line_is_not_used_when_the_clients_address_is_unknown_or_not_an_address(
+    client_ip: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncssh would fail the whole connection on matching from= against a non-address."""
+    k1, l1 = _pub()
+    k2, l2 = _pub()
+    keys = parse_authorized_keys(f'from="*" {l1}\n{l2}\n', "test-from", client_ip=client_ip)
+    assert keys is not None
+    assert keys.validate(k1, "", "") is None and keys.validate(k2, "", "") == {}
+    assert "test-from line 1 not used for this connection" in caplog.text

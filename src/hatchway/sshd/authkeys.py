@@ -20,6 +20,7 @@ sshd reads them (see :func:`as_sshd_reads`).
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -182,6 +183,14 @@ def option_pairs(line: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_authorized_keys(
     text: str, source: str = "authorized_keys", client_ip: str | None = None
 ) -> asyncssh.SSHAuthorizedKeys | None:
@@ -190,8 +199,10 @@ def parse_authorized_keys(
 
     asyncssh's own loader rejects the whole file on one bad option, hence the per-line check
     (a key is a few hundred bytes; parsing it twice costs microseconds). ``from=`` needs the
-    client's address: when it is not known (None), a line with one is not used, and says so.
+    client's address: when it is not known (None, or not an IP address, which asyncssh's
+    matching would fail the connection on), a line with one is not used, and says so.
     """
+    client_ip = client_ip if client_ip is not None and _is_ip(client_ip) else None
     good: list[str] = []
     # Lines end at LF only, as OpenSSH reads them. str.splitlines() (asyncssh's too) also ends
     # one at U+2028, a form feed or a lone CR, and would make an option-restricted key's comment
