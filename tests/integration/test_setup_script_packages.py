@@ -17,16 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.debian_packages import RUNTIME, TESTS_ONLY
+
 REPO = Path(__file__).resolve().parents[2]
 
-RUNTIME = [
-    "openssh-client", "openssh-server", "rsync", "git", "iproute2", "procps", "util-linux", "passwd", "tini",
-    "xauth", "python3-venv",
-]
-TESTS_ONLY = [
-    "postgresql", "postgresql-client", "iptables", "nginx-light", "chromium", "xvfb", "x11-utils", "curl", "docker.io",
-    "debootstrap",
-]
 NOT_ROOT = "==> Not root: skipping Debian packages ("
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.debian_packages import RUNTIME, TESTS_ONLY
+
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="scripts/setup installs Debian packages only as root")]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,11 +32,7 @@ REAL_POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 # Everything scripts/setup runs before the virtualenv, besides the stubs and bash's builtins.
 REAL_TOOLS = ["bash", "dirname", "id", "grep", "chmod", "rm", "cat"]
 
-PACKAGES = [
-    "openssh-client", "openssh-server", "rsync", "git", "iproute2", "procps", "util-linux", "passwd", "tini",
-    "xauth", "python3-venv", "postgresql", "postgresql-client", "nginx-light", "chromium", "xvfb", "x11-utils",
-    "curl", "docker.io", "debootstrap",
-]
+PACKAGES = RUNTIME + TESTS_ONLY
 LIST = "list-unit-files --state=enabled --no-legend --no-pager"
 INSTALLING = "==> Installing Debian packages: " + " ".join(PACKAGES)
 CREATING_VENV = "==> Creating virtualenv .venv"
