@@ -389,6 +389,16 @@ async def test_a_replica_back_from_an_outage_does_not_register_again_where_anoth
     assert not await rig.registered(cut_off.id)
 
 
+@ON_BOTH_DATABASES
+async def test_registering_again_a_replica_already_registered_is_no_refusal(rig: Rig) -> None:
+    """A registration whose commit went through but whose answer was lost is tried again: the
+    replica then finds its own row at its address, which is not another server's. It was refused
+    naming itself as "another Hatchway server"."""
+    replica = await rig.join(rig.replica())
+    await replica._register()
+    assert await rig.registered(replica.id)
+
+
 def hold_after_check(cluster: Cluster, barrier: asyncio.Barrier) -> None:
     """Make ``cluster``'s join wait at ``barrier`` once it has checked who is registered and
     cleared what the dead left (its last step before registering)."""

@@ -43,6 +43,8 @@ from hatchway.names import stream_label
 log = logging.getLogger("hatchway.server.cluster")
 
 HEARTBEAT_S = 1.0
+#: Tries to register while the address is taken and let go again in between (each a race lost).
+REGISTER_ATTEMPTS = 5
 RECLAIM_EVERY = 10
 #: A replica whose heartbeat is older than this is gone (a few missed beats, not one slow one).
 FORGET_AFTER_S = 4.0
@@ -273,7 +275,7 @@ class Cluster:
         """Add this replica's row. The database keeps one row per hand-over address: of servers
         started at the same instant with one address, each finding no one there when it looked,
         the first to register does and the others are refused here, naming it."""
-        while True:
+        for _ in range(REGISTER_ATTEMPTS):
             try:
                 async with self._sessions() as db:
                     db.add(Replica(id=self.id, relay_url=self.relay_url, secret_check=self._secret_check))
@@ -284,9 +286,15 @@ class Cluster:
                     holder = (await db.execute(
                         select(Replica.id).where(Replica.relay_url == self.relay_url)
                     )).scalar_one_or_none()
+                if holder == self.id:
+                    return  # registered already (a commit whose answer was lost, then a retry)
                 if holder is not None:
                     raise self._address_taken(holder) from None
                 # it left again meanwhile: the address is free
+        raise ClusterError(
+            f"could not register replica {self.id} at {self.relay_url}: other servers kept taking and leaving "
+            "that address; give each server its own address with --internal-url (or --listen)"
+        )
 
     async def leave(self) -> None:
         """Stop beating and remove this replica and its claims at once, not after a timeout."""
