@@ -304,10 +304,13 @@ def _form_page(request: Request) -> str | None:
     return path if safe_next(path) == path else None
 
 
-def redirect(request: Request, url: str, kind: str | None = None, message: str | None = None) -> RedirectResponse:
+def redirect(
+    request: Request, url: str, kind: str | None = None, message: str | None = None, links: Sequence[tuple[str, str]] = ()
+) -> RedirectResponse:
+    """To ``url``, whose page shows ``message`` and then ``links`` (label, address)."""
     response = RedirectResponse(url, status_code=303)
     if kind and message:
-        set_flash(request, response, kind, message)
+        set_flash(request, response, kind, message, links)
     return response
 
 

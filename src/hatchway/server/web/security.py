@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -135,8 +136,16 @@ def csrf_valid(request: Request, submitted: str | None) -> bool:
 # --- flash --------------------------------------------------------------------------------
 
 
-def set_flash(request: Request, response: Response, kind: str, message: str) -> None:
-    payload = base64.urlsafe_b64encode(json.dumps({"k": kind, "m": message}).encode()).decode()
+def set_flash(
+    request: Request, response: Response, kind: str, message: str, links: Sequence[tuple[str, str]] = ()
+) -> None:
+    """A message for the next page, with ``links`` (label, address) after it: the ways on from
+    it, such as to the page of a list that shows what was just created. The addresses are the
+    server's own (the cookie is signed); the page escapes labels and addresses alike."""
+    data: dict[str, Any] = {"k": kind, "m": message}
+    if links:
+        data["l"] = [list(link) for link in links]
+    payload = base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
     set_cookie(request, response, FLASH_COOKIE, f"{payload}.{_mac(request, 'flash', payload)}", max_age=60)
 
 
@@ -150,7 +159,8 @@ def pop_flash(request: Request, response: Response) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(base64.urlsafe_b64decode(payload.encode()))
-        return {"kind": str(data["k"]), "message": str(data["m"])}
+        links = [{"label": str(label), "href": str(href)} for label, href in data.get("l", [])]
+        return {"kind": str(data["k"]), "message": str(data["m"]), "links": links}
     except (ValueError, KeyError, TypeError):
         return None
 
