@@ -43,7 +43,8 @@ def test_a_user_created_from_a_page_of_the_list_comes_back_to_that_page(crowded_
 
     create("dev-new")
     expect(page).to_have_url(url + USERS_PAGE_2)
-    expect(page.locator(".flash")).to_have_text('User "dev-new" created as member.')
+    # After dev-54, on page 3: the notice says so (test_ui_created_notice follows its link).
+    expect(page.locator(".flash")).to_have_text('User "dev-new" created as member. It is on page 3 of this list. — Go to page 3')
     expect_list_page(page, rows, 25, "26–50 of 56", "Page 2 of 3")
     expect(page.get_by_label("Filter users")).to_have_value("dev")
 

@@ -60,9 +60,11 @@ def test_a_site_manager_creates_a_local_workspace_for_a_member_from_mine(manager
         page.wait_for_url(re.compile(r".*/workspaces$"))  # the list it was created from: Mine
         assert page.locator(".flash-success").inner_text() == (
             f'Workspace "{srv.member}/{name}" created for {srv.member} on provider "local". '
-            f"{srv.member} connects after running hatchway config-ssh. Everyone lists it."
+            f"{srv.member} connects after running hatchway config-ssh. It is not shown here because Mine lists only "
+            "your own workspaces. — Show Everyone's · Go to the workspace"
         )
-        page.get_by_role("link", name="Everyone").click()
+        page.locator(".flash").get_by_role("link", name="Show Everyone's").click()
+        page.wait_for_url(re.compile(r".*/workspaces\?all=1$"))
         page.locator(f'tr[data-workspace="{srv.member}/{name}"]').get_by_role("link", name=name).click()
         page.wait_for_url(re.compile(rf".*/workspaces/{srv.member}/{name}\?next=%2Fworkspaces%3Fall%3D1$"))
         assert page.get_by_role("heading", name=name).first.is_visible()

@@ -436,6 +436,23 @@ def pager(request: Request, page: int, total: int) -> dict[str, Any]:
     }
 
 
+def page_of(position: int) -> int:
+    """The page of a long list on which its row number ``position`` (from 1) is shown."""
+    return (position - 1) // PAGE_SIZE + 1
+
+
+async def position(db: AsyncSession, stmt: Select[Any], key: Any, value: Any) -> int | None:
+    """Where the row whose ``key`` column is ``value`` comes in ``stmt``'s rows (from 1), in the
+    order :func:`paged` pages them, or None when ``stmt`` leaves it out: the list's own query
+    decides, so a notice can say whether a row is on the page shown, and which page it is on,
+    without a second copy of the list's filter. The database numbers the rows (a window
+    function) and returns one number, however long the list."""
+    numbered = stmt.with_only_columns(
+        key.label("key"), func.row_number().over(order_by=stmt._order_by_clauses).label("n")  # the order paged() uses
+    ).order_by(None).subquery()
+    return (await db.execute(select(numbered.c.n).where(numbered.c.key == value))).scalar_one_or_none()
+
+
 async def paged(request: Request, db: AsyncSession, stmt: Select[Any]) -> tuple[Sequence[Any], dict[str, Any]]:
     """The page asked for of ``stmt``'s rows, and its :func:`pager`: the database counts the
     rows and returns one page, so a list of thousands costs a page's rendering. A page past the

@@ -27,6 +27,7 @@ from hatchway.server.web.base import (
     form_secret,
     form_str,
     list_filter,
+    page_number,
     page_router,
     paged,
     redirect,
@@ -35,6 +36,7 @@ from hatchway.server.web.base import (
     validation_message,
     web_manager,
 )
+from hatchway.server.web.created import Listing, Wider, created_notice
 from hatchway.server.web.listback import USERS
 
 router = page_router()
@@ -218,8 +220,26 @@ async def user_create(
         # lists them (a filter, a page past the first) that read was a lazy load, and a 500.
         await db.refresh(sm)
         return await _users_page(request, sm, db, exc.status, values, refusal_message(exc))
-    # The form posts to the page of the list it is on (its ``back``): back there, filter and all.
-    return redirect(request, USERS.link(request.query_params), "success", f'User "{out.username}" created as {out.role}.')
+    # The form posts to the page of the list it is on (its ``back``): back there, filter and all,
+    # with a notice that says where the new user is when that page does not show them.
+    search = list_filter(request)
+    notice = await created_notice(
+        db, f'User "{out.username}" created as {out.role}.', User.username, out.username,
+        _users_listing(search), page_number(request), _users_wider(search),
+    )
+    return redirect(request, USERS.link(request.query_params), "success", notice.message, notice.links)
+
+
+def _users_listing(search: str) -> Listing:
+    """Manage > Users filtered to ``search``, as its page lists it."""
+    return Listing(users_api.users_query(search), lambda page: USERS.link({"search": search, "page": str(page)}))
+
+
+def _users_wider(search: str) -> Wider | None:
+    """Manage > Users without its filter, for a new user whose name the filter leaves out."""
+    if not search:
+        return None
+    return Wider(f"because the list is filtered to names containing {names.quoted(search)}", "Show all", _users_listing(""))
 
 
 async def _user_action(request: Request, fn: Any, done: str, **kw: Any) -> Response:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from hatchway import names
-from hatchway.db.models import SSHConnection, User
+from hatchway.db.models import SSHConnection, User, Workspace
 from hatchway.server.api import providers as providers_api
 from hatchway.server.api import schemas
 from hatchway.server.api import users as users_api
@@ -27,6 +27,7 @@ from hatchway.server.web import format as fmt
 from hatchway.server.web.base import (
     form_str,
     list_filter,
+    page_number,
     page_router,
     paged,
     redirect,
@@ -35,6 +36,7 @@ from hatchway.server.web.base import (
     validation_message,
     web_user,
 )
+from hatchway.server.web.created import Listing, Wider, created_notice
 from hatchway.server.web.listback import WORKSPACES
 
 router = page_router()
@@ -297,13 +299,31 @@ async def create_workspace(
         # A manual provider's agent token is shown exactly once, so render it now.
         return _agent_token_page(request, out, out.agent_command, True, back)
     if out.owner == user.username:
-        return redirect(request, back, "success", f'Workspace "{out.name}" created on provider "{out.provider}".')
-    where = "" if _tab(request, user)[0] else " Everyone lists it."  # "Mine" never will
-    return redirect(
-        request, back, "success",
-        f'Workspace "{out.owner}/{out.name}" created for {out.owner} on provider "{out.provider}". '
-        f"{out.owner} connects after running hatchway config-ssh.{where}",
+        done = f'Workspace "{out.name}" created on provider "{out.provider}".'
+    else:
+        done = (f'Workspace "{out.owner}/{out.name}" created for {out.owner} on provider "{out.provider}". '
+                f"{out.owner} connects after running hatchway config-ssh.")
+    show_all, search = _tab(request, user)
+    notice = await created_notice(
+        db, done, Workspace.id, out.id,
+        Listing(ws_api.workspaces_query(user, show_all, search), lambda page: _list_page(request, user, str(page))),
+        page_number(request), _wider(user, show_all, search, out.owner),
+        ("Go to the workspace", WORKSPACES.opened(f"/workspaces/{out.owner}/{out.name}", back)),
     )
+    return redirect(request, back, "success", notice.message, notice.links)
+
+
+def _wider(user: User, show_all: bool, search: str, owner: str) -> Wider | None:
+    """The list that shows a new workspace of ``owner``'s the shown one may leave out: Everyone
+    without a filter, when the shown list is filtered or is Mine and the workspace someone else's."""
+    if show_all and search:
+        why = f"because the list is filtered to names and owners containing {names.quoted(search)}"
+        label = "Show all"
+    elif not show_all and owner != user.username:
+        why, label = "because Mine lists only your own workspaces", "Show Everyone's"
+    else:
+        return None
+    return Wider(why, label, Listing(ws_api.workspaces_query(user, True), lambda page: WORKSPACES.link({"all": "1", "page": str(page)})))
 
 
 @router.get("/workspaces/{owner}/{name}")
