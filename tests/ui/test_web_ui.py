@@ -757,7 +757,10 @@ def test_start_from_a_page_older_than_the_workspace_start_leaves_it_running(mana
         page.goto(srv.url + "/workspaces/alice/stale")
         with srv.api() as c:
             c.post("/workspaces/stale/start").raise_for_status()
-        wait_for(lambda: state()["agent_connected"], 60, what="the workspace to run again")
+        # Running, not only connected: the state turns "running" just after the agent connects,
+        # and a Start before that rightly answers "Starting".
+        wait_for(lambda: (w := state())["agent_connected"] and w["state"] == "running", 60,
+                 what="the workspace to run again")
         page.get_by_role("button", name="Start", exact=True).click()
         assert page.locator(".flash-success").inner_text() == 'Workspace "alice/stale" is already running.'
         w = state()
