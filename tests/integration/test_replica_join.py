@@ -364,29 +364,64 @@ async def test_of_two_replicas_joining_at_once_at_one_address_one_registers_and_
 
 
 @ON_BOTH_DATABASES
-async def test_a_replica_back_from_an_outage_does_not_register_again_where_another_took_its_address(
+async def test_a_replica_back_from_an_outage_where_another_took_its_address_stops_and_says_why_once(
     rig: Rig, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Cut off long enough to be forgotten, and meanwhile another server started with its
-    address: back, it cannot register beside that one, and says why at every beat."""
+    address: back, it does not register beside that one, says why in one line and stops (it
+    used to say so at every beat while it went on serving, unregistered)."""
     cut_off = await rig.join(rig.replica())
+    stopped: list[str] = []
+    cut_off.on_displaced = lambda: stopped.append(cut_off.id)
     await rig.cut_off(cut_off)
     successor = await rig.join(rig.replica(address=cut_off.relay_url))
     assert not await rig.registered(cut_off.id)
-    rig.outages[cut_off.id].down = False
-    refusal = (
-        f"replica {cut_off.id} cannot register again: another Hatchway server, replica {successor.id}, is running "
-        f"with this server's hand-over address {cut_off.relay_url}: stop it before starting this one, or give each "
-        "server its own address with --internal-url (or --listen)"
-    )
 
-    async def refused_twice() -> bool:
-        return [r.getMessage() for r in caplog.records].count(refusal) >= 2
+    async def heartbeat_ended() -> bool:
+        return cut_off._task is not None and cut_off._task.done()
 
     with caplog.at_level("ERROR", logger="hatchway.server.cluster"):
-        await until(refused_twice, 5 * HEARTBEAT_S, "the returning replica says at each beat why it cannot register")
+        rig.outages[cut_off.id].down = False
+        await until(heartbeat_ended, 5 * HEARTBEAT_S, "the returning replica's heartbeat ends")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"replica {cut_off.id} stops: the other replicas forgot it (cut off from the database, or frozen, for over 4 s) "
+        f"and meanwhile another Hatchway server, replica {successor.id}, started with its hand-over address "
+        f"{cut_off.relay_url}; give each server its own address with --internal-url (or --listen), or stop the other "
+        "one, then start this one again"
+    ]
+    assert stopped == [cut_off.id]
     assert await rig.registered(successor.id)
     assert not await rig.registered(cut_off.id)
+
+
+@ON_BOTH_DATABASES
+async def test_a_replica_back_from_an_outage_where_a_server_since_dead_took_its_address_takes_it_back(
+    rig: Rig, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server that registered at the address meanwhile died before it was forgotten: its
+    row stays silent, so the returning replica forgets it, as a joining one forgets a dead
+    predecessor, and registers again instead of stopping."""
+    cut_off = await rig.join(rig.replica())
+    stopped: list[str] = []
+    cut_off.on_displaced = lambda: stopped.append(cut_off.id)
+    await rig.cut_off(cut_off)
+    successor = await rig.join(rig.replica(address=cut_off.relay_url))
+    await rig.kill(successor)
+    claims = await rig.claim(successor.id)
+
+    async def back() -> bool:
+        return await rig.registered(cut_off.id)
+
+    with caplog.at_level("WARNING", logger="hatchway.server.cluster"):
+        rig.outages[cut_off.id].down = False
+        await until(back, FORGET_AFTER_S + 10 * HEARTBEAT_S, "the returning replica registered again")
+    assert not await rig.registered(successor.id)
+    assert await rig.claims_of(claims) == (False, None, "failed", LOST_REPLICA_REASON)
+    assert stopped == []
+    assert f"replica {cut_off.id} had been forgotten by the others (database outage?); registered again" in [
+        r.getMessage() for r in caplog.records
+    ]
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
 
 
 @ON_BOTH_DATABASES

@@ -160,6 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.supervisor.reassert()
 
         ctx.cluster.on_reclaim = reclaim
+        ctx.cluster.on_displaced = app.state.stop_failing  # see hatchway.server.run
         ctx.completions.start()  # stopped by close() below
         try:
             yield

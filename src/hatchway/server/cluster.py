@@ -60,6 +60,14 @@ class ClusterError(Exception):
     """This replica cannot join the others; the message says what to fix."""
 
 
+class AddressTaken(ClusterError):
+    """Another server, replica ``holder``, is registered at this replica's hand-over address."""
+
+    def __init__(self, holder: str, message: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 #: Nonces remembered at once. Only a replica holding the key can add one, and each is forgotten
 #: once its timestamp is out of the window: thousands of replica-to-replica requests a second fit.
 MAX_NONCES = 200_000
@@ -184,6 +192,11 @@ class Cluster:
         #: called after it had been forgotten (a long database outage) and registered again, and
         #: every RECLAIM_EVERY beats, which repairs a claim that a lost write left wrong.
         self.on_reclaim: Callable[[], Awaitable[None]] | None = None
+        #: Stops this server (and makes it exit with a failure): called once, when this replica
+        #: comes back after being forgotten and finds another live server registered at its
+        #: hand-over address. Serving on unregistered would make two servers claim one address,
+        #: and agents recorded under an id no other replica knows, which cannot be handed streams.
+        self.on_displaced: Callable[[], None] | None = None
 
     # ---- membership -------------------------------------------------------------------------
 
@@ -244,13 +257,14 @@ class Cluster:
 
     async def _outwait(self, predecessors: dict[str, datetime], healthy_since: float) -> None:
         """Wait until each replica of ``predecessors`` (registered at this server's own
-        hand-over address; id: the beat its row showed) beats again, which refuses the join, or
+        hand-over address; id: the beat its row showed) beats again, which raises AddressTaken
+        (the join is refused; a replica back from being forgotten stops), or
         is forgotten or shown gone by PostgreSQL, or stays silent until the database has been
         reachable for FORGET_AFTER_S since ``healthy_since``: what the heartbeat loop takes for
         dead. A live replica beats every HEARTBEAT_S, so one is told from a dead one within a
-        beat or two; a dead one costs the start FORGET_AFTER_S at most."""
+        beat or two; a dead one costs FORGET_AFTER_S at most."""
         log.info("replica(s) %s registered at this server's own hand-over address %s: waiting up to %.0f s to see "
-                 "whether they are alive (this server would then not start) or a stopped predecessor's (then forgotten)",
+                 "whether they are alive (this server would then not run) or a stopped predecessor's (then forgotten)",
                  ", ".join(predecessors), self.relay_url, FORGET_AFTER_S)
         while True:
             rows, dead = await self._survey(list(predecessors))
@@ -264,8 +278,9 @@ class Cluster:
             log.info("replica(s) %s stayed silent: taken for stopped; they will be forgotten",
                      ", ".join(r.id for r in rows))
 
-    def _address_taken(self, replica_id: str) -> ClusterError:
-        return ClusterError(
+    def _address_taken(self, replica_id: str) -> AddressTaken:
+        return AddressTaken(
+            replica_id,
             f"another Hatchway server, replica {replica_id}, is running with this server's hand-over "
             f"address {self.relay_url}: stop it before starting this one, or give each server its own "
             "address with --internal-url (or --listen)"
@@ -296,6 +311,33 @@ class Cluster:
             "that address; give each server its own address with --internal-url (or --listen)"
         )
 
+    async def _register_again(self) -> None:
+        """Register after the others forgot this replica (its beat found no row). Meanwhile
+        another server may have registered at this address: one that beats (a live server)
+        raises AddressTaken; one that stays silent is a dead server's and is forgotten, as at
+        the join (:meth:`_outwait`), and this replica takes its address back."""
+        try:
+            await self._register()
+            return
+        except AddressTaken as exc:
+            holder = exc.holder
+        rows, _ = await self._survey([holder])
+        if rows:
+            await self._outwait({r.id: r.heartbeat_at for r in rows}, time.monotonic())
+            await self._forget([r.id for r in rows])
+        await self._register()
+
+    def _displaced(self, holder: str) -> None:
+        """Say why this replica stops, in one line, and stop it (see on_displaced)."""
+        log.error(
+            "replica %s stops: the other replicas forgot it (cut off from the database, or frozen, for over %.0f s) "
+            "and meanwhile another Hatchway server, replica %s, started with its hand-over address %s; give each "
+            "server its own address with --internal-url (or --listen), or stop the other one, then start this one again",
+            self.id, FORGET_AFTER_S, holder, self.relay_url,
+        )
+        if self.on_displaced is not None:
+            self.on_displaced()
+
     async def leave(self) -> None:
         """Stop beating and remove this replica and its claims at once, not after a timeout."""
         if self._task is not None:
@@ -311,7 +353,8 @@ class Cluster:
     async def _heartbeat_forever(self, healthy_since: float | None) -> None:
         """Beat every HEARTBEAT_S; forget the replicas whose beat is old, but only once the
         database has been reachable for FORGET_AFTER_S (since ``healthy_since``, when join()
-        first read it, or since the end of an outage)."""
+        first read it, or since the end of an outage). Ends when this replica, forgotten, finds
+        another live server at its address (see on_displaced)."""
         beats = 0
         while True:
             await asyncio.sleep(HEARTBEAT_S)
@@ -322,7 +365,7 @@ class Cluster:
                     )).rowcount
                     await db.commit()
                 if not n:  # forgotten while the database was unreachable: come back
-                    await self._register()
+                    await self._register_again()
                 beats += 1
                 if not n:
                     log.warning("replica %s had been forgotten by the others (database outage?); registered again", self.id)
@@ -336,7 +379,10 @@ class Cluster:
                     await self.forget_dead()
                 else:
                     await self.forget_proven_dead()
-            except ClusterError as exc:  # another server registered at this address meanwhile
+            except AddressTaken as exc:  # a live server registered at this address meanwhile
+                self._displaced(exc.holder)
+                return  # no row to beat for: the server stops
+            except ClusterError as exc:  # races lost to servers taking and leaving this address
                 healthy_since = None
                 log.error("replica %s cannot register again: %s", self.id, exc)
             except Exception as exc:

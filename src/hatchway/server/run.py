@@ -114,6 +114,7 @@ class _Server(uvicorn.Server):
         self._app = app
         self._metrics = metrics  # the bound socket of --metrics-listen and its config
         self._extra: set[asyncio.base_events.Server] = set()
+        self.failed = False  # stopped by stop_failing(): the process exits non-zero
 
     async def add_listener(self, sock: socket.socket) -> _ExtraListener:
         """Serve the app on one more bound, listening socket, until the returned handle is closed.
@@ -162,6 +163,13 @@ class _Server(uvicorn.Server):
             log.info("Hatchway %s ready at %s", __version__, self._settings.url)
 
 
+    def stop_failing(self) -> None:
+        """Stop as on SIGTERM (the same shutdown: no more accepting, SSH connections told and
+        ended, agents closed, workspaces stopped, the replica's claims cleared), then exit with a
+        failure status, so a service manager shows that this server could not go on."""
+        self.failed = True
+        self.should_exit = True
+
     def handle_exit(self, sig: int, frame: object) -> None:  # type: ignore[override]
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
         # uvicorn re-raises the signal after shutting down; a clean shutdown should exit 0.
@@ -190,6 +198,7 @@ def _build_server(settings: Settings, metrics_sock: socket.socket | None) -> _Se
         metrics = (metrics_sock, metrics_config(metrics_listener.MetricsApp(scrape), config))
     server = _Server(config, settings, app, metrics)
     app.state.add_listener = server.add_listener  # see hatchway.providers.local
+    app.state.stop_failing = server.stop_failing  # see Cluster.on_displaced
     return server
 
 
@@ -229,5 +238,5 @@ def serve(settings: Settings) -> int:
             metrics_sock.close()  # never served (a failed start), or already closed with the server
     if server.started:
         log.info("stopped")
-    return 0 if server.started else 1
+    return 0 if server.started and not server.failed else 1
 
