@@ -210,3 +210,53 @@ async def test_the_lock_of_a_supervisor_whose_host_vanished_goes_to_another_repl
     # replica supervised before this one had stepped down.
     assert STEP_DOWN_AFTER_S < took_s <= DEAD_PEER_S + 10, took_s
     assert "this replica supervises server-managed workspaces" in said(other)
+
+
+def errors(server: RunningServer) -> list[str]:
+    """Its ERROR log lines' messages."""
+    return [line.split(": ", 1)[1] for line in server.log().splitlines() if line.split(" ")[2:3] == ["ERROR"]]
+
+
+async def test_a_replica_back_to_find_a_live_server_at_its_address_stops_and_exits_non_zero(
+    fleet: Fleet, db: asyncpg.Connection,
+) -> None:
+    """The supervising replica is frozen long enough to be forgotten, and meanwhile another
+    server starts with its hand-over address (which it takes, the frozen one staying silent).
+    Back, the first finds that live server registered there: it says so in one line and stops,
+    exiting with a failure, its supervision lock going with its connections; the other keeps
+    its row and serves, and supervises. The first used to serve on unregistered, repeating
+    every second that it could not register."""
+    first = fleet.server("first")
+    await asyncio.to_thread(first.start)
+    first_id = replica_id(first)
+    assert first.proc is not None
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    try:
+        successor = fleet.server("successor", {"HATCHWAY_INTERNAL_URL": first.url})
+        await asyncio.to_thread(successor.start)
+        successor_id = replica_id(successor)
+        assert await replicas(db) == {successor_id: False}
+    finally:
+        os.kill(first.proc.pid, signal.SIGCONT)
+
+    async def first_exited() -> bool:
+        return first.proc is not None and first.proc.poll() is not None
+
+    await until(first_exited, 30, "the replica whose address was taken exits")
+    assert first.proc.returncode == 1
+    assert errors(first) == [
+        f"replica {first_id} stops: the other replicas forgot it (cut off from the database, or frozen, for over 4 s) "
+        f"and meanwhile another Hatchway server, replica {successor_id}, started with its hand-over address "
+        f"{first.url}; give each server its own address with --internal-url (or --listen), or stop the other one, "
+        "then start this one again"
+    ]
+    assert said(first)[-1] == "stopped"
+
+    async def successor_supervises() -> bool:
+        return await replicas(db) == {successor_id: True}
+
+    await until(successor_supervises, 10, "the other replica supervises once the first let the lock go")
+    assert [tuple(r) for r in await db.fetch("SELECT id, relay_url FROM replicas")] == [(successor_id, first.url)]
+    assert replica_id(successor) == successor_id
+    assert successor.proc is not None and successor.proc.poll() is None
+    assert errors(successor) == []
