@@ -162,7 +162,6 @@ class _Server(uvicorn.Server):
 
             log.info("Hatchway %s ready at %s", __version__, self._settings.url)
 
-
     def stop_failing(self) -> None:
         """Stop as on SIGTERM (the same shutdown: no more accepting, SSH connections told and
         ended, agents closed, workspaces stopped, the replica's claims cleared), then exit with a
