@@ -251,7 +251,7 @@ def test_external_connect_off_refuses_and_ends_live_sessions(world: World) -> No
             assert cs.code == 1, cs.err
             assert cs.err.splitlines() == [
                 'hatchway: SSH is not enabled for workspace provider "byo": left out hatchway.dev '
-                "(External Connect is off; ask a site manager if you need it)",
+                '(External Connect is off; ask a site manager if you need it, then run "hatchway config-ssh" again)',
                 "hatchway: SSH is disabled or not available for any workspaces in your deployment",
             ]
         assert "Host hatchway.dev" not in (world.tmp / "other_config").read_text()

@@ -159,7 +159,7 @@ def plan_entries(
             plan.refusals[alias] = external_connect_off_message(ws["provider"])
             plan.warnings.append(
                 f'SSH is not enabled for workspace provider "{ws["provider"]}": left out {alias} '
-                "(External Connect is off; ask a site manager if you need it)"
+                '(External Connect is off; ask a site manager if you need it, then run "hatchway config-ssh" again)'
             )
             continue
         if not ws.get("os_user") or not ws.get("host_keys"):
