@@ -182,6 +182,16 @@ def atomic_write(
         raise
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make renames into (and out of) directory ``path`` durable: a rename is only as safe as
+    the directory entry that records it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _owner_to_keep(target: Path) -> tuple[int, int] | None:
     """(uid, gid) of the existing ``target`` when we run as root and it is someone else's; else None."""
     if os.geteuid() != 0:

@@ -46,9 +46,18 @@ def load_or_create_deployment_secret(data_dir: Path) -> bytes:
         atomic_write(path, (raw + "\n").encode(), 0o600)
     if (path.stat().st_mode & 0o777) != 0o600:
         os.chmod(path, 0o600)
-    secret = bytes.fromhex(raw)
+    return parse_deployment_secret(raw, path)
+
+
+def parse_deployment_secret(text: str, where: Path) -> bytes:
+    """The secret a ``deployment.secret`` file's ``text`` holds; ValueError naming ``where`` when
+    it holds none (a truncated or hand-edited file must not become a weaker secret)."""
+    try:
+        secret = bytes.fromhex(text.strip())
+    except ValueError:
+        secret = b""
     if len(secret) < 32:
-        raise ValueError(f"{path}: the deployment secret must be at least 32 bytes of hex")
+        raise ValueError(f"{where}: the deployment secret must be at least 32 bytes of hex")
     return secret
 
 

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hatchway.db.engine import create_engine, migrate, sessionmaker
 from hatchway.db.models import DeploymentSecret, Replica, User, utcnow
-from hatchway.fileutil import atomic_write
+from hatchway.fileutil import atomic_write, fsync_dir
 from hatchway.server import secret_record
 from hatchway.server.api.users import set_user_key
 from hatchway.server.audit import record
@@ -77,21 +77,13 @@ def _read_secret(path: Path) -> bytes:
 
 def _write_secret(path: Path, secret: bytes) -> None:
     atomic_write(path, (secret.hex() + "\n").encode(), 0o600)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _put_in_place(new_path: Path, current_path: Path) -> None:
     """Step 3: the new secret replaces the current one (atomic rename, then the directory synced)."""
     os.replace(new_path, current_path)
-    _fsync_dir(current_path.parent)
+    fsync_dir(current_path.parent)
 
 
 @dataclass(frozen=True)
