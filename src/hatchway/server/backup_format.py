@@ -1,0 +1,158 @@
+"""What a control-plane backup holds, and which archives are refused before anything is read.
+
+A backup (``hatchway server backup``) is a plain, uncompressed tar of at most three flat
+members: ``manifest.json``, ``deployment.secret`` and, for SQLite, ``hatchway.db``. Plain so
+that no member can hold more than the archive file itself (no decompression bomb), and so that
+a member whose data runs past the end of the file is seen to be truncated from its header
+alone. Restore takes nothing else: a backup is only ever made by Hatchway, so any other name, a
+link, a path with ``..`` or ``/``, a duplicate or an oversized member means the file is foreign,
+damaged or hostile, and is refused before a byte of it is written anywhere.
+
+Pure: no I/O here, so the checks are tested exhaustively (tests/unit/test_backup_format.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from hatchway.server.crypto import SECRET_FILE
+
+FORMAT = "hatchway-backup/1"
+MANIFEST = "manifest.json"
+DATABASE = "hatchway.db"
+SECRET = SECRET_FILE
+#: What ``contents`` says: the SQLite database and its secret, or (PostgreSQL) the secret alone.
+FULL = "sqlite-database-and-secret"
+SECRET_ONLY = "secret-only"
+SECRET_ONLY_NOTE = (
+    "The deployment secret and this manifest only: the PostgreSQL database is not in this file; "
+    "back it up with pg_dump, and keep both together"
+)
+#: Far beyond what each member can be (a secret is 64 hex digits and a newline).
+LIMITS = {MANIFEST: 64 * 1024, SECRET: 1024}
+
+
+class BackupError(Exception):
+    """A backup or restore cannot go ahead; the message says why and what to do."""
+
+
+class RefusedArchive(BackupError):
+    """The file is not a usable Hatchway backup; nothing was written."""
+
+    def __init__(self, archive: str, reason: str) -> None:
+        super().__init__(
+            f"{archive} is not a usable Hatchway backup: {reason}; nothing was written. Restore a file "
+            "made by hatchway server backup, copied whole (compare its size with the one the backup printed)"
+        )
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the backup is: enough to tell, before restoring, what it holds and from when."""
+
+    hatchway_version: str
+    schema_revision: str
+    created_at: str  # ISO 8601, UTC
+    contents: str  # FULL or SECRET_ONLY
+    database: str  # "sqlite" or "postgresql"
+    users: int
+    workspaces: int
+    secret_check: str  # hatchway.server.secret_record.check_value of the secret in the backup
+    files: dict[str, FileEntry]
+
+    def to_json(self) -> bytes:
+        body = {"format": FORMAT, **asdict(self)}
+        if self.contents == SECRET_ONLY:
+            body["note"] = SECRET_ONLY_NOTE
+        return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+
+    def members(self) -> set[str]:
+        """The archive's members besides the manifest."""
+        return set(self.files)
+
+
+def parse_manifest(archive: str, raw: bytes) -> Manifest:
+    """The manifest in ``raw``, or :class:`RefusedArchive` saying what is wrong with it."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise RefusedArchive(archive, f"its {MANIFEST} is not JSON") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        found = body.get("format") if isinstance(body, dict) else None
+        raise RefusedArchive(archive, f"its {MANIFEST} is not of format {FORMAT} (it says {found!r})")
+    try:
+        files = {name: FileEntry(int(e["size"]), str(e["sha256"])) for name, e in body["files"].items()}
+        m = Manifest(
+            hatchway_version=str(body["hatchway_version"]), schema_revision=str(body["schema_revision"]),
+            created_at=str(body["created_at"]), contents=str(body["contents"]), database=str(body["database"]),
+            users=int(body["users"]), workspaces=int(body["workspaces"]), secret_check=str(body["secret_check"]),
+            files=files,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise RefusedArchive(archive, f"its {MANIFEST} lacks a field or has one of the wrong type") from None
+    expected = {FULL: {DATABASE, SECRET}, SECRET_ONLY: {SECRET}}.get(m.contents)
+    if expected is None:
+        raise RefusedArchive(archive, f"its {MANIFEST} names unknown contents {m.contents!r}")
+    if m.members() != expected:
+        raise RefusedArchive(archive, f"its {MANIFEST} lists {sorted(m.members())}, not what a {m.contents} backup holds")
+    return m
+
+
+def check_members(archive: str, members: Sequence[tarfile.TarInfo], archive_size: int) -> None:
+    """Refuse (:class:`RefusedArchive`) any member a backup cannot hold, and a missing manifest.
+
+    ``archive_size`` is the file's size: a member whose data would end beyond it was cut off
+    (or its header lies about its size)."""
+    seen: set[str] = set()
+    allowed = {MANIFEST, SECRET, DATABASE}
+    for m in members:
+        name = m.name
+        if name.startswith("/"):
+            raise RefusedArchive(archive, f"member {name!r} has an absolute path")
+        if ".." in name.split("/"):
+            raise RefusedArchive(archive, f"member {name!r} points outside the archive ('..')")
+        if m.issym() or m.islnk():
+            raise RefusedArchive(archive, f"member {name!r} is a link to {m.linkname!r}")
+        if not m.isreg():
+            raise RefusedArchive(archive, f"member {name!r} is not a regular file")
+        if name not in allowed:
+            raise RefusedArchive(archive, f"member {name!r} is not part of a Hatchway backup")
+        if name in seen:
+            raise RefusedArchive(archive, f"member {name!r} appears twice")
+        seen.add(name)
+        limit = LIMITS.get(name)
+        if limit is not None and m.size > limit:
+            raise RefusedArchive(archive, f"member {name!r} is {m.size} bytes, more than it can be (at most {limit})")
+        if m.offset_data + m.size > archive_size:
+            raise RefusedArchive(archive, f"member {name!r} is cut off (the file ends before its {m.size} bytes do)")
+    if MANIFEST not in seen:
+        raise RefusedArchive(archive, f"it has no {MANIFEST}")
+
+
+def check_matches_manifest(archive: str, manifest: Manifest, members: Sequence[tarfile.TarInfo]) -> None:
+    """The archive holds exactly what its manifest lists, at the sizes it lists."""
+    present = {m.name: m.size for m in members if m.name != MANIFEST}
+    if set(present) != manifest.members():
+        raise RefusedArchive(archive, f"it holds {sorted(present)} but its {MANIFEST} lists {sorted(manifest.members())}")
+    for name, size in present.items():
+        if size != manifest.files[name].size:
+            raise RefusedArchive(archive, f"{name} is {size} bytes but its {MANIFEST} says {manifest.files[name].size}")
+
+
+def check_digest(archive: str, manifest: Manifest, name: str, digest: str) -> None:
+    if digest != manifest.files[name].sha256:
+        raise RefusedArchive(archive, f"{name} does not match its checksum in {MANIFEST} (it was altered or damaged)")
