@@ -126,3 +126,67 @@ def rotate_secret_cmd(data_dir: Path | None, db_url: str | None, old_secret_lost
         )
     else:
         click.echo(f"Rotated the deployment secret; re-sealed {result.keys_resealed} private key(s). Start the server again.")
+
+
+@server.command("backup")
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--data-dir", type=click.Path(path_type=Path), help="State directory [env HATCHWAY_DATA_DIR, default ~/.local/share/hatchway].")
+@click.option("--db", "db_url", envvar="HATCHWAY_DB", help="Database URL [default: SQLite in the data dir].")
+@click.option("--secret-only", is_flag=True,
+              help="Only the deployment secret and a manifest (for PostgreSQL, whose database pg_dump backs up).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def backup_cmd(out: Path, data_dir: Path | None, db_url: str | None, secret_only: bool, force: bool) -> None:
+    """Back up the control plane into the file OUT (0600), while the server runs.
+
+    OUT holds a consistent copy of the SQLite database (taken with SQLite's online backup API),
+    the deployment secret that opens every user's private key, and a manifest with checksums:
+    keep it as safe as the secret. With PostgreSQL, back the database up with pg_dump, and this
+    with --secret-only.
+    """
+    from hatchway.db.engine import sqlite_url_for
+    from hatchway.server.backup import backup
+    from hatchway.server.backup_format import SECRET_ONLY, BackupError
+    from hatchway.server.settings import default_data_dir
+    from hatchway.server.web.format import human_bytes
+
+    data = (data_dir or default_data_dir()).expanduser().resolve()
+    target = out.expanduser().absolute()
+    try:
+        result = backup(target, data, db_url or sqlite_url_for(data), secret_only=secret_only, force=force)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    m = result.manifest
+    what = ("the deployment secret alone (no database: back it up with pg_dump)" if m.contents == SECRET_ONLY
+            else "the SQLite database and the deployment secret")
+    click.echo(f"Wrote {result.path} ({human_bytes(result.size)}, mode 0600): {what}; schema revision {m.schema_revision}, "
+               f"{m.users} user(s), {m.workspaces} workspace(s).")
+    click.echo("It opens every user's private key: keep it as safe as the deployment secret.")
+
+
+@server.command("restore")
+@click.argument("archive", metavar="BACKUP", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--data-dir", type=click.Path(path_type=Path), help="State directory [env HATCHWAY_DATA_DIR, default ~/.local/share/hatchway].")
+@click.option("--db", "db_url", envvar="HATCHWAY_DB",
+              help="For a --secret-only backup: the PostgreSQL database (restored with pg_restore first) to check the secret against.")
+@click.option("--force", is_flag=True, help="Replace the data dir's database and secret (they are moved aside, not deleted).")
+def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force: bool) -> None:
+    """Restore a backup made by hatchway server backup into the data dir (server stopped).
+
+    Nothing is written unless the archive is whole, its checksums match and its secret is the
+    one its database was set up with.
+    """
+    from hatchway.server.backup_format import FULL, BackupError
+    from hatchway.server.restore import restore
+    from hatchway.server.settings import default_data_dir
+
+    data = (data_dir or default_data_dir()).expanduser().resolve()
+    try:
+        result = restore(archive.expanduser().absolute(), data, db_url, force=force)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    m = result.manifest
+    what = "the database and the deployment secret" if m.contents == FULL else "the deployment secret"
+    click.echo(f"Restored {what} of {m.created_at} (Hatchway {m.hatchway_version}, schema revision {m.schema_revision}, "
+               f"{m.users} user(s), {m.workspaces} workspace(s)) into {data}.")
+    if result.set_aside is not None:
+        click.echo(f"The files it replaced are in {result.set_aside}.")

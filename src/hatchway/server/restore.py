@@ -1,0 +1,201 @@
+"""``hatchway server restore``: put a backup's database and deployment secret into a data dir.
+
+Everything that can be checked is checked before anything is written: the archive's members
+(hatchway.server.backup_format), the manifest's checksums, that this Hatchway knows the schema
+revision, and that the secret is the one the database records (hatchway.server.secret_record),
+since a database restored with another secret has every private key unreadable. Only then, with
+the data dir taken as a server takes it (no server can start on it meanwhile, and none may be
+running), are the files written: the database to a temp file renamed into place, the secret
+atomically, both 0600 in a 0700 data dir. Files it replaces (``--force``) are moved into a
+``replaced-by-restore-<time>`` dir, never deleted.
+
+A backup holding the secret alone (PostgreSQL, ``backup --secret-only``) is checked against the
+database ``--db`` names, which the operator has restored with pg_restore first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from hatchway import __version__
+from hatchway.db.snapshot import DbFacts, integrity_problems, known_revisions, sqlite_facts
+from hatchway.fileutil import atomic_write, fsync_dir
+from hatchway.server import datadir, secret_record
+from hatchway.server.backup import NOTHING, facts_of_postgres
+from hatchway.server.backup_format import (
+    DATABASE, FULL, MANIFEST, SECRET, BackupError, Manifest, RefusedArchive, check_digest, check_matches_manifest,
+    check_members, parse_manifest, sha256,
+)
+from hatchway.server.crypto import parse_deployment_secret
+from hatchway.server.errors import sqlite_file
+
+#: What a restore replaces: the database with its WAL files, the secret with a rotation's leftovers.
+DATABASE_FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm")
+SECRET_FILES = (SECRET, SECRET + ".new", SECRET + ".old")
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    manifest: Manifest
+    set_aside: Path | None  # where the replaced files went
+
+
+@dataclass(frozen=True)
+class _Checked:
+    manifest: Manifest
+    secret: bytes
+    tar: tarfile.TarFile
+    db_member: tarfile.TarInfo | None
+
+
+def _copy_hashing(src: IO[bytes], dst: IO[bytes] | None) -> str:
+    digest = hashlib.sha256()
+    while chunk := src.read(_CHUNK):
+        digest.update(chunk)
+        if dst is not None:
+            dst.write(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _open_checked(archive: Path) -> Iterator[_Checked]:
+    """The archive, its members and checksums checked and nothing written; RefusedArchive if not."""
+    name = str(archive)
+    try:
+        fh = open(archive, "rb")
+    except FileNotFoundError:
+        raise BackupError(f"no such file: {archive}; name the file hatchway server backup wrote") from None
+    except OSError as exc:
+        raise BackupError(f"cannot read {archive}: {exc.strerror}") from None
+    with fh:
+        st = os.fstat(fh.fileno())
+        if not os.path.isfile(archive) or st.st_size == 0:
+            raise RefusedArchive(name, "it is empty or not a regular file")
+        try:
+            tar = tarfile.open(fileobj=fh, mode="r:")
+            members = tar.getmembers()
+        except tarfile.TarError as exc:
+            raise RefusedArchive(name, f"it is not a complete tar archive ({exc})") from None
+        check_members(name, members, st.st_size)
+        by_name = {m.name: m for m in members}
+        manifest = parse_manifest(name, tar.extractfile(by_name[MANIFEST]).read())  # type: ignore[union-attr]
+        check_matches_manifest(name, manifest, members)
+        raw = tar.extractfile(by_name[SECRET]).read()  # type: ignore[union-attr]
+        check_digest(name, manifest, SECRET, sha256(raw))
+        try:
+            secret = parse_deployment_secret(raw.decode("ascii", "replace"), Path(f"{archive}:{SECRET}"))
+        except ValueError:
+            raise RefusedArchive(name, f"its {SECRET} holds no deployment secret") from None
+        db_member = by_name.get(DATABASE)
+        if db_member is not None:
+            check_digest(name, manifest, DATABASE, _copy_hashing(tar.extractfile(db_member), None))  # type: ignore[arg-type]
+        if manifest.schema_revision not in known_revisions():
+            raise BackupError(
+                f"{archive} was made by Hatchway {manifest.hatchway_version} at schema revision "
+                f"{manifest.schema_revision}, which this Hatchway ({__version__}) does not know: restore it with "
+                f"Hatchway {manifest.hatchway_version} or later; {NOTHING}"
+            )
+        yield _Checked(manifest, secret, tar, db_member)
+
+
+def _mismatch(archive: Path, which: str) -> BackupError:
+    return BackupError(
+        f"the deployment secret in {archive} is not the one {which} was set up with, so every user's private key "
+        f"would be unreadable; restore a database and secret backed up together; {NOTHING}"
+    )
+
+
+def _take(data_dir: Path) -> int:
+    try:
+        return datadir.take(data_dir)
+    except datadir.DataDirInUse as exc:
+        who = f"a Hatchway server (pid {exc.pid})" if exc.pid else "a Hatchway server"
+        raise BackupError(f"{who} is running on the data dir {data_dir}: stop it first, then restore; {NOTHING}") from None
+    except OSError as exc:
+        raise BackupError(f"cannot take the data dir {data_dir}: {exc}; {NOTHING}") from None
+
+
+def _extract_database(checked: _Checked, archive: Path, data_dir: Path) -> Path:
+    """The backup's database in a temp file in ``data_dir``, checked; removed again if refused."""
+    tfd, tmp_name = tempfile.mkstemp(prefix=f".{DATABASE}.", suffix=".restoring", dir=data_dir)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(tfd, "wb") as out:
+            digest = _copy_hashing(checked.tar.extractfile(checked.db_member), out)  # type: ignore[arg-type]
+            out.flush()
+            os.fsync(out.fileno())
+        check_digest(str(archive), checked.manifest, DATABASE, digest)  # the file changed since it was checked
+        try:
+            problems = integrity_problems(tmp)
+            facts: DbFacts | None = None if problems else sqlite_facts(tmp)
+        except sqlite3.Error as exc:
+            raise RefusedArchive(str(archive), f"its {DATABASE} is not a Hatchway database ({exc})") from None
+        if facts is None:
+            raise RefusedArchive(str(archive), f"its {DATABASE} fails SQLite's integrity check ({problems[0]})")
+        if facts.revision != checked.manifest.schema_revision:
+            raise RefusedArchive(str(archive), f"its {DATABASE} is at schema revision {facts.revision}, not the "
+                                               f"{checked.manifest.schema_revision} its {MANIFEST} says")
+        if facts.secret_check != secret_record.check_value(checked.secret):
+            raise _mismatch(archive, "its database")
+        return tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _set_aside(data_dir: Path, names: list[str]) -> Path:
+    aside = data_dir / f"replaced-by-restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    aside.mkdir(mode=0o700)
+    for name in names:
+        os.replace(data_dir / name, aside / name)
+    fsync_dir(aside)
+    return aside
+
+
+def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = False) -> RestoreResult:
+    """Restore ``archive`` into ``data_dir`` (and check a secret-only one against ``db_url``)."""
+    with _open_checked(archive) as checked:
+        full = checked.manifest.contents == FULL
+        if full and db_url is not None and sqlite_file(db_url) != str(data_dir / DATABASE):
+            raise BackupError(
+                f"{archive} holds a SQLite database, which is restored into the data dir as {DATABASE}: leave out "
+                f"--db (and unset HATCHWAY_DB), and start the server without it; {NOTHING}"
+            )
+        if not full:
+            if db_url is None or sqlite_file(db_url) is not None:
+                raise BackupError(
+                    f"{archive} holds the deployment secret alone: its database is PostgreSQL's, restored with "
+                    "pg_restore from the dump made with it; name that database with --db postgresql://… so the "
+                    f"secret can be checked against it; {NOTHING}"
+                )
+            if facts_of_postgres(db_url).secret_check != secret_record.check_value(checked.secret):
+                raise _mismatch(archive, "the database --db names")
+        fd = _take(data_dir)
+        try:
+            ours = (DATABASE_FILES + SECRET_FILES) if full else SECRET_FILES
+            present = [n for n in ours if os.path.lexists(data_dir / n)]
+            if present and not force:
+                raise BackupError(
+                    f"the data dir {data_dir} already holds {', '.join(present)}; to replace them (they are kept in a "
+                    f"replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
+                )
+            new_db = _extract_database(checked, archive, data_dir) if full else None
+            aside = _set_aside(data_dir, present) if present else None
+            if new_db is not None:
+                os.replace(new_db, data_dir / DATABASE)
+            atomic_write(data_dir / SECRET, (checked.secret.hex() + "\n").encode(), 0o600)
+            fsync_dir(data_dir)
+        finally:
+            os.close(fd)
+    return RestoreResult(checked.manifest, aside)

@@ -1,0 +1,328 @@
+"""``hatchway server backup`` and ``restore`` with real server processes on real SQLite.
+
+A backup taken while the server runs and users are being created is a consistent database
+(SQLite's integrity check) with its secret; restored into a fresh data dir, a server starts on
+it and gives a user the very private key they downloaded before. Every refusal (a server on the
+data dir, data already there, a damaged, tampered, foreign or hostile archive, a secret that is
+not the database's) says what happened and writes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hatchway.server.backup_format import sha256
+from hatchway.server.web.format import human_bytes
+from tests.helpers.cli import Cli
+from tests.helpers.server import HATCHWAY, RunningServer, api, first_user, wait_for
+
+NOTHING = "nothing was written"
+REFUSED_TAIL = ("; nothing was written. Restore a file made by hatchway server backup, copied whole (compare its size "
+                "with the one the backup printed)")
+
+
+def hatchway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("HATCHWAY_DB", "HATCHWAY_DATA_DIR")}
+    return subprocess.run([HATCHWAY, "server", *args], capture_output=True, text=True, timeout=120, env={**environ, **(env or {})})
+
+
+def tree(root: Path) -> dict[str, tuple[int, bytes]] | None:
+    """Every file under ``root`` with its mode and content (None: ``root`` does not exist);
+    server.lock's content is left out: it is the pid of whoever took the data dir last."""
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): (p.lstat().st_mode & 0o777, p.read_bytes() if p.is_file() and p.name != "server.lock" else b"")
+            for p in sorted(root.rglob("*"))}
+
+
+def members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive, "r:") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+
+
+def write_tar(path: Path, files: list[tuple[str, bytes]], extra: list[tarfile.TarInfo] = ()) -> None:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info in extra:
+            tar.addfile(info)
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+
+
+def refused(archive: Path, reason: str) -> str:
+    return f"Error: {archive} is not a usable Hatchway backup: {reason}{REFUSED_TAIL}\n"
+
+
+@dataclass
+class Deployment:
+    server: RunningServer
+    token: str  # alice's, the site manager
+    bob: Cli
+    tmp: Path
+
+    @property
+    def data(self) -> Path:
+        return self.server.data_dir
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """A server on SQLite with a site manager (alice), a member (bob) and one manual workspace."""
+    server = RunningServer(tmp_path / "data")
+    server.start()
+    try:
+        token = first_user(server.url, "alice", "alice-password-1")
+        with api(server.url, token) as c:
+            c.post("/users", json={"username": "bob", "email": "bob@example.com", "password": "bob-password-1"}).raise_for_status()
+        alice = Cli(tmp_path / "alice")
+        alice.login(server.url, "alice", "alice-password-1")
+        alice.ok("providers", "create", "byo", "--kind", "manual")
+        alice.ok("workspaces", "create", "box", "--provider", "byo")
+        bob = Cli(tmp_path / "bob")
+        bob.login(server.url, "bob", "bob-password-1")
+        yield Deployment(server, token, bob, tmp_path)
+    finally:
+        if server.proc is not None:
+            server.stop()
+
+
+class UserWriter(threading.Thread):
+    """Creates users through the API until stopped: the server writes throughout the backup."""
+
+    def __init__(self, url: str, token: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.token = url, token
+        self.created = 0
+        self.halt = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with api(self.url, self.token) as c:
+                while not self.halt.is_set():
+                    n = self.created
+                    c.post("/users", json={"username": f"load{n}", "email": f"load{n}@example.com",
+                                           "password": "load-password-1"}).raise_for_status()
+                    self.created += 1
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.failure = exc
+
+
+def wait_created(writer: UserWriter, at_least: int) -> None:
+    wait_for(lambda: writer.created >= at_least or writer.failure, 30, what=f"{at_least} users created")
+    assert writer.failure is None, writer.failure
+
+
+def backup_line(out: Path, users: int) -> str:
+    return (f"Wrote {out} ({human_bytes(out.stat().st_size)}, mode 0600): the SQLite database and the deployment secret; "
+            f"schema revision 0007, {users} user(s), 1 workspace(s).\n"
+            "It opens every user's private key: keep it as safe as the deployment secret.\n")
+
+
+def test_a_backup_taken_while_the_server_writes_restores_every_users_key(deployment: Deployment) -> None:
+    d = deployment
+    d.bob.ok("keys", "download", "--output", str(d.tmp / "bob-key-before"))
+    out = d.tmp / "backups" / "hatchway.tar"
+    out.parent.mkdir()
+
+    writer = UserWriter(d.server.url, d.token)
+    writer.start()
+    try:
+        wait_created(writer, 2)
+        r = hatchway("backup", str(out), "--data-dir", str(d.data))
+        during = writer.created
+        wait_created(writer, during + 2)  # still writing after the backup: it never stopped the server
+    finally:
+        writer.halt.set()
+        writer.join(30)
+    assert writer.failure is None, writer.failure
+
+    inside = members(out)
+    manifest = json.loads(inside["manifest.json"])
+    assert (r.returncode, r.stdout, r.stderr) == (0, backup_line(out, manifest["users"]), "")
+    assert sorted(inside) == ["deployment.secret", "hatchway.db", "manifest.json"]
+    assert os.listdir(out.parent) == ["hatchway.tar"] and out.stat().st_mode & 0o777 == 0o600
+    assert inside["deployment.secret"] == (d.data / "deployment.secret").read_bytes()
+    assert {k: v for k, v in manifest.items() if k not in ("created_at", "users", "secret_check")} == {
+        "format": "hatchway-backup/1", "hatchway_version": "0.1.0", "schema_revision": "0007",
+        "contents": "sqlite-database-and-secret", "database": "sqlite", "workspaces": 1,
+        "files": {name: {"size": len(inside[name]), "sha256": sha256(inside[name])} for name in ("deployment.secret", "hatchway.db")},
+    }
+    (d.tmp / "copy.db").write_bytes(inside["hatchway.db"])
+    copy = sqlite3.connect(d.tmp / "copy.db")
+    assert copy.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    users = [row[0] for row in copy.execute("SELECT username FROM users")]
+    copy.close()
+    assert manifest["users"] == len(users) and 2 + 2 <= len(users) <= 2 + during  # alice, bob and what was created before it
+    # one instant of the database: the users created one after another up to it, none missing
+    assert sorted(users) == sorted(["alice", "bob"] + [f"load{i}" for i in range(len(users) - 2)])
+
+    d.server.stop()
+    restored = d.tmp / "elsewhere" / "data"
+    r = hatchway("restore", str(out), "--data-dir", str(restored))
+    assert (r.returncode, r.stdout, r.stderr) == (0, (
+        f"Restored the database and the deployment secret of {manifest['created_at']} (Hatchway 0.1.0, schema revision "
+        f"0007, {len(users)} user(s), 1 workspace(s)) into {restored}.\n"), "")
+    assert {name: mode for name, (mode, _) in tree(restored).items()} == {  # type: ignore[union-attr]
+        "deployment.secret": 0o600, "hatchway.db": 0o600, "server.lock": 0o600}
+    assert restored.stat().st_mode & 0o777 == 0o700
+    assert (restored / "deployment.secret").read_bytes() == inside["deployment.secret"]
+    assert (restored / "hatchway.db").read_bytes() == inside["hatchway.db"]
+
+    server = RunningServer(restored)
+    server.start()
+    try:
+        bob = Cli(d.tmp / "bob-on-the-new-machine")
+        bob.login(server.url, "bob", "bob-password-1")
+        bob.ok("keys", "download", "--output", str(d.tmp / "bob-key-after"))
+        assert (d.tmp / "bob-key-after").read_bytes() == (d.tmp / "bob-key-before").read_bytes()
+        with api(server.url, d.token) as c:  # alice's session came back with the database
+            assert sorted(u["username"] for u in c.get("/users").json()) == sorted(users)
+    finally:
+        server.stop()
+
+
+def make_backup(d: Deployment) -> Path:
+    out = d.tmp / "good.tar"
+    r = hatchway("backup", str(out), "--data-dir", str(d.data))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_restore_refuses_a_running_server_and_existing_data_unless_forced(deployment: Deployment) -> None:
+    d = deployment
+    out = make_backup(d)
+    secret = (d.data / "deployment.secret").read_bytes()
+
+    r = hatchway("restore", str(out), "--data-dir", str(d.data), "--force")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: a Hatchway server (pid {d.server.proc.pid}) is running on the data dir {d.data}: stop it first, then "  # type: ignore[union-attr]
+        f"restore; {NOTHING}\n"))
+    assert (d.data / "deployment.secret").read_bytes() == secret and not list(d.data.glob("replaced-by-restore-*"))
+
+    d.server.stop()
+    before = tree(d.data)
+    assert sorted(before) == ["deployment.secret", "hatchway.db", "server.lock"]  # type: ignore[arg-type]
+    r = hatchway("restore", str(out), "--data-dir", str(d.data))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: the data dir {d.data} already holds hatchway.db, deployment.secret; to replace them (they are kept in "
+        f"a replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}\n"))
+    assert tree(d.data) == before
+
+    r = hatchway("restore", str(out), "--data-dir", str(d.data), "--force")
+    [aside] = d.data.glob("replaced-by-restore-*")
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.endswith(f"into {d.data}.\nThe files it replaced are in {aside}.\n")
+    assert tree(aside) == {name: before[name] for name in ("deployment.secret", "hatchway.db")}  # type: ignore[index]
+    assert aside.stat().st_mode & 0o777 == 0o700
+    inside = members(out)
+    assert (d.data / "hatchway.db").read_bytes() == inside["hatchway.db"]
+    assert (d.data / "deployment.secret").read_bytes() == inside["deployment.secret"]
+    d.server.start()  # the restored pair is one the server accepts
+
+
+def test_restore_refuses_damaged_foreign_and_hostile_archives(deployment: Deployment) -> None:
+    d = deployment
+    good = make_backup(d)
+    inside = members(good)
+    with tarfile.open(good, "r:") as tar:
+        db = tar.getmember("hatchway.db")
+    whole = good.read_bytes()
+    target = d.tmp / "target"
+    other_secret = (b"ab" * 32) + b"\n"
+
+    def manifest_for(secret: bytes, revision: str = "0007") -> bytes:
+        body = json.loads(inside["manifest.json"])
+        body["schema_revision"] = revision
+        body["files"]["deployment.secret"] = {"size": len(secret), "sha256": sha256(secret)}
+        return json.dumps(body).encode()
+
+    cases: list[tuple[str, bytes | None, list[tuple[str, bytes]], list[tarfile.TarInfo], str]] = []
+    flipped = bytearray(whole)
+    flipped[db.offset_data + 100] ^= 0xFF
+    cases.append(("flipped", bytes(flipped), [], [], "hatchway.db does not match its checksum in manifest.json (it was altered or damaged)"))
+    cases.append(("truncated", whole[: db.offset_data + 1000], [], [], "it is not a complete tar archive (unexpected end of data)"))
+    cases.append(("empty", b"", [], [], "it is empty or not a regular file"))
+    cases.append(("noise", os.urandom(4096), [], [], "it is not a complete tar archive (invalid header)"))
+    good_files = [(n, inside[n]) for n in ("manifest.json", "deployment.secret", "hatchway.db")]
+    escape = tarfile.TarInfo("../escaped")
+    escape.size = 0
+    cases.append(("traversal", None, good_files, [escape], "member '../escaped' points outside the archive ('..')"))
+    absolute = tarfile.TarInfo(str(d.tmp / "absolute"))
+    cases.append(("absolute", None, good_files, [absolute], f"member '{d.tmp / 'absolute'}' has an absolute path"))
+    link = tarfile.TarInfo("hatchway.db")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    cases.append(("symlink", None, good_files[:2], [link], "member 'hatchway.db' is a link to '/etc/passwd'"))
+    cases.append(("foreign", None, [("README", b"hello\n")], [], "member 'README' is not part of a Hatchway backup"))
+    huge = tarfile.TarInfo("hatchway.db")
+    huge.size = 1 << 40  # a header claiming a terabyte the file does not hold
+    cases.append(("huge", None, good_files[:2], [huge], "it is not a complete tar archive (unexpected end of data)"))
+    cases.append(("unknown revision", None, [("manifest.json", manifest_for(inside["deployment.secret"], "9999")), *good_files[1:]], [], ""))
+
+    for label, raw, files, extra, reason in cases:
+        archive = d.tmp / f"{label}.tar"
+        if raw is not None:
+            archive.write_bytes(raw)
+        else:
+            write_tar(archive, files, extra)
+        r = hatchway("restore", str(archive), "--data-dir", str(target))
+        if label == "unknown revision":
+            assert r.stderr == (f"Error: {archive} was made by Hatchway 0.1.0 at schema revision 9999, which this Hatchway "
+                                f"(0.1.0) does not know: restore it with Hatchway 0.1.0 or later; {NOTHING}\n"), label
+        else:
+            assert r.stderr == refused(archive, reason), label
+        assert (r.returncode, r.stdout) == (1, ""), label
+        assert tree(target) is None and not (d.tmp / "escaped").exists() and not (d.tmp / "absolute").exists(), label
+
+    # A secret that is not the database's, with a manifest that agrees with it: only the database can tell.
+    tampered = d.tmp / "tampered.tar"
+    write_tar(tampered, [("manifest.json", manifest_for(other_secret)), ("deployment.secret", other_secret),
+                         ("hatchway.db", inside["hatchway.db"])])
+    r = hatchway("restore", str(tampered), "--data-dir", str(target))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: the deployment secret in {tampered} is not the one its database was set up with, so every user's "
+        f"private key would be unreadable; restore a database and secret backed up together; {NOTHING}\n"))
+    assert tree(target) == {"server.lock": (0o600, b"")}  # the data dir was taken (no server may start meanwhile), no more
+
+
+def test_backup_refusals_leave_no_file(deployment: Deployment) -> None:
+    d = deployment
+    out = d.tmp / "b.tar"
+    out.write_bytes(b"an older backup")
+    r = hatchway("backup", str(out), "--data-dir", str(d.data))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: {out} already exists; choose another name, or pass --force to replace it; {NOTHING}\n"))
+    assert out.read_bytes() == b"an older backup"
+    r = hatchway("backup", str(out), "--data-dir", str(d.data), "--force")
+    assert (r.returncode, r.stdout, r.stderr) == (0, backup_line(out, 2), "")
+
+    wrong = d.tmp / "wrong-data"
+    wrong.mkdir(mode=0o700)
+    (wrong / "deployment.secret").write_text("cd" * 32 + "\n")
+    fresh = d.tmp / "fresh" / "b.tar"
+    fresh.parent.mkdir()
+    r = hatchway("backup", str(fresh), "--data-dir", str(wrong), "--db", f"sqlite:///{d.data / 'hatchway.db'}")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: the deployment secret in {wrong / 'deployment.secret'} is not the one the database was set up with, "
+        "so the two together would open no one's private key: back up with the data dir the server runs with "
+        f"(--data-dir) and the database it runs on (--db); {NOTHING}\n"))
+    assert os.listdir(fresh.parent) == []  # no half file, no temp dir
+
+    r = hatchway("backup", str(fresh), "--data-dir", str(d.data), env={"HATCHWAY_DB": "postgresql://hatchway@127.0.0.1:9/hatchway"})
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        "Error: the database is PostgreSQL, which is PostgreSQL's to back up: run pg_dump on it (for example pg_dump "
+        "--format=custom --file hatchway.pgdump with the same URL), then run this again with --secret-only for what "
+        "only Hatchway has, the deployment secret that opens every user's private key, and keep the two files "
+        f"together; {NOTHING}\n"))
+    assert os.listdir(fresh.parent) == []
