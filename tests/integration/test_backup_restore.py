@@ -326,3 +326,51 @@ def test_backup_refusals_leave_no_file(deployment: Deployment) -> None:
         "only Hatchway has, the deployment secret that opens every user's private key, and keep the two files "
         f"together; {NOTHING}\n"))
     assert os.listdir(fresh.parent) == []
+
+
+@pytest.mark.postgres
+def test_with_postgresql_the_backup_is_the_secret_alone_and_restores_against_the_database(pg_url: str, tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "data", db_url=pg_url)
+    server.start()
+    try:
+        token = first_user(server.url, "alice", "alice-password-1")
+        with api(server.url, token) as c:
+            c.post("/users", json={"username": "bob", "email": "bob@example.com", "password": "bob-password-1"}).raise_for_status()
+        bob = Cli(tmp_path / "bob")
+        bob.login(server.url, "bob", "bob-password-1")
+        bob.ok("keys", "download", "--output", str(tmp_path / "bob-key-before"))
+        out = tmp_path / "secret.tar"
+        r = hatchway("backup", str(out), "--data-dir", str(server.data_dir), "--secret-only", env={"HATCHWAY_DB": pg_url})
+        assert (r.returncode, r.stdout, r.stderr) == (0, (
+            f"Wrote {out} ({human_bytes(out.stat().st_size)}, mode 0600): the deployment secret alone (no database: back "
+            "it up with pg_dump); schema revision 0007, 2 user(s), 0 workspace(s).\n"
+            "It opens every user's private key: keep it as safe as the deployment secret.\n"), "")
+    finally:
+        server.stop()
+    inside = members(out)
+    manifest = json.loads(inside["manifest.json"])
+    assert sorted(inside) == ["deployment.secret", "manifest.json"]
+    assert (manifest["contents"], manifest["database"], manifest["note"]) == (
+        "secret-only", "postgresql", "The deployment secret and this manifest only: the PostgreSQL database is not in "
+        "this file; back it up with pg_dump, and keep both together")
+
+    fresh = tmp_path / "new-machine"
+    r = hatchway("restore", str(out), "--data-dir", str(fresh))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: {out} holds the deployment secret alone: its database is PostgreSQL's, restored with pg_restore from "
+        "the dump made with it; name that database with --db postgresql://… so the secret can be checked against it; "
+        f"{NOTHING}\n"))
+    assert tree(fresh) is None
+    r = hatchway("restore", str(out), "--data-dir", str(fresh), "--db", pg_url)
+    assert (r.returncode, r.stdout, r.stderr) == (0, (
+        f"Restored the deployment secret of {manifest['created_at']} (Hatchway 0.1.0, schema revision 0007, 2 user(s), "
+        f"0 workspace(s)) into {fresh}.\n"), "")
+    assert tree(fresh) == {"deployment.secret": (0o600, inside["deployment.secret"]), "server.lock": (0o600, b"")}
+
+    moved = RunningServer(fresh, port=server.port, db_url=pg_url)  # where the CLI session points
+    moved.start()
+    try:
+        bob.ok("keys", "download", "--output", str(tmp_path / "bob-key-after"))  # the same CLI session, on the new server
+    finally:
+        moved.stop()
+    assert (tmp_path / "bob-key-after").read_bytes() == (tmp_path / "bob-key-before").read_bytes()
