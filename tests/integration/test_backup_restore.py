@@ -285,6 +285,12 @@ def test_restore_refuses_damaged_foreign_and_hostile_archives(deployment: Deploy
         assert (r.returncode, r.stdout) == (1, ""), label
         assert tree(target) is None and not (d.tmp / "escaped").exists() and not (d.tmp / "absolute").exists(), label
 
+    fifo = d.tmp / "fifo.tar"
+    os.mkfifo(fifo)  # would block a reader that opened it to look
+    r = hatchway("restore", str(fifo), "--data-dir", str(target))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", refused(fifo, "it is empty or not a regular file"))
+    assert tree(target) is None
+
     # A secret that is not the database's, with a manifest that agrees with it: only the database can tell.
     tampered = d.tmp / "tampered.tar"
     write_tar(tampered, [("manifest.json", manifest_for(other_secret)), ("deployment.secret", other_secret),

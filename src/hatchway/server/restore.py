@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -72,15 +73,15 @@ def _copy_hashing(src: IO[bytes], dst: IO[bytes] | None) -> str:
 def _open_checked(archive: Path) -> Iterator[_Checked]:
     """The archive, its members and checksums checked and nothing written; RefusedArchive if not."""
     name = str(archive)
-    try:
-        fh = open(archive, "rb")
+    try:  # non-blocking: a FIFO must be refused, not waited on
+        fd = os.open(archive, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise BackupError(f"no such file: {archive}; name the file hatchway server backup wrote") from None
     except OSError as exc:
         raise BackupError(f"cannot read {archive}: {exc.strerror}") from None
-    with fh:
-        st = os.fstat(fh.fileno())
-        if not os.path.isfile(archive) or st.st_size == 0:
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             raise RefusedArchive(name, "it is empty or not a regular file")
         try:
             tar = tarfile.open(fileobj=fh, mode="r:")
@@ -191,9 +192,13 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = 
                     f"replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
                 )
             new_db = _extract_database(checked, archive, data_dir) if full else None
-            aside = _set_aside(data_dir, present) if present else None
-            if new_db is not None:
-                os.replace(new_db, data_dir / DATABASE)
+            try:
+                aside = _set_aside(data_dir, present) if present else None
+                if new_db is not None:
+                    os.replace(new_db, data_dir / DATABASE)
+            finally:
+                if new_db is not None:
+                    new_db.unlink(missing_ok=True)  # left only if setting the old files aside failed
             atomic_write(data_dir / SECRET, (checked.secret.hex() + "\n").encode(), 0o600)
             fsync_dir(data_dir)
         finally:
