@@ -145,7 +145,7 @@ def backup_cmd(out: Path, data_dir: Path | None, db_url: str | None, secret_only
     """
     from hatchway.db.engine import sqlite_url_for
     from hatchway.server.backup import backup
-    from hatchway.server.backup_format import SECRET_ONLY, BackupError
+    from hatchway.server.backup_format import BackupError
     from hatchway.server.settings import default_data_dir
     from hatchway.server.web.format import human_bytes
 
@@ -156,8 +156,8 @@ def backup_cmd(out: Path, data_dir: Path | None, db_url: str | None, secret_only
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     m = result.manifest
-    what = ("the deployment secret alone (no database: back it up with pg_dump)" if m.contents == SECRET_ONLY
-            else "the SQLite database and the deployment secret")
+    what = ("the SQLite database and the deployment secret" if m.holds_database
+            else "the deployment secret alone (no database: back it up with pg_dump)")
     click.echo(f"Wrote {result.path} ({human_bytes(result.size)}, mode 0600): {what}; schema revision {m.schema_revision}, "
                f"{m.users} user(s), {m.workspaces} workspace(s).")
     click.echo("It opens every user's private key: keep it as safe as the deployment secret.")
@@ -175,7 +175,7 @@ def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force:
     Nothing is written unless the archive is whole, its checksums match and its secret is the
     one its database was set up with.
     """
-    from hatchway.server.backup_format import FULL, BackupError
+    from hatchway.server.backup_format import BackupError
     from hatchway.server.restore import restore
     from hatchway.server.settings import default_data_dir
 
@@ -185,7 +185,7 @@ def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force:
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     m = result.manifest
-    what = "the database and the deployment secret" if m.contents == FULL else "the deployment secret"
+    what = "the database and the deployment secret" if m.holds_database else "the deployment secret"
     click.echo(f"Restored {what} of {m.created_at} (Hatchway {m.hatchway_version}, schema revision {m.schema_revision}, "
                f"{m.users} user(s), {m.workspaces} workspace(s)) into {data}.")
     if result.set_aside is not None:

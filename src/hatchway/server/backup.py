@@ -93,13 +93,13 @@ def facts_of_postgres(db_url: str) -> DbFacts:
                           f"names the server's; {NOTHING}") from None
 
 
-def _check_pair(facts: DbFacts, check: str, secret_path: Path) -> None:
+def _check_pair(facts: DbFacts, secret: bytes, secret_path: Path) -> None:
     if facts.revision is None or facts.secret_check is None:
         raise BackupError(
             "the database records no deployment secret yet: start hatchway server on it once (it records its "
             f"secret at start), then back up again; {NOTHING}"
         )
-    if facts.secret_check != check:
+    if not secret_record.matches(facts.secret_check, secret):
         raise BackupError(
             f"the deployment secret in {secret_path} is not the one the database was set up with, so the two "
             "together would open no one's private key: back up with the data dir the server runs with "
@@ -163,7 +163,7 @@ def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False,
             facts = _facts_of_copy(Path(db_path), work / DATABASE)  # read from a consistent copy, not kept
         else:
             facts = facts_of_postgres(db_url)
-        _check_pair(facts, check, data_dir / SECRET)
+        _check_pair(facts, secret, data_dir / SECRET)
         files = {SECRET: FileEntry(len(secret_raw), sha256(secret_raw))}
         if copy is not None:
             with open(copy, "rb") as fh:

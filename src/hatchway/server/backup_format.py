@@ -14,6 +14,7 @@ Pure: no I/O here, so the checks are tested exhaustively (tests/unit/test_backup
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import tarfile
 from collections.abc import Sequence
@@ -76,9 +77,13 @@ class Manifest:
 
     def to_json(self) -> bytes:
         body = {"format": FORMAT, **asdict(self)}
-        if self.contents == SECRET_ONLY:
+        if not self.holds_database:
             body["note"] = SECRET_ONLY_NOTE
         return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode()
+
+    @property
+    def holds_database(self) -> bool:
+        return DATABASE in self.files
 
     def members(self) -> set[str]:
         """The archive's members besides the manifest."""
@@ -154,5 +159,5 @@ def check_matches_manifest(archive: str, manifest: Manifest, members: Sequence[t
 
 
 def check_digest(archive: str, manifest: Manifest, name: str, digest: str) -> None:
-    if digest != manifest.files[name].sha256:
+    if not hmac.compare_digest(digest, manifest.files[name].sha256):
         raise RefusedArchive(archive, f"{name} does not match its checksum in {MANIFEST} (it was altered or damaged)")

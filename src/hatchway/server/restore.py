@@ -34,7 +34,7 @@ from hatchway.fileutil import atomic_write, fsync_dir
 from hatchway.server import datadir, secret_record
 from hatchway.server.backup import NOTHING, facts_of_postgres
 from hatchway.server.backup_format import (
-    DATABASE, FULL, MANIFEST, SECRET, BackupError, Manifest, RefusedArchive, check_digest, check_matches_manifest,
+    DATABASE, MANIFEST, SECRET, BackupError, Manifest, RefusedArchive, check_digest, check_matches_manifest,
     check_members, parse_manifest, sha256,
 )
 from hatchway.server.crypto import parse_deployment_secret
@@ -147,7 +147,7 @@ def _extract_database(checked: _Checked, archive: Path, data_dir: Path) -> Path:
         if facts.revision != checked.manifest.schema_revision:
             raise RefusedArchive(str(archive), f"its {DATABASE} is at schema revision {facts.revision}, not the "
                                                f"{checked.manifest.schema_revision} its {MANIFEST} says")
-        if facts.secret_check != secret_record.check_value(checked.secret):
+        if not secret_record.matches(facts.secret_check, checked.secret):
             raise _mismatch(archive, "its database")
         return tmp
     except BaseException:
@@ -167,7 +167,7 @@ def _set_aside(data_dir: Path, names: list[str]) -> Path:
 def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = False) -> RestoreResult:
     """Restore ``archive`` into ``data_dir`` (and check a secret-only one against ``db_url``)."""
     with _open_checked(archive) as checked:
-        full = checked.manifest.contents == FULL
+        full = checked.manifest.holds_database
         if full and db_url is not None and sqlite_file(db_url) != str(data_dir / DATABASE):
             raise BackupError(
                 f"{archive} holds a SQLite database, which is restored into the data dir as {DATABASE}: leave out "
@@ -180,7 +180,7 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = 
                     "pg_restore from the dump made with it; name that database with --db postgresql://… so the "
                     f"secret can be checked against it; {NOTHING}"
                 )
-            if facts_of_postgres(db_url).secret_check != secret_record.check_value(checked.secret):
+            if not secret_record.matches(facts_of_postgres(db_url).secret_check, checked.secret):
                 raise _mismatch(archive, "the database --db names")
         fd = _take(data_dir)
         try:

@@ -12,6 +12,8 @@ taken, finds another and is refused. ``hatchway server rotate-secret`` records t
 
 from __future__ import annotations
 
+import hmac
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,6 +25,11 @@ from hatchway.server.crypto import derive_key
 def check_value(deployment_secret: bytes) -> str:
     """What is recorded of ``deployment_secret``."""
     return derive_key(deployment_secret, b"replica-check/v1").hex()
+
+
+def matches(recorded: str | None, deployment_secret: bytes) -> bool:
+    """Whether ``recorded`` (None: nothing recorded yet) is ``deployment_secret``'s check."""
+    return recorded is not None and hmac.compare_digest(recorded, check_value(deployment_secret))
 
 
 async def claim(sessions: async_sessionmaker[AsyncSession], check: str) -> str:
