@@ -482,6 +482,35 @@ def test_a_replica_killed_mid_session_is_survived(fleet: Fleet) -> None:
         fleet.servers[x].start()  # for whatever runs after; a new replica id
 
 
+def test_a_replica_stopped_mid_session_tells_its_client_another_replica_takes_the_connection(fleet: Fleet) -> None:
+    """Alone, a server going down says to connect again once it is back; a replica says that
+    another one takes the connection at once (the balancer sends it elsewhere)."""
+    fleet.create_workspace("moving")
+    agent = fleet.start_agent("moving", fleet.lb_url)
+    wait_for(lambda: fleet.workspace("moving")["agent_connected"], 20, what="the agent to connect")
+    holder = fleet.workspace("moving")["agent_replica"]
+
+    def replica_id(c: int) -> str:  # asked, not fleet.ids: an earlier test may have restarted one
+        with fleet.api(c) as api:
+            return api.get("/deployment").json()["replica"]
+
+    x = next(c for c in range(REPLICAS) if replica_id(c) != holder)  # not the agent's
+    fleet.bob[x].ok("config-ssh", "--ssh-config", str(fleet.ssh_configs[x]), "-y")
+    live = fleet.live_session(x, "moving")
+    try:
+        assert fleet.servers[x].stop() == 0
+        assert live.wait(timeout=15) == 255
+        assert live.stderr is not None
+        said = live.stderr.read().decode().splitlines()
+        assert ("hatchway: this Hatchway server is shutting down; connect again: another replica takes the "
+                "connection (or this one once it is back)") in said, said
+    finally:
+        live.kill()
+        live.wait()
+        agent.stop()
+        fleet.servers[x].start()  # for whatever runs after; a new replica id
+
+
 def test_replicas_starting_together_on_a_fresh_database_all_come_up_and_a_wrong_secret_is_refused(
     pg_cluster: object, tmp_path: Path
 ) -> None:

@@ -25,6 +25,11 @@ log = logging.getLogger("hatchway.server")
 
 #: What open SSH connections are told when the server stops (a restart, an upgrade).
 SHUTTING_DOWN = "the Hatchway server is shutting down; connect again once it is back"
+#: The same with replicas: the balancer sends a new connection to another one at once.
+REPLICA_SHUTTING_DOWN = (
+    "this Hatchway server is shutting down; connect again: another replica takes the connection "
+    "(or this one once it is back)"
+)
 #: How long the relay's endpoints get to send that before uvicorn closes every connection.
 SHUTDOWN_NOTICE_S = 2.0
 
@@ -144,7 +149,8 @@ class _Server(uvicorn.Server):
         for server in list(self._extra):
             server.close()  # stop accepting; their connections are closed with everyone's
         ctx = getattr(getattr(self._app, "state", None), "ctx", None)
-        if ctx is not None and await ctx.relay.end_sessions(StreamMatch(), SHUTTING_DOWN):
+        said = SHUTTING_DOWN if ctx is None or ctx.engine.dialect.name == "sqlite" else REPLICA_SHUTTING_DOWN
+        if ctx is not None and await ctx.relay.end_sessions(StreamMatch(), said):
             # Told why before their sockets are closed under them; a peer too slow to take the
             # close gets the usual one below.
             await ctx.relay.drained(SHUTDOWN_NOTICE_S)
