@@ -97,8 +97,8 @@ def test_a_wrong_current_password_is_audited_from_the_api_the_cli_and_the_web_fo
     assert [(e["actor"], e["action"], e["target"], e["detail"]["reason"]) for e in listed] == [
         ("bob", ACTION, "bob", "wrong-password")] * 3
     lines = [" ".join(line.split()[2:]) for line in cli.ok("audit", "list").out.splitlines() if ACTION in line]
-    assert lines == [f"bob {ACTION} bob reason=wrong-password client={e['detail']['client']}"
-                     for e in listed]  # ACTOR ACTION TARGET DETAIL, newest first
+    assert lines == [f"bob {ACTION} bob {e['source']} reason=wrong-password client={e['detail']['client']}"
+                     for e in listed]  # ACTOR ACTION TARGET SOURCE DETAIL, newest first
     _assert_no_password_kept(srv)
 
 

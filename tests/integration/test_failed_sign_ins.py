@@ -98,15 +98,16 @@ def test_each_kind_of_failed_sign_in_is_one_row_saying_why(srv: RunningServer, t
     cli.login(srv.url, "alice", "alice-password-1")
     lines = cli.ok("audit", "list", "--limit", "7").out.splitlines()
     failed = [[f.strip() for f in line.split(None, 2)[2].split("  ") if f.strip()]
-              for line in lines if "session.sign-in-failed" in line]  # ACTOR ACTION TARGET DETAIL
-    assert [f[:3] + [f[3].split()[0]] for f in failed] == [
-        ["-", "session.sign-in-failed", "bob", "reason=wrong-password"],
-        ["-", "session.sign-in-failed", "carol", "reason=suspended"],
-        ["-", "session.sign-in-failed", "dave", "reason=no-password"],
-        ["-", "session.sign-in-failed", UNKNOWN, "reason=unknown-user"],
-        ["-", "session.sign-in-failed", "bob", "reason=wrong-password"],
+              for line in lines if "session.sign-in-failed" in line]  # ACTOR ACTION TARGET SOURCE DETAIL
+    assert [f[:3] + [f[3].split()[0], f[4].split()[0]] for f in failed] == [
+        ["-", "session.sign-in-failed", "bob", "127.0.0.1", "reason=wrong-password"],
+        ["-", "session.sign-in-failed", "carol", "127.0.0.1", "reason=suspended"],
+        ["-", "session.sign-in-failed", "dave", "127.0.0.1", "reason=no-password"],
+        ["-", "session.sign-in-failed", UNKNOWN, "127.0.0.1", "reason=unknown-user"],
+        ["-", "session.sign-in-failed", "bob", "127.0.0.1", "reason=wrong-password"],
     ]
-    assert failed[3][3].endswith(" name_length=7")
+    assert all(f[3].split()[1].isdigit() for f in failed)  # and the client's port
+    assert failed[3][4].endswith(" name_length=7")
     # Who tried to sign in as bob: no actor to filter by, so by action and target.
     bobs = cli.ok("audit", "list", "--action", "session.sign-in-failed", "--target", "bob", "--json").json()
     assert [(e["action"], e["target"], e["detail"]["reason"]) for e in bobs] == [

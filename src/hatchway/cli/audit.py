@@ -45,8 +45,8 @@ def list_events(limit: int, actor: str | None, action: str | None, target: str |
         print_json(rows)
         return
     print_table(
-        ["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"],
-        [[e["at"], e["actor"], e["action"], e["target"], detail_text(e["detail"])] for e in rows],
+        ["TIME", "ACTOR", "ACTION", "TARGET", "SOURCE", "DETAIL"],  # SOURCE: where the request came from
+        [[e["at"], e["actor"], e["action"], e["target"], e["source"], detail_text(e["detail"])] for e in rows],
     )
 
 
