@@ -7,7 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from click.testing import CliRunner
 
+from hatchway.cli.server_cmd import server
 from hatchway.server.retention import MAX_KEEP_DAYS, cutoff, parse_keep_days
 
 
@@ -38,3 +40,11 @@ def test_cutoff_is_exactly_the_days_before_now() -> None:
     assert cutoff(now, 366) == datetime(2025, 2, 28, 12, 30, 15, 250_000, tzinfo=UTC)  # 2025 is no leap year
     assert cutoff(now, MAX_KEEP_DAYS) == datetime(1926, 3, 26, 12, 30, 15, 250_000, tzinfo=UTC)  # 100 years hold 25 leap days
 
+
+def test_server_help_documents_both_settings_and_that_everything_is_kept_by_default() -> None:
+    out = " ".join(CliRunner().invoke(server, ["--help"]).output.split())
+    assert ("--keep-connections DAYS Delete the records of SSH connections that ended (or were refused) more than DAYS "
+            "days ago, 1 to 36500; connections still open are kept. Pruned hourly [env HATCHWAY_KEEP_CONNECTIONS; "
+            "default: keep every record].") in out
+    assert ("--keep-audit DAYS Delete audit events (admin actions) recorded more than DAYS days ago, 1 to 36500. "
+            "Pruned hourly [env HATCHWAY_KEEP_AUDIT; default: keep every record].") in out

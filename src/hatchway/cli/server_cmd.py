@@ -33,15 +33,22 @@ from hatchway.logs import setup_logging
 @click.option("--metrics-listen", envvar="HATCHWAY_METRICS_LISTEN", default="",
               help="HOST:PORT to serve Prometheus metrics on (GET /metrics only) [default: off]. Anyone who reaches "
                    "it reads them without credentials: keep it on a private address, never a public one.")
+@click.option("--keep-connections", metavar="DAYS", envvar="HATCHWAY_KEEP_CONNECTIONS",
+              help="Delete the records of SSH connections that ended (or were refused) more than DAYS days ago, "
+                   "1 to 36500; connections still open are kept. Pruned hourly [env HATCHWAY_KEEP_CONNECTIONS; default: keep every record].")
+@click.option("--keep-audit", metavar="DAYS", envvar="HATCHWAY_KEEP_AUDIT",
+              help="Delete audit events (admin actions) recorded more than DAYS days ago, 1 to 36500. "
+                   "Pruned hourly [env HATCHWAY_KEEP_AUDIT; default: keep every record].")
 @click.option("-v", "--verbose", is_flag=True, help="Log the whole story of every connection.")
 @click.pass_context
 def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str | None, access_url: str, internal_url: str, trusted_proxies: tuple[str, ...], handshake_timeout: float,
            max_handshaking_per_ip: int, max_pending_streams: int, max_queued_streams: int, dial_timeout: float,
-           metrics_listen: str, verbose: bool) -> None:
+           metrics_listen: str, keep_connections: str | None, keep_audit: str | None, verbose: bool) -> None:
     """Run the Hatchway control plane (API, web UI, relay)."""
     if ctx.invoked_subcommand is not None:
         return
     from hatchway.db.engine import sqlite_url_for
+    from hatchway.server.retention import parse_keep_days
     from hatchway.server.run import serve
     from hatchway.server.settings import Settings, default_data_dir, parse_listen
 
@@ -49,6 +56,8 @@ def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str |
     try:
         host, port = parse_listen(listen)
         metrics = parse_listen(metrics_listen, "--metrics-listen", "127.0.0.1:2112") if metrics_listen else None
+        keep_connections_days = parse_keep_days(keep_connections, "--keep-connections", "HATCHWAY_KEEP_CONNECTIONS")
+        keep_audit_days = parse_keep_days(keep_audit, "--keep-audit", "HATCHWAY_KEEP_AUDIT")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     data = (data_dir or default_data_dir()).expanduser().resolve()
@@ -67,6 +76,8 @@ def server(ctx: click.Context, listen: str, data_dir: Path | None, db_url: str |
         max_pending_streams_per_workspace=max_pending_streams,
         max_queued_streams=max_queued_streams,
         metrics_listen=metrics,
+        keep_connections_days=keep_connections_days,
+        keep_audit_days=keep_audit_days,
     )
     raise SystemExit(serve(settings))
 

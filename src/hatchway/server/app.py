@@ -30,6 +30,7 @@ from hatchway.server.failed_signins import FailedSignIns, write_tallies_now as w
 from hatchway.server.hub import AgentHub
 from hatchway.server.limits import BodyLimit
 from hatchway.server.metrics import ServerMetrics
+from hatchway.server.pruning import LogPruner
 from hatchway.server.relay import Relay
 from hatchway.server.settings import Settings
 from hatchway.server.supervision import SupervisionGate
@@ -162,9 +163,12 @@ def create_app(settings: Settings) -> FastAPI:
         ctx.cluster.on_reclaim = reclaim
         ctx.cluster.on_displaced = app.state.stop_failing  # see hatchway.server.run
         ctx.completions.start()  # stopped by close() below
+        pruner = LogPruner(ctx.sessions, settings.keep_connections_days, settings.keep_audit_days, sqlite_file(settings.db_url))
+        pruner.start()
         try:
             yield
         finally:
+            await pruner.close()
             await app.state.supervisor.shutdown()
             await ctx.hub.close_all("server shutting down")
             await ssh.write_tallies_now(ctx)

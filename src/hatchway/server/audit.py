@@ -11,9 +11,8 @@ from hatchway.db.models import AuditEvent, User
 
 def record(
     db: AsyncSession, actor: User | None, action: str, target: str, source: str | None = None, **detail: Any
-) -> None:
-    db.add(
-        AuditEvent(
-            actor=actor.username if actor else None, action=action, target=target, detail=detail, source=source
-        )
-    )
+) -> AuditEvent:
+    """Add the event to ``db``'s transaction; returned for a caller that amends it later."""
+    event = AuditEvent(actor=actor.username if actor else None, action=action, target=target, detail=detail, source=source)
+    db.add(event)
+    return event

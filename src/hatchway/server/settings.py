@@ -41,6 +41,10 @@ class Settings:
     max_queued_streams: int = 1024  # more wait their turn, per user and per workspace, up to this
     # Where GET /metrics is served without credentials (hatchway.server.metrics_listener); None: off.
     metrics_listen: tuple[str, int] | None = None
+    # Days the connection log and the audit log keep their records (hatchway.server.pruning);
+    # None: every record is kept.
+    keep_connections_days: int | None = None
+    keep_audit_days: int | None = None
 
     @property
     def agent_url(self) -> str:
