@@ -167,13 +167,20 @@ def pop_flash(request: Request, response: Response) -> dict[str, Any] | None:
 
 # --- response headers ---------------------------------------------------------------------
 
-SECURITY_HEADERS = {
-    # Everything the UI loads comes from this server: no CDN, no inline script or style.
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+def content_security_policy(*inline_script_hashes: str) -> str:
+    """Everything a page loads comes from this server: no CDN, no inline script or style, but
+    for the inline scripts whose hashes (``'sha256-…'``) are given, which a page that cannot move
+    its script into a file (the API docs, whose page FastAPI renders) names exactly."""
+    scripts = " ".join(("'self'", *inline_script_hashes))
+    return (
+        f"default-src 'self'; script-src {scripts}; style-src 'self'; img-src 'self' data:; "
         "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
         "base-uri 'none'; object-src 'none'"
-    ),
+    )
+
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": content_security_policy(),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
