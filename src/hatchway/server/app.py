@@ -17,7 +17,7 @@ from hatchway.fileutil import ensure_private_dir
 from hatchway.providers.docker import DockerProvider
 from hatchway.providers.local import LocalProvider, isolation_override
 from hatchway.providers.supervisor import Supervisor
-from hatchway.server import presence
+from hatchway.server import apidocs, presence
 from hatchway.server.api import agent, audit, internal, keys, providers, sessions, ssh, users, workspaces
 from hatchway.server.broadcast import Broadcast
 from hatchway.server.bus import LocalBus, PostgresBus
@@ -183,12 +183,13 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: apidocs serves it from here
         redoc_url=None,
     )
     install_error_handlers(app)
     for module in (users, sessions, keys, providers, workspaces, audit, agent, ssh, internal):
         app.include_router(module.router)
+    apidocs.install(app)  # the API's docs page at /api/v1/docs and Swagger UI's files
     web.install(app)  # the web UI at / and its static assets at /static
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -1,0 +1,87 @@
+"""The REST API's browsable documentation (Swagger UI at ``/api/v1/docs``), served wholly by
+this server.
+
+FastAPI's own docs page loads Swagger UI from a CDN and sends no Content-Security-Policy: code
+from a third party would run on the control plane's origin, where site managers have signed-in
+web sessions, and a deployment without internet access would get a blank page. Here Swagger UI's
+files come from the fastapi-swagger package and the page is FastAPI's, pointed at them, sent with
+the web UI's headers; its one inline script (the one that starts Swagger UI) is allowed by its
+hash, so no other inline script can run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from html.parser import HTMLParser
+from importlib.resources import files
+
+from fastapi import FastAPI, HTTPException
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
+
+from hatchway.server.errors import API_DOCS
+from hatchway.server.web.security import SECURITY_HEADERS, content_security_policy
+
+STATIC = f"{API_DOCS}/static"
+#: Swagger UI's distribution files, where fastapi-swagger 0.4 keeps them; only these are served.
+DIST = files("fastapi_swagger") / "resources"
+ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+
+
+class _InlineScripts(HTMLParser):
+    """Collects the text of each ``<script>`` without ``src``, as the browser hashes it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.scripts: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script" and not any(name == "src" for name, _ in attrs):
+            self._inside = True
+            self.scripts.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.scripts[-1] += data
+
+
+def inline_script_hashes(html: str) -> list[str]:
+    """The CSP sources (``'sha256-…'``) that allow exactly the inline scripts of ``html``."""
+    parser = _InlineScripts()
+    parser.feed(html)
+    parser.close()
+    return [f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in parser.scripts]
+
+
+def install(app: FastAPI) -> None:
+    """Serve the docs page at ``API_DOCS`` for ``app``'s OpenAPI document (FastAPI's own
+    ``docs_url`` must be off) and Swagger UI's files under ``STATIC``."""
+    assert app.docs_url is None and app.openapi_url is not None
+    page = get_swagger_ui_html(
+        openapi_url=app.openapi_url,
+        title=f"{app.title} API",
+        swagger_js_url=f"{STATIC}/swagger-ui-bundle.js",
+        swagger_css_url=f"{STATIC}/swagger-ui.css",
+        swagger_favicon_url=f"{STATIC}/favicon-32x32.png",
+        # Swagger UI would otherwise show a badge fetched from validator.swagger.io, sending it
+        # the document's address.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    body = bytes(page.body)
+    headers = {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(*inline_script_hashes(body.decode()))}
+
+    @app.get(API_DOCS, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(body, headers=headers)
+
+    @app.get(STATIC + "/{name}", include_in_schema=False)
+    async def asset(name: str) -> FileResponse:
+        if name not in ASSETS:
+            raise HTTPException(404)
+        return FileResponse(str(DIST / name))
