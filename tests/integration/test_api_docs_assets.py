@@ -1,0 +1,90 @@
+"""``/api/v1/docs`` over plain HTTP: the page names nothing outside the server, sends the web UI's
+security headers with a CSP that lets only its own inline script run (by hash, never
+'unsafe-inline'), and Swagger UI's files are served here with their content types."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.server import RunningServer, running_server
+
+STATIC = "/api/v1/docs/static"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(Path(tmp_path_factory.mktemp("apidocs"))) as server:
+        yield server
+
+
+def _inline_script(html: str) -> str:
+    """The text of the page's one ``<script>`` without ``src`` (the one starting Swagger UI)."""
+    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    assert len(scripts) == 1, scripts
+    return scripts[0]
+
+
+def test_docs_page_sends_a_csp_allowing_only_its_own_inline_script(srv: RunningServer) -> None:
+    r = httpx.get(srv.url + "/api/v1/docs")
+    assert r.status_code == 200 and r.headers["content-type"] == "text/html; charset=utf-8"
+    digest = base64.b64encode(hashlib.sha256(_inline_script(r.text).encode()).digest()).decode()
+    assert r.headers["content-security-policy"] == (
+        f"default-src 'self'; script-src 'self' 'sha256-{digest}'; style-src 'self'; img-src 'self' data:; "
+        "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'; object-src 'none'"
+    )
+    assert "unsafe-inline" not in r.headers["content-security-policy"]
+
+
+def test_docs_page_sends_the_web_ui_pages_other_security_headers(srv: RunningServer) -> None:
+    docs = httpx.get(srv.url + "/api/v1/docs").headers
+    ui_page = httpx.get(srv.url + "/").headers  # the sign-in page
+    for name, value in {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "same-origin"}.items():
+        assert docs[name] == ui_page[name] == value
+
+
+def test_docs_page_loads_swagger_ui_from_this_server_and_no_validator(srv: RunningServer) -> None:
+    html = httpx.get(srv.url + "/api/v1/docs").text
+    assert re.findall(r'(?:src|href)="([^"]*)"', html) == [
+        f"{STATIC}/swagger-ui.css", f"{STATIC}/favicon-32x32.png", f"{STATIC}/swagger-ui-bundle.js",
+    ]
+    script = _inline_script(html)
+    assert "url: '/api/v1/openapi.json'" in script
+    assert '"validatorUrl": null' in script  # else Swagger UI shows a badge fetched from validator.swagger.io
+    assert "http://" not in html and "https://" not in html
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type", "starts"),
+    [
+        ("swagger-ui-bundle.js", "text/javascript; charset=utf-8", None),
+        ("swagger-ui.css", "text/css; charset=utf-8", b".swagger-ui"),
+        ("favicon-32x32.png", "image/png", b"\x89PNG\r\n\x1a\n"),
+    ],
+)
+def test_swagger_ui_files_are_served_with_their_content_types(
+    srv: RunningServer, name: str, content_type: str, starts: bytes | None
+) -> None:
+    r = httpx.get(f"{srv.url}{STATIC}/{name}")
+    assert r.status_code == 200 and r.headers["content-type"] == content_type
+    if starts is not None:
+        assert r.content.startswith(starts)
+    else:
+        assert b"SwaggerUIBundle" in r.content
+
+
+def test_only_those_files_are_served(srv: RunningServer) -> None:
+    # __init__.py sits beside them in the package they come from.
+    for name in ("__init__.py", "index.html", "..%2F__init__.py"):
+        r = httpx.get(f"{srv.url}{STATIC}/{name}")
+        assert r.status_code == 404 and r.json() == {
+            "error": "not found",
+            "detail": "no such page or API endpoint; the API is described at /api/v1/docs (OpenAPI: /api/v1/openapi.json)",
+        }
