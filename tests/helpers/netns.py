@@ -85,6 +85,19 @@ def pids_of_uid(uid: int) -> list[int]:
     return out
 
 
+def unused_id(start: int = 54321) -> int:
+    """The first number from ``start`` that no account, group or process has here: how a user of
+    another machine looks on this one (files copied with their numeric owners)."""
+    import grp
+    import pwd
+
+    taken = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    n = start
+    while n in taken or pids_of_uid(n):
+        n += 1
+    return n
+
+
 def sweep_local_workspaces(data_dir: Path, known_ids: Iterable[str] = ()) -> list[str]:
     """Remove what the ``local`` provider left of its workspaces (a failed run): processes in
     their network namespaces, the namespaces, their Unix users and those users' processes.
