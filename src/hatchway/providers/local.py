@@ -81,6 +81,7 @@ from hatchway.providers.nslaunch import (
     cover_plan,
     passthrough_plan,
 )
+from hatchway.providers.reown import Owner, reown_tree
 from hatchway.providers.sshd_config import render_sshd_config
 
 log = logging.getLogger("hatchway.providers.local")
@@ -366,7 +367,8 @@ class LocalProvider(WorkspaceProvider):
 
     def _make_dirs_root(self, spec: WorkspaceSpec, pw: pwd.struct_passwd) -> None:
         """Directories the workspace user must traverse are 0711 (no listing, no reading of
-        anything but what it owns); its home and agent state are its own, 0700."""
+        anything but what it owns); its home and agent state are its own, 0700, also when they
+        came from another machine with that machine's uid (re-owned here, once)."""
         # The data dir and workspaces/ stay 0700: the workspace reaches its own directory only
         # through the pass-through mounts of its private mount namespace (see nslaunch).
         self.workspaces_dir.mkdir(mode=0o700, exist_ok=True, parents=True)
@@ -379,10 +381,11 @@ class LocalProvider(WorkspaceProvider):
             if skel.is_dir():
                 shutil.copytree(skel, home, dirs_exist_ok=True, symlinks=True)
             _chown_tree(home, pw.pw_uid, pw.pw_gid)
-        else:
-            os.chown(home, pw.pw_uid, pw.pw_gid)
-        os.chmod(home, 0o700)
         state = self.ws_dir(spec) / "agent"
+        # The agent state first, the home last: the home's own owner says whether a move is done.
+        _reown_moved(spec, pw, [d for d in (state, home) if d.exists()])
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        os.chmod(home, 0o700)
         state.mkdir(mode=0o700, exist_ok=True)
         os.chown(state, pw.pw_uid, pw.pw_gid)
         os.chmod(state, 0o700)
@@ -712,6 +715,28 @@ def _receive_listener(channel: socket.socket, timeout: float) -> socket.socket |
     listener = socket.socket(fileno=fds[0])
     listener.setblocking(False)
     return listener
+
+
+def _reown_moved(spec: WorkspaceSpec, pw: pwd.struct_passwd, trees: list[Path]) -> None:
+    """Give the workspace's user back its files when they belong to another uid: copied from
+    another machine with their numeric owners, restored by numeric owner, or left by a Unix
+    user deleted and recreated (see :mod:`hatchway.providers.reown`)."""
+    user = Owner(pw.pw_uid, pw.pw_gid)
+    try:
+        done = [r for r in (reown_tree(tree, user) for tree in trees) if r is not None]
+    except OSError as exc:
+        raise SetupError(
+            f"cannot give the workspace's files, which belong to another uid (moved or restored from another "
+            f"machine?), to its Unix user {pw.pw_name} ({user}): {exc}. Fix what the error names, then start the "
+            "workspace again: it re-owns what is left"
+        ) from None
+    if done:
+        log.info(
+            "workspace %s/%s: re-owned %d entries of %s from %s to its Unix user %s (%s): they belonged to another "
+            "uid, as after a move from another machine, a restore by numeric owner or a recreated Unix user",
+            spec.owner, spec.name, sum(r.entries for r in done), " and ".join(str(r.root) for r in done),
+            " and ".join(sorted({str(r.old) for r in done})), pw.pw_name, user,
+        )
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
