@@ -107,6 +107,20 @@ def test_from_uses_the_connections_address_not_asyncssh_s() -> None:
     assert parse_authorized_keys(text, client_ip=None) is None  # no address: the line is not used
 
 
+def test_from_matches_an_ipv4_client_of_a_dual_stack_server_as_ipv4() -> None:
+    """A server listening on :: sees an IPv4 client as ::ffff:a.b.c.d; sshd matches it as a.b.c.d."""
+    k1, l1 = _pub()
+    for pattern, client_ip, accepted in (
+        ("192.0.2.0/24", "::ffff:192.0.2.7", True),
+        ("192.0.2.7", "::ffff:192.0.2.7", True),
+        ("192.0.2.7", "::ffff:192.0.2.8", False),
+        ("2001:db8::/32", "2001:db8::7", True),  # other IPv6 addresses stay as they are
+    ):
+        keys = parse_authorized_keys(f'from="{pattern}" {l1}\n', client_ip=client_ip)
+        assert keys is not None
+        assert (keys.validate(k1, "", "") is not None) is accepted, (pattern, client_ip)
+
+
 @pytest.mark.parametrize("client_ip", [None, "", "testclient", "127.0.0.1 9", "::ffff:zz"])
 def test_a_from_line_is_not_used_when_the_clients_address_is_unknown_or_not_an_address(
     client_ip: str | None, caplog: pytest.LogCaptureFixture

@@ -29,6 +29,7 @@ from typing import Any
 import asyncssh
 
 from hatchway.fileutil import read_regular
+from hatchway.sshd.env import ipv4_of_mapped
 from hatchway.sshd.permits import check_permits, take_permits
 
 log = logging.getLogger("hatchway.sshd")
@@ -202,6 +203,8 @@ def parse_authorized_keys(
     client's address: when it is not known (None, or not an IP address, which asyncssh's
     matching would fail the connection on), a line with one is not used, and says so.
     """
+    if client_ip is not None:  # an IPv4 client of a dual-stack server is matched as IPv4, as by sshd
+        client_ip = ipv4_of_mapped(client_ip) or client_ip
     client_ip = client_ip if client_ip is not None and _is_ip(client_ip) else None
     good: list[str] = []
     # Lines end at LF only, as OpenSSH reads them. str.splitlines() (asyncssh's too) also ends

@@ -89,18 +89,25 @@ def client_env_accepted(name: str, accepted: Iterable[str] = ()) -> bool:
     )
 
 
+def ipv4_of_mapped(host: str) -> str | None:
+    """The IPv4 address an IPv4-mapped IPv6 ``host`` (``::ffff:192.0.2.7``, what a dual-stack
+    listener reports for an IPv4 client) stands for, as sshd shows it and matches ``from=``
+    against it; None for anything else."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return None
+
+
 def _addr(addr: tuple[str, int] | None) -> tuple[str, int]:
     """An address as OpenSSH prints it: IPv4-mapped IPv6 shown as IPv4, placeholder if unknown."""
     if not addr:
         return _UNKNOWN_ADDR
     host, port = str(addr[0]), int(addr[1])
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return (host or _UNKNOWN_ADDR[0], port)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return (str(ip.ipv4_mapped), port)
-    return (host, port)
+    return (ipv4_of_mapped(host) or host or _UNKNOWN_ADDR[0], port)
 
 
 def ssh_connection_values(
