@@ -84,4 +84,4 @@ def install(app: FastAPI) -> None:
     async def asset(name: str) -> FileResponse:
         if name not in ASSETS:
             raise HTTPException(404)
-        return FileResponse(str(DIST / name))
+        return FileResponse(str(DIST / name), headers=SECURITY_HEADERS)

@@ -8,6 +8,8 @@ Sign-in goes through the API's login function too, so brute-force throttling is 
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -15,14 +17,25 @@ from starlette.responses import Response
 
 from hatchway.server.web import account, manage, signin, workspaces
 from hatchway.server.web.base import ROUTING_ERRORS, STATIC, routing_error_page, wants_page
+from hatchway.server.web.security import add_security_headers
 
 
 def install(app: FastAPI) -> None:
     """Serve the UI and its static assets from ``app``."""
     for pages in (signin, workspaces, account, manage):
         app.include_router(pages.router)
-    app.mount("/static", StaticFiles(directory=str(STATIC)), name="web-static")
+    app.mount("/static", _Assets(directory=str(STATIC)), name="web-static")
     _install_page_errors(app)
+
+
+class _Assets(StaticFiles):
+    """The UI's static files, sent with the pages' security headers: ``nosniff`` above all, so a
+    browser never runs one as another type than it is served as."""
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        response = await super().get_response(path, scope)
+        add_security_headers(response)
+        return response
 
 
 def _install_page_errors(app: FastAPI) -> None:
