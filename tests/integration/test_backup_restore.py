@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -380,3 +381,105 @@ def test_with_postgresql_the_backup_is_the_secret_alone_and_restores_against_the
     finally:
         moved.stop()
     assert (tmp_path / "bob-key-after").read_bytes() == (tmp_path / "bob-key-before").read_bytes()
+
+
+#: Run in a private mount namespace: a small tmpfs at argv[1] holding the data dir argv[2] (copied
+#: in) with just enough room left for the restored database, then the restore of argv[3] with
+#: --force; prints its exit code, stderr and the data dir's tree (the tmpfs goes with the namespace).
+RESTORE_ON_A_FULL_DISK = r"""
+import json, os, shutil, subprocess, sys
+mount, source, archive, hatchway, db_size = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", mount], check=True)
+data = os.path.join(mount, "data")
+shutil.copytree(source, data)
+os.chmod(data, 0o700)
+page = os.statvfs(mount).f_frsize
+room = os.statvfs(mount).f_bavail * page - -(-db_size // page) * page
+with open(os.path.join(mount, "filler"), "wb") as fh:
+    fh.write(b"\0" * room)
+r = subprocess.run([hatchway, "server", "restore", archive, "--data-dir", data, "--force"], capture_output=True, text=True)
+files = {os.path.relpath(os.path.join(d, f), data): open(os.path.join(d, f), "rb").read().hex()
+         for d, _, fs in os.walk(data) for f in fs if f != "server.lock"}
+print(json.dumps([r.returncode, r.stdout, r.stderr, files, sorted(os.listdir(data))]))
+"""
+
+
+def test_a_full_disk_during_restore_leaves_the_data_dir_as_it_was(deployment: Deployment) -> None:
+    d = deployment
+    out = make_backup(d)
+    d.server.stop()
+    db_size = len(members(out)["hatchway.db"])
+    mount = d.tmp / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", RESTORE_ON_A_FULL_DISK,
+         str(mount), str(d.data), str(out), HATCHWAY, str(db_size)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    code, stdout, stderr, files, names = json.loads(done.stdout)
+    data = mount / "data"
+    # The database fitted; the secret beside it did not: nothing was moved, no file is left half-done.
+    assert (code, stdout, stderr) == (1, "", (
+        f"Error: cannot write the restored files into {data}: the disk is full; {NOTHING} (the data dir is as it was)\n"))
+    assert files == {name: (d.data / name).read_bytes().hex() for name in ("deployment.secret", "hatchway.db")}
+    assert names == ["deployment.secret", "hatchway.db", "server.lock"]
+
+
+def restore_failing_at_the_secret(archive: Path, data: Path, failure: str) -> str:
+    """Restore ``archive`` into ``data`` in a child whose rename of the new secret into place fails:
+    with ENOSPC (``failure`` "enospc"), or by the process dying there ("kill"). The child's stderr."""
+    script = f"""
+import errno, os, sys
+from pathlib import Path
+from hatchway.server.backup_format import BackupError
+from hatchway.server.restore import restore
+real = os.replace
+def replace(src, dst):
+    if Path(dst) == Path({str(data / "deployment.secret")!r}) and Path(src).name.startswith(".deployment.secret."):
+        if {failure!r} == "kill":
+            os._exit(9)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+    real(src, dst)
+os.replace = replace
+try:
+    restore(Path({str(archive)!r}), Path({str(data)!r}), None, force=True)
+except BackupError as exc:
+    sys.exit(f"Error: {{exc}}")
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == (9 if failure == "kill" else 1), r.stderr
+    return r.stderr
+
+
+def test_a_restore_that_fails_after_moving_files_puts_them_back_or_keeps_the_server_from_starting(
+        deployment: Deployment) -> None:
+    d = deployment
+    out = make_backup(d)
+    with api(d.server.url, d.token) as c:  # the data dir now differs from the backup
+        c.post("/users", json={"username": "carol", "email": "carol@example.com", "password": "carol-password-1"}).raise_for_status()
+    d.server.stop()
+    before = tree(d.data)
+
+    # The failure is injected at the rename of the new secret into place (the database is in place by then).
+    stderr = restore_failing_at_the_secret(out, d.data, "enospc")
+    assert stderr == (f"Error: cannot restore into {d.data}: the disk is full ({d.data / 'deployment.secret'}); the files "
+                      "it had moved aside are back in place, so the data dir is as it was\n")
+    assert tree(d.data) == before
+
+    # Killed there: the marker keeps any server from starting on a database without its secret.
+    assert restore_failing_at_the_secret(out, d.data, "kill") == ""
+    [aside] = d.data.glob("replaced-by-restore-*")
+    with pytest.raises(RuntimeError) as refusal:
+        d.server.start(timeout=15)
+    marker = d.data / "restore.incomplete"
+    assert (f"{marker} exists: a hatchway server restore into {d.data} was interrupted (the files it replaced are in "
+            f"{aside}); finish it by running the same hatchway server restore again with --force, or move the files it "
+            f"replaced back into {d.data} and remove {marker}; then start the server") in str(refusal.value)
+
+    r = hatchway("restore", str(out), "--data-dir", str(d.data), "--force")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert not marker.exists() and tree(aside) == {n: before[n] for n in ("deployment.secret", "hatchway.db")}  # type: ignore[index]
+    d.server.start()  # the backup's database with its secret: carol, created after it, is not there
+    with api(d.server.url, d.token) as c:
+        assert sorted(u["username"] for u in c.get("/users").json()) == ["alice", "bob"]

@@ -23,7 +23,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from hatchway.fileutil import ensure_private_dir
+from hatchway.fileutil import ensure_private_dir, read_regular
+from hatchway.names import shown
 
 LOCK_FILE = "server.lock"
 
@@ -69,3 +70,29 @@ def take(data_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+#: Written by ``hatchway server restore`` before it moves a file and removed once both new files
+#: are in place: while it exists the data dir may hold a database without its secret (or none).
+RESTORE_MARKER = "restore.incomplete"
+
+
+def unfinished_restore(data_dir: Path) -> str | None:
+    """Why a server must not start on ``data_dir`` after an interrupted restore, or None.
+
+    Started there, it would make a fresh secret beside the restored database (and refuse to run)
+    or, with no database left, start as a new empty deployment whose first user is anyone's. The
+    marker holds the dir the restore moved the replaced files into (see hatchway.server.restore)."""
+    marker = data_dir / RESTORE_MARKER
+    if not os.path.lexists(marker):
+        return None
+    try:
+        aside = read_regular(marker, 4096)[1].decode("utf-8", "replace").strip()
+    except OSError:
+        aside = ""
+    where = f"the files it replaced are in {shown(aside)}" if aside else "it had replaced no files"
+    return (
+        f"{marker} exists: a hatchway server restore into {data_dir} was interrupted ({where}); finish it by running "
+        f"the same hatchway server restore again with --force, or move the files it replaced back into {data_dir} "
+        f"and remove {marker}; then start the server"
+    )

@@ -5,9 +5,12 @@ Everything that can be checked is checked before anything is written: the archiv
 revision, and that the secret is the one the database records (hatchway.server.secret_record),
 since a database restored with another secret has every private key unreadable. Only then, with
 the data dir taken as a server takes it (no server can start on it meanwhile, and none may be
-running), are the files written: the database to a temp file renamed into place, the secret
-atomically, both 0600 in a 0700 data dir. Files it replaces (``--force``) are moved into a
-``replaced-by-restore-<time>`` dir, never deleted.
+running), are the files written: both new files (database and secret, 0600) whole and fsynced
+in the 0700 data dir first, so that a full disk stops the restore before anything moves; then
+the files it replaces (``--force``) are moved into a ``replaced-by-restore-<time>`` dir, never
+deleted, and the new ones renamed into place. A failed rename moves the old files back.
+Meanwhile ``restore.incomplete`` (hatchway.server.datadir.RESTORE_MARKER) keeps a server from
+starting on a data dir that a killed restore left with a database but no secret, or neither.
 
 A backup holding the secret alone (PostgreSQL, ``backup --secret-only``) is checked against the
 database ``--db`` names, which the operator has restored with pg_restore first.
@@ -15,6 +18,7 @@ database ``--db`` names, which the operator has restored with pg_restore first.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sqlite3
@@ -32,6 +36,7 @@ from hatchway import __version__
 from hatchway.db.snapshot import DbFacts, integrity_problems, known_revisions, sqlite_facts
 from hatchway.fileutil import atomic_write, fsync_dir
 from hatchway.server import datadir, secret_record
+from hatchway.server.datadir import RESTORE_MARKER
 from hatchway.server.backup import NOTHING, facts_of_postgres
 from hatchway.server.backup_format import (
     DATABASE, MANIFEST, SECRET, BackupError, Manifest, RefusedArchive, check_digest, check_matches_manifest,
@@ -155,12 +160,100 @@ def _extract_database(checked: _Checked, archive: Path, data_dir: Path) -> Path:
         raise
 
 
-def _set_aside(data_dir: Path, names: list[str]) -> Path:
-    aside = data_dir / f"replaced-by-restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
-    aside.mkdir(mode=0o700)
-    for name in names:
-        os.replace(data_dir / name, aside / name)
-    fsync_dir(aside)
+def _why(exc: OSError) -> str:
+    """An OSError in words, naming the file it is about."""
+    what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return f"{what} ({exc.filename})" if exc.filename else what
+
+
+def _write_secret(data_dir: Path, secret: bytes) -> Path:
+    """The secret in a temp file in ``data_dir`` (0600, fsynced), ready to be renamed into place."""
+    fd, name = tempfile.mkstemp(prefix=f".{SECRET}.", suffix=".restoring", dir=data_dir)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write((secret.hex() + "\n").encode())
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _stage(checked: _Checked, archive: Path, data_dir: Path) -> dict[str, Path]:
+    """Every new file written and fsynced beside its final name: once files start to move, only
+    renames are left, which need no space (the new database is what fills a disk)."""
+    staged: dict[str, Path] = {}
+    try:
+        if checked.db_member is not None:
+            staged[DATABASE] = _extract_database(checked, archive, data_dir)
+        staged[SECRET] = _write_secret(data_dir, checked.secret)
+    except BaseException as exc:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BackupError(f"cannot write the restored files into {data_dir}: {_why(exc)}; {NOTHING} "
+                              "(the data dir is as it was)") from None
+        raise
+    return staged
+
+
+def _begin(data_dir: Path, present: list[str]) -> Path | None:
+    """The dir the replaced files go to (None: nothing to replace), and the marker naming it, which
+    keeps a server from starting on the data dir until the restore is done (hatchway.server.datadir)."""
+    aside = None
+    if present:
+        aside = data_dir / f"replaced-by-restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
+        aside.mkdir(mode=0o700)
+    atomic_write(data_dir / RESTORE_MARKER, f"{aside or ''}\n".encode(), 0o600)
+    fsync_dir(data_dir)
+    return aside
+
+
+def _roll_back(data_dir: Path, aside: Path | None, moved: list[str], placed: list[str], cause: OSError) -> BackupError:
+    """Put the data dir back as it was after ``cause`` stopped the restore; the error to raise says how it ended."""
+    failed = f"cannot restore into {data_dir}: {_why(cause)}"
+    try:
+        for name in placed:
+            if name not in moved:  # new where there was nothing: the moves back replace the others
+                (data_dir / name).unlink()
+        for name in moved:
+            os.replace(aside / name, data_dir / name)  # type: ignore[operator]
+        (data_dir / RESTORE_MARKER).unlink()
+        fsync_dir(data_dir)
+        if aside is not None:
+            aside.rmdir()
+    except OSError as again:
+        where = f"the files it replaced are in {aside}" if moved else "it had replaced no files"
+        return BackupError(
+            f"{failed}, and putting the data dir back failed too ({_why(again)}): {where}; move them back into "
+            f"{data_dir} and remove {data_dir / RESTORE_MARKER}, or fix the cause and run this restore again with --force"
+        )
+    return BackupError(f"{failed}; the files it had moved aside are back in place, so the data dir is as it was")
+
+
+def _commit(data_dir: Path, present: list[str], staged: dict[str, Path]) -> Path | None:
+    """Set the ``present`` files aside and rename the ``staged`` ones into place, all or none."""
+    try:
+        aside = _begin(data_dir, present)
+    except OSError as exc:
+        (data_dir / RESTORE_MARKER).unlink(missing_ok=True)
+        raise BackupError(f"cannot restore into {data_dir}: {_why(exc)}; {NOTHING} (the data dir is as it was)") from None
+    moved: list[str] = []
+    placed: list[str] = []
+    try:
+        for name in present:
+            os.replace(data_dir / name, aside / name)  # type: ignore[operator]
+            moved.append(name)
+        for name, tmp in staged.items():
+            os.replace(tmp, data_dir / name)
+            placed.append(name)
+        fsync_dir(data_dir)
+        (data_dir / RESTORE_MARKER).unlink()
+        fsync_dir(data_dir)
+    except OSError as exc:
+        raise _roll_back(data_dir, aside, moved, placed, exc) from None
     return aside
 
 
@@ -191,16 +284,12 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = 
                     f"the data dir {data_dir} already holds {', '.join(present)}; to replace them (they are kept in a "
                     f"replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
                 )
-            new_db = _extract_database(checked, archive, data_dir) if full else None
+            staged = _stage(checked, archive, data_dir)
             try:
-                aside = _set_aside(data_dir, present) if present else None
-                if new_db is not None:
-                    os.replace(new_db, data_dir / DATABASE)
+                aside = _commit(data_dir, present, staged)
             finally:
-                if new_db is not None:
-                    new_db.unlink(missing_ok=True)  # left only if setting the old files aside failed
-            atomic_write(data_dir / SECRET, (checked.secret.hex() + "\n").encode(), 0o600)
-            fsync_dir(data_dir)
+                for tmp in staged.values():
+                    tmp.unlink(missing_ok=True)  # left only if the restore stopped before renaming them
         finally:
             os.close(fd)
     return RestoreResult(checked.manifest, aside)

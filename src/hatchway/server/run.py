@@ -224,6 +224,10 @@ def serve(settings: Settings) -> int:
         else:
             log.error("cannot take the data dir %s for this server: %s", settings.data_dir, exc)
         return 1
+    unfinished = datadir.unfinished_restore(settings.data_dir)
+    if unfinished is not None:
+        log.error("%s", unfinished)
+        return 1
     ensure_open_files(log)
     metrics_sock = None
     try:
