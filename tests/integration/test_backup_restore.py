@@ -33,9 +33,9 @@ REFUSED_TAIL = ("; nothing was written. Restore a file made by hatchway server b
                 "with the one the backup printed)")
 
 
-def hatchway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def hatchway(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k not in ("HATCHWAY_DB", "HATCHWAY_DATA_DIR")}
-    return subprocess.run([HATCHWAY, "server", *args], capture_output=True, text=True, timeout=120, env={**environ, **(env or {})})
+    return subprocess.run([HATCHWAY, "server", *args], capture_output=True, text=True, timeout=timeout, env={**environ, **(env or {})})
 
 
 def tree(root: Path) -> dict[str, tuple[int, bytes]] | None:
@@ -253,7 +253,7 @@ def test_restore_refuses_damaged_foreign_and_hostile_archives(deployment: Deploy
     flipped = bytearray(whole)
     flipped[db.offset_data + 100] ^= 0xFF
     cases.append(("flipped", bytes(flipped), [], [], "hatchway.db does not match its checksum in manifest.json (it was altered or damaged)"))
-    cases.append(("truncated", whole[: db.offset_data + 1000], [], [], "it is not a complete tar archive (unexpected end of data)"))
+    cases.append(("truncated", whole[: db.offset_data + 1000], [], [], f"member 'hatchway.db' is cut off (the file ends before its {db.size} bytes do)"))
     cases.append(("empty", b"", [], [], "it is empty or not a regular file"))
     cases.append(("noise", os.urandom(4096), [], [], "it is not a complete tar archive (invalid header)"))
     good_files = [(n, inside[n]) for n in ("manifest.json", "deployment.secret", "hatchway.db")]
@@ -268,7 +268,7 @@ def test_restore_refuses_damaged_foreign_and_hostile_archives(deployment: Deploy
     cases.append(("foreign", None, [("README", b"hello\n")], [], "member 'README' is not part of a Hatchway backup"))
     huge = tarfile.TarInfo("hatchway.db")
     huge.size = 1 << 40  # a header claiming a terabyte the file does not hold
-    cases.append(("huge", None, good_files[:2], [huge], "it is not a complete tar archive (unexpected end of data)"))
+    cases.append(("huge", None, good_files[:2], [huge], "member 'hatchway.db' is cut off (the file ends before its 1099511627776 bytes do)"))
     cases.append(("unknown revision", None, [("manifest.json", manifest_for(inside["deployment.secret"], "9999")), *good_files[1:]], [], ""))
 
     for label, raw, files, extra, reason in cases:
@@ -483,3 +483,27 @@ def test_a_restore_that_fails_after_moving_files_puts_them_back_or_keeps_the_ser
     d.server.start()  # the backup's database with its secret: carol, created after it, is not there
     with api(d.server.url, d.token) as c:
         assert sorted(u["username"] for u in c.get("/users").json()) == ["alice", "bob"]
+
+
+def header(name: str, size: int) -> bytes:
+    """A ustar header for ``name`` claiming ``size`` bytes, in base-256 when negative (as no tar
+    writer would: it is how a crafted archive sends a reader back to an earlier header)."""
+    info = tarfile.TarInfo(name)
+    info.mode = 0o600
+    block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    block[124:136] = b"\xff" + (size % 256 ** 11).to_bytes(11, "big") if size < 0 else b"%011o\0" % size
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def test_a_tar_crafted_to_loop_the_reader_is_refused_at_once(tmp_path: Path) -> None:
+    # The third header's size of -1024 takes a reader back to the second, and from there to the
+    # third again, for ever (CVE-2025-8194): 10 KB that made restore loop with its memory growing.
+    archive = tmp_path / "loop.tar"
+    archive.write_bytes(header("manifest.json", 0) + header("deployment.secret", 0) + header("hatchway.db", -1024)
+                        + b"\0" * 8704)
+    target = tmp_path / "data"
+    r = hatchway("restore", str(archive), "--data-dir", str(target), timeout=20)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", refused(archive, "member 'hatchway.db' has a negative size (-1024)"))
+    assert tree(target) is None

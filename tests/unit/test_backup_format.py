@@ -5,8 +5,10 @@ cannot hold is refused with its reason."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tarfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -101,6 +103,11 @@ def test_the_members_of_a_backup_pass() -> None:
     ([member(DATABASE, 10**12)], "member 'hatchway.db' is cut off (the file ends before its 1000000000000 bytes do)"),
     ([member(SECRET)], "it has no manifest.json"),
     ([], "it has no manifest.json"),
+    ([member(MANIFEST), member(SECRET, -1024, offset=1024)], "member 'deployment.secret' has a negative size (-1024)"),
+    ([member(MANIFEST, 600, offset=1024), member(SECRET, offset=512)],
+     "member 'deployment.secret' does not come after 'manifest.json' (its header was crafted to make a tar reader go back)"),
+    ([member(MANIFEST, 0, offset=512), member(SECRET, offset=512)],
+     "member 'deployment.secret' does not come after 'manifest.json' (its header was crafted to make a tar reader go back)"),
 ])
 def test_a_member_a_backup_cannot_hold_is_refused(members: list[tarfile.TarInfo], reason: str) -> None:
     with pytest.raises(RefusedArchive) as exc:
@@ -141,3 +148,18 @@ def test_members_read_from_a_real_tar_carry_the_offsets_the_checks_use() -> None
     with pytest.raises(RefusedArchive) as exc:  # the same headers in a file cut inside the secret's data
         check_members(ARCHIVE, members, members[1].offset_data + 10)
     assert str(exc.value) == refused("member 'deployment.secret' is cut off (the file ends before its 65 bytes do)")
+
+
+def test_members_are_taken_one_at_a_time_and_an_endless_archive_is_refused_after_four() -> None:
+    taken: list[str] = []
+
+    def endless() -> Iterator[tarfile.TarInfo]:
+        for n in itertools.count():
+            name = (MANIFEST, SECRET, DATABASE, SECRET)[min(n, 3)]
+            taken.append(name)
+            yield member(name, offset=512 + 1024 * n)
+
+    with pytest.raises(RefusedArchive) as exc:
+        check_members(ARCHIVE, endless(), 1 << 20)
+    assert str(exc.value) == refused("member 'deployment.secret' appears twice")
+    assert taken == [MANIFEST, SECRET, DATABASE, SECRET]

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import json
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from hatchway.server.crypto import SECRET_FILE
@@ -35,6 +35,8 @@ SECRET_ONLY_NOTE = (
 )
 #: Far beyond what each member can be (a secret is 64 hex digits and a newline).
 LIMITS = {MANIFEST: 64 * 1024, SECRET: 1024}
+#: Every member a backup can hold.
+ALLOWED = (MANIFEST, SECRET, DATABASE)
 
 
 class BackupError(Exception):
@@ -117,35 +119,48 @@ def parse_manifest(archive: str, raw: bytes) -> Manifest:
     return m
 
 
-def check_members(archive: str, members: Sequence[tarfile.TarInfo], archive_size: int) -> None:
-    """Refuse (:class:`RefusedArchive`) any member a backup cannot hold, and a missing manifest.
+def check_members(archive: str, members: Iterable[tarfile.TarInfo], archive_size: int) -> list[tarfile.TarInfo]:
+    """The members, each checked before the next is taken from ``members`` (read them lazily: see
+    hatchway.server.restore); :class:`RefusedArchive` for any a backup cannot hold, and a missing manifest.
 
     ``archive_size`` is the file's size: a member whose data would end beyond it was cut off
-    (or its header lies about its size)."""
-    seen: set[str] = set()
-    allowed = {MANIFEST, SECRET, DATABASE}
-    for m in members:
-        name = m.name
-        if name.startswith("/"):
-            raise RefusedArchive(archive, f"member {name!r} has an absolute path")
-        if ".." in name.split("/"):
-            raise RefusedArchive(archive, f"member {name!r} points outside the archive ('..')")
-        if m.issym() or m.islnk():
-            raise RefusedArchive(archive, f"member {name!r} is a link to {m.linkname!r}")
-        if not m.isreg():
-            raise RefusedArchive(archive, f"member {name!r} is not a regular file")
-        if name not in allowed:
-            raise RefusedArchive(archive, f"member {name!r} is not part of a Hatchway backup")
-        if name in seen:
-            raise RefusedArchive(archive, f"member {name!r} appears twice")
-        seen.add(name)
-        limit = LIMITS.get(name)
-        if limit is not None and m.size > limit:
-            raise RefusedArchive(archive, f"member {name!r} is {m.size} bytes, more than it can be (at most {limit})")
-        if m.offset_data + m.size > archive_size:
-            raise RefusedArchive(archive, f"member {name!r} is cut off (the file ends before its {m.size} bytes do)")
-    if MANIFEST not in seen:
+    (or its header lies about its size). A negative size, or data that does not start after the
+    previous member's, is a header crafted to send a tar reader back to an earlier header
+    (forever, in the tarfile of Python before 3.12.12/3.13.6: CVE-2025-8194)."""
+    seen: list[tarfile.TarInfo] = []
+    for m in members:  # at most 4 are read: a 4th is a duplicate or a foreign name, refused
+        _check_member(archive, m, seen[-1] if seen else None, {s.name for s in seen}, archive_size)
+        seen.append(m)
+    if MANIFEST not in {m.name for m in seen}:
         raise RefusedArchive(archive, f"it has no {MANIFEST}")
+    return seen
+
+
+def _check_member(archive: str, m: tarfile.TarInfo, previous: tarfile.TarInfo | None, seen: set[str],
+                  archive_size: int) -> None:
+    name = m.name
+    if name.startswith("/"):
+        raise RefusedArchive(archive, f"member {name!r} has an absolute path")
+    if ".." in name.split("/"):
+        raise RefusedArchive(archive, f"member {name!r} points outside the archive ('..')")
+    if m.issym() or m.islnk():
+        raise RefusedArchive(archive, f"member {name!r} is a link to {m.linkname!r}")
+    if not m.isreg():
+        raise RefusedArchive(archive, f"member {name!r} is not a regular file")
+    if name not in ALLOWED:
+        raise RefusedArchive(archive, f"member {name!r} is not part of a Hatchway backup")
+    if name in seen:
+        raise RefusedArchive(archive, f"member {name!r} appears twice")
+    if m.size < 0:
+        raise RefusedArchive(archive, f"member {name!r} has a negative size ({m.size})")
+    if previous is not None and m.offset_data <= previous.offset_data + previous.size:
+        raise RefusedArchive(archive, f"member {name!r} does not come after {previous.name!r} (its header was "
+                                      "crafted to make a tar reader go back)")
+    limit = LIMITS.get(name)
+    if limit is not None and m.size > limit:
+        raise RefusedArchive(archive, f"member {name!r} is {m.size} bytes, more than it can be (at most {limit})")
+    if m.offset_data + m.size > archive_size:
+        raise RefusedArchive(archive, f"member {name!r} is cut off (the file ends before its {m.size} bytes do)")
 
 
 def check_matches_manifest(archive: str, manifest: Manifest, members: Sequence[tarfile.TarInfo]) -> None:

@@ -35,6 +35,7 @@ from typing import IO
 from hatchway import __version__
 from hatchway.db.snapshot import DbFacts, integrity_problems, known_revisions, sqlite_facts
 from hatchway.fileutil import atomic_write, fsync_dir
+from hatchway.names import shown
 from hatchway.server import datadir, secret_record
 from hatchway.server.datadir import RESTORE_MARKER
 from hatchway.server.backup import NOTHING, facts_of_postgres
@@ -74,6 +75,31 @@ def _copy_hashing(src: IO[bytes], dst: IO[bytes] | None) -> str:
     return digest.hexdigest()
 
 
+#: What tarfile raises on a header it cannot parse (ValueError: e.g. a bad GNU.sparse.map).
+_TAR_ERRORS = (tarfile.TarError, ValueError, OverflowError)
+
+
+def _open_tar(name: str, fh: IO[bytes]) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=fh, mode="r:")  # reads the first header only
+    except _TAR_ERRORS as exc:
+        raise RefusedArchive(name, f"it is not a complete tar archive ({shown(str(exc))})") from None
+
+
+def _headers(name: str, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The archive's headers one at a time, for check_members to check each before the next is
+    read: getmembers() reads them all first, and follows a crafted header back to an earlier one
+    forever (CVE-2025-8194)."""
+    while True:
+        try:
+            member = tar.next()
+        except _TAR_ERRORS as exc:
+            raise RefusedArchive(name, f"it is not a complete tar archive ({shown(str(exc))})") from None
+        if member is None:
+            return
+        yield member
+
+
 @contextmanager
 def _open_checked(archive: Path) -> Iterator[_Checked]:
     """The archive, its members and checksums checked and nothing written; RefusedArchive if not."""
@@ -88,12 +114,8 @@ def _open_checked(archive: Path) -> Iterator[_Checked]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             raise RefusedArchive(name, "it is empty or not a regular file")
-        try:
-            tar = tarfile.open(fileobj=fh, mode="r:")
-            members = tar.getmembers()
-        except tarfile.TarError as exc:
-            raise RefusedArchive(name, f"it is not a complete tar archive ({exc})") from None
-        check_members(name, members, st.st_size)
+        tar = _open_tar(name, fh)
+        members = check_members(name, _headers(name, tar), st.st_size)
         by_name = {m.name: m for m in members}
         manifest = parse_manifest(name, tar.extractfile(by_name[MANIFEST]).read())  # type: ignore[union-attr]
         check_matches_manifest(name, manifest, members)
