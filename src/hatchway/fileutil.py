@@ -182,6 +182,13 @@ def atomic_write(
         raise
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError in words for a message, naming the file it is about ("the disk is full" for
+    ENOSPC, which is what the reader has to act on)."""
+    what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return f"{what} ({exc.filename})" if exc.filename else what
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make renames into (and out of) directory ``path`` durable: a rename is only as safe as
     the directory entry that records it."""

@@ -507,3 +507,72 @@ def test_a_tar_crafted_to_loop_the_reader_is_refused_at_once(tmp_path: Path) -> 
     r = hatchway("restore", str(archive), "--data-dir", str(target), timeout=20)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", refused(archive, "member 'hatchway.db' has a negative size (-1024)"))
     assert tree(target) is None
+
+
+#: Run in a private mount namespace: a tmpfs of argv[2] bytes at argv[1], then ``hatchway server``
+#: with the rest of argv; prints its exit code, stdout, stderr and what the tmpfs holds after it.
+ON_A_SMALL_DISK = r"""
+import json, os, subprocess, sys
+mount, size = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", mount], check=True)
+r = subprocess.run(sys.argv[3:], capture_output=True, text=True)
+print(json.dumps([r.returncode, r.stdout, r.stderr, os.listdir(mount)]))
+"""
+
+
+def on_a_small_disk(mount: Path, size: int, *args: str) -> tuple[int, str, str, list[str]]:
+    mount.mkdir(exist_ok=True)
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", ON_A_SMALL_DISK,
+                           str(mount), str(size), HATCHWAY, "server", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return tuple(json.loads(done.stdout))  # type: ignore[return-value]
+
+
+def test_a_full_disk_under_out_is_blamed_on_out_and_leaves_nothing(deployment: Deployment) -> None:
+    d = deployment
+    db_size = len(members(make_backup(d))["hatchway.db"])
+    mount = d.tmp / "small"
+    out = mount / "b.tar"
+    # Too small for the copy of the database: SQLite's error, but OUT's disk, not the database, is at fault.
+    code, stdout, stderr, left = on_a_small_disk(mount, db_size // 2, "backup", str(out), "--data-dir", str(d.data))
+    assert (code, stdout, left) == (1, "", [])
+    assert stderr == (f"Error: cannot write the backup into {mount}: the disk is full (database or disk is full); free "
+                      f"space there, or choose another place for it; {NOTHING}\n")
+    # Room for the copy, not for the archive beside it.
+    code, stdout, stderr, left = on_a_small_disk(mount, db_size * 3 // 2, "backup", str(out), "--data-dir", str(d.data))
+    assert (code, stdout, left) == (1, "", [])
+    assert stderr == f"Error: cannot write the backup into {mount}: the disk is full; free space there, or choose another place for it; {NOTHING}\n"
+
+
+def backup_without_hard_links(out: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    """``backup`` in a child whose link() fails with EPERM, as it does on vfat and exFAT (the
+    failure is injected there: mounting one needs a loop device, which is the machine's)."""
+    script = f"""
+import errno, os, sys
+from pathlib import Path
+from hatchway.db.engine import sqlite_url_for
+from hatchway.server.backup import backup
+from hatchway.server.backup_format import BackupError
+def link(src, dst):
+    raise OSError(errno.EPERM, os.strerror(errno.EPERM), src, dst)
+os.link = link
+try:
+    backup(Path({str(out)!r}), Path({str(data)!r}), sqlite_url_for(Path({str(data)!r})))
+except BackupError as exc:
+    sys.exit(f"Error: {{exc}}")
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_a_backup_is_written_where_hard_links_are_not_supported_and_still_replaces_nothing(deployment: Deployment) -> None:
+    d = deployment
+    out = d.tmp / "nolinks" / "b.tar"
+    out.parent.mkdir()
+    r = backup_without_hard_links(out, d.data)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert os.listdir(out.parent) == ["b.tar"] and out.stat().st_mode & 0o777 == 0o600
+    assert members(out)["deployment.secret"] == (d.data / "deployment.secret").read_bytes()
+    before = out.read_bytes()
+    r = backup_without_hard_links(out, d.data)
+    assert (r.returncode, r.stderr) == (1, f"Error: {out} already exists; choose another name, or pass --force to replace it; {NOTHING}\n")
+    assert out.read_bytes() == before and os.listdir(out.parent) == ["b.tar"]

@@ -15,6 +15,7 @@ so a failed backup never leaves a half file under OUT's name.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import os
@@ -30,13 +31,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hatchway import __version__
 from hatchway.db.snapshot import DbFacts, copy_sqlite, integrity_problems, postgres_facts, sqlite_facts
-from hatchway.fileutil import NotRegularFileError, fsync_dir, read_regular
+from hatchway.fileutil import NotRegularFileError, fsync_dir, os_error_text, read_regular
 from hatchway.server import secret_record
 from hatchway.server.backup_format import (
     DATABASE, FULL, LIMITS, MANIFEST, SECRET, SECRET_ONLY, BackupError, FileEntry, Manifest, sha256,
 )
 from hatchway.server.crypto import parse_deployment_secret
-from hatchway.server.errors import sqlite_file
+from hatchway.server.errors import db_out_of_space, sqlite_file
 
 NOTHING = "nothing was written"
 POSTGRES_REFUSAL = (
@@ -69,7 +70,13 @@ def read_secret(data_dir: Path) -> tuple[bytes, bytes]:
         raise BackupError(f"{exc}; {NOTHING}") from None
 
 
-def _facts_of_copy(source: Path, copy: Path) -> DbFacts:
+def _cannot_write(out: Path, why: str) -> BackupError:
+    return BackupError(f"cannot write the backup into {out.parent}: {why}; free space there, or choose another place "
+                       f"for it; {NOTHING}")
+
+
+def _facts_of_copy(source: Path, copy: Path, out: Path) -> DbFacts:
+    """The facts of a consistent copy of ``source`` made at ``copy`` (beside ``out``)."""
     try:
         copy_sqlite(source, copy)
         problems = integrity_problems(copy)
@@ -80,6 +87,8 @@ def _facts_of_copy(source: Path, copy: Path) -> DbFacts:
             )
         return sqlite_facts(copy)
     except sqlite3.Error as exc:
+        if db_out_of_space(exc, str(copy)):  # the copy's disk, OUT's, not the database's
+            raise _cannot_write(out, f"the disk is full ({exc})") from None
         raise BackupError(f"cannot back up the database {source}: {exc}; is it a Hatchway database? {NOTHING}") from None
 
 
@@ -135,8 +144,35 @@ def _put_in_place(built: Path, out: Path, force: bool) -> None:
         try:
             os.link(built, out)  # fails, rather than replaces, if OUT appeared meanwhile
         except FileExistsError:
-            raise BackupError(f"{out} already exists; choose another name, or pass --force to replace it; {NOTHING}") from None
+            raise _exists(out) from None
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            _claim_and_replace(built, out)
     fsync_dir(out.parent)
+
+
+#: What link() says on a file system without hard links: vfat and exFAT (EPERM), some SMB and FUSE ones.
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _exists(out: Path) -> BackupError:
+    return BackupError(f"{out} already exists; choose another name, or pass --force to replace it; {NOTHING}")
+
+
+def _claim_and_replace(built: Path, out: Path) -> None:
+    """``built`` becomes ``out`` where hard links are not supported: OUT is first created empty with
+    O_EXCL, which fails, as link() would, if it exists, and the rename then replaces only that
+    empty file of ours (removed again if the rename fails)."""
+    try:
+        os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        raise _exists(out) from None
+    try:
+        os.replace(built, out)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
 
 
 def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False, force: bool = False) -> BackupResult:
@@ -145,22 +181,25 @@ def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False,
     if db_path is None and not secret_only:
         raise BackupError(POSTGRES_REFUSAL)
     if out.exists() and not force:
-        raise BackupError(f"{out} already exists; choose another name, or pass --force to replace it; {NOTHING}")
+        raise _exists(out)
     if not out.parent.is_dir():
         raise BackupError(f"{out.parent} is not a directory: create it first, or choose another place; {NOTHING}")
     secret_raw, secret = read_secret(data_dir)
     check = secret_record.check_value(secret)
     now = datetime.now(UTC).replace(microsecond=0)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # 0700
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # 0700
+    except OSError as exc:
+        raise _cannot_write(out, os_error_text(exc)) from None
     try:
         copy = None if secret_only else work / DATABASE
         if copy is not None:
             source = Path(db_path)  # type: ignore[arg-type]
             if not source.is_file():
                 raise BackupError(f"no database at {source}: is --data-dir the server's data dir? {NOTHING}")
-            facts = _facts_of_copy(source, copy)
+            facts = _facts_of_copy(source, copy, out)
         elif db_path is not None:
-            facts = _facts_of_copy(Path(db_path), work / DATABASE)  # read from a consistent copy, not kept
+            facts = _facts_of_copy(Path(db_path), work / DATABASE, out)  # read from a consistent copy, not kept
         else:
             facts = facts_of_postgres(db_url)
         _check_pair(facts, secret, data_dir / SECRET)
@@ -174,8 +213,11 @@ def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False,
             users=facts.users, workspaces=facts.workspaces, secret_check=check, files=files,
         )
         built = work / "backup.tar"
-        _write_archive(built, manifest, secret_raw, copy, int(now.timestamp()))
-        _put_in_place(built, out, force)
+        try:
+            _write_archive(built, manifest, secret_raw, copy, int(now.timestamp()))
+            _put_in_place(built, out, force)
+        except OSError as exc:
+            raise _cannot_write(out, os_error_text(exc)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BackupResult(out, out.stat().st_size, manifest)

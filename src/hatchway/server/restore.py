@@ -18,7 +18,6 @@ database ``--db`` names, which the operator has restored with pg_restore first.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import sqlite3
@@ -34,7 +33,7 @@ from typing import IO
 
 from hatchway import __version__
 from hatchway.db.snapshot import DbFacts, integrity_problems, known_revisions, sqlite_facts
-from hatchway.fileutil import atomic_write, fsync_dir
+from hatchway.fileutil import atomic_write, fsync_dir, os_error_text
 from hatchway.names import shown
 from hatchway.server import datadir, secret_record
 from hatchway.server.datadir import RESTORE_MARKER
@@ -182,12 +181,6 @@ def _extract_database(checked: _Checked, archive: Path, data_dir: Path) -> Path:
         raise
 
 
-def _why(exc: OSError) -> str:
-    """An OSError in words, naming the file it is about."""
-    what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return f"{what} ({exc.filename})" if exc.filename else what
-
-
 def _write_secret(data_dir: Path, secret: bytes) -> Path:
     """The secret in a temp file in ``data_dir`` (0600, fsynced), ready to be renamed into place."""
     fd, name = tempfile.mkstemp(prefix=f".{SECRET}.", suffix=".restoring", dir=data_dir)
@@ -215,7 +208,7 @@ def _stage(checked: _Checked, archive: Path, data_dir: Path) -> dict[str, Path]:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise BackupError(f"cannot write the restored files into {data_dir}: {_why(exc)}; {NOTHING} "
+            raise BackupError(f"cannot write the restored files into {data_dir}: {os_error_text(exc)}; {NOTHING} "
                               "(the data dir is as it was)") from None
         raise
     return staged
@@ -235,7 +228,7 @@ def _begin(data_dir: Path, present: list[str]) -> Path | None:
 
 def _roll_back(data_dir: Path, aside: Path | None, moved: list[str], placed: list[str], cause: OSError) -> BackupError:
     """Put the data dir back as it was after ``cause`` stopped the restore; the error to raise says how it ended."""
-    failed = f"cannot restore into {data_dir}: {_why(cause)}"
+    failed = f"cannot restore into {data_dir}: {os_error_text(cause)}"
     try:
         for name in placed:
             if name not in moved:  # new where there was nothing: the moves back replace the others
@@ -249,7 +242,7 @@ def _roll_back(data_dir: Path, aside: Path | None, moved: list[str], placed: lis
     except OSError as again:
         where = f"the files it replaced are in {aside}" if moved else "it had replaced no files"
         return BackupError(
-            f"{failed}, and putting the data dir back failed too ({_why(again)}): {where}; move them back into "
+            f"{failed}, and putting the data dir back failed too ({os_error_text(again)}): {where}; move them back into "
             f"{data_dir} and remove {data_dir / RESTORE_MARKER}, or fix the cause and run this restore again with --force"
         )
     return BackupError(f"{failed}; the files it had moved aside are back in place, so the data dir is as it was")
@@ -261,7 +254,7 @@ def _commit(data_dir: Path, present: list[str], staged: dict[str, Path]) -> Path
         aside = _begin(data_dir, present)
     except OSError as exc:
         (data_dir / RESTORE_MARKER).unlink(missing_ok=True)
-        raise BackupError(f"cannot restore into {data_dir}: {_why(exc)}; {NOTHING} (the data dir is as it was)") from None
+        raise BackupError(f"cannot restore into {data_dir}: {os_error_text(exc)}; {NOTHING} (the data dir is as it was)") from None
     moved: list[str] = []
     placed: list[str] = []
     try:
