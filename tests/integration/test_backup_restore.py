@@ -326,6 +326,12 @@ def test_backup_refusals_leave_no_file(deployment: Deployment) -> None:
         f"(--data-dir) and the database it runs on (--db); {NOTHING}\n"))
     assert os.listdir(fresh.parent) == []  # no half file, no temp dir
 
+    r = hatchway("backup", str(fresh), "--data-dir", str(d.data), "--secret-only")  # a file restore could not take
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        "Error: --secret-only is for PostgreSQL, whose database pg_dump backs up; with SQLite the backup holds the "
+        f"database and its deployment secret in one file: run this again without --secret-only; {NOTHING}\n"))
+    assert os.listdir(fresh.parent) == []
+
     r = hatchway("backup", str(fresh), "--data-dir", str(d.data), env={"HATCHWAY_DB": "postgresql://hatchway@127.0.0.1:9/hatchway"})
     assert (r.returncode, r.stdout, r.stderr) == (1, "", (
         "Error: the database is PostgreSQL, which is PostgreSQL's to back up: run pg_dump on it (for example pg_dump "

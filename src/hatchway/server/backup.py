@@ -47,6 +47,13 @@ POSTGRES_REFUSAL = (
     f"files together; {NOTHING}"
 )
 
+#: A secret-only backup of a SQLite deployment could only be restored beside a database copied
+#: some other way, which restore cannot check; the full backup is one file already.
+SQLITE_SECRET_ONLY_REFUSAL = (
+    "--secret-only is for PostgreSQL, whose database pg_dump backs up; with SQLite the backup holds the database and "
+    f"its deployment secret in one file: run this again without --secret-only; {NOTHING}"
+)
+
 
 @dataclass(frozen=True)
 class BackupResult:
@@ -180,6 +187,8 @@ def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False,
     db_path = sqlite_file(db_url)
     if db_path is None and not secret_only:
         raise BackupError(POSTGRES_REFUSAL)
+    if db_path is not None and secret_only:
+        raise BackupError(SQLITE_SECRET_ONLY_REFUSAL)
     if out.exists() and not force:
         raise _exists(out)
     if not out.parent.is_dir():
@@ -198,8 +207,6 @@ def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False,
             if not source.is_file():
                 raise BackupError(f"no database at {source}: is --data-dir the server's data dir? {NOTHING}")
             facts = _facts_of_copy(source, copy, out)
-        elif db_path is not None:
-            facts = _facts_of_copy(Path(db_path), work / DATABASE, out)  # read from a consistent copy, not kept
         else:
             facts = facts_of_postgres(db_url)
         _check_pair(facts, secret, data_dir / SECRET)
