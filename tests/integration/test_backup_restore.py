@@ -265,6 +265,13 @@ def test_restore_refuses_damaged_foreign_and_hostile_archives(deployment: Deploy
     link = tarfile.TarInfo("hatchway.db")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     cases.append(("symlink", None, good_files[:2], [link], "member 'hatchway.db' is a link to '/etc/passwd'"))
+    sparse = io.BytesIO()  # a second header tarfile raised ValueError on
+    with tarfile.open(fileobj=sparse, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo("manifest.json"))
+        bad = tarfile.TarInfo("deployment.secret")
+        bad.pax_headers = {"GNU.sparse.map": "x,y"}
+        tar.addfile(bad)
+    cases.append(("sparse", sparse.getvalue(), [], [], "it is not a complete tar archive (invalid literal for int() with base 10: 'x')"))
     cases.append(("foreign", None, [("README", b"hello\n")], [], "member 'README' is not part of a Hatchway backup"))
     huge = tarfile.TarInfo("hatchway.db")
     huge.size = 1 << 40  # a header claiming a terabyte the file does not hold

@@ -72,6 +72,35 @@ def test_a_manifest_that_is_not_ours_is_refused(raw: bytes, reason: str) -> None
     assert str(exc.value) == refused(reason)
 
 
+def with_field(path: tuple[str, ...], value: object) -> bytes:
+    body = json.loads(manifest().to_json())
+    at = body
+    for key in path[:-1]:
+        at = at[key]
+    at[path[-1]] = value
+    return json.dumps(body).encode().replace(b'"INF"', b"1e400")
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    (("files", SECRET, "sha256"), "\u00e9" * 64, "sha256"),  # compare_digest raised TypeError on non-ASCII
+    (("files", SECRET, "sha256"), "A" * 64, "sha256"),
+    (("files", DATABASE, "sha256"), "b" * 63, "sha256"),
+    (("secret_check", ), "c" * 65, "secret_check"),
+    (("users", ), "INF", "users"),  # 1e400: int() raised OverflowError
+    (("workspaces", ), -1, "workspaces"),
+    (("files", DATABASE, "size"), -4096, "size"),
+    (("files", DATABASE, "size"), 4096.5, "size"),
+    (("users", ), True, "users"),
+    (("hatchway_version", ), "0.1\x1b]0;owned\x07", "hatchway_version"),
+    (("schema_revision", ), "", "schema_revision"),
+    (("schema_revision", ), "7" * 65, "schema_revision"),
+])
+def test_a_manifest_field_no_backup_writes_is_refused(path: tuple[str, ...], value: object, field: str) -> None:
+    with pytest.raises(RefusedArchive) as exc:
+        parse_manifest(ARCHIVE, with_field(path, value))
+    assert str(exc.value) == refused(f"its {MANIFEST} has an invalid {field}")
+
+
 def test_a_manifest_must_list_what_its_contents_hold() -> None:
     body = json.loads(manifest().to_json())
     body["contents"] = "everything"

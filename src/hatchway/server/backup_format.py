@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -92,6 +93,35 @@ class Manifest:
         return set(self.files)
 
 
+class _BadField(ValueError):
+    """A manifest field (named by the message) that no backup writes: the manifest is hostile or damaged."""
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SHORT = re.compile(r"[!-~]{1,64}")  # printable ASCII without spaces: nothing that can drive a terminal
+_MAX_COUNT = 2**63 - 1  # what SQLite and PostgreSQL counts and file sizes fit in
+
+
+def _hex64(value: object, field: str) -> str:
+    """A SHA-256 as hex (compare_digest takes only ASCII strings)."""
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise _BadField(field)
+    return value
+
+
+def _count(value: object, field: str) -> int:
+    """A size or count: a JSON integer (not 1e400, which is a float, infinite), 0 or more."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_COUNT:
+        raise _BadField(field)
+    return value
+
+
+def _short(value: object, field: str) -> str:
+    if not isinstance(value, str) or not _SHORT.fullmatch(value):
+        raise _BadField(field)
+    return value
+
+
 def parse_manifest(archive: str, raw: bytes) -> Manifest:
     """The manifest in ``raw``, or :class:`RefusedArchive` saying what is wrong with it."""
     try:
@@ -102,14 +132,18 @@ def parse_manifest(archive: str, raw: bytes) -> Manifest:
         found = body.get("format") if isinstance(body, dict) else None
         raise RefusedArchive(archive, f"its {MANIFEST} is not of format {FORMAT} (it says {found!r})")
     try:
-        files = {name: FileEntry(int(e["size"]), str(e["sha256"])) for name, e in body["files"].items()}
+        files = {name: FileEntry(_count(e["size"], "size"), _hex64(e["sha256"], "sha256")) for name, e in body["files"].items()}
         m = Manifest(
-            hatchway_version=str(body["hatchway_version"]), schema_revision=str(body["schema_revision"]),
-            created_at=str(body["created_at"]), contents=str(body["contents"]), database=str(body["database"]),
-            users=int(body["users"]), workspaces=int(body["workspaces"]), secret_check=str(body["secret_check"]),
+            hatchway_version=_short(body["hatchway_version"], "hatchway_version"),
+            schema_revision=_short(body["schema_revision"], "schema_revision"),
+            created_at=_short(body["created_at"], "created_at"), contents=_short(body["contents"], "contents"),
+            database=_short(body["database"], "database"), users=_count(body["users"], "users"),
+            workspaces=_count(body["workspaces"], "workspaces"), secret_check=_hex64(body["secret_check"], "secret_check"),
             files=files,
         )
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except _BadField as exc:
+        raise RefusedArchive(archive, f"its {MANIFEST} has an invalid {exc}") from None
+    except (KeyError, TypeError, AttributeError):
         raise RefusedArchive(archive, f"its {MANIFEST} lacks a field or has one of the wrong type") from None
     expected = {FULL: {DATABASE, SECRET}, SECRET_ONLY: {SECRET}}.get(m.contents)
     if expected is None:

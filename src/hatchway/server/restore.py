@@ -129,9 +129,9 @@ def _open_checked(archive: Path) -> Iterator[_Checked]:
             check_digest(name, manifest, DATABASE, _copy_hashing(tar.extractfile(db_member), None))  # type: ignore[arg-type]
         if manifest.schema_revision not in known_revisions():
             raise BackupError(
-                f"{archive} was made by Hatchway {manifest.hatchway_version} at schema revision "
-                f"{manifest.schema_revision}, which this Hatchway ({__version__}) does not know: restore it with "
-                f"Hatchway {manifest.hatchway_version} or later; {NOTHING}"
+                f"{archive} was made by Hatchway {shown(manifest.hatchway_version)} at schema revision "
+                f"{shown(manifest.schema_revision)}, which this Hatchway ({__version__}) does not know: restore it with "
+                f"Hatchway {shown(manifest.hatchway_version)} or later; {NOTHING}"
             )
         yield _Checked(manifest, secret, tar, db_member)
 
