@@ -333,6 +333,20 @@ def test_backup_refusals_leave_no_file(deployment: Deployment) -> None:
         f"(--data-dir) and the database it runs on (--db); {NOTHING}\n"))
     assert os.listdir(fresh.parent) == []  # no half file, no temp dir
 
+    secret = (d.data / "deployment.secret").read_bytes()
+    elsewhere = d.tmp / "db-elsewhere"
+    os.link(d.data / "hatchway.db", elsewhere)
+    linked = d.tmp / "linked-secret"
+    linked.symlink_to(d.data / "deployment.secret")
+    for own in (d.data / "hatchway.db", d.data / "hatchway.db-wal", d.data / "new.tar", elsewhere, linked):
+        r = hatchway("backup", str(own), "--data-dir", str(d.data), "--force")
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+            f"Error: {own} is one of the deployment's own files or in its data dir {d.data}: write the backup somewhere "
+            f"else, better on another disk; {NOTHING}\n")), own
+    # the server runs on: its database is still its database, not a tar, and no backup landed beside it
+    assert (d.data / "hatchway.db").read_bytes()[:16] == b"SQLite format 3\0" and not tarfile.is_tarfile(d.data / "hatchway.db-wal")
+    assert (d.data / "deployment.secret").read_bytes() == secret and not (d.data / "new.tar").exists()
+
     r = hatchway("backup", str(fresh), "--data-dir", str(d.data), "--secret-only")  # a file restore could not take
     assert (r.returncode, r.stdout, r.stderr) == (1, "", (
         "Error: --secret-only is for PostgreSQL, whose database pg_dump backs up; with SQLite the backup holds the "

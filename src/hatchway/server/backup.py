@@ -182,6 +182,16 @@ def _claim_and_replace(built: Path, out: Path) -> None:
         raise
 
 
+def _refuse_own_files(out: Path, data_dir: Path, db_path: str | None) -> None:
+    """OUT may be none of the deployment's files, nor in its data dir: with --force the backup would
+    replace the live database or secret with a tar, and a backup there is lost with the data dir."""
+    inside = Path(os.path.realpath(out)).is_relative_to(os.path.realpath(data_dir))
+    own = [data_dir / SECRET, *(Path(db_path + suffix) for suffix in ("", "-wal", "-shm") if db_path is not None)]
+    if inside or any(f.exists() and out.exists() and os.path.samefile(out, f) for f in own):
+        raise BackupError(f"{out} is one of the deployment's own files or in its data dir {data_dir}: write the backup "
+                          f"somewhere else, better on another disk; {NOTHING}")
+
+
 def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False, force: bool = False) -> BackupResult:
     """Write the backup of the deployment at ``data_dir`` and ``db_url`` to ``out``."""
     db_path = sqlite_file(db_url)
@@ -189,6 +199,7 @@ def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False,
         raise BackupError(POSTGRES_REFUSAL)
     if db_path is not None and secret_only:
         raise BackupError(SQLITE_SECRET_ONLY_REFUSAL)
+    _refuse_own_files(out, data_dir, db_path)
     if out.exists() and not force:
         raise _exists(out)
     if not out.parent.is_dir():
