@@ -222,12 +222,25 @@ def test_restore_refuses_a_running_server_and_existing_data_unless_forced(deploy
         f"a replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}\n"))
     assert tree(d.data) == before
 
+    # An archive that cannot be restored says so first, not that --force is needed.
+    inside = members(out)
+    other = (b"ab" * 32) + b"\n"
+    body = json.loads(inside["manifest.json"])
+    body["files"]["deployment.secret"] = {"size": len(other), "sha256": sha256(other)}
+    tampered = d.tmp / "tampered.tar"
+    write_tar(tampered, [("manifest.json", json.dumps(body).encode()), ("deployment.secret", other),
+                         ("hatchway.db", inside["hatchway.db"])])
+    r = hatchway("restore", str(tampered), "--data-dir", str(d.data))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: the deployment secret in {tampered} is not the one its database was set up with, so every user's "
+        f"private key would be unreadable; restore a database and secret backed up together; {NOTHING}\n"))
+    assert tree(d.data) == before
+
     r = hatchway("restore", str(out), "--data-dir", str(d.data), "--force")
     [aside] = d.data.glob("replaced-by-restore-*")
     assert r.returncode == 0 and r.stderr == "" and r.stdout.endswith(f"into {d.data}.\nThe files it replaced are in {aside}.\n")
     assert tree(aside) == {name: before[name] for name in ("deployment.secret", "hatchway.db")}  # type: ignore[index]
     assert aside.stat().st_mode & 0o777 == 0o700
-    inside = members(out)
     assert (d.data / "hatchway.db").read_bytes() == inside["hatchway.db"]
     assert (d.data / "deployment.secret").read_bytes() == inside["deployment.secret"]
     d.server.start()  # the restored pair is one the server accepts
@@ -346,6 +359,15 @@ def test_backup_refusals_leave_no_file(deployment: Deployment) -> None:
     # the server runs on: its database is still its database, not a tar, and no backup landed beside it
     assert (d.data / "hatchway.db").read_bytes()[:16] == b"SQLite format 3\0" and not tarfile.is_tarfile(d.data / "hatchway.db-wal")
     assert (d.data / "deployment.secret").read_bytes() == secret and not (d.data / "new.tar").exists()
+
+    pending = d.data / "deployment.secret.new"
+    pending.write_text("ef" * 32 + "\n")  # what an interrupted rotate-secret leaves
+    r = hatchway("backup", str(fresh), "--data-dir", str(d.data))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: {pending} exists: a secret rotation was interrupted; finish it with 'hatchway server rotate-secret "
+        f"--data-dir {d.data}' (server stopped), start the server, then back up; {NOTHING}\n"))
+    assert os.listdir(fresh.parent) == []
+    pending.unlink()
 
     r = hatchway("backup", str(fresh), "--data-dir", str(d.data), "--secret-only")  # a file restore could not take
     assert (r.returncode, r.stdout, r.stderr) == (1, "", (

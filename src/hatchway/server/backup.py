@@ -65,6 +65,11 @@ class BackupResult:
 def read_secret(data_dir: Path) -> tuple[bytes, bytes]:
     """The data dir's deployment secret: the file's bytes and the secret they hold."""
     path = data_dir / SECRET
+    if (data_dir / (SECRET + ".new")).exists():  # the database may hold keys sealed with the new one
+        raise BackupError(
+            f"{path}.new exists: a secret rotation was interrupted; finish it with 'hatchway server rotate-secret "
+            f"--data-dir {data_dir}' (server stopped), start the server, then back up; {NOTHING}"
+        )
     try:
         _, raw = read_regular(path, LIMITS[SECRET])
     except FileNotFoundError:

@@ -293,14 +293,14 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = 
         fd = _take(data_dir)
         try:
             ours = (DATABASE_FILES + SECRET_FILES) if full else SECRET_FILES
-            present = [n for n in ours if os.path.lexists(data_dir / n)]
-            if present and not force:
-                raise BackupError(
-                    f"the data dir {data_dir} already holds {', '.join(present)}; to replace them (they are kept in a "
-                    f"replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
-                )
-            staged = _stage(checked, archive, data_dir)
+            staged = _stage(checked, archive, data_dir)  # before asking for --force: a mismatch is told first
             try:
+                present = [n for n in ours if os.path.lexists(data_dir / n)]
+                if present and not force:
+                    raise BackupError(
+                        f"the data dir {data_dir} already holds {', '.join(present)}; to replace them (they are kept in "
+                        f"a replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
+                    )
                 aside = _commit(data_dir, present, staged)
             finally:
                 for tmp in staged.values():

@@ -47,7 +47,7 @@ from hatchway.server import secret_record
 from hatchway.server.api.users import set_user_key
 from hatchway.server.audit import record
 from hatchway.server.cluster import FORGET_AFTER_S
-from hatchway.server.crypto import SECRET_FILE, SecretBox
+from hatchway.server.crypto import SECRET_FILE, SecretBox, parse_deployment_secret
 
 NEW_SUFFIX = ".new"
 OLD_SUFFIX = ".old"
@@ -69,10 +69,11 @@ class RotationResult:
 
 
 def _read_secret(path: Path) -> bytes:
-    secret = bytes.fromhex(path.read_text().strip())
-    if len(secret) < 32:
-        raise RotationError(f"{path}: the deployment secret must be at least 32 bytes of hex")
-    return secret
+    """The secret in ``path``, read as the server reads it; RotationError when it holds none."""
+    try:
+        return parse_deployment_secret(path.read_text(errors="replace"), path)
+    except ValueError as exc:
+        raise RotationError(f"{exc}; nothing was changed") from None
 
 
 def _write_secret(path: Path, secret: bytes) -> None:
