@@ -5,6 +5,7 @@ a symlink, not what another account or root owns, not what is mounted inside."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,8 +45,8 @@ def chown_all(root: Path, owner: Owner) -> None:
 @pytest.fixture()
 def moved(tmp_path: Path, ids: tuple[Owner, Owner, int]) -> Iterator[tuple[Path, Path]]:
     """A home copied from another machine (every entry the old uid's), with what a home may hold
-    besides: a root-owned file, another account's file, a file of the old uid in root's group, and
-    symlinks to a root-owned file and to a directory outside it."""
+    besides: a root-owned file, root's setuid file in the old group, another account's file, a file
+    of the old uid in root's group, and symlinks to a root-owned file and to a directory outside it."""
     old, _, other = ids
     home, outside = tmp_path / "home", tmp_path / "outside"
     (home / ".ssh").mkdir(parents=True)
@@ -64,6 +65,9 @@ def moved(tmp_path: Path, ids: tuple[Owner, Owner, int]) -> Iterator[tuple[Path,
     os.symlink(outside / "dir", home / "to-dir")
     chown_all(home, old)
     (home / "root-owned").write_text("root's, inside\n")  # root's: made by root, kept by root
+    (home / "root-in-old-group").write_text("root's, the old group's\n")
+    os.lchown(home / "root-in-old-group", 0, old.gid)
+    os.chmod(home / "root-in-old-group", 0o6755)
     (home / "others").write_text("another account's\n")
     os.lchown(home / "others", other, other)
     (home / "old-uid-root-group").write_text("x\n")
@@ -88,6 +92,8 @@ def test_the_old_uids_entries_become_the_users_and_nothing_else_moves(
     assert {after[p] for p in changed - {"old-uid-root-group"}} == {(new.uid, new.gid)}
     assert after["old-uid-root-group"] == (new.uid, 0)
     assert after["root-owned"] == (0, 0)
+    assert after["root-in-old-group"] == (0, old.gid)  # root's: its group and setuid bits stay
+    assert stat.S_IMODE((home / "root-in-old-group").lstat().st_mode) == 0o6755
     assert after["others"] == (other, other)
     # Nothing outside was touched through the symlinks.
     assert owners(outside) == {".": (0, 0), "root-file": (0, 0), "dir": (0, 0), "dir/old-file": (old.uid, old.gid)}

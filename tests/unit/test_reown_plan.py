@@ -17,7 +17,7 @@ NEW = Owner(1001, 1002)
         (54321, 54322, (1001, 1002)),  # the old owner's: all of it moves
         (54321, 0, (1001, KEEP)),  # root's group stays
         (54321, 100, (1001, KEEP)),  # another group (users) stays
-        (0, 54322, (KEEP, 1002)),  # root's file in the old group: only the group moves
+        (0, 54322, None),  # root's file in the old group: root's, group and setuid bits included
         (0, 0, None),  # root's: deliberately so, untouched
         (2000, 2000, None),  # another account's
         (1001, 1002, None),  # the new owner's already (an interrupted earlier run)

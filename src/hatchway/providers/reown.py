@@ -7,7 +7,7 @@ not read its own files, nor the agent its host key. The server (root) re-owns su
 at the workspace's start, before anything of the workspace runs.
 
 Only what belonged to the tree's old owner moves: files deliberately owned by someone else (root,
-another account) keep their owner. Nothing is followed: symlinks are re-owned themselves
+another account) keep their owner, and root's keep their group too. Nothing is followed: symlinks are re-owned themselves
 (``lchown``), never their targets, and the walk stays on the tree's file system and out of
 anything mounted inside it. The tree's top is re-owned last, so that an interrupted run (a huge
 tree, a killed server) is finished by the next start, which tells from the top's owner alone
@@ -51,10 +51,13 @@ class Reowned:
 
 def new_owner(uid: int, gid: int, old: Owner, new: Owner) -> tuple[int, int] | None:
     """The ``(uid, gid)`` to give an entry owned by ``uid``/``gid`` (``KEEP`` for a part that
-    stays), or None when it stays as it is. Only the old owner's uid and gid move; root's (0)
-    never do, even when root owned the tree's top: a root-owned file in a home was put there by
-    root on purpose."""
-    to_uid = new.uid if uid == old.uid and uid not in (0, new.uid) else KEEP
+    stays), or None when it stays as it is. Only the old owner's uid and gid move. Whatever root
+    (uid 0) owns stays entirely as it is, its group too, even when root owned the tree's top: a
+    root-owned file in a home was put there by root on purpose, and a chown would also clear its
+    setuid and setgid bits."""
+    if uid == 0:
+        return None
+    to_uid = new.uid if uid == old.uid and uid != new.uid else KEEP
     to_gid = new.gid if gid == old.gid and gid not in (0, new.gid) else KEEP
     return None if to_uid == to_gid == KEEP else (to_uid, to_gid)
 
