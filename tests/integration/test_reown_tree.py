@@ -5,6 +5,7 @@ a symlink, not what another account or root owns, not what is mounted inside."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hatchway.providers.reown import Owner, Reowned, reown_tree
+from hatchway.providers.reown import MAX_DEPTH, Owner, Reowned, chown_handle, reown_tree
 from tests.helpers.netns import unused_id
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: only root can chown")]
@@ -82,7 +83,7 @@ def test_the_old_uids_entries_become_the_users_and_nothing_else_moves(
     old, new, other = ids
     before = owners(home)
     done = reown_tree(home, new)
-    assert done == Reowned(home, old, 11)
+    assert done == Reowned(home, old, 11, 0, ())
     after = owners(home)
     changed = {path for path in before if before[path] != after[path]}
     assert changed == {
@@ -114,7 +115,7 @@ def test_an_interrupted_run_is_finished_by_the_next(moved: tuple[Path, Path], id
     home, _ = moved
     old, new, _ = ids
     chown_all(home / "src", new)  # what the killed run had done
-    assert reown_tree(home, new) == Reowned(home, old, 7)
+    assert reown_tree(home, new) == Reowned(home, old, 7, 0, ())
     assert owners(home / "src") == {p: (new.uid, new.gid) for p in owners(home / "src")}
     assert owners(home)["."] == (new.uid, new.gid)
 
@@ -148,7 +149,7 @@ def test_a_tree_deeper_than_path_max(tmp_path: Path, ids: tuple[Owner, Owner, in
         os.close(leaf)
         os.chown("leaf", old.uid, old.gid, dir_fd=fd)
         os.lchown(home, old.uid, old.gid)
-        assert reown_tree(home, new) == Reowned(home, old, 32)
+        assert reown_tree(home, new) == Reowned(home, old, 32, 0, ())
         st = os.stat("leaf", dir_fd=fd)
         assert (st.st_uid, st.st_gid) == (new.uid, new.gid)
     finally:
@@ -160,26 +161,169 @@ import os, subprocess, sys
 from pathlib import Path
 from hatchway.providers.reown import Owner, reown_tree
 home, source, new = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-subprocess.run(["mount", "--bind", source, str(home / "mnt")], check=True)
+for name in sys.argv[4:]:
+    subprocess.run(["mount", "--bind", source, str(home / name)], check=True)
 print(reown_tree(home, Owner(new, new)).entries)
 """
 
+#: Mount point names the kernel writes unescaped in /proc/self/mountinfo (it escapes only space,
+#: tab, newline and backslash): characters Python's str.split() and splitlines() split on, and
+#: bytes that are not UTF-8.
+ODD_NAMES = [b"mnt", b"vt\x0bff\x0cfs\x1cgs\x1drs\x1e", "nel\x85nbsp\xa0ls\u2028ps\u2029".encode(), b"latin1-\xe9t\xe9", b"sp ace\ttab"]
 
-def test_what_is_mounted_inside_is_not_walked(tmp_path: Path, ids: tuple[Owner, Owner, int]) -> None:
-    """A bind mount of a directory of the same file system (same device number: only the mount
-    table tells it), in a mount namespace of the test's own, gone with its process."""
+
+@pytest.mark.parametrize("name", ODD_NAMES, ids=repr)
+def test_what_is_mounted_inside_is_not_walked(tmp_path: Path, ids: tuple[Owner, Owner, int], name: bytes) -> None:
+    """A bind mount of a directory of the same file system (same device number: only its mount
+    id tells it), in a mount namespace of the test's own, gone with its process; and one outside
+    the tree at the same odd name, which must not stop the walk either."""
     old, new, _ = ids
-    home, source = tmp_path / "home", tmp_path / "source"
-    (home / "mnt").mkdir(parents=True)
+    home, source, elsewhere = tmp_path / "home", tmp_path / "source", tmp_path / "elsewhere"
+    home.mkdir()
+    os.mkdir(os.fsencode(home) + b"/" + name)
+    os.makedirs(os.fsencode(elsewhere) + b"/" + name)
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "file").write_text("x\n")
     chown_all(home, old)
     chown_all(source, old)
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", BIND_AND_REOWN,
-         str(home), str(source), str(new.uid)],
+         str(home), str(source), str(new.uid), os.fsdecode(name), os.fsdecode(b"../elsewhere/" + name)],
         capture_output=True, text=True, timeout=60,
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "1\n", "")
     assert owners(home)["."] == (new.uid, new.gid)
     assert owners(source) == {p: (old.uid, old.gid) for p in owners(source)}
+
+
+def test_device_nodes_stay_their_old_owners(tmp_path: Path, ids: tuple[Owner, Owner, int]) -> None:
+    """A home from a machine where its user was root may hold device nodes: whoever owns one owns
+    the device (a disk's: the disk), so they stay as they are, counted and named."""
+    old, new, _ = ids
+    home = tmp_path / "home"
+    (home / "dev").mkdir(parents=True)
+    os.mknod(home / "dev" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(home / "dev" / "loop0", 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+    os.mknod(home / "roots", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # root's: not named
+    chown_all(home, old)
+    os.lchown(home / "roots", 0, 0)
+    done = reown_tree(home, new)
+    assert done is not None
+    assert (done.entries, done.devices, sorted(done.named_devices)) == (
+        2, 2, [f"{home}/dev/loop0", f"{home}/dev/null"],
+    )
+    assert owners(home) == {
+        ".": (new.uid, new.gid), "dev": (new.uid, new.gid), "dev/null": (old.uid, old.gid),
+        "dev/loop0": (old.uid, old.gid), "roots": (0, 0),
+    }
+
+
+def test_fifos_and_sockets_are_reowned_without_being_opened(tmp_path: Path, ids: tuple[Owner, Owner, int]) -> None:
+    """A FIFO nobody writes to would block an open for reading forever; a socket cannot be opened
+    at all: the walk holds them by O_PATH handles, and re-owns them through those."""
+    old, new, _ = ids
+    home = tmp_path / "home"
+    home.mkdir()
+    os.mkfifo(home / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(home / "sock"))
+    chown_all(home, old)
+    assert reown_tree(home, new) == Reowned(home, old, 3, 0, ())
+    assert owners(home) == {p: (new.uid, new.gid) for p in (".", "fifo", "sock")}
+
+
+@pytest.fixture()
+def deep(tmp_path: Path) -> Iterator[Path]:
+    """Where a test nests directories deeper than Python's recursive walks (os.walk, shutil.rmtree)
+    go; removed by rm, which is not recursive."""
+    yield tmp_path / "home"
+    subprocess.run(["rm", "-rf", "--", str(tmp_path / "home")], check=True)
+
+
+def nest(top: Path, levels: int, owner: Owner) -> None:
+    """``levels`` directories ``d`` each in the one before, under ``top``, a file ``f`` beside each."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+            os.chown("f", owner.uid, owner.gid, dir_fd=fd)
+            os.mkdir("d", dir_fd=fd)
+            os.chown("d", owner.uid, owner.gid, dir_fd=fd)
+            fd, parent = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(parent)
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_as_deep_as_the_walk_goes_is_reowned(deep: Path, ids: tuple[Owner, Owner, int]) -> None:
+    old, new, _ = ids
+    home = deep
+    nest(home, MAX_DEPTH - 1, old)  # with the top: MAX_DEPTH levels
+    os.lchown(home, old.uid, old.gid)
+    assert reown_tree(home, new) == Reowned(home, old, 2 * (MAX_DEPTH - 1) + 1, 0, ())
+
+
+def test_a_deeper_tree_is_refused_saying_what_to_do_and_keeps_the_old_owner_above(
+    deep: Path, ids: tuple[Owner, Owner, int]
+) -> None:
+    """One level more is refused before the walk takes another descriptor. Directories are
+    re-owned after their contents: every one the walk was in is still the old uid's, the top too,
+    so the user never held a directory the walk was in, and the next start walks again."""
+    old, new, _ = ids
+    home = deep
+    nest(home, MAX_DEPTH, old)
+    os.lchown(home, old.uid, old.gid)
+    with pytest.raises(OSError) as raised:
+        reown_tree(home, new)
+    assert str(raised.value) == (
+        f"{home} nests directories more than {MAX_DEPTH} levels deep (under {home}/d), deeper than the server "
+        f"walks; re-own it by hand with the workspace stopped, top included: chown -R --from={old.uid}:{old.gid} "
+        f"{new.uid}:{new.gid} {home}"
+    )
+    assert {(os.lstat(p).st_uid, os.lstat(p).st_gid) for p in (home, home / "d", home / "d" / "d")} == {(old.uid, old.gid)}
+
+
+FEW_DESCRIPTORS = """\
+import resource, sys
+from pathlib import Path
+from hatchway.providers.reown import Owner, reown_tree
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[3]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(reown_tree(Path(sys.argv[1]), Owner(int(sys.argv[2]), int(sys.argv[2]))).entries)
+"""
+
+
+def test_the_walk_holds_one_descriptor_a_level(deep: Path, ids: tuple[Owner, Owner, int]) -> None:
+    """120 levels with room for 160 descriptors: enough for one a level, not for two."""
+    old, new, _ = ids
+    home = deep
+    nest(home, 120, old)
+    os.lchown(home, old.uid, old.gid)
+    done = subprocess.run(
+        [sys.executable, "-c", FEW_DESCRIPTORS, str(home), str(new.uid), "160"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "241\n", "")
+
+
+def test_a_handle_is_reowned_not_what_is_at_its_name_by_then(tmp_path: Path, ids: tuple[Owner, Owner, int]) -> None:
+    """The walk decides on a handle and re-owns through it: a name swapped meanwhile for a hard
+    link or a symlink to root's file (what a process of the user could do between the two) leaves
+    root's file root's; the entry the handle holds is the one re-owned."""
+    old, new, _ = ids
+    home, secret = tmp_path / "home", tmp_path / "secret"
+    home.mkdir()
+    secret.write_text("root's\n")
+    for name, swap in (("hard", os.link), ("soft", os.symlink)):
+        (home / name).write_text("the user's\n")
+        os.lchown(home / name, old.uid, old.gid)
+        fd = os.open(home / name, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            os.unlink(home / name)
+            swap(secret, home / name)
+            chown_handle(fd, new.uid, new.gid, str(home / name))
+            held = os.fstat(fd)
+        finally:
+            os.close(fd)
+        assert (held.st_uid, held.st_gid) == (new.uid, new.gid)
+    assert (secret.stat().st_uid, secret.stat().st_gid) == (0, 0)
+    assert (os.lstat(home / "soft").st_uid, os.lstat(home / "soft").st_gid) == (0, 0)

@@ -1,11 +1,11 @@
-"""Which entries of a moved workspace's tree change owner, and which mount points the walk
-stays out of (the pure parts of :mod:`hatchway.providers.reown`)."""
+"""Which entries of a moved workspace's tree change owner (the pure part of
+:mod:`hatchway.providers.reown`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from hatchway.providers.reown import KEEP, Owner, mount_points, new_owner
+from hatchway.providers.reown import KEEP, Owner, new_owner
 
 OLD = Owner(54321, 54322)
 NEW = Owner(1001, 1002)
@@ -35,24 +35,3 @@ def test_a_root_owned_top_moves_nothing() -> None:
 def test_the_new_owners_ids_never_move_even_when_shared_with_the_old() -> None:
     # Same uid, another gid (the group was recreated): only the group moves.
     assert new_owner(1001, 54322, Owner(1001, 54322), NEW) == (KEEP, 1002)
-
-
-MOUNTINFO = """\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-23 22 0:5 / /proc rw,nosuid shared:2 - proc proc rw
-90 22 8:1 /etc /data/workspaces/w1/home/etc\\040copy rw,relatime shared:1 - ext4 /dev/sda1 rw
-91 22 0:40 / /data/workspaces/w1/home/tab\\011and\\134slash rw - tmpfs tmpfs rw
-"""
-
-
-def test_mount_points_are_read_with_their_escapes_decoded() -> None:
-    assert mount_points(MOUNTINFO) == {
-        "/",
-        "/proc",
-        "/data/workspaces/w1/home/etc copy",
-        "/data/workspaces/w1/home/tab\tand\\slash",
-    }
-
-
-def test_short_lines_are_not_mount_points() -> None:
-    assert mount_points("\n22 1 8:1 /\n") == set()

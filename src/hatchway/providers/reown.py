@@ -7,28 +7,51 @@ not read its own files, nor the agent its host key. The server (root) re-owns su
 at the workspace's start, before anything of the workspace runs.
 
 Only what belonged to the tree's old owner moves: files deliberately owned by someone else (root,
-another account) keep their owner, and root's keep their group too. Nothing is followed: symlinks are re-owned themselves
-(``lchown``), never their targets, and the walk stays on the tree's file system and out of
-anything mounted inside it. The tree's top is re-owned last, so that an interrupted run (a huge
-tree, a killed server) is finished by the next start, which tells from the top's owner alone
-whether there is anything to do.
+another account) keep their owner, and device nodes keep theirs whoever owned them (the owner of
+a disk's node owns the disk). Nothing is followed: symlinks are re-owned themselves, never their
+targets, and the walk stays on the tree's mount and out of anything mounted inside it.
 
-:func:`new_owner` and :func:`mount_points` are pure; :func:`reown_tree` does the I/O.
+The walk runs as root in a tree whose user may still have processes (from an earlier run of the
+workspace), so every decision is taken on an open descriptor and acted on through that same
+descriptor (:func:`chown_handle`): swapping a name for a hard link or a symlink to someone else's
+file between the two changes nothing but the entry the walk already holds. A directory is
+re-owned after its contents, so its user never holds a directory the walk is still in, and the
+tree's top last, so that an interrupted run (a huge tree, a killed server) is finished by the next
+start, which tells from the top's owner alone whether there is anything to do.
+
+:func:`new_owner` is pure; :func:`reown_tree` does the I/O.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
-import re
+import shlex
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 #: What an owner that does not change is given (chown's "keep this one").
 KEEP = -1
-#: An open directory's listing (``os.scandir`` of its descriptor).
-Listing = Iterator[os.DirEntry[str]]
+#: How many directories deep (the top counts as one) the walk goes. It holds one descriptor for
+#: each directory it is in, so a tree nested thousands of levels deep would otherwise take the
+#: server's descriptors; no real home comes near.
+MAX_DEPTH = 1024
+#: How many device nodes the walk names (it counts them all).
+NAMED_DEVICES = 10
+#: fchownat(2)'s flag for "the file ``dirfd`` refers to" (Linux); os.chown has no way to pass it.
+AT_EMPTY_PATH = 0x1000
+
+#: A directory the walk reads and re-owns: itself, never a symlink in its place.
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A handle on any entry, symlinks themselves included, that neither reads nor blocks (a FIFO).
+_HANDLE = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_fchownat = ctypes.CDLL(None, use_errno=True).fchownat
+_fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+_fchownat.restype = ctypes.c_int
 
 
 @dataclass(frozen=True)
@@ -42,11 +65,14 @@ class Owner:
 
 @dataclass(frozen=True)
 class Reowned:
-    """What :func:`reown_tree` did: whose the tree was, and how many entries changed owner."""
+    """What :func:`reown_tree` did: whose the tree was, how many entries changed owner, and how
+    many of the old owner's device nodes it left theirs (the first :data:`NAMED_DEVICES` named)."""
 
     root: Path
     old: Owner
     entries: int
+    devices: int
+    named_devices: tuple[str, ...]
 
 
 def new_owner(uid: int, gid: int, old: Owner, new: Owner) -> tuple[int, int] | None:
@@ -62,24 +88,26 @@ def new_owner(uid: int, gid: int, old: Owner, new: Owner) -> tuple[int, int] | N
     return None if to_uid == to_gid == KEEP else (to_uid, to_gid)
 
 
-_ESCAPE = re.compile(r"\\([0-7]{3})")
+def chown_handle(fd: int, uid: int, gid: int, path: str) -> None:
+    """Re-own the very file ``fd`` refers to (``fchownat(fd, "", ..., AT_EMPTY_PATH)``), whatever
+    its type, symlinks and ``O_PATH`` handles included, not whatever is at its name by now;
+    ``path`` only names it in the error."""
+    if _fchownat(fd, b"", uid, gid, AT_EMPTY_PATH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
 
 
-def mount_points(mountinfo: str) -> set[str]:
-    """Every mount point in the text of ``/proc/self/mountinfo``, its octal escapes (``\\040``
-    for a space, ...) decoded. A bind mount of the same file system has the same device number
-    as its parent: only this list tells it."""
-    points = set()
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if len(fields) >= 5:
-            points.add(_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4]))
-    return points
-
-
-def _mounts_in(root: str) -> set[str]:
-    with open("/proc/self/mountinfo") as fh:
-        return {p for p in mount_points(fh.read()) if p.startswith(f"{root}/")}
+def mount_id(fd: int) -> int:
+    """The id of the mount the file ``fd`` refers to is on (``mnt_id`` in /proc/self/fdinfo;
+    Python 3.11 has no statx). A bind mount of a directory of the same file system has the same
+    device number as its parent, but another mount id; comparing ids needs no mount table, whose
+    paths would have to be matched (and decoded) and may change while the walk runs."""
+    with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
+        for line in fh:
+            key, _, value = line.partition(b":")
+            if key == b"mnt_id":
+                return int(value)
+    raise OSError(errno.ENOTSUP, "no mnt_id in /proc/self/fdinfo (Linux 3.15 or later has it)")
 
 
 def reown_tree(root: Path, new: Owner) -> Reowned | None:
@@ -87,56 +115,125 @@ def reown_tree(root: Path, new: Owner) -> Reowned | None:
     the module's docstring); None when the top is ``new``'s already or root's, or is not a
     directory.
 
-    Every step is relative to an open directory, opened with ``O_NOFOLLOW``: a symlink swapped
-    in for a directory meanwhile is not followed, and a tree deeper than ``PATH_MAX`` is walked
-    as any other. Iterative, not recursive: depth costs two descriptors a level, not the stack."""
-    top = os.lstat(root)
-    old = Owner(top.st_uid, top.st_gid)
-    last = new_owner(old.uid, old.gid, old, new)
-    if last is None or not stat.S_ISDIR(top.st_mode):
-        return None  # new's already, or root's: then nothing in it moves either
-    real = os.path.realpath(root)  # as the mount table names it
-    skip = _mounts_in(real)
-    entries = 0
-    # (directory's descriptor, its real path, what is left of its listing); the path only
-    # tells mount points, it is never opened.
-    stack: list[tuple[int, str, Listing]] = []
+    Every step is relative to an open directory, opened with ``O_NOFOLLOW``: a symlink swapped in
+    for a directory meanwhile is not followed, and a tree deeper than ``PATH_MAX`` is walked as
+    any other. Iterative, not recursive: depth costs one descriptor a level, not the stack, up to
+    :data:`MAX_DEPTH` levels; deeper, an OSError says what to do (directories above that point
+    are still the old owner's, the top included, so the next start walks again)."""
     try:
-        _descend(stack, str(root), None, real)
-        while stack:
-            fd, path, listing = stack[-1]
-            entry = next(listing, None)
-            if entry is None:
-                stack.pop()
-                _close(fd, listing)
-                continue
-            st = entry.stat(follow_symlinks=False)
-            name = f"{path}/{entry.name}"
-            if st.st_dev != top.st_dev or name in skip:
-                continue  # another file system, or something mounted here: not the workspace's
-            change = new_owner(st.st_uid, st.st_gid, old, new)
-            if change is not None:
-                os.chown(entry.name, *change, dir_fd=fd, follow_symlinks=False)
-                entries += 1
-            if stat.S_ISDIR(st.st_mode):
-                _descend(stack, entry.name, fd, name)
-    finally:
-        for fd, _, listing in stack:
-            _close(fd, listing)
-    os.lchown(root, *last)
-    return Reowned(root, old, entries + 1)
-
-
-def _descend(stack: list[tuple[int, str, Listing]], name: str, parent: int | None, path: str) -> None:
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        fd = os.open(root, _DIRECTORY)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            return None  # a file, or a symlink: no tree
+        raise
     try:
-        listing = os.scandir(fd)
+        top = os.fstat(fd)
+        old = Owner(top.st_uid, top.st_gid)
+        last = new_owner(old.uid, old.gid, old, new)
+        walk = _Walk(root, old, new, top.st_dev, mount_id(fd))
     except BaseException:
         os.close(fd)
         raise
-    stack.append((fd, path, listing))
+    if last is None:
+        os.close(fd)
+        return None  # new's already, or root's: then nothing in it moves either
+    walk.run(fd, last)
+    return Reowned(root, old, walk.entries, walk.devices, tuple(walk.named_devices))
 
 
-def _close(fd: int, listing: Listing) -> None:
-    listing.close()
-    os.close(fd)
+@dataclass
+class _Level:
+    """A directory the walk is in: its only descriptor, its path (for messages, never opened),
+    the names in it still to look at, and what it is given once they are done."""
+
+    fd: int
+    path: str
+    names: Iterator[str]
+    change: tuple[int, int] | None
+
+
+@dataclass
+class _Walk:
+    """One run of :func:`reown_tree` over a tree whose top is on device ``dev``, mount ``mnt``."""
+
+    root: Path
+    old: Owner
+    new: Owner
+    dev: int
+    mnt: int
+    levels: list[_Level] = field(default_factory=list)
+    entries: int = 0
+    devices: int = 0
+    named_devices: list[str] = field(default_factory=list)
+
+    def run(self, fd: int, change: tuple[int, int]) -> None:
+        """Walk the tree from its top's descriptor ``fd`` (closed at the end), the top last."""
+        self._enter(fd, str(self.root), change)
+        try:
+            while self.levels:
+                level = self.levels[-1]
+                name = next(level.names, None)
+                if name is None:
+                    self._leave(self.levels.pop())
+                else:
+                    self._visit(level, name)
+        finally:
+            for level in self.levels:
+                os.close(level.fd)
+
+    def _enter(self, fd: int, path: str, change: tuple[int, int] | None) -> None:
+        """Read the directory ``fd`` (taken over: closed on failure) in full, so that its one
+        descriptor is all the walk holds for it, and walk it next."""
+        try:
+            if len(self.levels) == MAX_DEPTH:
+                raise self._too_deep()
+            names = iter(os.listdir(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        self.levels.append(_Level(fd, path, names, change))
+
+    def _leave(self, level: _Level) -> None:
+        """A directory whose contents are done: re-own it now, through its descriptor."""
+        try:
+            if level.change is not None:
+                os.fchown(level.fd, *level.change)
+                self.entries += 1
+        finally:
+            os.close(level.fd)
+
+    def _visit(self, level: _Level, name: str) -> None:
+        """Look at ``name`` in ``level`` through a handle on it, and act on that handle."""
+        fd = os.open(name, _HANDLE, dir_fd=level.fd)
+        try:
+            st = os.fstat(fd)
+            path = f"{level.path}/{name}"
+            if st.st_dev != self.dev or mount_id(fd) != self.mnt:
+                return  # another file system, or something mounted here: not the workspace's
+            change = new_owner(st.st_uid, st.st_gid, self.old, self.new)
+            if stat.S_ISDIR(st.st_mode):
+                self._enter(os.open(".", _DIRECTORY, dir_fd=fd), path, change)  # the same directory
+            elif stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
+                if change is not None:
+                    self._device(path)
+            elif change is not None:
+                chown_handle(fd, *change, path)
+                self.entries += 1
+        finally:
+            os.close(fd)
+
+    def _device(self, path: str) -> None:
+        """A device node of the old owner's: left as it is, counted and (the first few) named."""
+        self.devices += 1
+        if len(self.named_devices) < NAMED_DEVICES:
+            self.named_devices.append(path)
+
+    def _too_deep(self) -> OSError:
+        """The error for a tree nested past :data:`MAX_DEPTH`: where, and the command that re-owns
+        it instead, its top included, so that the next start finds nothing left to do."""
+        return OSError(
+            f"{self.root} nests directories more than {MAX_DEPTH} levels deep (under {self.levels[1].path}), "
+            "deeper than the server walks; re-own it by hand with the workspace stopped, top included: "
+            f"chown -R --from={self.old.uid}:{self.old.gid} {self.new.uid}:{self.new.gid} "
+            f"{shlex.quote(str(self.root))}",
+        )
