@@ -4,7 +4,9 @@ a symlink, not what another account or root owns, not what is mounted inside."""
 
 from __future__ import annotations
 
+import logging
 import os
+import pwd
 import socket
 import stat
 import subprocess
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from hatchway.providers.base import WorkspaceSpec
+from hatchway.providers.local import _reown_moved
 from hatchway.providers.reown import MAX_DEPTH, Owner, Reowned, chown_handle, reown_tree
 from tests.helpers.netns import unused_id
 
@@ -159,6 +163,8 @@ def test_a_tree_deeper_than_path_max(tmp_path: Path, ids: tuple[Owner, Owner, in
 BIND_AND_REOWN = """\
 import os, subprocess, sys
 from pathlib import Path
+from hatchway.providers.base import WorkspaceSpec
+from hatchway.providers.local import _reown_moved
 from hatchway.providers.reown import Owner, reown_tree
 home, source, new = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for name in sys.argv[4:]:
@@ -287,6 +293,8 @@ def test_a_deeper_tree_is_refused_saying_what_to_do_and_keeps_the_old_owner_abov
 FEW_DESCRIPTORS = """\
 import resource, sys
 from pathlib import Path
+from hatchway.providers.base import WorkspaceSpec
+from hatchway.providers.local import _reown_moved
 from hatchway.providers.reown import Owner, reown_tree
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[3]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 print(reown_tree(Path(sys.argv[1]), Owner(int(sys.argv[2]), int(sys.argv[2]))).entries)
@@ -327,3 +335,26 @@ def test_a_handle_is_reowned_not_what_is_at_its_name_by_then(tmp_path: Path, ids
         assert (held.st_uid, held.st_gid) == (new.uid, new.gid)
     assert (secret.stat().st_uid, secret.stat().st_gid) == (0, 0)
     assert (os.lstat(home / "soft").st_uid, os.lstat(home / "soft").st_gid) == (0, 0)
+
+
+def test_the_start_names_the_device_nodes_it_left(
+    tmp_path: Path, ids: tuple[Owner, Owner, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The workspace still starts; the log says which device nodes kept another uid, and why."""
+    old, new, _ = ids
+    home = tmp_path / "home"
+    home.mkdir()
+    os.mknod(home / "sda", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    chown_all(home, old)
+    pw = pwd.struct_passwd(("hw-alice-dev", "x", new.uid, new.gid, "", str(home), "/bin/sh"))
+    with caplog.at_level(logging.INFO, logger="hatchway.providers.local"):
+        _reown_moved(WorkspaceSpec(id="w1", name="dev", owner="alice"), pw, [home])
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"workspace alice/dev: re-owned 1 entries of {home} from uid {old.uid} gid {old.gid} to its Unix "
+                 f"user hw-alice-dev (uid {new.uid} gid {new.gid}): they belonged to another uid, as after a move from "
+                 "another machine, a restore by numeric owner or a recreated Unix user"),
+        ("WARNING", "workspace alice/dev: left 1 device nodes of another uid as they were, not given to its Unix user "
+                    "hw-alice-dev: the owner of a device node can read and write the device (a disk, a terminal); "
+                    f"remove them, or chown one by hand if the user is to have it: {home}/sda"),
+    ]
+    assert (os.lstat(home / "sda").st_uid, os.lstat(home / "sda").st_gid) == (old.uid, old.gid)
