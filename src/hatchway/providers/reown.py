@@ -130,11 +130,11 @@ def reown_tree(root: Path, new: Owner) -> Reowned | None:
         top = os.fstat(fd)
         old = Owner(top.st_uid, top.st_gid)
         last = new_owner(old.uid, old.gid, old, new)
-        walk = _Walk(root, old, new, top.st_dev, mount_id(fd))
+        walk = None if last is None else _Walk(root, old, new, top.st_dev, mount_id(fd))
     except BaseException:
         os.close(fd)
         raise
-    if last is None:
+    if last is None or walk is None:
         os.close(fd)
         return None  # new's already, or root's: then nothing in it moves either
     walk.run(fd, last)
