@@ -31,20 +31,13 @@ import hatchway
 from hatchway import fdlimit
 
 from tests.helpers.cli import Cli
-from tests.helpers.netns import pids_of_uid, sweep_local_workspaces
+from tests.helpers.netns import local_workspaces_reason, pids_of_uid, sweep_local_workspaces
 from tests.helpers.server import RunningServer, free_port, wait_for
 
 
-def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: local workspaces get Unix users and namespaces only when the server runs as root"
-    for tool in ("/usr/sbin/sshd", "/usr/sbin/useradd", "/usr/bin/unshare", "/usr/bin/tini", "/usr/sbin/ip"):
-        if not os.path.exists(tool):
-            return f"{tool} missing: scripts/setup installs it"
-    return None
 
-
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_root_reason() is not None, reason=str(_root_reason()))]
+_REASON = local_workspaces_reason()
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 
 def sh(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -20,20 +20,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.netns import sweep_local_workspaces, unused_id
+from tests.helpers.netns import local_workspaces_reason, sweep_local_workspaces, unused_id
 from tests.helpers.server import RunningServer
 
 
-def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: local workspaces get Unix users and namespaces only when the server runs as root"
-    for tool in ("/usr/sbin/useradd", "/usr/bin/unshare", "/usr/bin/tini", "/usr/sbin/ip", "/usr/bin/ssh"):
-        if not os.path.exists(tool):
-            return f"{tool} missing: scripts/setup installs it"
-    return None
 
-
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_root_reason() is not None, reason=str(_root_reason()))]
+_REASON = local_workspaces_reason()
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 HOST_KEY_LINE = re.compile(r"^debug1: Server host key: (\S+ SHA256:\S+)$", re.M)
 

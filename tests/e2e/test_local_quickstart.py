@@ -16,22 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import sweep_local_workspaces
+from tests.helpers.netns import local_workspaces_reason, sweep_local_workspaces
 from tests.helpers.server import HATCHWAY, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: the quick start creates an isolated local workspace"
-    for tool in ("/usr/sbin/sshd", "/usr/sbin/useradd", "/usr/bin/unshare", "/usr/bin/tini", "/usr/sbin/ip"):
-        if not os.path.exists(tool):
-            return f"{tool} missing: scripts/setup installs it"
-    return None
 
-
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_root_reason() is not None, reason=str(_root_reason()))]
+_REASON = local_workspaces_reason("the quick start creates an isolated local workspace")
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 
 class Scratch:

@@ -5,7 +5,6 @@ member with the real OpenSSH client, and refused to the site manager who created
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -15,20 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import Cli
-from tests.helpers.netns import sweep_local_workspaces
+from tests.helpers.netns import local_workspaces_reason, sweep_local_workspaces
 from tests.helpers.server import HATCHWAY, RunningServer
 
 
-def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: local workspaces get Unix users and namespaces only when the server runs as root"
-    for tool in ("/usr/sbin/useradd", "/usr/bin/unshare", "/usr/bin/tini", "/usr/sbin/ip", "/usr/bin/ssh"):
-        if not os.path.exists(tool):
-            return f"{tool} missing: scripts/setup installs it"
-    return None
 
-
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_root_reason() is not None, reason=str(_root_reason()))]
+_REASON = local_workspaces_reason()
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 
 @dataclass

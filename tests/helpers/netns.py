@@ -26,6 +26,23 @@ def needs_root_reason() -> str | None:
     return None
 
 
+#: What isolated ``local`` workspaces need on this machine, and the tests' ssh client.
+LOCAL_WORKSPACE_TOOLS = ("/usr/sbin/sshd", "/usr/sbin/useradd", "/usr/bin/unshare", "/usr/bin/tini", "/usr/sbin/ip",
+                         "/usr/bin/ssh")
+
+
+def local_workspaces_reason(
+    why_root: str = "local workspaces get Unix users and namespaces only when the server runs as root",
+) -> str | None:
+    """Why tests of isolated ``local`` workspaces cannot run here (they skip, saying it), or None."""
+    if os.geteuid() != 0:
+        return f"needs root: {why_root}"
+    for tool in LOCAL_WORKSPACE_TOOLS:
+        if not os.path.exists(tool):
+            return f"{tool} missing: scripts/setup installs it"
+    return None
+
+
 class Namespace:
     """A netns joined to the host by a veth pair: host side .host_ip, namespace side .ns_ip."""
 
