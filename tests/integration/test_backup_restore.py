@@ -236,10 +236,15 @@ def test_restore_refuses_a_running_server_and_existing_data_unless_forced(deploy
         f"private key would be unreadable; restore a database and secret backed up together; {NOTHING}\n"))
     assert tree(d.data) == before
 
+    journal = b"a stale rollback journal, which SQLite would play back into the restored database"
+    (d.data / "hatchway.db-journal").write_bytes(journal)
+    (d.data / "hatchway.db-journal").chmod(0o600)
     r = hatchway("restore", str(out), "--data-dir", str(d.data), "--force")
     [aside] = d.data.glob("replaced-by-restore-*")
     assert r.returncode == 0 and r.stderr == "" and r.stdout.endswith(f"into {d.data}.\nThe files it replaced are in {aside}.\n")
-    assert tree(aside) == {name: before[name] for name in ("deployment.secret", "hatchway.db")}  # type: ignore[index]
+    assert tree(aside) == {**{name: before[name] for name in ("deployment.secret", "hatchway.db")},  # type: ignore[index]
+                           "hatchway.db-journal": (0o600, journal)}
+    assert not (d.data / "hatchway.db-journal").exists()
     assert aside.stat().st_mode & 0o777 == 0o700
     assert (d.data / "hatchway.db").read_bytes() == inside["hatchway.db"]
     assert (d.data / "deployment.secret").read_bytes() == inside["deployment.secret"]

@@ -45,8 +45,9 @@ from hatchway.server.backup_format import (
 from hatchway.server.crypto import parse_deployment_secret
 from hatchway.server.errors import sqlite_file
 
-#: What a restore replaces: the database with its WAL files, the secret with a rotation's leftovers.
-DATABASE_FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm")
+#: What a restore replaces: the database with its WAL files and any rollback journal (SQLite would
+#: roll a stale hot journal back into the restored database), the secret with a rotation's leftovers.
+DATABASE_FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm", DATABASE + "-journal")
 SECRET_FILES = (SECRET, SECRET + ".new", SECRET + ".old")
 _CHUNK = 1024 * 1024
 
