@@ -18,7 +18,7 @@ import pytest
 
 from hatchway.providers.base import WorkspaceSpec
 from hatchway.providers.local import _reown_moved
-from hatchway.providers.reown import MAX_DEPTH, Owner, Reowned, chown_handle, reown_tree
+from hatchway.providers.reown import MAX_DEPTH, Owner, Reowned, chown_handle, hand_commands, reown_tree
 from tests.helpers.netns import unused_id
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: only root can chown")]
@@ -102,6 +102,39 @@ def test_the_old_uids_entries_become_the_users_and_nothing_else_moves(
     assert after["others"] == (other, other)
     # Nothing outside was touched through the symlinks.
     assert owners(outside) == {".": (0, 0), "root-file": (0, 0), "dir": (0, 0), "dir/old-file": (old.uid, old.gid)}
+
+
+def test_the_commands_to_run_by_hand_do_what_the_walk_does(
+    moved: tuple[Path, Path], ids: tuple[Owner, Owner, int], tmp_path: Path
+) -> None:
+    """What a refused tree's error tells the user to run, run by a real shell on the same kind of
+    tree, leaves every entry (and everything outside) with the owner the walk gives it; root's
+    setuid file keeps its bits."""
+    home, outside = moved
+    old, new, _ = ids
+    twin = tmp_path / "twin"
+    subprocess.run(["cp", "-a", str(home), str(twin)], check=True)
+    assert owners(twin) == owners(home)
+    reown_tree(home, new)
+    commands = hand_commands(twin, old, new)
+    assert commands == (
+        f"find {twin} -xdev ! -type b ! -type c ! -uid 0 -uid {old.uid} -exec chown -h {new.uid} {{}} + && "
+        f"find {twin} -xdev ! -type b ! -type c ! -uid 0 -gid {old.gid} -exec chgrp -h {new.gid} {{}} +"
+    )
+    subprocess.run(["sh", "-c", commands], check=True)
+    assert owners(twin) == owners(home)
+    assert stat.S_IMODE((twin / "root-in-old-group").lstat().st_mode) == 0o6755
+    assert owners(outside) == {".": (0, 0), "root-file": (0, 0), "dir": (0, 0), "dir/old-file": (old.uid, old.gid)}
+
+
+def test_the_hand_commands_quote_the_path_and_leave_out_what_does_not_change() -> None:
+    old, new = Owner(1500, 1500), Owner(1600, 1500)
+    assert hand_commands(Path("/data/w s/$(x)"), old, new) == (
+        "find '/data/w s/$(x)' -xdev ! -type b ! -type c ! -uid 0 -uid 1500 -exec chown -h 1600 {} +"
+    )
+    assert hand_commands(Path("/h"), Owner(1500, 1500), Owner(1500, 1700)) == (
+        "find /h -xdev ! -type b ! -type c ! -uid 0 -gid 1500 -exec chgrp -h 1700 {} +"
+    )
 
 
 def test_the_next_start_finds_nothing_to_do(moved: tuple[Path, Path], ids: tuple[Owner, Owner, int]) -> None:
@@ -284,8 +317,7 @@ def test_a_deeper_tree_is_refused_saying_what_to_do_and_keeps_the_old_owner_abov
         reown_tree(home, new)
     assert str(raised.value) == (
         f"{home} nests directories more than {MAX_DEPTH} levels deep (under {home}/d), deeper than the server "
-        f"walks; re-own it by hand with the workspace stopped, top included: chown -R --from={old.uid}:{old.gid} "
-        f"{new.uid}:{new.gid} {home}"
+        f"walks; re-own it by hand with the workspace stopped, top included: {hand_commands(home, old, new)}"
     )
     assert {(os.lstat(p).st_uid, os.lstat(p).st_gid) for p in (home, home / "d", home / "d" / "d")} == {(old.uid, old.gid)}
 

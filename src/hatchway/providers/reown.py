@@ -229,11 +229,24 @@ class _Walk:
             self.named_devices.append(path)
 
     def _too_deep(self) -> OSError:
-        """The error for a tree nested past :data:`MAX_DEPTH`: where, and the command that re-owns
+        """The error for a tree nested past :data:`MAX_DEPTH`: where, and the commands that re-own
         it instead, its top included, so that the next start finds nothing left to do."""
         return OSError(
             f"{self.root} nests directories more than {MAX_DEPTH} levels deep (under {self.levels[1].path}), "
             "deeper than the server walks; re-own it by hand with the workspace stopped, top included: "
-            f"chown -R --from={self.old.uid}:{self.old.gid} {self.new.uid}:{self.new.gid} "
-            f"{shlex.quote(str(self.root))}",
+            + hand_commands(self.root, self.old, self.new),
         )
+
+
+def hand_commands(root: Path, old: Owner, new: Owner) -> str:
+    """Shell commands doing what :func:`new_owner` decides, for a tree the walk refuses: the old
+    uid's entries and the old group's entries each move on their own (``chown --from=U:G`` would
+    move only entries with both), root's stay as they are, device nodes and symlinks' targets are
+    left alone, and nothing on another file system is entered."""
+    find = f"find {shlex.quote(str(root))} -xdev ! -type b ! -type c ! -uid 0"
+    commands = []
+    if old.uid not in (0, new.uid):
+        commands.append(f"{find} -uid {old.uid} -exec chown -h {new.uid} {{}} +")
+    if old.gid not in (0, new.gid):
+        commands.append(f"{find} -gid {old.gid} -exec chgrp -h {new.gid} {{}} +")
+    return " && ".join(commands)
