@@ -1,6 +1,7 @@
 """``/api/v1/docs`` over plain HTTP: the page names nothing outside the server, sends the web UI's
 security headers with a CSP that lets only its own inline script run (by hash, never
-'unsafe-inline'), and Swagger UI's files are served here with their content types."""
+'unsafe-inline'), Swagger UI's files are served here with their content types, and HEAD (caches,
+link checkers, ``curl -I``) answers as GET does."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 from tests.helpers.server import RunningServer, running_server
 
 STATIC = "/api/v1/docs/static"
+#: Everything the docs page is made of: the page, the document it shows, Swagger UI's files.
+DOCS_PATHS = ["/api/v1/docs", "/api/v1/openapi.json", f"{STATIC}/swagger-ui-bundle.js", f"{STATIC}/swagger-ui.css", f"{STATIC}/favicon-32x32.png"]
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +91,27 @@ def test_only_those_files_are_served(srv: RunningServer) -> None:
             "error": "not found",
             "detail": "no such page or API endpoint; the API is described at /api/v1/docs (OpenAPI: /api/v1/openapi.json)",
         }
+        head = httpx.head(f"{srv.url}{STATIC}/{name}")
+        assert (head.status_code, head.content, head.headers["content-length"]) == (404, b"", r.headers["content-length"])
+
+
+@pytest.mark.parametrize("path", DOCS_PATHS)
+def test_head_answers_as_get_does_without_a_body(srv: RunningServer, path: str) -> None:
+    get = httpx.get(srv.url + path)
+    head = httpx.head(srv.url + path)
+    assert (get.status_code, head.status_code, head.content) == (200, 200, b"")
+    assert head.headers["content-length"] == str(len(get.content))
+    # Every header, the security headers and validators (ETag, Last-Modified) included; only the
+    # clock may have ticked between the two.
+    assert {**head.headers, "date": ""} == {**get.headers, "date": ""}
+    if path != "/api/v1/openapi.json":  # JSON, not something a browser renders
+        assert head.headers["x-content-type-options"] == "nosniff" and head.headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize("path", DOCS_PATHS)
+@pytest.mark.parametrize("method", ["POST", "DELETE", "OPTIONS"])
+def test_other_methods_are_refused_naming_get_and_head(srv: RunningServer, path: str, method: str) -> None:
+    r = httpx.request(method, srv.url + path)
+    allow = r.headers["allow"]  # the order is Starlette's, not fixed
+    assert r.status_code == 405 and sorted(allow.split(", ")) == ["GET", "HEAD"]
+    assert r.json() == {"error": "method not allowed", "detail": f"{method} is not allowed here; use {allow} (see /api/v1/docs)"}

@@ -76,11 +76,12 @@ def install(app: FastAPI) -> None:
     body = bytes(page.body)
     headers = {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(*inline_script_hashes(body.decode()))}
 
-    @app.get(API_DOCS, include_in_schema=False)
+    # HEAD too (caches, link checkers, ``curl -I``): the same status and headers, no body.
+    @app.api_route(API_DOCS, methods=["GET", "HEAD"], include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(body, headers=headers)
 
-    @app.get(STATIC + "/{name}", include_in_schema=False)
+    @app.api_route(STATIC + "/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def asset(name: str) -> FileResponse:
         if name not in ASSETS:
             raise HTTPException(404)
