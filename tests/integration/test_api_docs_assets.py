@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from importlib import metadata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +116,21 @@ def test_other_methods_are_refused_naming_get_and_head(srv: RunningServer, path:
     allow = r.headers["allow"]  # the order is Starlette's, not fixed
     assert r.status_code == 405 and sorted(allow.split(", ")) == ["GET", "HEAD"]
     assert r.json() == {"error": "method not allowed", "detail": f"{method} is not allowed here; use {allow} (see /api/v1/docs)"}
+
+
+def test_a_server_whose_fastapi_swagger_lacks_the_files_refuses_to_start(tmp_path: Path) -> None:
+    # A fastapi_swagger package without Swagger UI's files, found before the installed one: as a
+    # future release that moved or dropped them would be.
+    shadow = tmp_path / "shadow" / "fastapi_swagger"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    server = RunningServer(tmp_path / "data", extra_env={"PYTHONPATH": str(shadow.parent)})
+    with pytest.raises(RuntimeError, match="^server exited with 1:"):
+        server.start()
+    assert (
+        f"ERROR hatchway.server: fastapi-swagger {metadata.version('fastapi-swagger')} (in {shadow}) has no "
+        "swagger-ui-bundle.js, swagger-ui.css, favicon-32x32.png: Swagger UI's files, which the API docs page "
+        "/api/v1/docs serves, are missing; reinstall it (pip install --force-reinstall fastapi-swagger), or, if "
+        "this release no longer ships them, install the release before it\n"
+    ) in server.log()
+    assert "Traceback" not in server.log() and "ready at" not in server.log()

@@ -14,19 +14,16 @@ from __future__ import annotations
 import base64
 import hashlib
 from html.parser import HTMLParser
-from importlib.resources import files
 
 from fastapi import FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
+from hatchway.server import swagger_files
 from hatchway.server.errors import API_DOCS
 from hatchway.server.web.security import SECURITY_HEADERS, content_security_policy
 
 STATIC = f"{API_DOCS}/static"
-#: Swagger UI's distribution files, where fastapi-swagger 0.4 keeps them; only these are served.
-DIST = files("fastapi_swagger") / "resources"
-ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
 
 class _InlineScripts(HTMLParser):
@@ -61,8 +58,10 @@ def inline_script_hashes(html: str) -> list[str]:
 
 def install(app: FastAPI) -> None:
     """Serve the docs page at ``API_DOCS`` for ``app``'s OpenAPI document (FastAPI's own
-    ``docs_url`` must be off) and Swagger UI's files under ``STATIC``."""
+    ``docs_url`` must be off) and Swagger UI's files under ``STATIC``: only those are served.
+    Raises :class:`swagger_files.SwaggerUIMissing` when they are not installed."""
     assert app.docs_url is None and app.openapi_url is not None
+    served = swagger_files.installed()
     page = get_swagger_ui_html(
         openapi_url=app.openapi_url,
         title=f"{app.title} API",
@@ -83,6 +82,6 @@ def install(app: FastAPI) -> None:
 
     @app.api_route(STATIC + "/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def asset(name: str) -> FileResponse:
-        if name not in ASSETS:
+        if name not in served:
             raise HTTPException(404)
-        return FileResponse(str(DIST / name), headers=SECURITY_HEADERS)
+        return FileResponse(served[name], headers=SECURITY_HEADERS)
