@@ -16,10 +16,14 @@ import httpx
 import pytest
 
 from tests.helpers.server import RunningServer, running_server
+from tests.unit.test_swagger_ui_licence import APACHE_2_0_SHA256
 
 STATIC = "/api/v1/docs/static"
 #: Everything the docs page is made of: the page, the document it shows, Swagger UI's files.
-DOCS_PATHS = ["/api/v1/docs", "/api/v1/openapi.json", f"{STATIC}/swagger-ui-bundle.js", f"{STATIC}/swagger-ui.css", f"{STATIC}/favicon-32x32.png"]
+DOCS_PATHS = [
+    "/api/v1/docs", "/api/v1/openapi.json", f"{STATIC}/swagger-ui-bundle.js", f"{STATIC}/swagger-ui.css", f"{STATIC}/favicon-32x32.png",
+    f"{STATIC}/LICENSE", f"{STATIC}/NOTICE",
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +62,7 @@ def test_docs_page_loads_swagger_ui_from_this_server_and_no_validator(srv: Runni
     html = httpx.get(srv.url + "/api/v1/docs").text
     assert re.findall(r'(?:src|href)="([^"]*)"', html) == [
         f"{STATIC}/swagger-ui.css", f"{STATIC}/favicon-32x32.png", f"{STATIC}/swagger-ui-bundle.js",
+        f"{STATIC}/LICENSE", f"{STATIC}/NOTICE",
     ]
     script = _inline_script(html)
     assert "url: '/api/v1/openapi.json'" in script
@@ -82,6 +87,26 @@ def test_swagger_ui_files_are_served_with_their_content_types(
         assert r.content.startswith(starts)
     else:
         assert b"SwaggerUIBundle" in r.content
+
+
+def test_swagger_ui_licence_and_notice_are_served_and_linked_from_the_page(srv: RunningServer) -> None:
+    # Apache-2.0 asks that Swagger UI's files travel with its licence and NOTICE; fastapi-swagger
+    # ships neither.
+    assert (
+        '<footer><p>Swagger UI: Copyright 2020-2021 SmartBear Software Inc., licensed under the '
+        f'<a href="{STATIC}/LICENSE">Apache License 2.0</a> (<a href="{STATIC}/NOTICE">NOTICE</a>).</p></footer>\n'
+        "</body>"
+    ) in httpx.get(srv.url + "/api/v1/docs").text
+    page = httpx.get(srv.url + "/sign-in")
+    for name, packaged in (("LICENSE", APACHE_2_0_SHA256), ("NOTICE", None)):
+        r = httpx.get(f"{srv.url}{STATIC}/{name}")
+        assert (r.status_code, r.headers["content-type"]) == (200, "text/plain; charset=utf-8")
+        for header in ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy"):
+            assert r.headers[header] == page.headers[header], header
+        if packaged:
+            assert hashlib.sha256(r.content).hexdigest() == packaged
+        else:
+            assert r.content == b"swagger-ui\nCopyright 2020-2021 SmartBear Software Inc.\n"
 
 
 def test_only_those_files_are_served(srv: RunningServer) -> None:

@@ -7,6 +7,13 @@ web sessions, and a deployment without internet access would get a blank page. H
 files come from the fastapi-swagger package and the page is FastAPI's, pointed at them, sent with
 the web UI's headers; its one inline script (the one that starts Swagger UI) is allowed by its
 hash, so no other inline script can run.
+
+Swagger UI is Apache-2.0, whose redistributions must carry its licence and NOTICE; fastapi-swagger
+ships neither (only its own MIT licence), so they are in ``swagger_ui/`` here, served next to
+Swagger UI's files and linked from the page's footer. ``LICENSE`` is the Apache License 2.0 as the
+Apache Software Foundation publishes it (apache.org/licenses/LICENSE-2.0.txt, 11358 bytes), the
+licence Swagger UI's LICENSE file holds; ``NOTICE`` is Swagger UI's NOTICE file as its repository
+(github.com/swagger-api/swagger-ui) publishes it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from html.parser import HTMLParser
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -24,6 +32,12 @@ from hatchway.server.errors import API_DOCS
 from hatchway.server.web.security import SECURITY_HEADERS, content_security_policy
 
 STATIC = f"{API_DOCS}/static"
+#: Swagger UI's licence and NOTICE (see above), served as ``STATIC/LICENSE`` and ``STATIC/NOTICE``.
+LICENCE_FILES = {name: Path(__file__).with_name("swagger_ui") / name for name in ("LICENSE", "NOTICE")}
+FOOTER = (
+    f'<footer><p>Swagger UI: Copyright 2020-2021 SmartBear Software Inc., licensed under the '
+    f'<a href="{STATIC}/LICENSE">Apache License 2.0</a> (<a href="{STATIC}/NOTICE">NOTICE</a>).</p></footer>\n'
+)
 
 
 class _InlineScripts(HTMLParser):
@@ -61,7 +75,7 @@ def install(app: FastAPI) -> None:
     ``docs_url`` must be off) and Swagger UI's files under ``STATIC``: only those are served.
     Raises :class:`swagger_files.SwaggerUIMissing` when they are not installed."""
     assert app.docs_url is None and app.openapi_url is not None
-    served = swagger_files.installed()
+    served = {**swagger_files.installed(), **LICENCE_FILES}
     page = get_swagger_ui_html(
         openapi_url=app.openapi_url,
         title=f"{app.title} API",
@@ -72,7 +86,8 @@ def install(app: FastAPI) -> None:
         # the document's address.
         swagger_ui_parameters={"validatorUrl": None},
     )
-    body = bytes(page.body)
+    assert bytes(page.body).count(b"</body>") == 1
+    body = bytes(page.body).replace(b"</body>", FOOTER.encode() + b"</body>")
     headers = {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(*inline_script_hashes(body.decode()))}
 
     # HEAD too (caches, link checkers, ``curl -I``): the same status and headers, no body.
@@ -84,4 +99,6 @@ def install(app: FastAPI) -> None:
     async def asset(name: str) -> FileResponse:
         if name not in served:
             raise HTTPException(404)
-        return FileResponse(served[name], headers=SECURITY_HEADERS)
+        # The licence files have no suffix to tell their type by.
+        media_type = "text/plain" if name in LICENCE_FILES else None
+        return FileResponse(served[name], media_type=media_type, headers=SECURITY_HEADERS)
