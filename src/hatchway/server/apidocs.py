@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from html.parser import HTMLParser
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 
 from hatchway.server import swagger_files
 from hatchway.server.errors import API_DOCS
 from hatchway.server.web.security import SECURITY_HEADERS, content_security_policy
+
+log = logging.getLogger("hatchway.server")
 
 STATIC = f"{API_DOCS}/static"
 #: Swagger UI's licence and NOTICE (see above), served as ``STATIC/LICENSE`` and ``STATIC/NOTICE``.
@@ -73,9 +76,13 @@ def inline_script_hashes(html: str) -> list[str]:
 def install(app: FastAPI) -> None:
     """Serve the docs page at ``API_DOCS`` for ``app``'s OpenAPI document (FastAPI's own
     ``docs_url`` must be off) and Swagger UI's files under ``STATIC``: only those are served.
-    Raises :class:`swagger_files.SwaggerUIMissing` when they are not installed."""
+    Without Swagger UI's files the page says why instead (:func:`_install_unavailable`)."""
     assert app.docs_url is None and app.openapi_url is not None
-    served = {**swagger_files.installed(), **LICENCE_FILES}
+    try:
+        served = {**swagger_files.installed(), **LICENCE_FILES}
+    except swagger_files.SwaggerUIMissing as exc:
+        _install_unavailable(app, str(exc))
+        return
     page = get_swagger_ui_html(
         openapi_url=app.openapi_url,
         title=f"{app.title} API",
@@ -102,3 +109,15 @@ def install(app: FastAPI) -> None:
         # The licence files have no suffix to tell their type by.
         media_type = "text/plain" if name in LICENCE_FILES else None
         return FileResponse(served[name], media_type=media_type, headers=SECURITY_HEADERS)
+
+
+def _install_unavailable(app: FastAPI, why: str) -> None:
+    """A broken or changed fastapi-swagger costs the docs page only: the API, the web UI and every
+    SSH connection go on. The server logs why once, and the page answers 503 saying it and where
+    the OpenAPI document itself is."""
+    log.warning("%s; until then %s answers 503 (the API and everything else work)", why, API_DOCS)
+    text = f"The API docs page is unavailable: {why}.\nThe OpenAPI document is at {app.openapi_url}.\n"
+
+    @app.api_route(API_DOCS, methods=["GET", "HEAD"], include_in_schema=False)
+    async def docs() -> PlainTextResponse:
+        return PlainTextResponse(text, status_code=503, headers=SECURITY_HEADERS)

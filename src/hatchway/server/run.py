@@ -20,7 +20,6 @@ from hatchway.server.guards import AcceptDeadline, ConnectionGuard, guard_protoc
 from hatchway.server.relay import StreamMatch
 from hatchway.server.settings import Settings
 from hatchway.server.streams import StreamDispatch
-from hatchway.server.swagger_files import SwaggerUIMissing
 
 log = logging.getLogger("hatchway.server")
 
@@ -243,9 +242,6 @@ def serve(settings: Settings) -> int:
         keep_large_buffers()  # see hatchway.malloc: relayed frames stay in the heap
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(server.serve())
-    except SwaggerUIMissing as exc:  # from building the app: nothing was served
-        log.error("%s", exc)
-        return 1
     finally:
         if metrics_sock is not None:
             metrics_sock.close()  # never served (a failed start), or already closed with the server

@@ -3,8 +3,8 @@
 They come from the fastapi-swagger package, whose layout is its own business (0.4 keeps them in
 ``fastapi_swagger/resources``), so they are looked for by name anywhere inside the installed
 package, once, when the server starts. The names are Swagger UI's own (its ``dist`` directory's),
-the same since Swagger UI 3. A release that no longer ships one of them stops the server at start
-with a message naming that release, rather than leaving the docs page silently blank.
+the same since Swagger UI 3. A release that no longer ships one of them gets a message naming that
+release (logged at start, and on the docs page), rather than a silently blank page.
 """
 
 from __future__ import annotations
