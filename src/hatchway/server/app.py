@@ -29,6 +29,7 @@ from hatchway.server.errors import db_out_of_space, db_unavailable, install_erro
 from hatchway.server.failed_signins import FailedSignIns, write_tallies_now as write_sign_in_tallies
 from hatchway.server.hub import AgentHub
 from hatchway.server.limits import BodyLimit
+from hatchway.server.nosniff import NoSniff
 from hatchway.server.metrics import ServerMetrics
 from hatchway.server.pruning import LogPruner
 from hatchway.server.relay import Relay
@@ -192,4 +193,5 @@ def create_app(settings: Settings) -> FastAPI:
     apidocs.install(app)  # the API's docs page at /api/v1/docs and Swagger UI's files
     web.install(app)  # the web UI at / and its static assets at /static
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(NoSniff)  # outermost: BodyLimit's refusals get it too
     return app
