@@ -9,9 +9,11 @@ not the database's) says what happened and writes nothing.
 
 from __future__ import annotations
 
+import grp
 import io
 import json
 import os
+import pwd
 import sqlite3
 import subprocess
 import sys
@@ -249,6 +251,69 @@ def test_restore_refuses_a_running_server_and_existing_data_unless_forced(deploy
     assert (d.data / "hatchway.db").read_bytes() == inside["hatchway.db"]
     assert (d.data / "deployment.secret").read_bytes() == inside["deployment.secret"]
     d.server.start()  # the restored pair is one the server accepts
+
+
+def restored_line(archive: Path, data: Path) -> str:
+    m = json.loads(members(archive)["manifest.json"])
+    return (f"Restored the database and the deployment secret of {m['created_at']} (Hatchway 0.1.0, schema revision "
+            f"{m['schema_revision']}, {m['users']} user(s), {m['workspaces']} workspace(s)) into {data}.\n")
+
+
+def opens_as(owner: tuple[int, int], data: Path, *names: str) -> subprocess.CompletedProcess[str]:
+    """Open each of ``names`` (relative to ``data``) for reading and writing as ``owner``, as the
+    server running as that user would: the child enters ``data`` before it drops root, so the
+    dirs above it (root's, 0700) are not in the way, and only each file's own owner and mode count."""
+    opens = " && ".join(f"exec {fd}<>'{name}'" for fd, name in enumerate(names, 3))
+    return subprocess.run(["/bin/sh", "-c", opens], cwd=data, user=owner[0], group=owner[1], extra_groups=[],
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user: restore gives files away only as root")
+def test_a_restore_as_root_gives_what_it_places_to_the_data_dirs_owner(deployment: Deployment) -> None:
+    d = deployment
+    out = make_backup(d)
+    d.server.stop()
+    nobody = pwd.getpwnam("nobody")  # an existing unprivileged account: the server's own user, say
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    owner_text = f"{nobody.pw_name}:{grp.getgrgid(nobody.pw_gid).gr_name} ({owner[0]}:{owner[1]})"
+    for path in (d.data, *d.data.iterdir()):
+        os.chown(path, *owner)
+
+    # Into the data dir of a server running as nobody: the new files, and the dir of the replaced ones, are nobody's.
+    r = hatchway("restore", str(out), "--data-dir", str(d.data), "--force")
+    [aside] = d.data.glob("replaced-by-restore-*")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == (f"{restored_line(out, d.data)}The files it replaced are in {aside}.\n"
+                        f"It gave the files it placed to {owner_text}, the owner of {d.data}, so that a server running as "
+                        "that user can open them.\n")
+    placed = {str(p.relative_to(d.data)): (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777)
+              for p in d.data.rglob("*")}
+    assert placed == {
+        "deployment.secret": (*owner, 0o600), "hatchway.db": (*owner, 0o600), "server.lock": (*owner, 0o600),
+        aside.name: (*owner, 0o700), f"{aside.name}/deployment.secret": (*owner, 0o600),
+        f"{aside.name}/hatchway.db": (*owner, 0o600),
+    }
+    r = opens_as(owner, d.data, "hatchway.db", "deployment.secret", "server.lock", f"{aside.name}/hatchway.db")
+    assert (r.returncode, r.stderr) == (0, "")
+
+    # Into a new data dir made for it: the lock restore creates there is nobody's too.
+    fresh = d.tmp / "fresh"
+    fresh.mkdir(mode=0o700)
+    os.chown(fresh, *owner)
+    r = hatchway("restore", str(out), "--data-dir", str(fresh))
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == (f"{restored_line(out, fresh)}It gave the files it placed to {owner_text}, the owner of {fresh}, "
+                        "so that a server running as that user can open them.\n")
+    assert {p.name: (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777) for p in fresh.iterdir()} == {
+        name: (*owner, 0o600) for name in ("deployment.secret", "hatchway.db", "server.lock")}
+    r = opens_as(owner, fresh, "hatchway.db", "deployment.secret", "server.lock")
+    assert (r.returncode, r.stderr) == (0, "")
+
+    # Into root's own data dir, nothing is given away, and nothing more is said.
+    own = d.tmp / "own"
+    r = hatchway("restore", str(out), "--data-dir", str(own))
+    assert (r.returncode, r.stdout, r.stderr) == (0, restored_line(out, own), "")
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in own.iterdir()} == {(0, 0)}
 
 
 def test_restore_refuses_damaged_foreign_and_hostile_archives(deployment: Deployment) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 from pathlib import Path
 
 import click
@@ -201,3 +204,19 @@ def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force:
                f"{m.users} user(s), {m.workspaces} workspace(s)) into {data}.")
     if result.set_aside is not None:
         click.echo(f"The files it replaced are in {result.set_aside}.")
+    if result.owner is not None and result.owner != (os.geteuid(), os.getegid()):
+        click.echo(f"It gave the files it placed to {_owner_text(*result.owner)}, the owner of {data}, so that a server "
+                   "running as that user can open them.")
+
+
+def _owner_text(uid: int, gid: int) -> str:
+    """``user:group (uid:gid)``, with the numbers alone for an id that has no name here."""
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return f"{user}:{group} ({uid}:{gid})"

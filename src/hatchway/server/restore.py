@@ -12,6 +12,10 @@ deleted, and the new ones renamed into place. A failed rename moves the old file
 Meanwhile ``restore.incomplete`` (hatchway.server.datadir.RESTORE_MARKER) keeps a server from
 starting on a data dir that a killed restore left with a database but no secret, or neither.
 
+Run as root into the data dir of a server that runs as its own user, restore gives what it
+places (the new files, the dir of the replaced ones, the lock it created) to the data dir's
+owner and group before anything moves: files left root's, 0600, that server could not open.
+
 A backup holding the secret alone (PostgreSQL, ``backup --secret-only``) is checked against the
 database ``--db`` names, which the operator has restored with pg_restore first.
 """
@@ -52,10 +56,30 @@ SECRET_FILES = (SECRET, SECRET + ".new", SECRET + ".old")
 _CHUNK = 1024 * 1024
 
 
+#: A file owner: (uid, gid).
+Owner = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     manifest: Manifest
     set_aside: Path | None  # where the replaced files went
+    owner: Owner | None  # who the placed files were given to (run as root), None: the running user
+
+
+def _owner_for(data_dir: Path) -> Owner | None:
+    """Who the files restore places in ``data_dir`` must belong to: run as root, the data dir's
+    owner and group (the server that owns the data dir may run as its own user, and could not
+    open files left root's, 0600); None otherwise, as only root can give a file away."""
+    if os.geteuid() != 0:
+        return None
+    st = os.stat(data_dir)
+    return st.st_uid, st.st_gid
+
+
+def _give(fd: int, owner: Owner | None) -> None:
+    if owner is not None:
+        os.fchown(fd, *owner)
 
 
 @dataclass(frozen=True)
@@ -144,22 +168,32 @@ def _mismatch(archive: Path, which: str) -> BackupError:
     )
 
 
-def _take(data_dir: Path) -> int:
+def _take(data_dir: Path) -> tuple[int, Owner | None]:
+    """The data dir taken (the descriptor holding it), and who what restore places there belongs to;
+    the lock file too, which a restore as root may have just created for a server that is not root."""
     try:
-        return datadir.take(data_dir)
+        fd = datadir.take(data_dir)
     except datadir.DataDirInUse as exc:
         who = f"a Hatchway server (pid {exc.pid})" if exc.pid else "a Hatchway server"
         raise BackupError(f"{who} is running on the data dir {data_dir}: stop it first, then restore; {NOTHING}") from None
     except OSError as exc:
         raise BackupError(f"cannot take the data dir {data_dir}: {exc}; {NOTHING}") from None
+    try:
+        owner = _owner_for(data_dir)
+        _give(fd, owner)
+    except OSError as exc:
+        os.close(fd)
+        raise BackupError(f"cannot take the data dir {data_dir}: {os_error_text(exc)}; {NOTHING}") from None
+    return fd, owner
 
 
-def _extract_database(checked: _Checked, archive: Path, data_dir: Path) -> Path:
+def _extract_database(checked: _Checked, archive: Path, data_dir: Path, owner: Owner | None) -> Path:
     """The backup's database in a temp file in ``data_dir``, checked; removed again if refused."""
     tfd, tmp_name = tempfile.mkstemp(prefix=f".{DATABASE}.", suffix=".restoring", dir=data_dir)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(tfd, "wb") as out:
+            _give(out.fileno(), owner)
             digest = _copy_hashing(checked.tar.extractfile(checked.db_member), out)  # type: ignore[arg-type]
             out.flush()
             os.fsync(out.fileno())
@@ -182,12 +216,13 @@ def _extract_database(checked: _Checked, archive: Path, data_dir: Path) -> Path:
         raise
 
 
-def _write_secret(data_dir: Path, secret: bytes) -> Path:
+def _write_secret(data_dir: Path, secret: bytes, owner: Owner | None) -> Path:
     """The secret in a temp file in ``data_dir`` (0600, fsynced), ready to be renamed into place."""
     fd, name = tempfile.mkstemp(prefix=f".{SECRET}.", suffix=".restoring", dir=data_dir)
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
+            _give(out.fileno(), owner)
             out.write((secret.hex() + "\n").encode())
             out.flush()
             os.fsync(out.fileno())
@@ -197,14 +232,14 @@ def _write_secret(data_dir: Path, secret: bytes) -> Path:
     return tmp
 
 
-def _stage(checked: _Checked, archive: Path, data_dir: Path) -> dict[str, Path]:
+def _stage(checked: _Checked, archive: Path, data_dir: Path, owner: Owner | None) -> dict[str, Path]:
     """Every new file written and fsynced beside its final name: once files start to move, only
     renames are left, which need no space (the new database is what fills a disk)."""
     staged: dict[str, Path] = {}
     try:
         if checked.db_member is not None:
-            staged[DATABASE] = _extract_database(checked, archive, data_dir)
-        staged[SECRET] = _write_secret(data_dir, checked.secret)
+            staged[DATABASE] = _extract_database(checked, archive, data_dir, owner)
+        staged[SECRET] = _write_secret(data_dir, checked.secret, owner)
     except BaseException as exc:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
@@ -215,13 +250,15 @@ def _stage(checked: _Checked, archive: Path, data_dir: Path) -> dict[str, Path]:
     return staged
 
 
-def _begin(data_dir: Path, present: list[str]) -> Path | None:
+def _begin(data_dir: Path, present: list[str], owner: Owner | None) -> Path | None:
     """The dir the replaced files go to (None: nothing to replace), and the marker naming it, which
     keeps a server from starting on the data dir until the restore is done (hatchway.server.datadir)."""
     aside = None
     if present:
         aside = data_dir / f"replaced-by-restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
         aside.mkdir(mode=0o700)
+        if owner is not None:  # the files moved into it keep their owner: the dir must let them be reached
+            os.chown(aside, *owner, follow_symlinks=False)
     atomic_write(data_dir / RESTORE_MARKER, f"{aside or ''}\n".encode(), 0o600)
     fsync_dir(data_dir)
     return aside
@@ -249,10 +286,10 @@ def _roll_back(data_dir: Path, aside: Path | None, moved: list[str], placed: lis
     return BackupError(f"{failed}; the files it had moved aside are back in place, so the data dir is as it was")
 
 
-def _commit(data_dir: Path, present: list[str], staged: dict[str, Path]) -> Path | None:
+def _commit(data_dir: Path, present: list[str], staged: dict[str, Path], owner: Owner | None) -> Path | None:
     """Set the ``present`` files aside and rename the ``staged`` ones into place, all or none."""
     try:
-        aside = _begin(data_dir, present)
+        aside = _begin(data_dir, present, owner)
     except OSError as exc:
         (data_dir / RESTORE_MARKER).unlink(missing_ok=True)
         raise BackupError(f"cannot restore into {data_dir}: {os_error_text(exc)}; {NOTHING} (the data dir is as it was)") from None
@@ -291,10 +328,10 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = 
                 )
             if not secret_record.matches(facts_of_postgres(db_url).secret_check, checked.secret):
                 raise _mismatch(archive, "the database --db names")
-        fd = _take(data_dir)
+        fd, owner = _take(data_dir)
         try:
             ours = (DATABASE_FILES + SECRET_FILES) if full else SECRET_FILES
-            staged = _stage(checked, archive, data_dir)  # before asking for --force: a mismatch is told first
+            staged = _stage(checked, archive, data_dir, owner)  # before asking for --force: a mismatch is told first
             try:
                 present = [n for n in ours if os.path.lexists(data_dir / n)]
                 if present and not force:
@@ -302,10 +339,10 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = 
                         f"the data dir {data_dir} already holds {', '.join(present)}; to replace them (they are kept in "
                         f"a replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
                     )
-                aside = _commit(data_dir, present, staged)
+                aside = _commit(data_dir, present, staged, owner)
             finally:
                 for tmp in staged.values():
                     tmp.unlink(missing_ok=True)  # left only if the restore stopped before renaming them
         finally:
             os.close(fd)
-    return RestoreResult(checked.manifest, aside)
+    return RestoreResult(checked.manifest, aside, owner)
