@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pwd
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -545,29 +546,30 @@ def test_a_full_disk_during_restore_leaves_the_data_dir_as_it_was(deployment: De
     assert names == ["deployment.secret", "hatchway.db", "server.lock"]
 
 
-def restore_failing_at_the_secret(archive: Path, data: Path, failure: str) -> str:
-    """Restore ``archive`` into ``data`` in a child whose rename of the new secret into place fails:
-    with ENOSPC (``failure`` "enospc"), or by the process dying there ("kill"). The child's stderr."""
+def restore_failing_at(archive: Path, data: Path, name: str, failure: str) -> str:
+    """Restore ``archive`` into ``data`` in a child whose rename of the new ``name`` (hatchway.db or
+    deployment.secret) into place fails: with ENOSPC (``failure`` "enospc"), or by the process being
+    killed there with SIGKILL ("kill"). The child's stderr."""
     script = f"""
-import errno, os, sys
+import errno, os, signal, sys
 from pathlib import Path
 from hatchway.server.backup_format import BackupError
 from hatchway.server.restore import restore
 real = os.replace
 def replace(src, dst):
-    if Path(dst) == Path({str(data / "deployment.secret")!r}) and Path(src).name.startswith(".deployment.secret."):
+    if Path(dst) == Path({str(data / name)!r}) and Path(src).name.startswith({f".{name}."!r}):
         if {failure!r} == "kill":
-            os._exit(9)
+            os.kill(os.getpid(), signal.SIGKILL)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
     real(src, dst)
 os.replace = replace
 try:
-    restore(Path({str(archive)!r}), Path({str(data)!r}), None, force=True)
+    restore(Path({str(archive)!r}), Path({str(data)!r}), None, report=print, force=True)
 except BackupError as exc:
     sys.exit(f"Error: {{exc}}")
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert r.returncode == (9 if failure == "kill" else 1), r.stderr
+    assert r.returncode == (-signal.SIGKILL if failure == "kill" else 1), r.stderr
     return r.stderr
 
 
@@ -581,13 +583,13 @@ def test_a_restore_that_fails_after_moving_files_puts_them_back_or_keeps_the_ser
     before = tree(d.data)
 
     # The failure is injected at the rename of the new secret into place (the database is in place by then).
-    stderr = restore_failing_at_the_secret(out, d.data, "enospc")
+    stderr = restore_failing_at(out, d.data, "deployment.secret", "enospc")
     assert stderr == (f"Error: cannot restore into {d.data}: the disk is full ({d.data / 'deployment.secret'}); the files "
                       "it had moved aside are back in place, so the data dir is as it was\n")
     assert tree(d.data) == before
 
     # Killed there: the marker keeps any server from starting on a database without its secret.
-    assert restore_failing_at_the_secret(out, d.data, "kill") == ""
+    assert restore_failing_at(out, d.data, "deployment.secret", "kill") == ""
     [aside] = d.data.glob("replaced-by-restore-*")
     with pytest.raises(RuntimeError) as refusal:
         d.server.start(timeout=15)
@@ -602,6 +604,44 @@ def test_a_restore_that_fails_after_moving_files_puts_them_back_or_keeps_the_ser
     d.server.start()  # the backup's database with its secret: carol, created after it, is not there
     with api(d.server.url, d.token) as c:
         assert sorted(u["username"] for u in c.get("/users").json()) == ["alice", "bob"]
+
+
+def test_a_restore_removes_what_a_killed_one_had_staged_and_nothing_else(deployment: Deployment) -> None:
+    d = deployment
+    out = make_backup(d)
+    d.server.stop()
+    inside = members(out)
+    data = d.tmp / "new-data"
+    data.mkdir(mode=0o700)
+    lookalikes = {  # named almost as restore names what it stages, or not regular files: never removed
+        ".hatchway.db.short.restoring": (0o600, b"1"), "hatchway.db.abcdefgh.restoring": (0o600, b"2"),
+        ".hatchway.db.abcdefgh.restoring.keep": (0o600, b"3"), ".server.lock.abcdefgh.restoring": (0o600, b"4"),
+        ".deployment.secret.ABCDEFGH.restoring": (0o600, b"5"), ".deployment.secret.abcdefgh.restoring": (0o700, b""),
+        ".hatchway.db.zzzzzzzz.restoring": (0o777, b"1"),  # a link to the first
+    }
+    for name, (mode, content) in lookalikes.items():
+        if name == ".deployment.secret.abcdefgh.restoring":
+            (data / name).mkdir(mode=mode)
+        elif name == ".hatchway.db.zzzzzzzz.restoring":
+            (data / name).symlink_to(data / ".hatchway.db.short.restoring")
+        else:
+            (data / name).write_bytes(content)
+            (data / name).chmod(mode)
+
+    # Killed as it renames the first new file into place: both are still staged.
+    assert restore_failing_at(out, data, "hatchway.db", "kill") == ""
+    staged = sorted(set(os.listdir(data)) - set(lookalikes) - {"server.lock", "restore.incomplete"})
+    assert [name.split(".")[1] for name in staged] == ["deployment", "hatchway"]
+    assert (data / staged[1]).read_bytes() == inside["hatchway.db"]
+
+    r = hatchway("restore", str(out), "--data-dir", str(data))
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == (f"Removed 2 file(s) that an earlier, interrupted restore had staged in {data}: {staged[0]}, "
+                        f"{staged[1]}.\n{restored_line(out, data)}")
+    assert tree(data) == {**lookalikes, "deployment.secret": (0o600, inside["deployment.secret"]),
+                          "hatchway.db": (0o600, inside["hatchway.db"]), "server.lock": (0o600, b"")}
+    r = hatchway("restore", str(out), "--data-dir", str(data), "--force")  # nothing left to remove: nothing said
+    assert (r.returncode, r.stderr) == (0, "") and r.stdout.startswith(restored_line(out, data))
 
 
 def header(name: str, size: int) -> bytes:

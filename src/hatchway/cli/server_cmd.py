@@ -195,7 +195,7 @@ def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force:
 
     data = (data_dir or default_data_dir()).expanduser().resolve()
     try:
-        result = restore(archive.expanduser().absolute(), data, db_url, force=force)
+        result = restore(archive.expanduser().absolute(), data, db_url, report=click.echo, force=force)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     m = result.manifest

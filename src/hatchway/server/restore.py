@@ -12,6 +12,10 @@ deleted, and the new ones renamed into place. A failed rename moves the old file
 Meanwhile ``restore.incomplete`` (hatchway.server.datadir.RESTORE_MARKER) keeps a server from
 starting on a data dir that a killed restore left with a database but no secret, or neither.
 
+A restore killed before it renamed its staged files into place leaves them behind (nothing
+else can remove them: they are only ever renamed); the next restore, once it holds the data
+dir, removes what matches their names, and says so.
+
 Run as root into the data dir of a server that runs as its own user, restore gives what it
 places (the new files, the dir of the replaced ones, the lock it created) to the data dir's
 owner and group before anything moves: files left root's, 0600, that server could not open.
@@ -24,11 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +59,10 @@ from hatchway.server.errors import sqlite_file
 DATABASE_FILES = (DATABASE, DATABASE + "-wal", DATABASE + "-shm", DATABASE + "-journal")
 SECRET_FILES = (SECRET, SECRET + ".new", SECRET + ".old")
 _CHUNK = 1024 * 1024
+#: What a staged file is named: tempfile.mkstemp's 8 random characters between ``.<final name>.``
+#: and this suffix. Only these are removed as an earlier restore's leftovers.
+_STAGING_SUFFIX = ".restoring"
+_STAGING = re.compile(rf"\.(?:{re.escape(DATABASE)}|{re.escape(SECRET)})\.[a-z0-9_]{{8}}{re.escape(_STAGING_SUFFIX)}")
 
 
 #: A file owner: (uid, gid).
@@ -189,7 +198,7 @@ def _take(data_dir: Path) -> tuple[int, Owner | None]:
 
 def _extract_database(checked: _Checked, archive: Path, data_dir: Path, owner: Owner | None) -> Path:
     """The backup's database in a temp file in ``data_dir``, checked; removed again if refused."""
-    tfd, tmp_name = tempfile.mkstemp(prefix=f".{DATABASE}.", suffix=".restoring", dir=data_dir)
+    tfd, tmp_name = tempfile.mkstemp(prefix=f".{DATABASE}.", suffix=_STAGING_SUFFIX, dir=data_dir)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(tfd, "wb") as out:
@@ -218,7 +227,7 @@ def _extract_database(checked: _Checked, archive: Path, data_dir: Path, owner: O
 
 def _write_secret(data_dir: Path, secret: bytes, owner: Owner | None) -> Path:
     """The secret in a temp file in ``data_dir`` (0600, fsynced), ready to be renamed into place."""
-    fd, name = tempfile.mkstemp(prefix=f".{SECRET}.", suffix=".restoring", dir=data_dir)
+    fd, name = tempfile.mkstemp(prefix=f".{SECRET}.", suffix=_STAGING_SUFFIX, dir=data_dir)
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -230,6 +239,23 @@ def _write_secret(data_dir: Path, secret: bytes, owner: Owner | None) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def _remove_stale_staging(data_dir: Path) -> list[str]:
+    """Remove the staged files an earlier restore left in ``data_dir`` when it was killed before
+    renaming them into place; their names. Called with the data dir taken, so no restore still
+    running can own them; only regular files named as restore names them are touched."""
+    removed = []
+    try:
+        for entry in sorted(os.scandir(data_dir), key=lambda e: e.name):
+            if _STAGING.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    except OSError as exc:
+        raise BackupError(f"cannot remove the files an earlier, interrupted restore staged in {data_dir}: "
+                          f"{os_error_text(exc)}; remove them by hand (named .<file>.<8 characters>.restoring), "
+                          "then run this again") from None
+    return removed
 
 
 def _stage(checked: _Checked, archive: Path, data_dir: Path, owner: Owner | None) -> dict[str, Path]:
@@ -310,8 +336,10 @@ def _commit(data_dir: Path, present: list[str], staged: dict[str, Path], owner: 
     return aside
 
 
-def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = False) -> RestoreResult:
-    """Restore ``archive`` into ``data_dir`` (and check a secret-only one against ``db_url``)."""
+def restore(archive: Path, data_dir: Path, db_url: str | None, *, report: Callable[[str], None],
+            force: bool = False) -> RestoreResult:
+    """Restore ``archive`` into ``data_dir`` (and check a secret-only one against ``db_url``);
+    ``report`` is told what it cleaned up first, which stands even when the restore is refused."""
     with _open_checked(archive) as checked:
         full = checked.manifest.holds_database
         if full and db_url is not None and sqlite_file(db_url) != str(data_dir / DATABASE):
@@ -331,6 +359,10 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, force: bool = 
         fd, owner = _take(data_dir)
         try:
             ours = (DATABASE_FILES + SECRET_FILES) if full else SECRET_FILES
+            stale = _remove_stale_staging(data_dir)  # first: a killed restore's copy of a database takes room
+            if stale:
+                report(f"Removed {len(stale)} file(s) that an earlier, interrupted restore had staged in {data_dir}: "
+                       f"{', '.join(stale)}.")
             staged = _stage(checked, archive, data_dir, owner)  # before asking for --force: a mismatch is told first
             try:
                 present = [n for n in ours if os.path.lexists(data_dir / n)]
