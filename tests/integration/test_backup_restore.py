@@ -546,15 +546,29 @@ def test_a_full_disk_during_restore_leaves_the_data_dir_as_it_was(deployment: De
     assert names == ["deployment.secret", "hatchway.db", "server.lock"]
 
 
+def restore_in_child(archive: Path, data: Path, hook: str) -> subprocess.CompletedProcess[str]:
+    """``restore --force`` of ``archive`` into ``data`` in a child that first runs ``hook``: Python
+    that wraps a function of os or tempfile to act at one moment of the restore. Errors as the CLI
+    gives them."""
+    script = f"""
+import errno, os, signal, sys, tempfile
+from pathlib import Path
+from hatchway.server.backup_format import BackupError
+from hatchway.server.restore import restore
+{hook}
+try:
+    restore(Path({str(archive)!r}), Path({str(data)!r}), None, report=print, force=True)
+except BackupError as exc:
+    sys.exit(f"Error: {{exc}}")
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
 def restore_failing_at(archive: Path, data: Path, name: str, failure: str) -> str:
     """Restore ``archive`` into ``data`` in a child whose rename of the new ``name`` (hatchway.db or
     deployment.secret) into place fails: with ENOSPC (``failure`` "enospc"), or by the process being
     killed there with SIGKILL ("kill"). The child's stderr."""
-    script = f"""
-import errno, os, signal, sys
-from pathlib import Path
-from hatchway.server.backup_format import BackupError
-from hatchway.server.restore import restore
+    r = restore_in_child(archive, data, f"""
 real = os.replace
 def replace(src, dst):
     if Path(dst) == Path({str(data / name)!r}) and Path(src).name.startswith({f".{name}."!r}):
@@ -563,14 +577,33 @@ def replace(src, dst):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
     real(src, dst)
 os.replace = replace
-try:
-    restore(Path({str(archive)!r}), Path({str(data)!r}), None, report=print, force=True)
-except BackupError as exc:
-    sys.exit(f"Error: {{exc}}")
-"""
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+""")
     assert r.returncode == (-signal.SIGKILL if failure == "kill" else 1), r.stderr
     return r.stderr
+
+
+def test_a_backup_cut_short_after_its_checks_is_blamed_on_the_backup_not_the_data_dir(deployment: Deployment) -> None:
+    d = deployment
+    out = make_backup(d)
+    d.server.stop()
+    before = tree(d.data)
+    with tarfile.open(out, "r:") as tar:
+        db = tar.getmember("hatchway.db")
+    # Checked whole, then cut in the middle of its database as restore starts to copy it into the data dir.
+    r = restore_in_child(out, d.data, f"""
+real = tempfile.mkstemp
+def mkstemp(*args, **kwargs):
+    if kwargs.get("prefix") == ".hatchway.db.":
+        os.truncate({str(out)!r}, {db.offset_data + db.size // 2})
+    return real(*args, **kwargs)
+tempfile.mkstemp = mkstemp
+""")
+    assert out.stat().st_size == db.offset_data + db.size // 2
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        f"Error: cannot read the backup {out}: the file ends early (unexpected end of data), so it was cut short after "
+        f"it was checked; {NOTHING} (the data dir is as it was). Check that the backup is whole (compare its size with "
+        "the one the backup printed) and that the disk it is on reads without errors, or restore another copy of it\n"))
+    assert tree(d.data) == before
 
 
 def test_a_restore_that_fails_after_moving_files_puts_them_back_or_keeps_the_server_from_starting(

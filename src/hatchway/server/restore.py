@@ -99,9 +99,29 @@ class _Checked:
     db_member: tarfile.TarInfo | None
 
 
-def _copy_hashing(src: IO[bytes], dst: IO[bytes] | None) -> str:
+def _unreadable(archive: Path | str, why: str) -> BackupError:
+    """Reading the backup failed, which is the backup's fault (or its disk's), not the data dir's."""
+    return BackupError(
+        f"cannot read the backup {archive}: {why}; {NOTHING} (the data dir is as it was). Check that the backup is "
+        "whole (compare its size with the one the backup printed) and that the disk it is on reads without errors, "
+        "or restore another copy of it"
+    )
+
+
+def _read_member(archive: Path | str, src: IO[bytes]) -> bytes:
+    """Up to a chunk of the member ``src`` (all of the manifest or secret, which are far smaller); a
+    read error says it was the backup's side that failed."""
+    try:
+        return src.read(_CHUNK)
+    except OSError as exc:
+        raise _unreadable(archive, os_error_text(exc)) from None
+    except tarfile.ReadError as exc:  # the file ends before the member: it was cut short after it was checked
+        raise _unreadable(archive, f"the file ends early ({exc}), so it was cut short after it was checked") from None
+
+
+def _copy_hashing(archive: Path, src: IO[bytes], dst: IO[bytes] | None) -> str:
     digest = hashlib.sha256()
-    while chunk := src.read(_CHUNK):
+    while chunk := _read_member(archive, src):
         digest.update(chunk)
         if dst is not None:
             dst.write(chunk)
@@ -115,6 +135,8 @@ _TAR_ERRORS = (tarfile.TarError, ValueError, OverflowError)
 def _open_tar(name: str, fh: IO[bytes]) -> tarfile.TarFile:
     try:
         return tarfile.open(fileobj=fh, mode="r:")  # reads the first header only
+    except OSError as exc:
+        raise _unreadable(name, os_error_text(exc)) from None
     except _TAR_ERRORS as exc:
         raise RefusedArchive(name, f"it is not a complete tar archive ({shown(str(exc))})") from None
 
@@ -126,6 +148,8 @@ def _headers(name: str, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     while True:
         try:
             member = tar.next()
+        except OSError as exc:
+            raise _unreadable(name, os_error_text(exc)) from None
         except _TAR_ERRORS as exc:
             raise RefusedArchive(name, f"it is not a complete tar archive ({shown(str(exc))})") from None
         if member is None:
@@ -150,9 +174,9 @@ def _open_checked(archive: Path) -> Iterator[_Checked]:
         tar = _open_tar(name, fh)
         members = check_members(name, _headers(name, tar), st.st_size)
         by_name = {m.name: m for m in members}
-        manifest = parse_manifest(name, tar.extractfile(by_name[MANIFEST]).read())  # type: ignore[union-attr]
+        manifest = parse_manifest(name, _read_member(name, tar.extractfile(by_name[MANIFEST])))  # type: ignore[arg-type]
         check_matches_manifest(name, manifest, members)
-        raw = tar.extractfile(by_name[SECRET]).read()  # type: ignore[union-attr]
+        raw = _read_member(name, tar.extractfile(by_name[SECRET]))  # type: ignore[arg-type]
         check_digest(name, manifest, SECRET, sha256(raw))
         try:
             secret = parse_deployment_secret(raw.decode("ascii", "replace"), Path(f"{archive}:{SECRET}"))
@@ -160,7 +184,7 @@ def _open_checked(archive: Path) -> Iterator[_Checked]:
             raise RefusedArchive(name, f"its {SECRET} holds no deployment secret") from None
         db_member = by_name.get(DATABASE)
         if db_member is not None:
-            check_digest(name, manifest, DATABASE, _copy_hashing(tar.extractfile(db_member), None))  # type: ignore[arg-type]
+            check_digest(name, manifest, DATABASE, _copy_hashing(archive, tar.extractfile(db_member), None))  # type: ignore[arg-type]
         if manifest.schema_revision not in known_revisions():
             raise BackupError(
                 f"{archive} was made by Hatchway {shown(manifest.hatchway_version)} at schema revision "
@@ -203,7 +227,7 @@ def _extract_database(checked: _Checked, archive: Path, data_dir: Path, owner: O
     try:
         with os.fdopen(tfd, "wb") as out:
             _give(out.fileno(), owner)
-            digest = _copy_hashing(checked.tar.extractfile(checked.db_member), out)  # type: ignore[arg-type]
+            digest = _copy_hashing(archive, checked.tar.extractfile(checked.db_member), out)  # type: ignore[arg-type]
             out.flush()
             os.fsync(out.fileno())
         check_digest(str(archive), checked.manifest, DATABASE, digest)  # the file changed since it was checked
