@@ -9,6 +9,7 @@ not the database's) says what happened and writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import io
 import json
@@ -26,9 +27,11 @@ from pathlib import Path
 
 import pytest
 
+from hatchway.db.engine import create_engine, sqlite_url_for
 from hatchway.server.backup_format import sha256
 from hatchway.server.web.format import human_bytes
 from tests.helpers.cli import Cli
+from tests.helpers.migrations import migrate
 from tests.helpers.server import HATCHWAY, RunningServer, api, first_user, wait_for
 
 NOTHING = "nothing was written"
@@ -129,9 +132,9 @@ def wait_created(writer: UserWriter, at_least: int) -> None:
     assert writer.failure is None, writer.failure
 
 
-def backup_line(out: Path, users: int) -> str:
+def backup_line(out: Path, users: int, workspaces: int = 1) -> str:
     return (f"Wrote {out} ({human_bytes(out.stat().st_size)}, mode 0600): the SQLite database and the deployment secret; "
-            f"schema revision 0007, {users} user(s), 1 workspace(s).\n"
+            f"schema revision 0007, {users} user(s), {workspaces} workspace(s).\n"
             "It opens every user's private key: keep it as safe as the deployment secret.\n")
 
 
@@ -453,6 +456,37 @@ def test_backup_refusals_leave_no_file(deployment: Deployment) -> None:
         "only Hatchway has, the deployment secret that opens every user's private key, and keep the two files "
         f"together; {NOTHING}\n"))
     assert os.listdir(fresh.parent) == []
+
+
+async def at_revision(url: str, revision: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(migrate, revision)
+    finally:
+        await engine.dispose()
+
+
+def test_a_database_from_before_0006_is_backed_up_once_a_server_has_upgraded_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    asyncio.run(at_revision(sqlite_url_for(data), "0005"))  # as a Hatchway of before 0006 left it
+    (data / "deployment.secret").write_text("5e" * 32 + "\n")
+    (data / "deployment.secret").chmod(0o600)
+    out = tmp_path / "backups" / "b.tar"
+    out.parent.mkdir()
+    r = hatchway("backup", str(out), "--data-dir", str(data))
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+        "Error: the database is at schema revision 0005; backups need revision 0006 or later, where the database "
+        "records which deployment secret is its own (restore checks the two against each other): start hatchway "
+        f"server on this data dir ({data}) once (it upgrades the schema), then run the backup again; {NOTHING}\n"))
+    assert os.listdir(out.parent) == []
+
+    server = RunningServer(data)
+    server.start()
+    server.stop()
+    r = hatchway("backup", str(out), "--data-dir", str(data))
+    assert (r.returncode, r.stdout, r.stderr) == (0, backup_line(out, 0, 0), "")
 
 
 @pytest.mark.postgres

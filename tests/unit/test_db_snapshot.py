@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hatchway.db.snapshot import copy_sqlite, integrity_problems, known_revisions, sqlite_facts
+from hatchway.db.snapshot import copy_sqlite, integrity_problems, known_revisions, predates_secret_record, sqlite_facts
 
 
 def test_the_copy_holds_what_is_still_in_the_wal(tmp_path: Path) -> None:
@@ -50,3 +50,8 @@ def test_a_missing_database_is_not_created(tmp_path: Path) -> None:
 def test_every_shipped_migration_is_known() -> None:
     shipped = {p.name[:4] for p in (Path(__file__).parents[2] / "src/hatchway/db/migrations/versions").glob("0*.py")}
     assert known_revisions() == shipped and "0007" in shipped
+
+
+def test_only_known_revisions_before_0006_lack_the_secret_record() -> None:
+    revisions = ("0001", "0005", "0006", "0007", None, "9999")  # None: none recorded; 9999: a newer Hatchway's
+    assert [predates_secret_record(r) for r in revisions] == [True, True, False, False, False, False]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
@@ -18,12 +19,15 @@ from sqlalchemy import text
 from hatchway.db.engine import _alembic_config, create_engine
 
 #: What a backup says about the database it holds (or, for PostgreSQL, the one it belongs to).
-_QUERIES = (
-    ("revision", "SELECT version_num FROM alembic_version"),
+_REVISION = "SELECT version_num FROM alembic_version"
+_COUNTS = (
     ("users", "SELECT count(*) FROM users"),
     ("workspaces", "SELECT count(*) FROM workspaces"),
-    ("secret_check", "SELECT secret_check FROM deployment_secret WHERE id = 1"),
 )
+_SECRET_CHECK = "SELECT secret_check FROM deployment_secret WHERE id = 1"
+#: The schema revision that added the record of the deployment secret (hatchway.server.secret_record):
+#: a database from before it has no table to read the record from.
+SECRET_RECORD_REVISION = "0006"
 
 
 @dataclass(frozen=True)
@@ -66,17 +70,31 @@ def integrity_problems(path: Path) -> list[str]:
     return [] if rows == ["ok"] else rows
 
 
+def predates_secret_record(revision: str | None) -> bool:
+    """Whether a database at schema ``revision`` (None: no revision recorded) is known to be older
+    than SECRET_RECORD_REVISION, so that it cannot hold the deployment secret's record yet. A
+    revision this Hatchway does not know is a newer one's."""
+    if revision is None or revision not in known_revisions():
+        return False
+    script = ScriptDirectory.from_config(_alembic_config())
+    return SECRET_RECORD_REVISION not in {rev.revision for rev in script.iterate_revisions(revision, "base")}
+
+
+def _scalar(conn: sqlite3.Connection, query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    return row[0] if row else None
+
+
 def sqlite_facts(path: Path) -> DbFacts:
     """The facts of the SQLite database file ``path`` (sqlite3.Error if it is not Hatchway's)."""
     conn = _read_only(path)
     try:
-        values = {}
-        for key, query in _QUERIES:
-            row = conn.execute(query).fetchone()
-            values[key] = row[0] if row else None
+        revision = _scalar(conn, _REVISION)
+        counts = {key: _scalar(conn, query) for key, query in _COUNTS}
+        check = None if predates_secret_record(revision) else _scalar(conn, _SECRET_CHECK)
     finally:
         conn.close()
-    return DbFacts(**values)
+    return DbFacts(revision=revision, secret_check=check, **counts)
 
 
 async def postgres_facts(url: str) -> DbFacts:
@@ -84,10 +102,12 @@ async def postgres_facts(url: str) -> DbFacts:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            values = {key: (await conn.execute(text(query))).scalar() for key, query in _QUERIES}
+            revision = (await conn.execute(text(_REVISION))).scalar()
+            counts = {key: (await conn.execute(text(query))).scalar() for key, query in _COUNTS}
+            check = None if predates_secret_record(revision) else (await conn.execute(text(_SECRET_CHECK))).scalar()
     finally:
         await engine.dispose()
-    return DbFacts(**values)
+    return DbFacts(revision=revision, secret_check=check, **counts)
 
 
 def known_revisions() -> set[str]:

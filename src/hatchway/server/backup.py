@@ -30,7 +30,9 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from hatchway import __version__
-from hatchway.db.snapshot import DbFacts, copy_sqlite, integrity_problems, postgres_facts, sqlite_facts
+from hatchway.db.snapshot import (
+    SECRET_RECORD_REVISION, DbFacts, copy_sqlite, integrity_problems, postgres_facts, predates_secret_record, sqlite_facts,
+)
 from hatchway.fileutil import NotRegularFileError, fsync_dir, os_error_text, read_regular
 from hatchway.server import secret_record
 from hatchway.server.backup_format import (
@@ -114,7 +116,16 @@ def facts_of_postgres(db_url: str) -> DbFacts:
                           f"names the server's; {NOTHING}") from None
 
 
-def _check_pair(facts: DbFacts, secret: bytes, secret_path: Path) -> None:
+def _check_pair(facts: DbFacts, secret: bytes, secret_path: Path, where: str) -> None:
+    """The database records ``secret``; ``where`` names what a server must be started on to make it
+    record one (the data dir, or the database --db names)."""
+    if predates_secret_record(facts.revision):
+        raise BackupError(
+            f"the database is at schema revision {facts.revision}; backups need revision {SECRET_RECORD_REVISION} or "
+            "later, where the database records which deployment secret is its own (restore checks the two against "
+            f"each other): start hatchway server on {where} once (it upgrades the schema), then run the backup again; "
+            f"{NOTHING}"
+        )
     if facts.revision is None or facts.secret_check is None:
         raise BackupError(
             "the database records no deployment secret yet: start hatchway server on it once (it records its "
@@ -225,7 +236,8 @@ def backup(out: Path, data_dir: Path, db_url: str, *, secret_only: bool = False,
             facts = _facts_of_copy(source, copy, out)
         else:
             facts = facts_of_postgres(db_url)
-        _check_pair(facts, secret, data_dir / SECRET)
+        _check_pair(facts, secret, data_dir / SECRET,
+                    f"this data dir ({data_dir})" if db_path is not None else "this database (the one --db names)")
         files = {SECRET: FileEntry(len(secret_raw), sha256(secret_raw))}
         if copy is not None:
             with open(copy, "rb") as fh:
