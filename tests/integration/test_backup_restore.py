@@ -15,11 +15,13 @@ import io
 import json
 import os
 import pwd
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -272,48 +274,76 @@ def opens_as(owner: tuple[int, int], data: Path, *names: str) -> subprocess.Comp
                           capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user: restore gives files away only as root")
-def test_a_restore_as_root_gives_what_it_places_to_the_data_dirs_owner(deployment: Deployment) -> None:
+@pytest.fixture
+def reachable(tmp_path: Path) -> Iterator[Path]:
+    """A dir every account can pass through (pytest's own are root's, 0700), as the dirs above a
+    server's data dir are for the account it runs as."""
+    base = Path(tempfile.mkdtemp(prefix="hw-restore-owner-", dir="/tmp"))
+    base.chmod(0o711)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can act as another account: restore does so only as root")
+def test_a_restore_as_root_acts_as_the_data_dirs_owner(deployment: Deployment, reachable: Path) -> None:
     d = deployment
-    out = make_backup(d)
+    out = make_backup(d)  # root's, 0600: read before restore stops being root
+    assert (out.stat().st_uid, out.stat().st_mode & 0o777) == (0, 0o600)
     d.server.stop()
     nobody = pwd.getpwnam("nobody")  # an existing unprivileged account: the server's own user, say
     owner = (nobody.pw_uid, nobody.pw_gid)
     owner_text = f"{nobody.pw_name}:{grp.getgrgid(nobody.pw_gid).gr_name} ({owner[0]}:{owner[1]})"
-    for path in (d.data, *d.data.iterdir()):
+
+    def acting(data: Path) -> str:
+        return (f"Restoring as {owner_text}, the owner of {data}, so that what it places is theirs and a server "
+                "running as that user can open it.\n")
+
+    data = reachable / "data"
+    shutil.copytree(d.data, data)
+    for path in (data, *data.iterdir()):
         os.chown(path, *owner)
 
     # Into the data dir of a server running as nobody: the new files, and the dir of the replaced ones, are nobody's.
-    r = hatchway("restore", str(out), "--data-dir", str(d.data), "--force")
-    [aside] = d.data.glob("replaced-by-restore-*")
+    r = hatchway("restore", str(out), "--data-dir", str(data), "--force")
     assert (r.returncode, r.stderr) == (0, "")
-    assert r.stdout == (f"{restored_line(out, d.data)}The files it replaced are in {aside}.\n"
-                        f"It gave the files it placed to {owner_text}, the owner of {d.data}, so that a server running as "
-                        "that user can open them.\n")
-    placed = {str(p.relative_to(d.data)): (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777)
-              for p in d.data.rglob("*")}
+    [aside] = data.glob("replaced-by-restore-*")
+    assert r.stdout == f"{acting(data)}{restored_line(out, data)}The files it replaced are in {aside}.\n"
+    placed = {str(p.relative_to(data)): (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777)
+              for p in data.rglob("*")}
     assert placed == {
         "deployment.secret": (*owner, 0o600), "hatchway.db": (*owner, 0o600), "server.lock": (*owner, 0o600),
         aside.name: (*owner, 0o700), f"{aside.name}/deployment.secret": (*owner, 0o600),
         f"{aside.name}/hatchway.db": (*owner, 0o600),
     }
-    r = opens_as(owner, d.data, "hatchway.db", "deployment.secret", "server.lock", f"{aside.name}/hatchway.db")
+    r = opens_as(owner, data, "hatchway.db", "deployment.secret", "server.lock", f"{aside.name}/hatchway.db")
     assert (r.returncode, r.stderr) == (0, "")
 
     # Into a new data dir made for it: the lock restore creates there is nobody's too.
-    fresh = d.tmp / "fresh"
+    fresh = reachable / "fresh"
     fresh.mkdir(mode=0o700)
     os.chown(fresh, *owner)
     r = hatchway("restore", str(out), "--data-dir", str(fresh))
     assert (r.returncode, r.stderr) == (0, "")
-    assert r.stdout == (f"{restored_line(out, fresh)}It gave the files it placed to {owner_text}, the owner of {fresh}, "
-                        "so that a server running as that user can open them.\n")
+    assert r.stdout == f"{acting(fresh)}{restored_line(out, fresh)}"
     assert {p.name: (p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o777) for p in fresh.iterdir()} == {
         name: (*owner, 0o600) for name in ("deployment.secret", "hatchway.db", "server.lock")}
     r = opens_as(owner, fresh, "hatchway.db", "deployment.secret", "server.lock")
     assert (r.returncode, r.stderr) == (0, "")
 
-    # Into root's own data dir, nothing is given away, and nothing more is said.
+    # A data dir its owner cannot reach (root's dirs above it, 0700) is one its server could not
+    # use either: refused, saying so, with nothing written.
+    hidden = d.tmp / "hidden"
+    hidden.mkdir(mode=0o700)
+    os.chown(hidden, *owner)
+    r = hatchway("restore", str(out), "--data-dir", str(hidden))
+    assert (r.returncode, r.stdout) == (1, acting(hidden))
+    assert r.stderr == (f"Error: cannot take the data dir {hidden} as uid {owner[0]}: Permission denied; that account "
+                        "must be able to reach and write it, as a server running as it must; nothing was written\n")
+    assert list(hidden.iterdir()) == []
+
+    # Into root's own data dir, nobody else is acted as, and nothing more is said.
     own = d.tmp / "own"
     r = hatchway("restore", str(out), "--data-dir", str(own))
     assert (r.returncode, r.stdout, r.stderr) == (0, restored_line(out, own), "")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grp
-import os
 import pwd
 from pathlib import Path
 
@@ -190,12 +189,18 @@ def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force:
     one its database was set up with.
     """
     from hatchway.server.backup_format import BackupError
-    from hatchway.server.restore import restore
+    from hatchway.server.restore import become_owner_of, open_archive, restore
     from hatchway.server.settings import default_data_dir
 
     data = (data_dir or default_data_dir()).expanduser().resolve()
+    path = archive.expanduser().absolute()
     try:
-        result = restore(archive.expanduser().absolute(), data, db_url, report=click.echo, force=force)
+        fd = open_archive(path)  # as whoever runs this: the backup may be root's alone
+        owner = become_owner_of(data)
+        if owner is not None:
+            click.echo(f"Restoring as {_owner_text(*owner)}, the owner of {data}, so that what it places is theirs "
+                       "and a server running as that user can open it.")
+        result = restore(path, data, db_url, report=click.echo, force=force, archive_fd=fd)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     m = result.manifest
@@ -204,9 +209,6 @@ def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force:
                f"{m.users} user(s), {m.workspaces} workspace(s)) into {data}.")
     if result.set_aside is not None:
         click.echo(f"The files it replaced are in {result.set_aside}.")
-    if result.owner is not None and result.owner != (os.geteuid(), os.getegid()):
-        click.echo(f"It gave the files it placed to {_owner_text(*result.owner)}, the owner of {data}, so that a server "
-                   "running as that user can open them.")
 
 
 def _owner_text(uid: int, gid: int) -> str:

@@ -16,9 +16,10 @@ A restore killed before it renamed its staged files into place leaves them behin
 else can remove them: they are only ever renamed); the next restore, once it holds the data
 dir, removes what matches their names, and says so.
 
-Run as root into the data dir of a server that runs as its own user, restore gives what it
-places (the new files, the dir of the replaced ones, the lock it created) to the data dir's
-owner and group before anything moves: files left root's, 0600, that server could not open.
+Run as root into the data dir of a server that runs as its own user, ``hatchway server restore``
+acts as that user once it has opened the backup (:func:`become_owner_of`): everything it places
+is then theirs, as their server needs (files left root's, 0600, it could not open), and root
+never works by path in a directory someone else can change under it.
 
 A backup holding the secret alone (PostgreSQL, ``backup --secret-only``) is checked against the
 database ``--db`` names, which the operator has restored with pg_restore first.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import re
 import sqlite3
 import stat
@@ -73,22 +75,38 @@ Owner = tuple[int, int]
 class RestoreResult:
     manifest: Manifest
     set_aside: Path | None  # where the replaced files went
-    owner: Owner | None  # who the placed files were given to (run as root), None: the running user
 
 
-def _owner_for(data_dir: Path) -> Owner | None:
-    """Who the files restore places in ``data_dir`` must belong to: run as root, the data dir's
-    owner and group (the server that owns the data dir may run as its own user, and could not
-    open files left root's, 0600); None otherwise, as only root can give a file away."""
+def become_owner_of(data_dir: Path) -> Owner | None:
+    """Run as root into a data dir another account owns, act as that account from here on, and
+    say whom (None: nothing changed). For good: only a process that does nothing else afterwards
+    calls this (the ``restore`` command), with the backup already open, which may be root's alone.
+
+    Root working by path in a directory another account can write could be raced into moving
+    files anywhere (a symlink swapped in for the dir of the replaced files); as that account,
+    restore can do no more than it could, and what it places is that account's, as its server
+    needs. The account's groups are its own (initgroups), or none if it has no name here."""
     if os.geteuid() != 0:
         return None
-    st = os.stat(data_dir)
+    try:
+        st = os.stat(data_dir)
+    except FileNotFoundError:
+        return None  # made by this restore: root's, as the one who asked for it
+    except OSError as exc:
+        raise BackupError(f"cannot look at the data dir {data_dir}: {os_error_text(exc)}; {NOTHING}") from None
+    if st.st_uid == 0:
+        return None
+    try:
+        try:
+            os.initgroups(pwd.getpwuid(st.st_uid).pw_name, st.st_gid)
+        except KeyError:
+            os.setgroups([])
+        os.setresgid(st.st_gid, st.st_gid, st.st_gid)
+        os.setresuid(st.st_uid, st.st_uid, st.st_uid)
+    except OSError as exc:
+        raise BackupError(f"cannot act as uid {st.st_uid}, the owner of the data dir {data_dir}: {os_error_text(exc)}; "
+                          f"{NOTHING}") from None
     return st.st_uid, st.st_gid
-
-
-def _give(fd: int, owner: Owner | None) -> None:
-    if owner is not None:
-        os.fchown(fd, *owner)
 
 
 @dataclass(frozen=True)
@@ -157,16 +175,22 @@ def _headers(name: str, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield member
 
 
-@contextmanager
-def _open_checked(archive: Path) -> Iterator[_Checked]:
-    """The archive, its members and checksums checked and nothing written; RefusedArchive if not."""
-    name = str(archive)
-    try:  # non-blocking: a FIFO must be refused, not waited on
-        fd = os.open(archive, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def open_archive(archive: Path) -> int:
+    """A descriptor reading ``archive``, opened without blocking (a FIFO must be refused, not
+    waited on); what it is gets checked when it is read (:func:`restore`)."""
+    try:
+        return os.open(archive, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise BackupError(f"no such file: {archive}; name the file hatchway server backup wrote") from None
     except OSError as exc:
         raise BackupError(f"cannot read {archive}: {exc.strerror}") from None
+
+
+@contextmanager
+def _open_checked(archive: Path, fd: int) -> Iterator[_Checked]:
+    """The archive (read through ``fd``, taken over), its members and checksums checked and
+    nothing written; RefusedArchive if not."""
+    name = str(archive)
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
@@ -201,32 +225,27 @@ def _mismatch(archive: Path, which: str) -> BackupError:
     )
 
 
-def _take(data_dir: Path) -> tuple[int, Owner | None]:
-    """The data dir taken (the descriptor holding it), and who what restore places there belongs to;
-    the lock file too, which a restore as root may have just created for a server that is not root."""
+def _take(data_dir: Path) -> int:
+    """The data dir taken: the descriptor holding it."""
     try:
-        fd = datadir.take(data_dir)
+        return datadir.take(data_dir)
     except datadir.DataDirInUse as exc:
         who = f"a Hatchway server (pid {exc.pid})" if exc.pid else "a Hatchway server"
         raise BackupError(f"{who} is running on the data dir {data_dir}: stop it first, then restore; {NOTHING}") from None
+    except PermissionError as exc:
+        raise BackupError(f"cannot take the data dir {data_dir} as uid {os.geteuid()}: {exc.strerror}; that "
+                          "account must be able to reach and write it, as a server running as it must; "
+                          f"{NOTHING}") from None
     except OSError as exc:
         raise BackupError(f"cannot take the data dir {data_dir}: {exc}; {NOTHING}") from None
-    try:
-        owner = _owner_for(data_dir)
-        _give(fd, owner)
-    except OSError as exc:
-        os.close(fd)
-        raise BackupError(f"cannot take the data dir {data_dir}: {os_error_text(exc)}; {NOTHING}") from None
-    return fd, owner
 
 
-def _extract_database(checked: _Checked, archive: Path, data_dir: Path, owner: Owner | None) -> Path:
+def _extract_database(checked: _Checked, archive: Path, data_dir: Path) -> Path:
     """The backup's database in a temp file in ``data_dir``, checked; removed again if refused."""
     tfd, tmp_name = tempfile.mkstemp(prefix=f".{DATABASE}.", suffix=_STAGING_SUFFIX, dir=data_dir)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(tfd, "wb") as out:
-            _give(out.fileno(), owner)
             digest = _copy_hashing(archive, checked.tar.extractfile(checked.db_member), out)  # type: ignore[arg-type]
             out.flush()
             os.fsync(out.fileno())
@@ -249,13 +268,12 @@ def _extract_database(checked: _Checked, archive: Path, data_dir: Path, owner: O
         raise
 
 
-def _write_secret(data_dir: Path, secret: bytes, owner: Owner | None) -> Path:
+def _write_secret(data_dir: Path, secret: bytes) -> Path:
     """The secret in a temp file in ``data_dir`` (0600, fsynced), ready to be renamed into place."""
     fd, name = tempfile.mkstemp(prefix=f".{SECRET}.", suffix=_STAGING_SUFFIX, dir=data_dir)
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            _give(out.fileno(), owner)
             out.write((secret.hex() + "\n").encode())
             out.flush()
             os.fsync(out.fileno())
@@ -282,14 +300,14 @@ def _remove_stale_staging(data_dir: Path) -> list[str]:
     return removed
 
 
-def _stage(checked: _Checked, archive: Path, data_dir: Path, owner: Owner | None) -> dict[str, Path]:
+def _stage(checked: _Checked, archive: Path, data_dir: Path) -> dict[str, Path]:
     """Every new file written and fsynced beside its final name: once files start to move, only
     renames are left, which need no space (the new database is what fills a disk)."""
     staged: dict[str, Path] = {}
     try:
         if checked.db_member is not None:
-            staged[DATABASE] = _extract_database(checked, archive, data_dir, owner)
-        staged[SECRET] = _write_secret(data_dir, checked.secret, owner)
+            staged[DATABASE] = _extract_database(checked, archive, data_dir)
+        staged[SECRET] = _write_secret(data_dir, checked.secret)
     except BaseException as exc:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
@@ -300,15 +318,13 @@ def _stage(checked: _Checked, archive: Path, data_dir: Path, owner: Owner | None
     return staged
 
 
-def _begin(data_dir: Path, present: list[str], owner: Owner | None) -> Path | None:
+def _begin(data_dir: Path, present: list[str]) -> Path | None:
     """The dir the replaced files go to (None: nothing to replace), and the marker naming it, which
     keeps a server from starting on the data dir until the restore is done (hatchway.server.datadir)."""
     aside = None
     if present:
         aside = data_dir / f"replaced-by-restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
         aside.mkdir(mode=0o700)
-        if owner is not None:  # the files moved into it keep their owner: the dir must let them be reached
-            os.chown(aside, *owner, follow_symlinks=False)
     atomic_write(data_dir / RESTORE_MARKER, f"{aside or ''}\n".encode(), 0o600)
     fsync_dir(data_dir)
     return aside
@@ -336,10 +352,10 @@ def _roll_back(data_dir: Path, aside: Path | None, moved: list[str], placed: lis
     return BackupError(f"{failed}; the files it had moved aside are back in place, so the data dir is as it was")
 
 
-def _commit(data_dir: Path, present: list[str], staged: dict[str, Path], owner: Owner | None) -> Path | None:
+def _commit(data_dir: Path, present: list[str], staged: dict[str, Path]) -> Path | None:
     """Set the ``present`` files aside and rename the ``staged`` ones into place, all or none."""
     try:
-        aside = _begin(data_dir, present, owner)
+        aside = _begin(data_dir, present)
     except OSError as exc:
         (data_dir / RESTORE_MARKER).unlink(missing_ok=True)
         raise BackupError(f"cannot restore into {data_dir}: {os_error_text(exc)}; {NOTHING} (the data dir is as it was)") from None
@@ -361,10 +377,11 @@ def _commit(data_dir: Path, present: list[str], staged: dict[str, Path], owner: 
 
 
 def restore(archive: Path, data_dir: Path, db_url: str | None, *, report: Callable[[str], None],
-            force: bool = False) -> RestoreResult:
+            force: bool = False, archive_fd: int | None = None) -> RestoreResult:
     """Restore ``archive`` into ``data_dir`` (and check a secret-only one against ``db_url``);
-    ``report`` is told what it cleaned up first, which stands even when the restore is refused."""
-    with _open_checked(archive) as checked:
+    ``report`` is told what it cleaned up first, which stands even when the restore is refused.
+    ``archive_fd``: the archive already opened (:func:`open_archive`), taken over."""
+    with _open_checked(archive, open_archive(archive) if archive_fd is None else archive_fd) as checked:
         full = checked.manifest.holds_database
         if full and db_url is not None and sqlite_file(db_url) != str(data_dir / DATABASE):
             raise BackupError(
@@ -380,14 +397,14 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, report: Callab
                 )
             if not secret_record.matches(facts_of_postgres(db_url).secret_check, checked.secret):
                 raise _mismatch(archive, "the database --db names")
-        fd, owner = _take(data_dir)
+        fd = _take(data_dir)
         try:
             ours = (DATABASE_FILES + SECRET_FILES) if full else SECRET_FILES
             stale = _remove_stale_staging(data_dir)  # first: a killed restore's copy of a database takes room
             if stale:
                 report(f"Removed {len(stale)} file(s) that an earlier, interrupted restore had staged in {data_dir}: "
                        f"{', '.join(stale)}.")
-            staged = _stage(checked, archive, data_dir, owner)  # before asking for --force: a mismatch is told first
+            staged = _stage(checked, archive, data_dir)  # before asking for --force: a mismatch is told first
             try:
                 present = [n for n in ours if os.path.lexists(data_dir / n)]
                 if present and not force:
@@ -395,10 +412,10 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, report: Callab
                         f"the data dir {data_dir} already holds {', '.join(present)}; to replace them (they are kept in "
                         f"a replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
                     )
-                aside = _commit(data_dir, present, staged, owner)
+                aside = _commit(data_dir, present, staged)
             finally:
                 for tmp in staged.values():
                     tmp.unlink(missing_ok=True)  # left only if the restore stopped before renaming them
         finally:
             os.close(fd)
-    return RestoreResult(checked.manifest, aside, owner)
+    return RestoreResult(checked.manifest, aside)
