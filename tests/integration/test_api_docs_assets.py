@@ -147,10 +147,11 @@ def test_a_server_whose_fastapi_swagger_lacks_the_files_says_so_on_the_docs_page
     tmp_path: Path,
 ) -> None:
     # A fastapi_swagger package without Swagger UI's files, found before the installed one: as a
-    # future release that moved or dropped them would be.
+    # future release that moved or dropped them would be. Its import fails too (a release made
+    # for another FastAPI): the server must not need to import it.
     shadow = tmp_path / "shadow" / "fastapi_swagger"
     shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("")
+    (shadow / "__init__.py").write_text("from fastapi import not_a_name\n")
     server = RunningServer(tmp_path / "data", extra_env={"PYTHONPATH": str(shadow.parent)})
     server.start()
     try:
@@ -167,7 +168,8 @@ def test_a_server_whose_fastapi_swagger_lacks_the_files_says_so_on_the_docs_page
         assert r.status_code == 503
         assert r.headers["content-type"] == "text/plain; charset=utf-8"
         assert r.headers["x-content-type-options"] == "nosniff"
-        assert r.text == f"The API docs page is unavailable: {why}.\nThe OpenAPI document is at /api/v1/openapi.json.\n"
+        assert r.text == ("The API docs page is unavailable: Swagger UI's files are missing from this server's installation; "
+                          "its log says which and what to do.\nThe OpenAPI document is at /api/v1/openapi.json.\n")
         head = httpx.head(server.url + "/api/v1/docs")
         assert (head.status_code, head.content) == (503, b"")
         assert httpx.get(server.url + "/api/v1/openapi.json").json()["info"]["title"]

@@ -113,10 +113,11 @@ def install(app: FastAPI) -> None:
 
 def _install_unavailable(app: FastAPI, why: str) -> None:
     """A broken or changed fastapi-swagger costs the docs page only: the API, the web UI and every
-    SSH connection go on. The server logs why once, and the page answers 503 saying it and where
-    the OpenAPI document itself is."""
+    SSH connection go on. The server logs why once; the page answers 503 saying where to look and
+    where the OpenAPI document itself is (not the install's paths and versions: it is public)."""
     log.warning("%s; until then %s answers 503 (the API and everything else work)", why, API_DOCS)
-    text = f"The API docs page is unavailable: {why}.\nThe OpenAPI document is at {app.openapi_url}.\n"
+    text = ("The API docs page is unavailable: Swagger UI's files are missing from this server's installation; "
+            f"its log says which and what to do.\nThe OpenAPI document is at {app.openapi_url}.\n")
 
     @app.api_route(API_DOCS, methods=["GET", "HEAD"], include_in_schema=False)
     async def docs() -> PlainTextResponse:

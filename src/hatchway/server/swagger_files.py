@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import metadata
-from importlib.resources import files
+from importlib.util import find_spec
 from pathlib import Path
 
 from hatchway.server.errors import API_DOCS
@@ -46,10 +46,15 @@ def locate(root: Path, names: Sequence[str], release: str) -> dict[str, Path]:
 
 
 def installed() -> dict[str, Path]:
-    """Swagger UI's files (``ASSETS``) in the installed fastapi-swagger, by name."""
+    """Swagger UI's files (``ASSETS``) in the installed fastapi-swagger, by name. The package is
+    found, not imported: its own code (a FastAPI app of its own) is not needed, and a release
+    whose import fails here must cost the docs page only."""
+    spec = find_spec(MODULE)
     try:
         release = f"{PACKAGE} {metadata.version(PACKAGE)}"
-        root = Path(str(files(MODULE)))
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(MODULE)
+        root = Path(spec.submodule_search_locations[0])
     except (metadata.PackageNotFoundError, ModuleNotFoundError):
         raise SwaggerUIMissing(
             f"{PACKAGE} is not installed: it holds Swagger UI's files, which the API docs page "
