@@ -18,6 +18,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hatchway.server import nosniff
+
 log = logging.getLogger("hatchway.server")
 
 DB_UNAVAILABLE = "database unavailable"
@@ -224,10 +226,13 @@ def install_error_handlers(app: FastAPI) -> None:
     for exc_type in _db_exception_types():
         app.add_exception_handler(exc_type, _maybe_db)
 
+    # Starlette runs this one outside the app's middleware (hatchway.server.nosniff): its
+    # answers carry nosniff themselves.
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
         failure = db_failure(exc, app_sqlite_file(req.app))
         if failure is not None:
-            return error_response(503, *failure, {"Retry-After": "2"})
+            return error_response(503, *failure, {"Retry-After": "2", nosniff.NAME: nosniff.VALUE})
         log.exception("unhandled error on %s %s", req.method, req.url.path)
-        return error_response(500, "internal error", "the server hit an unexpected error; it has been logged")
+        return error_response(500, "internal error", "the server hit an unexpected error; it has been logged",
+                              {nosniff.NAME: nosniff.VALUE})

@@ -12,7 +12,8 @@ from typing import Awaitable, Callable
 
 from hatchway.server.limits import Message, Receive, Scope, Send
 
-HEADER = (b"x-content-type-options", b"nosniff")
+NAME, VALUE = "X-Content-Type-Options", "nosniff"
+HEADER = (NAME.lower().encode(), VALUE.encode())
 
 
 def with_nosniff(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -23,7 +24,9 @@ def with_nosniff(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
 
 
 class NoSniff:
-    """ASGI middleware adding :data:`HEADER` to every HTTP response that lacks it."""
+    """ASGI middleware adding :data:`HEADER` to every HTTP response that lacks it. Starlette
+    answers an unhandled exception outside every middleware added to the app, so that answer
+    (hatchway.server.errors) carries the header itself."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
