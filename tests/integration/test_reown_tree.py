@@ -118,8 +118,8 @@ def test_the_commands_to_run_by_hand_do_what_the_walk_does(
     reown_tree(home, new)
     commands = hand_commands(twin, old, new)
     assert commands == (
-        f"find {twin} -xdev ! -type b ! -type c ! -uid 0 -uid {old.uid} -exec chown -h {new.uid} {{}} + && "
-        f"find {twin} -xdev ! -type b ! -type c ! -uid 0 -gid {old.gid} -exec chgrp -h {new.gid} {{}} +"
+        f"find {twin} -xdev ! -type b ! -type c ! -uid 0 -uid {old.uid} -execdir chown -h {new.uid} {{}} + && "
+        f"find {twin} -xdev ! -type b ! -type c ! -uid 0 -gid {old.gid} -execdir chgrp -h {new.gid} {{}} +"
     )
     subprocess.run(["sh", "-c", commands], check=True)
     assert owners(twin) == owners(home)
@@ -130,10 +130,10 @@ def test_the_commands_to_run_by_hand_do_what_the_walk_does(
 def test_the_hand_commands_quote_the_path_and_leave_out_what_does_not_change() -> None:
     old, new = Owner(1500, 1500), Owner(1600, 1500)
     assert hand_commands(Path("/data/w s/$(x)"), old, new) == (
-        "find '/data/w s/$(x)' -xdev ! -type b ! -type c ! -uid 0 -uid 1500 -exec chown -h 1600 {} +"
+        "find '/data/w s/$(x)' -xdev ! -type b ! -type c ! -uid 0 -uid 1500 -execdir chown -h 1600 {} +"
     )
     assert hand_commands(Path("/h"), Owner(1500, 1500), Owner(1500, 1700)) == (
-        "find /h -xdev ! -type b ! -type c ! -uid 0 -gid 1500 -exec chgrp -h 1700 {} +"
+        "find /h -xdev ! -type b ! -type c ! -uid 0 -gid 1500 -execdir chgrp -h 1700 {} +"
     )
 
 
@@ -279,17 +279,17 @@ def deep(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["rm", "-rf", "--", str(tmp_path / "home")], check=True)
 
 
-def nest(top: Path, levels: int, owner: Owner) -> None:
-    """``levels`` directories ``d`` each in the one before, under ``top``, a file ``f`` beside each."""
+def nest(top: Path, levels: int, owner: Owner, name: str = "d") -> None:
+    """``levels`` directories ``name`` each in the one before, under ``top``, a file ``f`` beside each."""
     top.mkdir()
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for _ in range(levels):
             os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
             os.chown("f", owner.uid, owner.gid, dir_fd=fd)
-            os.mkdir("d", dir_fd=fd)
-            os.chown("d", owner.uid, owner.gid, dir_fd=fd)
-            fd, parent = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.mkdir(name, dir_fd=fd)
+            os.chown(name, owner.uid, owner.gid, dir_fd=fd)
+            fd, parent = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
             os.close(parent)
     finally:
         os.close(fd)
@@ -320,6 +320,23 @@ def test_a_deeper_tree_is_refused_saying_what_to_do_and_keeps_the_old_owner_abov
         f"walks; re-own it by hand with the workspace stopped, top included: {hand_commands(home, old, new)}"
     )
     assert {(os.lstat(p).st_uid, os.lstat(p).st_gid) for p in (home, home / "d", home / "d" / "d")} == {(old.uid, old.gid)}
+
+
+def test_the_hand_commands_reown_a_refused_tree_whose_paths_are_longer_than_a_path_may_be(
+    deep: Path, ids: tuple[Owner, Owner, int]
+) -> None:
+    """The commands are for exactly the trees the walk refuses: deeper than it goes, so their full
+    paths can be longer than PATH_MAX (here about 9 KiB), which chown cannot be given."""
+    old, new, _ = ids
+    home = deep
+    nest(home, MAX_DEPTH + 1, old, name="d" * 8)
+    os.lchown(home, old.uid, old.gid)
+    with pytest.raises(OSError):
+        reown_tree(home, new)
+    done = subprocess.run(["sh", "-c", hand_commands(home, old, new)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "")
+    entries = subprocess.run(["find", str(home), "-printf", "%U:%G\\n"], capture_output=True, text=True, check=True)
+    assert entries.stdout.splitlines() == [f"{new.uid}:{new.gid}"] * (2 * (MAX_DEPTH + 1) + 1)
 
 
 FEW_DESCRIPTORS = """\

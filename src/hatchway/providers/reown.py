@@ -242,11 +242,14 @@ def hand_commands(root: Path, old: Owner, new: Owner) -> str:
     """Shell commands doing what :func:`new_owner` decides, for a tree the walk refuses: the old
     uid's entries and the old group's entries each move on their own (``chown --from=U:G`` would
     move only entries with both), root's stay as they are, device nodes and symlinks' targets are
-    left alone, and nothing on another file system is entered."""
+    left alone, and nothing on another file system is entered. ``-execdir``: the tree is deeper
+    than the walk goes, and a full path that deep is longer than chown may be given. Run with the
+    workspace stopped, nothing of its own is mounted inside (its mounts die with it), which is
+    all the walk's mount checks add to ``-xdev``."""
     find = f"find {shlex.quote(str(root))} -xdev ! -type b ! -type c ! -uid 0"
     commands = []
     if old.uid not in (0, new.uid):
-        commands.append(f"{find} -uid {old.uid} -exec chown -h {new.uid} {{}} +")
+        commands.append(f"{find} -uid {old.uid} -execdir chown -h {new.uid} {{}} +")
     if old.gid not in (0, new.gid):
-        commands.append(f"{find} -gid {old.gid} -exec chgrp -h {new.gid} {{}} +")
+        commands.append(f"{find} -gid {old.gid} -execdir chgrp -h {new.gid} {{}} +")
     return " && ".join(commands)
