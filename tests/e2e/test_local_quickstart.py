@@ -38,10 +38,10 @@ class Scratch:
         env.update(HOME=str(self.home), HATCHWAY_DATA_DIR=str(self.data), HATCHWAY_LISTEN=f"127.0.0.1:{self.port}")
         self.env = env
 
-    def quickstart(self) -> subprocess.CompletedProcess[str]:
+    def quickstart(self, **extra_env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(REPO / "scripts" / "quickstart")], capture_output=True, text=True, env=self.env, timeout=600,
-            stdin=subprocess.DEVNULL,
+            [str(REPO / "scripts" / "quickstart")], capture_output=True, text=True, env={**self.env, **extra_env},
+            timeout=600, stdin=subprocess.DEVNULL,
         )
 
     def hatchway(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -92,8 +92,18 @@ def scratch(tmp_path: Path) -> Iterator[Scratch]:
 
 
 def test_quickstart_then_ssh_into_dev_and_run_again(scratch: Scratch) -> None:
-    first = scratch.quickstart()
+    # Settings left in the shell (a PostgreSQL on a closed port, another deployment's address,
+    # isolation turned off) must not turn the embedded defaults into something else; nor may the
+    # database URL's password be shown.
+    first = scratch.quickstart(HATCHWAY_DB="postgresql://hatchway:pw-not-shown@127.0.0.1:1/hatchway",
+                               HATCHWAY_ACCESS_URL="http://127.0.0.1:1", HATCHWAY_LOCAL_ISOLATION="off")
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "ignoring HATCHWAY_DATA_DIR" not in first.stderr and "ignoring HATCHWAY_LISTEN" not in first.stderr
+    for var in ("HATCHWAY_DB", "HATCHWAY_ACCESS_URL", "HATCHWAY_LOCAL_ISOLATION"):
+        assert (f"    ignoring {var} from this shell: the quick start runs the server with its defaults;\n"
+                "      to use it, start hatchway server yourself (see the README, \"Using it\")\n") in first.stderr
+    assert "pw-not-shown" not in first.stderr + first.stdout
+    assert (scratch.data / "hatchway.db").is_file()
     config = scratch.home / ".config" / "hatchway" / "ssh_config"
     # $HOME is not root's home in the password database, so plain `ssh` would not read our
     # ~/.ssh/config: the script prints the exact -F form.
