@@ -332,6 +332,18 @@ def test_a_restore_as_root_acts_as_the_data_dirs_owner(deployment: Deployment, r
     r = opens_as(owner, fresh, "hatchway.db", "deployment.secret", "server.lock")
     assert (r.returncode, r.stderr) == (0, "")
 
+    # A data dir not made yet, in a dir of nobody's (its home, say): made by nobody, for nobody.
+    home = reachable / "home"
+    home.mkdir(mode=0o700)
+    os.chown(home, *owner)
+    later = home / ".local" / "share" / "hatchway"
+    r = hatchway("restore", str(out), "--data-dir", str(later))
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == f"{acting(home)}{restored_line(out, later)}"
+    assert {str(p.relative_to(home)): (p.stat().st_uid, p.stat().st_gid) for p in home.rglob("*")} == {
+        name: owner for name in (".local", ".local/share", ".local/share/hatchway", ".local/share/hatchway/hatchway.db",
+                                 ".local/share/hatchway/deployment.secret", ".local/share/hatchway/server.lock")}
+
     # A data dir its owner cannot reach (root's dirs above it, 0700) is one its server could not
     # use either: refused, saying so, with nothing written.
     hidden = d.tmp / "hidden"

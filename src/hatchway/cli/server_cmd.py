@@ -196,9 +196,10 @@ def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force:
     path = archive.expanduser().absolute()
     try:
         fd = open_archive(path)  # as whoever runs this: the backup may be root's alone
-        owner = become_owner_of(data)
-        if owner is not None:
-            click.echo(f"Restoring as {_owner_text(*owner)}, the owner of {data}, so that what it places is theirs "
+        became = become_owner_of(data)
+        if became is not None:
+            owner, owned = became
+            click.echo(f"Restoring as {_owner_text(*owner)}, the owner of {owned}, so that what it places is theirs "
                        "and a server running as that user can open it.")
         result = restore(path, data, db_url, report=click.echo, force=force, archive_fd=fd)
     except BackupError as exc:

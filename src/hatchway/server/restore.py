@@ -77,9 +77,10 @@ class RestoreResult:
     set_aside: Path | None  # where the replaced files went
 
 
-def become_owner_of(data_dir: Path) -> Owner | None:
-    """Run as root into a data dir another account owns, act as that account from here on, and
-    say whom (None: nothing changed). For good: only a process that does nothing else afterwards
+def become_owner_of(data_dir: Path) -> tuple[Owner, Path] | None:
+    """Run as root into a data dir another account owns (or, for one not made yet, the dir it
+    will be made in), act as that account from here on, and say whom and the owner of what
+    (None: nothing changed). For good: only a process that does nothing else afterwards
     calls this (the ``restore`` command), with the backup already open, which may be root's alone.
 
     Root working by path in a directory another account can write could be raced into moving
@@ -88,12 +89,17 @@ def become_owner_of(data_dir: Path) -> Owner | None:
     needs. The account's groups are its own (initgroups), or none if it has no name here."""
     if os.geteuid() != 0:
         return None
-    try:
-        st = os.stat(data_dir)
-    except FileNotFoundError:
-        return None  # made by this restore: root's, as the one who asked for it
-    except OSError as exc:
-        raise BackupError(f"cannot look at the data dir {data_dir}: {os_error_text(exc)}; {NOTHING}") from None
+    existing = data_dir
+    while True:
+        try:
+            st = os.stat(existing)
+            break
+        except FileNotFoundError:
+            if existing.parent == existing:
+                return None
+            existing = existing.parent
+        except OSError as exc:
+            raise BackupError(f"cannot look at {existing}: {os_error_text(exc)}; {NOTHING}") from None
     if st.st_uid == 0:
         return None
     try:
@@ -106,7 +112,7 @@ def become_owner_of(data_dir: Path) -> Owner | None:
     except OSError as exc:
         raise BackupError(f"cannot act as uid {st.st_uid}, the owner of the data dir {data_dir}: {os_error_text(exc)}; "
                           f"{NOTHING}") from None
-    return st.st_uid, st.st_gid
+    return (st.st_uid, st.st_gid), existing
 
 
 @dataclass(frozen=True)
