@@ -16,13 +16,13 @@ import httpx
 import pytest
 
 from tests.helpers.server import RunningServer, running_server
-from tests.unit.test_swagger_ui_licence import APACHE_2_0_SHA256
+from tests.unit.test_swagger_ui_licence import APACHE_2_0_SHA256, BUNDLE_NOTICES_SHA256
 
 STATIC = "/api/v1/docs/static"
 #: Everything the docs page is made of: the page, the document it shows, Swagger UI's files.
 DOCS_PATHS = [
     "/api/v1/docs", "/api/v1/openapi.json", f"{STATIC}/swagger-ui-bundle.js", f"{STATIC}/swagger-ui.css", f"{STATIC}/favicon-32x32.png",
-    f"{STATIC}/LICENSE", f"{STATIC}/NOTICE",
+    f"{STATIC}/LICENSE", f"{STATIC}/NOTICE", f"{STATIC}/swagger-ui-bundle.js.LICENSE.txt",
 ]
 
 
@@ -62,7 +62,7 @@ def test_docs_page_loads_swagger_ui_from_this_server_and_no_validator(srv: Runni
     html = httpx.get(srv.url + "/api/v1/docs").text
     assert re.findall(r'(?:src|href)="([^"]*)"', html) == [
         f"{STATIC}/swagger-ui.css", f"{STATIC}/favicon-32x32.png", f"{STATIC}/swagger-ui-bundle.js",
-        f"{STATIC}/LICENSE", f"{STATIC}/NOTICE",
+        f"{STATIC}/LICENSE", f"{STATIC}/NOTICE", f"{STATIC}/swagger-ui-bundle.js.LICENSE.txt",
     ]
     script = _inline_script(html)
     assert "url: '/api/v1/openapi.json'" in script
@@ -94,11 +94,13 @@ def test_swagger_ui_licence_and_notice_are_served_and_linked_from_the_page(srv: 
     # ships neither.
     assert (
         '<footer><p>Swagger UI: Copyright 2020-2021 SmartBear Software Inc., licensed under the '
-        f'<a href="{STATIC}/LICENSE">Apache License 2.0</a> (<a href="{STATIC}/NOTICE">NOTICE</a>).</p></footer>\n'
+        f'<a href="{STATIC}/LICENSE">Apache License 2.0</a> (<a href="{STATIC}/NOTICE">NOTICE</a>); the libraries it '
+        f'bundles: <a href="{STATIC}/swagger-ui-bundle.js.LICENSE.txt">their licences</a>.</p></footer>\n'
         "</body>"
     ) in httpx.get(srv.url + "/api/v1/docs").text
     page = httpx.get(srv.url + "/sign-in")
-    for name, packaged in (("LICENSE", APACHE_2_0_SHA256), ("NOTICE", None)):
+    for name, packaged in (("LICENSE", APACHE_2_0_SHA256), ("NOTICE", None),
+                           ("swagger-ui-bundle.js.LICENSE.txt", BUNDLE_NOTICES_SHA256)):
         r = httpx.get(f"{srv.url}{STATIC}/{name}")
         assert (r.status_code, r.headers["content-type"]) == (200, "text/plain; charset=utf-8")
         for header in ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy"):

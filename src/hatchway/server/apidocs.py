@@ -8,12 +8,15 @@ files come from the fastapi-swagger package and the page is FastAPI's, pointed a
 the web UI's headers; its one inline script (the one that starts Swagger UI) is allowed by its
 hash, so no other inline script can run.
 
-Swagger UI is Apache-2.0, whose redistributions must carry its licence and NOTICE; fastapi-swagger
-ships neither (only its own MIT licence), so they are in ``swagger_ui/`` here, served next to
-Swagger UI's files and linked from the page's footer. ``LICENSE`` is the Apache License 2.0 as the
-Apache Software Foundation publishes it (apache.org/licenses/LICENSE-2.0.txt, 11358 bytes), the
-licence Swagger UI's LICENSE file holds; ``NOTICE`` is Swagger UI's NOTICE file as its repository
-(github.com/swagger-api/swagger-ui) publishes it.
+Swagger UI is Apache-2.0, whose redistributions must carry its licence and NOTICE, and its
+bundle carries libraries under their own licences, whose notices its first line points to
+(``swagger-ui-bundle.js.LICENSE.txt``, next to it). fastapi-swagger ships none of the three, so
+they are in ``swagger_ui/`` here, served next to Swagger UI's files and linked from the page's
+footer. All three are the files of the npm package swagger-ui-dist 5.34.0, whose
+``swagger-ui-bundle.js`` and ``swagger-ui.css`` are byte for byte the ones fastapi-swagger
+0.4.64 ships (``LICENSE`` is the Apache License 2.0 as apache.org publishes it). The notices
+belong to that bundle: fastapi-swagger is pinned to that release, and a unit test checks the
+installed bundle is still that one.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ from hatchway.server.web.security import SECURITY_HEADERS, content_security_poli
 log = logging.getLogger("hatchway.server")
 
 STATIC = f"{API_DOCS}/static"
-#: Swagger UI's licence and NOTICE (see above), served as ``STATIC/LICENSE`` and ``STATIC/NOTICE``.
-LICENCE_FILES = {name: Path(__file__).with_name("swagger_ui") / name for name in ("LICENSE", "NOTICE")}
+#: The bundled libraries' notices, where the bundle's first line says they are.
+BUNDLE_NOTICES = "swagger-ui-bundle.js.LICENSE.txt"
+#: Swagger UI's licence, NOTICE and its bundle's notices (see above), served under ``STATIC``.
+LICENCE_FILES = {name: Path(__file__).with_name("swagger_ui") / name for name in ("LICENSE", "NOTICE", BUNDLE_NOTICES)}
 FOOTER = (
     f'<footer><p>Swagger UI: Copyright 2020-2021 SmartBear Software Inc., licensed under the '
-    f'<a href="{STATIC}/LICENSE">Apache License 2.0</a> (<a href="{STATIC}/NOTICE">NOTICE</a>).</p></footer>\n'
+    f'<a href="{STATIC}/LICENSE">Apache License 2.0</a> (<a href="{STATIC}/NOTICE">NOTICE</a>); '
+    f'the libraries it bundles: <a href="{STATIC}/{BUNDLE_NOTICES}">their licences</a>.</p></footer>\n'
 )
 
 
@@ -106,7 +112,7 @@ def install(app: FastAPI) -> None:
     async def asset(name: str) -> FileResponse:
         if name not in served:
             raise HTTPException(404)
-        # The licence files have no suffix to tell their type by.
+        # The licence files have no suffix, or not their type's, to tell it by.
         media_type = "text/plain" if name in LICENCE_FILES else None
         return FileResponse(served[name], media_type=media_type, headers=SECURITY_HEADERS)
 
