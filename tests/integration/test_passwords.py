@@ -185,10 +185,22 @@ def test_a_site_manager_reset_ends_all_of_that_users_sessions(world: World) -> N
     assert r.status_code == 422 and r.json()["detail"] == "password: String should have at least 8 characters"
 
 
-def test_a_site_manager_setting_their_own_keeps_the_calling_session(world: World) -> None:
+def test_a_site_manager_cannot_set_their_own_without_the_current_one(world: World) -> None:
+    """A stolen session of a site manager's must not be turned into the account by setting its
+    password here (which asks for no current password) and signing the owner out: refused, saying
+    where the own password is changed, and nothing changes. Then the way that asks for it."""
     other = token(world, "alice", ALICE_PW)
-    r = reset(world, world.alice, "alice", "alice-password-2")
-    assert r.status_code == 200 and r.json()["revoked"] >= 1
+    r = reset(world, world.alice, "alice", "taken-over-password")
+    assert (r.status_code, r.json()) == (409, {
+        "error": "your own password is changed with your current one",
+        "detail": "a session alone must not be enough to take an account over, a site manager's least of all: use "
+                  "hatchway password, Account > Password in the web UI, or PUT /api/v1/users/me/password",
+    })
+    assert (status(world, world.alice), status(world, other)) == (200, 200)
+    assert login(world, "alice", "taken-over-password").status_code == 401
+    assert not [e for e in world.audit() if e["target"] == "alice"]
+    r = change(world, world.alice, ALICE_PW, "alice-password-2")
+    assert r.status_code == 200
     assert (status(world, world.alice), status(world, other)) == (200, 401)
     assert status(world, token(world, "alice", "alice-password-2")) == 200
 

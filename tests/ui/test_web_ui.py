@@ -313,6 +313,25 @@ def test_site_manager_sets_a_users_password(manager_page: SignedIn, browser: Any
         assert r.status_code == 403
     assert _api_login(srv, "quinn", "member-sets-it").status_code == 401
 
+    # Their own row offers Change password, Account > Password, which asks for the current one: a
+    # session alone must not be enough to take the account over. Set password on themselves,
+    # opened or posted by hand, sends them there and changes nothing.
+    own = srv.manager
+    flows.open_manage(page, "Users")
+    row = page.locator(f'tr[data-user="{own}"]')
+    row.get_by_role("button", name=f"Actions for user {own}").click()
+    assert row.get_by_role("menuitem", name="Set password").count() == 0
+    assert row.get_by_role("menuitem", name="Change password").get_attribute("href") == "/account/password"
+    page.goto(srv.url + f"/manage/users/{own}/password")
+    page.wait_for_url(re.compile(r".*/account/password$"))
+    assert page.locator(".flash-info").inner_text() == "Your own password is changed here, with your current one."
+    with _cookie_client(manager_page) as c:
+        r = c.post(f"/manage/users/{own}/password",
+                   data={"csrf_token": _csrf(page), "password": "taken-over-pw", "password_confirm": "taken-over-pw"})
+    assert (r.status_code, r.headers["location"]) == (303, "/account/password")
+    assert _api_login(srv, own, "taken-over-pw").status_code == 401
+    assert _api_login(srv, own, srv.manager_password).status_code == 200
+
 
 # --- the documented way to disable SSH ------------------------------------------------------
 

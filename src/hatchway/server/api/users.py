@@ -258,16 +258,25 @@ async def change_own_password(
     return await _store_password(db, ctx.broadcast, user, user, body.new_password, current_token, client_source(request))
 
 
+#: Why a site manager's own password is not set here (:func:`reset_password`).
+OWN_PASSWORD_REFUSED = APIError(
+    409, "your own password is changed with your current one",
+    "a session alone must not be enough to take an account over, a site manager's least of all: use hatchway "
+    "password, Account > Password in the web UI, or PUT /api/v1/users/me/password",
+)
+
+
 async def reset_password(
-    db: AsyncSession, broadcast: Broadcast, sm: User, username: str, password: str, caller_token: str | None,
-    source: str,
+    db: AsyncSession, broadcast: Broadcast, sm: User, username: str, password: str, source: str,
 ) -> int:
     """What PUT /users/{username}/password and Manage > Users > Set password do: every session of
-    the user ends, except the caller's own when a site manager sets their own password here
-    (they proved who they are by being signed in as a site manager; signing them out of the
-    very page they used would help nobody)."""
+    the user ends. Not for the site manager's own password: that change takes the current one
+    (:func:`change_own_password`), else whoever holds a stolen session of theirs could set a
+    password of their choosing and sign the owner out."""
     user = await get_user(db, username)
-    return await _store_password(db, broadcast, sm, user, password, caller_token if user.id == sm.id else None, source)
+    if user.id == sm.id:
+        raise OWN_PASSWORD_REFUSED
+    return await _store_password(db, broadcast, sm, user, password, None, source)
 
 
 @router.put("/users/me/password", response_model=schemas.RevokedOut)
@@ -394,7 +403,5 @@ async def set_password(
 ) -> schemas.RevokedOut:
     """Set or reset a user's password (site managers); all their sign-in sessions end, and the
     SSH connections they opened."""
-    ended = await reset_password(
-        db, ctx.broadcast, sm, username, body.password, bearer_token(request.headers), client_source(request)
-    )
+    ended = await reset_password(db, ctx.broadcast, sm, username, body.password, client_source(request))
     return schemas.RevokedOut(revoked=ended)

@@ -372,11 +372,18 @@ def _user_password_page(request: Request, target: User, back: str, status: int =
     return render(request, "user_password.html", status=status, section="manage", target=target, back=back, error=error)
 
 
+#: Where Set password on one's own row sends a site manager (hatchway.server.api.users.reset_password).
+_OWN_PASSWORD = "Your own password is changed here, with your current one."
+
+
 @router.get("/manage/users/{username}/password")
 async def user_password_page(
-    username: str, request: Request, _sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
+    username: str, request: Request, sm: User = Depends(web_manager), db: AsyncSession = Depends(get_db)
 ) -> Response:
-    return _user_password_page(request, await _user_row(db, username), USERS.back(request.query_params.get("next")))
+    target = await _user_row(db, username)
+    if target.id == sm.id:
+        return redirect(request, "/account/password", "info", _OWN_PASSWORD)
+    return _user_password_page(request, target, USERS.back(request.query_params.get("next")))
 
 
 #: The Set password form's labels, for its refusals (:func:`validation_message`).
@@ -389,6 +396,8 @@ async def user_password_set(
     db: AsyncSession = Depends(get_db),
 ) -> Response:
     target = await _user_row(db, username)
+    if target.id == sm.id:
+        return redirect(request, "/account/password", "info", _OWN_PASSWORD)
     form = await request.form()
     back = USERS.back(form.get("next"))
     password = form_secret(form, "password")
@@ -398,10 +407,8 @@ async def user_password_set(
         body = schemas.PasswordSetIn(password=password)
     except ValidationError as exc:
         return _user_password_page(request, target, back, 400, validation_message(exc, SET_PASSWORD_LABELS))
-    # The API's own reset: every session of theirs ends (the caller's kept if it is their own), audited.
-    ended = await users_api.reset_password(
-        db, ctx.broadcast, sm, target.username, body.password, request.state.session_token, client_source(request)
-    )
+    # The API's own reset: every session of theirs ends, audited.
+    ended = await users_api.reset_password(db, ctx.broadcast, sm, target.username, body.password, client_source(request))
     sessions = f"{ended} sign-in session{'' if ended == 1 else 's'} of theirs ended"
     return redirect(request, back, "success", f'Password of "{target.username}" set; {sessions}.')
 
