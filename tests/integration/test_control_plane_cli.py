@@ -233,6 +233,23 @@ def test_providers_and_external_connect(deployment: Deployment) -> None:
     assert events[1]["detail"] == {"external_connect": {"old": True, "new": False}}
 
 
+def test_a_member_sees_only_their_own_workspaces_counted_and_no_engine_address(deployment: Deployment) -> None:
+    """How many workspaces other users have on a provider (and when that changes) is not a
+    member's to watch, nor where a Docker engine listens; a site manager sees both."""
+    alice, bob = deployment.alice, deployment.bob
+    alice.ok("providers", "create", "counted", "--kind", "manual")
+    alice.ok("providers", "create", "engine", "--kind", "docker", "--docker-host", "unix:///run/site-engine.sock",
+             "--docker-network", "ws-net")
+    for name in ("a1", "a2"):
+        alice.ok("workspaces", "create", name, "--provider", "counted")
+    bob.ok("workspaces", "create", "b1", "--provider", "counted")
+    as_bob = {p["name"]: p for p in bob.ok("providers", "list", "--json").json()}
+    as_alice = {p["name"]: p for p in alice.ok("providers", "list", "--json").json()}
+    assert (as_bob["counted"]["workspace_count"], as_alice["counted"]["workspace_count"]) == (1, 3)
+    assert as_bob["engine"] == {"name": "engine", "kind": "docker", "external_connect": True, "workspace_count": 0}
+    assert (as_alice["engine"]["docker_host"], as_alice["engine"]["docker_network"]) == ("unix:///run/site-engine.sock", "ws-net")
+
+
 def test_a_provider_without_workspaces_can_be_deleted(deployment: Deployment) -> None:
     deployment.alice.ok("providers", "create", "typo", "--kind", "docker", "--docker-host", "unix:///nonexistent.sock")
     deployment.alice.ok("providers", "create", "busy", "--kind", "manual")

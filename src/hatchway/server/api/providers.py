@@ -20,15 +20,20 @@ from hatchway.server.relay import StreamMatch
 router = APIRouter(prefix="/api/v1/providers", tags=["providers"])
 
 
-async def provider_rows(db: AsyncSession) -> list[schemas.ProviderOut]:
-    counts = dict(
-        (await db.execute(select(Workspace.provider_id, func.count()).group_by(Workspace.provider_id))).all()
-    )
+async def provider_rows(db: AsyncSession, viewer: User | None = None) -> list[schemas.ProviderOut]:
+    """Every provider, as a site manager sees it; as a member (``viewer``) sees it, with only its
+    own workspaces counted and no engine addresses: how many workspaces others have, and when that
+    changes, is not a member's to watch, and where a Docker engine listens is the site's."""
+    member = viewer is not None and viewer.role != "site-manager"
+    counting = select(Workspace.provider_id, func.count()).group_by(Workspace.provider_id)
+    if member:
+        counting = counting.where(Workspace.owner_id == viewer.id)  # type: ignore[union-attr]
+    counts = dict((await db.execute(counting)).all())
     rows = (await db.execute(select(Provider).order_by(Provider.name))).scalars()
     return [
         schemas.ProviderOut(
             name=p.name, kind=p.kind, external_connect=p.external_connect, workspace_count=counts.get(p.id, 0),
-            docker_host=p.docker_host, docker_network=p.docker_network,
+            docker_host=None if member else p.docker_host, docker_network=None if member else p.docker_network,
         )
         for p in rows
     ]
@@ -45,8 +50,8 @@ async def get_provider(db: AsyncSession, name: str) -> Provider:
 
 
 @router.get("", response_model=list[schemas.ProviderOut], response_model_exclude_none=True)
-async def list_providers(_u: User = Depends(current_user), db: AsyncSession = Depends(get_db)) -> list[schemas.ProviderOut]:
-    return await provider_rows(db)
+async def list_providers(user: User = Depends(current_user), db: AsyncSession = Depends(get_db)) -> list[schemas.ProviderOut]:
+    return await provider_rows(db, user)
 
 
 @router.post("", response_model=schemas.ProviderOut, status_code=201, response_model_exclude_none=True)

@@ -121,7 +121,7 @@ async def _workspaces_page(
     manager = user.role == "site-manager"
     show_all, search = _tab(request, user)
     rows, pager = await paged(request, db, ws_api.workspaces_query(user, show_all, search))
-    providers = await providers_api.provider_rows(db)
+    providers = await providers_api.provider_rows(db, user)
     # Start, Stop, Restart, Delete and New workspace come back to this very page: its tab, its
     # filter, its page.
     back = _list_page(request, user, str(pager["page"]))
