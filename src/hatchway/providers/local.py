@@ -81,7 +81,7 @@ from hatchway.providers.nslaunch import (
     cover_plan,
     passthrough_plan,
 )
-from hatchway.providers.reown import Owner, Reowned, reown_tree
+from hatchway.providers.reown import Owner, devices_note, reown_tree, reowned_note
 from hatchway.providers.sshd_config import render_sshd_config
 
 log = logging.getLogger("hatchway.providers.local")
@@ -731,29 +731,11 @@ def _reown_moved(spec: WorkspaceSpec, pw: pwd.struct_passwd, trees: list[Path]) 
             "workspace again: it re-owns what is left"
         ) from None
     if done:
-        log.info(
-            "workspace %s/%s: re-owned %d entries of %s from %s to its Unix user %s (%s): they belonged to another "
-            "uid, as after a move from another machine, a restore by numeric owner or a recreated Unix user",
-            spec.owner, spec.name, sum(r.entries for r in done), " and ".join(str(r.root) for r in done),
-            " and ".join(sorted({str(r.old) for r in done})), pw.pw_name, user,
-        )
-    _warn_of_devices(spec, pw, done)
-
-
-def _warn_of_devices(spec: WorkspaceSpec, pw: pwd.struct_passwd, done: list[Reowned]) -> None:
-    """Name the device nodes the re-own left to their old owner. The workspace still starts: they
-    are as they were before, and nothing else in it waits for them; but giving a device node away
-    gives the device (a disk, a terminal), which only the administrator can decide."""
-    count = sum(r.devices for r in done)
-    if count == 0:
-        return
-    named = [name for r in done for name in r.named_devices]
-    log.warning(
-        "workspace %s/%s: left %d device nodes of another uid as they were, not given to its Unix user %s: the "
-        "owner of a device node can read and write the device (a disk, a terminal); remove them, or chown one by "
-        "hand if the user is to have it: %s%s",
-        spec.owner, spec.name, count, pw.pw_name, ", ".join(named), ", ..." if count > len(named) else "",
-    )
+        why = "after a move from another machine, a restore by numeric owner or a recreated Unix user"
+        log.info("workspace %s/%s: %s", spec.owner, spec.name, reowned_note(done, pw.pw_name, user, why))
+    devices = devices_note(done, pw.pw_name)
+    if devices is not None:
+        log.warning("workspace %s/%s: %s", spec.owner, spec.name, devices)
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

@@ -19,7 +19,7 @@ re-owned after its contents, so its user never holds a directory the walk is sti
 tree's top last, so that an interrupted run (a huge tree, a killed server) is finished by the next
 start, which tells from the top's owner alone whether there is anything to do.
 
-:func:`new_owner` is pure; :func:`reown_tree` does the I/O.
+:func:`new_owner` and the messages are pure; :func:`reown_tree` does the I/O.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import errno
 import os
 import shlex
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,3 +253,30 @@ def hand_commands(root: Path, old: Owner, new: Owner) -> str:
     if old.gid not in (0, new.gid):
         commands.append(f"{find} -gid {old.gid} -execdir chgrp -h {new.gid} {{}} +")
     return " && ".join(commands)
+
+
+def reowned_note(done: Sequence[Reowned], user: str, new: Owner, why: str) -> str:
+    """The line a start logs after re-owning ``done`` to the Unix user ``user`` (``new``): how many
+    entries of which trees, from which owner, and ``why`` such trees come about (each provider
+    knows its own ways)."""
+    return (
+        f"re-owned {sum(r.entries for r in done)} entries of {' and '.join(str(r.root) for r in done)} from "
+        f"{' and '.join(sorted({str(r.old) for r in done}))} to its Unix user {user} ({new}): they belonged to "
+        f"another uid, as {why}"
+    )
+
+
+def devices_note(done: Sequence[Reowned], user: str) -> str | None:
+    """The warning naming the device nodes the re-own left to their old owner, None when it left
+    none. The workspace still starts: they are as they were before, and nothing else in it waits
+    for them; but giving a device node away gives the device (a disk, a terminal), which only the
+    administrator can decide."""
+    count = sum(r.devices for r in done)
+    if count == 0:
+        return None
+    named = [name for r in done for name in r.named_devices]
+    return (
+        f"left {count} device nodes of another uid as they were, not given to its Unix user {user}: the owner of a "
+        "device node can read and write the device (a disk, a terminal); remove them, or chown one by hand if the "
+        f"user is to have it: {', '.join(named)}{', ...' if count > len(named) else ''}"
+    )
