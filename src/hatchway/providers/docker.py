@@ -273,6 +273,7 @@ class DockerProvider(WorkspaceProvider):
             await self._raise_if_stopped(client, inspect["Id"], "the workspace's container stopped")
             raise
         account = await self._setup_user(client, inspect["Id"], plan)
+        _log_reown(spec, account.pop("reowned", None), account.pop("left_devices", None))
         self._accounts[spec.id] = {**account, "container": inspect["Id"]}
         name = inspect.get("Name", "").lstrip("/")
         isolation = (
@@ -473,3 +474,12 @@ class DockerProvider(WorkspaceProvider):
             await client.volume_remove(v["Name"])
             log.info("removed volume %s of workspace %s/%s", v["Name"], spec.owner, spec.name)
         await asyncio.to_thread(shutil.rmtree, self.ws_dir(spec), True)
+
+
+def _log_reown(spec: WorkspaceSpec, reowned: str | None, left_devices: str | None) -> None:
+    """Log what the in-container set-up said of re-owning a home volume of another uid
+    (:func:`hatchway.providers.docker_incontainer.own_home`), as the local provider logs its own."""
+    if reowned is not None:
+        log.info("workspace %s/%s: %s", spec.owner, spec.name, reowned)
+    if left_devices is not None:
+        log.warning("workspace %s/%s: %s", spec.owner, spec.name, left_devices)

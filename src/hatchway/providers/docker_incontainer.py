@@ -1,5 +1,8 @@
 """What runs inside a workspace container, started with the bundled interpreter (see
 :mod:`hatchway.providers.docker_runtime`). Standard library only: the image has nothing of ours.
+The server's import directories are mounted with that interpreter, so the hatchway package is
+importable here; of it, only modules that are standard library only themselves are used
+(:mod:`hatchway.providers.reown`, the re-own walk the ``local`` provider uses too).
 
 ``python boot.py hatchway.providers.docker_incontainer COMMAND``:
 
@@ -12,7 +15,9 @@
 * ``setup --name NAME --home DIR`` — as root: make sure the workspace user exists (reusing an
   account the image already has, else adding lines to /etc/passwd, /etc/group and /etc/shadow
   itself, so the image needs no ``useradd``) and owns its home (the persistent volume, filled
-  from /etc/skel the first time). Prints one JSON line: user, uid, gid, home, shell.
+  from /etc/skel the first time; see :func:`own_home`). Prints one JSON line: user, uid, gid,
+  home, shell, and the re-own's log lines for the server (``reowned``, ``left_devices``: null
+  when there is nothing to say).
 * ``agent ARGS...`` — as the workspace user: runs ``hatchway agent ARGS`` and ties its life to
   stdin. The server holds stdin through the engine's attach stream; when the server closes it
   (stop, restart, or the server itself died) the agent gets SIGTERM, then SIGKILL.
@@ -30,6 +35,9 @@ import stat
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+
+from hatchway.providers.reown import Owner, devices_note, reown_tree, reowned_note
 
 EXIT_SETUP = 3
 FIRST_UID = 1000
@@ -38,6 +46,12 @@ MAX_UID = 60000
 CGROUP_RW_TIMEOUT = 30.0
 INIT_CANDIDATES = ("/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 SHELLS = ("/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/sh")
+SKEL = "/etc/skel"
+#: How a home volume comes to belong to another uid than its user's (the re-own's log line).
+MOVED_WHY = (
+    "after a volume is copied or restored from elsewhere by numeric owner, or an image whose account of that name "
+    "has another uid"
+)
 AGENT_STOP_GRACE = 5.0
 
 
@@ -216,10 +230,45 @@ def _shell() -> str:
 
 
 def _chown_tree(root: str, uid: int, gid: int) -> None:
+    """Everything under ``root`` to ``uid``/``gid``: only for what is wholly the user's (see
+    :func:`own_home`)."""
     os.lchown(root, uid, gid)
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
             os.lchown(os.path.join(dirpath, n), uid, gid)
+
+
+def own_home(home: str, name: str, user: Owner, skel: str = SKEL) -> dict[str, str | None]:
+    """Make ``home`` the workspace user's (``name``, ``user``); returns the lines the server logs
+    about it: ``reowned`` (info) and ``left_devices`` (warning), None when there is nothing to say.
+
+    What this set-up or the engine made is wholly the user's: a home filled from ``skel`` now, or
+    one whose top is root's (the engine's new volume, empty or holding its copy of the image's
+    directory). A home whose top another uid or gid owns came from elsewhere (a volume restored
+    by numeric owner, an image whose account has another uid now): there the ``local``
+    provider's rules and walk apply (:func:`hatchway.providers.reown.reown_tree`): only that old
+    owner's entries move, root's and other accounts' stay theirs, device nodes are left and
+    named, symlinks are not followed and nothing mounted inside is entered. The top moves last,
+    so an interrupted run is finished at the next start."""
+    os.makedirs(home, exist_ok=True)
+    if not os.listdir(home) and os.path.isdir(skel):
+        shutil.copytree(skel, home, dirs_exist_ok=True, symlinks=True)
+        _chown_tree(home, user.uid, user.gid)
+    if os.lstat(home).st_uid == 0:
+        _chown_tree(home, user.uid, user.gid)
+        return {"reowned": None, "left_devices": None}
+    try:
+        done = reown_tree(Path(home), user)
+    except OSError as exc:
+        raise InContainerError(
+            f"cannot give {home}, whose files belong to another uid (a volume restored by numeric owner, or an image "
+            f"whose account {name} has another uid now?), to {name} ({user}): {exc}. Paths are the container's; fix "
+            "what the error names, then start the workspace again: it re-owns what is left"
+        ) from None
+    os.chown(home, user.uid, user.gid, follow_symlinks=False)  # a top in root's group too (the walk keeps root's gid)
+    if done is None:
+        return {"reowned": None, "left_devices": None}
+    return {"reowned": reowned_note([done], name, user, MOVED_WHY), "left_devices": devices_note([done], name)}
 
 
 def _ensure_hostname_resolves() -> None:
@@ -257,15 +306,9 @@ def setup(preferred: str, home: str) -> dict:
     else:
         account = next(a for a in parse_passwd(passwd_text) if a.name == plan.name)
         shell = account.shell or shell
-    os.makedirs(home, exist_ok=True)
-    if not os.listdir(home) and os.path.isdir("/etc/skel"):
-        shutil.copytree("/etc/skel", home, dirs_exist_ok=True, symlinks=True)
-        _chown_tree(home, plan.uid, plan.gid)
-    st = os.stat(home)
-    if (st.st_uid, st.st_gid) != (plan.uid, plan.gid):
-        _chown_tree(home, plan.uid, plan.gid)  # a home created by the engine (root) or an older uid
+    notes = own_home(home, plan.name, Owner(plan.uid, plan.gid))
     os.chmod(home, 0o700)
-    return {"user": plan.name, "uid": plan.uid, "gid": plan.gid, "home": home, "shell": shell}
+    return {"user": plan.name, "uid": plan.uid, "gid": plan.gid, "home": home, "shell": shell, **notes}
 
 
 # ---- init -------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ re-owned after its contents, so its user never holds a directory the walk is sti
 tree's top last, so that an interrupted run (a huge tree, a killed server) is finished by the next
 start, which tells from the top's owner alone whether there is anything to do.
 
-:func:`new_owner` and the messages are pure; :func:`reown_tree` does the I/O.
+:func:`new_owner` and the messages are pure; :func:`reown_tree` does the I/O. Standard library
+only: the ``docker`` provider runs it inside workspace containers too
+(:mod:`hatchway.providers.docker_incontainer`), on a home volume of another uid.
 """
 
 from __future__ import annotations
