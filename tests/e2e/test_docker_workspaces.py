@@ -29,8 +29,10 @@ from pathlib import Path
 
 import pytest
 
+from hatchway.providers.docker_incontainer import MOVED_WHY
 from tests.helpers import docker as dk
 from tests.helpers.cli import Cli
+from tests.helpers.netns import unused_id
 from tests.helpers.server import RunningServer, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(dk.unavailable_reason() is not None, reason=str(dk.unavailable_reason()))]
@@ -313,6 +315,39 @@ def test_home_volume_survives_stop_and_start(world: World) -> None:
     r = world.ssh("cvm", "cat ~/survivor; cat /proc/1/comm")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["kept", "systemd"]
+
+
+def test_a_home_volume_of_another_uid_is_reowned_by_the_local_providers_rules(world: World) -> None:
+    """The re-own walk (reown.py: ctypes' fchownat, /proc/self/fdinfo) runs inside the container on
+    the bundled interpreter: a home whose files another uid owns (as after a restore by numeric
+    owner) is the user's again at the next start, but for root's file and the device node."""
+    old = unused_id(54321)
+    home = f"/home/{world.owner}"
+    cid = world.container("slim")["Id"]
+    world.engine.docker("exec", cid, "sh", "-ec", (
+        f"cd {home} && mkdir -p moved/sub && echo x > moved/sub/f && echo root > root-file && mknod disk b 7 0 && "
+        f"find . -xdev ! -name root-file -exec chown -h {old}:{old} {{}} +"
+    ))
+    world.alice.ok("workspaces", "stop", "slim")
+    world.alice.ok("workspaces", "start", "slim")
+    r = world.ssh("slim", f"cd {home} && stat -c '%n %u:%g' . moved moved/sub/f .ssh/authorized_keys root-file disk && id -u && id -g")
+    assert r.returncode == 0, r.stderr
+    *entries, uid, gid = r.stdout.splitlines()
+    assert entries == [
+        f". {uid}:{gid}", f"moved {uid}:{gid}", f"moved/sub/f {uid}:{gid}", f".ssh/authorized_keys {uid}:{gid}",
+        "root-file 0:0", f"disk {old}:{old}",
+    ]
+    log = world.server.log()
+    assert re.search(
+        rf"workspace {world.owner}/slim: re-owned \d+ entries of {home} from uid {old} gid {old} to its Unix user "
+        rf"{world.owner} \(uid {uid} gid {gid}\): they belonged to another uid, as {re.escape(MOVED_WHY)}\n", log
+    ), log[-3000:]
+    assert (
+        f"workspace {world.owner}/slim: left 1 device nodes of another uid as they were, not given to its Unix user "
+        f"{world.owner}: the owner of a device node can read and write the device (a disk, a terminal); remove them, "
+        f"or chown one by hand if the user is to have it: {home}/disk\n"
+    ) in log
+    world.engine.docker("exec", world.container("slim")["Id"], "rm", "-rf", f"{home}/moved", f"{home}/root-file", f"{home}/disk")
 
 
 def test_killed_server_takes_its_agents_along_and_its_containers_back(world: World) -> None:
