@@ -37,7 +37,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from hatchway.providers.reown import Owner, devices_note, reown_tree, reowned_note
+from hatchway.providers.reown import Owner, devices_note, give_all, reown_tree, reowned_note
 
 EXIT_SETUP = 3
 FIRST_UID = 1000
@@ -229,15 +229,6 @@ def _shell() -> str:
     raise InContainerError("the image has no shell (/bin/sh): SSH sessions need one; use an image with a shell")
 
 
-def _chown_tree(root: str, uid: int, gid: int) -> None:
-    """Everything under ``root`` to ``uid``/``gid``: only for what is wholly the user's (see
-    :func:`own_home`)."""
-    os.lchown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, n), uid, gid)
-
-
 def own_home(home: str, name: str, user: Owner, skel: str = SKEL) -> dict[str, str | None]:
     """Make ``home`` the workspace user's (``name``, ``user``); returns the lines the server logs
     about it: ``reowned`` (info) and ``left_devices`` (warning), None when there is nothing to say.
@@ -253,9 +244,9 @@ def own_home(home: str, name: str, user: Owner, skel: str = SKEL) -> dict[str, s
     os.makedirs(home, exist_ok=True)
     if not os.listdir(home) and os.path.isdir(skel):
         shutil.copytree(skel, home, dirs_exist_ok=True, symlinks=True)
-        _chown_tree(home, user.uid, user.gid)
+        give_all(home, user)
     if os.lstat(home).st_uid == 0:
-        _chown_tree(home, user.uid, user.gid)
+        give_all(home, user)
         return {"reowned": None, "left_devices": None}
     try:
         done = reown_tree(Path(home), user)

@@ -81,7 +81,7 @@ from hatchway.providers.nslaunch import (
     cover_plan,
     passthrough_plan,
 )
-from hatchway.providers.reown import Owner, devices_note, reown_tree, reowned_note
+from hatchway.providers.reown import Owner, devices_note, give_all, reown_tree, reowned_note
 from hatchway.providers.sshd_config import render_sshd_config
 
 log = logging.getLogger("hatchway.providers.local")
@@ -380,7 +380,7 @@ class LocalProvider(WorkspaceProvider):
             skel = Path("/etc/skel")
             if skel.is_dir():
                 shutil.copytree(skel, home, dirs_exist_ok=True, symlinks=True)
-            _chown_tree(home, pw.pw_uid, pw.pw_gid)
+            give_all(home, Owner(pw.pw_uid, pw.pw_gid))
         state = self.ws_dir(spec) / "agent"
         # The agent state first, the home last: the home's own owner says whether a move is done.
         _reown_moved(spec, pw, [d for d in (state, home) if d.exists()])
@@ -736,13 +736,6 @@ def _reown_moved(spec: WorkspaceSpec, pw: pwd.struct_passwd, trees: list[Path]) 
     devices = devices_note(done, pw.pw_name)
     if devices is not None:
         log.warning("workspace %s/%s: %s", spec.owner, spec.name, devices)
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    os.chown(root, uid, gid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
 
 
 #: The launcher runs with privileges the workspace user lacks (root, or the server's own user

@@ -77,6 +77,17 @@ class Reowned:
     named_devices: tuple[str, ...]
 
 
+def give_all(root: str | Path, new: Owner) -> None:
+    """Every entry under ``root``, and ``root``, to ``new``, symlinks themselves (never what they
+    point at): only for a tree wholly made for the user just now (a home filled from a skeleton,
+    or an engine's fresh volume), where nobody else's file can be. A tree from elsewhere takes
+    :func:`reown_tree`'s rules instead."""
+    os.chown(root, new.uid, new.gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), new.uid, new.gid, follow_symlinks=False)
+
+
 def new_owner(uid: int, gid: int, old: Owner, new: Owner) -> tuple[int, int] | None:
     """The ``(uid, gid)`` to give an entry owned by ``uid``/``gid`` (``KEEP`` for a part that
     stays), or None when it stays as it is. Only the old owner's uid and gid move. Whatever root
