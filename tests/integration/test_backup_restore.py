@@ -332,17 +332,42 @@ def test_a_restore_as_root_acts_as_the_data_dirs_owner(deployment: Deployment, r
     r = opens_as(owner, fresh, "hatchway.db", "deployment.secret", "server.lock")
     assert (r.returncode, r.stderr) == (0, "")
 
-    # A data dir not made yet, in a dir of nobody's (its home, say): made by nobody, for nobody.
+    # A data dir not made yet, in a dir of nobody's (its home, say, or a dir anyone made in /tmp):
+    # root neither makes it there (a server running as nobody could not use it) nor becomes
+    # whoever owns a dir above it. Refused, saying how to go on; nothing is made.
     home = reachable / "home"
     home.mkdir(mode=0o700)
     os.chown(home, *owner)
     later = home / ".local" / "share" / "hatchway"
     r = hatchway("restore", str(out), "--data-dir", str(later))
-    assert (r.returncode, r.stderr) == (0, "")
-    assert r.stdout == f"{acting(home)}{restored_line(out, later)}"
-    assert {str(p.relative_to(home)): (p.stat().st_uid, p.stat().st_gid) for p in home.rglob("*")} == {
-        name: owner for name in (".local", ".local/share", ".local/share/hatchway", ".local/share/hatchway/hatchway.db",
-                                 ".local/share/hatchway/deployment.secret", ".local/share/hatchway/server.lock")}
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (
+        f"Error: the data dir {later} does not exist yet, and {home}, where it would be made, belongs to uid "
+        f"{owner[0]}: run as root, restore would make it root's, which a server running as that account cannot use. "
+        f"Make the data dir first as the account its server runs as (mkdir -m 700 -p {later}, run as that account), "
+        "then run this again: restore then acts as that account; nothing was written\n"
+    )
+    assert list(home.iterdir()) == []
+
+    # A data dir another account makes at that path after restore looked (in /tmp, say) is
+    # refused once taken: root does not work by path in a dir someone else can change under it.
+    raced = reachable / "raced"
+    r = restore_in_child(out, raced, f"""
+import hatchway.server.datadir as datadir
+taking = datadir.take
+def take(path):
+    os.mkdir(path, 0o700)
+    os.chown(path, {owner[0]}, {owner[1]})
+    return taking(path)
+datadir.take = take
+""")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (
+        f"Error: the data dir {raced} belongs to uid {owner[0]}, not to uid 0, which restores into it (another account "
+        "made it meanwhile, or it is not yours): restore into a data dir of your own; as root, restore acts as the "
+        "owner of a data dir that exists when it starts; nothing was written\n"
+    )
+    assert sorted(p.name for p in raced.iterdir()) == ["server.lock"]
 
     # A data dir its owner cannot reach (root's dirs above it, 0700) is one its server could not
     # use either: refused, saying so, with nothing written.

@@ -194,14 +194,16 @@ def restore_cmd(archive: Path, data_dir: Path | None, db_url: str | None, force:
 
     data = (data_dir or default_data_dir()).expanduser().resolve()
     path = archive.expanduser().absolute()
+    def as_the_data_dirs_owner() -> None:
+        owner = become_owner_of(data)
+        if owner is not None:
+            click.echo(f"Restoring as {_owner_text(*owner)}, the owner of {data}, so that what it places is theirs "
+                       "and a server running as that user can open it.")
+
     try:
         fd = open_archive(path)  # as whoever runs this: the backup may be root's alone
-        became = become_owner_of(data)
-        if became is not None:
-            owner, owned = became
-            click.echo(f"Restoring as {_owner_text(*owner)}, the owner of {owned}, so that what it places is theirs "
-                       "and a server running as that user can open it.")
-        result = restore(path, data, db_url, report=click.echo, force=force, archive_fd=fd)
+        result = restore(path, data, db_url, report=click.echo, force=force, archive_fd=fd,
+                         before_writing=as_the_data_dirs_owner)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     m = result.manifest

@@ -77,29 +77,29 @@ class RestoreResult:
     set_aside: Path | None  # where the replaced files went
 
 
-def become_owner_of(data_dir: Path) -> tuple[Owner, Path] | None:
-    """Run as root into a data dir another account owns (or, for one not made yet, the dir it
-    will be made in), act as that account from here on, and say whom and the owner of what
-    (None: nothing changed). For good: only a process that does nothing else afterwards
-    calls this (the ``restore`` command), with the backup already open, which may be root's alone.
+def become_owner_of(data_dir: Path) -> Owner | None:
+    """Run as root into a data dir another account owns, act as that account from here on, and
+    say whom (None: nothing changed). For good: only a process that does nothing else afterwards
+    calls this (the ``restore`` command, through :func:`restore`'s ``before_writing``, once the
+    backup is open and checked and a PostgreSQL database read as whoever runs it).
 
     Root working by path in a directory another account can write could be raced into moving
     files anywhere (a symlink swapped in for the dir of the replaced files); as that account,
     restore can do no more than it could, and what it places is that account's, as its server
-    needs. The account's groups are its own (initgroups), or none if it has no name here."""
+    needs. The account's groups are its own (initgroups), or none if it has no name here.
+
+    A data dir not made yet is made by root, in a dir that must be root's: root does not act as
+    whoever owns a dir above it (a dir someone made in /tmp, a mounted disk of another
+    machine's uids), nor make a dir in theirs."""
     if os.geteuid() != 0:
         return None
-    existing = data_dir
-    while True:
-        try:
-            st = os.stat(existing)
-            break
-        except FileNotFoundError:
-            if existing.parent == existing:
-                return None
-            existing = existing.parent
-        except OSError as exc:
-            raise BackupError(f"cannot look at {existing}: {os_error_text(exc)}; {NOTHING}") from None
+    try:
+        st = os.stat(data_dir)
+    except FileNotFoundError:
+        _refuse_a_parent_of_another(data_dir)
+        return None
+    except OSError as exc:
+        raise BackupError(f"cannot look at the data dir {data_dir}: {os_error_text(exc)}; {NOTHING}") from None
     if st.st_uid == 0:
         return None
     try:
@@ -112,7 +112,28 @@ def become_owner_of(data_dir: Path) -> tuple[Owner, Path] | None:
     except OSError as exc:
         raise BackupError(f"cannot act as uid {st.st_uid}, the owner of the data dir {data_dir}: {os_error_text(exc)}; "
                           f"{NOTHING}") from None
-    return (st.st_uid, st.st_gid), existing
+    return st.st_uid, st.st_gid
+
+
+def _refuse_a_parent_of_another(data_dir: Path) -> None:
+    """A data dir not made yet, to be made by root: refused when the nearest dir above it that
+    exists is another account's (:func:`become_owner_of`)."""
+    above = data_dir.parent
+    while True:
+        try:
+            st = os.stat(above)
+            break
+        except FileNotFoundError:
+            above = above.parent
+        except OSError as exc:
+            raise BackupError(f"cannot look at {above}: {os_error_text(exc)}; {NOTHING}") from None
+    if st.st_uid != 0:
+        raise BackupError(
+            f"the data dir {data_dir} does not exist yet, and {above}, where it would be made, belongs to uid "
+            f"{st.st_uid}: run as root, restore would make it root's, which a server running as that account cannot "
+            f"use. Make the data dir first as the account its server runs as (mkdir -m 700 -p {data_dir}, run as that "
+            f"account), then run this again: restore then acts as that account; {NOTHING}"
+        )
 
 
 @dataclass(frozen=True)
@@ -232,9 +253,11 @@ def _mismatch(archive: Path, which: str) -> BackupError:
 
 
 def _take(data_dir: Path) -> int:
-    """The data dir taken: the descriptor holding it."""
+    """The data dir taken: the descriptor holding it. It must be the restoring account's own:
+    working by path in another's, which they can change under it, is refused (a dir someone
+    made at that path in /tmp meanwhile, say)."""
     try:
-        return datadir.take(data_dir)
+        fd = datadir.take(data_dir)
     except datadir.DataDirInUse as exc:
         who = f"a Hatchway server (pid {exc.pid})" if exc.pid else "a Hatchway server"
         raise BackupError(f"{who} is running on the data dir {data_dir}: stop it first, then restore; {NOTHING}") from None
@@ -244,6 +267,19 @@ def _take(data_dir: Path) -> int:
                           f"{NOTHING}") from None
     except OSError as exc:
         raise BackupError(f"cannot take the data dir {data_dir}: {exc}; {NOTHING}") from None
+    try:
+        owner = os.stat(data_dir).st_uid
+    except OSError as exc:
+        os.close(fd)
+        raise BackupError(f"cannot look at the data dir {data_dir}: {os_error_text(exc)}; {NOTHING}") from None
+    if owner != os.geteuid():
+        os.close(fd)
+        raise BackupError(
+            f"the data dir {data_dir} belongs to uid {owner}, not to uid {os.geteuid()}, which restores into it (another "
+            "account made it meanwhile, or it is not yours): restore into a data dir of your own; as root, restore acts "
+            f"as the owner of a data dir that exists when it starts; {NOTHING}"
+        )
+    return fd
 
 
 def _extract_database(checked: _Checked, archive: Path, data_dir: Path) -> Path:
@@ -383,10 +419,13 @@ def _commit(data_dir: Path, present: list[str], staged: dict[str, Path]) -> Path
 
 
 def restore(archive: Path, data_dir: Path, db_url: str | None, *, report: Callable[[str], None],
-            force: bool = False, archive_fd: int | None = None) -> RestoreResult:
+            force: bool = False, archive_fd: int | None = None,
+            before_writing: Callable[[], None] = lambda: None) -> RestoreResult:
     """Restore ``archive`` into ``data_dir`` (and check a secret-only one against ``db_url``);
     ``report`` is told what it cleaned up first, which stands even when the restore is refused.
-    ``archive_fd``: the archive already opened (:func:`open_archive`), taken over."""
+    ``archive_fd``: the archive already opened (:func:`open_archive`), taken over.
+    ``before_writing`` runs once everything is read and checked, just before the data dir is
+    taken (the command's :func:`become_owner_of`)."""
     with _open_checked(archive, open_archive(archive) if archive_fd is None else archive_fd) as checked:
         full = checked.manifest.holds_database
         if full and db_url is not None and sqlite_file(db_url) != str(data_dir / DATABASE):
@@ -403,6 +442,7 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, report: Callab
                 )
             if not secret_record.matches(facts_of_postgres(db_url).secret_check, checked.secret):
                 raise _mismatch(archive, "the database --db names")
+        before_writing()
         fd = _take(data_dir)
         try:
             ours = (DATABASE_FILES + SECRET_FILES) if full else SECRET_FILES
