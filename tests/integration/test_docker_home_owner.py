@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,39 @@ def test_an_empty_home_is_filled_from_skel_and_wholly_the_users(tmp_path: Path, 
     assert own_home(str(home), "alice", new, skel=str(skel)) == {"reowned": None, "left_devices": None}
     assert owners(home) == {p: (new.uid, new.gid) for p in (".", ".bashrc", ".config", ".config/x")}
     assert (home / ".bashrc").read_text() == "# skel\n"
+
+
+CUT_SHORT = """\
+import os, sys
+from hatchway.providers.docker_incontainer import own_home
+from hatchway.providers.reown import Owner
+chown, calls = os.chown, [0]
+def chown_until_killed(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[4]):
+        os._exit(9)  # the set-up killed here (its time limit, a stopped container)
+    return chown(*args, **kwargs)
+os.chown = chown_until_killed
+own_home(sys.argv[1], "dev", Owner(int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+@pytest.mark.parametrize("after", [2, 4, 6])
+def test_a_home_the_engine_made_given_to_the_user_only_in_part_is_finished_at_the_next_start(
+    tmp_path: Path, ids: tuple[Owner, Owner], after: int
+) -> None:
+    """Its top moves last: a set-up cut short leaves it root's, so the next start gives the whole
+    home again, and nothing stays root's."""
+    _, new = ids
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "a" / "b").mkdir(parents=True)
+    for name in ("a/one", "a/b/two", "three"):
+        (home / name).write_text(name)
+    cut = subprocess.run([sys.executable, "-c", CUT_SHORT, str(home), str(new.uid), str(new.gid), str(after)],
+                         capture_output=True, text=True, timeout=60)
+    assert cut.returncode == 9, cut.stderr
+    assert owners(home)["."] == (0, 0)
+    assert set(owners(home).values()) == {(0, 0), (new.uid, new.gid)}  # some moved, not all
+    assert own_home(str(home), "dev", new) == {"reowned": None, "left_devices": None}
+    assert set(owners(home).values()) == {(new.uid, new.gid)}

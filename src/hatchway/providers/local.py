@@ -376,11 +376,17 @@ class LocalProvider(WorkspaceProvider):
         os.chmod(self.ws_dir(spec), 0o711)
         home = self.home(spec)
         if not home.exists():
-            home.mkdir(mode=0o700)
+            # Made beside its final name and renamed once whole: a first start cut short leaves
+            # no home half root's (the next start makes it again), before anything of the user's runs.
+            staging = home.with_name(home.name + ".new")
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(mode=0o700)
             skel = Path("/etc/skel")
             if skel.is_dir():
-                shutil.copytree(skel, home, dirs_exist_ok=True, symlinks=True)
-            give_all(home, Owner(pw.pw_uid, pw.pw_gid))
+                shutil.copytree(skel, staging, dirs_exist_ok=True, symlinks=True)
+            give_all(staging, Owner(pw.pw_uid, pw.pw_gid))
+            staging.rename(home)
         state = self.ws_dir(spec) / "agent"
         # The agent state first, the home last: the home's own owner says whether a move is done.
         _reown_moved(spec, pw, [d for d in (state, home) if d.exists()])

@@ -81,11 +81,13 @@ def give_all(root: str | Path, new: Owner) -> None:
     """Every entry under ``root``, and ``root``, to ``new``, symlinks themselves (never what they
     point at): only for a tree wholly made for the user just now (a home filled from a skeleton,
     or an engine's fresh volume), where nobody else's file can be. A tree from elsewhere takes
-    :func:`reown_tree`'s rules instead."""
-    os.chown(root, new.uid, new.gid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
+    :func:`reown_tree`'s rules instead. Each directory after its contents and the top last, so
+    that a top already the user's means done: a run cut short is run again at the next start
+    (the callers tell by the top's owner)."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
             os.chown(os.path.join(dirpath, name), new.uid, new.gid, follow_symlinks=False)
+    os.chown(root, new.uid, new.gid, follow_symlinks=False)
 
 
 def new_owner(uid: int, gid: int, old: Owner, new: Owner) -> tuple[int, int] | None:
