@@ -246,6 +246,16 @@ def test_cli_create_without_a_password_warns_and_names_the_command(world: World)
         1, "hatchway: invalid request: password: String should have at least 8 characters")
 
 
+def test_cli_set_password_on_yourself_says_where_before_asking_for_one(world: World) -> None:
+    admin = Cli(world.tmp / "cli-alice-self")
+    admin.login(world.srv.url, "alice", "alice-password-2")
+    for args, stdin in ((("--password-stdin",), "unused-new-password\n"), ((), "")):
+        r = admin.run("users", "set-password", "alice", *args, stdin=stdin)
+        assert (r.code, r.out, r.err) == (1, "", "hatchway: your own password is changed with your current one: run "
+                                                 "hatchway password\n")
+    assert login(world, "alice", "unused-new-password").status_code == 401
+
+
 def test_cli_password_changes_your_own_and_keeps_this_session(world: World) -> None:
     me, laptop = Cli(world.tmp / "cli-fred"), Cli(world.tmp / "cli-fred-laptop")
     me.login(world.srv.url, "fred", "fred-password")

@@ -6,6 +6,7 @@ import click
 
 from hatchway.cli.common import (
     api,
+    fail,
     json_option,
     name_segment,
     paging_options,
@@ -98,9 +99,13 @@ def set_role(name: str, role: str) -> None:
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input (one line).")
 def set_password(name: str, password_stdin: bool) -> None:
-    """Set or reset NAME's password; all of NAME's sign-in sessions end."""
+    """Set or reset NAME's password; all of NAME's sign-in sessions end. Your own is changed with
+    hatchway password, which asks for the current one."""
     path = f"/users/{user_segment(name)}/password"  # before asking for a password it cannot set
+    client = api()
+    if name == client.username:  # the server refuses it (409): say so before asking for a password
+        fail("your own password is changed with your current one: run hatchway password")
     new = read_password_stdin() if password_stdin else prompt_secret(f"New password for {name}", "Repeat it")
-    out = api().call("PUT", path, {"password": new}, expect=Revoked)
+    out = client.call("PUT", path, {"password": new}, expect=Revoked)
     n = out["revoked"]
     click.echo(f"Set the password of {name}; {n} of their sign-in session{'' if n == 1 else 's'} ended")
