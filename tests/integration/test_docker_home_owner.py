@@ -20,6 +20,7 @@ from hatchway.providers.docker import _log_reown
 from hatchway.providers.docker_incontainer import MOVED_WHY, own_home
 from hatchway.providers.reown import Owner
 from tests.helpers.netns import unused_id
+from tests.helpers.ownership import owners
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: only root can chown")]
 
@@ -31,16 +32,6 @@ def ids() -> tuple[Owner, Owner]:
     old = unused_id(54321)
     new = unused_id(old + 1)
     return Owner(old, old), Owner(new, new)
-
-
-def owners(root: Path) -> dict[str, tuple[int, int]]:
-    """Every entry's (uid, gid), by path relative to ``root`` ("." for ``root`` itself)."""
-    out = {".": (os.lstat(root).st_uid, os.lstat(root).st_gid)}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_uid, st.st_gid)
-    return out
 
 
 def fill(home: Path, outside: Path) -> None:

@@ -20,6 +20,7 @@ from hatchway.providers.base import WorkspaceSpec
 from hatchway.providers.local import _reown_moved
 from hatchway.providers.reown import MAX_DEPTH, Owner, Reowned, chown_handle, hand_commands, reown_tree
 from tests.helpers.netns import unused_id
+from tests.helpers.ownership import owners
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: only root can chown")]
 
@@ -30,16 +31,6 @@ def ids() -> tuple[Owner, Owner, int]:
     old = unused_id(54321)
     new = unused_id(old + 1)
     return Owner(old, old), Owner(new, new), unused_id(new + 1)
-
-
-def owners(root: Path) -> dict[str, tuple[int, int]]:
-    """Every entry's (uid, gid), by path relative to ``root`` ("." for ``root`` itself)."""
-    out = {".": (os.lstat(root).st_uid, os.lstat(root).st_gid)}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_uid, st.st_gid)
-    return out
 
 
 def chown_all(root: Path, owner: Owner) -> None:
