@@ -240,14 +240,21 @@ def test_a_member_sees_only_their_own_workspaces_counted_and_no_engine_address(d
     alice.ok("providers", "create", "counted", "--kind", "manual")
     alice.ok("providers", "create", "engine", "--kind", "docker", "--docker-host", "unix:///run/site-engine.sock",
              "--docker-network", "ws-net")
-    for name in ("a1", "a2"):
-        alice.ok("workspaces", "create", name, "--provider", "counted")
-    bob.ok("workspaces", "create", "b1", "--provider", "counted")
-    as_bob = {p["name"]: p for p in bob.ok("providers", "list", "--json").json()}
-    as_alice = {p["name"]: p for p in alice.ok("providers", "list", "--json").json()}
-    assert (as_bob["counted"]["workspace_count"], as_alice["counted"]["workspace_count"]) == (1, 3)
-    assert as_bob["engine"] == {"name": "engine", "kind": "docker", "external_connect": True, "workspace_count": 0}
-    assert (as_alice["engine"]["docker_host"], as_alice["engine"]["docker_network"]) == ("unix:///run/site-engine.sock", "ws-net")
+    try:
+        for name in ("a1", "a2"):
+            alice.ok("workspaces", "create", name, "--provider", "counted")
+        bob.ok("workspaces", "create", "b1", "--provider", "counted")
+        as_bob = {p["name"]: p for p in bob.ok("providers", "list", "--json").json()}
+        as_alice = {p["name"]: p for p in alice.ok("providers", "list", "--json").json()}
+        assert (as_bob["counted"]["workspace_count"], as_alice["counted"]["workspace_count"]) == (1, 3)
+        assert as_bob["engine"] == {"name": "engine", "kind": "docker", "external_connect": True, "workspace_count": 0}
+        assert (as_alice["engine"]["docker_host"], as_alice["engine"]["docker_network"]) == (
+            "unix:///run/site-engine.sock", "ws-net")
+    finally:  # the module's deployment is shared: later tests count bob's workspaces
+        for who, name in ((alice, "a1"), (alice, "a2"), (bob, "b1")):
+            who.run("workspaces", "delete", name, "-y")
+        for provider in ("counted", "engine"):
+            alice.run("providers", "delete", provider, "-y")
 
 
 def test_a_provider_without_workspaces_can_be_deleted(deployment: Deployment) -> None:
