@@ -777,6 +777,20 @@ def test_a_restore_removes_what_a_killed_one_had_staged_and_nothing_else(deploym
     r = hatchway("restore", str(out), "--data-dir", str(data), "--force")  # nothing left to remove: nothing said
     assert (r.returncode, r.stderr) == (0, "") and r.stdout.startswith(restored_line(out, data))
 
+    # Refused for want of --force after removing another killed restore's file: the refusal says
+    # what did change instead of "nothing was written" alone.
+    before = tree(data)
+    (data / ".hatchway.db.a1b2c3d4.restoring").write_bytes(b"half a database")
+    r = hatchway("restore", str(out), "--data-dir", str(data))
+    assert r.returncode == 1
+    assert r.stdout == (f"Removed 1 file(s) that an earlier, interrupted restore had staged in {data}: "
+                        ".hatchway.db.a1b2c3d4.restoring.\n")
+    assert r.stderr == (
+        f"Error: the data dir {data} already holds hatchway.db, deployment.secret; to replace them (they are kept in "
+        "a replaced-by-restore-<time> dir beside them), run this again with --force; nothing was written; only the "
+        "1 file(s) the interrupted restore had staged are gone, as said above\n")
+    assert tree(data) == before
+
 
 def header(name: str, size: int) -> bytes:
     """A ustar header for ``name`` claiming ``size`` bytes, in base-256 when negative (as no tar

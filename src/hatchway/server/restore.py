@@ -450,18 +450,24 @@ def restore(archive: Path, data_dir: Path, db_url: str | None, *, report: Callab
             if stale:
                 report(f"Removed {len(stale)} file(s) that an earlier, interrupted restore had staged in {data_dir}: "
                        f"{', '.join(stale)}.")
-            staged = _stage(checked, archive, data_dir)  # before asking for --force: a mismatch is told first
             try:
-                present = [n for n in ours if os.path.lexists(data_dir / n)]
-                if present and not force:
-                    raise BackupError(
-                        f"the data dir {data_dir} already holds {', '.join(present)}; to replace them (they are kept in "
-                        f"a replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
-                    )
-                aside = _commit(data_dir, present, staged)
-            finally:
-                for tmp in staged.values():
-                    tmp.unlink(missing_ok=True)  # left only if the restore stopped before renaming them
+                staged = _stage(checked, archive, data_dir)  # before asking for --force: a mismatch is told first
+                try:
+                    present = [n for n in ours if os.path.lexists(data_dir / n)]
+                    if present and not force:
+                        raise BackupError(
+                            f"the data dir {data_dir} already holds {', '.join(present)}; to replace them (they are "
+                            f"kept in a replaced-by-restore-<time> dir beside them), run this again with --force; {NOTHING}"
+                        )
+                    aside = _commit(data_dir, present, staged)
+                finally:
+                    for tmp in staged.values():
+                        tmp.unlink(missing_ok=True)  # left only if the restore stopped before renaming them
+            except BackupError as exc:
+                if not stale:
+                    raise
+                raise BackupError(f"{exc}; only the {len(stale)} file(s) the interrupted restore had staged are gone, "
+                                  "as said above") from None
         finally:
             os.close(fd)
     return RestoreResult(checked.manifest, aside)
