@@ -386,7 +386,10 @@ def test_server_restart_stops_containers_and_brings_running_workspaces_back(worl
 def test_what_an_image_lacks_is_said_clearly(world: World) -> None:
     r = world.alice.run("workspaces", "create", "nope", "--provider", "dock", "--image", "hatchway-test/missing:1")
     assert r.code == 1
-    assert 'image "hatchway-test/missing:1" is not on the Docker engine' in r.err
+    assert r.err == (
+        'hatchway: cannot use image "hatchway-test/missing:1": image "hatchway-test/missing:1" is not on the '
+        "provider's Docker engine: build or pull it there, then try again (docker build / docker pull on the engine "
+        "hatchway providers list shows site managers; without a registry see docs/images/openssh/build-offline)\n")
     r = world.alice.run("workspaces", "create", "x", "--image", world.images["slim"])
     assert r.code == 1 and "--image and --cvm are for docker workspaces" in r.err
     r = world.alice.run("workspaces", "create", "x", "--provider", "dock")

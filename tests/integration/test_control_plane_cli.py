@@ -250,6 +250,16 @@ def test_a_member_sees_only_their_own_workspaces_counted_and_no_engine_address(d
         assert as_bob["engine"] == {"name": "engine", "kind": "docker", "external_connect": True, "workspace_count": 0}
         assert (as_alice["engine"]["docker_host"], as_alice["engine"]["docker_network"]) == (
             "unix:///run/site-engine.sock", "ws-net")
+        # Nor does a refusal from that engine say where it listens: the server's log does.
+        r = bob.run("workspaces", "create", "b2", "--provider", "engine", "--image", "debian:12")
+        assert (r.code, r.err) == (1, (
+            'hatchway: cannot use image "debian:12": cannot reach the provider\'s Docker engine ([Errno 2] No such '
+            "file or directory): is dockerd running? A site manager can start it (hatchway providers list shows where "
+            "the provider looks for it), or point a provider at the right engine: hatchway providers create NAME "
+            "--kind docker --docker-host unix:///PATH (and hatchway providers delete the wrong one once it has no "
+            "workspaces)\n"))
+        assert "docker engine at unix:///run/site-engine.sock: [Errno 2] No such file or directory" in \
+            deployment.server.log()
     finally:  # the module's deployment is shared: later tests count bob's workspaces
         for who, name in ((alice, "a1"), (alice, "a2"), (bob, "b1")):
             who.run("workspaces", "delete", name, "-y")

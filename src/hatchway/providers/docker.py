@@ -205,8 +205,9 @@ class DockerProvider(WorkspaceProvider):
         inspect = await client.image_inspect(spec.image)
         if inspect is None:
             raise SetupError(
-                f'image "{spec.image}" is not on the Docker engine at {self.host_of(spec)}: build or pull it there '
-                "(docker build / docker pull; without a registry see docs/images/openssh/build-offline), then try again"
+                f'image "{spec.image}" is not on the provider\'s Docker engine: build or pull it there, then try '
+                "again (docker build / docker pull on the engine hatchway providers list shows site managers; "
+                "without a registry see docs/images/openssh/build-offline)"
             )
         arch = inspect.get("Architecture")
         here = api.docker_arch(platform.machine())

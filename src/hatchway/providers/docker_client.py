@@ -3,7 +3,9 @@
 Bodies and answers are shaped in :mod:`hatchway.providers.docker_api`; this module only sends
 them. Engine errors become :class:`EngineError` with the engine's own message; an engine that
 cannot be reached becomes :class:`EngineUnreachable`. Both are :class:`SetupError`, so the
-supervisor shows them as the workspace's reason instead of retrying blindly.
+supervisor shows them as the workspace's reason instead of retrying blindly. That reason reaches
+the workspace's owner, a member who may not see where the provider's engine listens, so it says
+"the provider's Docker engine" and only the server's log names its address.
 
 ``exec`` comes in two forms: :meth:`DockerClient.exec_run` waits for a command and returns its
 output, and :meth:`DockerClient.exec_attach` upgrades the connection (``101 UPGRADED``) into a
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ import httpx
 
 from hatchway.providers import docker_api as api
 from hatchway.providers.base import SetupError
+
+log = logging.getLogger("hatchway.providers.docker")
 
 
 class EngineError(SetupError):
@@ -108,19 +113,28 @@ class DockerClient:
 
     # ---- plumbing -------------------------------------------------------------------------------
 
-    def _where(self) -> str:
-        return f"unix://{self.socket_path}"
+    def _unreachable(self, what: str, cause: object) -> EngineUnreachable:
+        """The error for a member's eyes (``what`` happened to "the provider's Docker engine"); the
+        log, a site manager's, says which engine and what ``cause`` it met."""
+        log.warning("docker engine at unix://%s: %s", self.socket_path, cause)
+        return EngineUnreachable(what)
 
     async def _raw(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             return await self._http.request(method, path, **kw)
         except httpx.TimeoutException:
-            raise EngineUnreachable(f"the Docker engine at {self._where()} did not answer {method} {path.split('?')[0]} in time") from None
+            request = f"{method} {path.split('?')[0]}"
+            raise self._unreachable(
+                f"the provider's Docker engine did not answer {request} in time: it may be overloaded or stuck; a site "
+                "manager can check it (hatchway providers list shows where the provider looks for it), then try again",
+                f"no answer to {request} in time",
+            ) from None
         except httpx.TransportError as exc:
-            raise EngineUnreachable(
-                f"cannot reach the Docker engine at {self._where()} ({exc or type(exc).__name__}): is dockerd running? "
-                "Start it, or point a provider at the right engine: hatchway providers create NAME --kind docker "
-                "--docker-host unix:///PATH (and hatchway providers delete the wrong one once it has no workspaces)"
+            raise self._unreachable(
+                f"cannot reach the provider's Docker engine ({exc or type(exc).__name__}): is dockerd running? A site "
+                "manager can start it (hatchway providers list shows where the provider looks for it), or point a "
+                "provider at the right engine: hatchway providers create NAME --kind docker --docker-host "
+                "unix:///PATH (and hatchway providers delete the wrong one once it has no workspaces)", exc,
             ) from None
 
     async def version_prefix(self) -> str:
@@ -238,7 +252,7 @@ class DockerClient:
         except TimeoutError:
             raise SetupError(f"{cmd[-2:]} in the container did not finish within {timeout:.0f} s") from None
         except httpx.TransportError as exc:
-            raise EngineUnreachable(f"lost the Docker engine at {self._where()} during an exec: {exc}") from None
+            raise self._unreachable(f"lost the provider's Docker engine during an exec: {exc}", exc) from None
         info = await self.exec_inspect(exec_id)
         code = info.get("ExitCode")
         return ExecResult(int(code) if code is not None else -1, out.decode(errors="replace"), err.decode(errors="replace"))
@@ -253,7 +267,7 @@ class DockerClient:
         try:
             resp = await self._http.send(req, stream=True)
         except httpx.TransportError as exc:
-            raise EngineUnreachable(f"cannot attach to an exec through the Docker engine at {self._where()}: {exc}") from None
+            raise self._unreachable(f"cannot attach to an exec through the provider's Docker engine: {exc}", exc) from None
         stream = resp.extensions.get("network_stream")
         if resp.status_code != 101 or stream is None:
             body = await resp.aread()
