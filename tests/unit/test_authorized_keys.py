@@ -66,6 +66,16 @@ SK_EC = _line(
 ALL_KEYS = [ED1, ED2, ED3, RSA, P256, P384, P521, SK_ED, SK_EC]
 
 
+def key_id(value: object) -> str | None:
+    """A test id naming which key a value holds instead of the key, which is made anew in each
+    process: pytest-xdist's workers must all collect the same ids."""
+    if isinstance(value, str):
+        for i, key in enumerate(ALL_KEYS):
+            if key.split()[1][:-1] in value:  # a key cut short too
+                return f"{key.split()[0]}-{i}"
+    return None
+
+
 def block_of(*keys: str) -> bytes:
     return ("\n".join([START_MARKER, COMMENT_LINE, *keys, END_MARKER]) + "\n").encode()
 
@@ -74,7 +84,7 @@ def block_of(*keys: str) -> bytes:
 # validate_public_key
 
 
-@pytest.mark.parametrize("key", ALL_KEYS)
+@pytest.mark.parametrize("key", ALL_KEYS, ids=key_id)
 def test_every_allowed_type_is_accepted_unchanged(key: str) -> None:
     assert validate_public_key(key) == key
     assert validate_public_key(key + " alice@example.com") == key + " alice@example.com"
@@ -123,6 +133,7 @@ def test_empty_comment_is_dropped() -> None:
         (_line(_s(b"ssh-rsa") + _s(b"\x01") + _s(b""), "ssh-rsa"), "empty"),
         ("x" * (ak.MAX_KEY_LINE + 1), "longer"),
     ],
+    ids=key_id,
 )
 def test_bad_keys_are_refused_with_a_reason(bad: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
