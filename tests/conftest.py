@@ -14,8 +14,9 @@ from tests.helpers import postgres
 #: Test modules that change the machine itself or look at it whole: they create Unix users and
 #: network namespaces (``local`` workspaces), iptables rules, the test Docker engine, or check
 #: that none of those is left. ``scripts/test`` runs the suite on two pytest-xdist workers
-#: (``--dist loadgroup``); these all go to one of them, one after the other, so none meets
-#: another's users or namespaces. Every other module runs whole, in order, on either worker.
+#: (``--dist loadfile``, see pytest_xdist_make_scheduler); these all go to one of them, one after
+#: the other, so none meets another's users or namespaces. Every other module runs whole, in
+#: order, on either worker.
 MACHINE_WIDE = {
     *(f"tests/e2e/{name}.py" for name in (
         "test_docker_workspaces", "test_local_isolation", "test_local_moved_workspace", "test_local_quickstart",
@@ -24,19 +25,29 @@ MACHINE_WIDE = {
     *(f"tests/integration/{name}.py" for name in (
         "test_docker_home_owner", "test_faults", "test_local_provider_parts", "test_local_provider_unisolated",
         "test_metrics_listener", "test_one_server_per_data_dir", "test_reown_tree", "test_replica_processes",
-        "test_setup_script_packages", "test_setup_script_units", "test_vanished_database_peer",
+        "test_vanished_database_peer",
     )),
     *(f"tests/ui/{name}.py" for name in (
-        "test_ui_created_notice", "test_ui_list_context", "test_ui_stale_forms", "test_ui_workspace_owner", "test_web_ui",
+        "test_ui_created_notice", "test_ui_list_context", "test_ui_workspace_owner", "test_web_ui",
     )),
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into work units
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.path.relative_to(config.rootpath).as_posix()
-        item.add_marker(pytest.mark.xdist_group("machine-wide" if module in MACHINE_WIDE else module))
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile`` (each module whole and in order on one worker), except that the
+    MACHINE_WIDE modules are one unit. Done here rather than with ``xdist_group`` marks, which
+    pytest 9 no longer lets pytest-xdist 3.8 apply (it rewrites a node id pytest now derives)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class MachineWideTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "machine-wide" if module in MACHINE_WIDE else module
+
+    return MachineWideTogether(config, log)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
